@@ -1,0 +1,338 @@
+//! Datasets in memory, and loading the four MNIST-layout IDX files from a directory.
+//!
+//! Images stay u8 (one contiguous buffer, 47 MB for MNIST's training set);
+//! a minibatch is converted to f32 in [0, 1] only when it is used.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::idx::{self, Images};
+
+/// One of the four files of an MNIST-layout directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataFile {
+    /// The file name without `.gz`.
+    pub name: &'static str,
+    /// SHA-256 of MNIST's decompressed file.
+    pub mnist_sha256: &'static str,
+}
+
+pub const TRAIN_IMAGES: DataFile = DataFile {
+    name: "train-images-idx3-ubyte",
+    mnist_sha256: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+};
+pub const TRAIN_LABELS: DataFile = DataFile {
+    name: "train-labels-idx1-ubyte",
+    mnist_sha256: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+};
+pub const TEST_IMAGES: DataFile = DataFile {
+    name: "t10k-images-idx3-ubyte",
+    mnist_sha256: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+};
+pub const TEST_LABELS: DataFile = DataFile {
+    name: "t10k-labels-idx1-ubyte",
+    mnist_sha256: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+};
+pub const DATA_FILES: [DataFile; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
+
+/// Labelled images: `len()` images of `rows × cols` pixels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    pub rows: usize,
+    pub cols: usize,
+    pixels: Vec<u8>,
+    labels: Vec<u8>,
+}
+
+impl Dataset {
+    /// Pairs images with labels; `label_file` names the labels in the error if the counts differ.
+    pub fn new(images: Images, labels: Vec<u8>, label_file: &str) -> Result<Self> {
+        if labels.len() != images.count {
+            return Err(Error::CountMismatch {
+                file: label_file.to_owned(),
+                labels: labels.len(),
+                images: images.count,
+            });
+        }
+        Ok(Dataset { rows: images.rows, cols: images.cols, pixels: images.pixels, labels })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image: the model's input width.
+    pub fn image_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+
+    /// Writes the images at `indices` as f32 in [0, 1] into `x` (row-major,
+    /// `indices.len() × image_len()`) and their labels into `y`.
+    ///
+    /// Panics if an index is out of range or the buffers are too small: callers
+    /// hold indices drawn from `0..len()` and buffers sized for the batch.
+    pub fn fill_batch(&self, indices: impl ExactSizeIterator<Item = usize>, x: &mut [f32], y: &mut [u8]) {
+        let width = self.image_len();
+        for (row, i) in indices.enumerate() {
+            let src = &self.pixels[i * width..(i + 1) * width];
+            for (dst, &p) in x[row * width..(row + 1) * width].iter_mut().zip(src) {
+                *dst = f32::from(p) * (1.0 / 255.0);
+            }
+            y[row] = self.labels[i];
+        }
+    }
+
+    /// The dataset as one byte blob (the images IDX file followed by the labels
+    /// IDX file), the form in which the coordinator ships it to workers.
+    pub fn to_blob(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.pixels.len() + 8 + self.labels.len());
+        for word in [idx::IMAGES_MAGIC, self.len() as u32, self.rows as u32, self.cols as u32] {
+            out.extend_from_slice(&word.to_be_bytes());
+        }
+        out.extend_from_slice(&self.pixels);
+        for word in [idx::LABELS_MAGIC, self.len() as u32] {
+            out.extend_from_slice(&word.to_be_bytes());
+        }
+        out.extend_from_slice(&self.labels);
+        out
+    }
+
+    /// Parses a blob made by [`Dataset::to_blob`], with the IDX checks.
+    pub fn from_blob(name: &str, mut blob: Vec<u8>) -> Result<Self> {
+        if blob.len() < 16 {
+            return Err(Error::idx(name, format!("{} bytes is too short for a dataset blob", blob.len())));
+        }
+        let dim = |i: usize| u32::from_be_bytes([blob[i], blob[i + 1], blob[i + 2], blob[i + 3]]) as usize;
+        let images_len = dim(4)
+            .checked_mul(dim(8))
+            .and_then(|n| n.checked_mul(dim(12)))
+            .and_then(|n| n.checked_add(16))
+            .filter(|&n| n <= blob.len())
+            .ok_or_else(|| Error::idx(name, format!("image header does not fit in {} bytes", blob.len())))?;
+        let labels = blob.split_off(images_len);
+        let images = idx::parse_images(name, blob)?;
+        let labels = idx::parse_labels(name, labels)?;
+        Dataset::new(images, labels, name)
+    }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Training and test sets of one directory.
+#[derive(Debug, Clone)]
+pub struct DataSplit {
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+/// What `--verify` concluded about a directory's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Not asked for.
+    Skipped,
+    /// All four files match MNIST's published hashes.
+    Mnist,
+    /// All four files match the directory's own `SHA256SUMS`.
+    Sha256Sums,
+    /// No file is MNIST and there is no `SHA256SUMS`: another dataset of the
+    /// same layout (e.g. Fashion-MNIST), whose hashes we cannot know.
+    UnknownDataset,
+}
+
+/// The path of `file` in `dir`, raw or `.gz` (the content decides how it is read).
+pub fn find_file(dir: &Path, file: &DataFile) -> Result<PathBuf> {
+    let raw = dir.join(file.name);
+    let gz = dir.join(format!("{}.gz", file.name));
+    [raw.clone(), gz.clone()].into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        Error::io(
+            &raw,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("not found (nor {}); run `lazyavg fetch-data --dir {}`", gz.display(), dir.display()),
+            ),
+        )
+    })
+}
+
+/// Reads and decompresses one data file.
+pub fn read_file(dir: &Path, file: &DataFile) -> Result<Vec<u8>> {
+    let path = find_file(dir, file)?;
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    idx::decompress(file.name, bytes)
+}
+
+/// Loads the four files of `dir`. With `verify`, checks their SHA-256 (see
+/// [`check_hashes`]) before parsing.
+pub fn load_dir(dir: &Path, verify: bool) -> Result<(DataSplit, Verification)> {
+    let contents = DATA_FILES.iter().map(|f| read_file(dir, f)).collect::<Result<Vec<_>>>()?;
+    let verification = if verify {
+        let sums = read_sha256sums(dir)?;
+        check_hashes(&DATA_FILES, &contents, sums.as_deref())?
+    } else {
+        Verification::Skipped
+    };
+    let [train_images, train_labels, test_images, test_labels]: [Vec<u8>; 4] =
+        contents.try_into().expect("one content per data file");
+    let train = Dataset::new(
+        idx::parse_images(TRAIN_IMAGES.name, train_images)?,
+        idx::parse_labels(TRAIN_LABELS.name, train_labels)?,
+        TRAIN_LABELS.name,
+    )?;
+    let test = Dataset::new(
+        idx::parse_images(TEST_IMAGES.name, test_images)?,
+        idx::parse_labels(TEST_LABELS.name, test_labels)?,
+        TEST_LABELS.name,
+    )?;
+    if (train.rows, train.cols) != (test.rows, test.cols) {
+        return Err(Error::idx(
+            TEST_IMAGES.name,
+            format!("images are {}x{} but training images are {}x{}", test.rows, test.cols, train.rows, train.cols),
+        ));
+    }
+    Ok((DataSplit { train, test }, verification))
+}
+
+/// `SHA256SUMS` of `dir` as (hash, file name) pairs, if the file exists.
+fn read_sha256sums(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
+    let path = dir.join("SHA256SUMS");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let pairs = text
+        .lines()
+        .filter_map(|line| line.split_once(char::is_whitespace))
+        .map(|(hash, name)| (hash.trim().to_lowercase(), name.trim().trim_start_matches('*').to_owned()))
+        .collect();
+    Ok(Some(pairs))
+}
+
+/// Verifies decompressed contents of `files`. A `SHA256SUMS` listing is
+/// authoritative where it names a file. Without one, the files must all be
+/// MNIST's (verified) or none of them (an unknown dataset: the check is
+/// skipped, and the caller says so); a mix means a damaged MNIST file.
+pub fn check_hashes(files: &[DataFile], contents: &[Vec<u8>], sums: Option<&[(String, String)]>) -> Result<Verification> {
+    let actual: Vec<String> = contents.iter().map(|c| sha256_hex(c)).collect();
+    if let Some(sums) = sums {
+        let listed: Vec<_> = files
+            .iter()
+            .zip(&actual)
+            .filter_map(|(f, a)| sums.iter().find(|(_, n)| n == f.name).map(|(h, _)| (f, h, a)))
+            .collect();
+        if listed.len() == files.len() {
+            for (file, expected, actual) in listed {
+                if expected != actual {
+                    return Err(hash_mismatch(file.name, expected, actual));
+                }
+            }
+            return Ok(Verification::Sha256Sums);
+        }
+    }
+    let matches = files.iter().zip(&actual).filter(|(f, a)| f.mnist_sha256 == a.as_str()).count();
+    if matches == files.len() {
+        return Ok(Verification::Mnist);
+    }
+    if matches == 0 {
+        return Ok(Verification::UnknownDataset);
+    }
+    let (file, actual) = files.iter().zip(&actual).find(|(f, a)| f.mnist_sha256 != a.as_str()).expect("a mismatch");
+    Err(hash_mismatch(file.name, file.mnist_sha256, actual))
+}
+
+fn hash_mismatch(file: &str, expected: &str, actual: &str) -> Error {
+    Error::HashMismatch { file: file.to_owned(), expected: expected.to_owned(), actual: actual.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idx::tests::idx_bytes;
+
+    fn write_dir(dir: &Path, n_train: u32, n_train_labels: u32) {
+        let px = |n: u32| vec![7u8; (n * 4 * 4) as usize];
+        let lb = |n: u32| (0..n).map(|i| (i % 10) as u8).collect::<Vec<_>>();
+        fs::write(dir.join(TRAIN_IMAGES.name), idx_bytes(idx::IMAGES_MAGIC, &[n_train, 4, 4], &px(n_train))).unwrap();
+        fs::write(
+            dir.join(TRAIN_LABELS.name),
+            idx_bytes(idx::LABELS_MAGIC, &[n_train_labels], &lb(n_train_labels)),
+        )
+        .unwrap();
+        fs::write(dir.join(TEST_IMAGES.name), idx_bytes(idx::IMAGES_MAGIC, &[3, 4, 4], &px(3))).unwrap();
+        fs::write(dir.join(TEST_LABELS.name), idx_bytes(idx::LABELS_MAGIC, &[3], &lb(3))).unwrap();
+    }
+
+    #[test]
+    fn loads_a_directory_of_another_dataset_and_notes_unknown_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dir(dir.path(), 5, 5);
+        let (split, verification) = load_dir(dir.path(), true).unwrap();
+        assert_eq!((split.train.len(), split.test.len(), split.train.image_len()), (5, 3, 16));
+        assert_eq!(verification, Verification::UnknownDataset);
+    }
+
+    #[test]
+    fn mismatched_counts_name_the_labels_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dir(dir.path(), 6, 5);
+        let err = load_dir(dir.path(), false).unwrap_err().to_string();
+        assert_eq!(err, "train-labels-idx1-ubyte: 5 labels but 6 images");
+    }
+
+    #[test]
+    fn missing_file_says_how_to_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_dir(dir.path(), false).unwrap_err().to_string();
+        assert!(err.contains("train-images-idx3-ubyte") && err.contains("fetch-data"), "{err}");
+    }
+
+    #[test]
+    fn sha256sums_listing_catches_a_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dir(dir.path(), 5, 5);
+        let sums: String = DATA_FILES
+            .iter()
+            .map(|f| format!("{}  {}\n", sha256_hex(&fs::read(dir.path().join(f.name)).unwrap()), f.name))
+            .collect();
+        fs::write(dir.path().join("SHA256SUMS"), sums).unwrap();
+        assert_eq!(load_dir(dir.path(), true).unwrap().1, Verification::Sha256Sums);
+        write_dir(dir.path(), 6, 6);
+        let err = load_dir(dir.path(), true).unwrap_err().to_string();
+        assert!(err.starts_with("train-images-idx3-ubyte: SHA-256 is"), "{err}");
+    }
+
+    #[test]
+    fn blob_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dir(dir.path(), 5, 5);
+        let (split, _) = load_dir(dir.path(), false).unwrap();
+        let back = Dataset::from_blob("blob", split.train.to_blob()).unwrap();
+        assert_eq!(back, split.train);
+        assert!(Dataset::from_blob("blob", vec![0; 20]).is_err());
+    }
+
+    #[test]
+    fn batches_are_scaled_to_unit_range() {
+        let images = Images { count: 2, rows: 1, cols: 2, pixels: vec![0, 255, 51, 102] };
+        let ds = Dataset::new(images, vec![3, 4], "l").unwrap();
+        let (mut x, mut y) = (vec![0.0; 4], vec![0; 2]);
+        ds.fill_batch([1, 0].into_iter(), &mut x, &mut y);
+        let expected = [0.2, 0.4, 0.0, 1.0];
+        assert!(x.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-7), "{x:?}");
+        assert_eq!(y, vec![4, 3]);
+    }
+}

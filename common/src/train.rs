@@ -1,0 +1,192 @@
+//! One process's training loop: parameters, gradients, optimiser state and
+//! workspace, stepped over a list of sample indices.
+
+use crate::config::TrainConfig;
+use crate::dataset::Dataset;
+use crate::error::Result;
+use crate::model::{Evaluation, Mlp, Workspace};
+use crate::optim::{Sgd, SgdState};
+use crate::rng::Rng;
+
+/// Loss summed over samples, and how many samples and minibatches produced it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrainStats {
+    pub loss_sum: f64,
+    pub samples: usize,
+    pub batches: usize,
+}
+
+impl TrainStats {
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.samples.max(1) as f64
+    }
+
+    pub fn add(&mut self, other: TrainStats) {
+        self.loss_sum += other.loss_sum;
+        self.samples += other.samples;
+        self.batches += other.batches;
+    }
+}
+
+/// Where a stretch of training lies in the run, for the learning-rate
+/// schedule: the run's progress at its first sample, and per sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub start: f64,
+    pub per_sample: f64,
+}
+
+impl Progress {
+    /// Epoch `epoch` (0-based) of `epochs`, over `samples` samples per epoch,
+    /// starting `done` samples in.
+    pub fn in_epoch(epoch: usize, epochs: usize, done: usize, samples: usize) -> Self {
+        let per_epoch = 1.0 / epochs.max(1) as f64;
+        let per_sample = per_epoch / samples.max(1) as f64;
+        Progress { start: epoch as f64 * per_epoch + done as f64 * per_sample, per_sample }
+    }
+}
+
+/// Everything needed to take SGD steps on one model replica. Allocates once,
+/// in [`Trainer::new`]; stepping never touches the heap.
+#[derive(Debug, Clone)]
+pub struct Trainer {
+    mlp: Mlp,
+    sgd: Sgd,
+    config: TrainConfig,
+    batch_size: usize,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    state: SgdState,
+    workspace: Workspace,
+}
+
+impl Trainer {
+    /// A trainer for `config` on inputs of `inputs` pixels, starting from
+    /// He-initialised weights drawn from the config's seed.
+    pub fn new(config: &TrainConfig, inputs: usize, outputs: usize) -> Result<Self> {
+        config.validate()?;
+        let mlp = Mlp::new(config.architecture(inputs, outputs)?);
+        let params = mlp.init(&mut Rng::derive(config.seed, 0));
+        Self::with_params(config, mlp, params)
+    }
+
+    /// A trainer starting from `params` (checked against the architecture).
+    pub fn with_params(config: &TrainConfig, mlp: Mlp, params: Vec<f32>) -> Result<Self> {
+        config.validate()?;
+        mlp.layout().check_len(mlp.arch(), &params)?;
+        let sgd = config.sgd()?;
+        Ok(Trainer {
+            grads: vec![0.0; params.len()],
+            state: sgd.state(params.len()),
+            workspace: Workspace::new(mlp.arch(), config.batch_size),
+            mlp,
+            sgd,
+            config: config.clone(),
+            batch_size: config.batch_size,
+            params,
+        })
+    }
+
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// Replaces the weights (e.g. with the cluster's average); the optimiser
+    /// state stays. Fails if the length does not match the architecture.
+    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        self.mlp.layout().check_len(self.mlp.arch(), params)?;
+        self.params.copy_from_slice(params);
+        Ok(())
+    }
+
+    /// Mutable access for receiving weights in place (same length guaranteed).
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// One SGD step per `batch_size` indices of `samples` (the last batch may
+    /// be smaller), each at the scheduled learning rate for its place in the run.
+    pub fn train(&mut self, data: &Dataset, samples: &[u32], progress: Progress) -> TrainStats {
+        let mut stats = TrainStats::default();
+        for batch in samples.chunks(self.batch_size) {
+            let lr = self.config.lr_at(progress.start + stats.samples as f64 * progress.per_sample);
+            let b = self.workspace.load_batch(data, batch);
+            let loss = self.mlp.loss_and_grad(&self.params, &mut self.grads, &mut self.workspace, b);
+            self.sgd.step(lr, &mut self.params, &self.grads, &mut self.state);
+            stats.loss_sum += f64::from(loss) * b as f64;
+            stats.samples += b;
+            stats.batches += 1;
+        }
+        stats
+    }
+
+    /// Epoch `epoch` (0-based) of `epochs` over all of `data`, in an order drawn from `rng`.
+    pub fn train_epoch(&mut self, data: &Dataset, rng: &mut Rng, epoch: usize, epochs: usize) -> TrainStats {
+        let mut order: Vec<u32> = (0..data.len() as u32).collect();
+        rng.shuffle(&mut order);
+        self.train(data, &order, Progress::in_epoch(epoch, epochs, 0, data.len()))
+    }
+
+    pub fn evaluate(&mut self, data: &Dataset) -> Evaluation {
+        self.mlp.evaluate(&self.params, data, &mut self.workspace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idx::Images;
+
+    fn toy_data(rng: &mut Rng, n: usize) -> Dataset {
+        // Two classes separable by the mean brightness of the image.
+        let mut pixels = Vec::with_capacity(n * 16);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let label = rng.below(2) as u8;
+            labels.push(label);
+            pixels.extend((0..16).map(|_| (rng.below(128) + 127 * u64::from(label)) as u8));
+        }
+        Dataset::new(Images { count: n, rows: 4, cols: 4, pixels }, labels, "toy").unwrap()
+    }
+
+    #[test]
+    fn same_seed_gives_bit_identical_weights_after_100_steps() {
+        let config = TrainConfig { hidden: vec![8], batch_size: 4, ..TrainConfig::default() };
+        let data = toy_data(&mut Rng::seed_from(9), 400);
+        let run = || {
+            let mut t = Trainer::new(&config, 16, 10).unwrap();
+            let stats = t.train_epoch(&data, &mut Rng::seed_from(2), 0, 1);
+            assert_eq!(stats.batches, 100);
+            t.params().to_vec()
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(crate::params::digest(&a), crate::params::digest(&b));
+        let other = Trainer::new(&TrainConfig { seed: 2, ..config.clone() }, 16, 10).unwrap();
+        assert_ne!(other.params(), Trainer::new(&config, 16, 10).unwrap().params());
+    }
+
+    #[test]
+    fn training_learns_a_separable_problem() {
+        let config = TrainConfig { hidden: vec![8], batch_size: 8, ..TrainConfig::default() };
+        let data = toy_data(&mut Rng::seed_from(1), 512);
+        let mut t = Trainer::new(&config, 16, 10).unwrap();
+        let before = t.evaluate(&data);
+        let mut rng = Rng::seed_from(3);
+        for epoch in 0..5 {
+            t.train_epoch(&data, &mut rng, epoch, 5);
+        }
+        let after = t.evaluate(&data);
+        assert!(after.loss < before.loss / 2.0, "{before:?} -> {after:?}");
+        assert!(after.accuracy > 0.95, "{after:?}");
+    }
+
+    #[test]
+    fn wrong_length_weights_are_refused() {
+        let mut t = Trainer::new(&TrainConfig { hidden: vec![3], ..TrainConfig::default() }, 4, 2).unwrap();
+        assert!(t.set_params(&[0.0; 3]).is_err());
+    }
+}

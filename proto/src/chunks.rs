@@ -1,0 +1,154 @@
+//! Parameter buffers on the wire: cut into chunks of at most
+//! [`MAX_CHUNK_BYTES`](crate::MAX_CHUNK_BYTES), checked and reassembled in order.
+
+use std::ops::Range;
+
+use crate::{pb, ProtoError, MAX_CHUNK_BYTES};
+
+/// f32 values per full chunk.
+pub const VALUES_PER_CHUNK: usize = MAX_CHUNK_BYTES / 4;
+
+/// The chunks that carry `params` for `epoch` and `round`.
+pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<Item = pb::WeightsChunk> + '_ {
+    let total = params.len() as u64;
+    params.chunks(VALUES_PER_CHUNK).enumerate().map(move |(i, values)| pb::WeightsChunk {
+        epoch,
+        round,
+        offset: (i * VALUES_PER_CHUNK) as u64,
+        total,
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    })
+}
+
+/// Decodes little-endian f32 bytes (length checked by [`ChunkCursor`]).
+pub fn decode_values(data: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Checks that the chunks of one buffer of `total` values arrive complete, in
+/// order and for the expected epoch and round. Holds no data, so a receiver can
+/// consume chunks as they come (the coordinator adds them straight into its
+/// running sum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkCursor {
+    epoch: u64,
+    round: u64,
+    total: usize,
+    next: usize,
+}
+
+impl ChunkCursor {
+    pub fn new(epoch: u64, round: u64, total: usize) -> Self {
+        ChunkCursor { epoch, round, total, next: 0 }
+    }
+
+    /// The range of values `chunk` covers, if it is the next one expected.
+    pub fn advance(&mut self, chunk: &pb::WeightsChunk) -> Result<Range<usize>, ProtoError> {
+        let fail = |problem: String| ProtoError::Chunk {
+            epoch: chunk.epoch,
+            round: chunk.round,
+            offset: chunk.offset,
+            problem,
+        };
+        if (chunk.epoch, chunk.round) != (self.epoch, self.round) {
+            return Err(fail(format!("expected epoch {} round {}", self.epoch, self.round)));
+        }
+        if chunk.total != self.total as u64 {
+            return Err(fail(format!("declares {} values but the model has {}", chunk.total, self.total)));
+        }
+        if chunk.offset != self.next as u64 {
+            return Err(fail(format!("out of order: expected offset {}", self.next)));
+        }
+        if chunk.data.len() % 4 != 0 || chunk.data.is_empty() || chunk.data.len() > MAX_CHUNK_BYTES {
+            return Err(fail(format!("{} data bytes is not 4 to {MAX_CHUNK_BYTES} whole f32 values", chunk.data.len())));
+        }
+        let end = self.next + chunk.data.len() / 4;
+        if end > self.total {
+            return Err(fail(format!("runs to value {end}, past the model's {}", self.total)));
+        }
+        let range = self.next..end;
+        self.next = end;
+        Ok(range)
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.next == self.total
+    }
+}
+
+/// Reassembles one parameter buffer into a buffer allocated once.
+#[derive(Debug, Clone)]
+pub struct Assembler {
+    cursor: ChunkCursor,
+    values: Vec<f32>,
+}
+
+impl Assembler {
+    /// Expects the chunks of `total` values for `epoch` and `round`.
+    pub fn new(epoch: u64, round: u64, total: usize) -> Self {
+        Assembler { cursor: ChunkCursor::new(epoch, round, total), values: vec![0.0; total] }
+    }
+
+    /// Takes the next chunk; returns true once the buffer is complete.
+    pub fn accept(&mut self, chunk: &pb::WeightsChunk) -> Result<bool, ProtoError> {
+        let range = self.cursor.advance(chunk)?;
+        for (dst, v) in self.values[range].iter_mut().zip(decode_values(&chunk.data)) {
+            *dst = v;
+        }
+        Ok(self.cursor.is_complete())
+    }
+
+    /// The reassembled values (complete once [`accept`](Self::accept) returned true).
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    pub fn into_values(self) -> Vec<f32> {
+        self.values
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twenty_million_values_round_trip_in_small_chunks() {
+        let params: Vec<f32> = (0..20_000_000).map(|i| i as f32 * 0.5).collect();
+        let mut asm = Assembler::new(2, 7, params.len());
+        let mut done = false;
+        let mut count = 0;
+        for chunk in weight_chunks(2, 7, &params) {
+            assert!(chunk.data.len() <= MAX_CHUNK_BYTES);
+            assert!(!done);
+            done = asm.accept(&chunk).unwrap();
+            count += 1;
+        }
+        assert!(done);
+        assert_eq!(count, 20_000_000usize.div_ceil(VALUES_PER_CHUNK));
+        assert!(asm.values() == params.as_slice());
+    }
+
+    #[test]
+    fn wrong_round_order_length_and_size_are_refused() {
+        let params = vec![1.0f32; VALUES_PER_CHUNK + 3];
+        let chunks: Vec<_> = weight_chunks(1, 1, &params).collect();
+        let mut cursor = ChunkCursor::new(1, 2, params.len());
+        assert!(cursor.advance(&chunks[0]).unwrap_err().to_string().contains("expected epoch 1 round 2"));
+        let mut cursor = ChunkCursor::new(1, 1, params.len());
+        assert!(cursor.advance(&chunks[1]).unwrap_err().to_string().contains("out of order"));
+        let mut cursor = ChunkCursor::new(1, 1, params.len() + 1);
+        assert!(cursor.advance(&chunks[0]).unwrap_err().to_string().contains("declares"));
+        let mut ragged = chunks[1].clone();
+        ragged.offset = 0;
+        ragged.data.push(0);
+        let mut cursor = ChunkCursor::new(1, 1, params.len());
+        assert!(cursor.advance(&ragged).is_err());
+        let mut long = chunks[1].clone();
+        long.offset = VALUES_PER_CHUNK as u64;
+        long.data.extend_from_slice(&[0; 4]);
+        let mut cursor = ChunkCursor::new(1, 1, params.len());
+        cursor.advance(&chunks[0]).unwrap();
+        assert!(cursor.advance(&long).unwrap_err().to_string().contains("past the model"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Conversions between protobuf messages and domain types.
+
+use lazyavg_common::config::{LrSchedule, RunSpec, TrainConfig};
+use lazyavg_common::params::Architecture;
+
+use crate::{pb, ProtoError};
+
+impl From<&RunSpec> for pb::RunConfig {
+    fn from(spec: &RunSpec) -> Self {
+        let t = &spec.train;
+        pb::RunConfig {
+            widths: spec.arch.widths.iter().map(|&w| w as u32).collect(),
+            batch_size: t.batch_size as u32,
+            lr: t.lr,
+            momentum: t.momentum,
+            weight_decay: t.weight_decay,
+            nesterov: t.nesterov,
+            schedule: match t.schedule {
+                LrSchedule::Constant => "constant",
+                LrSchedule::Cosine => "cosine",
+            }
+            .to_owned(),
+            seed: t.seed,
+            epochs: spec.epochs as u32,
+        }
+    }
+}
+
+impl TryFrom<pb::RunConfig> for RunSpec {
+    type Error = ProtoError;
+
+    /// Validates as the coordinator did, so a worker never trains on nonsense.
+    fn try_from(c: pb::RunConfig) -> Result<Self, ProtoError> {
+        let widths: Vec<usize> = c.widths.iter().map(|&w| w as usize).collect();
+        let arch = Architecture { widths };
+        arch.check().map_err(|e| ProtoError::Config(e.to_string()))?;
+        let train = TrainConfig {
+            hidden: arch.widths[1..arch.widths.len() - 1].to_vec(),
+            batch_size: c.batch_size as usize,
+            lr: c.lr,
+            momentum: c.momentum,
+            weight_decay: c.weight_decay,
+            nesterov: c.nesterov,
+            schedule: c.schedule.parse().map_err(ProtoError::Config)?,
+            seed: c.seed,
+        };
+        train.validate().map_err(|e| ProtoError::Config(e.to_string()))?;
+        Ok(RunSpec { train, arch, epochs: c.epochs as usize })
+    }
+}
+
+/// Sample indices as little-endian u32 bytes.
+pub fn encode_indices(indices: &[u32]) -> Vec<u8> {
+    indices.iter().flat_map(|i| i.to_le_bytes()).collect()
+}
+
+/// The inverse of [`encode_indices`].
+pub fn decode_indices(bytes: &[u8]) -> Result<Vec<u32>, ProtoError> {
+    if bytes.len() % 4 != 0 {
+        return Err(ProtoError::Ragged { what: "shard indices", len: bytes.len() });
+    }
+    Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_config_round_trip() {
+        let train = TrainConfig { hidden: vec![30, 20], lr: 0.1, ..TrainConfig::default() };
+        let spec = RunSpec { arch: train.architecture(784, 10).unwrap(), train, epochs: 3 };
+        let back = RunSpec::try_from(pb::RunConfig::from(&spec)).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn nonsense_run_config_is_refused() {
+        let train = TrainConfig::default();
+        let spec = RunSpec { arch: train.architecture(784, 10).unwrap(), train, epochs: 3 };
+        let mut msg = pb::RunConfig::from(&spec);
+        msg.batch_size = 0;
+        assert!(RunSpec::try_from(msg.clone()).is_err());
+        msg.batch_size = 32;
+        msg.widths = vec![784];
+        assert!(RunSpec::try_from(msg).is_err());
+    }
+
+    #[test]
+    fn indices_round_trip_and_ragged_bytes_are_refused() {
+        let idx = vec![0, 1, 59_999, u32::MAX];
+        assert_eq!(decode_indices(&encode_indices(&idx)).unwrap(), idx);
+        assert!(decode_indices(&[1, 2, 3]).is_err());
+    }
+}

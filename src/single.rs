@@ -1,0 +1,58 @@
+//! `lazyavg train`: one process, no cluster. The baseline the cluster is
+//! measured against, and the quickest check that data and model work.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use lazyavg_common::dataset::{self, Verification};
+use lazyavg_common::idx::NUM_CLASSES;
+use lazyavg_common::rng::Rng;
+use lazyavg_common::train::Trainer;
+use lazyavg_common::{config::TrainConfig, model_file};
+use tracing::{info, warn};
+
+use crate::cli::TrainArgs;
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let config = args.hyper.apply(TrainConfig::default())?;
+    anyhow::ensure!(args.epochs > 0, "invalid --epochs: must be at least 1");
+    let (split, verification) = dataset::load_dir(&args.data.data_dir, args.verify)?;
+    log_verification(&verification);
+    let mut trainer = Trainer::new(&config, split.train.image_len(), NUM_CLASSES)?;
+    info!(architecture = %trainer.mlp().arch(), parameters = trainer.mlp().len(), "training in one process");
+    let mut rng = Rng::derive(config.seed, 1);
+    let start = Instant::now();
+    for epoch in 1..=args.epochs {
+        let epoch_start = Instant::now();
+        let stats = trainer.train_epoch(&split.train, &mut rng, epoch - 1, args.epochs);
+        let seconds = epoch_start.elapsed().as_secs_f64();
+        let eval = trainer.evaluate(&split.test);
+        info!(
+            epoch,
+            train_loss = stats.mean_loss(),
+            test_loss = eval.loss,
+            accuracy = eval.accuracy,
+            samples_per_s = (stats.samples as f64 / seconds).round(),
+            "epoch done"
+        );
+    }
+    if let Some(path) = &args.save {
+        model_file::save(path, trainer.mlp().arch(), trainer.params())
+            .with_context(|| format!("saving the model to {}", path.display()))?;
+        info!(path = %path.display(), "model saved");
+    }
+    info!(seconds = start.elapsed().as_secs_f64(), "done");
+    Ok(())
+}
+
+/// One log line on what `--verify` found.
+pub fn log_verification(verification: &Verification) {
+    match verification {
+        Verification::Skipped => {}
+        Verification::Mnist => info!("data verified: SHA-256 matches MNIST"),
+        Verification::Sha256Sums => info!("data verified against the directory's SHA256SUMS"),
+        Verification::UnknownDataset => {
+            warn!("hash check skipped: these files are not MNIST and the directory has no SHA256SUMS")
+        }
+    }
+}
