@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=lazyavg.proto");
-    tonic_prost_build::configure().compile_protos(&["lazyavg.proto"], &["."])?;
+    // `bytes` fields become `bytes::Bytes`: one encoded average is shared by
+    // every worker's stream instead of being copied per worker.
+    tonic_prost_build::configure().bytes(".").compile_protos(&["lazyavg.proto"], &["."])?;
     Ok(())
 }

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use lazyavg_common::config::{LrSchedule, TrainConfig};
+use lazyavg_common::config::TrainSettings;
+use lazyavg_coordinator::Settings;
+use lazyavg_worker::WorkerArgs;
 use lazyavg_common::telemetry::LogFormat;
 
 /// Train one neural network on many machines by lazy aggregation.
@@ -21,10 +23,37 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the coordinator: serve workers, average their weights, evaluate.
+    Coordinator(CoordinatorArgs),
+    /// Run a worker: connect to a coordinator and train what it assigns.
+    Worker(WorkerArgs),
     /// Download MNIST into the data directory and verify it.
     FetchData(FetchDataArgs),
     /// Train in this one process (no cluster): the baseline and a quick check.
     Train(TrainArgs),
+    /// Measure performance on this machine; prints a Markdown table.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Single-thread training throughput per batch size against the matrix-product ceiling.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub settings: Settings,
+
+    /// TOML file with any of these settings (keys as flag names with `_`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Start N local worker processes connected to this coordinator (one-machine runs).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub spawn_workers: usize,
 }
 
 /// Where the IDX files live; shared by every subcommand that reads them.
@@ -49,79 +78,13 @@ pub struct FetchDataArgs {
     pub no_npm: bool,
 }
 
-/// Hyperparameters; unset ones come from the config file or the defaults.
-#[derive(Debug, Args, Clone, Default)]
-pub struct HyperArgs {
-    /// Hidden layer widths, comma-separated [default: 200,200].
-    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "W,W,..")]
-    pub hidden: Option<Vec<usize>>,
-
-    /// Samples per minibatch [default: 32].
-    #[arg(long, value_name = "B")]
-    pub batch_size: Option<usize>,
-
-    /// Peak learning rate of each worker's SGD [default: 0.05].
-    #[arg(long, value_name = "LR")]
-    pub lr: Option<f32>,
-
-    /// SGD momentum in [0, 1) [default: 0.9].
-    #[arg(long, value_name = "M")]
-    pub momentum: Option<f32>,
-
-    /// L2 weight decay [default: 0].
-    #[arg(long, value_name = "WD")]
-    pub weight_decay: Option<f32>,
-
-    /// Use Nesterov momentum.
-    #[arg(long)]
-    pub nesterov: bool,
-
-    /// Learning-rate schedule over the run: `cosine` or `constant` [default: cosine].
-    #[arg(long, value_name = "SCHEDULE")]
-    pub schedule: Option<LrSchedule>,
-
-    /// Seed of every random choice: same seed, same run [default: 1].
-    #[arg(long, value_name = "S")]
-    pub seed: Option<u64>,
-}
-
-impl HyperArgs {
-    /// Applies the flags that were given over `base` and validates the result.
-    pub fn apply(&self, mut base: TrainConfig) -> lazyavg_common::Result<TrainConfig> {
-        if let Some(h) = &self.hidden {
-            base.hidden = h.clone();
-        }
-        if let Some(b) = self.batch_size {
-            base.batch_size = b;
-        }
-        if let Some(lr) = self.lr {
-            base.lr = lr;
-        }
-        if let Some(m) = self.momentum {
-            base.momentum = m;
-        }
-        if let Some(wd) = self.weight_decay {
-            base.weight_decay = wd;
-        }
-        base.nesterov |= self.nesterov;
-        if let Some(s) = self.schedule {
-            base.schedule = s;
-        }
-        if let Some(s) = self.seed {
-            base.seed = s;
-        }
-        base.validate()?;
-        Ok(base)
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataDirArg,
 
     #[command(flatten)]
-    pub hyper: HyperArgs,
+    pub hyper: TrainSettings,
 
     /// Passes over the training set.
     #[arg(long, default_value_t = 1, value_name = "E")]
@@ -134,4 +97,14 @@ pub struct TrainArgs {
     /// Where to save the trained model (safetensors).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// Seconds of measurement per batch size (plus a fifth more of warm-up).
+    #[arg(long, default_value_t = 3.0, value_name = "S")]
+    pub seconds: f64,
 }

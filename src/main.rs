@@ -1,7 +1,9 @@
 //! The `lazyavg` binary: parses flags, sets up logging, runs one subcommand,
 //! and turns an error into `lazyavg: <message chain>` and a non-zero exit.
 
+mod bench;
 mod cli;
+mod cluster;
 mod single;
 
 use std::process::ExitCode;
@@ -9,22 +11,24 @@ use std::process::ExitCode;
 use clap::Parser;
 use lazyavg_common::{fetch, telemetry};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BenchCommand, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, std::io::stderr);
-    match run(cli.command) {
+    telemetry::init(cli.log_format, || telemetry::StderrAboveBars);
+    match run(cli.command, cli.log_format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("lazyavg: {err:#}");
-            ExitCode::FAILURE
+            cluster::exit_code(&err)
         }
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()> {
     match command {
+        Command::Coordinator(args) => cluster::block_on(cluster::coordinator(args, log_format)),
+        Command::Worker(args) => cluster::block_on(cluster::worker(args)),
         Command::FetchData(args) => {
             let options = fetch::FetchOptions {
                 dir: args.data.data_dir,
@@ -40,5 +44,6 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(args) => single::run(&args),
+        Command::Bench(BenchCommand::Train(args)) => bench::run(&args),
     }
 }

@@ -4,20 +4,20 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use lazyavg_common::dataset::{self, Verification};
+use lazyavg_common::dataset;
 use lazyavg_common::idx::NUM_CLASSES;
+use lazyavg_common::model_file;
 use lazyavg_common::rng::Rng;
 use lazyavg_common::train::Trainer;
-use lazyavg_common::{config::TrainConfig, model_file};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cli::TrainArgs;
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    let config = args.hyper.apply(TrainConfig::default())?;
+    let config = args.hyper.resolve()?;
     anyhow::ensure!(args.epochs > 0, "invalid --epochs: must be at least 1");
     let (split, verification) = dataset::load_dir(&args.data.data_dir, args.verify)?;
-    log_verification(&verification);
+    verification.log();
     let mut trainer = Trainer::new(&config, split.train.image_len(), NUM_CLASSES)?;
     info!(architecture = %trainer.mlp().arch(), parameters = trainer.mlp().len(), "training in one process");
     let mut rng = Rng::derive(config.seed, 1);
@@ -43,16 +43,4 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     }
     info!(seconds = start.elapsed().as_secs_f64(), "done");
     Ok(())
-}
-
-/// One log line on what `--verify` found.
-pub fn log_verification(verification: &Verification) {
-    match verification {
-        Verification::Skipped => {}
-        Verification::Mnist => info!("data verified: SHA-256 matches MNIST"),
-        Verification::Sha256Sums => info!("data verified against the directory's SHA256SUMS"),
-        Verification::UnknownDataset => {
-            warn!("hash check skipped: these files are not MNIST and the directory has no SHA256SUMS")
-        }
-    }
 }

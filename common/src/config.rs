@@ -33,7 +33,7 @@ pub struct TrainConfig {
 }
 
 /// The learning rate as a function of the run's progress in [0, 1].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     /// `lr` throughout.
@@ -45,15 +45,18 @@ pub enum LrSchedule {
     Cosine,
 }
 
-impl std::str::FromStr for LrSchedule {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "constant" => Ok(LrSchedule::Constant),
-            "cosine" => Ok(LrSchedule::Cosine),
-            other => Err(format!("unknown schedule {other:?} (expected constant or cosine)")),
+impl LrSchedule {
+    /// The name used in flags, files and the protocol.
+    pub fn name(self) -> &'static str {
+        match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
         }
+    }
+
+    /// The inverse of [`LrSchedule::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        [LrSchedule::Constant, LrSchedule::Cosine].into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -68,6 +71,77 @@ impl Default for TrainConfig {
             nesterov: false,
             schedule: LrSchedule::Cosine,
             seed: 1,
+        }
+    }
+}
+
+/// Hyperparameter flags and config-file keys; unset ones keep their defaults.
+/// Shared by `lazyavg train` and `lazyavg coordinator` (flattened into both).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+pub struct TrainSettings {
+    /// Hidden layer widths, comma-separated [default: 200,200].
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "W,W,..")]
+    pub hidden: Option<Vec<usize>>,
+
+    /// Samples per minibatch [default: 32].
+    #[arg(long, value_name = "B")]
+    pub batch_size: Option<usize>,
+
+    /// Peak learning rate of SGD [default: 0.05].
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f32>,
+
+    /// SGD momentum in [0, 1) [default: 0.9].
+    #[arg(long, value_name = "M")]
+    pub momentum: Option<f32>,
+
+    /// L2 weight decay [default: 0].
+    #[arg(long, value_name = "WD")]
+    pub weight_decay: Option<f32>,
+
+    /// Use Nesterov momentum.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nesterov: bool,
+
+    /// Learning-rate schedule over the run: cosine or constant [default: cosine].
+    #[arg(long, value_name = "SCHEDULE")]
+    pub schedule: Option<LrSchedule>,
+
+    /// Seed of every random choice: same seed, same run [default: 1].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+}
+
+impl TrainSettings {
+    /// The defaults with every given setting applied, validated.
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        let d = TrainConfig::default();
+        let config = TrainConfig {
+            hidden: self.hidden.clone().unwrap_or(d.hidden),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            lr: self.lr.unwrap_or(d.lr),
+            momentum: self.momentum.unwrap_or(d.momentum),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            nesterov: self.nesterov || d.nesterov,
+            schedule: self.schedule.unwrap_or(d.schedule),
+            seed: self.seed.unwrap_or(d.seed),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every setting given, as `config` has it (to record a resolved run).
+    pub fn from_config(config: &TrainConfig) -> Self {
+        TrainSettings {
+            hidden: Some(config.hidden.clone()),
+            batch_size: Some(config.batch_size),
+            lr: Some(config.lr),
+            momentum: Some(config.momentum),
+            weight_decay: Some(config.weight_decay),
+            nesterov: config.nesterov,
+            schedule: Some(config.schedule),
+            seed: Some(config.seed),
         }
     }
 }
@@ -129,6 +203,16 @@ mod tests {
         assert!(bad(|c| c.lr = f32::INFINITY).starts_with("invalid --lr"));
         assert!(bad(|c| c.hidden.clear()).starts_with("invalid --hidden"));
         assert!(bad(|c| c.momentum = -0.1).starts_with("invalid --momentum"));
+    }
+
+    #[test]
+    fn settings_override_defaults_and_round_trip() {
+        let settings = TrainSettings { lr: Some(0.1), hidden: Some(vec![64]), ..TrainSettings::default() };
+        let config = settings.resolve().unwrap();
+        assert_eq!((config.lr, config.hidden.clone(), config.batch_size), (0.1, vec![64], 32));
+        assert_eq!(TrainSettings::from_config(&config).resolve().unwrap(), config);
+        let bad = TrainSettings { hidden: Some(vec![]), ..TrainSettings::default() };
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("invalid --hidden"));
     }
 
     #[test]

@@ -153,6 +153,20 @@ pub enum Verification {
     UnknownDataset,
 }
 
+impl Verification {
+    /// Says in one log line what the check found.
+    pub fn log(&self) {
+        match self {
+            Verification::Skipped => {}
+            Verification::Mnist => tracing::info!("data verified: SHA-256 matches MNIST"),
+            Verification::Sha256Sums => tracing::info!("data verified against the directory's SHA256SUMS"),
+            Verification::UnknownDataset => {
+                tracing::warn!("hash check skipped: these files are not MNIST and the directory has no SHA256SUMS")
+            }
+        }
+    }
+}
+
 /// The path of `file` in `dir`, raw or `.gz` (the content decides how it is read).
 pub fn find_file(dir: &Path, file: &DataFile) -> Result<PathBuf> {
     let raw = dir.join(file.name);
@@ -226,7 +240,11 @@ fn read_sha256sums(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
 /// authoritative where it names a file. Without one, the files must all be
 /// MNIST's (verified) or none of them (an unknown dataset: the check is
 /// skipped, and the caller says so); a mix means a damaged MNIST file.
-pub fn check_hashes(files: &[DataFile], contents: &[Vec<u8>], sums: Option<&[(String, String)]>) -> Result<Verification> {
+pub fn check_hashes(
+    files: &[DataFile],
+    contents: &[Vec<u8>],
+    sums: Option<&[(String, String)]>,
+) -> Result<Verification> {
     let actual: Vec<String> = contents.iter().map(|c| sha256_hex(c)).collect();
     if let Some(sums) = sums {
         let listed: Vec<_> = files
@@ -267,11 +285,8 @@ mod tests {
         let px = |n: u32| vec![7u8; (n * 4 * 4) as usize];
         let lb = |n: u32| (0..n).map(|i| (i % 10) as u8).collect::<Vec<_>>();
         fs::write(dir.join(TRAIN_IMAGES.name), idx_bytes(idx::IMAGES_MAGIC, &[n_train, 4, 4], &px(n_train))).unwrap();
-        fs::write(
-            dir.join(TRAIN_LABELS.name),
-            idx_bytes(idx::LABELS_MAGIC, &[n_train_labels], &lb(n_train_labels)),
-        )
-        .unwrap();
+        fs::write(dir.join(TRAIN_LABELS.name), idx_bytes(idx::LABELS_MAGIC, &[n_train_labels], &lb(n_train_labels)))
+            .unwrap();
         fs::write(dir.join(TEST_IMAGES.name), idx_bytes(idx::IMAGES_MAGIC, &[3, 4, 4], &px(3))).unwrap();
         fs::write(dir.join(TEST_LABELS.name), idx_bytes(idx::LABELS_MAGIC, &[3], &lb(3))).unwrap();
     }

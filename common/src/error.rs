@@ -21,18 +21,10 @@ pub enum Error {
     Idx { file: String, problem: String },
 
     #[error("{file}: {labels} labels but {images} images")]
-    CountMismatch {
-        file: String,
-        labels: usize,
-        images: usize,
-    },
+    CountMismatch { file: String, labels: usize, images: usize },
 
     #[error("{file}: SHA-256 is {actual}, expected {expected}")]
-    HashMismatch {
-        file: String,
-        expected: String,
-        actual: String,
-    },
+    HashMismatch { file: String, expected: String, actual: String },
 
     #[error("{path}: {problem}")]
     ModelFile { path: PathBuf, problem: String },
@@ -41,11 +33,7 @@ pub enum Error {
     Config { field: &'static str, problem: String },
 
     #[error("parameter buffer holds {actual} values but the architecture {architecture} needs {expected}")]
-    ParamLength {
-        architecture: String,
-        expected: usize,
-        actual: usize,
-    },
+    ParamLength { architecture: String, expected: usize, actual: usize },
 
     #[error("could not fetch {file}; tried:\n{attempts}")]
     Fetch { file: String, attempts: String },
@@ -54,26 +42,17 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// A malformed IDX file.
     pub fn idx(file: &str, problem: impl Into<String>) -> Self {
-        Error::Idx {
-            file: file.to_owned(),
-            problem: problem.into(),
-        }
+        Error::Idx { file: file.to_owned(), problem: problem.into() }
     }
 
     /// A configuration value that fails validation.
     pub fn config(field: &'static str, problem: impl Into<String>) -> Self {
-        Error::Config {
-            field,
-            problem: problem.into(),
-        }
+        Error::Config { field, problem: problem.into() }
     }
 }
 

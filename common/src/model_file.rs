@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_bytes_atomic;

@@ -104,7 +104,11 @@ impl Layout {
     /// Fails unless `params` has exactly this layout's length.
     pub fn check_len(&self, arch: &Architecture, params: &[f32]) -> Result<()> {
         if params.len() != self.len {
-            return Err(Error::ParamLength { architecture: arch.to_string(), expected: self.len, actual: params.len() });
+            return Err(Error::ParamLength {
+                architecture: arch.to_string(),
+                expected: self.len,
+                actual: params.len(),
+            });
         }
         Ok(())
     }

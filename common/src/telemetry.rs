@@ -1,7 +1,11 @@
 //! Logging set-up, once per process: plain lines for people, JSON for machines,
 //! filtered by `RUST_LOG` (default `info`).
 
+use std::io::{self, Write};
 use std::str::FromStr;
+use std::sync::OnceLock;
+
+use indicatif::MultiProgress;
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,6 +17,16 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line, fields flattened.
     Json,
+}
+
+impl LogFormat {
+    /// The flag value that selects this format.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Plain => "plain",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 impl FromStr for LogFormat {
@@ -37,5 +51,29 @@ where
     match format {
         LogFormat::Plain => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+/// The process's progress bars. Log lines written through [`StderrAboveBars`]
+/// appear above them instead of tearing them; when standard error is not a
+/// terminal the bars are hidden and lines are plain.
+pub fn progress_bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
+
+/// Standard error, written with the progress bars suspended. Pass
+/// `|| StderrAboveBars` to [`init`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StderrAboveBars;
+
+impl Write for StderrAboveBars {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        progress_bars().suspend(|| io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
     }
 }

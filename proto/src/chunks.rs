@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::{pb, ProtoError, MAX_CHUNK_BYTES};
+use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
 
 /// f32 values per full chunk.
 pub const VALUES_PER_CHUNK: usize = MAX_CHUNK_BYTES / 4;
@@ -16,8 +16,18 @@ pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<It
         round,
         offset: (i * VALUES_PER_CHUNK) as u64,
         total,
-        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        data: encode_values(values),
     })
+}
+
+/// Little-endian f32 bytes, written into one preallocated buffer (a tight
+/// loop the compiler turns into plain copies on little-endian machines).
+fn encode_values(values: &[f32]) -> bytes::Bytes {
+    let mut out = vec![0u8; values.len() * 4];
+    for (dst, v) in out.chunks_exact_mut(4).zip(values) {
+        dst.copy_from_slice(&v.to_le_bytes());
+    }
+    out.into()
 }
 
 /// Decodes little-endian f32 bytes (length checked by [`ChunkCursor`]).
@@ -60,7 +70,10 @@ impl ChunkCursor {
             return Err(fail(format!("out of order: expected offset {}", self.next)));
         }
         if chunk.data.len() % 4 != 0 || chunk.data.is_empty() || chunk.data.len() > MAX_CHUNK_BYTES {
-            return Err(fail(format!("{} data bytes is not 4 to {MAX_CHUNK_BYTES} whole f32 values", chunk.data.len())));
+            return Err(fail(format!(
+                "{} data bytes is not 4 to {MAX_CHUNK_BYTES} whole f32 values",
+                chunk.data.len()
+            )));
         }
         let end = self.next + chunk.data.len() / 4;
         if end > self.total {
@@ -141,12 +154,12 @@ mod tests {
         assert!(cursor.advance(&chunks[0]).unwrap_err().to_string().contains("declares"));
         let mut ragged = chunks[1].clone();
         ragged.offset = 0;
-        ragged.data.push(0);
+        ragged.data = [&ragged.data[..], &[0]].concat().into();
         let mut cursor = ChunkCursor::new(1, 1, params.len());
         assert!(cursor.advance(&ragged).is_err());
         let mut long = chunks[1].clone();
         long.offset = VALUES_PER_CHUNK as u64;
-        long.data.extend_from_slice(&[0; 4]);
+        long.data = [&long.data[..], &[0; 4]].concat().into();
         let mut cursor = ChunkCursor::new(1, 1, params.len());
         cursor.advance(&chunks[0]).unwrap();
         assert!(cursor.advance(&long).unwrap_err().to_string().contains("past the model"));

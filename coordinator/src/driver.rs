@@ -1,0 +1,426 @@
+//! The training loop. The driver owns every piece of run state — the live
+//! workers, the epoch's shard table, the open round and the averaged model —
+//! and changes it only in response to [`Event`]s from the service, so no
+//! state is shared between tasks and no lock is needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lazyavg_common::dataset::Dataset;
+use lazyavg_common::model::{Evaluation, Mlp, Workspace};
+use lazyavg_common::params::digest;
+use lazyavg_proto::chunks::weight_chunks;
+use lazyavg_proto::convert::shard_messages;
+use lazyavg_proto::pb;
+use lazyavg_proto::pb::coordinator_message::Kind as Command;
+use lazyavg_proto::pb::worker_message::Kind as Reply;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::config::CoordinatorConfig;
+use crate::dump::RoundDump;
+use crate::error::{Error, Result};
+use crate::metrics::{EpochRecord, MetricsFile, RoundRecord};
+use crate::progress::EpochProgress;
+use crate::round::{Round, RoundError, RoundSummary, WorkerId};
+use crate::schedule::{ShardProgress, epoch_permutation, split_even};
+use crate::service::{Event, Outbox, command};
+
+/// Resolves to the name of the signal that asks the run to stop.
+pub type Shutdown = Pin<Box<dyn Future<Output = &'static str> + Send>>;
+
+/// A worker with an open session.
+#[derive(Debug)]
+struct Worker {
+    name: String,
+    outbox: Outbox,
+    /// This epoch's shard; `None` until the next epoch for a worker that joined mid-epoch.
+    shard: Option<ShardProgress>,
+    /// Samples this worker trained in the current epoch that made it into the average.
+    trained: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub epochs: u64,
+    pub last: Evaluation,
+    pub params: Vec<f32>,
+}
+
+/// What an epoch's rounds added up to.
+#[derive(Debug, Default)]
+struct EpochTally {
+    rounds: u64,
+    samples: u64,
+    loss_sum: f64,
+    train_seconds: f64,
+}
+
+pub struct Driver {
+    config: CoordinatorConfig,
+    mlp: Mlp,
+    test: Arc<Dataset>,
+    n_train: usize,
+    params: Vec<f32>,
+    sum: Vec<f64>,
+    /// Epoch and round the current parameters come from (0, 0 before the first round).
+    version: (u64, u64),
+    /// The epoch being trained (0 before the first).
+    epoch: u64,
+    events: mpsc::Receiver<Event>,
+    shutdown: Shutdown,
+    workers: BTreeMap<WorkerId, Worker>,
+    metrics: MetricsFile,
+    dump: Option<RoundDump>,
+    progress: EpochProgress,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: CoordinatorConfig,
+        mlp: Mlp,
+        params: Vec<f32>,
+        test: Arc<Dataset>,
+        n_train: usize,
+        events: mpsc::Receiver<Event>,
+        shutdown: Shutdown,
+        metrics: MetricsFile,
+        dump: Option<RoundDump>,
+    ) -> Self {
+        Driver {
+            config,
+            mlp,
+            test,
+            n_train,
+            sum: Vec::with_capacity(params.len()),
+            params,
+            version: (0, 0),
+            epoch: 0,
+            events,
+            shutdown,
+            workers: BTreeMap::new(),
+            metrics,
+            dump,
+            progress: EpochProgress::new(),
+        }
+    }
+
+    /// Waits for the configured number of workers, trains every epoch, then
+    /// tells the workers to stop.
+    pub async fn run(mut self) -> Result<RunSummary> {
+        let result = self.train().await;
+        let (reason, completed) = match &result {
+            Ok(_) => ("training complete".to_owned(), true),
+            Err(e) => (format!("coordinator stopped: {e}"), false),
+        };
+        self.progress.finish();
+        for worker in self.workers.values() {
+            let stop = command(Command::Stop(pb::Stop { reason: reason.clone(), completed }));
+            let _ = worker.outbox.try_send(Ok(stop));
+        }
+        result
+    }
+
+    async fn train(&mut self) -> Result<RunSummary> {
+        info!(workers = self.config.workers, "waiting for workers");
+        while self.workers.len() < self.config.workers {
+            let event = self.next_event().await?;
+            self.on_event(event, None).await;
+        }
+        let mut last = None;
+        for epoch in 1..=self.config.epochs as u64 {
+            last = Some(self.run_epoch(epoch).await?);
+        }
+        let last = last.expect("at least one epoch");
+        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.clone() })
+    }
+
+    async fn next_event(&mut self) -> Result<Event> {
+        tokio::select! {
+            event = self.events.recv() => Ok(event.expect("the service holds a sender while the driver runs")),
+            signal = &mut self.shutdown => Err(Error::Interrupted(signal)),
+        }
+    }
+
+    async fn run_epoch(&mut self, epoch: u64) -> Result<Evaluation> {
+        while self.workers.is_empty() {
+            warn!(epoch, "no workers left; waiting for one to join");
+            let event = self.next_event().await?;
+            self.on_event(event, None).await;
+        }
+        let started = Instant::now();
+        self.epoch = epoch;
+        self.assign_shards(epoch).await;
+        let samples_per_round = self.config.samples_per_round();
+        let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
+        self.progress.start_epoch(epoch, total_rounds);
+        let mut tally = EpochTally::default();
+        let mut round = 0;
+        loop {
+            let plan: Vec<(WorkerId, usize, usize)> = self
+                .workers
+                .iter()
+                .filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.done, s.next_until(samples_per_round))))
+                .filter(|&(_, from, until)| until > from)
+                .collect();
+            if plan.is_empty() {
+                break;
+            }
+            round += 1;
+            if let Some(summary) = self.run_round(epoch, round, &plan).await? {
+                tally.rounds += 1;
+                tally.samples += summary.samples;
+                tally.loss_sum += summary.loss_sum;
+                tally.train_seconds += summary.mean_train_seconds;
+                self.progress.round_done();
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let eval = self.evaluate().await;
+        let record = EpochRecord {
+            kind: "epoch",
+            epoch,
+            rounds: tally.rounds,
+            train_loss: tally.loss_sum / tally.samples.max(1) as f64,
+            test_loss: eval.loss,
+            accuracy: eval.accuracy,
+            samples: tally.samples,
+            distinct_images: self.distinct_images_trained(),
+            seconds,
+            samples_per_s: tally.samples as f64 / seconds,
+            sync_share: (1.0 - tally.train_seconds / seconds).clamp(0.0, 1.0),
+            workers: self.workers.len(),
+            samples_by_worker: self.workers.values().map(|w| (w.name.clone(), w.trained)).collect(),
+        };
+        info!(
+            epoch,
+            rounds = record.rounds,
+            train_loss = record.train_loss,
+            test_loss = record.test_loss,
+            accuracy = record.accuracy,
+            samples_per_s = record.samples_per_s.round(),
+            sync_share = record.sync_share,
+            workers = record.workers,
+            "epoch done"
+        );
+        self.metrics.append(&record)?;
+        Ok(eval)
+    }
+
+    /// Draws the epoch's permutation and sends every live worker its shard.
+    async fn assign_shards(&mut self, epoch: u64) {
+        let order = epoch_permutation(self.config.train.seed, epoch, self.n_train);
+        let shards = split_even(&order, self.workers.len());
+        for (worker, shard) in self.workers.values_mut().zip(shards) {
+            for msg in shard_messages(epoch, &shard, false) {
+                let _ = worker.outbox.send(Ok(command(Command::Shard(msg)))).await;
+            }
+            worker.shard = Some(ShardProgress::new(shard));
+            worker.trained = 0;
+        }
+    }
+
+    /// Images trained this epoch, counted without repeats: every shard's done
+    /// prefix (shards are disjoint by construction, which this re-checks).
+    fn distinct_images_trained(&self) -> u64 {
+        let seen: BTreeSet<u32> =
+            self.workers.values().filter_map(|w| w.shard.as_ref()).flat_map(|s| s.indices[..s.done].iter().copied()).collect();
+        seen.len() as u64
+    }
+
+    /// One pull–average–push round over `plan` (worker, from, until). Returns
+    /// `None` when the round had to be abandoned (it is then redone).
+    async fn run_round(
+        &mut self,
+        epoch: u64,
+        round: u64,
+        plan: &[(WorkerId, usize, usize)],
+    ) -> Result<Option<RoundSummary>> {
+        let started = Instant::now();
+        let weights: Vec<(WorkerId, u64)> = plan.iter().map(|&(id, from, until)| (id, (until - from) as u64)).collect();
+        let mut open = Round::new(epoch, round, &weights, self.params.len(), std::mem::take(&mut self.sum));
+        for &(id, from, until) in plan {
+            let pull = pb::PullWeights { epoch, round, train_from: from as u64, train_until: until as u64 };
+            self.send(id, Command::Pull(pull)).await;
+        }
+        while !open.is_complete() {
+            let event = self.next_event().await?;
+            self.on_event(event, Some(&mut open)).await;
+        }
+        let (result, sum) = open.finish(&mut self.params);
+        self.sum = sum;
+        let summary = match result {
+            Ok(summary) => summary,
+            Err(err) => {
+                warn!(epoch, round, error = %err, "round abandoned; redoing it with the workers left");
+                return Ok(None);
+            }
+        };
+        for &(id, weight) in &summary.contributors {
+            let until = plan.iter().find(|p| p.0 == id).map(|p| p.2);
+            if let (Some(worker), Some(until)) = (self.workers.get_mut(&id), until) {
+                if let Some(shard) = worker.shard.as_mut() {
+                    shard.done = until;
+                }
+                worker.trained += weight;
+            }
+        }
+        self.version = (epoch, round);
+        self.push_average().await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.after_round(&summary, seconds)?;
+        Ok(Some(summary))
+    }
+
+    /// Logs, dumps and records a finished round.
+    fn after_round(&mut self, summary: &RoundSummary, seconds: f64) -> Result<()> {
+        let wants_digest = tracing::enabled!(tracing::Level::DEBUG) || self.config.metrics_rounds;
+        let digest = if wants_digest { digest(&self.params) } else { String::new() };
+        debug!(
+            epoch = summary.epoch,
+            round = summary.round,
+            samples = summary.samples,
+            contributors = summary.contributors.len(),
+            seconds,
+            digest,
+            "round averaged"
+        );
+        if let Some(dump) = self.dump.as_mut() {
+            dump.finish(summary, &self.params)?;
+        }
+        if self.config.metrics_rounds {
+            self.metrics.append(&RoundRecord {
+                kind: "round",
+                epoch: summary.epoch,
+                round: summary.round,
+                samples: summary.samples,
+                contributors: summary.contributors.len(),
+                train_loss: summary.loss_sum / summary.samples.max(1) as f64,
+                seconds,
+                digest,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sends the current parameters to every live worker.
+    async fn push_average(&mut self) {
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        self.send_params(&ids).await;
+    }
+
+    async fn send_params(&mut self, to: &[WorkerId]) {
+        let (epoch, round) = self.version;
+        let chunks: Vec<pb::WeightsChunk> = weight_chunks(epoch, round, &self.params).collect();
+        for &id in to {
+            for chunk in &chunks {
+                self.send(id, Command::Average(chunk.clone())).await;
+            }
+        }
+    }
+
+    async fn send(&self, id: WorkerId, kind: Command) {
+        if let Some(worker) = self.workers.get(&id) {
+            // A failed send means the session is closing; its Detached event follows.
+            let _ = worker.outbox.send(Ok(command(kind))).await;
+        }
+    }
+
+    async fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
+        match event {
+            Event::Attached { id, name, outbox } => {
+                info!(worker = id, name, workers = self.workers.len() + 1, "worker joined");
+                self.workers.insert(id, Worker { name, outbox, shard: None, trained: 0 });
+                self.send_params(&[id]).await;
+            }
+            Event::Detached { id, reason } => {
+                let Some(worker) = self.workers.remove(&id) else { return };
+                let remaining = worker.shard.as_ref().map_or(0, ShardProgress::remaining);
+                info!(worker = id, name = worker.name, reason, trained = worker.trained, remaining, "worker left");
+                if let Some(round) = round {
+                    round.exclude(id);
+                }
+                self.hand_over(worker).await;
+            }
+            Event::Message { id, reply } => self.on_reply(id, reply, round).await,
+        }
+    }
+
+    async fn on_reply(&mut self, id: WorkerId, reply: Reply, round: Option<&mut Round>) {
+        let Some(round) = round else {
+            let status = Status::out_of_range("no round is open");
+            return self.reject(id, &status).await;
+        };
+        let result = match &reply {
+            Reply::Report(report) => round.report(id, report),
+            Reply::Weights(chunk) => {
+                let accepted = round.accept(id, chunk);
+                if accepted.is_ok()
+                    && let Some(dump) = &self.dump
+                    && let Err(e) = dump.chunk(id, chunk)
+                {
+                    warn!(error = %e, "cannot dump round");
+                }
+                accepted
+            }
+            Reply::Attach(_) => Ok(()),
+        };
+        if let Err(err) = result {
+            let status = Status::from(&err);
+            if let RoundError::Chunk(_) = err {
+                // A malformed message ends the session: the worker is broken or hostile.
+                round.exclude(id);
+                if let Some(worker) = self.workers.get(&id) {
+                    let _ = worker.outbox.try_send(Err(status.clone()));
+                }
+            }
+            self.reject(id, &status).await;
+        }
+    }
+
+    /// Tells a worker its message was refused, and logs it.
+    async fn reject(&self, id: WorkerId, status: &Status) {
+        let name = self.workers.get(&id).map(|w| w.name.as_str()).unwrap_or("?");
+        warn!(worker = id, name, code = ?status.code(), error = status.message(), "refused a worker message");
+        let rejected = pb::Rejected { code: status.code() as i32, message: status.message().to_owned() };
+        self.send(id, Command::Rejected(rejected)).await;
+    }
+
+    /// Gives the untrained rest of a departed worker's shard to the others,
+    /// split evenly, so every image of the epoch is still used once.
+    async fn hand_over(&mut self, departed: Worker) {
+        let Some(shard) = departed.shard else { return };
+        let rest = &shard.indices[shard.done..];
+        let heirs: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.shard.is_some()).map(|(&id, _)| id).collect();
+        if rest.is_empty() || heirs.is_empty() {
+            return;
+        }
+        let epoch = self.epoch;
+        for (&id, part) in heirs.iter().zip(split_even(rest, heirs.len())) {
+            for msg in shard_messages(epoch, &part, true) {
+                self.send(id, Command::Shard(msg)).await;
+            }
+            if let Some(s) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
+                s.indices.extend_from_slice(&part);
+            }
+        }
+        info!(name = departed.name, images = rest.len(), workers = heirs.len(), "handed the departed worker's images to the others");
+    }
+
+    /// Test loss and accuracy of the current average, off the async runtime.
+    async fn evaluate(&self) -> Evaluation {
+        let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), self.params.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut workspace = Workspace::new(mlp.arch(), 500);
+            mlp.evaluate(&params, &test, &mut workspace)
+        })
+        .await
+        .expect("evaluation does not panic")
+    }
+}

@@ -1,0 +1,70 @@
+//! The coordinator's errors, and their one mapping to gRPC statuses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tonic::Status;
+
+use crate::registry::RegistryError;
+use crate::round::RoundError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Common(#[from] lazyavg_common::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("cannot start local worker {index}: {source}")]
+    SpawnWorker {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("local worker {name} exited with {status} before training finished")]
+    WorkerExited { name: String, status: std::process::ExitStatus },
+    #[error("stopped by {0} before training finished")]
+    Interrupted(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+impl From<&RegistryError> for Status {
+    fn from(err: &RegistryError) -> Self {
+        Status::failed_precondition(err.to_string())
+    }
+}
+
+impl From<&RoundError> for Status {
+    /// Stale and future rounds are OUT_OF_RANGE; malformed or non-finite
+    /// weights INVALID_ARGUMENT; contributions from the wrong worker or twice
+    /// FAILED_PRECONDITION.
+    fn from(err: &RoundError) -> Self {
+        let message = err.to_string();
+        match err {
+            RoundError::Stale { .. } | RoundError::Future { .. } => Status::out_of_range(message),
+            RoundError::NonFinite { .. } | RoundError::Chunk(_) => Status::invalid_argument(message),
+            RoundError::NotInRound(_) | RoundError::Duplicate(_) => Status::failed_precondition(message),
+            RoundError::Empty { .. } | RoundError::Tainted { .. } => Status::internal(message),
+        }
+    }
+}

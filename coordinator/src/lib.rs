@@ -1,0 +1,134 @@
+//! The lazyavg coordinator: it owns the run. Workers dial in; every epoch it
+//! deals out a fresh split of the training set, every K minibatches it pulls
+//! the workers' weights, averages them and pushes the average back, and after
+//! every epoch it evaluates the average on the test set.
+//!
+//! # Layout
+//! - [`config`]: flags and config file, merged and validated.
+//! - [`schedule`]: the epoch's permutation and shards (pure).
+//! - [`round`]: one averaging round as a state machine (pure).
+//! - [`registry`]: joined workers and their sessions (pure).
+//! - [`service`]: the gRPC handlers, turning sessions into events.
+//! - [`driver`]: the training loop that consumes those events.
+//! - [`data`]: loading (or fetching) the data, packing the training set.
+//! - [`metrics`], [`dump`], [`progress`]: what the run writes and shows.
+//! - [`spawn`]: local workers for one-machine runs.
+
+pub mod config;
+pub mod data;
+pub mod driver;
+pub mod dump;
+pub mod error;
+pub mod metrics;
+pub mod progress;
+pub mod registry;
+pub mod round;
+pub mod schedule;
+pub mod service;
+pub mod spawn;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lazyavg_common::idx::NUM_CLASSES;
+use lazyavg_common::model::Mlp;
+use lazyavg_common::rng::Rng;
+use lazyavg_common::{config::RunSpec, fsutil, model_file};
+use lazyavg_proto::pb::coordinator_server::CoordinatorServer;
+use lazyavg_proto::{MAX_CHUNK_BYTES, pb};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::server::TcpIncoming;
+use tracing::info;
+
+pub use crate::config::{CoordinatorConfig, Settings};
+pub use crate::driver::{RunSummary, Shutdown};
+pub use crate::error::{Error, Result};
+use crate::service::{CoordinatorService, Shared};
+
+/// How often idle HTTP/2 connections are pinged, and how long a ping may go
+/// unanswered before the connection (and the worker's session) is dropped.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows large enough that a whole default model
+/// (800 KB) is in flight without waiting for window updates: h2's 64 KiB
+/// default costs a round trip per 64 KiB of weights.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 32 << 20;
+
+/// Runs a whole training run on an already bound `listener` (tests bind port
+/// 0) until it completes or `shutdown` resolves.
+pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shutdown) -> Result<RunSummary> {
+    let started = Instant::now();
+    let data = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || data::prepare(&config)).await.expect("data loading does not panic")?
+    };
+    let arch = config.train.architecture(data.image_len, NUM_CLASSES)?;
+    let spec = RunSpec { train: config.train.clone(), arch: arch.clone(), epochs: config.epochs };
+    let mlp = Mlp::new(arch);
+    let params = mlp.init(&mut Rng::derive(config.train.seed, 0));
+    let out_dir = prepare_out_dir(&config)?;
+
+    let (events_tx, events) = mpsc::channel(1024);
+    let shared = Arc::new(Shared {
+        run_config: pb::RunConfig::from(&spec),
+        dataset: data.offer,
+        registry: Mutex::new(Default::default()),
+        events: events_tx,
+    });
+    let service = CoordinatorServer::new(CoordinatorService::new(shared))
+        .max_decoding_message_size(MAX_CHUNK_BYTES + 64 * 1024)
+        .max_encoding_message_size(MAX_CHUNK_BYTES + 64 * 1024);
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
+    // Without TCP_NODELAY a small message waits for the peer's delayed ACK (~40 ms):
+    // that stalled every round behind a weights transfer.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_INTERVAL));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = server_stopped.await;
+            }),
+    );
+    info!(%addr, architecture = %mlp.arch(), parameters = mlp.len(), out = %out_dir.display(), "listening");
+
+    let metrics = metrics::MetricsFile::create(&out_dir)?;
+    let dump = match config.dump_rounds {
+        0 => None,
+        n => Some(dump::RoundDump::new(out_dir.join("rounds"), n)?),
+    };
+    let driver = driver::Driver::new(config, mlp.clone(), params, data.test, data.n_train, events, shutdown, metrics, dump);
+    let result = driver.run().await;
+
+    // Workers were told to stop; give their sessions a moment to close cleanly.
+    let _ = stop_server.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+
+    let summary = result?;
+    let model_path = out_dir.join("model.safetensors");
+    model_file::save(&model_path, mlp.arch(), &summary.params)?;
+    info!(
+        accuracy = summary.last.accuracy,
+        test_loss = summary.last.loss,
+        epochs = summary.epochs,
+        seconds = started.elapsed().as_secs_f64(),
+        out = %out_dir.display(),
+        "training complete"
+    );
+    Ok(summary)
+}
+
+/// Creates the output directory and records the resolved configuration in it.
+fn prepare_out_dir(config: &CoordinatorConfig) -> Result<std::path::PathBuf> {
+    let dir = config.out_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let toml = toml::to_string(&config.to_settings()).map_err(|e| Error::Config(e.to_string()))?;
+    fsutil::write_bytes_atomic(&dir.join("config.toml"), toml.as_bytes())?;
+    Ok(dir)
+}

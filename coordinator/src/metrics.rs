@@ -1,0 +1,66 @@
+//! `metrics.jsonl`: one JSON object per epoch (and per round if asked), for
+//! plots and for tests that check what the logs claim.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Appends records to `metrics.jsonl`, flushing each line so that a crash
+/// loses at most the line being written.
+#[derive(Debug)]
+pub struct MetricsFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochRecord {
+    pub kind: &'static str,
+    pub epoch: u64,
+    pub rounds: u64,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub accuracy: f64,
+    /// Samples trained and averaged this epoch, by the coordinator's count.
+    pub samples: u64,
+    /// Distinct training images among them (equal to `samples` when every image was used once).
+    pub distinct_images: u64,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+    /// Share of the epoch's wall time the workers did not spend training.
+    pub sync_share: f64,
+    pub workers: usize,
+    /// Samples by worker name.
+    pub samples_by_worker: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRecord {
+    pub kind: &'static str,
+    pub epoch: u64,
+    pub round: u64,
+    pub samples: u64,
+    pub contributors: usize,
+    pub train_loss: f64,
+    pub seconds: f64,
+    /// SHA-256 of the averaged parameters every worker now holds.
+    pub digest: String,
+}
+
+impl MetricsFile {
+    pub fn create(dir: &Path) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsFile { path, out: BufWriter::new(file) })
+    }
+
+    pub fn append(&mut self, record: &impl Serialize) -> Result<()> {
+        let line = serde_json::to_string(record).map_err(|e| Error::io(&self.path, e.into()))?;
+        writeln!(self.out, "{line}").and_then(|()| self.out.flush()).map_err(|e| Error::io(&self.path, e))
+    }
+}

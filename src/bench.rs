@@ -1,0 +1,195 @@
+//! `lazyavg bench train`: how fast one thread trains the default MLP, and how
+//! that compares with the best the same matrix-product backend does on one
+//! thread. The gap says how much a faster kernel could still win, and the
+//! samples/s are the unit that cluster throughput is measured against.
+//!
+//! Everything runs on the calling thread: ndarray's `matrixmultiply` backend
+//! is single-threaded unless its `threading` feature is on, and this workspace
+//! does not enable it (`cargo tree -e features -i matrixmultiply`).
+
+use std::time::{Duration, Instant};
+
+use lazyavg_common::config::TrainConfig;
+use lazyavg_common::dataset::{self, Dataset};
+use lazyavg_common::idx::NUM_CLASSES;
+use lazyavg_common::params::Architecture;
+use lazyavg_common::rng::Rng;
+use lazyavg_common::train::{Progress, Trainer};
+use ndarray::Array2;
+use ndarray::linalg::general_mat_mul;
+use tracing::info;
+
+use crate::cli::BenchTrainArgs;
+
+/// Batch sizes measured, one table row each.
+const BATCH_SIZES: [usize; 4] = [32, 64, 128, 256];
+/// Timed repetitions per row; the median is reported so that one preempted
+/// repetition does not move the figure.
+const REPETITIONS: usize = 5;
+/// Side of the square matrix product that gives the ceiling: large enough that
+/// the backend runs at its best, small enough to time in a fraction of a second.
+const CEILING_SIZE: usize = 1024;
+/// Samples trained between two clock reads (rounded to whole batches).
+const CHUNK_SAMPLES: usize = 1024;
+
+/// One measured row of the table.
+struct Row {
+    label: String,
+    samples_per_s: f64,
+    gflop_per_s: f64,
+}
+
+/// Repeatable work that reports how many units (samples, FLOP) it did.
+type Workload<'a> = Box<dyn FnMut() -> f64 + 'a>;
+
+pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0,
+        "invalid --seconds: must be positive and finite, got {}",
+        args.seconds
+    );
+    let per_repetition = Duration::from_secs_f64(args.seconds / REPETITIONS as f64);
+    let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
+    let base = TrainConfig::default();
+    let arch = base.architecture(split.train.image_len(), NUM_CLASSES)?;
+    let flop_per_sample = arch.train_flop_per_sample() as f64;
+    let mut workloads = Vec::with_capacity(BATCH_SIZES.len() + 1);
+    for batch_size in BATCH_SIZES {
+        workloads.push(training(TrainConfig { batch_size, ..base.clone() }, &split.train)?);
+    }
+    workloads.push(matmul(CEILING_SIZE));
+    info!(rows = workloads.len(), seconds_per_row = args.seconds, "benchmarking on one thread");
+    let rates = median_rates(per_repetition, &mut workloads);
+    let (ceiling, training_rates) = rates.split_last().expect("the ceiling is measured last");
+    let mut rows: Vec<Row> = BATCH_SIZES
+        .iter()
+        .zip(training_rates)
+        .map(|(batch_size, &samples_per_s)| Row {
+            label: format!("train, batch {batch_size}"),
+            samples_per_s,
+            gflop_per_s: samples_per_s * flop_per_sample / 1e9,
+        })
+        .collect();
+    rows.push(Row {
+        label: format!("ceiling: {CEILING_SIZE}×{CEILING_SIZE} f32 matmul"),
+        samples_per_s: ceiling / flop_per_sample,
+        gflop_per_s: ceiling / 1e9,
+    });
+    print_table(&arch, flop_per_sample, per_repetition, &rows);
+    Ok(())
+}
+
+/// Training steps of `config` on `data`: each call trains about
+/// [`CHUNK_SAMPLES`] samples of a shuffled epoch and returns how many.
+fn training(config: TrainConfig, data: &Dataset) -> anyhow::Result<Workload<'_>> {
+    let mut trainer = Trainer::new(&config, data.image_len(), NUM_CLASSES)?;
+    let mut order: Vec<u32> = (0..data.len() as u32).collect();
+    Rng::derive(config.seed, 1).shuffle(&mut order);
+    // Whole batches per chunk, so no step runs on a short batch and skews the rate.
+    let chunk = CHUNK_SAMPLES.div_ceil(config.batch_size) * config.batch_size;
+    anyhow::ensure!(data.len() >= chunk, "the training set holds {} samples; the benchmark needs {chunk}", data.len());
+    let chunks = data.len() / chunk;
+    let mut next = 0;
+    Ok(Box::new(move || {
+        let start = (next % chunks) * chunk;
+        next += 1;
+        // Progress through the epoch as in real training, so the learning-rate
+        // schedule (and with it the weights' scale) behaves as it does there.
+        let progress = Progress::in_epoch(0, 1, start, data.len());
+        trainer.train(data, &order[start..start + chunk], progress).samples as f64
+    }))
+}
+
+/// One `n × n` f32 matrix product per call, returning its 2·n³ FLOP.
+fn matmul(n: usize) -> Workload<'static> {
+    let mut rng = Rng::seed_from(7);
+    let a = Array2::from_shape_fn((n, n), |_| rng.next_f64() as f32);
+    let b = Array2::from_shape_fn((n, n), |_| rng.next_f64() as f32);
+    let mut c = Array2::<f32>::zeros((n, n));
+    let flop = 2.0 * (n as f64).powi(3);
+    Box::new(move || {
+        general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+        flop
+    })
+}
+
+/// Median units per second of each workload. Runs one untimed warm-up round
+/// and then [`REPETITIONS`] timed rounds; in each round every workload runs
+/// for at least `per_repetition` in turn. Interleaving the workloads means a
+/// slow stretch of the machine (another process, a throttled clock) slows
+/// every row alike instead of one row, so the rows stay comparable.
+fn median_rates(per_repetition: Duration, workloads: &mut [Workload<'_>]) -> Vec<f64> {
+    let mut rates = vec![Vec::with_capacity(REPETITIONS); workloads.len()];
+    for round in 0..=REPETITIONS {
+        for (work, rates) in workloads.iter_mut().zip(&mut rates) {
+            let rate = rate_for(per_repetition, work);
+            if round > 0 {
+                rates.push(rate);
+            }
+        }
+    }
+    rates
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(f64::total_cmp);
+            r[REPETITIONS / 2]
+        })
+        .collect()
+}
+
+/// Units per second of `work` called over and over for at least `duration`.
+fn rate_for(duration: Duration, work: &mut Workload<'_>) -> f64 {
+    let start = Instant::now();
+    let mut units = 0.0;
+    while start.elapsed() < duration {
+        units += work();
+    }
+    units / start.elapsed().as_secs_f64()
+}
+
+/// The Markdown table on stdout, ready to paste into the README.
+fn print_table(arch: &Architecture, flop_per_sample: f64, per_repetition: Duration, rows: &[Row]) {
+    let ceiling = rows.last().map_or(f64::NAN, |r| r.gflop_per_s);
+    println!(
+        "One thread, MLP {arch} ({flop_per_sample:.0} FLOP per training sample); each row is the \
+         median of {REPETITIONS} repetitions of {:.2} s, rows interleaved, after a warm-up round:\n",
+        per_repetition.as_secs_f64()
+    );
+    println!("| what | samples/s | GFLOP/s | share of ceiling |");
+    println!("|---|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {} | {:.1} | {:.0}% |",
+            row.label,
+            thousands(row.samples_per_s),
+            row.gflop_per_s,
+            100.0 * row.gflop_per_s / ceiling
+        );
+    }
+}
+
+/// `1234567.8` as `1,234,568`: rates are read by people comparing magnitudes.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(64_762.3), "64,762");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real `lazyavg` binary, started as separate
+//! processes on 127.0.0.1 with ports chosen by the OS, readiness polled with a
+//! deadline, children killed by pid when a test ends.
+//!
+//! - `support`: starting and stopping processes, waiting, parsing JSON logs.
+//! - `training`: one-process training on real MNIST, and the cross-check of a
+//!   saved model with an independent NumPy implementation.
+
+mod support;
+mod training;

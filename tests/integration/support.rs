@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The `lazyavg` binary built for these tests.
+pub fn lazyavg() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lazyavg"))
+}
+
+/// The MNIST copy beside the project (`../shared/data/mnist`).
+pub fn mnist_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+    assert!(dir.is_dir(), "MNIST is expected at {}", dir.display());
+    dir
+}
+
+/// Polls `predicate` every 20 ms until it returns `Some`, or panics after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut predicate: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = predicate() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process whose standard error is collected line by line; it is
+/// killed (by pid) and reaped when dropped, so a failing test leaves nothing behind.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stderr captured (stdout is discarded).
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&lines);
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { name: name.to_owned(), child, lines, reader: Some(reader) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every line written to stderr so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The stderr lines that are JSON objects (with `--log-format json`).
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.lines().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Waits for the process to exit and its output to be read; returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let name = self.name.clone();
+        let status = wait_until(&format!("{name} to exit"), timeout, || self.child.try_wait().ok().flatten());
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        status.code().unwrap_or(-1)
+    }
+
+    /// Output so far, for assertion messages.
+    pub fn dump(&self) -> String {
+        format!("--- {} ---\n{}", self.name, self.lines().join("\n"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,52 @@
+//! Capped, jittered exponential backoff between reconnection attempts, so a
+//! fleet of workers that lost their coordinator does not reconnect in lockstep.
+
+use std::time::Duration;
+
+use lazyavg_common::rng::Rng;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    cap: Duration,
+    attempt: u32,
+    rng: Rng,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, cap: Duration, seed: u64) -> Self {
+        Backoff { initial, cap, attempt: 0, rng: Rng::seed_from(seed) }
+    }
+
+    /// The next delay: uniform in [d/2, d] where d = min(cap, initial · 2^attempt).
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.initial.saturating_mul(1u32 << self.attempt.min(16));
+        let ceiling = exp.min(self.cap);
+        self.attempt += 1;
+        ceiling.mul_f64(0.5 + 0.5 * self.rng.next_f64())
+    }
+
+    /// Starts over after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 7);
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[3] >= Duration::from_millis(400) && delays[3] <= Duration::from_millis(800));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
+        assert!(delays[9] >= Duration::from_secs(1));
+        let distinct: std::collections::BTreeSet<_> = delays[6..].iter().collect();
+        assert!(distinct.len() > 1, "jittered: {delays:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

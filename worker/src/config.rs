@@ -1,0 +1,92 @@
+//! The worker's flags. A worker needs only the coordinator's address: the
+//! model, hyperparameters and data come from the coordinator.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tonic::transport::Uri;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Coordinator URL, e.g. http://10.0.0.1:7070.
+    #[arg(long, env = "LAZYAVG_COORDINATOR", value_name = "URL")]
+    pub coordinator: String,
+
+    /// Name shown in the coordinator's logs [default: host name and process id].
+    #[arg(long, env = "LAZYAVG_WORKER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Where the downloaded training set is cached [default: $XDG_CACHE_HOME/lazyavg or ~/.cache/lazyavg].
+    #[arg(long, env = "LAZYAVG_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Exit when standard input closes (set by `--spawn-workers`, so local workers die with their coordinator).
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
+}
+
+/// The validated worker configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub coordinator: Uri,
+    pub name: String,
+    pub cache_dir: PathBuf,
+    pub exit_with_stdin: bool,
+}
+
+impl WorkerArgs {
+    pub fn resolve(&self) -> Result<WorkerConfig> {
+        let url = &self.coordinator;
+        let bad = |problem: &str| Error::Address { url: url.clone(), problem: problem.to_owned() };
+        let coordinator: Uri = url.parse().map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
+        match coordinator.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(bad("must start with http:// or https://")),
+        }
+        if coordinator.host().is_none() {
+            return Err(bad("has no host"));
+        }
+        Ok(WorkerConfig {
+            coordinator,
+            name: self.name.clone().unwrap_or_else(default_name),
+            cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+            exit_with_stdin: self.exit_with_stdin,
+        })
+    }
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("lazyavg")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(url: &str) -> WorkerArgs {
+        WorkerArgs { coordinator: url.to_owned(), name: Some("w".into()), cache_dir: None, exit_with_stdin: false }
+    }
+
+    #[test]
+    fn coordinator_url_is_checked() {
+        assert!(args("http://127.0.0.1:7070").resolve().is_ok());
+        let err = args("127.0.0.1:7070").resolve().unwrap_err().to_string();
+        assert!(err.contains("http://"), "{err}");
+        assert!(args("http://").resolve().is_err());
+    }
+}

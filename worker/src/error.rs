@@ -1,0 +1,57 @@
+//! The worker's errors, and which of them a reconnect can cure.
+
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid --coordinator {url:?}: {problem}")]
+    Address { url: String, problem: String },
+    #[error("cannot reach the coordinator at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the coordinator refused {call}: {}", status.message())]
+    Refused { call: &'static str, status: Status },
+    #[error(transparent)]
+    Protocol(#[from] lazyavg_proto::ProtoError),
+    #[error("dataset download: {0}")]
+    Dataset(String),
+    #[error("dataset cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Common(#[from] lazyavg_common::Error),
+    #[error("the coordinator ended the session")]
+    SessionEnded,
+    #[error("the coordinator stopped the run: {0}")]
+    Aborted(String),
+    #[error("stopped by {0}")]
+    Interrupted(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether connecting again (with backoff) may succeed: the network or the
+    /// coordinator went away, or it lost track of us (e.g. it restarted).
+    /// A protocol-version mismatch, a broken cache disk or a deliberate stop
+    /// will not heal by retrying.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::SessionEnded | Error::Dataset(_) => true,
+            Error::Refused { call, status } => !(*call == "Join" && status.code() == Code::FailedPrecondition),
+            _ => false,
+        }
+    }
+
+    pub fn refused(call: &'static str) -> impl FnOnce(Status) -> Error {
+        move |status| Error::Refused { call, status }
+    }
+}

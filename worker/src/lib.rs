@@ -1,0 +1,111 @@
+//! The lazyavg worker. It dials the coordinator (retrying with backoff until
+//! it answers), learns the run's model and hyperparameters, downloads or
+//! finds in its cache the training set, and then trains whatever range of
+//! its shard the coordinator pulls, sending its weights back each round. If
+//! the connection breaks it reconnects by itself and joins again.
+//!
+//! # Layout
+//! - [`config`]: flags, validated.
+//! - [`backoff`]: jittered exponential backoff between attempts.
+//! - [`cache`]: the training set, downloaded once and kept on disk.
+//! - [`replica`]: the model replica and its shard (synchronous).
+//! - [`session`]: the command loop of one connection.
+
+pub mod backoff;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod replica;
+pub mod session;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lazyavg_common::config::RunSpec;
+use lazyavg_common::dataset::Dataset;
+use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
+use lazyavg_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, ProtoError, pb};
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+pub use crate::config::{WorkerArgs, WorkerConfig};
+pub use crate::error::{Error, Result};
+use crate::session::Ending;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Flow-control windows that let a whole model's weights be in flight at once
+/// (h2's 64 KiB default costs a round trip per 64 KiB).
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 32 << 20;
+
+/// Works for the coordinator until the run completes, a non-retryable error
+/// occurs, or `shutdown` resolves (with the signal's name).
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = &'static str>) -> Result<()> {
+    tokio::select! {
+        result = work(&config) => result,
+        signal = shutdown => Err(Error::Interrupted(signal)),
+    }
+}
+
+async fn work(config: &WorkerConfig) -> Result<()> {
+    let seed = u64::from(std::process::id()) ^ std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos() as u64);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), seed);
+    let mut dataset = None;
+    loop {
+        match attempt(config, &mut backoff, &mut dataset).await {
+            Ok(Ending::Completed) => {
+                info!("training complete");
+                return Ok(());
+            }
+            Ok(Ending::Aborted(reason)) => return Err(Error::Aborted(reason)),
+            Err(err) if err.is_retryable() => {
+                let delay = backoff.next_delay();
+                warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// One connection: Join, get the data, run the session.
+async fn attempt(
+    config: &WorkerConfig,
+    backoff: &mut Backoff,
+    dataset: &mut Option<(String, Arc<Dataset>)>,
+) -> Result<Ending> {
+    let url = config.coordinator.to_string();
+    let channel = Endpoint::from(config.coordinator.clone())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|source| Error::Connect { url: url.clone(), source })?;
+    let mut client = CoordinatorClient::new(channel)
+        .max_decoding_message_size(MAX_CHUNK_BYTES + 64 * 1024)
+        .max_encoding_message_size(MAX_CHUNK_BYTES + 64 * 1024);
+    let join = pb::JoinRequest { protocol_version: PROTOCOL_VERSION, name: config.name.clone() };
+    let reply = client.join(join).await.map_err(Error::refused("Join"))?.into_inner();
+    let missing = |what: &str| Error::Protocol(ProtoError::Config(format!("the handshake reply has no {what}")));
+    let spec = RunSpec::try_from(reply.config.ok_or_else(|| missing("run configuration"))?)?;
+    let info = reply.dataset.ok_or_else(|| missing("dataset"))?;
+    let data = match dataset {
+        Some((sha, data)) if *sha == info.sha256 => Arc::clone(data),
+        _ => {
+            let data = Arc::new(cache::load_or_fetch(&mut client, &config.cache_dir, reply.worker_id, &info).await?);
+            *dataset = Some((info.sha256.clone(), Arc::clone(&data)));
+            data
+        }
+    };
+    info!(worker = reply.worker_id, coordinator = url, architecture = %spec.arch, "joined the run");
+    session::run(&mut client, reply.worker_id, &spec, data, || backoff.reset()).await
+}
