@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use lazyavg_common::config::TrainSettings;
+use lazyavg_common::telemetry::LogFormat;
 use lazyavg_coordinator::Settings;
 use lazyavg_worker::WorkerArgs;
-use lazyavg_common::telemetry::LogFormat;
 
 /// Train one neural network on many machines by lazy aggregation.
 #[derive(Debug, Parser)]

@@ -38,9 +38,9 @@ pub struct TrainConfig {
 pub enum LrSchedule {
     /// `lr` throughout.
     Constant,
-    /// `lr · (1 + cos(π·progress)) / 2`: full rate early, annealed to zero at
-    /// the end. One MNIST epoch reaches 97.3% with it against 96.2% constant
-    /// (lr 0.05, momentum 0.9, batch 32; README has the sweep).
+    /// `lr · (1 + cos(π·progress)) / 2`: full rate early, annealed to zero at the end.
+    // Measured: one MNIST epoch reaches 97.3% with it against 96.2% constant
+    // (lr 0.05, momentum 0.9, batch 32; README has the sweep).
     #[default]
     Cosine,
 }

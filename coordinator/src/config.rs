@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use lazyavg_common::config::{TrainConfig, TrainSettings};
@@ -13,6 +14,13 @@ use crate::error::{Error, Result};
 
 /// Port the coordinator listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7070;
+
+/// A round normally takes milliseconds; a worker silent for this long is
+/// hung, stopped or cut off, and the others should not wait for it.
+const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a run may stay paused for lack of workers before it gives up.
+const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// Flags of `lazyavg coordinator`; a TOML file given with `--config` may set
 /// any of them under the same name (with `_` for `-`).
@@ -33,6 +41,20 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub train: TrainSettings,
+
+    /// Pause training while fewer than M workers are connected [default: 1].
+    #[arg(long, value_name = "M")]
+    pub min_workers: Option<usize>,
+
+    /// Give up (exit non-zero) after training was paused this long for lack of workers [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_wait: Option<Duration>,
+
+    /// Close a round without the workers that have not answered after this long, e.g. 10s, 500ms [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub round_timeout: Option<Duration>,
 
     /// Address to listen on for workers [default: 127.0.0.1:7070].
     #[arg(long, value_name = "ADDR:PORT")]
@@ -59,6 +81,10 @@ pub struct Settings {
     /// Debugging: write every contribution and average of the first N rounds as raw f32 under <out>/rounds.
     #[arg(long, value_name = "N", hide = true)]
     pub dump_rounds: Option<usize>,
+
+    /// Benchmark: instead of training, time N averaging rounds in which no worker trains, then exit.
+    #[arg(long, value_name = "N", hide = true)]
+    pub bench_rounds: Option<usize>,
 }
 
 /// The validated configuration a coordinator runs with.
@@ -68,12 +94,16 @@ pub struct CoordinatorConfig {
     pub workers: usize,
     pub sync_every: usize,
     pub epochs: usize,
+    pub round_timeout: Duration,
+    pub min_workers: usize,
+    pub max_wait: Duration,
     pub bind: SocketAddr,
     pub data_dir: PathBuf,
     pub verify: bool,
     pub out_dir: PathBuf,
     pub metrics_rounds: bool,
     pub dump_rounds: usize,
+    pub bench_rounds: usize,
 }
 
 impl Settings {
@@ -119,12 +149,19 @@ impl Settings {
             workers: positive(workers, "--workers")?,
             sync_every: positive(self.sync_every.unwrap_or(16), "--sync-every")?,
             epochs: positive(self.epochs.unwrap_or(10), "--epochs")?,
+            round_timeout: match self.round_timeout.unwrap_or(DEFAULT_ROUND_TIMEOUT) {
+                t if t.is_zero() => return Err(Error::Config("invalid --round-timeout: must be above 0".into())),
+                t => t,
+            },
+            min_workers: positive(self.min_workers.unwrap_or(1), "--min-workers")?,
+            max_wait: self.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
             bind: self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data/mnist")),
             verify: self.verify,
             out_dir: self.out.clone().unwrap_or_else(default_out_dir),
             metrics_rounds: self.metrics_rounds,
             dump_rounds: self.dump_rounds.unwrap_or(0),
+            bench_rounds: self.bench_rounds.unwrap_or(0),
         })
     }
 }
@@ -136,6 +173,9 @@ impl CoordinatorConfig {
             workers: Some(self.workers),
             sync_every: Some(self.sync_every),
             epochs: Some(self.epochs),
+            round_timeout: Some(self.round_timeout),
+            min_workers: Some(self.min_workers),
+            max_wait: Some(self.max_wait),
             train: TrainSettings::from_config(&self.train),
             bind: Some(self.bind),
             data_dir: Some(self.data_dir.clone()),
@@ -143,12 +183,32 @@ impl CoordinatorConfig {
             out: Some(self.out_dir.clone()),
             metrics_rounds: self.metrics_rounds,
             dump_rounds: (self.dump_rounds > 0).then_some(self.dump_rounds),
+            bench_rounds: (self.bench_rounds > 0).then_some(self.bench_rounds),
         }
     }
 
     /// Samples each worker trains between two averaging rounds.
     pub fn samples_per_round(&self) -> usize {
         self.sync_every * self.train.batch_size
+    }
+}
+
+/// Durations in config files as humantime strings ("10s", "500ms").
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
     }
 }
 
@@ -166,15 +226,24 @@ mod tests {
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.toml");
-        std::fs::write(&path, "epochs = 3\nlr = 0.2\nhidden = [64, 32]\nverify = true\n").unwrap();
+        std::fs::write(&path, "epochs = 3\nlr = 0.2\nhidden = [64, 32]\nverify = true\nround_timeout = \"2s\"\n")
+            .unwrap();
         let file = Settings::from_file(&path).unwrap();
         let flags = Settings { epochs: Some(5), ..Settings::default() };
         let config = file.overlay(&flags).unwrap().resolve(3).unwrap();
         assert_eq!((config.epochs, config.train.lr, config.workers, config.sync_every), (5, 0.2, 3, 16));
         assert_eq!(config.train.hidden, vec![64, 32]);
         assert!(config.verify);
+        assert_eq!(config.round_timeout, Duration::from_secs(2));
         // The recorded settings reproduce the configuration.
         assert_eq!(config.to_settings().resolve(0).unwrap(), config);
+    }
+
+    #[test]
+    fn the_shipped_systemd_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/coordinator.toml");
+        let config = Settings::from_file(&path).unwrap().resolve(0).unwrap();
+        assert_eq!(config.bind.port(), DEFAULT_PORT);
     }
 
     #[test]
@@ -187,7 +256,8 @@ mod tests {
         let bad = |s: Settings| s.resolve(0).unwrap_err().to_string();
         assert!(bad(Settings { sync_every: Some(0), ..Settings::default() }).contains("--sync-every"));
         assert!(bad(Settings { workers: Some(0), ..Settings::default() }).contains("--workers"));
-        let lr = Settings { train: TrainSettings { lr: Some(-1.0), ..TrainSettings::default() }, ..Settings::default() };
+        let lr =
+            Settings { train: TrainSettings { lr: Some(-1.0), ..TrainSettings::default() }, ..Settings::default() };
         assert!(bad(lr).contains("--lr"));
     }
 }

@@ -3,7 +3,7 @@
 //! and changes it only in response to [`Event`]s from the service, so no
 //! state is shared between tasks and no lock is needed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{EpochRecord, MetricsFile, RoundRecord};
 use crate::progress::EpochProgress;
 use crate::round::{Round, RoundError, RoundSummary, WorkerId};
-use crate::schedule::{ShardProgress, epoch_permutation, split_even};
+use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
 use crate::service::{Event, Outbox, command};
 
 /// Resolves to the name of the signal that asks the run to stop.
@@ -38,10 +38,9 @@ pub type Shutdown = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 struct Worker {
     name: String,
     outbox: Outbox,
-    /// This epoch's shard; `None` until the next epoch for a worker that joined mid-epoch.
+    /// This epoch's shard; `None` for a worker that joined mid-epoch (until
+    /// it adopts orphaned images or the next epoch starts).
     shard: Option<ShardProgress>,
-    /// Samples this worker trained in the current epoch that made it into the average.
-    trained: u64,
 }
 
 /// How a run ended.
@@ -72,6 +71,10 @@ pub struct Driver {
     version: (u64, u64),
     /// The epoch being trained (0 before the first).
     epoch: u64,
+    /// What the epoch has trained so far.
+    ledger: EpochLedger,
+    /// Images of this epoch whose worker left when no other could take them.
+    orphans: Vec<u32>,
     events: mpsc::Receiver<Event>,
     shutdown: Shutdown,
     workers: BTreeMap<WorkerId, Worker>,
@@ -102,12 +105,14 @@ impl Driver {
             params,
             version: (0, 0),
             epoch: 0,
+            ledger: EpochLedger::default(),
+            orphans: Vec::new(),
             events,
             shutdown,
             workers: BTreeMap::new(),
             metrics,
             dump,
-            progress: EpochProgress::new(),
+            progress: EpochProgress::default(),
         }
     }
 
@@ -133,6 +138,11 @@ impl Driver {
             let event = self.next_event().await?;
             self.on_event(event, None).await;
         }
+        if self.config.bench_rounds > 0 {
+            self.bench_rounds(self.config.bench_rounds).await?;
+            let last = self.evaluate().await;
+            return Ok(RunSummary { epochs: 0, last, params: self.params.clone() });
+        }
         let mut last = None;
         for epoch in 1..=self.config.epochs as u64 {
             last = Some(self.run_epoch(epoch).await?);
@@ -149,11 +159,7 @@ impl Driver {
     }
 
     async fn run_epoch(&mut self, epoch: u64) -> Result<Evaluation> {
-        while self.workers.is_empty() {
-            warn!(epoch, "no workers left; waiting for one to join");
-            let event = self.next_event().await?;
-            self.on_event(event, None).await;
-        }
+        self.ensure_min_workers().await?;
         let started = Instant::now();
         self.epoch = epoch;
         self.assign_shards(epoch).await;
@@ -163,14 +169,19 @@ impl Driver {
         let mut tally = EpochTally::default();
         let mut round = 0;
         loop {
+            self.ensure_min_workers().await?;
+            self.adopt_orphans().await;
             let plan: Vec<(WorkerId, usize, usize)> = self
                 .workers
                 .iter()
                 .filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.done, s.next_until(samples_per_round))))
                 .filter(|&(_, from, until)| until > from)
                 .collect();
-            if plan.is_empty() {
+            if plan.is_empty() && self.orphans.is_empty() {
                 break;
+            }
+            if plan.is_empty() {
+                continue;
             }
             round += 1;
             if let Some(summary) = self.run_round(epoch, round, &plan).await? {
@@ -191,12 +202,13 @@ impl Driver {
             test_loss: eval.loss,
             accuracy: eval.accuracy,
             samples: tally.samples,
-            distinct_images: self.distinct_images_trained(),
+            distinct_images: self.ledger.distinct(),
+            repeated_images: self.ledger.repeated(),
             seconds,
             samples_per_s: tally.samples as f64 / seconds,
             sync_share: (1.0 - tally.train_seconds / seconds).clamp(0.0, 1.0),
             workers: self.workers.len(),
-            samples_by_worker: self.workers.values().map(|w| (w.name.clone(), w.trained)).collect(),
+            samples_by_worker: self.ledger.by_worker().clone(),
         };
         info!(
             epoch,
@@ -222,16 +234,98 @@ impl Driver {
                 let _ = worker.outbox.send(Ok(command(Command::Shard(msg)))).await;
             }
             worker.shard = Some(ShardProgress::new(shard));
-            worker.trained = 0;
+        }
+        self.ledger = EpochLedger::new(self.n_train);
+        self.orphans.clear();
+        if let Some(dump) = &self.dump {
+            let shards =
+                self.workers.iter().filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.indices.as_slice())));
+            if let Err(e) = dump.shards(epoch, shards) {
+                warn!(error = %e, "cannot dump shards");
+            }
         }
     }
 
-    /// Images trained this epoch, counted without repeats: every shard's done
-    /// prefix (shards are disjoint by construction, which this re-checks).
-    fn distinct_images_trained(&self) -> u64 {
-        let seen: BTreeSet<u32> =
-            self.workers.values().filter_map(|w| w.shard.as_ref()).flat_map(|s| s.indices[..s.done].iter().copied()).collect();
-        seen.len() as u64
+    /// Pauses training while fewer than `--min-workers` are connected; fails
+    /// after `--max-wait` without enough of them.
+    async fn ensure_min_workers(&mut self) -> Result<()> {
+        let min = self.config.min_workers;
+        if self.workers.len() >= min {
+            return Ok(());
+        }
+        let waited = Instant::now();
+        warn!(
+            alive = self.workers.len(),
+            min_workers = min,
+            max_wait_s = self.config.max_wait.as_secs_f64(),
+            "too few workers; training paused"
+        );
+        let deadline = tokio::time::Instant::now() + self.config.max_wait;
+        while self.workers.len() < min {
+            match tokio::time::timeout_at(deadline, self.next_event()).await {
+                Ok(event) => self.on_event(event?, None).await,
+                Err(_) => {
+                    return Err(Error::TooFewWorkers { alive: self.workers.len(), min, waited: self.config.max_wait });
+                }
+            }
+        }
+        info!(
+            alive = self.workers.len(),
+            paused_s = waited.elapsed().as_secs_f64(),
+            "enough workers again; training resumed"
+        );
+        Ok(())
+    }
+
+    /// Deals images orphaned by departed workers to the live workers.
+    async fn adopt_orphans(&mut self) {
+        if self.orphans.is_empty() || self.workers.is_empty() {
+            return;
+        }
+        let orphans = std::mem::take(&mut self.orphans);
+        let epoch = self.epoch;
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for (&id, part) in ids.iter().zip(split_even(&orphans, ids.len())) {
+            let Some(worker) = self.workers.get_mut(&id) else { continue };
+            let extend = worker.shard.is_some();
+            match worker.shard.as_mut() {
+                Some(shard) => shard.indices.extend_from_slice(&part),
+                None => worker.shard = Some(ShardProgress::new(part.clone())),
+            }
+            for msg in shard_messages(epoch, &part, extend) {
+                self.send(id, Command::Shard(msg)).await;
+            }
+        }
+        info!(images = orphans.len(), workers = ids.len(), "dealt orphaned images to the live workers");
+    }
+
+    /// Times `rounds` rounds in which every worker trains nothing but sends
+    /// its weights and receives the average (equal weights): the cost of
+    /// synchronisation alone, measured here at the coordinator.
+    async fn bench_rounds(&mut self, rounds: usize) -> Result<()> {
+        let plan: Vec<(WorkerId, usize, usize)> = self.workers.keys().map(|&id| (id, 0, 0)).collect();
+        let weights: Vec<(WorkerId, u64)> = plan.iter().map(|&(id, _, _)| (id, 1)).collect();
+        let mut seconds = Vec::with_capacity(rounds);
+        for round in 1..=rounds as u64 {
+            let started = Instant::now();
+            self.exchange(0, round, &plan, &weights).await?;
+            seconds.push(started.elapsed().as_secs_f64());
+        }
+        seconds.sort_by(f64::total_cmp);
+        let median = seconds[seconds.len() / 2];
+        let bytes_per_round = (self.params.len() * 4 * 2 * plan.len()) as f64;
+        info!(
+            rounds,
+            workers = plan.len(),
+            parameters = self.params.len(),
+            median_ms = median * 1e3,
+            mean_ms = seconds.iter().sum::<f64>() / seconds.len() as f64 * 1e3,
+            p90_ms = seconds[seconds.len() * 9 / 10] * 1e3,
+            weights_gb_per_s = bytes_per_round / median / 1e9,
+            peak_rss_mb = peak_rss_mb(),
+            "round benchmark"
+        );
+        Ok(())
     }
 
     /// One pull–average–push round over `plan` (worker, from, until). Returns
@@ -242,16 +336,30 @@ impl Driver {
         round: u64,
         plan: &[(WorkerId, usize, usize)],
     ) -> Result<Option<RoundSummary>> {
-        let started = Instant::now();
         let weights: Vec<(WorkerId, u64)> = plan.iter().map(|&(id, from, until)| (id, (until - from) as u64)).collect();
-        let mut open = Round::new(epoch, round, &weights, self.params.len(), std::mem::take(&mut self.sum));
+        self.exchange(epoch, round, plan, &weights).await
+    }
+
+    /// Pulls `plan`'s ranges, averages with `weights`, pushes the average.
+    async fn exchange(
+        &mut self,
+        epoch: u64,
+        round: u64,
+        plan: &[(WorkerId, usize, usize)],
+        weights: &[(WorkerId, u64)],
+    ) -> Result<Option<RoundSummary>> {
+        let started = Instant::now();
+        let mut open = Round::new(epoch, round, weights, self.params.len(), std::mem::take(&mut self.sum));
         for &(id, from, until) in plan {
             let pull = pb::PullWeights { epoch, round, train_from: from as u64, train_until: until as u64 };
             self.send(id, Command::Pull(pull)).await;
         }
+        let deadline = tokio::time::Instant::now() + self.config.round_timeout;
         while !open.is_complete() {
-            let event = self.next_event().await?;
-            self.on_event(event, Some(&mut open)).await;
+            match tokio::time::timeout_at(deadline, self.next_event()).await {
+                Ok(event) => self.on_event(event?, Some(&mut open)).await,
+                Err(_) => self.drop_stragglers(&mut open).await,
+            }
         }
         let (result, sum) = open.finish(&mut self.params);
         self.sum = sum;
@@ -262,13 +370,12 @@ impl Driver {
                 return Ok(None);
             }
         };
-        for &(id, weight) in &summary.contributors {
-            let until = plan.iter().find(|p| p.0 == id).map(|p| p.2);
-            if let (Some(worker), Some(until)) = (self.workers.get_mut(&id), until) {
-                if let Some(shard) = worker.shard.as_mut() {
-                    shard.done = until;
-                }
-                worker.trained += weight;
+        for &(id, _) in &summary.contributors {
+            let Some(&(_, from, until)) = plan.iter().find(|p| p.0 == id) else { continue };
+            let Some(worker) = self.workers.get_mut(&id) else { continue };
+            if let Some(shard) = worker.shard.as_mut() {
+                self.ledger.record(&worker.name, &shard.indices[from..until]);
+                shard.done = until;
             }
         }
         self.version = (epoch, round);
@@ -336,17 +443,20 @@ impl Driver {
         match event {
             Event::Attached { id, name, outbox } => {
                 info!(worker = id, name, workers = self.workers.len() + 1, "worker joined");
-                self.workers.insert(id, Worker { name, outbox, shard: None, trained: 0 });
+                self.workers.insert(id, Worker { name, outbox, shard: None });
                 self.send_params(&[id]).await;
             }
             Event::Detached { id, reason } => {
                 let Some(worker) = self.workers.remove(&id) else { return };
                 let remaining = worker.shard.as_ref().map_or(0, ShardProgress::remaining);
-                info!(worker = id, name = worker.name, reason, trained = worker.trained, remaining, "worker left");
+                let trained = self.ledger.by_worker().get(&worker.name).copied().unwrap_or(0);
+                info!(worker = id, name = worker.name, reason, epoch = self.epoch, trained, remaining, "worker left");
                 if let Some(round) = round {
                     round.exclude(id);
                 }
-                self.hand_over(worker).await;
+                if let Some(shard) = worker.shard {
+                    self.hand_over(&worker.name, shard).await;
+                }
             }
             Event::Message { id, reply } => self.on_reply(id, reply, round).await,
         }
@@ -392,13 +502,41 @@ impl Driver {
         self.send(id, Command::Rejected(rejected)).await;
     }
 
-    /// Gives the untrained rest of a departed worker's shard to the others,
-    /// split evenly, so every image of the epoch is still used once.
-    async fn hand_over(&mut self, departed: Worker) {
-        let Some(shard) = departed.shard else { return };
+    /// Closes the round without the workers that missed its deadline. Their
+    /// late contributions will be refused as stale; they keep their session,
+    /// receive every average, and get a shard again from the next epoch,
+    /// while the rest of their current shard goes to the others.
+    async fn drop_stragglers(&mut self, open: &mut Round) {
+        for id in open.missing() {
+            open.exclude(id);
+            let Some(worker) = self.workers.get_mut(&id) else { continue };
+            let shard = worker.shard.take();
+            let name = worker.name.clone();
+            warn!(
+                worker = id,
+                name,
+                epoch = open.epoch(),
+                round = open.round(),
+                timeout_s = self.config.round_timeout.as_secs_f64(),
+                "worker missed the round deadline; closing the round without it"
+            );
+            if let Some(shard) = shard {
+                self.hand_over(&name, shard).await;
+            }
+        }
+    }
+
+    /// Gives the untrained rest of a shard whose worker left (or lags) to the
+    /// others, split evenly, so every image of the epoch is still used once.
+    async fn hand_over(&mut self, name: &str, shard: ShardProgress) {
         let rest = &shard.indices[shard.done..];
         let heirs: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.shard.is_some()).map(|(&id, _)| id).collect();
-        if rest.is_empty() || heirs.is_empty() {
+        if rest.is_empty() {
+            return;
+        }
+        if heirs.is_empty() {
+            info!(name, images = rest.len(), "no worker can take these images yet; keeping them for the next to join");
+            self.orphans.extend_from_slice(rest);
             return;
         }
         let epoch = self.epoch;
@@ -410,7 +548,7 @@ impl Driver {
                 s.indices.extend_from_slice(&part);
             }
         }
-        info!(name = departed.name, images = rest.len(), workers = heirs.len(), "handed the departed worker's images to the others");
+        info!(name, images = rest.len(), workers = heirs.len(), "handed the worker's untrained images to the others");
     }
 
     /// Test loss and accuracy of the current average, off the async runtime.
@@ -423,4 +561,14 @@ impl Driver {
         .await
         .expect("evaluation does not panic")
     }
+}
+
+/// This process's peak resident set size in MB (Linux `VmHWM`), or 0 where unknown.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -2,6 +2,7 @@
 //! the run's first N rounds it writes every contribution as it arrived and the
 //! resulting average as raw little-endian f32 files, plus a JSON file with each
 //! contributor's sample weight, so the average can be recomputed independently.
+//! For every epoch it writes the shards dealt out (`e{epoch}-shards.json`).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -31,6 +32,14 @@ impl RoundDump {
 
     fn file(&self, epoch: u64, round: u64, what: &str) -> PathBuf {
         self.dir.join(format!("e{epoch}-r{round}-{what}"))
+    }
+
+    /// Records the shards of `epoch`, by worker id.
+    pub fn shards<'a>(&self, epoch: u64, shards: impl Iterator<Item = (WorkerId, &'a [u32])>) -> Result<()> {
+        let map: serde_json::Map<String, serde_json::Value> =
+            shards.map(|(id, s)| (id.to_string(), json!(s))).collect();
+        let path = self.dir.join(format!("e{epoch}-shards.json"));
+        fs::write(&path, serde_json::Value::Object(map).to_string()).map_err(|e| Error::io(&path, e))
     }
 
     /// Appends a chunk a worker sent.

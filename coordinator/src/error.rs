@@ -38,6 +38,8 @@ pub enum Error {
     WorkerExited { name: String, status: std::process::ExitStatus },
     #[error("stopped by {0} before training finished")]
     Interrupted(&'static str),
+    #[error("only {alive} of the {min} workers needed (--min-workers) after waiting {}; giving up", humantime::format_duration(*waited))]
+    TooFewWorkers { alive: usize, min: usize, waited: std::time::Duration },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

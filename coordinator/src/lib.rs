@@ -55,6 +55,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// default costs a round trip per 64 KiB of weights.
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame we accept: a weights chunk travels in a few frames
+/// instead of 64 frames of h2's 16 KiB default.
+const MAX_FRAME: u32 = (1 << 24) - 1;
 
 /// Runs a whole training run on an already bound `listener` (tests bind port
 /// 0) until it completes or `shutdown` resolves.
@@ -87,6 +90,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_INTERVAL));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .max_frame_size(Some(MAX_FRAME))
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -103,7 +107,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         0 => None,
         n => Some(dump::RoundDump::new(out_dir.join("rounds"), n)?),
     };
-    let driver = driver::Driver::new(config, mlp.clone(), params, data.test, data.n_train, events, shutdown, metrics, dump);
+    let driver =
+        driver::Driver::new(config, mlp.clone(), params, data.test, data.n_train, events, shutdown, metrics, dump);
     let result = driver.run().await;
 
     // Workers were told to stop; give their sessions a moment to close cleanly.

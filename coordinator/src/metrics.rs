@@ -30,6 +30,8 @@ pub struct EpochRecord {
     pub samples: u64,
     /// Distinct training images among them (equal to `samples` when every image was used once).
     pub distinct_images: u64,
+    /// Images trained more than once this epoch (0 unless a worker left mid-round).
+    pub repeated_images: u64,
     pub seconds: f64,
     pub samples_per_s: f64,
     /// Share of the epoch's wall time the workers did not spend training.

@@ -4,31 +4,34 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use lazyavg_common::telemetry::progress_bars;
 
-#[derive(Debug)]
+/// Appears with the first epoch (not while waiting for workers).
+#[derive(Debug, Default)]
 pub struct EpochProgress {
-    bar: ProgressBar,
+    bar: Option<ProgressBar>,
 }
 
 impl EpochProgress {
-    pub fn new() -> Self {
-        let style = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} rounds, ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        let bar = progress_bars().add(ProgressBar::new(0).with_style(style));
-        EpochProgress { bar }
-    }
-
-    pub fn start_epoch(&self, epoch: u64, rounds: u64) {
-        self.bar.reset();
-        self.bar.set_length(rounds);
-        self.bar.set_message(format!("epoch {epoch}"));
+    pub fn start_epoch(&mut self, epoch: u64, rounds: u64) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let style = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} rounds, ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            progress_bars().add(ProgressBar::new(rounds).with_style(style))
+        });
+        bar.reset();
+        bar.set_length(rounds);
+        bar.set_message(format!("epoch {epoch}"));
     }
 
     pub fn round_done(&self) {
-        self.bar.inc(1);
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
     }
 
     pub fn finish(&self) {
-        self.bar.finish_and_clear();
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }

@@ -116,7 +116,11 @@ impl Round {
 
     /// Workers that have not finished sending (for timeouts and logs).
     pub fn missing(&self) -> Vec<WorkerId> {
-        self.parts.iter().filter(|(_, p)| matches!(p.state, State::Waiting | State::Receiving)).map(|(&id, _)| id).collect()
+        self.parts
+            .iter()
+            .filter(|(_, p)| matches!(p.state, State::Waiting | State::Receiving))
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     fn check_round(&self, epoch: u64, round: u64) -> Result<(), RoundError> {

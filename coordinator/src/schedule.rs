@@ -6,6 +6,8 @@
 //! same one) and cuts it into one contiguous shard per worker, the sizes
 //! differing by at most one image.
 
+use std::collections::BTreeMap;
+
 use lazyavg_common::rng::Rng;
 
 /// Stream id offset for epoch permutations, apart from the model's init stream.
@@ -55,6 +57,44 @@ impl ShardProgress {
     }
 }
 
+/// Which images an epoch has trained, and how often: the evidence that
+/// every image was used exactly once, whatever workers came and went.
+#[derive(Debug, Clone, Default)]
+pub struct EpochLedger {
+    uses: Vec<u8>,
+    by_worker: BTreeMap<String, u64>,
+}
+
+impl EpochLedger {
+    pub fn new(n_images: usize) -> Self {
+        EpochLedger { uses: vec![0; n_images], by_worker: BTreeMap::new() }
+    }
+
+    /// Records that `worker` trained `indices` and they entered the average.
+    pub fn record(&mut self, worker: &str, indices: &[u32]) {
+        for &i in indices {
+            let uses = &mut self.uses[i as usize];
+            *uses = uses.saturating_add(1);
+        }
+        *self.by_worker.entry(worker.to_owned()).or_default() += indices.len() as u64;
+    }
+
+    /// Images trained at least once.
+    pub fn distinct(&self) -> u64 {
+        self.uses.iter().filter(|&&u| u > 0).count() as u64
+    }
+
+    /// Images trained more than once.
+    pub fn repeated(&self) -> u64 {
+        self.uses.iter().filter(|&&u| u > 1).count() as u64
+    }
+
+    /// Samples per worker name.
+    pub fn by_worker(&self) -> &BTreeMap<String, u64> {
+        &self.by_worker
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +118,16 @@ mod tests {
         assert_eq!(epoch_permutation(5, 2, 1000), epoch_permutation(5, 2, 1000));
         assert_ne!(epoch_permutation(5, 2, 1000), epoch_permutation(5, 3, 1000));
         assert_ne!(epoch_permutation(5, 2, 1000), epoch_permutation(6, 2, 1000));
+    }
+
+    #[test]
+    fn ledger_counts_distinct_and_repeated_images() {
+        let mut ledger = EpochLedger::new(10);
+        ledger.record("a", &[0, 1, 2]);
+        ledger.record("b", &[3, 4]);
+        ledger.record("a", &[4]);
+        assert_eq!((ledger.distinct(), ledger.repeated()), (5, 1));
+        assert_eq!(ledger.by_worker()["a"], 4);
     }
 
     #[test]

@@ -102,7 +102,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<Self::FetchDatasetStream>, Status> {
         let request = request.into_inner();
         if !self.shared.registry().is_known(request.worker_id) {
-            return Err(Status::failed_precondition(format!("unknown worker id {}: call Join first", request.worker_id)));
+            return Err(Status::failed_precondition(format!(
+                "unknown worker id {}: call Join first",
+                request.worker_id
+            )));
         }
         let dataset = &self.shared.dataset;
         if request.sha256 != dataset.sha256 {

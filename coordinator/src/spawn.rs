@@ -27,7 +27,8 @@ impl LocalWorkers {
         let (tx, exits) = mpsc::channel(count.max(1));
         for index in 1..=count {
             let name = format!("local-{index}");
-            let child = spawn_one(&exe, addr, &name, log_format).map_err(|source| Error::SpawnWorker { index, source })?;
+            let child =
+                spawn_one(&exe, addr, &name, log_format).map_err(|source| Error::SpawnWorker { index, source })?;
             info!(name, pid = child.id(), "started local worker");
             let tx = tx.clone();
             tokio::spawn(async move {

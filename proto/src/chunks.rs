@@ -35,6 +35,13 @@ pub fn decode_values(data: &[u8]) -> impl Iterator<Item = f32> + '_ {
     data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// Decodes a chunk's values into `dst` (the range [`ChunkCursor::advance`] returned).
+pub fn decode_into(dst: &mut [f32], data: &[u8]) {
+    for (d, v) in dst.iter_mut().zip(decode_values(data)) {
+        *d = v;
+    }
+}
+
 /// Checks that the chunks of one buffer of `total` values arrive complete, in
 /// order and for the expected epoch and round. Holds no data, so a receiver can
 /// consume chunks as they come (the coordinator adds them straight into its
@@ -89,38 +96,6 @@ impl ChunkCursor {
     }
 }
 
-/// Reassembles one parameter buffer into a buffer allocated once.
-#[derive(Debug, Clone)]
-pub struct Assembler {
-    cursor: ChunkCursor,
-    values: Vec<f32>,
-}
-
-impl Assembler {
-    /// Expects the chunks of `total` values for `epoch` and `round`.
-    pub fn new(epoch: u64, round: u64, total: usize) -> Self {
-        Assembler { cursor: ChunkCursor::new(epoch, round, total), values: vec![0.0; total] }
-    }
-
-    /// Takes the next chunk; returns true once the buffer is complete.
-    pub fn accept(&mut self, chunk: &pb::WeightsChunk) -> Result<bool, ProtoError> {
-        let range = self.cursor.advance(chunk)?;
-        for (dst, v) in self.values[range].iter_mut().zip(decode_values(&chunk.data)) {
-            *dst = v;
-        }
-        Ok(self.cursor.is_complete())
-    }
-
-    /// The reassembled values (complete once [`accept`](Self::accept) returned true).
-    pub fn values(&self) -> &[f32] {
-        &self.values
-    }
-
-    pub fn into_values(self) -> Vec<f32> {
-        self.values
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,18 +103,19 @@ mod tests {
     #[test]
     fn twenty_million_values_round_trip_in_small_chunks() {
         let params: Vec<f32> = (0..20_000_000).map(|i| i as f32 * 0.5).collect();
-        let mut asm = Assembler::new(2, 7, params.len());
-        let mut done = false;
+        let mut received = vec![0.0f32; params.len()];
+        let mut cursor = ChunkCursor::new(2, 7, params.len());
         let mut count = 0;
         for chunk in weight_chunks(2, 7, &params) {
             assert!(chunk.data.len() <= MAX_CHUNK_BYTES);
-            assert!(!done);
-            done = asm.accept(&chunk).unwrap();
+            assert!(!cursor.is_complete());
+            let range = cursor.advance(&chunk).unwrap();
+            decode_into(&mut received[range], &chunk.data);
             count += 1;
         }
-        assert!(done);
+        assert!(cursor.is_complete());
         assert_eq!(count, 20_000_000usize.div_ceil(VALUES_PER_CHUNK));
-        assert!(asm.values() == params.as_slice());
+        assert!(received == params);
     }
 
     #[test]

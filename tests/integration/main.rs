@@ -5,6 +5,9 @@
 //! - `support`: starting and stopping processes, waiting, parsing JSON logs.
 //! - `training`: one-process training on real MNIST, and the cross-check of a
 //!   saved model with an independent NumPy implementation.
+//! - `cluster`: a coordinator and worker processes: accuracy, the dataset
+//!   cache, the average recomputed bit for bit, shards, seeded runs, refusals.
 
+mod cluster;
 mod support;
 mod training;

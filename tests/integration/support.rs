@@ -70,6 +70,12 @@ impl Proc {
         self.lines().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
+    /// The exit code if the process has exited (-1 for a signal), without
+    /// waiting; its last lines may still be in the pipe until [`Proc::wait`].
+    pub fn try_exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().map(|status| status.code().unwrap_or(-1))
+    }
+
     /// Waits for the process to exit and its output to be read; returns its exit code.
     pub fn wait(&mut self, timeout: Duration) -> i32 {
         let name = self.name.clone();

@@ -72,7 +72,10 @@ async fn read_cached(path: &Path, sha256: &str) -> Result<Option<Dataset>> {
 /// Streams the dataset from the coordinator and checks its length and hash.
 async fn download(client: &mut CoordinatorClient<Channel>, worker_id: u64, info: &pb::DatasetInfo) -> Result<Vec<u8>> {
     if info.bytes > MAX_DATASET_BYTES {
-        return Err(Error::Dataset(format!("{} bytes is more than the {MAX_DATASET_BYTES} a worker accepts", info.bytes)));
+        return Err(Error::Dataset(format!(
+            "{} bytes is more than the {MAX_DATASET_BYTES} a worker accepts",
+            info.bytes
+        )));
     }
     info!(bytes = info.bytes, sha256 = info.sha256, "downloading the training set");
     let request = pb::FetchDatasetRequest { worker_id, sha256: info.sha256.clone(), offset: 0 };
@@ -109,6 +112,9 @@ mod tests {
         let dir = Path::new("/cache");
         assert!(cache_path(dir, "../../etc/passwd").is_err());
         assert!(cache_path(dir, &"g".repeat(64)).is_err());
-        assert_eq!(cache_path(dir, &"a".repeat(64)).unwrap(), dir.join("datasets").join(format!("{}.idx", "a".repeat(64))));
+        assert_eq!(
+            cache_path(dir, &"a".repeat(64)).unwrap(),
+            dir.join("datasets").join(format!("{}.idx", "a".repeat(64)))
+        );
     }
 }

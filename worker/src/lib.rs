@@ -41,6 +41,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// (h2's 64 KiB default costs a round trip per 64 KiB).
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame we accept (h2's default is 16 KiB).
+const MAX_FRAME: u32 = (1 << 24) - 1;
 
 /// Works for the coordinator until the run completes, a non-retryable error
 /// occurs, or `shutdown` resolves (with the signal's name).
@@ -52,7 +54,8 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = &'static s
 }
 
 async fn work(config: &WorkerConfig) -> Result<()> {
-    let seed = u64::from(std::process::id()) ^ std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos() as u64);
+    let seed =
+        u64::from(std::process::id()) ^ std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos() as u64);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), seed);
     let mut dataset = None;
     loop {
@@ -82,6 +85,7 @@ async fn attempt(
     let channel = Endpoint::from(config.coordinator.clone())
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .max_frame_size(MAX_FRAME)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -1,6 +1,7 @@
 //! The worker's model replica: its trainer, the training set and this epoch's
 //! shard. Synchronous and CPU-bound; the session runs it off the async runtime.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::model::Mlp;
 use lazyavg_common::train::{Progress, Trainer};
+use lazyavg_proto::chunks::decode_into;
 use lazyavg_proto::convert::decode_indices;
 use lazyavg_proto::{ProtoError, pb};
 
@@ -54,8 +56,10 @@ impl Replica {
         self.trainer.params()
     }
 
-    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
-        Ok(self.trainer.set_params(params)?)
+    /// Writes received weights for `range` of the parameter buffer straight
+    /// into the model (no staging copy).
+    pub fn receive(&mut self, range: Range<usize>, data: &[u8]) {
+        decode_into(&mut self.trainer.params_mut()[range], data);
     }
 
     /// Replaces or extends the shard.

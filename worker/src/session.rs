@@ -7,7 +7,7 @@ use std::time::Instant;
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
-use lazyavg_proto::chunks::{Assembler, weight_chunks};
+use lazyavg_proto::chunks::{ChunkCursor, weight_chunks};
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -45,7 +45,7 @@ pub async fn run(
     attached();
     let started = Instant::now();
     let mut replica = Some(Replica::new(spec, data)?);
-    let mut incoming: Option<Assembler> = None;
+    let mut incoming: Option<ChunkCursor> = None;
     while let Some(message) = inbound.message().await.map_err(Error::refused("Session"))? {
         let Some(kind) = message.kind else { continue };
         let current = replica.as_mut().expect("the replica is back after every pull");
@@ -60,14 +60,23 @@ pub async fn run(
                 }
             }
             Command::Average(chunk) => {
-                let assembler = match incoming.take() {
-                    Some(a) if chunk.offset > 0 => a,
-                    _ => Assembler::new(chunk.epoch, chunk.round, current.len()),
+                let mut cursor = match incoming.take() {
+                    Some(cursor) if chunk.offset > 0 => cursor,
+                    _ => ChunkCursor::new(chunk.epoch, chunk.round, current.len()),
                 };
-                if assembler_accept(assembler, &chunk, &mut incoming)? {
-                    let values = incoming.take().expect("complete assembler").into_values();
-                    current.set_params(&values)?;
-                    debug!(epoch = chunk.epoch, round = chunk.round, digest = digest(&values), "weights applied");
+                let range = cursor.advance(&chunk)?;
+                current.receive(range, &chunk.data);
+                if cursor.is_complete() {
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        debug!(
+                            epoch = chunk.epoch,
+                            round = chunk.round,
+                            digest = digest(current.params()),
+                            "weights applied"
+                        );
+                    }
+                } else {
+                    incoming = Some(cursor);
                 }
             }
             Command::Rejected(rejected) => {
@@ -87,13 +96,6 @@ pub async fn run(
         }
     }
     Err(Error::SessionEnded)
-}
-
-/// Feeds one chunk to `assembler`; keeps it in `slot` and says whether the buffer is complete.
-fn assembler_accept(mut assembler: Assembler, chunk: &pb::WeightsChunk, slot: &mut Option<Assembler>) -> Result<bool> {
-    let complete = assembler.accept(chunk)?;
-    *slot = Some(assembler);
-    Ok(complete)
 }
 
 /// Runs the CPU-heavy training of a pull on the blocking pool and hands the

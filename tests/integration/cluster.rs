@@ -1,0 +1,633 @@
+//! A coordinator and worker processes on 127.0.0.1: accuracy, the dataset
+//! download and cache, the average recomputed bit for bit from the dumped
+//! contributions, the shards, a worker that starts first, seeded runs, local
+//! workers, and refusals of nonsense settings.
+//!
+//! Every coordinator listens on a port the OS chooses (`--bind 127.0.0.1:0`)
+//! and is ready once its JSON log says "listening" (the `addr` field tells
+//! the port). Workers get only `--coordinator` on their command line, and an
+//! empty cache directory through `LAZYAVG_CACHE_DIR`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+/// Generous bound on a whole run (seconds each on two cores), for slow machines.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on start-up: parsing flags, loading MNIST, binding.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Training set size.
+const N_TRAIN: u64 = 60_000;
+/// Log filter for processes whose debug lines a test reads (only ours: the
+/// HTTP/2 stack's debug lines would swamp them).
+const DEBUG_LOG: &str = "info,lazyavg_coordinator=debug,lazyavg_worker=debug";
+
+/// Held by every test that trains: each runs two to four training processes,
+/// and two such tests at once on a small machine would only slow each other
+/// down towards their deadlines.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> MutexGuard<'static, ()> {
+    // A failed test must not fail the others.
+    HEAVY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts a coordinator on `bind` writing to `out`, with `args` after the
+/// standard ones, and waits until it listens.
+fn start_coordinator(out: &Path, bind: &str, args: &[&str], rust_log: &str) -> Coordinator {
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "coordinator", "--bind", bind, "--data-dir"])
+        .arg(mnist_dir())
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .env("RUST_LOG", rust_log);
+    let mut proc = Proc::spawn("coordinator", cmd);
+    let listening = wait_for_line(&mut proc, "listening", START_TIMEOUT);
+    let addr = listening["addr"].as_str().unwrap_or_else(|| panic!("no addr in {listening}")).to_owned();
+    Coordinator { proc, addr, out: out.to_owned() }
+}
+
+struct Coordinator {
+    proc: Proc,
+    /// `IP:PORT` it listens on.
+    addr: String,
+    out: PathBuf,
+}
+
+/// Starts a worker for the coordinator at `addr` with `cache` as its cache directory.
+fn start_worker(name: &str, addr: &str, cache: &Path, rust_log: &str) -> Proc {
+    fs::create_dir_all(cache).expect("creating the cache directory");
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "worker", "--coordinator", &format!("http://{addr}")])
+        .env("LAZYAVG_CACHE_DIR", cache)
+        .env("RUST_LOG", rust_log)
+        .env_remove("LAZYAVG_COORDINATOR")
+        .env_remove("LAZYAVG_WORKER_NAME");
+    Proc::spawn(name, cmd)
+}
+
+/// The JSON log lines of `proc` whose message is `message`.
+fn logged(proc: &Proc, message: &str) -> Vec<Value> {
+    proc.json_lines().into_iter().filter(|line| line["message"] == message).collect()
+}
+
+/// Waits until `proc` logs `message` and returns that line; fails at once if
+/// the process exits first.
+fn wait_for_line(proc: &mut Proc, message: &str, timeout: Duration) -> Value {
+    let what = format!("{} to log {message:?}", proc.name);
+    let found = wait_until(&what, timeout, || match logged(proc, message).into_iter().next() {
+        Some(line) => Some(Some(line)),
+        None => proc.try_exit_code().map(|_| None),
+    });
+    if let Some(line) = found {
+        return line;
+    }
+    // It exited; its last lines may only now have been read.
+    let code = proc.wait(Duration::from_secs(10));
+    logged(proc, message)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{} exited with {code} before logging {message:?}\n{}", proc.name, proc.dump()))
+}
+
+/// Waits until every process has exited and asserts that each exited with 0.
+/// Fails as soon as one exits otherwise (a crashed worker would leave the
+/// coordinator waiting until the deadline), showing everyone's output.
+fn expect_success(procs: &mut [&mut Proc]) {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let codes: Vec<Option<i32>> = procs.iter_mut().map(|p| p.try_exit_code()).collect();
+        if codes.iter().all(Option::is_some) || codes.iter().any(|c| c.is_some_and(|c| c != 0)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let running: Vec<&str> =
+                procs.iter().zip(&codes).filter(|(_, c)| c.is_none()).map(|(p, _)| p.name.as_str()).collect();
+            panic!("still running after {RUN_TIMEOUT:?}: {running:?}\n{}", dumps(procs));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut failures = Vec::new();
+    for proc in procs.iter_mut() {
+        // Reads the rest of the output of those that exited; the others are killed on drop.
+        match proc.try_exit_code() {
+            Some(_) => {
+                let code = proc.wait(Duration::from_secs(10));
+                if code != 0 {
+                    failures.push(format!("{} exited with {code}", proc.name));
+                }
+            }
+            None => failures.push(format!("{} was still running", proc.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{}\n{}", failures.join("; "), dumps(procs));
+}
+
+fn dumps(procs: &[&mut Proc]) -> String {
+    procs.iter().map(|p| p.dump()).collect::<Vec<_>>().join("\n")
+}
+
+/// A finished run: a coordinator and its workers, all exited 0.
+struct Run {
+    _tmp: tempfile::TempDir,
+    coordinator: Coordinator,
+    workers: Vec<Proc>,
+    /// Each worker's cache directory, empty when it started.
+    caches: Vec<PathBuf>,
+}
+
+/// Runs a coordinator with `args` (and `--workers N`) and `workers` workers
+/// with empty caches to completion; every process must exit 0.
+fn run_cluster(workers: usize, args: &[&str], rust_log: &str) -> Run {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = workers.to_string();
+    let all_args: Vec<&str> = ["--workers", n.as_str()].into_iter().chain(args.iter().copied()).collect();
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &all_args, rust_log);
+    let caches: Vec<PathBuf> = (1..=workers).map(|i| tmp.path().join(format!("cache-{i}"))).collect();
+    let mut workers: Vec<Proc> = caches
+        .iter()
+        .enumerate()
+        .map(|(i, cache)| start_worker(&format!("worker-{}", i + 1), &coordinator.addr, cache, rust_log))
+        .collect();
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    Run { _tmp: tmp, coordinator, workers, caches }
+}
+
+/// The epoch records of `<out>/metrics.jsonl`.
+fn epoch_metrics(out: &Path) -> Vec<Value> {
+    let path = out.join("metrics.jsonl");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?} in {}: {e}", path.display())))
+        .filter(|record| record["kind"] == "epoch")
+        .collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A raw little-endian f32 file.
+fn read_f32(path: &Path) -> Vec<f32> {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(bytes.len() % 4, 0, "{} is not a whole number of f32", path.display());
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn f64_field(line: &Value, field: &str) -> f64 {
+    line[field].as_f64().unwrap_or_else(|| panic!("no number {field} in {line}"))
+}
+
+fn u64_field(line: &Value, field: &str) -> u64 {
+    line[field].as_u64().unwrap_or_else(|| panic!("no integer {field} in {line}"))
+}
+
+/// One round dumped by `--dump-rounds`.
+struct DumpedRound {
+    /// `e{E}-r{R}-round.json`.
+    meta: Value,
+    contributions: Vec<Contribution>,
+    average: Vec<f32>,
+    /// `e{E}-r{R}-avg.f32` as written.
+    average_bytes: Vec<u8>,
+}
+
+/// One worker's weights as the coordinator received them, and its sample weight.
+struct Contribution {
+    worker: u64,
+    samples: u64,
+    values: Vec<f32>,
+}
+
+/// Reads the dump of `epoch`/`round` under `dir`, for a model of `parameters` values.
+fn read_round(dir: &Path, epoch: u64, round: u64, parameters: usize) -> DumpedRound {
+    let file = |what: &str| dir.join(format!("e{epoch}-r{round}-{what}"));
+    let meta = read_json(&file("round.json"));
+    assert_eq!((u64_field(&meta, "epoch"), u64_field(&meta, "round")), (epoch, round), "{meta}");
+    let contributions: Vec<Contribution> = meta["contributors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no contributors in {meta}"))
+        .iter()
+        .map(|c| {
+            let (worker, samples) = (u64_field(c, "worker"), u64_field(c, "samples"));
+            assert!(samples > 0, "{meta}");
+            let values = read_f32(&file(&format!("w{worker}.f32")));
+            assert_eq!(values.len(), parameters, "contribution of worker {worker} to e{epoch}-r{round}");
+            Contribution { worker, samples, values }
+        })
+        .collect();
+    let average_bytes = fs::read(file("avg.f32")).expect("reading the average");
+    let average = read_f32(&file("avg.f32"));
+    assert_eq!(average.len(), parameters, "average of e{epoch}-r{round}");
+    DumpedRound { meta, contributions, average, average_bytes }
+}
+
+/// The sample-weighted mean, computed independently the way the coordinator
+/// documents it: `sum = Σ samplesᵢ · f64(xᵢ)` (in the order given), then
+/// `(sum * (1 / Σ samplesᵢ)) as f32`.
+fn weighted_mean(contributions: &[Contribution]) -> Vec<f32> {
+    let mut sum = vec![0.0f64; contributions[0].values.len()];
+    for c in contributions {
+        for (acc, &v) in sum.iter_mut().zip(&c.values) {
+            *acc += c.samples as f64 * f64::from(v);
+        }
+    }
+    let scale = 1.0 / contributions.iter().map(|c| c.samples).sum::<u64>() as f64;
+    sum.iter().map(|&s| (s * scale) as f32).collect()
+}
+
+/// (index, actual, expected) wherever the bits of `actual` and `expected` differ.
+fn ulp_differences(actual: &[f32], expected: &[f32]) -> Vec<(usize, f32, f32)> {
+    assert_eq!(actual.len(), expected.len());
+    actual
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (a, e))| a.to_bits() != e.to_bits())
+        .map(|(i, (a, e))| (i, *a, *e))
+        .collect()
+}
+
+/// The final accuracy a coordinator logged (workers log "training complete"
+/// too, without an accuracy: local workers share the coordinator's stderr).
+fn final_accuracy(coordinator: &Proc) -> f64 {
+    let lines: Vec<Value> =
+        logged(coordinator, "training complete").into_iter().filter(|l| l.get("accuracy").is_some()).collect();
+    assert_eq!(lines.len(), 1, "one \"training complete\" line expected\n{}", coordinator.dump());
+    let accuracy = f64_field(&lines[0], "accuracy");
+    assert!((0.0..=1.0).contains(&accuracy), "{}", lines[0]);
+    accuracy
+}
+
+#[test]
+fn two_workers_train_three_epochs_to_97_percent() {
+    let _heavy = heavy();
+    let run = run_cluster(2, &["--sync-every", "16", "--epochs", "3"], "info");
+    let coordinator = &run.coordinator;
+
+    let accuracy = final_accuracy(&coordinator.proc);
+    assert!(accuracy >= 0.970, "three epochs reached only {accuracy}\n{}", coordinator.proc.dump());
+    let epochs = epoch_metrics(&coordinator.out);
+    assert_eq!(epochs.iter().map(|e| u64_field(e, "epoch")).collect::<Vec<_>>(), [1, 2, 3], "{epochs:?}");
+    for epoch in &epochs {
+        assert_eq!(u64_field(epoch, "samples"), N_TRAIN, "{epoch}");
+        assert_eq!(u64_field(epoch, "distinct_images"), N_TRAIN, "{epoch}");
+        assert_eq!(u64_field(epoch, "workers"), 2, "{epoch}");
+        let by_worker: Vec<u64> = epoch["samples_by_worker"]
+            .as_object()
+            .expect("samples_by_worker")
+            .values()
+            .filter_map(Value::as_u64)
+            .collect();
+        assert_eq!(by_worker, [N_TRAIN / 2, N_TRAIN / 2], "{epoch}");
+    }
+    assert_eq!(f64_field(&epochs[2], "accuracy"), accuracy, "metrics.jsonl and the log disagree");
+
+    // Each worker downloaded the training set into its cache, under its hash.
+    let data_loaded = logged(&coordinator.proc, "data loaded");
+    let sha256 = data_loaded.first().and_then(|l| l["sha256"].as_str()).expect("the coordinator logs the data's hash");
+    for (worker, cache) in run.workers.iter().zip(&run.caches) {
+        assert_eq!(logged(worker, "downloading the training set").len(), 1, "{}", worker.dump());
+        assert!(logged(worker, "dataset found in cache").is_empty(), "{}", worker.dump());
+        let files: Vec<PathBuf> = fs::read_dir(cache.join("datasets"))
+            .unwrap_or_else(|e| panic!("{}/datasets: {e}", cache.display()))
+            .map(|entry| entry.expect("directory entry").path())
+            .collect();
+        assert_eq!(files.len(), 1, "exactly the dataset, no leftovers: {files:?}");
+        let name = files[0].file_name().and_then(|n| n.to_str()).expect("UTF-8 name");
+        let stem = name.strip_suffix(".idx").unwrap_or_else(|| panic!("{name} is not <sha256>.idx"));
+        assert!(stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()), "{name} is not <sha256>.idx");
+        assert_eq!(stem, sha256, "cached under another hash than the coordinator's");
+        assert_eq!(sha256_hex(&fs::read(&files[0]).expect("reading the cache")), sha256, "cached copy is damaged");
+    }
+
+    // A fresh run finds the dataset in the first worker's cache.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut again =
+        start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &["--workers", "1", "--epochs", "1"], "info");
+    let mut worker = start_worker("worker-again", &again.addr, &run.caches[0], "info");
+    expect_success(&mut [&mut again.proc, &mut worker]);
+    assert_eq!(logged(&worker, "dataset found in cache").len(), 1, "{}", worker.dump());
+    assert!(logged(&worker, "downloading the training set").is_empty(), "{}", worker.dump());
+}
+
+#[test]
+fn after_a_round_workers_hold_the_weighted_mean_bit_for_bit() {
+    const ROUNDS: u64 = 3;
+    let _heavy = heavy();
+    let run = run_cluster(2, &["--sync-every", "4", "--epochs", "1", "--dump-rounds", "3"], DEBUG_LOG);
+    let coordinator = &run.coordinator.proc;
+    let parameters = logged(coordinator, "listening").first().map(|l| u64_field(l, "parameters")).expect("listening");
+    let dir = run.coordinator.out.join("rounds");
+    // Which worker process has which id.
+    let ids: Vec<u64> = run
+        .workers
+        .iter()
+        .map(|w| logged(w, "joined the run").first().map(|l| u64_field(l, "worker")).expect("joined the run"))
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+
+    for round in 1..=ROUNDS {
+        let dumped = read_round(&dir, 1, round, parameters as usize);
+        let mut seen: Vec<u64> = dumped.contributions.iter().map(|c| c.worker).collect();
+        seen.sort_unstable();
+        let mut expected = ids.clone();
+        expected.sort_unstable();
+        assert_eq!(seen, expected, "both workers contribute to round {round}: {}", dumped.meta);
+
+        let mismatches = ulp_differences(&dumped.average, &weighted_mean(&dumped.contributions));
+        let max_diff = mismatches.iter().map(|(_, a, e)| (a - e).abs()).fold(0.0f32, f32::max);
+        assert!(
+            mismatches.is_empty(),
+            "round {round}: {} of {parameters} values differ from the recomputed mean (max |diff| {max_diff}), first {:?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(5)]
+        );
+        let (average, meta) = (&dumped.average, &dumped.meta);
+        let contributions: Vec<&Vec<f32>> = dumped.contributions.iter().map(|c| &c.values).collect();
+        // Not trivially equal: the workers trained different images.
+        let differing =
+            contributions[0].iter().zip(contributions[1]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert!(differing > parameters as usize / 10, "round {round}: only {differing} values differ between workers");
+        assert_ne!(average, contributions[0]);
+
+        // Everyone holds exactly this buffer.
+        let digest = sha256_hex(&dumped.average_bytes);
+        assert_eq!(meta["digest"], digest.as_str(), "round.json digest of round {round}");
+        let averaged: Vec<Value> = logged(coordinator, "round averaged")
+            .into_iter()
+            .filter(|l| l["epoch"] == 1 && l["round"] == round)
+            .collect();
+        assert_eq!(averaged.len(), 1, "one \"round averaged\" line for round {round}\n{}", coordinator.dump());
+        assert_eq!(averaged[0]["digest"], digest.as_str(), "{}", averaged[0]);
+        for worker in &run.workers {
+            let applied: Vec<Value> = logged(worker, "weights applied")
+                .into_iter()
+                .filter(|l| l["epoch"] == 1 && l["round"] == round)
+                .collect();
+            assert_eq!(applied.len(), 1, "one \"weights applied\" line for round {round}\n{}", worker.dump());
+            assert_eq!(
+                applied[0]["digest"],
+                digest.as_str(),
+                "{} holds other weights after round {round}",
+                worker.name
+            );
+        }
+    }
+    // Only the first N rounds are dumped.
+    assert!(!dir.join(format!("e1-r{}-avg.f32", ROUNDS + 1)).exists());
+}
+
+/// 60000 images do not split evenly seven ways: the shards hold 8572 and
+/// 8571 images, so the epoch's last round averages 572 and 571 samples, and
+/// only there does weighting by samples change the result.
+#[test]
+fn uneven_contributions_are_weighted_by_their_samples() {
+    let _heavy = heavy();
+    // Rounds of 4 × 1000 samples: 4000, 4000, then 572 or 571.
+    let args = ["--epochs", "1", "--batch-size", "1000", "--sync-every", "4", "--dump-rounds", "3"];
+    let run = run_cluster(7, &args, "info");
+    let parameters = logged(&run.coordinator.proc, "listening").first().map(|l| u64_field(l, "parameters")).unwrap();
+    let dumped = read_round(&run.coordinator.out.join("rounds"), 1, 3, parameters as usize);
+    let mut samples: Vec<u64> = dumped.contributions.iter().map(|c| c.samples).collect();
+    samples.sort_unstable();
+    assert_eq!(samples, [571, 571, 571, 571, 572, 572, 572], "{}", dumped.meta);
+
+    // Seven f64 terms are summed in arrival order, which this cannot know:
+    // a different order may move a value by one ulp, no more.
+    let expected = weighted_mean(&dumped.contributions);
+    let off = ulp_differences(&dumped.average, &expected);
+    let far: Vec<&(usize, f32, f32)> = off.iter().filter(|(_, a, e)| a.to_bits().abs_diff(e.to_bits()) > 1).collect();
+    assert!(
+        far.is_empty(),
+        "{} values differ by more than one ulp from the weighted mean: {:?}",
+        far.len(),
+        &far[..far.len().min(5)]
+    );
+    assert!(off.len() <= parameters as usize / 1000, "{} values differ by one ulp", off.len());
+
+    assert_eq!(dumped.meta["digest"], sha256_hex(&dumped.average_bytes).as_str());
+
+    // The unweighted mean is measurably different (at 3406 values when this
+    // was written), so the weights were applied.
+    let unweighted: Vec<Contribution> = dumped
+        .contributions
+        .iter()
+        .map(|c| Contribution { worker: c.worker, samples: 1, values: c.values.clone() })
+        .collect();
+    let plain = ulp_differences(&dumped.average, &weighted_mean(&unweighted));
+    let clearly = plain.iter().filter(|(_, a, e)| a.to_bits().abs_diff(e.to_bits()) > 1).count();
+    assert!(
+        clearly > parameters as usize / 1000,
+        "the unweighted mean differs by more than one ulp at only {clearly} values"
+    );
+}
+
+#[test]
+fn shards_partition_each_epoch_and_change_between_epochs() {
+    let _heavy = heavy();
+    let run = run_cluster(3, &["--epochs", "2", "--dump-rounds", "1"], "info");
+    let dir = run.coordinator.out.join("rounds");
+    let mut by_epoch: Vec<BTreeMap<String, Vec<u32>>> = Vec::new();
+    for epoch in 1..=2 {
+        let path = dir.join(format!("e{epoch}-shards.json"));
+        let shards: BTreeMap<String, Vec<u32>> = serde_json::from_value(read_json(&path))
+            .unwrap_or_else(|e| panic!("{} is not {{worker: [index]}}: {e}", path.display()));
+        assert_eq!(shards.len(), 3, "one shard per worker in epoch {epoch}");
+        let sizes: Vec<usize> = shards.values().map(Vec::len).collect();
+        let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        assert!(max - min <= 1, "epoch {epoch}: shard sizes {sizes:?}");
+        let mut all: Vec<u32> = shards.values().flatten().copied().collect();
+        all.sort_unstable();
+        let n = all.len();
+        all.dedup();
+        assert_eq!(all.len(), n, "epoch {epoch}: an image is in two shards");
+        assert_eq!(all, (0..N_TRAIN as u32).collect::<Vec<_>>(), "epoch {epoch}: the shards miss images");
+        by_epoch.push(shards);
+    }
+    assert_eq!(by_epoch[0].keys().collect::<Vec<_>>(), by_epoch[1].keys().collect::<Vec<_>>());
+    for (worker, shard) in &by_epoch[0] {
+        let next = &by_epoch[1][worker];
+        assert_ne!(shard, next, "worker {worker} got the same shard in epochs 1 and 2");
+        let a: BTreeSet<u32> = shard.iter().copied().collect();
+        let overlap = next.iter().filter(|i| a.contains(i)).count();
+        // A fresh random split shares about a third of the images.
+        assert!(overlap < shard.len() / 2, "worker {worker}: {overlap} of {} images again", shard.len());
+    }
+    for epoch in epoch_metrics(&run.coordinator.out) {
+        assert_eq!(u64_field(&epoch, "samples"), N_TRAIN, "{epoch}");
+        assert_eq!(u64_field(&epoch, "distinct_images"), N_TRAIN, "{epoch}");
+        let by_worker: Vec<u64> =
+            epoch["samples_by_worker"].as_object().unwrap().values().filter_map(Value::as_u64).collect();
+        assert_eq!(by_worker, [N_TRAIN / 3; 3], "{epoch}");
+    }
+}
+
+#[test]
+fn four_workers_and_one_that_starts_before_the_coordinator() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("reserving a port");
+        listener.local_addr().expect("local address").port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut early = start_worker("worker-early", &addr, &tmp.path().join("cache-early"), "info");
+    wait_for_line(&mut early, "no session with the coordinator; retrying", START_TIMEOUT);
+
+    let mut coordinator =
+        start_coordinator(&tmp.path().join("out"), &addr, &["--workers", "4", "--epochs", "1"], "info");
+    assert_eq!(coordinator.addr, addr);
+    let mut others: Vec<Proc> = (1..=3)
+        .map(|i| start_worker(&format!("worker-{i}"), &addr, &tmp.path().join(format!("cache-{i}")), "info"))
+        .collect();
+    let mut procs: Vec<&mut Proc> = [&mut coordinator.proc, &mut early].into_iter().chain(others.iter_mut()).collect();
+    expect_success(&mut procs);
+
+    let joined = logged(&coordinator.proc, "worker joined");
+    assert_eq!(joined.len(), 4, "{}", coordinator.proc.dump());
+    let ids: BTreeSet<u64> = joined.iter().map(|l| u64_field(l, "worker")).collect();
+    assert_eq!(ids.len(), 4, "four distinct worker ids: {joined:?}");
+    let epochs = logged(&coordinator.proc, "epoch done");
+    assert_eq!(epochs.len(), 1, "{}", coordinator.proc.dump());
+    assert_eq!(u64_field(&epochs[0], "workers"), 4, "{}", epochs[0]);
+    assert_eq!(logged(&early, "joined the run").len(), 1, "{}", early.dump());
+    let metrics = epoch_metrics(&coordinator.out);
+    let by_worker: Vec<u64> =
+        metrics[0]["samples_by_worker"].as_object().unwrap().values().filter_map(Value::as_u64).collect();
+    assert_eq!(by_worker, [N_TRAIN / 4; 4], "{}", metrics[0]);
+}
+
+#[test]
+fn same_seed_gives_identical_accuracies() {
+    let _heavy = heavy();
+    let curve = |seed: &str| -> (Vec<f64>, Vec<f64>) {
+        let run = run_cluster(2, &["--epochs", "2", "--seed", seed], "info");
+        let epochs = epoch_metrics(&run.coordinator.out);
+        assert_eq!(epochs.len(), 2, "{epochs:?}");
+        let field = |f: &str| epochs.iter().map(|e| f64_field(e, f)).collect::<Vec<_>>();
+        (field("accuracy"), field("test_loss"))
+    };
+    let (first, second, other) = (curve("7"), curve("7"), curve("8"));
+    assert_eq!(first.0, second.0, "accuracies of two runs with seed 7");
+    assert_eq!(first.1, second.1, "test losses of two runs with seed 7");
+    assert_ne!(first.1, other.1, "seeds 7 and 8 gave the same test losses {:?}", first.1);
+}
+
+#[test]
+fn spawn_workers_with_defaults_reaches_98_percent() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "coordinator", "--spawn-workers", "2", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(mnist_dir())
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        // Inherited by the local workers, which cache the dataset there.
+        .env("LAZYAVG_CACHE_DIR", tmp.path().join("cache"))
+        .env("RUST_LOG", "info");
+    let mut coordinator = Proc::spawn("coordinator", cmd);
+    expect_success(&mut [&mut coordinator]);
+
+    let accuracy = final_accuracy(&coordinator);
+    assert!(accuracy >= 0.980, "the defaults reached only {accuracy}\n{}", coordinator.dump());
+    let epochs = epoch_metrics(&tmp.path().join("out"));
+    assert_eq!(epochs.len(), 10, "ten epochs by default: {epochs:?}");
+    assert!(epochs.iter().all(|e| u64_field(e, "workers") == 2), "{epochs:?}");
+
+    // The local workers went with it.
+    let pids: Vec<u64> = logged(&coordinator, "started local worker").iter().map(|l| u64_field(l, "pid")).collect();
+    assert_eq!(pids.len(), 2, "{}", coordinator.dump());
+    for pid in pids {
+        wait_until(&format!("local worker {pid} to end"), Duration::from_secs(30), || {
+            (!is_running_worker(pid)).then_some(())
+        });
+    }
+}
+
+/// Whether `pid` is a live (not zombie) `lazyavg worker` process.
+fn is_running_worker(pid: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?");
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    state != "Z" && args.contains(&&b"worker"[..])
+}
+
+/// Runs `lazyavg --log-format json <args>`, expects it to fail promptly, and
+/// returns it (its output complete).
+fn refused(args: &[&str]) -> Proc {
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json"]).args(args).env("RUST_LOG", "info");
+    let mut proc = Proc::spawn(&format!("lazyavg {}", args.join(" ")), cmd);
+    let code = proc.wait(Duration::from_secs(60));
+    assert_ne!(code, 0, "{}", proc.dump());
+    proc
+}
+
+/// Asserts that the last line `proc` wrote is lazyavg's error line and names `needle`.
+fn assert_error_line(proc: &Proc, needle: &str) {
+    let lines = proc.lines();
+    let last = lines.last().map(String::as_str).unwrap_or_default();
+    assert!(last.starts_with("lazyavg: "), "not a `lazyavg: ` error line\n{}", proc.dump());
+    assert!(last.contains(needle), "error line lacks {needle:?}\n{}", proc.dump());
+}
+
+#[test]
+fn nonsense_settings_are_refused_before_any_socket_opens() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnist = mnist_dir();
+    let mnist = mnist.to_str().expect("UTF-8 path");
+    let out = tmp.path().join("out");
+    let out = out.to_str().expect("UTF-8 path");
+    let unknown = tmp.path().join("unknown.toml");
+    fs::write(&unknown, "lr = 0.1\nsync_evry = 4\n").expect("writing config");
+    let zero = tmp.path().join("zero.toml");
+    fs::write(&zero, "sync_every = 0\n").expect("writing config");
+    let (unknown, zero) = (unknown.to_str().expect("UTF-8 path"), zero.to_str().expect("UTF-8 path"));
+
+    for (args, needle) in [
+        (&["--sync-every", "0"][..], "--sync-every"),
+        (&["--workers", "0"], "--workers"),
+        (&["--epochs", "0"], "--epochs"),
+        (&["--batch-size", "0"], "--batch-size"),
+        (&["--lr", "0"], "--lr"),
+        (&["--lr", "nan"], "--lr"),
+        (&["--hidden", "0"], "--hidden"),
+        (&["--config", unknown], "sync_evry"),
+        (&["--config", zero], "--sync-every"),
+    ] {
+        let full: Vec<&str> = ["coordinator", "--bind", "127.0.0.1:0", "--data-dir", mnist, "--out", out]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        let proc = refused(&full);
+        assert_error_line(&proc, needle);
+        // The socket is bound before the data is loaded and before "listening".
+        for message in ["listening", "data loaded"] {
+            assert!(logged(&proc, message).is_empty(), "{message:?} was logged\n{}", proc.dump());
+        }
+        assert!(!Path::new(out).exists(), "{args:?} created the output directory");
+    }
+
+    let proc = refused(&["worker", "--coordinator", "not-a-url"]);
+    assert_error_line(&proc, "--coordinator");
+    assert!(logged(&proc, "no session with the coordinator; retrying").is_empty(), "{}", proc.dump());
+}
