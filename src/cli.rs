@@ -51,6 +51,10 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Continue the run in DIR from its checkpoint (its config.toml is the base; flags override it).
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+
     /// Start N local worker processes connected to this coordinator (one-machine runs).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub spawn_workers: usize,

@@ -27,11 +27,13 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Re
 }
 
 pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => Settings::from_file(path)?,
-        None => Settings::default(),
+    let file = match (&args.config, &args.resume) {
+        (Some(path), _) => Settings::from_file(path)?,
+        (None, Some(dir)) => Settings { out: Some(dir.clone()), ..Settings::from_file(&dir.join("config.toml"))? },
+        (None, None) => Settings::default(),
     };
-    let config = file.overlay(&args.settings)?.resolve(args.spawn_workers)?;
+    let mut config = file.overlay(&args.settings)?.resolve(args.spawn_workers)?;
+    config.resume = args.resume.is_some();
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| lazyavg_coordinator::Error::Bind { addr: config.bind, source })?;

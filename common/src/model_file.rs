@@ -27,6 +27,11 @@ fn bias_name(layer: usize) -> String {
 
 /// Serialises `params` of `arch` to safetensors bytes.
 pub fn to_bytes(arch: &Architecture, params: &[f32]) -> Result<Vec<u8>> {
+    to_bytes_with(arch, params, HashMap::new())
+}
+
+/// [`to_bytes`] with extra metadata entries (keys should start with `lazyavg.`).
+pub fn to_bytes_with(arch: &Architecture, params: &[f32], extra: HashMap<String, String>) -> Result<Vec<u8>> {
     let layout = arch.layout();
     layout.check_len(arch, params)?;
     let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -37,7 +42,8 @@ pub fn to_bytes(arch: &Architecture, params: &[f32]) -> Result<Vec<u8>> {
         tensors.push((weight_name(l), tensor(vec![layer.outputs, layer.inputs], w)?));
         tensors.push((bias_name(l), tensor(vec![layer.outputs], b)?));
     }
-    let metadata = HashMap::from([
+    let mut metadata = extra;
+    metadata.extend([
         ("format".to_owned(), "pt".to_owned()),
         (ARCHITECTURE_KEY.to_owned(), arch.to_string()),
         ("lazyavg.activation".to_owned(), "relu".to_owned()),
@@ -60,8 +66,15 @@ pub fn save(path: &Path, arch: &Architecture, params: &[f32]) -> Result<()> {
 /// checks the architecture metadata, every tensor's name, dtype and shape, and
 /// that every value is finite.
 pub fn load(path: &Path) -> Result<(Architecture, Vec<f32>)> {
+    load_with_metadata(path).map(|(arch, params, _)| (arch, params))
+}
+
+/// [`load`], also returning the file's metadata.
+pub fn load_with_metadata(path: &Path) -> Result<(Architecture, Vec<f32>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    from_bytes(&bytes).map_err(|problem| Error::ModelFile { path: path.to_owned(), problem })
+    let (arch, params) = from_bytes(&bytes).map_err(|problem| Error::ModelFile { path: path.to_owned(), problem })?;
+    let metadata = SafeTensors::read_metadata(&bytes).ok().and_then(|(_, m)| m.metadata().clone()).unwrap_or_default();
+    Ok((arch, params, metadata))
 }
 
 fn from_bytes(bytes: &[u8]) -> std::result::Result<(Architecture, Vec<f32>), String> {

@@ -104,6 +104,8 @@ pub struct CoordinatorConfig {
     pub metrics_rounds: bool,
     pub dump_rounds: usize,
     pub bench_rounds: usize,
+    /// Continue the run in `out_dir` from its checkpoint (`--resume`).
+    pub resume: bool,
 }
 
 impl Settings {
@@ -162,6 +164,7 @@ impl Settings {
             metrics_rounds: self.metrics_rounds,
             dump_rounds: self.dump_rounds.unwrap_or(0),
             bench_rounds: self.bench_rounds.unwrap_or(0),
+            resume: false,
         })
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::checkpoint::{self, Checkpoint};
 use crate::config::CoordinatorConfig;
 use crate::dump::RoundDump;
 use crate::error::{Error, Result};
@@ -71,6 +72,10 @@ pub struct Driver {
     version: (u64, u64),
     /// The epoch being trained (0 before the first).
     epoch: u64,
+    /// The epoch to start from (after `--resume`, the checkpoint's).
+    first_epoch: u64,
+    /// After `--resume` mid-epoch: the images the first epoch still needs.
+    resume_remaining: Option<Vec<u32>>,
     /// What the epoch has trained so far.
     ledger: EpochLedger,
     /// Images of this epoch whose worker left when no other could take them.
@@ -88,7 +93,7 @@ impl Driver {
     pub fn new(
         config: CoordinatorConfig,
         mlp: Mlp,
-        params: Vec<f32>,
+        start: Checkpoint,
         test: Arc<Dataset>,
         n_train: usize,
         events: mpsc::Receiver<Event>,
@@ -96,15 +101,19 @@ impl Driver {
         metrics: MetricsFile,
         dump: Option<RoundDump>,
     ) -> Self {
+        let (first_epoch, remaining) = start.next_epoch();
+        let resume_remaining = remaining.map(<[u32]>::to_vec);
         Driver {
             config,
             mlp,
             test,
             n_train,
-            sum: Vec::with_capacity(params.len()),
-            params,
-            version: (0, 0),
-            epoch: 0,
+            sum: Vec::with_capacity(start.params.len()),
+            params: start.params,
+            version: (first_epoch - 1, 0),
+            epoch: first_epoch - 1,
+            first_epoch,
+            resume_remaining,
             ledger: EpochLedger::default(),
             orphans: Vec::new(),
             events,
@@ -144,11 +153,52 @@ impl Driver {
             return Ok(RunSummary { epochs: 0, last, params: self.params.clone() });
         }
         let mut last = None;
-        for epoch in 1..=self.config.epochs as u64 {
-            last = Some(self.run_epoch(epoch).await?);
+        for epoch in self.first_epoch..=self.config.epochs as u64 {
+            match self.run_epoch(epoch).await {
+                Ok(eval) => last = Some(eval),
+                Err(err) => {
+                    self.checkpoint_mid_epoch();
+                    return Err(err);
+                }
+            }
+            self.save_checkpoint(Checkpoint { epoch, remaining: Vec::new(), params: self.params.clone() });
         }
-        let last = last.expect("at least one epoch");
+        let last = match last {
+            Some(last) => last,
+            None => self.evaluate().await,
+        };
         Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.clone() })
+    }
+
+    /// On the way out mid-epoch (signal, too few workers): records the epoch's
+    /// untrained images with the current average, so `--resume` goes on from here.
+    fn checkpoint_mid_epoch(&self) {
+        if self.epoch < self.first_epoch {
+            return;
+        }
+        let mut remaining: Vec<u32> = self.orphans.clone();
+        for shard in self.workers.values().filter_map(|w| w.shard.as_ref()) {
+            remaining.extend_from_slice(&shard.indices[shard.done..]);
+        }
+        if let Some(pending) = &self.resume_remaining {
+            remaining.extend_from_slice(pending);
+        }
+        // An empty list means every image was averaged in: the epoch is complete.
+        self.save_checkpoint(Checkpoint { epoch: self.epoch, remaining, params: self.params.clone() });
+    }
+
+    fn save_checkpoint(&self, checkpoint: Checkpoint) {
+        let digest = digest(&checkpoint.params);
+        match checkpoint::save(&self.config.out_dir, self.mlp.arch(), &checkpoint) {
+            Ok(path) => info!(
+                epoch = checkpoint.epoch,
+                remaining = checkpoint.remaining.len(),
+                digest,
+                path = %path.display(),
+                "checkpoint written"
+            ),
+            Err(e) => warn!(error = %e, "cannot write checkpoint"),
+        }
     }
 
     async fn next_event(&mut self) -> Result<Event> {
@@ -162,7 +212,14 @@ impl Driver {
         self.ensure_min_workers().await?;
         let started = Instant::now();
         self.epoch = epoch;
-        self.assign_shards(epoch).await;
+        match self.resume_remaining.take() {
+            Some(remaining) => {
+                info!(epoch, images = remaining.len(), "resuming the epoch's untrained images");
+                self.ledger = EpochLedger::new(self.n_train);
+                self.orphans = remaining;
+            }
+            None => self.assign_shards(epoch).await,
+        }
         let samples_per_round = self.config.samples_per_round();
         let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
         self.progress.start_epoch(epoch, total_rounds);

@@ -11,9 +11,11 @@
 //! - [`service`]: the gRPC handlers, turning sessions into events.
 //! - [`driver`]: the training loop that consumes those events.
 //! - [`data`]: loading (or fetching) the data, packing the training set.
+//! - [`checkpoint`]: where a run stands, for `--resume`.
 //! - [`metrics`], [`dump`], [`progress`]: what the run writes and shows.
 //! - [`spawn`]: local workers for one-machine runs.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod driver;
@@ -41,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
 pub use crate::error::{Error, Result};
@@ -70,8 +73,20 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let arch = config.train.architecture(data.image_len, NUM_CLASSES)?;
     let spec = RunSpec { train: config.train.clone(), arch: arch.clone(), epochs: config.epochs };
     let mlp = Mlp::new(arch);
-    let params = mlp.init(&mut Rng::derive(config.train.seed, 0));
     let out_dir = prepare_out_dir(&config)?;
+    let start = if config.resume {
+        let checkpoint = checkpoint::load(&out_dir, mlp.arch())?;
+        let (epoch, remaining) = checkpoint.next_epoch();
+        info!(
+            epoch,
+            remaining = remaining.map_or(data.n_train, <[u32]>::len),
+            digest = lazyavg_common::params::digest(&checkpoint.params),
+            "resuming from checkpoint"
+        );
+        checkpoint
+    } else {
+        Checkpoint { epoch: 0, remaining: Vec::new(), params: mlp.init(&mut Rng::derive(config.train.seed, 0)) }
+    };
 
     let (events_tx, events) = mpsc::channel(1024);
     let shared = Arc::new(Shared {
@@ -102,13 +117,13 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     );
     info!(%addr, architecture = %mlp.arch(), parameters = mlp.len(), out = %out_dir.display(), "listening");
 
-    let metrics = metrics::MetricsFile::create(&out_dir)?;
+    let metrics = metrics::MetricsFile::open(&out_dir, config.resume)?;
     let dump = match config.dump_rounds {
         0 => None,
         n => Some(dump::RoundDump::new(out_dir.join("rounds"), n)?),
     };
     let driver =
-        driver::Driver::new(config, mlp.clone(), params, data.test, data.n_train, events, shutdown, metrics, dump);
+        driver::Driver::new(config, mlp.clone(), start, data.test, data.n_train, events, shutdown, metrics, dump);
     let result = driver.run().await;
 
     // Workers were told to stop; give their sessions a moment to close cleanly.

@@ -55,9 +55,16 @@ pub struct RoundRecord {
 }
 
 impl MetricsFile {
-    pub fn create(dir: &Path) -> Result<Self> {
+    /// Opens `metrics.jsonl` in `dir`: a new file, or appended to when resuming a run.
+    pub fn open(dir: &Path, append: bool) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
-        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         Ok(MetricsFile { path, out: BufWriter::new(file) })
     }
 

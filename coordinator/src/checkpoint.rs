@@ -1,0 +1,142 @@
+//! Checkpoints of a run, so a coordinator that crashes or is stopped can be
+//! restarted with `--resume DIR` and go on where it was.
+//!
+//! A checkpoint is a model file (PyTorch can load it like `model.safetensors`)
+//! whose metadata also records the epoch and, when taken mid-epoch, the images
+//! of that epoch not yet trained. Nothing else is needed: each epoch's
+//! permutation derives from the seed and the epoch number alone, and the
+//! configuration is the run directory's `config.toml`. The previous checkpoint
+//! is kept beside the new one, and each is written atomically, so a crash at
+//! any moment leaves at least one intact.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use lazyavg_common::model_file;
+use lazyavg_common::params::Architecture;
+use tracing::warn;
+
+use crate::error::{Error, Result};
+
+const CURRENT: &str = "checkpoint.safetensors";
+const PREVIOUS: &str = "checkpoint.prev.safetensors";
+const EPOCH_KEY: &str = "lazyavg.epoch";
+const REMAINING_KEY: &str = "lazyavg.remaining";
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// With `remaining` empty: the last completed epoch. Otherwise: the epoch
+    /// in progress, of which `remaining` are the images still to train.
+    pub epoch: u64,
+    pub remaining: Vec<u32>,
+    pub params: Vec<f32>,
+}
+
+impl Checkpoint {
+    /// The epoch to train next and the images it still needs (`None`: all of them).
+    pub fn next_epoch(&self) -> (u64, Option<&[u32]>) {
+        if self.remaining.is_empty() { (self.epoch + 1, None) } else { (self.epoch, Some(&self.remaining)) }
+    }
+}
+
+/// Writes `checkpoint` into `dir`, keeping the one before as the fallback.
+pub fn save(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint) -> Result<PathBuf> {
+    let current = dir.join(CURRENT);
+    if current.exists() {
+        std::fs::rename(&current, dir.join(PREVIOUS)).map_err(|e| Error::io(&current, e))?;
+    }
+    let remaining: Vec<String> = checkpoint.remaining.iter().map(u32::to_string).collect();
+    let metadata = HashMap::from([
+        (EPOCH_KEY.to_owned(), checkpoint.epoch.to_string()),
+        (REMAINING_KEY.to_owned(), remaining.join(",")),
+    ]);
+    let bytes = model_file::to_bytes_with(arch, &checkpoint.params, metadata)?;
+    lazyavg_common::fsutil::write_bytes_atomic(&current, &bytes)?;
+    Ok(current)
+}
+
+/// The newest intact checkpoint in `dir` for `arch`, falling back (with a
+/// warning) to the previous one when the newest is damaged.
+pub fn load(dir: &Path, arch: &Architecture) -> Result<Checkpoint> {
+    let current = dir.join(CURRENT);
+    match read(&current, arch) {
+        Ok(checkpoint) => Ok(checkpoint),
+        Err(err) => {
+            let previous = dir.join(PREVIOUS);
+            let fallback = read(&previous, arch).map_err(|prev_err| {
+                Error::Config(format!("no usable checkpoint in {}: {err}; and {prev_err}", dir.display()))
+            })?;
+            warn!(error = %err, fallback = %previous.display(), "latest checkpoint is damaged; resuming from the previous one");
+            Ok(fallback)
+        }
+    }
+}
+
+fn read(path: &Path, arch: &Architecture) -> Result<Checkpoint> {
+    let (found, params, metadata) = model_file::load_with_metadata(path)?;
+    let bad = |problem: String| Error::Config(format!("{}: {problem}", path.display()));
+    if &found != arch {
+        return Err(bad(format!("holds a {found} model but the run's configuration makes a {arch}")));
+    }
+    let epoch = metadata
+        .get(EPOCH_KEY)
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| bad(format!("metadata {EPOCH_KEY} is missing or not a number")))?;
+    let remaining = match metadata.get(REMAINING_KEY).map(String::as_str) {
+        None | Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|i| i.parse::<u32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad(format!("metadata {REMAINING_KEY} is not a list of image indices")))?,
+    };
+    Ok(Checkpoint { epoch, remaining, params })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch() -> Architecture {
+        Architecture::mlp(4, &[3], 2).unwrap()
+    }
+
+    fn checkpoint(epoch: u64, remaining: Vec<u32>) -> Checkpoint {
+        Checkpoint { epoch, remaining, params: (0..arch().layout().len).map(|i| i as f32 / 7.0).collect() }
+    }
+
+    #[test]
+    fn round_trip_and_next_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &arch(), &checkpoint(3, vec![])).unwrap();
+        let back = load(dir.path(), &arch()).unwrap();
+        assert_eq!(back, checkpoint(3, vec![]));
+        assert_eq!(back.next_epoch(), (4, None));
+        save(dir.path(), &arch(), &checkpoint(4, vec![9, 1, 5])).unwrap();
+        let back = load(dir.path(), &arch()).unwrap();
+        assert_eq!(back.next_epoch(), (4, Some(&[9, 1, 5][..])));
+    }
+
+    #[test]
+    fn a_truncated_checkpoint_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &arch(), &checkpoint(1, vec![])).unwrap();
+        save(dir.path(), &arch(), &checkpoint(2, vec![])).unwrap();
+        let current = dir.path().join(CURRENT);
+        let bytes = std::fs::read(&current).unwrap();
+        std::fs::write(&current, &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(load(dir.path(), &arch()).unwrap().epoch, 1);
+        std::fs::write(dir.path().join(PREVIOUS), b"garbage").unwrap();
+        let err = load(dir.path(), &arch()).unwrap_err().to_string();
+        assert!(err.contains("no usable checkpoint"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_architecture_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &arch(), &checkpoint(1, vec![])).unwrap();
+        let other = Architecture::mlp(4, &[5], 2).unwrap();
+        assert!(load(dir.path(), &other).unwrap_err().to_string().contains("4-3-2"));
+    }
+}
