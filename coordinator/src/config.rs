@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use clap::Args;
 use lazyavg_common::config::{TrainConfig, TrainSettings};
+use lazyavg_proto::auth::Token;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// The environment variable that may hold the shared secret.
+pub const TOKEN_ENV: &str = "LAZYAVG_TOKEN";
 
 /// Port the coordinator listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7070;
@@ -69,6 +73,15 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verify: bool,
 
+    /// File holding the shared secret workers must present (or set LAZYAVG_TOKEN) [default: none].
+    #[arg(long, env = "LAZYAVG_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Allow binding a non-loopback address without a token: anyone who can reach the port may join.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+
     /// Where metrics.jsonl, model.safetensors and config.toml go [default: runs/<UTC timestamp>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -98,6 +111,9 @@ pub struct CoordinatorConfig {
     pub min_workers: usize,
     pub max_wait: Duration,
     pub bind: SocketAddr,
+    pub token: Option<Token>,
+    pub token_file: Option<PathBuf>,
+    pub insecure: bool,
     pub data_dir: PathBuf,
     pub verify: bool,
     pub out_dir: PathBuf,
@@ -142,6 +158,14 @@ impl Settings {
     /// workers the coordinator starts itself (the default for `workers`).
     pub fn resolve(&self, spawn_workers: usize) -> Result<CoordinatorConfig> {
         let train = self.train.resolve()?;
+        let bind = self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+        let token = Token::load(self.token_file.as_deref(), TOKEN_ENV).map_err(Error::Config)?;
+        if !bind.ip().is_loopback() && token.is_none() && !self.insecure {
+            return Err(Error::Config(format!(
+                "--bind {bind} would let anyone who can reach it join the run: give --token-file (or {TOKEN_ENV}), \
+                 or --insecure on a network you trust"
+            )));
+        }
         let workers = self.workers.unwrap_or(if spawn_workers > 0 { spawn_workers } else { 2 });
         let positive = |value: usize, flag: &str| {
             if value == 0 { Err(Error::Config(format!("invalid {flag}: must be at least 1"))) } else { Ok(value) }
@@ -157,7 +181,10 @@ impl Settings {
             },
             min_workers: positive(self.min_workers.unwrap_or(1), "--min-workers")?,
             max_wait: self.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
-            bind: self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
+            bind,
+            token,
+            token_file: self.token_file.clone(),
+            insecure: self.insecure,
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data/mnist")),
             verify: self.verify,
             out_dir: self.out.clone().unwrap_or_else(default_out_dir),
@@ -181,6 +208,8 @@ impl CoordinatorConfig {
             max_wait: Some(self.max_wait),
             train: TrainSettings::from_config(&self.train),
             bind: Some(self.bind),
+            token_file: self.token_file.clone(),
+            insecure: self.insecure,
             data_dir: Some(self.data_dir.clone()),
             verify: self.verify,
             out: Some(self.out_dir.clone()),
@@ -245,8 +274,15 @@ mod tests {
     #[test]
     fn the_shipped_systemd_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/coordinator.toml");
-        let config = Settings::from_file(&path).unwrap().resolve(0).unwrap();
+        let settings = Settings::from_file(&path).unwrap();
+        assert!(settings.resolve(0).unwrap_err().to_string().contains("--token-file"));
+        // The unit passes the token file (a systemd credential); stand in one of our own.
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        let config = Settings { token_file: Some(token), ..settings }.resolve(0).unwrap();
         assert_eq!(config.bind.port(), DEFAULT_PORT);
+        assert!(config.token.is_some());
     }
 
     #[test]

@@ -36,12 +36,14 @@ use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model::Mlp;
 use lazyavg_common::rng::Rng;
 use lazyavg_common::{config::RunSpec, fsutil, model_file};
+use lazyavg_proto::auth::RequireToken;
 use lazyavg_proto::pb::coordinator_server::CoordinatorServer;
 use lazyavg_proto::{MAX_CHUNK_BYTES, pb};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
@@ -98,6 +100,10 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let service = CoordinatorServer::new(CoordinatorService::new(shared))
         .max_decoding_message_size(MAX_CHUNK_BYTES + 64 * 1024)
         .max_encoding_message_size(MAX_CHUNK_BYTES + 64 * 1024);
+    let service = InterceptedService::new(service, RequireToken(config.token.clone()));
+    if !config.bind.ip().is_loopback() && config.token.is_none() {
+        warn!(bind = %config.bind, "--insecure: no token is required; anyone who can reach this port can join the run");
+    }
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
     // Without TCP_NODELAY a small message waits for the peer's delayed ACK (~40 ms):

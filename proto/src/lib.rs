@@ -4,9 +4,11 @@
 //!
 //! # Layout
 //! - [`pb`]: the generated messages, client and server.
+//! - [`auth`]: the shared-secret token, checked on every call.
 //! - [`convert`]: run configuration and shard indices to and from protobuf.
 //! - [`chunks`]: parameter buffers cut into ≤ 1 MiB chunks and put back together.
 
+pub mod auth;
 pub mod chunks;
 pub mod convert;
 

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use lazyavg_common::dataset::{Dataset, sha256_hex};
 use lazyavg_common::fsutil::write_bytes_atomic;
 use lazyavg_proto::pb;
-use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
+use crate::Client;
 use crate::error::{Error, Result};
 
 /// The largest training set a worker accepts (a guard against a bogus size).
@@ -28,7 +27,7 @@ fn cache_path(cache_dir: &Path, sha256: &str) -> Result<PathBuf> {
 /// The dataset `info` describes: from the cache if it holds a copy with the
 /// right hash, otherwise downloaded, verified and cached.
 pub async fn load_or_fetch(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     cache_dir: &Path,
     worker_id: u64,
     info: &pb::DatasetInfo,
@@ -70,7 +69,7 @@ async fn read_cached(path: &Path, sha256: &str) -> Result<Option<Dataset>> {
 }
 
 /// Streams the dataset from the coordinator and checks its length and hash.
-async fn download(client: &mut CoordinatorClient<Channel>, worker_id: u64, info: &pb::DatasetInfo) -> Result<Vec<u8>> {
+async fn download(client: &mut Client, worker_id: u64, info: &pb::DatasetInfo) -> Result<Vec<u8>> {
     if info.bytes > MAX_DATASET_BYTES {
         return Err(Error::Dataset(format!(
             "{} bytes is more than the {MAX_DATASET_BYTES} a worker accepts",

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use lazyavg_proto::auth::Token;
 use tonic::transport::Uri;
 
 use crate::error::{Error, Result};
@@ -22,6 +23,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "LAZYAVG_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// File holding the coordinator's shared secret (or set LAZYAVG_TOKEN).
+    #[arg(long, env = "LAZYAVG_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
     /// Exit when standard input closes (set by `--spawn-workers`, so local workers die with their coordinator).
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
@@ -33,6 +38,7 @@ pub struct WorkerConfig {
     pub coordinator: Uri,
     pub name: String,
     pub cache_dir: PathBuf,
+    pub token: Option<Token>,
     pub exit_with_stdin: bool,
 }
 
@@ -52,6 +58,7 @@ impl WorkerArgs {
             coordinator,
             name: self.name.clone().unwrap_or_else(default_name),
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+            token: Token::load(self.token_file.as_deref(), "LAZYAVG_TOKEN").map_err(Error::Token)?,
             exit_with_stdin: self.exit_with_stdin,
         })
     }
@@ -79,7 +86,13 @@ mod tests {
     use super::*;
 
     fn args(url: &str) -> WorkerArgs {
-        WorkerArgs { coordinator: url.to_owned(), name: Some("w".into()), cache_dir: None, exit_with_stdin: false }
+        WorkerArgs {
+            coordinator: url.to_owned(),
+            name: Some("w".into()),
+            cache_dir: None,
+            token_file: None,
+            exit_with_stdin: false,
+        }
     }
 
     #[test]

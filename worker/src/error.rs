@@ -8,6 +8,8 @@ use tonic::{Code, Status};
 pub enum Error {
     #[error("invalid --coordinator {url:?}: {problem}")]
     Address { url: String, problem: String },
+    #[error("{0}")]
+    Token(String),
     #[error("cannot reach the coordinator at {url}: {source}")]
     Connect {
         url: String,
@@ -41,12 +43,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Whether connecting again (with backoff) may succeed: the network or the
     /// coordinator went away, or it lost track of us (e.g. it restarted).
-    /// A protocol-version mismatch, a broken cache disk or a deliberate stop
-    /// will not heal by retrying.
+    /// A protocol-version mismatch, a wrong token, a broken cache disk or a
+    /// deliberate stop will not heal by retrying.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::SessionEnded | Error::Dataset(_) => true,
-            Error::Refused { call, status } => !(*call == "Join" && status.code() == Code::FailedPrecondition),
+            Error::Refused { call, status } => {
+                !(status.code() == Code::Unauthenticated
+                    || *call == "Join" && status.code() == Code::FailedPrecondition)
+            }
             _ => false,
         }
     }

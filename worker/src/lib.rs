@@ -24,14 +24,19 @@ use std::time::Duration;
 
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
+use lazyavg_proto::auth::SendToken;
 use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
 use lazyavg_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, ProtoError, pb};
-use tonic::transport::Endpoint;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 pub use crate::config::{WorkerArgs, WorkerConfig};
 pub use crate::error::{Error, Result};
+
+/// The coordinator's client, presenting the token on every call.
+pub type Client = CoordinatorClient<InterceptedService<Channel, SendToken>>;
 use crate::session::Ending;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,7 +99,7 @@ async fn attempt(
         .connect()
         .await
         .map_err(|source| Error::Connect { url: url.clone(), source })?;
-    let mut client = CoordinatorClient::new(channel)
+    let mut client = CoordinatorClient::with_interceptor(channel, SendToken(config.token.clone()))
         .max_decoding_message_size(MAX_CHUNK_BYTES + 64 * 1024)
         .max_encoding_message_size(MAX_CHUNK_BYTES + 64 * 1024);
     let join = pb::JoinRequest { protocol_version: PROTOCOL_VERSION, name: config.name.clone() };

@@ -9,14 +9,13 @@ use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
 use lazyavg_proto::chunks::{ChunkCursor, weight_chunks};
 use lazyavg_proto::pb;
-use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
+use crate::Client;
 use crate::error::{Error, Result};
 use crate::replica::Replica;
 
@@ -32,7 +31,7 @@ pub enum Ending {
 /// Runs a session for worker `id`. `attached` is called once the coordinator
 /// has accepted the session (the caller resets its backoff then).
 pub async fn run(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     id: u64,
     spec: &RunSpec,
     data: Arc<Dataset>,
