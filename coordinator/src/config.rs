@@ -12,6 +12,7 @@ use lazyavg_proto::auth::Token;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::round::Aggregate;
 
 /// The environment variable that may hold the shared secret.
 pub const TOKEN_ENV: &str = "LAZYAVG_TOKEN";
@@ -45,6 +46,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub train: TrainSettings,
+
+    /// How rounds combine the weights: mean (sample-weighted), median or trimmed-mean [default: mean].
+    #[arg(long, value_name = "RULE")]
+    pub aggregate: Option<Aggregate>,
 
     /// Pause training while fewer than M workers are connected [default: 1].
     #[arg(long, value_name = "M")]
@@ -108,6 +113,7 @@ pub struct CoordinatorConfig {
     pub sync_every: usize,
     pub epochs: usize,
     pub round_timeout: Duration,
+    pub aggregate: Aggregate,
     pub min_workers: usize,
     pub max_wait: Duration,
     pub bind: SocketAddr,
@@ -179,6 +185,7 @@ impl Settings {
                 t if t.is_zero() => return Err(Error::Config("invalid --round-timeout: must be above 0".into())),
                 t => t,
             },
+            aggregate: self.aggregate.unwrap_or_default(),
             min_workers: positive(self.min_workers.unwrap_or(1), "--min-workers")?,
             max_wait: self.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
             bind,
@@ -204,6 +211,7 @@ impl CoordinatorConfig {
             sync_every: Some(self.sync_every),
             epochs: Some(self.epochs),
             round_timeout: Some(self.round_timeout),
+            aggregate: Some(self.aggregate),
             min_workers: Some(self.min_workers),
             max_wait: Some(self.max_wait),
             train: TrainSettings::from_config(&self.train),

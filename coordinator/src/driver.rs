@@ -27,7 +27,7 @@ use crate::dump::RoundDump;
 use crate::error::{Error, Result};
 use crate::metrics::{EpochRecord, MetricsFile, RoundRecord};
 use crate::progress::EpochProgress;
-use crate::round::{Round, RoundError, RoundSummary, WorkerId};
+use crate::round::{Aggregate, Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
 use crate::service::{Event, Outbox, command};
 
@@ -406,7 +406,11 @@ impl Driver {
         weights: &[(WorkerId, u64)],
     ) -> Result<Option<RoundSummary>> {
         let started = Instant::now();
-        let mut open = Round::new(epoch, round, weights, self.params.len(), std::mem::take(&mut self.sum));
+        let len = self.params.len();
+        let mut open = match self.config.aggregate {
+            Aggregate::Mean => Round::new(epoch, round, weights, len, std::mem::take(&mut self.sum)),
+            rule => Round::aggregating(epoch, round, weights, len, rule),
+        };
         for &(id, from, until) in plan {
             let pull = pb::PullWeights { epoch, round, train_from: from as u64, train_until: until as u64 };
             self.send(id, Command::Pull(pull)).await;

@@ -1,8 +1,12 @@
 //! One averaging round as a state machine: who is expected, what has arrived,
-//! and the running weighted sum. Pure: no I/O, no clock.
+//! and how the contributions are combined. Pure: no I/O, no clock.
 //!
-//! Contributions are added into ONE running f64 sum as their chunks arrive, so
-//! memory is O(model) whatever the number of workers. Each worker's weight is
+//! With `--aggregate mean` (the default) contributions are added into ONE
+//! running f64 sum as their chunks arrive, so memory is O(model) whatever the
+//! number of workers. The robust rules (`median`, `trimmed-mean`) need every
+//! contribution whole, O(workers × model), and ignore sample counts: that is
+//! the price of a model that one broken or hostile worker cannot drag away.
+//! With the mean, Each worker's weight is
 //! the number of samples the coordinator's own shard table says it trained
 //! this round, never what the worker claims. Accumulating in f64 makes the
 //! result independent of arrival order in practice (and exactly so for two
@@ -14,6 +18,34 @@ use lazyavg_proto::chunks::{ChunkCursor, decode_values};
 use lazyavg_proto::{ProtoError, pb};
 
 pub type WorkerId = u64;
+
+/// How a round combines the workers' weights (`--aggregate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregate {
+    /// Sample-weighted mean: the exact lazy-aggregation update, O(model) memory.
+    #[default]
+    Mean,
+    /// Coordinate-wise median: a minority of bad workers cannot move it far.
+    Median,
+    /// Coordinate-wise mean after dropping the largest and smallest fifth (at
+    /// least one each from 3 workers on).
+    TrimmedMean,
+}
+
+/// Values dropped from each end by the trimmed mean of `n` values.
+fn trimmed(n: usize) -> usize {
+    if n >= 3 { (n / 5).max(1) } else { 0 }
+}
+
+/// Where contributions go as they arrive.
+#[derive(Debug)]
+enum Accumulator {
+    /// Σ samples_i · w_i in f64, added chunk by chunk.
+    WeightedSum(Vec<f64>),
+    /// Every contribution kept whole for a coordinate-wise statistic.
+    Gathered { rule: Aggregate, values: BTreeMap<WorkerId, Vec<f32>> },
+}
 
 /// Why a message was not taken into the round.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -73,7 +105,8 @@ pub struct Round {
     epoch: u64,
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
-    sum: Vec<f64>,
+    len: usize,
+    acc: Accumulator,
     tainted: bool,
 }
 
@@ -84,6 +117,18 @@ impl Round {
     pub fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, mut sum: Vec<f64>) -> Self {
         sum.clear();
         sum.resize(len, 0.0);
+        Self::with(epoch, round, participants, len, Accumulator::WeightedSum(sum))
+    }
+
+    /// A round combining contributions by `rule`; `Mean` allocates its sum here.
+    pub fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
+        match rule {
+            Aggregate::Mean => Self::new(epoch, round, participants, len, Vec::new()),
+            _ => Self::with(epoch, round, participants, len, Accumulator::Gathered { rule, values: BTreeMap::new() }),
+        }
+    }
+
+    fn with(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, acc: Accumulator) -> Self {
         let parts = participants
             .iter()
             .map(|&(id, weight)| {
@@ -98,7 +143,7 @@ impl Round {
                 (id, part)
             })
             .collect();
-        Round { epoch, round, parts, sum, tainted: false }
+        Round { epoch, round, parts, len, acc, tainted: false }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -165,25 +210,47 @@ impl Round {
         if let Some(bad) = decode_values(&chunk.data).position(|v| !v.is_finite()) {
             let summed = part.state == State::Receiving;
             part.state = State::Excluded;
-            self.tainted |= summed;
+            self.forget(worker, summed);
             return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
         let weight = part.weight as f64;
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
-        for (acc, v) in self.sum[range].iter_mut().zip(decode_values(&chunk.data)) {
-            *acc += weight * f64::from(v);
+        match &mut self.acc {
+            Accumulator::WeightedSum(sum) => {
+                for (acc, v) in sum[range].iter_mut().zip(decode_values(&chunk.data)) {
+                    *acc += weight * f64::from(v);
+                }
+            }
+            Accumulator::Gathered { values, .. } => {
+                let len = self.len;
+                let buffer = values.entry(worker).or_insert_with(|| vec![0.0; len]);
+                for (dst, v) in buffer[range].iter_mut().zip(decode_values(&chunk.data)) {
+                    *dst = v;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Drops what a worker contributed. A weighted sum cannot give back a
+    /// partly added contribution, so that taints the round.
+    fn forget(&mut self, worker: WorkerId, partly_summed: bool) {
+        match &mut self.acc {
+            Accumulator::WeightedSum(_) => self.tainted |= partly_summed,
+            Accumulator::Gathered { values, .. } => {
+                values.remove(&worker);
+            }
+        }
     }
 
     /// Drops a worker that left or timed out. Its weights are discarded; if
     /// some were already summed, the round is tainted and must be redone.
     pub fn exclude(&mut self, worker: WorkerId) {
-        if let Some(part) = self.parts.get_mut(&worker) {
-            self.tainted |= part.state == State::Receiving;
-            if part.state != State::Complete {
-                part.state = State::Excluded;
-            }
+        let Some(part) = self.parts.get_mut(&worker) else { return };
+        let partly_summed = part.state == State::Receiving;
+        if part.state != State::Complete {
+            part.state = State::Excluded;
+            self.forget(worker, partly_summed);
         }
     }
 
@@ -196,19 +263,37 @@ impl Round {
     /// the sum buffer for reuse. Call when [`is_complete`](Self::is_complete)
     /// (or at the round's deadline, after excluding the missing workers).
     pub fn finish(self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Vec<f64>) {
-        let (epoch, round) = (self.epoch, self.round);
-        if self.tainted {
-            return (Err(RoundError::Tainted { epoch, round }), self.sum);
-        }
+        let Round { epoch, round, parts, acc, tainted, .. } = self;
         let done: Vec<(WorkerId, &Part)> =
-            self.parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p)).collect();
+            parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p)).collect();
         let samples: u64 = done.iter().map(|(_, p)| p.weight).sum();
-        if done.is_empty() || samples == 0 {
-            return (Err(RoundError::Empty { epoch, round }), self.sum);
-        }
-        let scale = 1.0 / samples as f64;
-        for (o, &s) in out.iter_mut().zip(&self.sum) {
-            *o = (s * scale) as f32;
+        let failure = if tainted {
+            Some(RoundError::Tainted { epoch, round })
+        } else if done.is_empty() || samples == 0 {
+            Some(RoundError::Empty { epoch, round })
+        } else {
+            None
+        };
+        let buffer = match acc {
+            Accumulator::WeightedSum(sum) => {
+                if failure.is_none() {
+                    let scale = 1.0 / samples as f64;
+                    for (o, &s) in out.iter_mut().zip(&sum) {
+                        *o = (s * scale) as f32;
+                    }
+                }
+                sum
+            }
+            Accumulator::Gathered { rule, values } => {
+                if failure.is_none() {
+                    let inputs: Vec<&[f32]> = values.values().map(Vec::as_slice).collect();
+                    combine_coordinatewise(rule, &inputs, out);
+                }
+                Vec::new()
+            }
+        };
+        if let Some(err) = failure {
+            return (Err(err), buffer);
         }
         let summary = RoundSummary {
             epoch,
@@ -218,7 +303,27 @@ impl Round {
             loss_sum: done.iter().map(|(_, p)| p.loss_sum).sum(),
             mean_train_seconds: done.iter().map(|(_, p)| p.train_seconds).sum::<f64>() / done.len() as f64,
         };
-        (Ok(summary), self.sum)
+        (Ok(summary), buffer)
+    }
+}
+
+/// Writes the coordinate-wise median or trimmed mean of `inputs` into `out`.
+fn combine_coordinatewise(rule: Aggregate, inputs: &[&[f32]], out: &mut [f32]) {
+    let n = inputs.len();
+    let mut column = vec![0.0f32; n];
+    for (i, o) in out.iter_mut().enumerate() {
+        for (c, input) in column.iter_mut().zip(inputs) {
+            *c = input[i];
+        }
+        column.sort_unstable_by(f32::total_cmp);
+        *o = match rule {
+            Aggregate::Median if n % 2 == 1 => column[n / 2],
+            Aggregate::Median => ((f64::from(column[n / 2 - 1]) + f64::from(column[n / 2])) / 2.0) as f32,
+            Aggregate::TrimmedMean | Aggregate::Mean => {
+                let kept = &column[trimmed(n)..n - trimmed(n)];
+                (kept.iter().map(|&v| f64::from(v)).sum::<f64>() / kept.len() as f64) as f32
+            }
+        };
     }
 }
 
@@ -306,6 +411,44 @@ mod tests {
         send(&mut round, 2, &vec![1.0; len]).unwrap();
         let mut out = vec![0.0; len];
         assert!(matches!(round.finish(&mut out).0, Err(RoundError::Tainted { .. })));
+    }
+
+    #[test]
+    fn median_and_trimmed_mean_resist_one_hostile_worker() {
+        let honest = [[1.0f32, -2.0], [1.2, -2.2], [0.8, -1.8], [1.1, -2.1]];
+        let hostile = [1e30f32, 1e30];
+        for rule in [Aggregate::Median, Aggregate::TrimmedMean] {
+            let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
+            let mut round = Round::aggregating(1, 0, &ids, 2, rule);
+            for (id, w) in (1..=4).zip(honest.iter()) {
+                send(&mut round, id, w).unwrap();
+            }
+            send(&mut round, 5, &hostile).unwrap();
+            let mut out = [0.0; 2];
+            round.finish(&mut out).0.unwrap();
+            // Each coordinate stays within what the honest workers sent.
+            assert!((0.8..=1.2).contains(&out[0]) && (-2.2..=-1.8).contains(&out[1]), "{rule:?}: {out:?}");
+        }
+        let mut mean = Round::aggregating(1, 0, &[(1, 1), (2, 1)], 1, Aggregate::Mean);
+        send(&mut mean, 1, &[1.0]).unwrap();
+        send(&mut mean, 2, &[1e30]).unwrap();
+        let mut out = [0.0];
+        mean.finish(&mut out).0.unwrap();
+        assert!(out[0] > 1e29, "the plain mean follows the outlier");
+    }
+
+    #[test]
+    fn a_robust_round_forgets_a_worker_that_left_mid_transfer() {
+        let len = VALUES_PER_CHUNK + 1;
+        let mut round = Round::aggregating(1, 0, &[(1, 1), (2, 1), (3, 1)], len, Aggregate::Median);
+        let first = weight_chunks(1, 0, &vec![9.0; len]).next().unwrap();
+        round.accept(1, &first).unwrap();
+        round.exclude(1);
+        send(&mut round, 2, &vec![1.0; len]).unwrap();
+        send(&mut round, 3, &vec![3.0; len]).unwrap();
+        let mut out = vec![0.0; len];
+        round.finish(&mut out).0.unwrap();
+        assert!(out.iter().all(|&v| v == 2.0));
     }
 
     #[test]
