@@ -46,7 +46,12 @@ pub fn parse_images(file: &str, mut bytes: Vec<u8>) -> Result<Images> {
         return Err(Error::idx(file, format!("image dimensions {rows}x{cols} are empty")));
     }
     let header_len = 4 + 4 * 3;
-    expect_len(file, &bytes, header_len, count * rows * cols, &format!("{count} images of {rows}x{cols}"))?;
+    let what = format!("{count} images of {rows}x{cols}");
+    let data_len = count
+        .checked_mul(rows)
+        .and_then(|n| n.checked_mul(cols))
+        .ok_or_else(|| Error::idx(file, format!("header declares {what}, more bytes than can be addressed")))?;
+    expect_len(file, &bytes, header_len, data_len, &what)?;
     bytes.drain(..header_len);
     bytes.shrink_to_fit();
     Ok(Images { count, rows, cols, pixels: bytes })
@@ -84,7 +89,9 @@ fn header(file: &str, bytes: &[u8], magic: u32, rank: usize) -> Result<Vec<usize
 }
 
 fn expect_len(file: &str, bytes: &[u8], header_len: usize, data_len: usize, what: &str) -> Result<()> {
-    let expected = header_len + data_len;
+    let expected = header_len
+        .checked_add(data_len)
+        .ok_or_else(|| Error::idx(file, format!("header declares {what}, more bytes than can be addressed")))?;
     if bytes.len() != expected {
         let how = if bytes.len() < expected { "truncated" } else { "has trailing data" };
         return Err(Error::idx(

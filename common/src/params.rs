@@ -12,6 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+/// The most parameters a model may have (16 GiB of f32): far beyond what
+/// lazyavg trains, low enough that sizes never overflow.
+pub const MAX_PARAMETERS: usize = 1 << 32;
+
 /// Layer widths from input to output, e.g. `[784, 200, 200, 10]`; every
 /// hidden layer is followed by a ReLU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +42,11 @@ impl Architecture {
         }
         if self.widths.contains(&0) {
             return Err(Error::config("architecture", format!("{self} has a layer of width 0")));
+        }
+        let values =
+            self.widths.windows(2).try_fold(0usize, |n, w| w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(n));
+        if values.is_none_or(|v| v > MAX_PARAMETERS) {
+            return Err(Error::config("architecture", format!("{self} has more than {MAX_PARAMETERS} parameters")));
         }
         Ok(())
     }

@@ -302,3 +302,33 @@ proptest! {
         load_bytes(dir.path(), &bytes);
     }
 }
+
+// ---- regressions found by the properties above ------------------------------
+
+#[test]
+fn idx_dims_whose_product_overflows_are_a_clear_error() {
+    let raw = idx_bytes(IMAGES_MAGIC, &[3, u32::MAX, 1_431_655_766], &[]);
+    let err = idx::parse_images("img", raw).unwrap_err().to_string();
+    assert!(err.contains("more bytes than can be addressed"), "{err}");
+    let raw = idx_bytes(IMAGES_MAGIC, &[u32::MAX; 3], &[0; 8]);
+    assert!(idx::parse_images("img", raw).is_err());
+}
+
+#[test]
+fn model_file_with_an_overflowing_or_oversized_architecture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for text in ["1-18446744073709551615", "100000-100000", "4294967296-4294967296-2"] {
+        let data = [0u8; 8];
+        let tensors = vec![
+            ("0.weight".to_owned(), TensorView::new(Dtype::F32, vec![1, 1], &data[..4]).unwrap()),
+            ("0.bias".to_owned(), TensorView::new(Dtype::F32, vec![1], &data[4..]).unwrap()),
+        ];
+        let meta = HashMap::from([("lazyavg.architecture".to_owned(), text.to_owned())]);
+        let bytes = safetensors::serialize(tensors, Some(meta)).unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let err = model_file::load(&path).unwrap_err().to_string();
+        let refused = err.contains("needs more values than the file") || err.contains("parameters");
+        assert!(refused, "{text}: {err}");
+    }
+}

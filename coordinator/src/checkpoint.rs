@@ -91,6 +91,11 @@ fn read(path: &Path, arch: &Architecture) -> Result<Checkpoint> {
             .collect::<std::result::Result<_, _>>()
             .map_err(|_| bad(format!("metadata {REMAINING_KEY} is not a list of image indices")))?,
     };
+    // `next_epoch` adds one to a finished epoch and the driver starts from the
+    // one before a started epoch: refuse an epoch where either would overflow.
+    if (remaining.is_empty() && epoch == u64::MAX) || (!remaining.is_empty() && epoch == 0) {
+        return Err(bad(format!("metadata {EPOCH_KEY} = {epoch} is out of range")));
+    }
     Ok(Checkpoint { epoch, remaining, params })
 }
 

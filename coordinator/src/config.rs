@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use lazyavg_common::config::{TrainConfig, TrainSettings};
 use lazyavg_proto::auth::Token;
+use lazyavg_proto::tls::ServerTls;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -82,6 +83,18 @@ pub struct Settings {
     #[arg(long, env = "LAZYAVG_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM certificate (chain) the coordinator presents; turns on TLS (with --tls-key).
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate: require workers to present a client certificate it signed (mutual TLS).
+    #[arg(long, value_name = "PATH")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Allow binding a non-loopback address without a token: anyone who can reach the port may join.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -119,6 +132,11 @@ pub struct CoordinatorConfig {
     pub bind: SocketAddr,
     pub token: Option<Token>,
     pub token_file: Option<PathBuf>,
+    pub tls: Option<ServerTls>,
+    /// Where `tls` was read from (recorded in the run's config.toml).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     pub insecure: bool,
     pub data_dir: PathBuf,
     pub verify: bool,
@@ -166,10 +184,12 @@ impl Settings {
         let train = self.train.resolve()?;
         let bind = self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
         let token = Token::load(self.token_file.as_deref(), TOKEN_ENV).map_err(Error::Config)?;
-        if !bind.ip().is_loopback() && token.is_none() && !self.insecure {
+        let tls = ServerTls::load(self.tls_cert.as_deref(), self.tls_key.as_deref(), self.tls_client_ca.as_deref())
+            .map_err(Error::Config)?;
+        if !bind.ip().is_loopback() && token.is_none() && tls.is_none() && !self.insecure {
             return Err(Error::Config(format!(
-                "--bind {bind} would let anyone who can reach it join the run: give --token-file (or {TOKEN_ENV}), \
-                 or --insecure on a network you trust"
+                "--bind {bind} would let anyone who can reach it join the run: give --token-file (or {TOKEN_ENV}) \
+                 or --tls-cert/--tls-key, or --insecure on a network you trust"
             )));
         }
         let workers = self.workers.unwrap_or(if spawn_workers > 0 { spawn_workers } else { 2 });
@@ -191,6 +211,10 @@ impl Settings {
             bind,
             token,
             token_file: self.token_file.clone(),
+            tls,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
             insecure: self.insecure,
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data/mnist")),
             verify: self.verify,
@@ -217,6 +241,9 @@ impl CoordinatorConfig {
             train: TrainSettings::from_config(&self.train),
             bind: Some(self.bind),
             token_file: self.token_file.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
             insecure: self.insecure,
             data_dir: Some(self.data_dir.clone()),
             verify: self.verify,

@@ -78,6 +78,13 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let out_dir = prepare_out_dir(&config)?;
     let start = if config.resume {
         let checkpoint = checkpoint::load(&out_dir, mlp.arch())?;
+        if let Some(&bad) = checkpoint.remaining.iter().find(|&&i| i as usize >= data.n_train) {
+            return Err(Error::Config(format!(
+                "{}: checkpoint lists image {bad} but the training set has {}",
+                out_dir.display(),
+                data.n_train
+            )));
+        }
         let (epoch, remaining) = checkpoint.next_epoch();
         info!(
             epoch,
@@ -101,7 +108,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         .max_decoding_message_size(MAX_CHUNK_BYTES + 64 * 1024)
         .max_encoding_message_size(MAX_CHUNK_BYTES + 64 * 1024);
     let service = InterceptedService::new(service, RequireToken(config.token.clone()));
-    if !config.bind.ip().is_loopback() && config.token.is_none() {
+    if !config.bind.ip().is_loopback() && config.token.is_none() && config.tls.is_none() {
         warn!(bind = %config.bind, "--insecure: no token is required; anyone who can reach this port can join the run");
     }
     let (stop_server, server_stopped) = oneshot::channel::<()>();
@@ -109,8 +116,13 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     // Without TCP_NODELAY a small message waits for the peer's delayed ACK (~40 ms):
     // that stalled every round behind a weights transfer.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_INTERVAL));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.config())?;
+        info!(mutual = tls.requires_client_certificates(), "TLS on");
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .max_frame_size(Some(MAX_FRAME))
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))

@@ -259,11 +259,16 @@ impl Round {
         self.parts.values().all(|p| matches!(p.state, State::Complete | State::Excluded))
     }
 
-    /// Writes the sample-weighted mean into `out` and returns the summary and
-    /// the sum buffer for reuse. Call when [`is_complete`](Self::is_complete)
-    /// (or at the round's deadline, after excluding the missing workers).
+    /// Writes the combined weights into `out` and returns the summary and the
+    /// sum buffer for reuse. Call when [`is_complete`](Self::is_complete) (or
+    /// at the round's deadline, after excluding the missing workers); only
+    /// complete contributions count.
     pub fn finish(self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Vec<f64>) {
         let Round { epoch, round, parts, acc, tainted, .. } = self;
+        // A worker caught mid-transfer has part of its weights in a weighted
+        // sum (so the round is spoiled); a gathered partial buffer is ignored.
+        let partly_summed = parts.values().any(|p| p.state == State::Receiving);
+        let tainted = tainted || partly_summed && matches!(acc, Accumulator::WeightedSum(_));
         let done: Vec<(WorkerId, &Part)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p)).collect();
         let samples: u64 = done.iter().map(|(_, p)| p.weight).sum();
@@ -286,7 +291,8 @@ impl Round {
             }
             Accumulator::Gathered { rule, values } => {
                 if failure.is_none() {
-                    let inputs: Vec<&[f32]> = values.values().map(Vec::as_slice).collect();
+                    let inputs: Vec<&[f32]> =
+                        done.iter().filter_map(|(id, _)| values.get(id)).map(Vec::as_slice).collect();
                     combine_coordinatewise(rule, &inputs, out);
                 }
                 Vec::new()

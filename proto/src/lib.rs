@@ -5,12 +5,14 @@
 //! # Layout
 //! - [`pb`]: the generated messages, client and server.
 //! - [`auth`]: the shared-secret token, checked on every call.
+//! - [`tls`]: certificate files for TLS and mutual TLS.
 //! - [`convert`]: run configuration and shard indices to and from protobuf.
 //! - [`chunks`]: parameter buffers cut into ≤ 1 MiB chunks and put back together.
 
 pub mod auth;
 pub mod chunks;
 pub mod convert;
+pub mod tls;
 
 /// The generated protobuf types and gRPC stubs.
 #[allow(clippy::all, missing_docs)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use lazyavg_proto::auth::Token;
+use lazyavg_proto::tls::ClientTls;
 use tonic::transport::Uri;
 
 use crate::error::{Error, Result};
@@ -27,6 +28,18 @@ pub struct WorkerArgs {
     #[arg(long, env = "LAZYAVG_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM CA certificate that signed the coordinator's certificate (with an https:// URL).
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a coordinator that requires one (mutual TLS), with --tls-key.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
     /// Exit when standard input closes (set by `--spawn-workers`, so local workers die with their coordinator).
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
@@ -39,6 +52,7 @@ pub struct WorkerConfig {
     pub name: String,
     pub cache_dir: PathBuf,
     pub token: Option<Token>,
+    pub tls: Option<ClientTls>,
     pub exit_with_stdin: bool,
 }
 
@@ -47,8 +61,14 @@ impl WorkerArgs {
         let url = &self.coordinator;
         let bad = |problem: &str| Error::Address { url: url.clone(), problem: problem.to_owned() };
         let coordinator: Uri = url.parse().map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
-        match coordinator.scheme_str() {
-            Some("http") | Some("https") => {}
+        let tls = ClientTls::load(self.tls_ca.as_deref(), self.tls_cert.as_deref(), self.tls_key.as_deref())
+            .map_err(Error::Token)?;
+        match (coordinator.scheme_str(), &tls) {
+            (Some("http"), None) | (Some("https"), Some(_)) => {}
+            (Some("https"), None) => {
+                return Err(bad("https:// needs --tls-ca (the CA of the coordinator's certificate)"));
+            }
+            (Some("http"), Some(_)) => return Err(bad("use https:// with --tls-ca")),
             _ => return Err(bad("must start with http:// or https://")),
         }
         if coordinator.host().is_none() {
@@ -59,6 +79,7 @@ impl WorkerArgs {
             name: self.name.clone().unwrap_or_else(default_name),
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
             token: Token::load(self.token_file.as_deref(), "LAZYAVG_TOKEN").map_err(Error::Token)?,
+            tls,
             exit_with_stdin: self.exit_with_stdin,
         })
     }
@@ -91,6 +112,9 @@ mod tests {
             name: Some("w".into()),
             cache_dir: None,
             token_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             exit_with_stdin: false,
         }
     }

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 pub enum Error {
     #[error("invalid --coordinator {url:?}: {problem}")]
     Address { url: String, problem: String },
+    /// A token or TLS file that cannot be used.
     #[error("{0}")]
     Token(String),
     #[error("cannot reach the coordinator at {url}: {source}")]

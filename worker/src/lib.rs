@@ -72,7 +72,7 @@ async fn work(config: &WorkerConfig) -> Result<()> {
             Ok(Ending::Aborted(reason)) => return Err(Error::Aborted(reason)),
             Err(err) if err.is_retryable() => {
                 let delay = backoff.next_delay();
-                warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator; retrying");
+                warn!(error = %error_chain(&err), retry_in_ms = delay.as_millis() as u64, "no session with the coordinator; retrying");
                 tokio::time::sleep(delay).await;
             }
             Err(err) => return Err(err),
@@ -87,7 +87,13 @@ async fn attempt(
     dataset: &mut Option<(String, Arc<Dataset>)>,
 ) -> Result<Ending> {
     let url = config.coordinator.to_string();
-    let channel = Endpoint::from(config.coordinator.clone())
+    let mut endpoint = Endpoint::from(config.coordinator.clone());
+    if let Some(tls) = &config.tls {
+        let domain = config.coordinator.host().unwrap_or_default();
+        endpoint =
+            endpoint.tls_config(tls.config(domain)).map_err(|source| Error::Connect { url: url.clone(), source })?;
+    }
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .max_frame_size(MAX_FRAME)
@@ -117,4 +123,17 @@ async fn attempt(
     };
     info!(worker = reply.worker_id, coordinator = url, architecture = %spec.arch, "joined the run");
     session::run(&mut client, reply.worker_id, &spec, data, || backoff.reset()).await
+}
+
+/// An error with its causes, `outer: inner: innermost` (what `{:#}` shows
+/// for the binary's final error), for log lines.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
