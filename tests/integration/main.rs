@@ -3,11 +3,13 @@
 //! deadline, children killed by pid when a test ends.
 //!
 //! - `support`: starting and stopping processes, waiting, parsing JSON logs.
+//! - `harness`: clusters of those processes: coordinator, workers, run outputs.
 //! - `training`: one-process training on real MNIST, and the cross-check of a
 //!   saved model with an independent NumPy implementation.
 //! - `cluster`: a coordinator and worker processes: accuracy, the dataset
 //!   cache, the average recomputed bit for bit, shards, seeded runs, refusals.
 
 mod cluster;
+mod harness;
 mod support;
 mod training;

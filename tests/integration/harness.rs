@@ -1,0 +1,191 @@
+//! Running clusters in tests: starting a coordinator and waiting until it
+//! listens, starting workers with empty caches, waiting for log lines and
+//! exits, and reading what a run wrote.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+/// Generous bound on a whole run (seconds each on two cores), for slow machines.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on start-up: parsing flags, loading MNIST, binding.
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Training set size.
+pub const N_TRAIN: u64 = 60_000;
+/// Log filter for processes whose debug lines a test reads (only ours: the
+/// HTTP/2 stack's debug lines would swamp them).
+pub const DEBUG_LOG: &str = "info,lazyavg_coordinator=debug,lazyavg_worker=debug";
+
+/// Held by every test that trains: each runs two to four training processes,
+/// and two such tests at once on a small machine would only slow each other
+/// down towards their deadlines.
+pub static HEAVY: Mutex<()> = Mutex::new(());
+
+pub fn heavy() -> MutexGuard<'static, ()> {
+    // A failed test must not fail the others.
+    HEAVY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts a coordinator on `bind` writing to `out`, with `args` after the
+/// standard ones, and waits until it listens.
+pub fn start_coordinator(out: &Path, bind: &str, args: &[&str], rust_log: &str) -> Coordinator {
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "coordinator", "--bind", bind, "--data-dir"])
+        .arg(mnist_dir())
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .env("RUST_LOG", rust_log);
+    let mut proc = Proc::spawn("coordinator", cmd);
+    let listening = wait_for_line(&mut proc, "listening", START_TIMEOUT);
+    let addr = listening["addr"].as_str().unwrap_or_else(|| panic!("no addr in {listening}")).to_owned();
+    Coordinator { proc, addr, out: out.to_owned() }
+}
+
+pub struct Coordinator {
+    pub proc: Proc,
+    /// `IP:PORT` it listens on.
+    pub addr: String,
+    pub out: PathBuf,
+}
+
+/// Starts a worker for the coordinator at `addr` with `cache` as its cache directory.
+pub fn start_worker(name: &str, addr: &str, cache: &Path, rust_log: &str) -> Proc {
+    fs::create_dir_all(cache).expect("creating the cache directory");
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "worker", "--coordinator", &format!("http://{addr}")])
+        .env("LAZYAVG_CACHE_DIR", cache)
+        .env("RUST_LOG", rust_log)
+        .env_remove("LAZYAVG_COORDINATOR")
+        .env_remove("LAZYAVG_WORKER_NAME");
+    Proc::spawn(name, cmd)
+}
+
+/// The JSON log lines of `proc` whose message is `message`.
+pub fn logged(proc: &Proc, message: &str) -> Vec<Value> {
+    proc.json_lines().into_iter().filter(|line| line["message"] == message).collect()
+}
+
+/// Waits until `proc` logs `message` and returns that line; fails at once if
+/// the process exits first.
+pub fn wait_for_line(proc: &mut Proc, message: &str, timeout: Duration) -> Value {
+    let what = format!("{} to log {message:?}", proc.name);
+    let found = wait_until(&what, timeout, || match logged(proc, message).into_iter().next() {
+        Some(line) => Some(Some(line)),
+        None => proc.try_exit_code().map(|_| None),
+    });
+    if let Some(line) = found {
+        return line;
+    }
+    // It exited; its last lines may only now have been read.
+    let code = proc.wait(Duration::from_secs(10));
+    logged(proc, message)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{} exited with {code} before logging {message:?}\n{}", proc.name, proc.dump()))
+}
+
+/// Waits until every process has exited and asserts that each exited with 0.
+/// Fails as soon as one exits otherwise (a crashed worker would leave the
+/// coordinator waiting until the deadline), showing everyone's output.
+pub fn expect_success(procs: &mut [&mut Proc]) {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let codes: Vec<Option<i32>> = procs.iter_mut().map(|p| p.try_exit_code()).collect();
+        if codes.iter().all(Option::is_some) || codes.iter().any(|c| c.is_some_and(|c| c != 0)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let running: Vec<&str> =
+                procs.iter().zip(&codes).filter(|(_, c)| c.is_none()).map(|(p, _)| p.name.as_str()).collect();
+            panic!("still running after {RUN_TIMEOUT:?}: {running:?}\n{}", dumps(procs));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut failures = Vec::new();
+    for proc in procs.iter_mut() {
+        // Reads the rest of the output of those that exited; the others are killed on drop.
+        match proc.try_exit_code() {
+            Some(_) => {
+                let code = proc.wait(Duration::from_secs(10));
+                if code != 0 {
+                    failures.push(format!("{} exited with {code}", proc.name));
+                }
+            }
+            None => failures.push(format!("{} was still running", proc.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{}\n{}", failures.join("; "), dumps(procs));
+}
+
+pub fn dumps(procs: &[&mut Proc]) -> String {
+    procs.iter().map(|p| p.dump()).collect::<Vec<_>>().join("\n")
+}
+
+/// A finished run: a coordinator and its workers, all exited 0.
+pub struct Run {
+    pub _tmp: tempfile::TempDir,
+    pub coordinator: Coordinator,
+    pub workers: Vec<Proc>,
+    /// Each worker's cache directory, empty when it started.
+    pub caches: Vec<PathBuf>,
+}
+
+/// Runs a coordinator with `args` (and `--workers N`) and `workers` workers
+/// with empty caches to completion; every process must exit 0.
+pub fn run_cluster(workers: usize, args: &[&str], rust_log: &str) -> Run {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = workers.to_string();
+    let all_args: Vec<&str> = ["--workers", n.as_str()].into_iter().chain(args.iter().copied()).collect();
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &all_args, rust_log);
+    let caches: Vec<PathBuf> = (1..=workers).map(|i| tmp.path().join(format!("cache-{i}"))).collect();
+    let mut workers: Vec<Proc> = caches
+        .iter()
+        .enumerate()
+        .map(|(i, cache)| start_worker(&format!("worker-{}", i + 1), &coordinator.addr, cache, rust_log))
+        .collect();
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    Run { _tmp: tmp, coordinator, workers, caches }
+}
+
+/// The epoch records of `<out>/metrics.jsonl`.
+pub fn epoch_metrics(out: &Path) -> Vec<Value> {
+    let path = out.join("metrics.jsonl");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?} in {}: {e}", path.display())))
+        .filter(|record| record["kind"] == "epoch")
+        .collect()
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A raw little-endian f32 file.
+pub fn read_f32(path: &Path) -> Vec<f32> {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(bytes.len() % 4, 0, "{} is not a whole number of f32", path.display());
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub fn f64_field(line: &Value, field: &str) -> f64 {
+    line[field].as_f64().unwrap_or_else(|| panic!("no number {field} in {line}"))
+}
+
+pub fn u64_field(line: &Value, field: &str) -> u64 {
+    line[field].as_u64().unwrap_or_else(|| panic!("no integer {field} in {line}"))
+}
