@@ -81,6 +81,8 @@ pub struct Driver {
     /// Images of this epoch whose worker left when no other could take them.
     orphans: Vec<u32>,
     events: mpsc::Receiver<Event>,
+    /// For events the driver raises itself (a worker to drop).
+    own_events: mpsc::Sender<Event>,
     shutdown: Shutdown,
     workers: BTreeMap<WorkerId, Worker>,
     metrics: MetricsFile,
@@ -96,7 +98,7 @@ impl Driver {
         start: Checkpoint,
         test: Arc<Dataset>,
         n_train: usize,
-        events: mpsc::Receiver<Event>,
+        events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
         shutdown: Shutdown,
         metrics: MetricsFile,
         dump: Option<RoundDump>,
@@ -116,7 +118,8 @@ impl Driver {
             resume_remaining,
             ledger: EpochLedger::default(),
             orphans: Vec::new(),
-            events,
+            own_events: events.0,
+            events: events.1,
             shutdown,
             workers: BTreeMap::new(),
             metrics,
@@ -145,7 +148,7 @@ impl Driver {
         info!(workers = self.config.workers, "waiting for workers");
         while self.workers.len() < self.config.workers {
             let event = self.next_event().await?;
-            self.on_event(event, None).await;
+            self.on_event(event, None);
         }
         if self.config.bench_rounds > 0 {
             self.bench_rounds(self.config.bench_rounds).await?;
@@ -218,7 +221,7 @@ impl Driver {
                 self.ledger = EpochLedger::new(self.n_train);
                 self.orphans = remaining;
             }
-            None => self.assign_shards(epoch).await,
+            None => self.assign_shards(epoch),
         }
         let samples_per_round = self.config.samples_per_round();
         let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
@@ -227,7 +230,7 @@ impl Driver {
         let mut round = 0;
         loop {
             self.ensure_min_workers().await?;
-            self.adopt_orphans().await;
+            self.adopt_orphans();
             let plan: Vec<(WorkerId, usize, usize)> = self
                 .workers
                 .iter()
@@ -283,14 +286,17 @@ impl Driver {
     }
 
     /// Draws the epoch's permutation and sends every live worker its shard.
-    async fn assign_shards(&mut self, epoch: u64) {
+    fn assign_shards(&mut self, epoch: u64) {
         let order = epoch_permutation(self.config.train.seed, epoch, self.n_train);
         let shards = split_even(&order, self.workers.len());
-        for (worker, shard) in self.workers.values_mut().zip(shards) {
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for (id, shard) in ids.into_iter().zip(shards) {
             for msg in shard_messages(epoch, &shard, false) {
-                let _ = worker.outbox.send(Ok(command(Command::Shard(msg)))).await;
+                self.send(id, Command::Shard(msg));
             }
-            worker.shard = Some(ShardProgress::new(shard));
+            if let Some(worker) = self.workers.get_mut(&id) {
+                worker.shard = Some(ShardProgress::new(shard));
+            }
         }
         self.ledger = EpochLedger::new(self.n_train);
         self.orphans.clear();
@@ -320,7 +326,7 @@ impl Driver {
         let deadline = tokio::time::Instant::now() + self.config.max_wait;
         while self.workers.len() < min {
             match tokio::time::timeout_at(deadline, self.next_event()).await {
-                Ok(event) => self.on_event(event?, None).await,
+                Ok(event) => self.on_event(event?, None),
                 Err(_) => {
                     return Err(Error::TooFewWorkers { alive: self.workers.len(), min, waited: self.config.max_wait });
                 }
@@ -335,7 +341,7 @@ impl Driver {
     }
 
     /// Deals images orphaned by departed workers to the live workers.
-    async fn adopt_orphans(&mut self) {
+    fn adopt_orphans(&mut self) {
         if self.orphans.is_empty() || self.workers.is_empty() {
             return;
         }
@@ -350,7 +356,7 @@ impl Driver {
                 None => worker.shard = Some(ShardProgress::new(part.clone())),
             }
             for msg in shard_messages(epoch, &part, extend) {
-                self.send(id, Command::Shard(msg)).await;
+                self.send(id, Command::Shard(msg));
             }
         }
         info!(images = orphans.len(), workers = ids.len(), "dealt orphaned images to the live workers");
@@ -413,13 +419,13 @@ impl Driver {
         };
         for &(id, from, until) in plan {
             let pull = pb::PullWeights { epoch, round, train_from: from as u64, train_until: until as u64 };
-            self.send(id, Command::Pull(pull)).await;
+            self.send(id, Command::Pull(pull));
         }
         let deadline = tokio::time::Instant::now() + self.config.round_timeout;
         while !open.is_complete() {
             match tokio::time::timeout_at(deadline, self.next_event()).await {
-                Ok(event) => self.on_event(event?, Some(&mut open)).await,
-                Err(_) => self.drop_stragglers(&mut open).await,
+                Ok(event) => self.on_event(event?, Some(&mut open)),
+                Err(_) => self.drop_stragglers(&mut open),
             }
         }
         let (result, sum) = open.finish(&mut self.params);
@@ -440,7 +446,7 @@ impl Driver {
             }
         }
         self.version = (epoch, round);
-        self.push_average().await;
+        self.push_average();
         let seconds = started.elapsed().as_secs_f64();
         self.after_round(&summary, seconds)?;
         Ok(Some(summary))
@@ -478,34 +484,44 @@ impl Driver {
     }
 
     /// Sends the current parameters to every live worker.
-    async fn push_average(&mut self) {
+    fn push_average(&mut self) {
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        self.send_params(&ids).await;
+        self.send_params(&ids);
     }
 
-    async fn send_params(&mut self, to: &[WorkerId]) {
+    fn send_params(&mut self, to: &[WorkerId]) {
         let (epoch, round) = self.version;
         let chunks: Vec<pb::WeightsChunk> = weight_chunks(epoch, round, &self.params).collect();
         for &id in to {
             for chunk in &chunks {
-                self.send(id, Command::Average(chunk.clone())).await;
+                self.send(id, Command::Average(chunk.clone()));
             }
         }
     }
 
-    async fn send(&self, id: WorkerId, kind: Command) {
-        if let Some(worker) = self.workers.get(&id) {
-            // A failed send means the session is closing; its Detached event follows.
-            let _ = worker.outbox.send(Ok(command(kind))).await;
+    /// Queues a command for a worker without ever waiting: a worker whose
+    /// queue is full (its link stalled, or it cannot keep up) is dropped as
+    /// if it had left, so one stuck worker never holds up the others.
+    fn send(&self, id: WorkerId, kind: Command) {
+        let Some(worker) = self.workers.get(&id) else { return };
+        match worker.outbox.try_send(Ok(command(kind))) {
+            Ok(()) => {}
+            // The session is closing; its Detached event follows.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let reason = "fell behind: its queue of unsent commands is full".to_owned();
+                // Handled like a departure on the next turn of the event loop.
+                let _ = self.own_events.try_send(Event::Detached { id, reason });
+            }
         }
     }
 
-    async fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
+    fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
         match event {
             Event::Attached { id, name, outbox } => {
                 info!(worker = id, name, workers = self.workers.len() + 1, "worker joined");
                 self.workers.insert(id, Worker { name, outbox, shard: None });
-                self.send_params(&[id]).await;
+                self.send_params(&[id]);
             }
             Event::Detached { id, reason } => {
                 let Some(worker) = self.workers.remove(&id) else { return };
@@ -516,17 +532,17 @@ impl Driver {
                     round.exclude(id);
                 }
                 if let Some(shard) = worker.shard {
-                    self.hand_over(&worker.name, shard).await;
+                    self.hand_over(&worker.name, shard);
                 }
             }
-            Event::Message { id, reply } => self.on_reply(id, reply, round).await,
+            Event::Message { id, reply } => self.on_reply(id, reply, round),
         }
     }
 
-    async fn on_reply(&mut self, id: WorkerId, reply: Reply, round: Option<&mut Round>) {
+    fn on_reply(&mut self, id: WorkerId, reply: Reply, round: Option<&mut Round>) {
         let Some(round) = round else {
             let status = Status::out_of_range("no round is open");
-            return self.reject(id, &status).await;
+            return self.reject(id, &status);
         };
         let result = match &reply {
             Reply::Report(report) => round.report(id, report),
@@ -551,23 +567,23 @@ impl Driver {
                     let _ = worker.outbox.try_send(Err(status.clone()));
                 }
             }
-            self.reject(id, &status).await;
+            self.reject(id, &status);
         }
     }
 
     /// Tells a worker its message was refused, and logs it.
-    async fn reject(&self, id: WorkerId, status: &Status) {
+    fn reject(&self, id: WorkerId, status: &Status) {
         let name = self.workers.get(&id).map(|w| w.name.as_str()).unwrap_or("?");
         warn!(worker = id, name, code = ?status.code(), error = status.message(), "refused a worker message");
         let rejected = pb::Rejected { code: status.code() as i32, message: status.message().to_owned() };
-        self.send(id, Command::Rejected(rejected)).await;
+        self.send(id, Command::Rejected(rejected));
     }
 
     /// Closes the round without the workers that missed its deadline. Their
     /// late contributions will be refused as stale; they keep their session,
     /// receive every average, and get a shard again from the next epoch,
     /// while the rest of their current shard goes to the others.
-    async fn drop_stragglers(&mut self, open: &mut Round) {
+    fn drop_stragglers(&mut self, open: &mut Round) {
         for id in open.missing() {
             open.exclude(id);
             let Some(worker) = self.workers.get_mut(&id) else { continue };
@@ -582,14 +598,14 @@ impl Driver {
                 "worker missed the round deadline; closing the round without it"
             );
             if let Some(shard) = shard {
-                self.hand_over(&name, shard).await;
+                self.hand_over(&name, shard);
             }
         }
     }
 
     /// Gives the untrained rest of a shard whose worker left (or lags) to the
     /// others, split evenly, so every image of the epoch is still used once.
-    async fn hand_over(&mut self, name: &str, shard: ShardProgress) {
+    fn hand_over(&mut self, name: &str, shard: ShardProgress) {
         let rest = &shard.indices[shard.done..];
         let heirs: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.shard.is_some()).map(|(&id, _)| id).collect();
         if rest.is_empty() {
@@ -603,7 +619,7 @@ impl Driver {
         let epoch = self.epoch;
         for (&id, part) in heirs.iter().zip(split_even(rest, heirs.len())) {
             for msg in shard_messages(epoch, &part, true) {
-                self.send(id, Command::Shard(msg)).await;
+                self.send(id, Command::Shard(msg));
             }
             if let Some(s) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
                 s.indices.extend_from_slice(&part);

@@ -102,7 +102,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         run_config: pb::RunConfig::from(&spec),
         dataset: data.offer,
         registry: Mutex::new(Default::default()),
-        events: events_tx,
+        events: events_tx.clone(),
+        outbox_capacity: outbox_capacity(mlp.len()),
     });
     let service = CoordinatorServer::new(CoordinatorService::new(shared))
         .max_decoding_message_size(MAX_CHUNK_BYTES + 64 * 1024)
@@ -140,8 +141,17 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         0 => None,
         n => Some(dump::RoundDump::new(out_dir.join("rounds"), n)?),
     };
-    let driver =
-        driver::Driver::new(config, mlp.clone(), start, data.test, data.n_train, events, shutdown, metrics, dump);
+    let driver = driver::Driver::new(
+        config,
+        mlp.clone(),
+        start,
+        data.test,
+        data.n_train,
+        (events_tx, events),
+        shutdown,
+        metrics,
+        dump,
+    );
     let result = driver.run().await;
 
     // Workers were told to stop; give their sessions a moment to close cleanly.
@@ -160,6 +170,12 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         "training complete"
     );
     Ok(summary)
+}
+
+/// Commands queued per worker before it counts as fallen behind: a few
+/// rounds' worth of averages, however many chunks the model takes.
+fn outbox_capacity(parameters: usize) -> usize {
+    4 * parameters.div_ceil(lazyavg_proto::chunks::VALUES_PER_CHUNK) + 64
 }
 
 /// Creates the output directory and records the resolved configuration in it.

@@ -48,6 +48,8 @@ pub struct Shared {
     /// A std mutex: held only for a map lookup, never across an await.
     pub registry: Mutex<Registry>,
     pub events: mpsc::Sender<Event>,
+    /// Capacity of each session's command queue.
+    pub outbox_capacity: usize,
 }
 
 impl Shared {
@@ -139,7 +141,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         };
         let id = attach.worker_id;
         let name = self.shared.registry().attach(id).map_err(|e| Status::from(&e))?;
-        let (outbox, commands) = mpsc::channel(64);
+        let (outbox, commands) = mpsc::channel(self.shared.outbox_capacity);
         let attached = Event::Attached { id, name, outbox };
         if self.shared.events.send(attached).await.is_err() {
             return Err(Status::unavailable("the coordinator is shutting down"));

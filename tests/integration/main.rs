@@ -8,8 +8,10 @@
 //!   saved model with an independent NumPy implementation.
 //! - `cluster`: a coordinator and worker processes: accuracy, the dataset
 //!   cache, the average recomputed bit for bit, shards, seeded runs, refusals.
+//! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 
 mod cluster;
 mod harness;
+mod netns;
 mod support;
 mod training;
