@@ -25,6 +25,10 @@ pub const DEFAULT_PORT: u16 = 7070;
 /// hung, stopped or cut off, and the others should not wait for it.
 const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Off by default: a cut-off relative to the other workers can drop a healthy
+/// worker that the OS merely descheduled, which changes a seeded run's numbers.
+const DEFAULT_STRAGGLER_FACTOR: f64 = 0.0;
+
 /// How long a run may stay paused for lack of workers before it gives up.
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -47,6 +51,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub train: TrainSettings,
+
+    /// Once half the workers have answered a round, wait for the rest F times as long as that took, then go on without them; 0 waits up to --round-timeout [default: 0].
+    #[arg(long, value_name = "F")]
+    pub straggler_factor: Option<f64>,
 
     /// How rounds combine the weights: mean (sample-weighted), median or trimmed-mean [default: mean].
     #[arg(long, value_name = "RULE")]
@@ -126,6 +134,7 @@ pub struct CoordinatorConfig {
     pub sync_every: usize,
     pub epochs: usize,
     pub round_timeout: Duration,
+    pub straggler_factor: f64,
     pub aggregate: Aggregate,
     pub min_workers: usize,
     pub max_wait: Duration,
@@ -205,6 +214,12 @@ impl Settings {
                 t if t.is_zero() => return Err(Error::Config("invalid --round-timeout: must be above 0".into())),
                 t => t,
             },
+            straggler_factor: match self.straggler_factor.unwrap_or(DEFAULT_STRAGGLER_FACTOR) {
+                f if f == 0.0 || (f >= 1.0 && f.is_finite()) => f,
+                f => {
+                    return Err(Error::Config(format!("invalid --straggler-factor: must be 0 or at least 1, got {f}")));
+                }
+            },
             aggregate: self.aggregate.unwrap_or_default(),
             min_workers: positive(self.min_workers.unwrap_or(1), "--min-workers")?,
             max_wait: self.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
@@ -235,6 +250,7 @@ impl CoordinatorConfig {
             sync_every: Some(self.sync_every),
             epochs: Some(self.epochs),
             round_timeout: Some(self.round_timeout),
+            straggler_factor: Some(self.straggler_factor),
             aggregate: Some(self.aggregate),
             min_workers: Some(self.min_workers),
             max_wait: Some(self.max_wait),

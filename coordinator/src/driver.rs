@@ -44,6 +44,45 @@ struct Worker {
     shard: Option<ShardProgress>,
 }
 
+/// When a round stops waiting: at `--round-timeout` at the latest, and once
+/// half the workers have sent their weights, after `--straggler-factor` times
+/// the time that took (but at least [`MIN_GRACE`] more). A worker that is
+/// merely slow then costs the others one such wait per epoch, not one per round.
+struct RoundDeadline {
+    started: tokio::time::Instant,
+    at: tokio::time::Instant,
+    factor: f64,
+    quorum: usize,
+    tightened: bool,
+}
+
+/// The least extra time stragglers get after the quorum, so that scheduling
+/// noise on a busy machine does not drop healthy workers.
+const MIN_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl RoundDeadline {
+    fn new(timeout: std::time::Duration, factor: f64, participants: usize) -> Self {
+        let started = tokio::time::Instant::now();
+        let quorum = participants.div_ceil(2);
+        RoundDeadline { started, at: started + timeout, factor, quorum, tightened: factor <= 0.0 || participants < 2 }
+    }
+
+    fn at(&self) -> tokio::time::Instant {
+        self.at
+    }
+
+    /// Tightens the deadline once `completed` contributions reach the quorum.
+    fn progress(&mut self, completed: usize) {
+        if self.tightened || completed < self.quorum {
+            return;
+        }
+        self.tightened = true;
+        let now = tokio::time::Instant::now();
+        let grace = (now - self.started).mul_f64((self.factor - 1.0).max(0.0)).max(MIN_GRACE);
+        self.at = self.at.min(now + grace);
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -421,10 +460,13 @@ impl Driver {
             let pull = pb::PullWeights { epoch, round, train_from: from as u64, train_until: until as u64 };
             self.send(id, Command::Pull(pull));
         }
-        let deadline = tokio::time::Instant::now() + self.config.round_timeout;
+        let mut deadline = RoundDeadline::new(self.config.round_timeout, self.config.straggler_factor, plan.len());
         while !open.is_complete() {
-            match tokio::time::timeout_at(deadline, self.next_event()).await {
-                Ok(event) => self.on_event(event?, Some(&mut open)),
+            match tokio::time::timeout_at(deadline.at(), self.next_event()).await {
+                Ok(event) => {
+                    self.on_event(event?, Some(&mut open));
+                    deadline.progress(open.completed());
+                }
                 Err(_) => self.drop_stragglers(&mut open),
             }
         }

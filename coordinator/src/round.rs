@@ -159,6 +159,11 @@ impl Round {
         self.parts.iter().filter(|(_, p)| p.state != State::Excluded).map(|(&id, _)| id)
     }
 
+    /// Workers whose whole contribution has arrived.
+    pub fn completed(&self) -> usize {
+        self.parts.values().filter(|p| p.state == State::Complete).count()
+    }
+
     /// Workers that have not finished sending (for timeouts and logs).
     pub fn missing(&self) -> Vec<WorkerId> {
         self.parts

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,6 +37,12 @@ pub fn heavy() -> MutexGuard<'static, ()> {
 /// Starts a coordinator on `bind` writing to `out`, with `args` after the
 /// standard ones, and waits until it listens.
 pub fn start_coordinator(out: &Path, bind: &str, args: &[&str], rust_log: &str) -> Coordinator {
+    spawn_coordinator(coordinator_command(out, bind, args, rust_log), out)
+}
+
+/// The command [`start_coordinator`] runs, for tests that add environment
+/// variables or flags to it before [`spawn_coordinator`].
+pub fn coordinator_command(out: &Path, bind: &str, args: &[&str], rust_log: &str) -> Command {
     let mut cmd = lazyavg();
     cmd.args(["--log-format", "json", "coordinator", "--bind", bind, "--data-dir"])
         .arg(mnist_dir())
@@ -43,6 +50,11 @@ pub fn start_coordinator(out: &Path, bind: &str, args: &[&str], rust_log: &str) 
         .arg(out)
         .args(args)
         .env("RUST_LOG", rust_log);
+    cmd
+}
+
+/// Starts the coordinator `cmd` (which writes to `out`) and waits until it listens.
+pub fn spawn_coordinator(cmd: Command, out: &Path) -> Coordinator {
     let mut proc = Proc::spawn("coordinator", cmd);
     let listening = wait_for_line(&mut proc, "listening", START_TIMEOUT);
     let addr = listening["addr"].as_str().unwrap_or_else(|| panic!("no addr in {listening}")).to_owned();
@@ -58,14 +70,27 @@ pub struct Coordinator {
 
 /// Starts a worker for the coordinator at `addr` with `cache` as its cache directory.
 pub fn start_worker(name: &str, addr: &str, cache: &Path, rust_log: &str) -> Proc {
+    Proc::spawn(name, worker_command(&format!("http://{addr}"), cache, rust_log))
+}
+
+/// The command [`start_worker`] runs, for the coordinator at `url`
+/// (`http://` or `https://`), for tests that add flags to it.
+pub fn worker_command(url: &str, cache: &Path, rust_log: &str) -> Command {
     fs::create_dir_all(cache).expect("creating the cache directory");
     let mut cmd = lazyavg();
-    cmd.args(["--log-format", "json", "worker", "--coordinator", &format!("http://{addr}")])
+    cmd.args(["--log-format", "json", "worker", "--coordinator", url])
         .env("LAZYAVG_CACHE_DIR", cache)
         .env("RUST_LOG", rust_log)
         .env_remove("LAZYAVG_COORDINATOR")
         .env_remove("LAZYAVG_WORKER_NAME");
-    Proc::spawn(name, cmd)
+    cmd
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (the OS chose it), as
+/// `127.0.0.1:PORT`, for a coordinator that must listen there again after a restart.
+pub fn reserve_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("reserving a port");
+    format!("127.0.0.1:{}", listener.local_addr().expect("local address").port())
 }
 
 /// The JSON log lines of `proc` whose message is `message`.
@@ -76,8 +101,15 @@ pub fn logged(proc: &Proc, message: &str) -> Vec<Value> {
 /// Waits until `proc` logs `message` and returns that line; fails at once if
 /// the process exits first.
 pub fn wait_for_line(proc: &mut Proc, message: &str, timeout: Duration) -> Value {
+    wait_for_match(proc, message, timeout, |_| true)
+}
+
+/// Waits until `proc` logs `message` in a line for which `matches` holds and
+/// returns the first such line; fails at once if the process exits first.
+pub fn wait_for_match(proc: &mut Proc, message: &str, timeout: Duration, matches: impl Fn(&Value) -> bool) -> Value {
     let what = format!("{} to log {message:?}", proc.name);
-    let found = wait_until(&what, timeout, || match logged(proc, message).into_iter().next() {
+    let find = |proc: &Proc| logged(proc, message).into_iter().find(|line| matches(line));
+    let found = wait_until(&what, timeout, || match find(proc) {
         Some(line) => Some(Some(line)),
         None => proc.try_exit_code().map(|_| None),
     });
@@ -86,10 +118,7 @@ pub fn wait_for_line(proc: &mut Proc, message: &str, timeout: Duration) -> Value
     }
     // It exited; its last lines may only now have been read.
     let code = proc.wait(Duration::from_secs(10));
-    logged(proc, message)
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("{} exited with {code} before logging {message:?}\n{}", proc.name, proc.dump()))
+    find(proc).unwrap_or_else(|| panic!("{} exited with {code} before logging {message:?}\n{}", proc.name, proc.dump()))
 }
 
 /// Waits until every process has exited and asserts that each exited with 0.

@@ -8,9 +8,13 @@
 //!   saved model with an independent NumPy implementation.
 //! - `cluster`: a coordinator and worker processes: accuracy, the dataset
 //!   cache, the average recomputed bit for bit, shards, seeded runs, refusals.
+//! - `faults`: workers killed, stopped and restarted; the coordinator killed
+//!   or interrupted and resumed; too few workers; hostile gRPC messages;
+//!   strangers without the token or the right TLS certificate.
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 
 mod cluster;
+mod faults;
 mod harness;
 mod netns;
 mod support;

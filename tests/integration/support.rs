@@ -86,6 +86,19 @@ impl Proc {
         status.code().unwrap_or(-1)
     }
 
+    /// Sends the signal `name` (`KILL`, `STOP`, `CONT`, `INT`, `TERM`) to this
+    /// process by its pid, with kill(1). It must not have been reaped yet (a
+    /// process that exited but was not waited for keeps its pid, so the
+    /// signal cannot reach another process).
+    pub fn signal(&mut self, name: &str) {
+        assert!(self.try_exit_code().is_none(), "{} exited before SIG{name}\n{}", self.name, self.dump());
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("running kill -s {name}: {e}"));
+        assert!(status.success(), "kill -s {name} {} failed: {status}", self.pid());
+    }
+
     /// Output so far, for assertion messages.
     pub fn dump(&self) -> String {
         format!("--- {} ---\n{}", self.name, self.lines().join("\n"))

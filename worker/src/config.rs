@@ -40,6 +40,10 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
 
+    /// Testing: after each pull, idle for (F - 1) times the training time, to act as a worker F times slower.
+    #[arg(long, value_name = "F", hide = true)]
+    pub debug_slowdown: Option<f64>,
+
     /// Exit when standard input closes (set by `--spawn-workers`, so local workers die with their coordinator).
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
@@ -53,6 +57,8 @@ pub struct WorkerConfig {
     pub cache_dir: PathBuf,
     pub token: Option<Token>,
     pub tls: Option<ClientTls>,
+    /// 1 normally; F > 1 makes the worker F times slower (for straggler tests).
+    pub slowdown: f64,
     pub exit_with_stdin: bool,
 }
 
@@ -62,7 +68,7 @@ impl WorkerArgs {
         let bad = |problem: &str| Error::Address { url: url.clone(), problem: problem.to_owned() };
         let coordinator: Uri = url.parse().map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
         let tls = ClientTls::load(self.tls_ca.as_deref(), self.tls_cert.as_deref(), self.tls_key.as_deref())
-            .map_err(Error::Token)?;
+            .map_err(Error::Setting)?;
         match (coordinator.scheme_str(), &tls) {
             (Some("http"), None) | (Some("https"), Some(_)) => {}
             (Some("https"), None) => {
@@ -78,8 +84,13 @@ impl WorkerArgs {
             coordinator,
             name: self.name.clone().unwrap_or_else(default_name),
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
-            token: Token::load(self.token_file.as_deref(), "LAZYAVG_TOKEN").map_err(Error::Token)?,
+            token: Token::load(self.token_file.as_deref(), "LAZYAVG_TOKEN").map_err(Error::Setting)?,
             tls,
+            slowdown: match self.debug_slowdown {
+                None => 1.0,
+                Some(f) if f >= 1.0 && f.is_finite() => f,
+                Some(f) => return Err(Error::Setting(format!("invalid --debug-slowdown: must be ≥ 1, got {f}"))),
+            },
             exit_with_stdin: self.exit_with_stdin,
         })
     }
@@ -115,6 +126,7 @@ mod tests {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            debug_slowdown: None,
             exit_with_stdin: false,
         }
     }

@@ -8,9 +8,9 @@ use tonic::{Code, Status};
 pub enum Error {
     #[error("invalid --coordinator {url:?}: {problem}")]
     Address { url: String, problem: String },
-    /// A token or TLS file that cannot be used.
+    /// A setting that cannot be used (token, TLS files, flags).
     #[error("{0}")]
-    Token(String),
+    Setting(String),
     #[error("cannot reach the coordinator at {url}: {source}")]
     Connect {
         url: String,

@@ -122,7 +122,7 @@ async fn attempt(
         }
     };
     info!(worker = reply.worker_id, coordinator = url, architecture = %spec.arch, "joined the run");
-    session::run(&mut client, reply.worker_id, &spec, data, || backoff.reset()).await
+    session::run(&mut client, reply.worker_id, &spec, data, config.slowdown, || backoff.reset()).await
 }
 
 /// An error with its causes, `outer: inner: innermost` (what `{:#}` shows

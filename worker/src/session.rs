@@ -2,7 +2,7 @@
 //! says stop or the stream breaks.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
@@ -35,6 +35,7 @@ pub async fn run(
     id: u64,
     spec: &RunSpec,
     data: Arc<Dataset>,
+    slowdown: f64,
     attached: impl FnOnce(),
 ) -> Result<Ending> {
     let (outbox, replies) = mpsc::channel(64);
@@ -53,7 +54,11 @@ pub async fn run(
             Command::Pull(pull) => {
                 let (back, report) = train_off_runtime(replica.take().expect("replica present"), pull.clone()).await;
                 let back = replica.insert(back);
-                send(&outbox, Reply::Report(report?)).await?;
+                let report = report?;
+                if slowdown > 1.0 {
+                    tokio::time::sleep(Duration::from_secs_f64(report.train_seconds * (slowdown - 1.0))).await;
+                }
+                send(&outbox, Reply::Report(report)).await?;
                 for chunk in weight_chunks(pull.epoch, pull.round, back.params()) {
                     send(&outbox, Reply::Weights(chunk)).await?;
                 }

@@ -1,0 +1,977 @@
+//! Faults during a live run: workers killed, stopped and restarted, the
+//! coordinator killed or interrupted and resumed, too few workers, hostile
+//! messages from a gRPC client of our own, and strangers without the token or
+//! the right certificate.
+//!
+//! Processes are signalled by pid (`kill -s SIG <pid>`) and every wait polls
+//! the JSON logs with a deadline. The only sleeps are part of a scenario: the
+//! random moment a worker is killed at.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lazyavg_proto::pb;
+use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
+use lazyavg_proto::pb::coordinator_message::Kind as Order;
+use lazyavg_proto::pb::worker_message::Kind as Reply;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+use crate::harness::*;
+use crate::support::*;
+
+/// Bound on anything that happens within an epoch or two (about a second each on two cores).
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A worker that cannot join retries; it must still not have joined after this.
+const STRANGER_RETRIES: usize = 4;
+
+const RETRYING: &str = "no session with the coordinator; retrying";
+const STOP_MESSAGE: &str = "the coordinator stopped the run";
+
+/// The worker id a worker process was given (its first "joined the run").
+fn joined_id(worker: &Proc) -> u64 {
+    logged(worker, "joined the run")
+        .first()
+        .map(|l| u64_field(l, "worker"))
+        .unwrap_or_else(|| panic!("{} has not joined\n{}", worker.name, worker.dump()))
+}
+
+/// The name the coordinator knows worker `id` by (from its "worker joined").
+fn name_of(coordinator: &Proc, id: u64) -> String {
+    logged(coordinator, "worker joined")
+        .iter()
+        .find(|l| l["worker"] == id)
+        .and_then(|l| l["name"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("worker {id} never joined\n{}", coordinator.dump()))
+}
+
+/// The lines of `proc` logging `message` for worker `id`.
+fn about_worker(proc: &Proc, message: &str, id: u64) -> Vec<Value> {
+    logged(proc, message).into_iter().filter(|l| l["worker"] == id).collect()
+}
+
+/// The last line a process wrote (its `lazyavg: ...` error line when it failed).
+fn last_line(proc: &Proc) -> String {
+    proc.lines().last().cloned().unwrap_or_default()
+}
+
+/// Asserts that `proc` exited with `expected` and its last line names `needle`.
+fn expect_exit(proc: &mut Proc, expected: i32, needle: &str) {
+    let code = proc.wait(RUN_TIMEOUT);
+    assert_eq!(code, expected, "{} exited with {code}\n{}", proc.name, proc.dump());
+    let last = last_line(proc);
+    assert!(
+        last.starts_with("lazyavg: ") && last.contains(needle),
+        "{} did not end with {needle:?}\n{}",
+        proc.name,
+        proc.dump()
+    );
+}
+
+/// Samples trained by `name` in an epoch record (0 when it trained nothing).
+fn samples_of(epoch: &Value, name: &str) -> u64 {
+    epoch["samples_by_worker"].get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Asserts that each epoch record used exactly `images` distinct images, each once.
+fn assert_each_image_once(epoch: &Value, images: u64) {
+    assert_eq!(u64_field(epoch, "samples"), images, "samples: {epoch}");
+    assert_eq!(u64_field(epoch, "distinct_images"), images, "distinct images: {epoch}");
+    assert_eq!(u64_field(epoch, "repeated_images"), 0, "repeated images: {epoch}");
+    let by_worker: u64 =
+        epoch["samples_by_worker"].as_object().expect("samples_by_worker").values().filter_map(Value::as_u64).sum();
+    assert_eq!(by_worker, images, "samples_by_worker does not add up: {epoch}");
+}
+
+/// The epoch numbers in `<out>/metrics.jsonl`, in file order.
+fn epoch_numbers(epochs: &[Value]) -> Vec<u64> {
+    epochs.iter().map(|e| u64_field(e, "epoch")).collect()
+}
+
+/// Milliseconds (0..=max) from the clock's nanoseconds: a fresh point each run.
+fn clock_millis(max: u32) -> u64 {
+    u64::from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").subsec_nanos() % (max + 1))
+}
+
+/// Files in `dir` named like a temporary file of an atomic write (`.NAME.tmp-PID`).
+fn temporary_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.') && name.contains(".tmp-"))
+        .collect()
+}
+
+/// `lazyavg coordinator --resume <out> --bind <bind>`, waiting until it listens.
+fn resume_coordinator(out: &Path, bind: &str, rust_log: &str) -> Coordinator {
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "coordinator", "--resume"])
+        .arg(out)
+        .args(["--bind", bind])
+        .env("RUST_LOG", rust_log);
+    spawn_coordinator(cmd, out)
+}
+
+#[test]
+fn sigkill_of_one_of_three_workers_mid_epoch_loses_no_image() {
+    let _heavy = heavy();
+    let args = ["--epochs", "3", "--seed", "5"];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all_args: Vec<&str> = ["--workers", "3"].into_iter().chain(args).collect();
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &all_args, "info");
+    let mut workers: Vec<Proc> = (1..=3)
+        .map(|i| {
+            start_worker(&format!("worker-{i}"), &coordinator.addr, &tmp.path().join(format!("cache-{i}")), "info")
+        })
+        .collect();
+    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    // A random moment early in epoch 2 (an epoch takes over a second).
+    let delay = Duration::from_millis(clock_millis(300));
+    eprintln!("killing worker-2 {delay:?} after epoch 1");
+    thread::sleep(delay);
+    let mut victim = workers.remove(1);
+    let victim_id = joined_id(&victim);
+    victim.signal("KILL");
+    assert_eq!(victim.wait(Duration::from_secs(10)), -1, "killed by a signal");
+
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    let coordinator_log = &coordinator.proc;
+
+    let victim_name = name_of(coordinator_log, victim_id);
+    assert!(victim_name.ends_with(&format!("-{}", victim.pid())), "default name is host-pid: {victim_name}");
+    let left = about_worker(coordinator_log, "worker left", victim_id);
+    assert_eq!(left.len(), 1, "one \"worker left\" for {victim_name}\n{}", coordinator_log.dump());
+    assert_eq!(left[0]["name"], victim_name.as_str(), "{}", left[0]);
+    assert_eq!(u64_field(&left[0], "epoch"), 2, "killed in epoch 2: {}", left[0]);
+    assert!(u64_field(&left[0], "remaining") > 0, "it left untrained images behind: {}", left[0]);
+    let handed: Vec<Value> = logged(coordinator_log, "handed the worker's untrained images to the others")
+        .into_iter()
+        .filter(|l| l["name"] == victim_name.as_str())
+        .collect();
+    assert_eq!(handed.len(), 1, "{}", coordinator_log.dump());
+    assert_eq!(handed[0]["images"], left[0]["remaining"], "{}", handed[0]);
+
+    let epochs = epoch_metrics(&coordinator.out);
+    assert_eq!(epoch_numbers(&epochs), [1, 2, 3], "{epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+    assert_eq!(samples_of(&epochs[1], &victim_name), u64_field(&left[0], "trained"), "{}", epochs[1]);
+    assert!(samples_of(&epochs[1], &victim_name) < N_TRAIN / 3, "{}", epochs[1]);
+    assert_eq!(u64_field(&epochs[2], "workers"), 2, "{}", epochs[2]);
+    assert_eq!(samples_of(&epochs[2], &victim_name), 0, "{}", epochs[2]);
+
+    // The same run without the fault ends within half a percentage point.
+    let accuracy = f64_field(&epochs[2], "accuracy");
+    let clean = run_cluster(3, &args, "info");
+    let clean_accuracy = f64_field(epoch_metrics(&clean.coordinator.out).last().expect("epochs"), "accuracy");
+    assert!(
+        (accuracy - clean_accuracy).abs() <= 0.005,
+        "with a worker killed {accuracy}, without {clean_accuracy}: more than 0.5 pp apart"
+    );
+}
+
+#[test]
+fn a_stopped_worker_is_left_behind_and_rejoins() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let args = ["--workers", "2", "--epochs", "3", "--round-timeout", "1s"];
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, DEBUG_LOG);
+    let mut workers: Vec<Proc> = (1..=2)
+        .map(|i| {
+            start_worker(&format!("worker-{i}"), &coordinator.addr, &tmp.path().join(format!("cache-{i}")), "info")
+        })
+        .collect();
+    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+
+    let id = joined_id(&workers[1]);
+    workers[1].signal("STOP");
+    let stopped = Instant::now();
+    let missed = wait_for_match(
+        &mut coordinator.proc,
+        "worker missed the round deadline; closing the round without it",
+        EVENT_TIMEOUT,
+        |l| l["worker"] == id,
+    );
+    // Hold it stopped until three more rounds closed without it.
+    let closed_without = |coordinator: &Proc| -> Vec<Value> {
+        let lines = coordinator.json_lines();
+        let from = lines.iter().position(|l| *l == missed).expect("the deadline line");
+        lines[from..].iter().filter(|l| l["message"] == "round averaged").cloned().collect()
+    };
+    let rounds = wait_until("three rounds without the stopped worker", EVENT_TIMEOUT, || {
+        let rounds = closed_without(&coordinator.proc);
+        (rounds.len() >= 3).then_some(rounds)
+    });
+    let held = stopped.elapsed();
+    workers[1].signal("CONT");
+    assert!(
+        held > Duration::from_secs(1),
+        "stopped for {held:?}, less than the round timeout\n{}",
+        coordinator.proc.dump()
+    );
+    for round in &rounds {
+        assert_eq!(u64_field(round, "contributors"), 1, "a round closed while it was stopped: {round}");
+    }
+
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    let coordinator_log = &coordinator.proc;
+    let name = name_of(coordinator_log, id);
+    assert_eq!(u64_field(&missed, "epoch"), 2, "{missed}");
+    assert_eq!(missed["name"], name.as_str(), "{missed}");
+    let handed = logged(coordinator_log, "handed the worker's untrained images to the others");
+    assert!(handed.iter().any(|l| l["name"] == name.as_str()), "{}", coordinator_log.dump());
+    // What it sent after SIGCONT was for a round that had closed.
+    let refused = about_worker(coordinator_log, "refused a worker message", id);
+    assert!(!refused.is_empty(), "its late contribution was not refused\n{}", coordinator_log.dump());
+    for line in &refused {
+        assert_eq!(line["code"], "OutOfRange", "{line}");
+        assert_eq!(line["name"], name.as_str(), "{line}");
+    }
+    assert!(refused.iter().any(|l| l["error"].as_str().is_some_and(|e| e.contains("stale"))), "{refused:?}");
+    let told = logged(&workers[1], "the coordinator refused a message");
+    assert!(!told.is_empty() && told.iter().all(|l| l["code"] == 11), "{}", workers[1].dump());
+    // The other worker did not miss anything.
+    let other = joined_id(&workers[0]);
+    assert!(about_worker(coordinator_log, "refused a worker message", other).is_empty(), "{}", coordinator_log.dump());
+    assert!(logged(&workers[0], "the coordinator refused a message").is_empty(), "{}", workers[0].dump());
+
+    let epochs = epoch_metrics(&coordinator.out);
+    assert_eq!(epoch_numbers(&epochs), [1, 2, 3], "{epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+    assert!(samples_of(&epochs[1], &name) < N_TRAIN / 2, "{}", epochs[1]);
+    assert_eq!(samples_of(&epochs[2], &name), N_TRAIN / 2, "it trains its whole shard in epoch 3: {}", epochs[2]);
+}
+
+#[test]
+fn a_killed_and_restarted_worker_rejoins_with_the_current_weights() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut coordinator =
+        start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &["--workers", "3", "--epochs", "3"], DEBUG_LOG);
+    let caches: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("cache-{i}"))).collect();
+    let mut workers: Vec<Proc> = caches
+        .iter()
+        .enumerate()
+        .map(|(i, cache)| start_worker(&format!("worker-{}", i + 1), &coordinator.addr, cache, "info"))
+        .collect();
+    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    let mut victim = workers.pop().expect("three workers");
+    let victim_id = joined_id(&victim);
+    victim.signal("KILL");
+    victim.wait(Duration::from_secs(10));
+    wait_for_match(&mut coordinator.proc, "worker left", EVENT_TIMEOUT, |l| l["worker"] == victim_id);
+
+    let mut again = start_worker("worker-3-again", &coordinator.addr, &caches[2], DEBUG_LOG);
+    wait_for_line(&mut again, "joined the run", START_TIMEOUT);
+    let applied = wait_for_line(&mut again, "weights applied", EVENT_TIMEOUT);
+    let mut procs: Vec<&mut Proc> =
+        std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).chain([&mut again]).collect();
+    expect_success(&mut procs);
+
+    assert_eq!(logged(&again, "dataset found in cache").len(), 1, "{}", again.dump());
+    assert!(logged(&again, "downloading the training set").is_empty(), "{}", again.dump());
+    let id = joined_id(&again);
+    assert_ne!(id, victim_id, "a fresh id");
+    // The weights it first applied are those of the last round averaged
+    // before the coordinator took it in.
+    let lines = coordinator.proc.json_lines();
+    let joined = lines
+        .iter()
+        .position(|l| l["message"] == "worker joined" && l["worker"] == id)
+        .unwrap_or_else(|| panic!("worker {id} never joined\n{}", coordinator.proc.dump()));
+    let last_round = lines[..joined]
+        .iter()
+        .rev()
+        .find(|l| l["message"] == "round averaged")
+        .unwrap_or_else(|| panic!("no round averaged before it joined\n{}", coordinator.proc.dump()));
+    assert_eq!(
+        (&applied["epoch"], &applied["round"]),
+        (&last_round["epoch"], &last_round["round"]),
+        "{applied} vs {last_round}"
+    );
+    let digest = applied["digest"].as_str().expect("digest");
+    assert_eq!(digest.len(), 64, "{applied}");
+    assert_eq!(
+        applied["digest"], last_round["digest"],
+        "the rejoined worker got other weights: {applied} vs {last_round}"
+    );
+    // From then on it holds every average, as the others do.
+    let averaged: Vec<(u64, u64, String)> = logged(&coordinator.proc, "round averaged")
+        .iter()
+        .map(|l| (u64_field(l, "epoch"), u64_field(l, "round"), l["digest"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    for line in logged(&again, "weights applied") {
+        let key = (u64_field(&line, "epoch"), u64_field(&line, "round"));
+        assert!(
+            averaged.iter().any(|(e, r, d)| (*e, *r) == key && line["digest"] == d.as_str()),
+            "weights applied that the coordinator never averaged: {line}"
+        );
+    }
+
+    let name = name_of(&coordinator.proc, id);
+    let epochs = epoch_metrics(&coordinator.out);
+    assert_eq!(epoch_numbers(&epochs), [1, 2, 3], "{epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+    assert_eq!(u64_field(&epochs[2], "workers"), 3, "{}", epochs[2]);
+    assert_eq!(samples_of(&epochs[2], &name), N_TRAIN / 3, "the new worker trains its shard of epoch 3: {}", epochs[2]);
+}
+
+#[test]
+fn coordinator_sigkill_and_resume_completes_the_run() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let bind = reserve_port();
+    let mut first = start_coordinator(&out, &bind, &["--workers", "2", "--epochs", "3"], "info");
+    let mut workers: Vec<Proc> = (1..=2)
+        .map(|i| start_worker(&format!("worker-{i}"), &bind, &tmp.path().join(format!("cache-{i}")), "info"))
+        .collect();
+    wait_for_match(&mut first.proc, "checkpoint written", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    first.proc.signal("KILL");
+    assert_eq!(first.proc.wait(Duration::from_secs(10)), -1, "killed by a signal");
+    let checkpoint = logged(&first.proc, "checkpoint written").pop().expect("a checkpoint");
+    // The workers notice and keep trying.
+    for worker in &mut workers {
+        wait_for_line(worker, RETRYING, EVENT_TIMEOUT);
+    }
+
+    let mut resumed = resume_coordinator(&out, &bind, "info");
+    assert_eq!(resumed.addr, bind);
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut resumed.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+
+    let resuming = logged(&resumed.proc, "resuming from checkpoint");
+    assert_eq!(resuming.len(), 1, "{}", resumed.proc.dump());
+    assert_eq!(
+        resuming[0]["digest"], checkpoint["digest"],
+        "resumed from other weights: {} vs {checkpoint}",
+        resuming[0]
+    );
+    assert_eq!(u64_field(&checkpoint, "remaining"), 0, "an end-of-epoch checkpoint: {checkpoint}");
+    assert_eq!(u64_field(&resuming[0], "epoch"), u64_field(&checkpoint, "epoch") + 1, "{}", resuming[0]);
+    assert_eq!(u64_field(&resuming[0], "remaining"), N_TRAIN, "{}", resuming[0]);
+    for worker in &workers {
+        assert_eq!(logged(worker, "joined the run").len(), 2, "joined both coordinators\n{}", worker.dump());
+        assert!(!logged(worker, RETRYING).is_empty(), "{}", worker.dump());
+    }
+    assert_eq!(logged(&resumed.proc, "worker joined").len(), 2, "{}", resumed.proc.dump());
+
+    let epochs = epoch_metrics(&out);
+    let numbers = epoch_numbers(&epochs);
+    assert_eq!(numbers.last(), Some(&3), "{epochs:?}");
+    for epoch in 1..=3 {
+        assert!(numbers.contains(&epoch), "epoch {epoch} missing from {numbers:?}");
+    }
+    // Every epoch trained after the restart used each image once.
+    for epoch in epochs.iter().rev().take(3 - u64_field(&checkpoint, "epoch") as usize) {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+    assert!(out.join("model.safetensors").is_file(), "no model.safetensors");
+}
+
+#[test]
+fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let mut first = start_coordinator(&out, "127.0.0.1:0", &["--workers", "2", "--epochs", "3"], DEBUG_LOG);
+    let mut workers: Vec<Proc> = (1..=2)
+        .map(|i| start_worker(&format!("worker-{i}"), &first.addr, &tmp.path().join(format!("cache-{i}")), "info"))
+        .collect();
+    wait_for_match(&mut first.proc, "round averaged", EVENT_TIMEOUT, |l| l["epoch"] == 2 && l["round"] == 5);
+    first.proc.signal("INT");
+    let code = first.proc.wait(EVENT_TIMEOUT);
+    assert_eq!(code, 130, "exit code after SIGINT\n{}", first.proc.dump());
+    assert!(last_line(&first.proc).contains("SIGINT"), "{}", first.proc.dump());
+    let checkpoint = logged(&first.proc, "checkpoint written").pop().expect("a checkpoint");
+    assert_eq!(u64_field(&checkpoint, "epoch"), 2, "{checkpoint}");
+    let remaining = u64_field(&checkpoint, "remaining");
+    assert!(remaining > 0 && remaining < N_TRAIN, "a mid-epoch checkpoint: {checkpoint}");
+    assert!(temporary_files(&out).is_empty(), "left behind: {:?}", temporary_files(&out));
+    assert!(!out.join("model.safetensors").exists(), "an interrupted run has no final model");
+    for worker in &mut workers {
+        expect_exit(worker, 1, STOP_MESSAGE);
+        assert!(last_line(worker).contains("SIGINT"), "{}", worker.dump());
+    }
+
+    let mut resumed = resume_coordinator(&out, "127.0.0.1:0", "info");
+    let mut fresh: Vec<Proc> = (1..=2)
+        .map(|i| start_worker(&format!("fresh-{i}"), &resumed.addr, &tmp.path().join(format!("cache-{i}")), "info"))
+        .collect();
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut resumed.proc).chain(fresh.iter_mut()).collect();
+    expect_success(&mut procs);
+
+    let resuming = logged(&resumed.proc, "resuming from checkpoint");
+    assert_eq!(resuming.len(), 1, "{}", resumed.proc.dump());
+    assert_eq!(
+        (u64_field(&resuming[0], "epoch"), u64_field(&resuming[0], "remaining")),
+        (2, remaining),
+        "{}",
+        resuming[0]
+    );
+    assert_eq!(resuming[0]["digest"], checkpoint["digest"], "{} vs {checkpoint}", resuming[0]);
+    let epochs = epoch_metrics(&out);
+    assert_eq!(epoch_numbers(&epochs), [1, 2, 3], "{epochs:?}");
+    assert_each_image_once(&epochs[0], N_TRAIN);
+    assert_each_image_once(&epochs[1], remaining);
+    assert_each_image_once(&epochs[2], N_TRAIN);
+    assert!(out.join("model.safetensors").is_file());
+    assert!(temporary_files(&out).is_empty(), "left behind: {:?}", temporary_files(&out));
+}
+
+#[test]
+fn min_workers_pauses_and_max_wait_gives_up() {
+    let _heavy = heavy();
+    let args = ["--workers", "2", "--min-workers", "2", "--max-wait", "3s", "--epochs", "3"];
+
+    // A worker dies; training waits for a replacement, then completes.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
+    let mut workers: Vec<Proc> = (1..=2)
+        .map(|i| {
+            start_worker(&format!("worker-{i}"), &coordinator.addr, &tmp.path().join(format!("cache-{i}")), "info")
+        })
+        .collect();
+    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    let mut victim = workers.pop().expect("two workers");
+    victim.signal("KILL");
+    victim.wait(Duration::from_secs(10));
+    let paused = wait_for_line(&mut coordinator.proc, "too few workers; training paused", EVENT_TIMEOUT);
+    assert_eq!((u64_field(&paused, "alive"), u64_field(&paused, "min_workers")), (1, 2), "{paused}");
+    let mut replacement = start_worker("replacement", &coordinator.addr, &tmp.path().join("cache-3"), "info");
+    let mut procs: Vec<&mut Proc> =
+        std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).chain([&mut replacement]).collect();
+    expect_success(&mut procs);
+    let resumed = logged(&coordinator.proc, "enough workers again; training resumed");
+    assert_eq!(resumed.len(), 1, "{}", coordinator.proc.dump());
+    assert_eq!(u64_field(&resumed[0], "alive"), 2, "{}", resumed[0]);
+    let lines = coordinator.proc.json_lines();
+    let at = |message: &str| lines.iter().position(|l| l["message"] == message).expect(message);
+    assert!(at("too few workers; training paused") < at("enough workers again; training resumed"));
+    let epochs = epoch_metrics(&coordinator.out);
+    assert_eq!(epoch_numbers(&epochs), [1, 2, 3], "{epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+
+    // Nobody replaces it: the coordinator gives up after --max-wait.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
+    let mut workers: Vec<Proc> = (1..=2)
+        .map(|i| {
+            start_worker(&format!("worker-{i}"), &coordinator.addr, &tmp.path().join(format!("cache-{i}")), "info")
+        })
+        .collect();
+    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    workers[1].signal("KILL");
+    let killed = Instant::now();
+    let code = coordinator.proc.wait(EVENT_TIMEOUT);
+    let waited = killed.elapsed();
+    assert_eq!(code, 1, "{}", coordinator.proc.dump());
+    let last = last_line(&coordinator.proc);
+    assert!(
+        last.contains("only 1 of the 2 workers needed (--min-workers) after waiting 3s"),
+        "{}",
+        coordinator.proc.dump()
+    );
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(15),
+        "gave up {waited:?} after the worker died, --max-wait is 3s"
+    );
+    assert_eq!(logged(&coordinator.proc, "too few workers; training paused").len(), 1, "{}", coordinator.proc.dump());
+    // It recorded where it stood, and told the survivor.
+    let checkpoint = logged(&coordinator.proc, "checkpoint written").pop().expect("a checkpoint");
+    assert_eq!(u64_field(&checkpoint, "epoch"), 2, "{checkpoint}");
+    assert!(u64_field(&checkpoint, "remaining") > 0, "{checkpoint}");
+    expect_exit(&mut workers[0], 1, STOP_MESSAGE);
+    assert!(last_line(&workers[0]).contains("--min-workers"), "{}", workers[0].dump());
+    assert!(!out.join("model.safetensors").exists());
+}
+
+// ---------------------------------------------------------------------------
+// A gRPC client of our own, speaking the protocol wrongly on purpose.
+
+type Client = CoordinatorClient<Channel>;
+
+/// Bound on one message from the coordinator.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn connect(addr: &str) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connecting to the coordinator");
+    CoordinatorClient::new(channel).max_decoding_message_size(8 << 20).max_encoding_message_size(8 << 20)
+}
+
+async fn join(client: &mut Client, protocol_version: u32, name: &str) -> Result<u64, Status> {
+    let request = pb::JoinRequest { protocol_version, name: name.to_owned() };
+    Ok(client.join(request).await?.into_inner().worker_id)
+}
+
+fn message(kind: Reply) -> pb::WorkerMessage {
+    pb::WorkerMessage { kind: Some(kind) }
+}
+
+fn attach(worker_id: u64) -> Reply {
+    Reply::Attach(pb::Attach { worker_id })
+}
+
+/// One session as a test worker: it trains nothing and answers as told.
+struct TestSession {
+    outbox: mpsc::Sender<pb::WorkerMessage>,
+    inbound: Streaming<pb::CoordinatorMessage>,
+    /// The latest complete weights received, as little-endian f32 bytes.
+    weights: Vec<u8>,
+    partial: Vec<u8>,
+    total: u64,
+    pulls: VecDeque<pb::PullWeights>,
+}
+
+impl TestSession {
+    /// Opens a session whose first message is `first`.
+    async fn open(client: &mut Client, first: Reply) -> Result<TestSession, Status> {
+        let (outbox, replies) = mpsc::channel(16);
+        outbox.send(message(first)).await.expect("the request stream is open");
+        let inbound = client.session(ReceiverStream::new(replies)).await?.into_inner();
+        Ok(TestSession { outbox, inbound, weights: Vec::new(), partial: Vec::new(), total: 0, pulls: VecDeque::new() })
+    }
+
+    /// The next command, keeping the weights; `Err` when the session fails,
+    /// `None` when it ends.
+    async fn recv(&mut self) -> Result<Option<Order>, Status> {
+        let next = tokio::time::timeout(MESSAGE_TIMEOUT, self.inbound.message())
+            .await
+            .expect("a message from the coordinator in time")?;
+        let Some(kind) = next.map(|m| m.kind.expect("a command")) else { return Ok(None) };
+        if let Order::Average(chunk) = &kind {
+            if chunk.offset == 0 {
+                self.partial.clear();
+            }
+            self.partial.extend_from_slice(&chunk.data);
+            if self.partial.len() as u64 == chunk.total * 4 {
+                self.weights = std::mem::take(&mut self.partial);
+                self.total = chunk.total;
+            }
+        }
+        Ok(Some(kind))
+    }
+
+    /// Waits for the next PullWeights (averages and shards are taken in passing).
+    async fn next_pull(&mut self) -> pb::PullWeights {
+        if let Some(pull) = self.pulls.pop_front() {
+            return pull;
+        }
+        loop {
+            match self.recv().await {
+                Ok(Some(Order::Pull(pull))) => return pull,
+                Ok(Some(Order::Average(_) | Order::Shard(_))) => {}
+                other => panic!("waiting for a pull, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the next Rejected (a pull on the way is kept for later).
+    async fn next_rejected(&mut self) -> pb::Rejected {
+        loop {
+            match self.recv().await {
+                Ok(Some(Order::Rejected(rejected))) => return rejected,
+                Ok(Some(Order::Pull(pull))) => self.pulls.push_back(pull),
+                Ok(Some(Order::Average(_) | Order::Shard(_))) => {}
+                other => panic!("waiting for a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    async fn send(&self, kind: Reply) {
+        self.outbox.send(message(kind)).await.expect("the request stream is open");
+    }
+
+    async fn report(&self, pull: &pb::PullWeights) {
+        let report =
+            pb::RoundReport { epoch: pull.epoch, round: pull.round, loss_sum: 0.0, samples: 0, train_seconds: 0.0 };
+        self.send(Reply::Report(report)).await;
+    }
+
+    /// One chunk holding `data` as the whole buffer of `total` values.
+    fn chunk(&self, epoch: u64, round: u64, total: u64, data: Vec<u8>) -> Reply {
+        Reply::Weights(pb::WeightsChunk { epoch, round, offset: 0, total, data: data.into() })
+    }
+
+    /// The weights it holds, sent back unchanged as its contribution.
+    fn contribution(&self, epoch: u64, round: u64) -> Reply {
+        assert!(self.weights.len() <= lazyavg_proto::MAX_CHUNK_BYTES, "the test assumes a one-chunk model");
+        self.chunk(epoch, round, self.total, self.weights.clone())
+    }
+}
+
+/// What the test client saw, for the assertions outside the runtime.
+#[derive(Debug, Default)]
+struct ClientLog {
+    id: u64,
+    second_id: u64,
+    /// The coordinator refused `(what, code)`.
+    refused: Vec<(&'static str, Code)>,
+    /// Rejected messages within the session: `(what, code, message)`.
+    rejected: Vec<(&'static str, i32, String)>,
+    duplicate_attempts: usize,
+    /// How the session ended after the oversized message.
+    oversized: Option<Result<(), Status>>,
+    /// How the session ended after weights of the wrong length.
+    wrong_length: Option<Status>,
+}
+
+async fn misbehave(addr: &str) -> ClientLog {
+    let mut log = ClientLog::default();
+    let mut client = connect(addr).await;
+
+    // Refusals before any session.
+    let err = join(&mut client, 99, "test-client").await.expect_err("protocol 99 was accepted");
+    log.refused.push(("Join with protocol 99", err.code()));
+    let report = Reply::Report(pb::RoundReport::default());
+    let err = TestSession::open(&mut client, report).await.err().expect("a session without Attach was accepted");
+    log.refused.push(("Session without Attach", err.code()));
+    let err = TestSession::open(&mut client, attach(1_000_000)).await.err().expect("an unknown id was accepted");
+    log.refused.push(("Attach of an unknown id", err.code()));
+
+    log.id = join(&mut client, lazyavg_proto::PROTOCOL_VERSION, "test-client").await.expect("Join");
+    let mut session = TestSession::open(&mut client, attach(log.id)).await.expect("attaching");
+    let err = TestSession::open(&mut client, attach(log.id)).await.err().expect("a second session was accepted");
+    log.refused.push(("a second Attach of the same id", err.code()));
+
+    // Round 1: weights with a NaN.
+    let pull = session.next_pull().await;
+    session.report(&pull).await;
+    let mut poisoned = session.weights.clone();
+    poisoned[28..32].copy_from_slice(&f32::NAN.to_le_bytes());
+    session.send(session.chunk(pull.epoch, pull.round, session.total, poisoned)).await;
+    let rejected = session.next_rejected().await;
+    log.rejected.push(("NaN", rejected.code, rejected.message));
+
+    // A later round: a contribution twice, then chunks for a stale and a
+    // future round. The duplicate must reach the coordinator before the real
+    // worker completes the round (else it is merely stale): retry if not.
+    let pull = loop {
+        let pull = session.next_pull().await;
+        log.duplicate_attempts += 1;
+        session.report(&pull).await;
+        session.send(session.contribution(pull.epoch, pull.round)).await;
+        session.send(session.contribution(pull.epoch, pull.round)).await;
+        let rejected = session.next_rejected().await;
+        if rejected.code == Code::FailedPrecondition as i32 || log.duplicate_attempts == 5 {
+            log.rejected.push(("duplicate", rejected.code, rejected.message));
+            break pull;
+        }
+        assert_eq!(rejected.code, Code::OutOfRange as i32, "{rejected:?}");
+    };
+    session.send(session.contribution(pull.epoch, pull.round - 1)).await;
+    let rejected = session.next_rejected().await;
+    log.rejected.push(("stale", rejected.code, rejected.message));
+    session.send(session.contribution(pull.epoch, pull.round + 100)).await;
+    let rejected = session.next_rejected().await;
+    log.rejected.push(("future", rejected.code, rejected.message));
+
+    // The next round: a message twice the coordinator's limit.
+    let pull = session.next_pull().await;
+    session.report(&pull).await;
+    session.send(session.chunk(pull.epoch, pull.round, session.total, vec![0; 2 << 20])).await;
+    let ending = loop {
+        match session.recv().await {
+            Ok(Some(Order::Average(_) | Order::Shard(_) | Order::Pull(_))) => {}
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status),
+            Ok(Some(other)) => panic!("after the oversized message: {other:?}"),
+        }
+    };
+    log.oversized = Some(ending);
+    drop(session);
+
+    // A new session, which gets a shard in the next epoch: weights of the wrong length.
+    log.second_id = join(&mut client, lazyavg_proto::PROTOCOL_VERSION, "test-client-2").await.expect("Join again");
+    let mut session = TestSession::open(&mut client, attach(log.second_id)).await.expect("attaching again");
+    let pull = session.next_pull().await;
+    session.report(&pull).await;
+    let short = session.weights[..session.weights.len() - 4].to_vec();
+    session.send(session.chunk(pull.epoch, pull.round, session.total - 1, short)).await;
+    let ending = loop {
+        match session.recv().await {
+            Ok(Some(Order::Average(_) | Order::Shard(_) | Order::Pull(_) | Order::Rejected(_))) => {}
+            Err(status) => break status,
+            other => panic!("after weights of the wrong length: {other:?}"),
+        }
+    };
+    log.wrong_length = Some(ending);
+    log
+}
+
+#[test]
+fn bad_worker_messages_are_refused_and_training_goes_on() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let args = ["--workers", "2", "--epochs", "2", "--round-timeout", "2s"];
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
+    let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache"), "info");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let log = runtime.block_on(misbehave(&coordinator.addr));
+    drop(runtime);
+    expect_success(&mut [&mut coordinator.proc, &mut worker]);
+    let coordinator_log = &coordinator.proc;
+
+    assert_eq!(
+        log.refused,
+        [
+            ("Join with protocol 99", Code::FailedPrecondition),
+            ("Session without Attach", Code::InvalidArgument),
+            ("Attach of an unknown id", Code::FailedPrecondition),
+            ("a second Attach of the same id", Code::FailedPrecondition),
+        ]
+    );
+    let codes: Vec<(&str, i32)> = log.rejected.iter().map(|(what, code, _)| (*what, *code)).collect();
+    assert_eq!(
+        codes,
+        [
+            ("NaN", Code::InvalidArgument as i32),
+            ("duplicate", Code::FailedPrecondition as i32),
+            ("stale", Code::OutOfRange as i32),
+            ("future", Code::OutOfRange as i32),
+        ],
+        "{log:?}"
+    );
+    let says = |what: &str, text: &str| {
+        let message = &log.rejected.iter().find(|r| r.0 == what).expect(what).2;
+        assert!(message.contains(text), "{what}: {message:?} lacks {text:?}");
+    };
+    says("NaN", "non-finite");
+    says("duplicate", "already sent");
+    says("stale", "stale");
+    says("future", "has not started");
+    // The coordinator names each refusal in its log.
+    let refused = about_worker(coordinator_log, "refused a worker message", log.id);
+    let logged_codes: Vec<&str> = refused.iter().filter_map(|l| l["code"].as_str()).collect();
+    assert_eq!(logged_codes.first(), Some(&"InvalidArgument"), "{refused:?}");
+    assert!(refused[0]["error"].as_str().is_some_and(|e| e.contains("non-finite")), "{}", refused[0]);
+    assert!(refused.iter().all(|l| l["name"] == "test-client"), "{refused:?}");
+    assert!(logged_codes.contains(&"FailedPrecondition") && logged_codes.contains(&"OutOfRange"), "{refused:?}");
+
+    // tonic refuses the oversized message with OUT_OF_RANGE, on the
+    // coordinator's side of the stream: the session ends there.
+    let left = about_worker(coordinator_log, "worker left", log.id);
+    assert_eq!(left.len(), 1, "{}", coordinator_log.dump());
+    let reason = left[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("decoded message length too large"), "{}", left[0]);
+    eprintln!("after the oversized message the client saw {:?}", log.oversized);
+    let oversized = log.oversized.as_ref().expect("the oversized message was sent");
+    if let Err(status) = oversized {
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    }
+    let wrong = log.wrong_length.as_ref().expect("wrong-length weights were sent");
+    assert_eq!(wrong.code(), Code::InvalidArgument, "{wrong:?}");
+    assert!(wrong.message().contains("declares"), "{wrong:?}");
+    assert_eq!(about_worker(coordinator_log, "worker left", log.second_id).len(), 1, "{}", coordinator_log.dump());
+
+    // Training went on with the real worker and the model is sound.
+    let epochs = epoch_metrics(&out);
+    assert_eq!(epoch_numbers(&epochs), [1, 2], "{epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+    let (_, params) = lazyavg_common::model_file::load(&out.join("model.safetensors")).expect("loading the model");
+    assert!(params.iter().all(|v| v.is_finite()), "the model holds non-finite values");
+    let accuracy = f64_field(&epochs[1], "accuracy");
+    assert!(accuracy >= 0.95, "accuracy {accuracy}\n{}", coordinator_log.dump());
+}
+
+// ---------------------------------------------------------------------------
+// Strangers: no token, the wrong token, no TLS, a certificate of another CA.
+
+/// Runs openssl in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl").args(args).current_dir(dir).output().expect("running openssl");
+    assert!(output.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+}
+
+/// A self-signed CA: `<name>.pem` and `<name>.key` in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    let (key, pem, subject) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN=lazyavg test {name}"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+        ],
+    );
+}
+
+/// A certificate `<name>.pem` with key `<name>.key`, signed by the CA `<ca>`,
+/// with the X.509 v3 extensions `extensions`.
+fn make_cert(dir: &Path, ca: &str, name: &str, extensions: &str) {
+    fs::write(dir.join(format!("{name}.ext")), extensions).expect("writing extensions");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.pem"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+/// Waits until `stranger` has retried a few times, and asserts that the
+/// coordinator never let it join.
+fn assert_kept_out(coordinator: &mut Proc, stranger: &mut Proc) {
+    let what = format!("{} to retry {STRANGER_RETRIES} times", stranger.name);
+    wait_until(&what, EVENT_TIMEOUT, || (logged(stranger, RETRYING).len() >= STRANGER_RETRIES).then_some(()));
+    assert!(stranger.try_exit_code().is_none(), "{} gave up\n{}", stranger.name, stranger.dump());
+    assert!(logged(stranger, "joined the run").is_empty(), "{}", stranger.dump());
+    assert!(logged(coordinator, "worker joined").is_empty(), "{}", coordinator.dump());
+}
+
+#[test]
+fn token_and_tls_refuse_strangers() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let cache = dir.join("cache");
+    let run_args = ["--workers", "1", "--epochs", "1", "--hidden", "64"];
+
+    // (a) A shared token.
+    let token = "lazyavg-test-token-24chr";
+    assert_eq!(token.len(), 24);
+    let token_file = dir.join("token");
+    fs::write(&token_file, format!("{token}\n")).expect("writing the token");
+    let out = dir.join("out-token");
+    let mut cmd = coordinator_command(&out, "127.0.0.1:0", &run_args, "info");
+    cmd.env("LAZYAVG_TOKEN", token).env_remove("LAZYAVG_TOKEN_FILE");
+    let mut coordinator = spawn_coordinator(cmd, &out);
+    let url = format!("http://{}", coordinator.addr);
+    for (name, presented) in [("no-token", None), ("wrong-token", Some("lazyavg-test-token-24chX"))] {
+        let mut cmd = worker_command(&url, &cache, "info");
+        cmd.args(["--name", name]).env_remove("LAZYAVG_TOKEN").env_remove("LAZYAVG_TOKEN_FILE");
+        if let Some(presented) = presented {
+            cmd.env("LAZYAVG_TOKEN", presented);
+        }
+        let mut stranger = Proc::spawn(name, cmd);
+        let started = Instant::now();
+        expect_exit(&mut stranger, 1, "the coordinator refused Join");
+        assert!(last_line(&stranger).contains("token"), "{}", stranger.dump());
+        assert!(logged(&stranger, RETRYING).is_empty(), "a refused token is not retried\n{}", stranger.dump());
+        assert!(started.elapsed() < Duration::from_secs(30), "{name} took {:?} to give up", started.elapsed());
+    }
+    assert!(logged(&coordinator.proc, "worker joined").is_empty(), "{}", coordinator.proc.dump());
+    let mut cmd = worker_command(&url, &cache, "info");
+    cmd.args(["--name", "right-token", "--token-file"]).arg(&token_file).env_remove("LAZYAVG_TOKEN");
+    let mut member = Proc::spawn("right-token", cmd);
+    expect_success(&mut [&mut coordinator.proc, &mut member]);
+    let joined = logged(&coordinator.proc, "worker joined");
+    assert_eq!(joined.len(), 1, "{}", coordinator.proc.dump());
+    assert_eq!(joined[0]["name"], "right-token", "{}", joined[0]);
+    assert_eq!(epoch_numbers(&epoch_metrics(&out)), [1]);
+
+    // (b) Mutual TLS.
+    make_ca(dir, "ca");
+    make_ca(dir, "other-ca");
+    make_cert(dir, "ca", "server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+    make_cert(dir, "ca", "client", "extendedKeyUsage=clientAuth\n");
+    make_cert(dir, "other-ca", "other-client", "extendedKeyUsage=clientAuth\n");
+    let pem = |name: &str| dir.join(name).to_str().expect("UTF-8 path").to_owned();
+    let out = dir.join("out-tls");
+    let (cert, key, ca) = (pem("server.pem"), pem("server.key"), pem("ca.pem"));
+    let tls_args: Vec<&str> =
+        run_args.iter().copied().chain(["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca]).collect();
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &tls_args, "info");
+    let tls_on = logged(&coordinator.proc, "TLS on");
+    assert!(tls_on.first().is_some_and(|l| l["mutual"] == true), "{}", coordinator.proc.dump());
+    let https = format!("https://{}", coordinator.addr);
+
+    let mut plaintext = worker_command(&format!("http://{}", coordinator.addr), &cache, "info");
+    plaintext.args(["--name", "plaintext"]);
+    let mut plaintext = Proc::spawn("plaintext", plaintext);
+    let mut foreign = worker_command(&https, &cache, "info");
+    foreign.args(["--name", "other-ca", "--tls-ca", &ca, "--tls-cert", &pem("other-client.pem")]);
+    foreign.args(["--tls-key", &pem("other-client.key")]);
+    let mut foreign = Proc::spawn("other-ca", foreign);
+    assert_kept_out(&mut coordinator.proc, &mut plaintext);
+    assert_kept_out(&mut coordinator.proc, &mut foreign);
+
+    let mut member = worker_command(&https, &cache, "info");
+    member.args([
+        "--name",
+        "member",
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &pem("client.pem"),
+        "--tls-key",
+        &pem("client.key"),
+    ]);
+    let mut member = Proc::spawn("member", member);
+    expect_success(&mut [&mut coordinator.proc, &mut member]);
+    let joined = logged(&coordinator.proc, "worker joined");
+    assert_eq!(joined.len(), 1, "{}", coordinator.proc.dump());
+    assert_eq!(joined[0]["name"], "member", "{}", joined[0]);
+    assert_eq!(epoch_numbers(&epoch_metrics(&out)), [1]);
+    // The strangers were still outside, retrying, when the run ended.
+    for stranger in [&mut plaintext, &mut foreign] {
+        assert!(stranger.try_exit_code().is_none(), "{}", stranger.dump());
+        assert!(logged(stranger, "joined the run").is_empty(), "{}", stranger.dump());
+    }
+}
