@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The main job, measured: a coordinator and N separate worker processes on
+# loopback with the default settings (K = 16). Prints the final accuracy, the
+# wall time, the cluster's samples/s, and each worker's idle share (time not
+# spent training: waiting for others plus transfers) as the worker reports it.
+#   cargo build --release && bench/train.sh
+# Settings: BIN, DATA, WORKERS (2), and any extra coordinator flags as arguments.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-target/release/lazyavg}
+DATA=${DATA:-../shared/data/mnist}
+WORKERS=${WORKERS:-2}
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+"$BIN" --log-format json coordinator --workers "$WORKERS" --bind 127.0.0.1:0 --data-dir "$DATA" --out "$work/out" \
+    "$@" 2>"$work/coordinator.log" &
+coordinator=$!
+pids+=("$coordinator")
+addr=""
+for _ in $(seq 600); do
+    addr=$(sed -n 's/.*"message":"listening","addr":"\([^"]*\)".*/\1/p' "$work/coordinator.log")
+    [[ -n "$addr" ]] && break
+    sleep 0.1
+done
+for i in $(seq "$WORKERS"); do
+    LAZYAVG_CACHE_DIR="$work/cache" "$BIN" --log-format json worker --coordinator "http://$addr" --name "w$i" \
+        2>"$work/worker-$i.log" &
+    pids+=($!)
+done
+wait "$coordinator"
+wait
+python3 - "$work" "$WORKERS" <<'PY'
+import json, statistics, sys
+work, workers = sys.argv[1], int(sys.argv[2])
+def lines(path):
+    for line in open(path):
+        try:
+            yield json.loads(line)
+        except ValueError:
+            pass
+epochs = [r for r in lines(f"{work}/coordinator.log") if r.get("message") == "epoch done"]
+done = next(r for r in lines(f"{work}/coordinator.log") if r.get("message") == "training complete")
+idle = [r["idle_share"] for i in range(1, workers + 1) for r in lines(f"{work}/worker-{i}.log")
+        if r.get("message") == "stopped by the coordinator"]
+print(f"workers {workers}: final accuracy {done['accuracy']:.4f} after {done['epochs']} epochs in {done['seconds']:.2f} s")
+print(f"  first epoch at >= 98.0%: {next((r['epoch'] for r in epochs if r['accuracy'] >= 0.98), 'none')}")
+print(f"  cluster samples/s (median over epochs): {statistics.median(r['samples_per_s'] for r in epochs):,.0f}")
+print(f"  sync share of wall time (median over epochs): {statistics.median(r['sync_share'] for r in epochs):.3f}")
+print(f"  worker idle share: {', '.join(f'{x:.3f}' for x in idle)}")
+PY
