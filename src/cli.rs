@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator: serve workers, average their weights, evaluate.
-    Coordinator(CoordinatorArgs),
+    Coordinator(Box<CoordinatorArgs>),
     /// Run a worker: connect to a coordinator and train what it assigns.
     Worker(WorkerArgs),
     /// Download MNIST into the data directory and verify it.

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()> {
     match command {
-        Command::Coordinator(args) => cluster::block_on(cluster::coordinator(args, log_format)),
+        Command::Coordinator(args) => cluster::block_on(cluster::coordinator(*args, log_format)),
         Command::Worker(args) => cluster::block_on(cluster::worker(args)),
         Command::FetchData(args) => {
             let options = fetch::FetchOptions {

@@ -76,7 +76,7 @@ impl ChunkCursor {
         if chunk.offset != self.next as u64 {
             return Err(fail(format!("out of order: expected offset {}", self.next)));
         }
-        if chunk.data.len() % 4 != 0 || chunk.data.is_empty() || chunk.data.len() > MAX_CHUNK_BYTES {
+        if !chunk.data.len().is_multiple_of(4) || chunk.data.is_empty() || chunk.data.len() > MAX_CHUNK_BYTES {
             return Err(fail(format!(
                 "{} data bytes is not 4 to {MAX_CHUNK_BYTES} whole f32 values",
                 chunk.data.len()

@@ -66,7 +66,7 @@ pub fn shard_messages(epoch: u64, indices: &[u32], extend: bool) -> Vec<pb::Assi
 
 /// The inverse of [`encode_indices`].
 pub fn decode_indices(bytes: &[u8]) -> Result<Vec<u32>, ProtoError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(ProtoError::Ragged { what: "shard indices", len: bytes.len() });
     }
     Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())

@@ -193,14 +193,18 @@ fn a_stopped_worker_is_left_behind_and_rejoins() {
     wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
 
     let id = joined_id(&workers[1]);
+    let before = coordinator.proc.json_lines().len();
     workers[1].signal("STOP");
     let stopped = Instant::now();
-    let missed = wait_for_match(
-        &mut coordinator.proc,
-        "worker missed the round deadline; closing the round without it",
-        EVENT_TIMEOUT,
-        |l| l["worker"] == id,
-    );
+    let missed = wait_until("the round deadline to pass without the stopped worker", EVENT_TIMEOUT, || {
+        let lines = coordinator.proc.json_lines();
+        lines[before..]
+            .iter()
+            .find(|l| {
+                l["message"] == "worker missed the round deadline; closing the round without it" && l["worker"] == id
+            })
+            .cloned()
+    });
     // Hold it stopped until three more rounds closed without it.
     let closed_without = |coordinator: &Proc| -> Vec<Value> {
         let lines = coordinator.json_lines();
@@ -240,11 +244,6 @@ fn a_stopped_worker_is_left_behind_and_rejoins() {
     assert!(refused.iter().any(|l| l["error"].as_str().is_some_and(|e| e.contains("stale"))), "{refused:?}");
     let told = logged(&workers[1], "the coordinator refused a message");
     assert!(!told.is_empty() && told.iter().all(|l| l["code"] == 11), "{}", workers[1].dump());
-    // The other worker did not miss anything.
-    let other = joined_id(&workers[0]);
-    assert!(about_worker(coordinator_log, "refused a worker message", other).is_empty(), "{}", coordinator_log.dump());
-    assert!(logged(&workers[0], "the coordinator refused a message").is_empty(), "{}", workers[0].dump());
-
     let epochs = epoch_metrics(&coordinator.out);
     assert_eq!(epoch_numbers(&epochs), [1, 2, 3], "{epochs:?}");
     for epoch in &epochs {

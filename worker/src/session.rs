@@ -52,7 +52,7 @@ pub async fn run(
         match kind {
             Command::Shard(shard) => current.assign(&shard)?,
             Command::Pull(pull) => {
-                let (back, report) = train_off_runtime(replica.take().expect("replica present"), pull.clone()).await;
+                let (back, report) = train_off_runtime(replica.take().expect("replica present"), pull).await;
                 let back = replica.insert(back);
                 let report = report?;
                 if slowdown > 1.0 {
@@ -84,7 +84,7 @@ pub async fn run(
                 }
             }
             Command::Rejected(rejected) => {
-                warn!(code = rejected.code, message = rejected.message, "the coordinator refused a message")
+                warn!(code = rejected.code, error = rejected.message, "the coordinator refused a message")
             }
             Command::Stop(stop) => {
                 let train_seconds = replica.as_ref().map_or(0.0, |r| r.train_seconds);

@@ -1,0 +1,41 @@
+//! Checkpoints from the driver's side: after every epoch, and on the way out
+//! mid-epoch with the images still untrained.
+
+use lazyavg_common::params::digest;
+use tracing::{info, warn};
+
+use super::Driver;
+use crate::checkpoint::{self, Checkpoint};
+
+impl Driver {
+    /// On the way out mid-epoch (signal, too few workers): records the epoch's
+    /// untrained images with the current average, so `--resume` goes on from here.
+    pub(super) fn checkpoint_mid_epoch(&self) {
+        if self.epoch < self.first_epoch {
+            return;
+        }
+        let mut remaining: Vec<u32> = self.orphans.clone();
+        for shard in self.workers.values().filter_map(|w| w.shard.as_ref()) {
+            remaining.extend_from_slice(&shard.indices[shard.done..]);
+        }
+        if let Some(pending) = &self.resume_remaining {
+            remaining.extend_from_slice(pending);
+        }
+        // An empty list means every image was averaged in: the epoch is complete.
+        self.save_checkpoint(Checkpoint { epoch: self.epoch, remaining, params: self.params.clone() });
+    }
+
+    pub(super) fn save_checkpoint(&self, checkpoint: Checkpoint) {
+        let digest = digest(&checkpoint.params);
+        match checkpoint::save(&self.config.out_dir, self.mlp.arch(), &checkpoint) {
+            Ok(path) => info!(
+                epoch = checkpoint.epoch,
+                remaining = checkpoint.remaining.len(),
+                digest,
+                path = %path.display(),
+                "checkpoint written"
+            ),
+            Err(e) => warn!(error = %e, "cannot write checkpoint"),
+        }
+    }
+}

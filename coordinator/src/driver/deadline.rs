@@ -1,0 +1,73 @@
+//! When a round stops waiting for its workers. Pure apart from reading the clock.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// When a round stops waiting: at `--round-timeout` at the latest, and once
+/// half the workers have sent their weights, after `--straggler-factor` times
+/// the time that took (but at least [`MIN_GRACE`] more). A worker that is
+/// merely slow then costs the others one such wait per epoch, not one per round.
+pub(super) struct RoundDeadline {
+    started: Instant,
+    at: Instant,
+    factor: f64,
+    quorum: usize,
+    tightened: bool,
+}
+
+/// The least extra time stragglers get after the quorum, so that scheduling
+/// noise on a busy machine does not drop healthy workers.
+const MIN_GRACE: Duration = Duration::from_millis(20);
+
+impl RoundDeadline {
+    pub(super) fn new(timeout: Duration, factor: f64, participants: usize) -> Self {
+        let started = Instant::now();
+        let quorum = participants.div_ceil(2);
+        RoundDeadline { started, at: started + timeout, factor, quorum, tightened: factor <= 0.0 || participants < 2 }
+    }
+
+    pub(super) fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// Tightens the deadline once `completed` contributions reach the quorum.
+    pub(super) fn progress(&mut self, completed: usize) {
+        if self.tightened || completed < self.quorum {
+            return;
+        }
+        self.tightened = true;
+        let now = Instant::now();
+        let grace = (now - self.started).mul_f64((self.factor - 1.0).max(0.0)).max(MIN_GRACE);
+        self.at = self.at.min(now + grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn the_deadline_tightens_once_half_have_answered() {
+        let mut d = RoundDeadline::new(Duration::from_secs(10), 3.0, 4);
+        let hard = d.at();
+        d.progress(1);
+        assert_eq!(d.at(), hard, "one of four is not yet half");
+        d.progress(2);
+        assert!(d.at() < hard && d.at() >= Instant::now() + MIN_GRACE - Duration::from_millis(5));
+        let tightened = d.at();
+        d.progress(3);
+        assert_eq!(d.at(), tightened, "tightened once");
+    }
+
+    #[test]
+    pub(super) fn factor_zero_and_single_workers_keep_the_timeout() {
+        for mut d in
+            [RoundDeadline::new(Duration::from_secs(10), 0.0, 4), RoundDeadline::new(Duration::from_secs(10), 3.0, 1)]
+        {
+            let hard = d.at();
+            d.progress(4);
+            assert_eq!(d.at(), hard);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Workers coming and going: commands queued without ever waiting, replies
+//! fed to the open round, departures and stragglers whose images go to the
+//! others, orphaned images dealt to newcomers, and the pause below
+//! `--min-workers`.
+
+use std::time::Instant;
+
+use lazyavg_proto::convert::shard_messages;
+use lazyavg_proto::pb;
+use lazyavg_proto::pb::coordinator_message::Kind as Command;
+use lazyavg_proto::pb::worker_message::Kind as Reply;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{info, warn};
+
+use super::{Driver, Worker};
+use crate::error::{Error, Result};
+use crate::round::{Round, RoundError, WorkerId};
+use crate::schedule::{ShardProgress, split_even};
+use crate::service::{Event, command};
+
+impl Driver {
+    /// Queues a command for a worker without ever waiting: a worker whose
+    /// queue is full (its link stalled, or it cannot keep up) is dropped as
+    /// if it had left, so one stuck worker never holds up the others.
+    pub(super) fn send(&self, id: WorkerId, kind: Command) {
+        let Some(worker) = self.workers.get(&id) else { return };
+        match worker.outbox.try_send(Ok(command(kind))) {
+            Ok(()) => {}
+            // The session is closing; its Detached event follows.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let reason = "fell behind: its queue of unsent commands is full".to_owned();
+                // Handled like a departure on the next turn of the event loop.
+                let _ = self.own_events.try_send(Event::Detached { id, reason });
+            }
+        }
+    }
+
+    pub(super) fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
+        match event {
+            Event::Attached { id, name, outbox } => {
+                info!(worker = id, name, workers = self.workers.len() + 1, "worker joined");
+                self.workers.insert(id, Worker { name, outbox, shard: None });
+                self.send_params(&[id]);
+            }
+            Event::Detached { id, reason } => {
+                let Some(worker) = self.workers.remove(&id) else { return };
+                let remaining = worker.shard.as_ref().map_or(0, ShardProgress::remaining);
+                let trained = self.ledger.by_worker().get(&worker.name).copied().unwrap_or(0);
+                info!(worker = id, name = worker.name, reason, epoch = self.epoch, trained, remaining, "worker left");
+                if let Some(round) = round {
+                    round.exclude(id);
+                }
+                if let Some(shard) = worker.shard {
+                    self.hand_over(&worker.name, shard);
+                }
+            }
+            Event::Message { id, reply } => self.on_reply(id, reply, round),
+        }
+    }
+
+    pub(super) fn on_reply(&mut self, id: WorkerId, reply: Reply, round: Option<&mut Round>) {
+        let Some(round) = round else {
+            let status = Status::out_of_range("no round is open");
+            return self.reject(id, &status);
+        };
+        let result = match &reply {
+            Reply::Report(report) => round.report(id, report),
+            Reply::Weights(chunk) => {
+                let accepted = round.accept(id, chunk);
+                if accepted.is_ok()
+                    && let Some(dump) = &self.dump
+                    && let Err(e) = dump.chunk(id, chunk)
+                {
+                    warn!(error = %e, "cannot dump round");
+                }
+                accepted
+            }
+            Reply::Attach(_) => Ok(()),
+        };
+        if let Err(err) = result {
+            let status = Status::from(&err);
+            if let RoundError::Chunk(_) = err {
+                // A malformed message ends the session: the worker is broken or hostile.
+                round.exclude(id);
+                if let Some(worker) = self.workers.get(&id) {
+                    let _ = worker.outbox.try_send(Err(status.clone()));
+                }
+            }
+            self.reject(id, &status);
+        }
+    }
+
+    /// Tells a worker its message was refused, and logs it.
+    pub(super) fn reject(&self, id: WorkerId, status: &Status) {
+        let name = self.workers.get(&id).map(|w| w.name.as_str()).unwrap_or("?");
+        warn!(worker = id, name, code = ?status.code(), error = status.message(), "refused a worker message");
+        let rejected = pb::Rejected { code: status.code() as i32, message: status.message().to_owned() };
+        self.send(id, Command::Rejected(rejected));
+    }
+
+    /// Closes the round without the workers that missed its deadline. Their
+    /// late contributions will be refused as stale; they keep their session,
+    /// receive every average, and get a shard again from the next epoch,
+    /// while the rest of their current shard goes to the others.
+    pub(super) fn drop_stragglers(&mut self, open: &mut Round) {
+        for id in open.missing() {
+            open.exclude(id);
+            let Some(worker) = self.workers.get_mut(&id) else { continue };
+            let shard = worker.shard.take();
+            let name = worker.name.clone();
+            warn!(
+                worker = id,
+                name,
+                epoch = open.epoch(),
+                round = open.round(),
+                timeout_s = self.config.round_timeout.as_secs_f64(),
+                "worker missed the round deadline; closing the round without it"
+            );
+            if let Some(shard) = shard {
+                self.hand_over(&name, shard);
+            }
+        }
+    }
+
+    /// Gives the untrained rest of a shard whose worker left (or lags) to the
+    /// others, split evenly, so every image of the epoch is still used once.
+    pub(super) fn hand_over(&mut self, name: &str, shard: ShardProgress) {
+        let rest = &shard.indices[shard.done..];
+        let heirs: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.shard.is_some()).map(|(&id, _)| id).collect();
+        if rest.is_empty() {
+            return;
+        }
+        if heirs.is_empty() {
+            info!(name, images = rest.len(), "no worker can take these images yet; keeping them for the next to join");
+            self.orphans.extend_from_slice(rest);
+            return;
+        }
+        let epoch = self.epoch;
+        for (&id, part) in heirs.iter().zip(split_even(rest, heirs.len())) {
+            for msg in shard_messages(epoch, &part, true) {
+                self.send(id, Command::Shard(msg));
+            }
+            if let Some(s) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
+                s.indices.extend_from_slice(&part);
+            }
+        }
+        info!(name, images = rest.len(), workers = heirs.len(), "handed the worker's untrained images to the others");
+    }
+
+    /// Deals images orphaned by departed workers to the live workers.
+    pub(super) fn adopt_orphans(&mut self) {
+        if self.orphans.is_empty() || self.workers.is_empty() {
+            return;
+        }
+        let orphans = std::mem::take(&mut self.orphans);
+        let epoch = self.epoch;
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for (&id, part) in ids.iter().zip(split_even(&orphans, ids.len())) {
+            let Some(worker) = self.workers.get_mut(&id) else { continue };
+            let extend = worker.shard.is_some();
+            match worker.shard.as_mut() {
+                Some(shard) => shard.indices.extend_from_slice(&part),
+                None => worker.shard = Some(ShardProgress::new(part.clone())),
+            }
+            for msg in shard_messages(epoch, &part, extend) {
+                self.send(id, Command::Shard(msg));
+            }
+        }
+        info!(images = orphans.len(), workers = ids.len(), "dealt orphaned images to the live workers");
+    }
+
+    /// Pauses training while fewer than `--min-workers` are connected; fails
+    /// after `--max-wait` without enough of them.
+    pub(super) async fn ensure_min_workers(&mut self) -> Result<()> {
+        let min = self.config.min_workers;
+        if self.workers.len() >= min {
+            return Ok(());
+        }
+        let waited = Instant::now();
+        warn!(
+            alive = self.workers.len(),
+            min_workers = min,
+            max_wait_s = self.config.max_wait.as_secs_f64(),
+            "too few workers; training paused"
+        );
+        let deadline = tokio::time::Instant::now() + self.config.max_wait;
+        while self.workers.len() < min {
+            match tokio::time::timeout_at(deadline, self.next_event()).await {
+                Ok(event) => self.on_event(event?, None),
+                Err(_) => {
+                    return Err(Error::TooFewWorkers { alive: self.workers.len(), min, waited: self.config.max_wait });
+                }
+            }
+        }
+        info!(
+            alive = self.workers.len(),
+            paused_s = waited.elapsed().as_secs_f64(),
+            "enough workers again; training resumed"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! The training loop. The driver owns every piece of run state — the live
+//! workers, the epoch's shard table, the open round and the averaged model —
+//! and changes it only in response to [`Event`]s from the service, so no
+//! state is shared between tasks and no lock is needed.
+//!
+//! This module runs epochs; [`rounds`] runs one round, [`membership`] handles
+//! workers coming and going, [`checkpointing`] writes checkpoints, and
+//! [`deadline`] decides when a round stops waiting.
+
+mod checkpointing;
+mod deadline;
+mod membership;
+mod rounds;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lazyavg_common::dataset::Dataset;
+use lazyavg_common::model::{Evaluation, Mlp, Workspace};
+use lazyavg_proto::convert::shard_messages;
+use lazyavg_proto::pb;
+use lazyavg_proto::pb::coordinator_message::Kind as Command;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::CoordinatorConfig;
+use crate::dump::RoundDump;
+use crate::error::{Error, Result};
+use crate::metrics::{EpochRecord, MetricsFile};
+use crate::progress::EpochProgress;
+use crate::round::WorkerId;
+use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
+use crate::service::{Event, Outbox, command};
+
+/// Resolves to the name of the signal that asks the run to stop.
+pub type Shutdown = Pin<Box<dyn Future<Output = &'static str> + Send>>;
+
+/// A worker with an open session.
+#[derive(Debug)]
+struct Worker {
+    name: String,
+    outbox: Outbox,
+    /// This epoch's shard; `None` for a worker that joined mid-epoch (until
+    /// it adopts orphaned images or the next epoch starts).
+    shard: Option<ShardProgress>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub epochs: u64,
+    pub last: Evaluation,
+    pub params: Vec<f32>,
+}
+
+/// What an epoch's rounds added up to.
+#[derive(Debug, Default)]
+struct EpochTally {
+    rounds: u64,
+    samples: u64,
+    loss_sum: f64,
+    train_seconds: f64,
+}
+
+pub struct Driver {
+    config: CoordinatorConfig,
+    mlp: Mlp,
+    test: Arc<Dataset>,
+    n_train: usize,
+    params: Vec<f32>,
+    sum: Vec<f64>,
+    /// Epoch and round the current parameters come from (0, 0 before the first round).
+    version: (u64, u64),
+    /// The epoch being trained (0 before the first).
+    epoch: u64,
+    /// The epoch to start from (after `--resume`, the checkpoint's).
+    first_epoch: u64,
+    /// After `--resume` mid-epoch: the images the first epoch still needs.
+    resume_remaining: Option<Vec<u32>>,
+    /// What the epoch has trained so far.
+    ledger: EpochLedger,
+    /// Images of this epoch whose worker left when no other could take them.
+    orphans: Vec<u32>,
+    events: mpsc::Receiver<Event>,
+    /// For events the driver raises itself (a worker to drop).
+    own_events: mpsc::Sender<Event>,
+    shutdown: Shutdown,
+    workers: BTreeMap<WorkerId, Worker>,
+    metrics: MetricsFile,
+    dump: Option<RoundDump>,
+    progress: EpochProgress,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: CoordinatorConfig,
+        mlp: Mlp,
+        start: Checkpoint,
+        test: Arc<Dataset>,
+        n_train: usize,
+        events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+        shutdown: Shutdown,
+        metrics: MetricsFile,
+        dump: Option<RoundDump>,
+    ) -> Self {
+        let (first_epoch, remaining) = start.next_epoch();
+        let resume_remaining = remaining.map(<[u32]>::to_vec);
+        Driver {
+            config,
+            mlp,
+            test,
+            n_train,
+            sum: Vec::with_capacity(start.params.len()),
+            params: start.params,
+            version: (first_epoch - 1, 0),
+            epoch: first_epoch - 1,
+            first_epoch,
+            resume_remaining,
+            ledger: EpochLedger::default(),
+            orphans: Vec::new(),
+            own_events: events.0,
+            events: events.1,
+            shutdown,
+            workers: BTreeMap::new(),
+            metrics,
+            dump,
+            progress: EpochProgress::default(),
+        }
+    }
+
+    /// Waits for the configured number of workers, trains every epoch, then
+    /// tells the workers to stop.
+    pub async fn run(mut self) -> Result<RunSummary> {
+        let result = self.train().await;
+        let (reason, completed) = match &result {
+            Ok(_) => ("training complete".to_owned(), true),
+            Err(e) => (format!("coordinator stopped: {e}"), false),
+        };
+        self.progress.finish();
+        for worker in self.workers.values() {
+            let stop = command(Command::Stop(pb::Stop { reason: reason.clone(), completed }));
+            let _ = worker.outbox.try_send(Ok(stop));
+        }
+        result
+    }
+
+    async fn train(&mut self) -> Result<RunSummary> {
+        info!(workers = self.config.workers, "waiting for workers");
+        while self.workers.len() < self.config.workers {
+            let event = self.next_event().await?;
+            self.on_event(event, None);
+        }
+        if self.config.bench_rounds > 0 {
+            self.bench_rounds(self.config.bench_rounds).await?;
+            let last = self.evaluate().await;
+            return Ok(RunSummary { epochs: 0, last, params: self.params.clone() });
+        }
+        let mut last = None;
+        for epoch in self.first_epoch..=self.config.epochs as u64 {
+            match self.run_epoch(epoch).await {
+                Ok(eval) => last = Some(eval),
+                Err(err) => {
+                    self.checkpoint_mid_epoch();
+                    return Err(err);
+                }
+            }
+            self.save_checkpoint(Checkpoint { epoch, remaining: Vec::new(), params: self.params.clone() });
+        }
+        let last = match last {
+            Some(last) => last,
+            None => self.evaluate().await,
+        };
+        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.clone() })
+    }
+
+    async fn next_event(&mut self) -> Result<Event> {
+        tokio::select! {
+            event = self.events.recv() => Ok(event.expect("the service holds a sender while the driver runs")),
+            signal = &mut self.shutdown => Err(Error::Interrupted(signal)),
+        }
+    }
+
+    async fn run_epoch(&mut self, epoch: u64) -> Result<Evaluation> {
+        self.ensure_min_workers().await?;
+        let started = Instant::now();
+        self.epoch = epoch;
+        match self.resume_remaining.take() {
+            Some(remaining) => {
+                info!(epoch, images = remaining.len(), "resuming the epoch's untrained images");
+                self.ledger = EpochLedger::new(self.n_train);
+                self.orphans = remaining;
+            }
+            None => self.assign_shards(epoch),
+        }
+        let samples_per_round = self.config.samples_per_round();
+        let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
+        self.progress.start_epoch(epoch, total_rounds);
+        let mut tally = EpochTally::default();
+        let mut round = 0;
+        loop {
+            self.ensure_min_workers().await?;
+            self.adopt_orphans();
+            let plan: Vec<(WorkerId, usize, usize)> = self
+                .workers
+                .iter()
+                .filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.done, s.next_until(samples_per_round))))
+                .filter(|&(_, from, until)| until > from)
+                .collect();
+            if plan.is_empty() && self.orphans.is_empty() {
+                break;
+            }
+            if plan.is_empty() {
+                continue;
+            }
+            round += 1;
+            if let Some(summary) = self.run_round(epoch, round, &plan).await? {
+                tally.rounds += 1;
+                tally.samples += summary.samples;
+                tally.loss_sum += summary.loss_sum;
+                tally.train_seconds += summary.mean_train_seconds;
+                self.progress.round_done();
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let eval = self.evaluate().await;
+        let record = EpochRecord {
+            kind: "epoch",
+            epoch,
+            rounds: tally.rounds,
+            train_loss: tally.loss_sum / tally.samples.max(1) as f64,
+            test_loss: eval.loss,
+            accuracy: eval.accuracy,
+            samples: tally.samples,
+            distinct_images: self.ledger.distinct(),
+            repeated_images: self.ledger.repeated(),
+            seconds,
+            samples_per_s: tally.samples as f64 / seconds,
+            sync_share: (1.0 - tally.train_seconds / seconds).clamp(0.0, 1.0),
+            workers: self.workers.len(),
+            samples_by_worker: self.ledger.by_worker().clone(),
+        };
+        info!(
+            epoch,
+            rounds = record.rounds,
+            train_loss = record.train_loss,
+            test_loss = record.test_loss,
+            accuracy = record.accuracy,
+            samples_per_s = record.samples_per_s.round(),
+            sync_share = record.sync_share,
+            workers = record.workers,
+            "epoch done"
+        );
+        self.metrics.append(&record)?;
+        Ok(eval)
+    }
+
+    /// Draws the epoch's permutation and sends every live worker its shard.
+    fn assign_shards(&mut self, epoch: u64) {
+        let order = epoch_permutation(self.config.train.seed, epoch, self.n_train);
+        let shards = split_even(&order, self.workers.len());
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for (id, shard) in ids.into_iter().zip(shards) {
+            for msg in shard_messages(epoch, &shard, false) {
+                self.send(id, Command::Shard(msg));
+            }
+            if let Some(worker) = self.workers.get_mut(&id) {
+                worker.shard = Some(ShardProgress::new(shard));
+            }
+        }
+        self.ledger = EpochLedger::new(self.n_train);
+        self.orphans.clear();
+        if let Some(dump) = &self.dump {
+            let shards =
+                self.workers.iter().filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.indices.as_slice())));
+            if let Err(e) = dump.shards(epoch, shards) {
+                warn!(error = %e, "cannot dump shards");
+            }
+        }
+    }
+
+    /// Test loss and accuracy of the current average, off the async runtime.
+    async fn evaluate(&self) -> Evaluation {
+        let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), self.params.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut workspace = Workspace::new(mlp.arch(), 500);
+            mlp.evaluate(&params, &test, &mut workspace)
+        })
+        .await
+        .expect("evaluation does not panic")
+    }
+}
