@@ -248,14 +248,16 @@ impl Round {
         }
     }
 
-    /// Drops a worker that left or timed out. Its weights are discarded; if
-    /// some were already summed, the round is tainted and must be redone.
+    /// Drops a worker that left or timed out. Its weights are discarded, even
+    /// complete ones (the driver hands all its untrained images to the others,
+    /// so they must not be in this round too); if some were already summed,
+    /// the round is tainted and must be redone.
     pub fn exclude(&mut self, worker: WorkerId) {
         let Some(part) = self.parts.get_mut(&worker) else { return };
-        let partly_summed = part.state == State::Receiving;
-        if part.state != State::Complete {
+        let summed = matches!(part.state, State::Receiving | State::Complete);
+        if part.state != State::Excluded {
             part.state = State::Excluded;
-            self.forget(worker, partly_summed);
+            self.forget(worker, summed);
         }
     }
 
@@ -460,6 +462,22 @@ mod tests {
         let mut out = vec![0.0; len];
         round.finish(&mut out).0.unwrap();
         assert!(out.iter().all(|&v| v == 2.0));
+    }
+
+    #[test]
+    fn a_complete_contribution_of_a_worker_that_left_is_discarded() {
+        let mut mean = Round::new(1, 0, &[(1, 1), (2, 1)], 1, Vec::new());
+        send(&mut mean, 1, &[2.0]).unwrap();
+        mean.exclude(1);
+        send(&mut mean, 2, &[4.0]).unwrap();
+        let mut out = [0.0];
+        assert!(matches!(mean.finish(&mut out).0, Err(RoundError::Tainted { .. })));
+        let mut median = Round::aggregating(1, 0, &[(1, 1), (2, 1)], 1, Aggregate::Median);
+        send(&mut median, 1, &[2.0]).unwrap();
+        median.exclude(1);
+        send(&mut median, 2, &[4.0]).unwrap();
+        let summary = median.finish(&mut out).0.unwrap();
+        assert_eq!((out, summary.contributors), ([4.0], vec![(2, 1)]));
     }
 
     #[test]

@@ -40,11 +40,15 @@ pub struct ShardProgress {
     pub indices: Vec<u32>,
     /// Positions `0..done` have been trained and averaged.
     pub done: usize,
+    /// Positions `done..trained` the worker has trained since it last received
+    /// an average (for a round that was abandoned): a redone round asks only
+    /// for its weights, so no image is trained twice.
+    pub trained: usize,
 }
 
 impl ShardProgress {
     pub fn new(indices: Vec<u32>) -> Self {
-        ShardProgress { indices, done: 0 }
+        ShardProgress { indices, done: 0, trained: 0 }
     }
 
     /// The position to train up to in the next round of `samples_per_round`.

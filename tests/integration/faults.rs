@@ -173,6 +173,7 @@ fn sigkill_of_one_of_three_workers_mid_epoch_loses_no_image() {
     let accuracy = f64_field(&epochs[2], "accuracy");
     let clean = run_cluster(3, &args, "info");
     let clean_accuracy = f64_field(epoch_metrics(&clean.coordinator.out).last().expect("epochs"), "accuracy");
+    eprintln!("accuracy with worker-2 killed {accuracy}, without {clean_accuracy}");
     assert!(
         (accuracy - clean_accuracy).abs() <= 0.005,
         "with a worker killed {accuracy}, without {clean_accuracy}: more than 0.5 pp apart"
@@ -630,13 +631,23 @@ struct ClientLog {
     /// Rejected messages within the session: `(what, code, message)`.
     rejected: Vec<(&'static str, i32, String)>,
     duplicate_attempts: usize,
+    /// The round (epoch, round) it left with a complete contribution in.
+    left_in_round: (u64, u64),
     /// How the session ended after the oversized message.
     oversized: Option<Result<(), Status>>,
     /// How the session ended after weights of the wrong length.
     wrong_length: Option<Status>,
 }
 
-async fn misbehave(addr: &str) -> ClientLog {
+/// Sends `signal` to the process `pid` (a child of this test, not yet reaped).
+fn signal_pid(pid: u32, signal: &str) {
+    let status = Command::new("kill").args(["-s", signal, &pid.to_string()]).status().expect("running kill");
+    assert!(status.success(), "kill -s {signal} {pid}: {status}");
+}
+
+/// Speaks to the coordinator at `addr` as a second worker beside the real
+/// one (process `real_worker`), wrongly on purpose.
+async fn misbehave(addr: &str, real_worker: u32) -> ClientLog {
     let mut log = ClientLog::default();
     let mut client = connect(addr).await;
 
@@ -663,11 +674,16 @@ async fn misbehave(addr: &str) -> ClientLog {
     let rejected = session.next_rejected().await;
     log.rejected.push(("NaN", rejected.code, rejected.message));
 
-    // A later round: a contribution twice, then chunks for a stale and a
-    // future round. The duplicate must reach the coordinator before the real
-    // worker completes the round (else it is merely stale): retry if not.
+    // A later round, with the real worker held stopped so that the round stays
+    // open: the contribution, the same again, chunks for a stale and a future
+    // round, and a message twice the coordinator's limit, which ends the
+    // session. The worker thus leaves with a complete contribution in the open
+    // round, whose images are handed to the real worker: the round must be
+    // redone without it. (Should the real worker complete the round before it
+    // is stopped, the duplicate is merely stale: try again in the next round.)
     let pull = loop {
         let pull = session.next_pull().await;
+        signal_pid(real_worker, "STOP");
         log.duplicate_attempts += 1;
         session.report(&pull).await;
         session.send(session.contribution(pull.epoch, pull.round)).await;
@@ -677,18 +693,16 @@ async fn misbehave(addr: &str) -> ClientLog {
             log.rejected.push(("duplicate", rejected.code, rejected.message));
             break pull;
         }
+        signal_pid(real_worker, "CONT");
         assert_eq!(rejected.code, Code::OutOfRange as i32, "{rejected:?}");
     };
+    log.left_in_round = (pull.epoch, pull.round);
     session.send(session.contribution(pull.epoch, pull.round - 1)).await;
     let rejected = session.next_rejected().await;
     log.rejected.push(("stale", rejected.code, rejected.message));
     session.send(session.contribution(pull.epoch, pull.round + 100)).await;
     let rejected = session.next_rejected().await;
     log.rejected.push(("future", rejected.code, rejected.message));
-
-    // The next round: a message twice the coordinator's limit.
-    let pull = session.next_pull().await;
-    session.report(&pull).await;
     session.send(session.chunk(pull.epoch, pull.round, session.total, vec![0; 2 << 20])).await;
     let ending = loop {
         match session.recv().await {
@@ -698,6 +712,7 @@ async fn misbehave(addr: &str) -> ClientLog {
             Ok(Some(other)) => panic!("after the oversized message: {other:?}"),
         }
     };
+    signal_pid(real_worker, "CONT");
     log.oversized = Some(ending);
     drop(session);
 
@@ -724,11 +739,11 @@ fn bad_worker_messages_are_refused_and_training_goes_on() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
-    let args = ["--workers", "2", "--epochs", "2", "--round-timeout", "2s"];
+    let args = ["--workers", "2", "--epochs", "2", "--round-timeout", "2s", "--metrics-rounds"];
     let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
     let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache"), "info");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let log = runtime.block_on(misbehave(&coordinator.addr));
+    let log = runtime.block_on(misbehave(&coordinator.addr, worker.pid()));
     drop(runtime);
     expect_success(&mut [&mut coordinator.proc, &mut worker]);
     let coordinator_log = &coordinator.proc;
@@ -769,21 +784,41 @@ fn bad_worker_messages_are_refused_and_training_goes_on() {
     assert!(refused.iter().all(|l| l["name"] == "test-client"), "{refused:?}");
     assert!(logged_codes.contains(&"FailedPrecondition") && logged_codes.contains(&"OutOfRange"), "{refused:?}");
 
-    // tonic refuses the oversized message with OUT_OF_RANGE, on the
-    // coordinator's side of the stream: the session ends there.
+    // tonic refuses the oversized message on the coordinator's side, where
+    // its decoder fails the inbound stream with OUT_OF_RANGE ("decoded message
+    // length too large"): the coordinator drops the worker, and the client
+    // only sees its response stream end (no status reaches it).
     let left = about_worker(coordinator_log, "worker left", log.id);
     assert_eq!(left.len(), 1, "{}", coordinator_log.dump());
     let reason = left[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("decoded message length too large"), "{}", left[0]);
-    eprintln!("after the oversized message the client saw {:?}", log.oversized);
-    let oversized = log.oversized.as_ref().expect("the oversized message was sent");
-    if let Err(status) = oversized {
-        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    }
+    assert!(matches!(log.oversized, Some(Ok(()))), "after the oversized message: {:?}", log.oversized);
     let wrong = log.wrong_length.as_ref().expect("wrong-length weights were sent");
     assert_eq!(wrong.code(), Code::InvalidArgument, "{wrong:?}");
     assert!(wrong.message().contains("declares"), "{wrong:?}");
     assert_eq!(about_worker(coordinator_log, "worker left", log.second_id).len(), 1, "{}", coordinator_log.dump());
+
+    // It left with a complete contribution in the open round, whose images
+    // went to the real worker: the round was redone without it, and the real
+    // worker, asked again, trained nothing new (it sent what it had).
+    assert_eq!(log.duplicate_attempts, 1, "the real worker was not stopped in time: {log:?}");
+    let (epoch, round) = log.left_in_round;
+    let abandoned = logged(coordinator_log, "round abandoned; redoing it with the workers left");
+    assert!(
+        abandoned.iter().any(|l| l["epoch"] == epoch && l["round"] == round),
+        "epoch {epoch} round {round} was not redone\n{}",
+        coordinator_log.dump()
+    );
+    let text = fs::read_to_string(out.join("metrics.jsonl")).expect("metrics.jsonl");
+    let rounds: Vec<Value> =
+        text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|r| r["kind"] == "round").collect();
+    assert!(!rounds.iter().any(|r| r["epoch"] == epoch && r["round"] == round), "an abandoned round was recorded");
+    let redo = rounds
+        .iter()
+        .find(|r| r["epoch"] == epoch && r["round"] == round + 1)
+        .unwrap_or_else(|| panic!("no round {} in epoch {epoch}: {rounds:?}", round + 1));
+    assert_eq!(u64_field(redo, "contributors"), 1, "{redo}");
+    assert_eq!(f64_field(redo, "train_loss"), 0.0, "the redone round trained its images again: {redo}");
 
     // Training went on with the real worker and the model is sound.
     let epochs = epoch_metrics(&out);
@@ -882,6 +917,7 @@ fn assert_kept_out(coordinator: &mut Proc, stranger: &mut Proc) {
     assert!(stranger.try_exit_code().is_none(), "{} gave up\n{}", stranger.name, stranger.dump());
     assert!(logged(stranger, "joined the run").is_empty(), "{}", stranger.dump());
     assert!(logged(coordinator, "worker joined").is_empty(), "{}", coordinator.dump());
+    eprintln!("{}: {}", stranger.name, logged(stranger, RETRYING)[0]["error"]);
 }
 
 #[test]

@@ -74,7 +74,17 @@ impl Driver {
             rule => Round::aggregating(epoch, round, weights, len, rule),
         };
         for &(id, from, until) in plan {
-            let pull = pb::PullWeights { epoch, round, train_from: from as u64, train_until: until as u64 };
+            // After an abandoned round a worker still holds what it trained for
+            // it (no average came since): it is asked only for those weights.
+            let train_from = match self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
+                Some(shard) => {
+                    let start = shard.trained.clamp(from, until);
+                    shard.trained = until;
+                    start
+                }
+                None => from,
+            };
+            let pull = pb::PullWeights { epoch, round, train_from: train_from as u64, train_until: until as u64 };
             self.send(id, Command::Pull(pull));
         }
         let mut deadline = RoundDeadline::new(self.config.round_timeout, self.config.straggler_factor, plan.len());
@@ -154,6 +164,10 @@ impl Driver {
         for &id in to {
             for chunk in &chunks {
                 self.send(id, Command::Average(chunk.clone()));
+            }
+            // It continues from these weights: whatever it trained since is gone.
+            if let Some(shard) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
+                shard.trained = shard.done;
             }
         }
     }
