@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Independent check of a lazyavg model: test-set accuracy computed with NumPy only.
+"""Independent check of a lazyavg model: test-set accuracy computed with NumPy.
 
 Usage: python3 tests/crosscheck.py MODEL.safetensors MNIST_DIR
 
 Prints one JSON line, e.g. {"accuracy": 0.9692, "samples": 10000, "architecture": "784-200-200-10"}.
 
 Nothing here shares code with lazyavg: the safetensors and IDX formats are
-parsed from their specifications, and the forward pass is written out in
-float64. If lazyavg's accuracy agrees with this one, the saved file means what
+parsed from their specifications (and the file is read a second time with the
+`safetensors` package, the parser PyTorch uses), and the forward pass is
+written out in float64. If lazyavg's accuracy agrees with this one, the saved file means what
 PyTorch would take it to mean (nn.Sequential of Linear and ReLU, weight
 [out, in]) and lazyavg's evaluation is right.
 """
@@ -109,10 +110,25 @@ def accuracy(pairs, images, labels):
     return float(np.mean(np.argmax(a, axis=1) == labels))
 
 
+def check_with_reference_parser(path, tensors):
+    """Loads the file again with the `safetensors` package, the parser behind
+    PyTorch's `safetensors.torch.load_file`, and checks it sees the same
+    tensors: then `nn.Sequential(...).load_state_dict(...)` gets exactly these."""
+    from safetensors.numpy import load_file
+
+    reference = load_file(path)
+    if sorted(reference) != sorted(tensors):
+        fail(f"the safetensors package reads tensors {sorted(reference)}, not {sorted(tensors)}")
+    for name, array in reference.items():
+        if array.dtype != np.float32 or not np.array_equal(array.astype(np.float64), tensors[name]):
+            fail(f"the safetensors package reads tensor {name} differently")
+
+
 def main(argv):
     if len(argv) != 3:
         fail("usage: python3 tests/crosscheck.py MODEL.safetensors MNIST_DIR")
     tensors, metadata = read_safetensors(argv[1])
+    check_with_reference_parser(argv[1], tensors)
     pairs = layers(tensors)
     architecture = "-".join(map(str, [pairs[0][0].shape[1]] + [w.shape[0] for w, _ in pairs]))
     declared = metadata.get("lazyavg.architecture", architecture)

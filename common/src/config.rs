@@ -39,8 +39,8 @@ pub enum LrSchedule {
     /// `lr` throughout.
     Constant,
     /// `lr · (1 + cos(π·progress)) / 2`: full rate early, annealed to zero at the end.
-    // Measured: one MNIST epoch reaches 97.3% with it against 96.2% constant
-    // (lr 0.05, momentum 0.9, batch 32; README has the sweep).
+    // Measured: one MNIST epoch reaches 96.9% with it against 96.1% at a
+    // constant rate (lr 0.05, momentum 0.9, batch 32; README has the sweep).
     #[default]
     Cosine,
 }

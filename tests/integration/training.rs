@@ -44,8 +44,8 @@ fn one_epoch_with_defaults_reaches_96_percent() {
 /// rather than skips, when Python or NumPy is missing: the cross-check is the
 /// only evidence that the saved file means what PyTorch will read into it.
 fn crosscheck_accuracy(model: &Path, mnist: &Path) -> f64 {
-    let missing = "the cross-check needs python3 with numpy on PATH; .ci/run installs numpy";
-    let probe = Command::new("python3").args(["-c", "import numpy"]).output();
+    let missing = "the cross-check needs python3 with numpy and safetensors on PATH; .ci/run installs them";
+    let probe = Command::new("python3").args(["-c", "import numpy, safetensors"]).output();
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!("{missing}\n{}", String::from_utf8_lossy(&out.stderr)),
