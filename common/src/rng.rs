@@ -1,8 +1,9 @@
-//! A small seeded random number generator with explicit, serialisable state.
+//! A small seeded random number generator.
 //!
 //! We own the generator instead of depending on `rand` so that the stream of
-//! numbers behind a seed never changes with a dependency upgrade (reproducible
-//! runs are a feature), and so a checkpoint can store the state as four words.
+//! numbers behind a seed never changes with a dependency upgrade: reproducible
+//! runs are a feature. Every random choice of a run derives its own stream
+//! from the seed ([`Rng::derive`]), so a checkpoint needs no generator state.
 
 /// xoshiro256** seeded through SplitMix64, as its authors recommend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,14 +74,6 @@ impl Rng {
             let j = self.below(i as u64 + 1) as usize;
             items.swap(i, j);
         }
-    }
-
-    pub fn state(&self) -> [u64; 4] {
-        self.state
-    }
-
-    pub fn from_state(state: [u64; 4]) -> Self {
-        Rng { state }
     }
 }
 

@@ -95,14 +95,6 @@ impl Trainer {
         &self.params
     }
 
-    /// Replaces the weights (e.g. with the cluster's average); the optimiser
-    /// state stays. Fails if the length does not match the architecture.
-    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
-        self.mlp.layout().check_len(self.mlp.arch(), params)?;
-        self.params.copy_from_slice(params);
-        Ok(())
-    }
-
     /// Mutable access for receiving weights in place (same length guaranteed).
     pub fn params_mut(&mut self) -> &mut [f32] {
         &mut self.params
@@ -186,7 +178,8 @@ mod tests {
 
     #[test]
     fn wrong_length_weights_are_refused() {
-        let mut t = Trainer::new(&TrainConfig { hidden: vec![3], ..TrainConfig::default() }, 4, 2).unwrap();
-        assert!(t.set_params(&[0.0; 3]).is_err());
+        let config = TrainConfig { hidden: vec![3], ..TrainConfig::default() };
+        let mlp = Mlp::new(config.architecture(4, 2).unwrap());
+        assert!(Trainer::with_params(&config, mlp, vec![0.0; 3]).is_err());
     }
 }

@@ -54,10 +54,6 @@ impl Registry {
     pub fn is_known(&self, id: WorkerId) -> bool {
         self.workers.contains_key(&id)
     }
-
-    pub fn name(&self, id: WorkerId) -> Option<&str> {
-        self.workers.get(&id).map(|e| e.name.as_str())
-    }
 }
 
 #[cfg(test)]

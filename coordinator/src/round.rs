@@ -154,11 +154,6 @@ impl Round {
         self.round
     }
 
-    /// The workers still expected to contribute.
-    pub fn participants(&self) -> impl Iterator<Item = WorkerId> + '_ {
-        self.parts.iter().filter(|(_, p)| p.state != State::Excluded).map(|(&id, _)| id)
-    }
-
     /// Workers whose whole contribution has arrived.
     pub fn completed(&self) -> usize {
         self.parts.values().filter(|p| p.state == State::Complete).count()
