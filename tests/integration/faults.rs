@@ -126,11 +126,7 @@ fn sigkill_of_one_of_three_workers_mid_epoch_loses_no_image() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let all_args: Vec<&str> = ["--workers", "3"].into_iter().chain(args).collect();
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &all_args, "info");
-    let mut workers: Vec<Proc> = (1..=3)
-        .map(|i| {
-            start_worker(&format!("worker-{i}"), &coordinator.addr, &tmp.path().join(format!("cache-{i}")), "info")
-        })
-        .collect();
+    let mut workers = start_workers("worker", 3, &coordinator.addr, tmp.path(), "info");
     wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
     // A random moment early in epoch 2 (an epoch takes over a second).
     let delay = Duration::from_millis(clock_millis(300));
@@ -186,11 +182,7 @@ fn a_stopped_worker_is_left_behind_and_rejoins() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let args = ["--workers", "2", "--epochs", "3", "--round-timeout", "1s"];
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, DEBUG_LOG);
-    let mut workers: Vec<Proc> = (1..=2)
-        .map(|i| {
-            start_worker(&format!("worker-{i}"), &coordinator.addr, &tmp.path().join(format!("cache-{i}")), "info")
-        })
-        .collect();
+    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
     wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
 
     let id = joined_id(&workers[1]);
@@ -337,9 +329,7 @@ fn coordinator_sigkill_and_resume_completes_the_run() {
     let out = tmp.path().join("out");
     let bind = reserve_port();
     let mut first = start_coordinator(&out, &bind, &["--workers", "2", "--epochs", "3"], "info");
-    let mut workers: Vec<Proc> = (1..=2)
-        .map(|i| start_worker(&format!("worker-{i}"), &bind, &tmp.path().join(format!("cache-{i}")), "info"))
-        .collect();
+    let mut workers = start_workers("worker", 2, &bind, tmp.path(), "info");
     wait_for_match(&mut first.proc, "checkpoint written", EVENT_TIMEOUT, |l| l["epoch"] == 1);
     first.proc.signal("KILL");
     assert_eq!(first.proc.wait(Duration::from_secs(10)), -1, "killed by a signal");
@@ -389,9 +379,7 @@ fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     let mut first = start_coordinator(&out, "127.0.0.1:0", &["--workers", "2", "--epochs", "3"], DEBUG_LOG);
-    let mut workers: Vec<Proc> = (1..=2)
-        .map(|i| start_worker(&format!("worker-{i}"), &first.addr, &tmp.path().join(format!("cache-{i}")), "info"))
-        .collect();
+    let mut workers = start_workers("worker", 2, &first.addr, tmp.path(), "info");
     wait_for_match(&mut first.proc, "round averaged", EVENT_TIMEOUT, |l| l["epoch"] == 2 && l["round"] == 5);
     first.proc.signal("INT");
     let code = first.proc.wait(EVENT_TIMEOUT);
@@ -409,9 +397,7 @@ fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     }
 
     let mut resumed = resume_coordinator(&out, "127.0.0.1:0", "info");
-    let mut fresh: Vec<Proc> = (1..=2)
-        .map(|i| start_worker(&format!("fresh-{i}"), &resumed.addr, &tmp.path().join(format!("cache-{i}")), "info"))
-        .collect();
+    let mut fresh = start_workers("fresh", 2, &resumed.addr, tmp.path(), "info");
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut resumed.proc).chain(fresh.iter_mut()).collect();
     expect_success(&mut procs);
 
@@ -441,11 +427,7 @@ fn min_workers_pauses_and_max_wait_gives_up() {
     // A worker dies; training waits for a replacement, then completes.
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
-    let mut workers: Vec<Proc> = (1..=2)
-        .map(|i| {
-            start_worker(&format!("worker-{i}"), &coordinator.addr, &tmp.path().join(format!("cache-{i}")), "info")
-        })
-        .collect();
+    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
     wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
     let mut victim = workers.pop().expect("two workers");
     victim.signal("KILL");
@@ -472,11 +454,7 @@ fn min_workers_pauses_and_max_wait_gives_up() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
-    let mut workers: Vec<Proc> = (1..=2)
-        .map(|i| {
-            start_worker(&format!("worker-{i}"), &coordinator.addr, &tmp.path().join(format!("cache-{i}")), "info")
-        })
-        .collect();
+    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
     wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
     workers[1].signal("KILL");
     let killed = Instant::now();

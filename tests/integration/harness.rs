@@ -93,6 +93,12 @@ pub fn reserve_port() -> String {
     format!("127.0.0.1:{}", listener.local_addr().expect("local address").port())
 }
 
+/// Starts workers `<name>-1` to `<name>-<n>` for the coordinator at `addr`;
+/// worker `i` caches in `<dir>/cache-<i>`.
+pub fn start_workers(name: &str, n: usize, addr: &str, dir: &Path, rust_log: &str) -> Vec<Proc> {
+    (1..=n).map(|i| start_worker(&format!("{name}-{i}"), addr, &dir.join(format!("cache-{i}")), rust_log)).collect()
+}
+
 /// The JSON log lines of `proc` whose message is `message`.
 pub fn logged(proc: &Proc, message: &str) -> Vec<Value> {
     proc.json_lines().into_iter().filter(|line| line["message"] == message).collect()
