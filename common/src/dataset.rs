@@ -97,14 +97,9 @@ impl Dataset {
     /// IDX file), the form in which the coordinator ships it to workers.
     pub fn to_blob(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.pixels.len() + 8 + self.labels.len());
-        for word in [idx::IMAGES_MAGIC, self.len() as u32, self.rows as u32, self.cols as u32] {
-            out.extend_from_slice(&word.to_be_bytes());
-        }
-        out.extend_from_slice(&self.pixels);
-        for word in [idx::LABELS_MAGIC, self.len() as u32] {
-            out.extend_from_slice(&word.to_be_bytes());
-        }
-        out.extend_from_slice(&self.labels);
+        let n = self.len() as u32;
+        idx::encode_into(&mut out, idx::IMAGES_MAGIC, &[n, self.rows as u32, self.cols as u32], &self.pixels);
+        idx::encode_into(&mut out, idx::LABELS_MAGIC, &[n], &self.labels);
         out
     }
 

@@ -26,6 +26,16 @@ pub struct Images {
     pub pixels: Vec<u8>,
 }
 
+/// Appends an IDX file (magic, dimensions, data) to `out`: the inverse of
+/// the parsers, used to ship datasets (and by tests to make files).
+pub fn encode_into(out: &mut Vec<u8>, magic: u32, dims: &[u32], data: &[u8]) {
+    out.extend_from_slice(&magic.to_be_bytes());
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+}
+
 /// Returns the file's content, gunzipped if it starts with the gzip magic.
 pub fn decompress(file: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
     if !bytes.starts_with(&GZIP_MAGIC) {
@@ -108,11 +118,8 @@ pub(crate) mod tests {
 
     /// An IDX file as the format defines it, for tests.
     pub(crate) fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
-        let mut out = magic.to_be_bytes().to_vec();
-        for d in dims {
-            out.extend_from_slice(&d.to_be_bytes());
-        }
-        out.extend_from_slice(data);
+        let mut out = Vec::new();
+        encode_into(&mut out, magic, dims, data);
         out
     }
 

@@ -13,11 +13,8 @@ use proptest::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 
 fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut out = magic.to_be_bytes().to_vec();
-    for d in dims {
-        out.extend_from_slice(&d.to_be_bytes());
-    }
-    out.extend_from_slice(data);
+    let mut out = Vec::new();
+    idx::encode_into(&mut out, magic, dims, data);
     out
 }
 
