@@ -36,6 +36,9 @@ use crate::round::WorkerId;
 use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
 use crate::service::{Event, Outbox, command};
 
+/// How long the coordinator waits, at the end, for workers to close their sessions.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Resolves to the name of the signal that asks the run to stop.
 pub type Shutdown = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 
@@ -146,7 +149,24 @@ impl Driver {
             let stop = command(Command::Stop(pb::Stop { reason: reason.clone(), completed }));
             let _ = worker.outbox.try_send(Ok(stop));
         }
+        self.wait_for_sessions_to_close().await;
         result
+    }
+
+    /// Gives the workers a moment to read their Stop and close their sessions.
+    /// Exiting at once could reset the connections before the Stop arrives,
+    /// and a worker that never hears it keeps trying to reconnect.
+    async fn wait_for_sessions_to_close(&mut self) {
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.workers.is_empty() {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Event::Detached { id, .. })) => {
+                    self.workers.remove(&id);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
     }
 
     async fn train(&mut self) -> Result<RunSummary> {
