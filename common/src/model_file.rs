@@ -1,8 +1,8 @@
 //! Saving and loading models as safetensors that PyTorch loads directly.
 //!
 //! Tensor names and shapes follow `nn.Sequential(Linear, ReLU, Linear, …)`:
-//! layer `l` is module `2l`, so the default MLP has `0.weight` [200, 784],
-//! `0.bias` [200], `2.weight` [200, 200], …, `4.bias` [10]. The metadata
+//! layer `l` is module `2l`, so the default MLP has `0.weight` `[200, 784]`,
+//! `0.bias` `[200]`, `2.weight` `[200, 200]`, …, `4.bias` `[10]`. The metadata
 //! records the architecture so a file can be loaded without being told it.
 
 use std::collections::HashMap;

@@ -108,7 +108,7 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
 
-    /// Where metrics.jsonl, model.safetensors and config.toml go [default: runs/<UTC timestamp>].
+    /// Where metrics.jsonl, model.safetensors and config.toml go [default: runs/UTC-TIMESTAMP].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 
@@ -117,7 +117,7 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub metrics_rounds: bool,
 
-    /// Debugging: write every contribution and average of the first N rounds as raw f32 under <out>/rounds.
+    /// Debugging: write every contribution and average of the first N rounds as raw f32 under OUT/rounds.
     #[arg(long, value_name = "N", hide = true)]
     pub dump_rounds: Option<usize>,
 

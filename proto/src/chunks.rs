@@ -1,5 +1,5 @@
 //! Parameter buffers on the wire: cut into chunks of at most
-//! [`MAX_CHUNK_BYTES`](crate::MAX_CHUNK_BYTES), checked and reassembled in order.
+//! [`MAX_CHUNK_BYTES`] bytes, checked and reassembled in order.
 
 use std::ops::Range;
 

@@ -3,9 +3,9 @@
 //! and changes it only in response to [`Event`]s from the service, so no
 //! state is shared between tasks and no lock is needed.
 //!
-//! This module runs epochs; [`rounds`] runs one round, [`membership`] handles
-//! workers coming and going, [`checkpointing`] writes checkpoints, and
-//! [`deadline`] decides when a round stops waiting.
+//! This module runs epochs; `rounds` runs one round, `membership` handles
+//! workers coming and going, `checkpointing` writes checkpoints, and
+//! `deadline` decides when a round stops waiting.
 
 mod checkpointing;
 mod deadline;
