@@ -10,6 +10,7 @@
 //! - [`params`]: the architecture and the flat parameter buffer's layout.
 //! - [`model`]: the MLP's forward and backward passes and evaluation.
 //! - [`optim`]: SGD with momentum and weight decay, state kept apart.
+//! - [`outer`]: the coordinator's optimiser on each round's averaged update.
 //! - [`train`]: a replica's training loop over sample indices.
 //! - [`model_file`]: safetensors files that PyTorch loads directly.
 //! - [`config`]: validated training hyperparameters.
@@ -26,6 +27,7 @@ pub mod idx;
 pub mod model;
 pub mod model_file;
 pub mod optim;
+pub mod outer;
 pub mod params;
 pub mod rng;
 pub mod telemetry;

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::model::{Evaluation, Mlp, Workspace};
+use lazyavg_common::outer::OuterOptimizer;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -76,6 +77,9 @@ pub struct Driver {
     n_train: usize,
     params: Vec<f32>,
     sum: Vec<f64>,
+    /// The last round's combined weights, before the outer step.
+    average: Vec<f32>,
+    outer: OuterOptimizer,
     /// Epoch and round the current parameters come from (0, 0 before the first round).
     version: (u64, u64),
     /// The epoch being trained (0 before the first).
@@ -111,6 +115,7 @@ impl Driver {
         metrics: MetricsFile,
         dump: Option<RoundDump>,
     ) -> Self {
+        let outer = config.outer.clone();
         let (first_epoch, remaining) = start.next_epoch();
         let resume_remaining = remaining.map(<[u32]>::to_vec);
         Driver {
@@ -119,6 +124,8 @@ impl Driver {
             test,
             n_train,
             sum: Vec::with_capacity(start.params.len()),
+            average: vec![0.0; start.params.len()],
+            outer,
             params: start.params,
             version: (first_epoch - 1, 0),
             epoch: first_epoch - 1,

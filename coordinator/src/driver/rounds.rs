@@ -97,7 +97,7 @@ impl Driver {
                 Err(_) => self.drop_stragglers(&mut open),
             }
         }
-        let (result, sum) = open.finish(&mut self.params);
+        let (result, sum) = open.finish(&mut self.average);
         self.sum = sum;
         let summary = match result {
             Ok(summary) => summary,
@@ -106,6 +106,7 @@ impl Driver {
                 return Ok(None);
             }
         };
+        self.outer.step(&mut self.params, &self.average);
         for &(id, _) in &summary.contributors {
             let Some(&(_, from, until)) = plan.iter().find(|p| p.0 == id) else { continue };
             let Some(worker) = self.workers.get_mut(&id) else { continue };

@@ -1,0 +1,99 @@
+//! The coordinator's outer optimiser: each round's change of the averaged
+//! model is treated as a pseudo-gradient (DiLoCo). With Δ = w_before −
+//! average, plain averaging is `w = average`; outer SGD is `v = μv + Δ,
+//! w = w_before − lr·v`; outer Nesterov is `w = w_before − lr·(Δ + μv)`.
+//! Averaging N workers' updates moves the model about as far as one of them;
+//! an outer learning rate and momentum can move it further.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which outer update the coordinator applies (`--outer-optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OuterRule {
+    /// The average itself (outer SGD with lr 1 and no momentum, computed exactly).
+    #[default]
+    Avg,
+    /// SGD with momentum on the pseudo-gradient.
+    Sgd,
+    /// Nesterov momentum on the pseudo-gradient.
+    Nesterov,
+}
+
+/// The outer optimiser with its state (the velocity, kept by the coordinator).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OuterOptimizer {
+    rule: OuterRule,
+    lr: f32,
+    momentum: f32,
+    velocity: Vec<f32>,
+}
+
+impl OuterOptimizer {
+    /// `lr` positive and finite, `momentum` in [0, 1); both unused by `Avg`.
+    pub fn new(rule: OuterRule, lr: f32, momentum: f32) -> Result<Self> {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::config("--outer-lr", format!("must be positive and finite, got {lr}")));
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(Error::config("--outer-momentum", format!("must be in [0, 1), got {momentum}")));
+        }
+        Ok(OuterOptimizer { rule, lr, momentum, velocity: Vec::new() })
+    }
+
+    /// Moves `params`, the weights before the round, given the round's `average`.
+    pub fn step(&mut self, params: &mut [f32], average: &[f32]) {
+        if self.rule == OuterRule::Avg {
+            params.copy_from_slice(average);
+            return;
+        }
+        if self.velocity.len() != params.len() {
+            self.velocity = vec![0.0; params.len()];
+        }
+        let (lr, mu, nesterov) = (self.lr, self.momentum, self.rule == OuterRule::Nesterov);
+        for ((w, &avg), v) in params.iter_mut().zip(average).zip(self.velocity.iter_mut()) {
+            let delta = *w - avg;
+            *v = mu * *v + delta;
+            *w -= lr * if nesterov { delta + mu * *v } else { *v };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avg_is_exactly_the_average() {
+        let mut outer = OuterOptimizer::new(OuterRule::Avg, 0.7, 0.9).unwrap();
+        let mut w = vec![1.0, 2.0];
+        outer.step(&mut w, &[0.1, 0.3]);
+        assert_eq!(w, vec![0.1, 0.3]);
+    }
+
+    #[test]
+    fn sgd_with_lr_one_and_no_momentum_is_the_average() {
+        let mut outer = OuterOptimizer::new(OuterRule::Sgd, 1.0, 0.0).unwrap();
+        let mut w = vec![1.0, 2.0];
+        outer.step(&mut w, &[0.5, 1.5]);
+        assert_eq!(w, vec![0.5, 1.5]);
+    }
+
+    #[test]
+    fn nesterov_accumulates_momentum_across_rounds() {
+        let mut outer = OuterOptimizer::new(OuterRule::Nesterov, 0.5, 0.5).unwrap();
+        let mut w = vec![1.0];
+        outer.step(&mut w, &[0.0]); // Δ = 1, v = 1, w = 1 − 0.5·(1 + 0.5) = 0.25
+        assert!((w[0] - 0.25).abs() < 1e-7, "{w:?}");
+        outer.step(&mut w, &[0.25]); // Δ = 0, v = 0.5, w = 0.25 − 0.5·0.25 = 0.125
+        assert!((w[0] - 0.125).abs() < 1e-7, "{w:?}");
+    }
+
+    #[test]
+    fn nonsense_is_refused_by_flag() {
+        assert!(OuterOptimizer::new(OuterRule::Sgd, 0.0, 0.0).unwrap_err().to_string().contains("--outer-lr"));
+        assert!(OuterOptimizer::new(OuterRule::Sgd, 1.0, 1.0).unwrap_err().to_string().contains("--outer-momentum"));
+    }
+}
