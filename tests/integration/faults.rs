@@ -819,6 +819,9 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(output.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
 }
 
+/// `openssl req` arguments for a new unencrypted P-256 key.
+const NEW_EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 /// A self-signed CA: `<name>.pem` and `<name>.key` in `dir`.
 fn make_ca(dir: &Path, name: &str) {
     let (key, pem, subject) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN=lazyavg test {name}"));
@@ -827,11 +830,11 @@ fn make_ca(dir: &Path, name: &str) {
         &[
             "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+            NEW_EC_KEY[0],
+            NEW_EC_KEY[1],
+            NEW_EC_KEY[2],
+            NEW_EC_KEY[3],
+            NEW_EC_KEY[4],
             "-keyout",
             &key,
             "-out",
@@ -852,11 +855,11 @@ fn make_cert(dir: &Path, ca: &str, name: &str, extensions: &str) {
         dir,
         &[
             "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+            NEW_EC_KEY[0],
+            NEW_EC_KEY[1],
+            NEW_EC_KEY[2],
+            NEW_EC_KEY[3],
+            NEW_EC_KEY[4],
             "-keyout",
             &format!("{name}.key"),
             "-out",
