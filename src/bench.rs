@@ -3,20 +3,18 @@
 //! thread. The gap says how much a faster kernel could still win, and the
 //! samples/s are the unit that cluster throughput is measured against.
 //!
-//! Everything runs on the calling thread: ndarray's `matrixmultiply` backend
-//! is single-threaded unless its `threading` feature is on, and this workspace
-//! does not enable it (`cargo tree -e features -i matrixmultiply`).
+//! Everything runs on the calling thread: training and the ceiling both call
+//! [`model::matmul`], which runs the `gemm` crate without parallelism.
 
 use std::time::{Duration, Instant};
 
 use lazyavg_common::config::TrainConfig;
 use lazyavg_common::dataset::{self, Dataset};
 use lazyavg_common::idx::NUM_CLASSES;
+use lazyavg_common::model::{self, Matrix};
 use lazyavg_common::params::Architecture;
 use lazyavg_common::rng::Rng;
 use lazyavg_common::train::{Progress, Trainer};
-use ndarray::Array2;
-use ndarray::linalg::general_mat_mul;
 use tracing::info;
 
 use crate::cli::BenchTrainArgs;
@@ -71,7 +69,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         })
         .collect();
     rows.push(Row {
-        label: format!("ceiling: {CEILING_SIZE}×{CEILING_SIZE} f32 matmul"),
+        label: format!("ceiling: {CEILING_SIZE}×{CEILING_SIZE} f32 matmul (gemm)"),
         samples_per_s: ceiling / flop_per_sample,
         gflop_per_s: ceiling / 1e9,
     });
@@ -100,15 +98,16 @@ fn training(config: TrainConfig, data: &Dataset) -> anyhow::Result<Workload<'_>>
     }))
 }
 
-/// One `n × n` f32 matrix product per call, returning its 2·n³ FLOP.
+/// One `n × n` f32 matrix product per call, through the same function as
+/// training's products, returning its 2·n³ FLOP.
 fn matmul(n: usize) -> Workload<'static> {
     let mut rng = Rng::seed_from(7);
-    let a = Array2::from_shape_fn((n, n), |_| rng.next_f64() as f32);
-    let b = Array2::from_shape_fn((n, n), |_| rng.next_f64() as f32);
-    let mut c = Array2::<f32>::zeros((n, n));
+    let mut random = || (0..n * n).map(|_| rng.next_f64() as f32).collect::<Vec<_>>();
+    let (a, b) = (random(), random());
+    let mut c = vec![0.0; n * n];
     let flop = 2.0 * (n as f64).powi(3);
     Box::new(move || {
-        general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+        model::matmul(Matrix::new(&a, n, n), Matrix::new(&b, n, n), &mut c);
         flop
     })
 }

@@ -4,6 +4,8 @@
 mod bench;
 mod cli;
 mod cluster;
+mod plot;
+mod scaling;
 mod single;
 
 use std::process::ExitCode;
@@ -45,5 +47,6 @@ fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()>
         }
         Command::Train(args) => single::run(&args),
         Command::Bench(BenchCommand::Train(args)) => bench::run(&args),
+        Command::Bench(BenchCommand::Scaling(args)) => scaling::run(&args),
     }
 }

@@ -29,6 +29,13 @@ pub struct TrainConfig {
     pub nesterov: bool,
     /// How the learning rate changes over the run.
     pub schedule: LrSchedule,
+    /// Epochs over which the learning rate climbs linearly from `lr` to its
+    /// scaled peak `lr · lr_scale`.
+    pub warmup_epochs: f32,
+    /// Factor on `lr` for a cluster of workers (see [`LrScaling`]); 1 alone.
+    /// Set by the coordinator, not a flag of its own.
+    #[serde(skip)]
+    pub lr_scale: f32,
     pub seed: u64,
 }
 
@@ -60,6 +67,35 @@ impl LrSchedule {
     }
 }
 
+/// How the workers' learning rate grows with their number N (`--lr-scaling`).
+///
+/// Averaging N workers' updates after K local steps moves the model about as
+/// far as one worker's K steps, so with N× fewer steps per worker an epoch
+/// moves it N× less far; a larger per-worker rate makes up for that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScaling {
+    /// The same rate for any N.
+    None,
+    /// `lr · N`, the large-batch rule (Goyal et al.).
+    Linear,
+    /// `lr · √N`.
+    #[default]
+    Sqrt,
+}
+
+impl LrScaling {
+    /// The factor on the learning rate for `workers` workers.
+    pub fn factor(self, workers: usize) -> f32 {
+        let n = workers.max(1) as f32;
+        match self {
+            LrScaling::None => 1.0,
+            LrScaling::Linear => n,
+            LrScaling::Sqrt => n.sqrt(),
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -70,6 +106,8 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             nesterov: false,
             schedule: LrSchedule::Cosine,
+            warmup_epochs: 1.0,
+            lr_scale: 1.0,
             seed: 1,
         }
     }
@@ -108,6 +146,10 @@ pub struct TrainSettings {
     #[arg(long, value_name = "SCHEDULE")]
     pub schedule: Option<LrSchedule>,
 
+    /// Epochs over which a scaled learning rate climbs from --lr to its peak [default: 1].
+    #[arg(long, value_name = "EPOCHS")]
+    pub warmup_epochs: Option<f32>,
+
     /// Seed of every random choice: same seed, same run [default: 1].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
@@ -125,6 +167,8 @@ impl TrainSettings {
             weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
             nesterov: self.nesterov || d.nesterov,
             schedule: self.schedule.unwrap_or(d.schedule),
+            warmup_epochs: self.warmup_epochs.unwrap_or(d.warmup_epochs),
+            lr_scale: d.lr_scale,
             seed: self.seed.unwrap_or(d.seed),
         };
         config.validate()?;
@@ -141,6 +185,7 @@ impl TrainSettings {
             weight_decay: Some(config.weight_decay),
             nesterov: config.nesterov,
             schedule: Some(config.schedule),
+            warmup_epochs: Some(config.warmup_epochs),
             seed: Some(config.seed),
         }
     }
@@ -161,18 +206,38 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::config("--lr", format!("must be positive and finite, got {}", self.lr)));
         }
+        if !(self.warmup_epochs >= 0.0 && self.warmup_epochs.is_finite()) {
+            return Err(Error::config(
+                "--warmup-epochs",
+                format!("must be finite and ≥ 0, got {}", self.warmup_epochs),
+            ));
+        }
+        if !(self.lr_scale > 0.0 && self.lr_scale.is_finite()) {
+            return Err(Error::config("--lr-scaling", format!("the factor must be positive, got {}", self.lr_scale)));
+        }
         self.sgd().map(|_| ())
     }
 
-    /// The learning rate at `progress` ∈ [0, 1] through the run.
-    pub fn lr_at(&self, progress: f64) -> f32 {
-        match self.schedule {
-            LrSchedule::Constant => self.lr,
+    /// The peak learning rate: `lr` scaled for the cluster.
+    pub fn peak_lr(&self) -> f32 {
+        self.lr * self.lr_scale
+    }
+
+    /// The learning rate `position` epochs into a run of `epochs`: the
+    /// warm-up ramp from `lr` to the peak, times the schedule's decay.
+    pub fn lr_at(&self, position: f64, epochs: usize) -> f32 {
+        let warm = f64::from(self.warmup_epochs);
+        let ramp = if position < warm { position / warm } else { 1.0 };
+        let base = f64::from(self.lr);
+        let current = base + (f64::from(self.peak_lr()) - base) * ramp;
+        let decay = match self.schedule {
+            LrSchedule::Constant => 1.0,
             LrSchedule::Cosine => {
-                let p = progress.clamp(0.0, 1.0);
-                (f64::from(self.lr) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())) as f32
+                let p = (position / epochs.max(1) as f64).clamp(0.0, 1.0);
+                0.5 * (1.0 + (std::f64::consts::PI * p).cos())
             }
-        }
+        };
+        (current * decay) as f32
     }
 
     /// The optimiser these hyperparameters describe.
@@ -218,10 +283,29 @@ mod tests {
     #[test]
     fn cosine_schedule_anneals_to_zero() {
         let c = TrainConfig { lr: 0.1, ..TrainConfig::default() };
-        assert_eq!(c.lr_at(0.0), 0.1);
-        assert!((c.lr_at(0.5) - 0.05).abs() < 1e-7);
-        assert!(c.lr_at(1.0).abs() < 1e-9);
+        assert_eq!(c.lr_at(0.0, 10), 0.1);
+        assert!((c.lr_at(5.0, 10) - 0.05).abs() < 1e-7);
+        assert!(c.lr_at(10.0, 10).abs() < 1e-9);
         let constant = TrainConfig { schedule: LrSchedule::Constant, ..c };
-        assert_eq!(constant.lr_at(0.7), 0.1);
+        assert_eq!(constant.lr_at(7.0, 10), 0.1);
+    }
+
+    #[test]
+    fn warmup_climbs_from_the_base_rate_to_the_scaled_peak() {
+        let c = TrainConfig {
+            lr: 0.1,
+            lr_scale: LrScaling::Linear.factor(4),
+            warmup_epochs: 2.0,
+            schedule: LrSchedule::Constant,
+            ..TrainConfig::default()
+        };
+        assert_eq!(c.lr_at(0.0, 10), 0.1);
+        assert!((c.lr_at(1.0, 10) - 0.25).abs() < 1e-6);
+        assert!((c.lr_at(2.0, 10) - 0.4).abs() < 1e-6);
+        assert!((c.lr_at(9.0, 10) - 0.4).abs() < 1e-6);
+        let unscaled = TrainConfig { lr_scale: 1.0, ..c };
+        assert_eq!(unscaled.lr_at(0.5, 10), 0.1, "warm-up has no effect without scaling");
+        assert_eq!(LrScaling::Sqrt.factor(16), 4.0);
+        assert_eq!(LrScaling::None.factor(16), 1.0);
     }
 }

@@ -4,8 +4,12 @@
 //! layer `l` is module `2l`, so the default MLP has `0.weight` `[200, 784]`,
 //! `0.bias` `[200]`, `2.weight` `[200, 200]`, …, `4.bias` `[10]`. The metadata
 //! records the architecture so a file can be loaded without being told it.
+//!
+//! A file may also carry 1-D tensors named `lazyavg.*` (a checkpoint's
+//! optimiser state); [`Extras`] holds them. Plain model files have none, so
+//! PyTorch's strict `load_state_dict` takes them as they are.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use safetensors::SafeTensors;
@@ -17,6 +21,17 @@ use crate::params::{Architecture, first_non_finite};
 
 const ARCHITECTURE_KEY: &str = "lazyavg.architecture";
 
+/// Prefix of tensor names that are not the model's own.
+const EXTRA_PREFIX: &str = "lazyavg.";
+
+/// What a file holds besides the model: metadata entries (keys should start
+/// with `lazyavg.`) and extra f32 vectors, named with the `lazyavg.` prefix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extras {
+    pub metadata: HashMap<String, String>,
+    pub tensors: BTreeMap<String, Vec<f32>>,
+}
+
 fn weight_name(layer: usize) -> String {
     format!("{}.weight", 2 * layer)
 }
@@ -27,22 +42,36 @@ fn bias_name(layer: usize) -> String {
 
 /// Serialises `params` of `arch` to safetensors bytes.
 pub fn to_bytes(arch: &Architecture, params: &[f32]) -> Result<Vec<u8>> {
-    to_bytes_with(arch, params, HashMap::new())
+    to_bytes_with(arch, params, &Extras::default())
 }
 
-/// [`to_bytes`] with extra metadata entries (keys should start with `lazyavg.`).
-pub fn to_bytes_with(arch: &Architecture, params: &[f32], extra: HashMap<String, String>) -> Result<Vec<u8>> {
+/// [`to_bytes`] with `extras` beside the model.
+pub fn to_bytes_with(arch: &Architecture, params: &[f32], extras: &Extras) -> Result<Vec<u8>> {
     let layout = arch.layout();
     layout.check_len(arch, params)?;
+    if let Some(name) = extras.tensors.keys().find(|n| !n.starts_with(EXTRA_PREFIX)) {
+        return Err(Error::ModelFile {
+            path: "<memory>".into(),
+            problem: format!("extra tensor {name} lacks the prefix {EXTRA_PREFIX}"),
+        });
+    }
     let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut tensors = Vec::with_capacity(2 * layout.layers.len());
+    let extra_bytes: Vec<(&String, Vec<u8>)> = extras
+        .tensors
+        .iter()
+        .map(|(name, values)| (name, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let mut tensors = Vec::with_capacity(2 * layout.layers.len() + extra_bytes.len());
     for (l, layer) in layout.layers.iter().enumerate() {
         let w = &bytes[4 * layer.weight.start..4 * layer.weight.end];
         let b = &bytes[4 * layer.bias.start..4 * layer.bias.end];
         tensors.push((weight_name(l), tensor(vec![layer.outputs, layer.inputs], w)?));
         tensors.push((bias_name(l), tensor(vec![layer.outputs], b)?));
     }
-    let mut metadata = extra;
+    for (name, data) in &extra_bytes {
+        tensors.push(((*name).clone(), tensor(vec![data.len() / 4], data)?));
+    }
+    let mut metadata = extras.metadata.clone();
     metadata.extend([
         ("format".to_owned(), "pt".to_owned()),
         (ARCHITECTURE_KEY.to_owned(), arch.to_string()),
@@ -66,18 +95,23 @@ pub fn save(path: &Path, arch: &Architecture, params: &[f32]) -> Result<()> {
 /// checks the architecture metadata, every tensor's name, dtype and shape, and
 /// that every value is finite.
 pub fn load(path: &Path) -> Result<(Architecture, Vec<f32>)> {
-    load_with_metadata(path).map(|(arch, params, _)| (arch, params))
+    load_with_extras(path).map(|(arch, params, _)| (arch, params))
 }
 
-/// [`load`], also returning the file's metadata.
-pub fn load_with_metadata(path: &Path) -> Result<(Architecture, Vec<f32>, HashMap<String, String>)> {
+/// [`load`], also returning the file's metadata and extra tensors.
+pub fn load_with_extras(path: &Path) -> Result<(Architecture, Vec<f32>, Extras)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (arch, params) = from_bytes(&bytes).map_err(|problem| Error::ModelFile { path: path.to_owned(), problem })?;
+    let (arch, params, tensors) =
+        from_bytes(&bytes).map_err(|problem| Error::ModelFile { path: path.to_owned(), problem })?;
     let metadata = SafeTensors::read_metadata(&bytes).ok().and_then(|(_, m)| m.metadata().clone()).unwrap_or_default();
-    Ok((arch, params, metadata))
+    Ok((arch, params, Extras { metadata, tensors }))
 }
 
-fn from_bytes(bytes: &[u8]) -> std::result::Result<(Architecture, Vec<f32>), String> {
+/// A parsed file: the architecture, its parameters and the extra tensors.
+type Parsed = (Architecture, Vec<f32>, BTreeMap<String, Vec<f32>>);
+
+/// Parses a model file.
+fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let arch_text = metadata
         .metadata()
@@ -101,7 +135,8 @@ fn from_bytes(bytes: &[u8]) -> std::result::Result<(Architecture, Vec<f32>), Str
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let layout = arch.layout();
     let expected_names = 2 * layout.layers.len();
-    if tensors.len() != expected_names {
+    let model_tensors = tensors.names().iter().filter(|n| !n.starts_with(EXTRA_PREFIX)).count();
+    if model_tensors != expected_names {
         let mut names = tensors.names();
         names.sort();
         return Err(format!("holds {} tensors {names:?}, but {arch} needs {expected_names}", tensors.len()));
@@ -127,7 +162,23 @@ fn from_bytes(bytes: &[u8]) -> std::result::Result<(Architecture, Vec<f32>), Str
     if let Some(i) = first_non_finite(&params) {
         return Err(format!("parameter {i} is {}, not finite", params[i]));
     }
-    Ok((arch, params))
+    let mut extras = BTreeMap::new();
+    for (name, view) in tensors.tensors().into_iter().filter(|(n, _)| n.starts_with(EXTRA_PREFIX)) {
+        if view.dtype() != Dtype::F32 || view.shape().len() != 1 {
+            return Err(format!(
+                "extra tensor {name} is {:?} {:?}, expected a vector of F32",
+                view.dtype(),
+                view.shape()
+            ));
+        }
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if let Some(i) = first_non_finite(&values) {
+            return Err(format!("extra tensor {name} value {i} is {}, not finite", values[i]));
+        }
+        extras.insert(name, values);
+    }
+    Ok((arch, params, extras))
 }
 
 #[cfg(test)]
@@ -144,11 +195,30 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         save(&path, &arch, &params).unwrap();
         let (arch2, params2) = load(&path).unwrap();
-        assert_eq!((arch2, params2), (arch, params));
+        assert_eq!((arch2, params2), (arch, params.clone()));
         let bytes = std::fs::read(&path).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("0.weight").unwrap().shape(), &[200, 784]);
         assert_eq!(st.tensor("4.bias").unwrap().shape(), &[10]);
+        assert_eq!(st.len(), 6, "a plain model file holds only the model's tensors");
+    }
+
+    #[test]
+    fn extras_round_trip_beside_the_model() {
+        let arch = Architecture::mlp(4, &[3], 2).unwrap();
+        let params: Vec<f32> = (0..arch.layout().len).map(|i| i as f32).collect();
+        let extras = Extras {
+            metadata: HashMap::from([("lazyavg.epoch".to_owned(), "3".to_owned())]),
+            tensors: BTreeMap::from([("lazyavg.velocity".to_owned(), vec![0.5; params.len()])]),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.safetensors");
+        write_bytes_atomic(&path, &to_bytes_with(&arch, &params, &extras).unwrap()).unwrap();
+        let (arch2, params2, extras2) = load_with_extras(&path).unwrap();
+        assert_eq!((arch2, params2, &extras2.tensors), (arch.clone(), params.clone(), &extras.tensors));
+        assert_eq!(extras2.metadata.get("lazyavg.epoch").map(String::as_str), Some("3"));
+        let unprefixed = Extras { tensors: BTreeMap::from([("velocity".to_owned(), vec![1.0])]), ..Extras::default() };
+        assert!(to_bytes_with(&arch, &params, &unprefixed).unwrap_err().to_string().contains("lacks the prefix"));
     }
 
     #[test]

@@ -43,6 +43,16 @@ impl OuterOptimizer {
         Ok(OuterOptimizer { rule, lr, momentum, velocity: Vec::new() })
     }
 
+    /// The velocity, empty until the first step of a rule that keeps one.
+    pub fn velocity(&self) -> &[f32] {
+        &self.velocity
+    }
+
+    /// Continues from a velocity saved with [`velocity`](Self::velocity).
+    pub fn restore(&mut self, velocity: Vec<f32>) {
+        self.velocity = velocity;
+    }
+
     /// Moves `params`, the weights before the round, given the round's `average`.
     pub fn step(&mut self, params: &mut [f32], average: &[f32]) {
         if self.rule == OuterRule::Avg {

@@ -29,20 +29,26 @@ impl TrainStats {
 }
 
 /// Where a stretch of training lies in the run, for the learning-rate
-/// schedule: the run's progress at its first sample, and per sample.
+/// schedule: the position in epochs of its first sample, the epochs each
+/// sample adds, and the run's length in epochs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
     pub start: f64,
     pub per_sample: f64,
+    pub epochs: usize,
 }
 
 impl Progress {
     /// Epoch `epoch` (0-based) of `epochs`, over `samples` samples per epoch,
     /// starting `done` samples in.
     pub fn in_epoch(epoch: usize, epochs: usize, done: usize, samples: usize) -> Self {
-        let per_epoch = 1.0 / epochs.max(1) as f64;
-        let per_sample = per_epoch / samples.max(1) as f64;
-        Progress { start: epoch as f64 * per_epoch + done as f64 * per_sample, per_sample }
+        let per_sample = 1.0 / samples.max(1) as f64;
+        Progress { start: epoch as f64 + done as f64 * per_sample, per_sample, epochs }
+    }
+
+    /// The learning rate `config` schedules `samples` samples into this stretch.
+    pub fn lr(&self, config: &TrainConfig, samples: usize) -> f32 {
+        config.lr_at(self.start + samples as f64 * self.per_sample, self.epochs)
     }
 }
 
@@ -103,9 +109,24 @@ impl Trainer {
     /// One SGD step per `batch_size` indices of `samples` (the last batch may
     /// be smaller), each at the scheduled learning rate for its place in the run.
     pub fn train(&mut self, data: &Dataset, samples: &[u32], progress: Progress) -> TrainStats {
+        self.train_with(data, samples, progress, |_| {})
+    }
+
+    /// [`train`](Self::train), calling `between(params)` before each minibatch:
+    /// the caller's one chance to change the weights between two steps (a
+    /// worker applies an average that arrived while it trained). The optimiser
+    /// state is not offered: momentum stays the replica's own.
+    pub fn train_with(
+        &mut self,
+        data: &Dataset,
+        samples: &[u32],
+        progress: Progress,
+        mut between: impl FnMut(&mut [f32]),
+    ) -> TrainStats {
         let mut stats = TrainStats::default();
         for batch in samples.chunks(self.batch_size) {
-            let lr = self.config.lr_at(progress.start + stats.samples as f64 * progress.per_sample);
+            between(&mut self.params);
+            let lr = progress.lr(&self.config, stats.samples);
             let b = self.workspace.load_batch(data, batch);
             let loss = self.mlp.loss_and_grad(&self.params, &mut self.grads, &mut self.workspace, b);
             self.sgd.step(lr, &mut self.params, &self.grads, &mut self.state);
@@ -174,6 +195,34 @@ mod tests {
         let after = t.evaluate(&data);
         assert!(after.loss < before.loss / 2.0, "{before:?} -> {after:?}");
         assert!(after.accuracy > 0.95, "{after:?}");
+    }
+
+    #[test]
+    fn the_hook_runs_before_every_minibatch_and_its_changes_are_trained_from() {
+        let config = TrainConfig { hidden: vec![8], batch_size: 4, ..TrainConfig::default() };
+        let data = toy_data(&mut Rng::seed_from(4), 40);
+        let order: Vec<u32> = (0..10).collect();
+        let progress = Progress::in_epoch(0, 1, 0, 40);
+        let mut plain = Trainer::new(&config, 16, 10).unwrap();
+        let mut hooked = plain.clone();
+        // A no-op hook changes nothing, bit for bit.
+        let mut calls = 0;
+        let stats = hooked.train_with(&data, &order, progress, |_| calls += 1);
+        assert_eq!(stats, plain.train(&data, &order, progress));
+        assert_eq!((calls, stats.batches), (3, 3));
+        assert_eq!(crate::params::digest(hooked.params()), crate::params::digest(plain.params()));
+        // Weights changed before the second batch are what it steps from.
+        let mut calls = 0;
+        let mut snapshot = Vec::new();
+        hooked.train_with(&data, &order[..8], progress, |p| {
+            calls += 1;
+            if calls == 2 {
+                p.fill(0.0);
+                snapshot = p.to_vec();
+            }
+        });
+        assert!(snapshot.iter().all(|&v| v == 0.0));
+        assert_ne!(hooked.params(), snapshot.as_slice(), "the second step moved on from the zeroed weights");
     }
 
     #[test]

@@ -217,7 +217,7 @@ fn load_bytes(dir: &std::path::Path, bytes: &[u8]) -> Option<(Architecture, Vec<
     let path = dir.join("model.safetensors");
     std::fs::write(&path, bytes).unwrap();
     let loaded = model_file::load(&path);
-    let with_meta = model_file::load_with_metadata(&path);
+    let with_meta = model_file::load_with_extras(&path);
     assert_eq!(loaded.is_ok(), with_meta.is_ok());
     let (arch, params) = loaded.ok()?;
     assert_eq!(params.len(), arch.layout().len);
@@ -265,10 +265,10 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
         model_file::save(&path, &arch, &params).unwrap();
-        let (arch2, params2, meta) = model_file::load_with_metadata(&path).unwrap();
+        let (arch2, params2, extras) = model_file::load_with_extras(&path).unwrap();
         prop_assert_eq!(&arch2, &arch);
         prop_assert_eq!(&params2, &params);
-        prop_assert_eq!(meta.get("lazyavg.architecture"), Some(&arch.to_string()));
+        prop_assert_eq!(extras.metadata.get("lazyavg.architecture"), Some(&arch.to_string()));
         let mut bytes = std::fs::read(&path).unwrap();
         for m in &mutations {
             apply(&mut bytes, m);

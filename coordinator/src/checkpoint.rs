@@ -3,16 +3,17 @@
 //!
 //! A checkpoint is a model file (PyTorch can load it like `model.safetensors`)
 //! whose metadata also records the epoch and, when taken mid-epoch, the images
-//! of that epoch not yet trained. Nothing else is needed: each epoch's
+//! of that epoch not yet trained, and the outer optimiser's velocity as an
+//! extra tensor when it has one. Nothing else is needed: each epoch's
 //! permutation derives from the seed and the epoch number alone, and the
 //! configuration is the run directory's `config.toml`. The previous checkpoint
 //! is kept beside the new one, and each is written atomically, so a crash at
 //! any moment leaves at least one intact.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use lazyavg_common::model_file;
+use lazyavg_common::model_file::{self, Extras};
 use lazyavg_common::params::Architecture;
 use tracing::warn;
 
@@ -22,6 +23,7 @@ const CURRENT: &str = "checkpoint.safetensors";
 const PREVIOUS: &str = "checkpoint.prev.safetensors";
 const EPOCH_KEY: &str = "lazyavg.epoch";
 const REMAINING_KEY: &str = "lazyavg.remaining";
+const OUTER_VELOCITY: &str = "lazyavg.outer_velocity";
 
 /// Where a run stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +33,8 @@ pub struct Checkpoint {
     pub epoch: u64,
     pub remaining: Vec<u32>,
     pub params: Vec<f32>,
+    /// The outer optimiser's velocity (empty for plain averaging).
+    pub outer_velocity: Vec<f32>,
 }
 
 impl Checkpoint {
@@ -51,7 +55,12 @@ pub fn save(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint) -> Result<
         (EPOCH_KEY.to_owned(), checkpoint.epoch.to_string()),
         (REMAINING_KEY.to_owned(), remaining.join(",")),
     ]);
-    let bytes = model_file::to_bytes_with(arch, &checkpoint.params, metadata)?;
+    let tensors = if checkpoint.outer_velocity.is_empty() {
+        BTreeMap::new()
+    } else {
+        BTreeMap::from([(OUTER_VELOCITY.to_owned(), checkpoint.outer_velocity.clone())])
+    };
+    let bytes = model_file::to_bytes_with(arch, &checkpoint.params, &Extras { metadata, tensors })?;
     lazyavg_common::fsutil::write_bytes_atomic(&current, &bytes)?;
     Ok(current)
 }
@@ -74,7 +83,7 @@ pub fn load(dir: &Path, arch: &Architecture) -> Result<Checkpoint> {
 }
 
 fn read(path: &Path, arch: &Architecture) -> Result<Checkpoint> {
-    let (found, params, metadata) = model_file::load_with_metadata(path)?;
+    let (found, params, Extras { metadata, mut tensors }) = model_file::load_with_extras(path)?;
     let bad = |problem: String| Error::Config(format!("{}: {problem}", path.display()));
     if &found != arch {
         return Err(bad(format!("holds a {found} model but the run's configuration makes a {arch}")));
@@ -96,7 +105,15 @@ fn read(path: &Path, arch: &Architecture) -> Result<Checkpoint> {
     if (remaining.is_empty() && epoch == u64::MAX) || (!remaining.is_empty() && epoch == 0) {
         return Err(bad(format!("metadata {EPOCH_KEY} = {epoch} is out of range")));
     }
-    Ok(Checkpoint { epoch, remaining, params })
+    let outer_velocity = tensors.remove(OUTER_VELOCITY).unwrap_or_default();
+    if !outer_velocity.is_empty() && outer_velocity.len() != params.len() {
+        return Err(bad(format!(
+            "{OUTER_VELOCITY} has {} values for {} parameters",
+            outer_velocity.len(),
+            params.len()
+        )));
+    }
+    Ok(Checkpoint { epoch, remaining, params, outer_velocity })
 }
 
 #[cfg(test)]
@@ -108,7 +125,9 @@ mod tests {
     }
 
     fn checkpoint(epoch: u64, remaining: Vec<u32>) -> Checkpoint {
-        Checkpoint { epoch, remaining, params: (0..arch().layout().len).map(|i| i as f32 / 7.0).collect() }
+        let len = arch().layout().len;
+        let outer_velocity = if epoch.is_multiple_of(2) { vec![0.25; len] } else { Vec::new() };
+        Checkpoint { epoch, remaining, params: (0..len).map(|i| i as f32 / 7.0).collect(), outer_velocity }
     }
 
     #[test]
@@ -121,6 +140,7 @@ mod tests {
         save(dir.path(), &arch(), &checkpoint(4, vec![9, 1, 5])).unwrap();
         let back = load(dir.path(), &arch()).unwrap();
         assert_eq!(back.next_epoch(), (4, Some(&[9, 1, 5][..])));
+        assert_eq!(back, checkpoint(4, vec![9, 1, 5]), "the outer velocity comes back too");
     }
 
     #[test]

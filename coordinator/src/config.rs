@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use lazyavg_common::config::{TrainConfig, TrainSettings};
+use lazyavg_common::config::{LrScaling, TrainConfig, TrainSettings};
 use lazyavg_common::outer::{OuterOptimizer, OuterRule};
 use lazyavg_proto::auth::Token;
 use lazyavg_proto::tls::ServerTls;
@@ -37,6 +37,17 @@ const DEFAULT_STRAGGLER_FACTOR: f64 = 0.0;
 const DEFAULT_OUTER_LR: f32 = 0.7;
 const DEFAULT_OUTER_MOMENTUM: f32 = 0.5;
 
+/// From this many workers on, the default outer step is Nesterov rather than
+/// the plain average. Measured over 3 seeds at K = 16 (README): with 8
+/// workers it reaches 98% an epoch sooner (5 vs 6) and ends higher (98.31% vs
+/// 98.15%); with 1 to 4 it is no better and a little worse alone.
+const NESTEROV_FROM_WORKERS: usize = 8;
+
+/// The outer step a cluster of `workers` gets unless told otherwise.
+fn default_outer_rule(workers: usize) -> OuterRule {
+    if workers >= NESTEROV_FROM_WORKERS { OuterRule::Nesterov } else { OuterRule::Avg }
+}
+
 /// How long a run may stay paused for lack of workers before it gives up.
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -60,11 +71,15 @@ pub struct Settings {
     #[serde(flatten)]
     pub train: TrainSettings,
 
+    /// How the workers' learning rate grows with --workers N: none, linear (lr·N) or sqrt (lr·√N) [default: sqrt].
+    #[arg(long, value_name = "RULE")]
+    pub lr_scaling: Option<LrScaling>,
+
     /// Once half the workers have answered a round, wait for the rest F times as long as that took, then go on without them; 0 waits up to --round-timeout [default: 0].
     #[arg(long, value_name = "F")]
     pub straggler_factor: Option<f64>,
 
-    /// The coordinator's step on each round's averaged update: avg (the average itself), sgd or nesterov [default: avg].
+    /// The coordinator's step on each round's averaged update: avg (the average itself), sgd or nesterov [default: avg below 8 workers, nesterov from 8].
     #[arg(long, value_name = "RULE")]
     pub outer_optimizer: Option<OuterRule>,
 
@@ -93,6 +108,11 @@ pub struct Settings {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub round_timeout: Option<Duration>,
+
+    /// Overlap communication with compute: pull a worker's next round as soon as its weights for this one are in, so it trains on while the others report and the average is made; it applies that average as a correction when it arrives [default: off].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlap: bool,
 
     /// Address to listen on for workers [default: 127.0.0.1:7070].
     #[arg(long, value_name = "ADDR:PORT")]
@@ -149,12 +169,16 @@ pub struct Settings {
 /// The validated configuration a coordinator runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoordinatorConfig {
+    /// How workers train; its `lr_scale` comes from `lr_scaling` and `workers`.
     pub train: TrainConfig,
+    pub lr_scaling: LrScaling,
     pub workers: usize,
     pub sync_every: usize,
     pub epochs: usize,
     pub round_timeout: Duration,
     pub straggler_factor: f64,
+    /// `--overlap`: each worker's next pull goes out before the round's average.
+    pub overlap: bool,
     pub outer: OuterOptimizer,
     /// The settings `outer` was made from (recorded in config.toml).
     pub outer_settings: (OuterRule, f32, f32),
@@ -213,12 +237,7 @@ impl Settings {
     /// Applies defaults and validates. `spawn_workers` is the number of local
     /// workers the coordinator starts itself (the default for `workers`).
     pub fn resolve(&self, spawn_workers: usize) -> Result<CoordinatorConfig> {
-        let train = self.train.resolve()?;
-        let outer_settings = (
-            self.outer_optimizer.unwrap_or_default(),
-            self.outer_lr.unwrap_or(DEFAULT_OUTER_LR),
-            self.outer_momentum.unwrap_or(DEFAULT_OUTER_MOMENTUM),
-        );
+        let mut train = self.train.resolve()?;
         let bind = self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
         let token = Token::load(self.token_file.as_deref(), TOKEN_ENV).map_err(Error::Config)?;
         let tls = ServerTls::load(self.tls_cert.as_deref(), self.tls_key.as_deref(), self.tls_client_ca.as_deref())
@@ -233,9 +252,18 @@ impl Settings {
         let positive = |value: usize, flag: &str| {
             if value == 0 { Err(Error::Config(format!("invalid {flag}: must be at least 1"))) } else { Ok(value) }
         };
+        let workers = positive(workers, "--workers")?;
+        let outer_settings = (
+            self.outer_optimizer.unwrap_or_else(|| default_outer_rule(workers)),
+            self.outer_lr.unwrap_or(DEFAULT_OUTER_LR),
+            self.outer_momentum.unwrap_or(DEFAULT_OUTER_MOMENTUM),
+        );
+        let lr_scaling = self.lr_scaling.unwrap_or_default();
+        train.lr_scale = lr_scaling.factor(workers);
         Ok(CoordinatorConfig {
             train,
-            workers: positive(workers, "--workers")?,
+            lr_scaling,
+            workers,
             sync_every: positive(self.sync_every.unwrap_or(16), "--sync-every")?,
             epochs: positive(self.epochs.unwrap_or(10), "--epochs")?,
             round_timeout: match self.round_timeout.unwrap_or(DEFAULT_ROUND_TIMEOUT) {
@@ -248,6 +276,7 @@ impl Settings {
                     return Err(Error::Config(format!("invalid --straggler-factor: must be 0 or at least 1, got {f}")));
                 }
             },
+            overlap: self.overlap,
             outer: OuterOptimizer::new(outer_settings.0, outer_settings.1, outer_settings.2)?,
             outer_settings,
             aggregate: self.aggregate.unwrap_or_default(),
@@ -281,6 +310,7 @@ impl CoordinatorConfig {
             epochs: Some(self.epochs),
             round_timeout: Some(self.round_timeout),
             straggler_factor: Some(self.straggler_factor),
+            overlap: self.overlap,
             outer_optimizer: Some(self.outer_settings.0),
             outer_lr: Some(self.outer_settings.1),
             outer_momentum: Some(self.outer_settings.2),
@@ -288,6 +318,7 @@ impl CoordinatorConfig {
             min_workers: Some(self.min_workers),
             max_wait: Some(self.max_wait),
             train: TrainSettings::from_config(&self.train),
+            lr_scaling: Some(self.lr_scaling),
             bind: Some(self.bind),
             token_file: self.token_file.clone(),
             tls_cert: self.tls_cert.clone(),
@@ -342,8 +373,11 @@ mod tests {
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.toml");
-        std::fs::write(&path, "epochs = 3\nlr = 0.2\nhidden = [64, 32]\nverify = true\nround_timeout = \"2s\"\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "epochs = 3\nlr = 0.2\nhidden = [64, 32]\nverify = true\nround_timeout = \"2s\"\noverlap = true\n",
+        )
+        .unwrap();
         let file = Settings::from_file(&path).unwrap();
         let flags = Settings { epochs: Some(5), ..Settings::default() };
         let config = file.overlay(&flags).unwrap().resolve(3).unwrap();
@@ -351,8 +385,27 @@ mod tests {
         assert_eq!(config.train.hidden, vec![64, 32]);
         assert!(config.verify);
         assert_eq!(config.round_timeout, Duration::from_secs(2));
+        assert!(config.overlap && !Settings::default().resolve(0).unwrap().overlap, "--overlap is off by default");
         // The recorded settings reproduce the configuration.
         assert_eq!(config.to_settings().resolve(0).unwrap(), config);
+    }
+
+    #[test]
+    fn the_cluster_size_sets_the_learning_rate_scale_and_the_outer_step() {
+        let resolve = |settings: Settings, n: usize| settings.resolve(n).unwrap();
+        let two = resolve(Settings::default(), 2);
+        assert_eq!((two.train.lr_scale, two.outer_settings.0), (2f32.sqrt(), OuterRule::Avg));
+        let eight = resolve(Settings::default(), 8);
+        assert_eq!((eight.train.peak_lr(), eight.outer_settings.0), (0.05 * 8f32.sqrt(), OuterRule::Nesterov));
+        let chosen = Settings {
+            lr_scaling: Some(LrScaling::None),
+            outer_optimizer: Some(OuterRule::Avg),
+            ..Settings::default()
+        };
+        let eight = resolve(chosen, 8);
+        assert_eq!((eight.train.lr_scale, eight.outer_settings.0), (1.0, OuterRule::Avg));
+        let again = eight.to_settings().resolve(0).unwrap();
+        assert_eq!((again.train, again.outer_settings), (eight.train, eight.outer_settings));
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum Error {
     },
     #[error("local worker {name} exited with {status} before training finished")]
     WorkerExited { name: String, status: std::process::ExitStatus },
+    #[error(
+        "{cause}; the peak learning rate was {peak_lr} (--lr times the --lr-scaling factor): lower --lr or --lr-scaling"
+    )]
+    Diverged { cause: RoundError, peak_lr: f32 },
     #[error("stopped by {0} before training finished")]
     Interrupted(&'static str),
     #[error("only {alive} of the {min} workers needed (--min-workers) after waiting {}; giving up", humantime::format_duration(*waited))]
@@ -66,7 +70,9 @@ impl From<&RoundError> for Status {
             RoundError::Stale { .. } | RoundError::Future { .. } => Status::out_of_range(message),
             RoundError::NonFinite { .. } | RoundError::Chunk(_) => Status::invalid_argument(message),
             RoundError::NotInRound(_) | RoundError::Duplicate(_) => Status::failed_precondition(message),
-            RoundError::Empty { .. } | RoundError::Tainted { .. } => Status::internal(message),
+            RoundError::Empty { .. } | RoundError::Tainted { .. } | RoundError::Diverged { .. } => {
+                Status::internal(message)
+            }
         }
     }
 }

@@ -94,7 +94,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         );
         checkpoint
     } else {
-        Checkpoint { epoch: 0, remaining: Vec::new(), params: mlp.init(&mut Rng::derive(config.train.seed, 0)) }
+        let params = mlp.init(&mut Rng::derive(config.train.seed, 0));
+        Checkpoint { epoch: 0, remaining: Vec::new(), params, outer_velocity: Vec::new() }
     };
 
     let (events_tx, events) = mpsc::channel(1024);

@@ -32,7 +32,12 @@ pub struct EpochRecord {
     pub distinct_images: u64,
     /// Images trained more than once this epoch (0 unless a worker left mid-round).
     pub repeated_images: u64,
+    /// Wall time of the epoch's rounds (not its evaluation).
     pub seconds: f64,
+    /// Wall time since the first epoch of this process began training, up to
+    /// the end of this epoch's evaluation: the x axis of time-to-accuracy plots.
+    /// Restarts from 0 on `--resume`.
+    pub elapsed: f64,
     pub samples_per_s: f64,
     /// Share of the epoch's wall time the workers did not spend training.
     pub sync_share: f64,

@@ -66,6 +66,10 @@ pub enum RoundError {
     Empty { epoch: u64, round: u64 },
     #[error("epoch {epoch} round {round} must be redone: a worker left after part of its weights were summed")]
     Tainted { epoch: u64, round: u64 },
+    /// No worker sent usable weights and some sent non-finite ones: they
+    /// would send the same again, so redoing the round cannot help.
+    #[error("training diverged: no usable weights in epoch {epoch} round {round}, some were non-finite")]
+    Diverged { epoch: u64, round: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +112,8 @@ pub struct Round {
     len: usize,
     acc: Accumulator,
     tainted: bool,
+    /// Some worker was excluded for sending a non-finite value.
+    non_finite: bool,
 }
 
 impl Round {
@@ -143,7 +149,7 @@ impl Round {
                 (id, part)
             })
             .collect();
-        Round { epoch, round, parts, len, acc, tainted: false }
+        Round { epoch, round, parts, len, acc, tainted: false, non_finite: false }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -157,6 +163,11 @@ impl Round {
     /// Workers whose whole contribution has arrived.
     pub fn completed(&self) -> usize {
         self.parts.values().filter(|p| p.state == State::Complete).count()
+    }
+
+    /// Whether all of `worker`'s weights have arrived (and it is still in the round).
+    pub fn has_sent(&self, worker: WorkerId) -> bool {
+        self.parts.get(&worker).is_some_and(|p| p.state == State::Complete)
     }
 
     /// Workers that have not finished sending (for timeouts and logs).
@@ -210,6 +221,7 @@ impl Round {
         if let Some(bad) = decode_values(&chunk.data).position(|v| !v.is_finite()) {
             let summed = part.state == State::Receiving;
             part.state = State::Excluded;
+            self.non_finite = true;
             self.forget(worker, summed);
             return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
@@ -266,7 +278,7 @@ impl Round {
     /// at the round's deadline, after excluding the missing workers); only
     /// complete contributions count.
     pub fn finish(self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Vec<f64>) {
-        let Round { epoch, round, parts, acc, tainted, .. } = self;
+        let Round { epoch, round, parts, acc, tainted, non_finite, .. } = self;
         // A worker caught mid-transfer has part of its weights in a weighted
         // sum (so the round is spoiled); a gathered partial buffer is ignored.
         let partly_summed = parts.values().any(|p| p.state == State::Receiving);
@@ -276,6 +288,8 @@ impl Round {
         let samples: u64 = done.iter().map(|(_, p)| p.weight).sum();
         let failure = if tainted {
             Some(RoundError::Tainted { epoch, round })
+        } else if done.is_empty() && non_finite {
+            Some(RoundError::Diverged { epoch, round })
         } else if done.is_empty() || samples == 0 {
             Some(RoundError::Empty { epoch, round })
         } else {
@@ -352,8 +366,9 @@ mod tests {
         let mut round = Round::new(1, 0, &[(1, 30), (2, 10)], 3, Vec::new());
         send(&mut round, 1, &[1.0, 2.0, -4.0]).unwrap();
         assert!(!round.is_complete());
+        assert!(round.has_sent(1) && !round.has_sent(2) && !round.has_sent(3));
         send(&mut round, 2, &[5.0, 2.0, 4.0]).unwrap();
-        assert!(round.is_complete());
+        assert!(round.is_complete() && round.has_sent(2));
         let mut avg = [0.0; 3];
         let summary = round.finish(&mut avg).0.unwrap();
         assert_eq!(avg, [2.0, 2.0, -2.0]);
@@ -407,6 +422,18 @@ mod tests {
         let mut out = [0.0; 2];
         let summary = round.finish(&mut out).0.unwrap();
         assert_eq!((out, summary.contributors), ([3.0, 4.0], vec![(2, 1)]));
+    }
+
+    #[test]
+    fn a_round_with_only_non_finite_weights_has_diverged() {
+        let mut round = Round::new(1, 4, &[(1, 1), (2, 1)], 2, Vec::new());
+        assert!(send(&mut round, 1, &[f32::INFINITY, 0.0]).is_err());
+        assert!(send(&mut round, 2, &[0.0, f32::NAN]).is_err());
+        assert!(round.is_complete());
+        assert_eq!(round.finish(&mut [0.0; 2]).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 4 });
+        let mut silent = Round::new(1, 5, &[(1, 1)], 2, Vec::new());
+        silent.exclude(1);
+        assert_eq!(silent.finish(&mut [0.0; 2]).0.unwrap_err(), RoundError::Empty { epoch: 1, round: 5 });
     }
 
     #[test]
@@ -464,6 +491,7 @@ mod tests {
         let mut mean = Round::new(1, 0, &[(1, 1), (2, 1)], 1, Vec::new());
         send(&mut mean, 1, &[2.0]).unwrap();
         mean.exclude(1);
+        assert!(!mean.has_sent(1), "an excluded worker's weights do not count");
         send(&mut mean, 2, &[4.0]).unwrap();
         let mut out = [0.0];
         assert!(matches!(mean.finish(&mut out).0, Err(RoundError::Tainted { .. })));

@@ -31,11 +31,13 @@ fn checkpoint_strategy() -> impl Strategy<Value = Checkpoint> {
         prop_oneof![0u64..100, 0..u64::MAX],
         prop::collection::vec(any::<u32>(), 0..40),
         prop::collection::vec(-1e3f32..1e3, len),
+        any::<bool>(),
     )
-        .prop_map(|(epoch, remaining, params)| {
+        .prop_map(|(epoch, remaining, params, with_velocity)| {
             // A mid-epoch checkpoint is of an epoch that has started (the first is 1).
             let epoch = if remaining.is_empty() { epoch } else { epoch.max(1) };
-            Checkpoint { epoch, remaining, params }
+            let outer_velocity = if with_velocity { params.iter().map(|v| v / 3.0).collect() } else { Vec::new() };
+            Checkpoint { epoch, remaining, params, outer_velocity }
         })
 }
 
@@ -172,7 +174,8 @@ proptest! {
             meta.insert("lazyavg.remaining".to_owned(), r);
         }
         let params = vec![0.5f32; arch().layout().len];
-        let bytes = model_file::to_bytes_with(&arch(), &params, meta).unwrap();
+        let extras = model_file::Extras { metadata: meta, ..Default::default() };
+        let bytes = model_file::to_bytes_with(&arch(), &params, &extras).unwrap();
         std::fs::write(dir.path().join(CURRENT), bytes).unwrap();
         load(dir.path());
     }
@@ -410,14 +413,19 @@ fn checkpoint_epochs_that_would_overflow_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let params = vec![0.5f32; arch().layout().len];
     for (epoch, remaining) in [(u64::MAX, vec![]), (0, vec![4, 2])] {
-        checkpoint::save(dir.path(), &arch(), &Checkpoint { epoch, remaining, params: params.clone() }).unwrap();
+        checkpoint::save(
+            dir.path(),
+            &arch(),
+            &Checkpoint { epoch, remaining, params: params.clone(), outer_velocity: Vec::new() },
+        )
+        .unwrap();
         std::fs::remove_file(dir.path().join(PREVIOUS)).ok();
         let err = checkpoint::load(dir.path(), &arch()).unwrap_err().to_string();
         assert!(err.contains("lazyavg.epoch = ") && err.contains("out of range"), "{err}");
     }
     // The extremes that are fine still load.
     for (epoch, remaining) in [(u64::MAX - 1, vec![]), (u64::MAX, vec![1]), (0, vec![])] {
-        let cp = Checkpoint { epoch, remaining, params: params.clone() };
+        let cp = Checkpoint { epoch, remaining, params: params.clone(), outer_velocity: Vec::new() };
         checkpoint::save(dir.path(), &arch(), &cp).unwrap();
         assert_eq!(checkpoint::load(dir.path(), &arch()).unwrap(), cp);
     }

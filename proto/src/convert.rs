@@ -18,6 +18,8 @@ impl From<&RunSpec> for pb::RunConfig {
             schedule: t.schedule.name().to_owned(),
             seed: t.seed,
             epochs: spec.epochs as u32,
+            lr_scale: t.lr_scale,
+            warmup_epochs: t.warmup_epochs,
         }
     }
 }
@@ -39,6 +41,8 @@ impl TryFrom<pb::RunConfig> for RunSpec {
             nesterov: c.nesterov,
             schedule: LrSchedule::from_name(&c.schedule)
                 .ok_or_else(|| ProtoError::Config(format!("unknown schedule {:?}", c.schedule)))?,
+            warmup_epochs: c.warmup_epochs,
+            lr_scale: c.lr_scale,
             seed: c.seed,
         };
         train.validate().map_err(|e| ProtoError::Config(e.to_string()))?;
@@ -78,7 +82,7 @@ mod tests {
 
     #[test]
     fn run_config_round_trip() {
-        let train = TrainConfig { hidden: vec![30, 20], lr: 0.1, ..TrainConfig::default() };
+        let train = TrainConfig { hidden: vec![30, 20], lr: 0.1, lr_scale: 2.0, ..TrainConfig::default() };
         let spec = RunSpec { arch: train.architecture(784, 10).unwrap(), train, epochs: 3 };
         let back = RunSpec::try_from(pb::RunConfig::from(&spec)).unwrap();
         assert_eq!(back, spec);
@@ -93,7 +97,10 @@ mod tests {
         assert!(RunSpec::try_from(msg.clone()).is_err());
         msg.batch_size = 32;
         msg.widths = vec![784];
-        assert!(RunSpec::try_from(msg).is_err());
+        assert!(RunSpec::try_from(msg.clone()).is_err());
+        msg.widths = vec![784, 10];
+        msg.lr_scale = 0.0;
+        assert!(RunSpec::try_from(msg).is_err(), "a config without a scale factor is refused");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod pb {
 }
 
 /// Version of the protocol in `lazyavg.proto`; Join refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The most payload bytes one message carries (weights, dataset, indices).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

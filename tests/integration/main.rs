@@ -12,10 +12,14 @@
 //!   or interrupted and resumed; too few workers; hostile gRPC messages;
 //!   strangers without the token or the right TLS certificate.
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
+//! - `overlap`: `--overlap`, training that goes on while a round is averaged.
+//! - `scaling`: `lazyavg bench scaling` end to end.
 
 mod cluster;
 mod faults;
 mod harness;
 mod netns;
+mod overlap;
+mod scaling;
 mod support;
 mod training;

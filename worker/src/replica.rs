@@ -1,15 +1,24 @@
-//! The worker's model replica: its trainer, the training set and this epoch's
-//! shard. Synchronous and CPU-bound; the session runs it off the async runtime.
+//! The worker's model replica: its trainer, the training set, this epoch's
+//! shard, and the weights it last sent. Synchronous and CPU-bound; the
+//! session runs it off the async runtime.
+//!
+//! An average tagged with the round the replica last sent weights for is
+//! applied as a correction, `w ← avg + (w − w_sent)`: under `--overlap` the
+//! replica trained on after sending, and keeps that progress on top of the
+//! average. With no step since sending it is a plain copy of the average, so
+//! without `--overlap` every worker holds exactly the average, bit for bit.
+//! An average that arrives while a pull trains is handed over in an
+//! [`AverageSlot`] and applied between two minibatches.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::model::Mlp;
 use lazyavg_common::train::{Progress, Trainer};
-use lazyavg_proto::chunks::decode_into;
+use lazyavg_proto::chunks::{decode_into, decode_values};
 use lazyavg_proto::convert::decode_indices;
 use lazyavg_proto::{ProtoError, pb};
 
@@ -22,8 +31,84 @@ pub struct Replica {
     epochs: usize,
     epoch: u64,
     shard: Vec<u32>,
-    /// Seconds spent in SGD steps since the session started.
-    pub train_seconds: f64,
+    /// The weights as last sent (valid while `awaiting` is set).
+    sent: Vec<f32>,
+    /// Minibatches trained since sending `sent`, while its average is awaited.
+    awaiting: Option<usize>,
+    slot: Arc<AverageSlot>,
+}
+
+/// How an average was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The weights are now exactly the average.
+    Replaced,
+    /// The average plus what was trained in `steps` minibatches since sending.
+    Corrected { steps: usize },
+}
+
+/// An average handed from the session to the thread that is training, which
+/// applies it as a correction before its next minibatch. A std mutex: held
+/// for a pointer swap, once per minibatch, never across an await.
+#[derive(Debug, Default)]
+pub struct AverageSlot(Mutex<SlotState>);
+
+#[derive(Debug, Default)]
+struct SlotState {
+    pending: Option<Vec<f32>>,
+    /// A buffer to assemble the next average in, so rounds do not reallocate.
+    spare: Option<Vec<f32>>,
+}
+
+impl AverageSlot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A buffer of `len` values to assemble an average in.
+    pub fn buffer(&self, len: usize) -> Vec<f32> {
+        match self.lock().spare.take() {
+            Some(buffer) if buffer.len() == len => buffer,
+            _ => vec![0.0; len],
+        }
+    }
+
+    /// Hands an average to the training thread.
+    pub fn put(&self, average: Vec<f32>) {
+        self.lock().pending = Some(average);
+    }
+
+    /// Gives a buffer back for the next average.
+    pub fn recycle(&self, buffer: Vec<f32>) {
+        self.lock().spare = Some(buffer);
+    }
+
+    fn take(&self) -> Option<Vec<f32>> {
+        self.lock().pending.take()
+    }
+}
+
+/// `w ← avg + (w − sent)`: the average, plus what this replica trained since
+/// it sent `sent`.
+pub fn correct(w: &mut [f32], average: impl IntoIterator<Item = f32>, sent: &[f32]) {
+    for ((w, avg), &sent) in w.iter_mut().zip(average).zip(sent) {
+        *w = avg + (*w - sent);
+    }
+}
+
+/// Applies a whole average to `params`: a correction when one is awaited
+/// (`awaiting`, taken) and a step was trained since sending, else a copy.
+fn apply(params: &mut [f32], average: &[f32], sent: &[f32], awaiting: &mut Option<usize>) -> Applied {
+    match awaiting.take() {
+        Some(steps) if steps > 0 => {
+            correct(params, average.iter().copied(), sent);
+            Applied::Corrected { steps }
+        }
+        _ => {
+            params.copy_from_slice(average);
+            Applied::Replaced
+        }
+    }
 }
 
 impl Replica {
@@ -40,8 +125,18 @@ impl Replica {
         }
         let mlp = Mlp::new(spec.arch.clone());
         let params = vec![0.0; mlp.len()];
+        let sent = params.clone();
         let trainer = Trainer::with_params(&spec.train, mlp, params)?;
-        Ok(Replica { trainer, data, epochs: spec.epochs, epoch: 0, shard: Vec::new(), train_seconds: 0.0 })
+        Ok(Replica {
+            trainer,
+            data,
+            epochs: spec.epochs,
+            epoch: 0,
+            shard: Vec::new(),
+            sent,
+            awaiting: None,
+            slot: Arc::default(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -56,10 +151,52 @@ impl Replica {
         self.trainer.params()
     }
 
-    /// Writes received weights for `range` of the parameter buffer straight
-    /// into the model (no staging copy).
-    pub fn receive(&mut self, range: Range<usize>, data: &[u8]) {
-        decode_into(&mut self.trainer.params_mut()[range], data);
+    /// Where the session leaves an average for this replica while it trains.
+    pub fn slot(&self) -> Arc<AverageSlot> {
+        Arc::clone(&self.slot)
+    }
+
+    /// Remembers the weights just sent: their average will be applied as a
+    /// correction of whatever is trained until it comes.
+    pub fn mark_sent(&mut self) {
+        self.sent.copy_from_slice(self.trainer.params());
+        self.awaiting = Some(0);
+    }
+
+    /// Writes one chunk of an average for `range` of the parameter buffer
+    /// straight into the model: as a correction if `correction` (it is the
+    /// average of the weights last sent) and a step was trained since, else
+    /// as a copy. Call [`Replica::received`] after the last chunk.
+    pub fn receive(&mut self, range: Range<usize>, data: &[u8], correction: bool) {
+        let params = &mut self.trainer.params_mut()[range.clone()];
+        match self.awaiting {
+            Some(steps) if correction && steps > 0 => correct(params, decode_values(data), &self.sent[range]),
+            _ => decode_into(params, data),
+        }
+    }
+
+    /// The last chunk of an average went in through [`Replica::receive`].
+    pub fn received(&mut self, correction: bool) -> Applied {
+        match self.awaiting.take() {
+            Some(steps) if correction && steps > 0 => Applied::Corrected { steps },
+            _ => Applied::Replaced,
+        }
+    }
+
+    /// Applies a whole average: a correction if `correction`, else a replacement.
+    pub fn apply(&mut self, average: &[f32], correction: bool) -> Applied {
+        if !correction {
+            self.awaiting = None;
+        }
+        apply(self.trainer.params_mut(), average, &self.sent, &mut self.awaiting)
+    }
+
+    /// Applies an average left in the slot that training finished too soon to take.
+    pub fn apply_pending(&mut self) -> Option<Applied> {
+        let average = self.slot.take()?;
+        let applied = self.apply(&average, true);
+        self.slot.recycle(average);
+        Some(applied)
     }
 
     /// Replaces or extends the shard.
@@ -80,7 +217,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Trains the pulled range of the shard and reports on it.
+    /// Trains the pulled range of the shard and reports on it. An average put
+    /// in the slot meanwhile is applied before the next minibatch.
     pub fn train(&mut self, pull: &pb::PullWeights) -> Result<pb::RoundReport> {
         let (from, until) = (pull.train_from as usize, pull.train_until as usize);
         if pull.epoch != self.epoch || from > until || until > self.shard.len() {
@@ -94,15 +232,91 @@ impl Replica {
         let started = Instant::now();
         let epoch_index = (pull.epoch as usize).saturating_sub(1);
         let progress = Progress::in_epoch(epoch_index, self.epochs, from, self.shard.len());
-        let stats = self.trainer.train(&self.data, &self.shard[from..until], progress);
-        let seconds = started.elapsed().as_secs_f64();
-        self.train_seconds += seconds;
+        let Replica { trainer, data, shard, sent, awaiting, slot, .. } = self;
+        let mut applying = 0.0;
+        let stats = trainer.train_with(data, &shard[from..until], progress, |params| {
+            if let Some(average) = slot.take() {
+                let started = Instant::now();
+                apply(params, &average, sent, awaiting);
+                slot.recycle(average);
+                applying += started.elapsed().as_secs_f64();
+            }
+            if let Some(steps) = awaiting.as_mut() {
+                *steps += 1;
+            }
+        });
         Ok(pb::RoundReport {
             epoch: pull.epoch,
             round: pull.round,
             loss_sum: stats.loss_sum,
             samples: stats.samples as u64,
-            train_seconds: seconds,
+            // Time in SGD steps, not in applying an average.
+            train_seconds: (started.elapsed().as_secs_f64() - applying).max(0.0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_correction_adds_the_local_progress_to_the_average() {
+        let sent = [1.0f32, 2.0, -3.0, 0.5];
+        let mut w = [1.5f32, 2.0, -2.0, 0.25];
+        let average = [0.0f32, 1.0, -1.0, 1.0];
+        correct(&mut w, average, &sent);
+        assert_eq!(w, [0.5, 1.0, 0.0, 0.75]);
+    }
+
+    #[test]
+    fn without_a_step_since_sending_the_average_is_copied_bit_for_bit() {
+        // -0.0 + (w - w) would give +0.0: a copy keeps every bit.
+        let average = [-0.0f32, 1.0e-30, f32::MAX, 3.0];
+        let sent = [5.0f32, -1.0, 2.0, 7.0];
+        let mut w = sent;
+        let mut awaiting = Some(0);
+        assert_eq!(apply(&mut w, &average, &sent, &mut awaiting), Applied::Replaced);
+        assert!(w.iter().zip(&average).all(|(a, b)| a.to_bits() == b.to_bits()), "{w:?}");
+        assert_eq!(awaiting, None, "the awaited average was applied");
+        // Not awaited (another round's average): a copy even after steps.
+        let mut w = [9.0f32; 4];
+        assert_eq!(apply(&mut w, &average, &sent, &mut None), Applied::Replaced);
+        assert_eq!(w.map(f32::to_bits), average.map(f32::to_bits));
+    }
+
+    #[test]
+    fn after_steps_the_awaited_average_is_a_correction_chunk_by_chunk_or_whole() {
+        let sent: Vec<f32> = (0..10).map(|i| i as f32 * 0.25).collect();
+        let trained: Vec<f32> = sent.iter().map(|v| v + 0.125).collect();
+        let average: Vec<f32> = (0..10).map(|i| 1.0 - i as f32 * 0.5).collect();
+        let expected: Vec<f32> = average.iter().map(|a| a + 0.125).collect();
+
+        let mut whole = trained.clone();
+        let applied = apply(&mut whole, &average, &sent, &mut Some(3));
+        assert_eq!((applied, &whole), (Applied::Corrected { steps: 3 }, &expected));
+
+        let bytes: Vec<u8> = average.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut chunked = trained.clone();
+        for (range, data) in [(0..4, &bytes[..16]), (4..10, &bytes[16..])] {
+            correct(&mut chunked[range.clone()], decode_values(data), &sent[range]);
+        }
+        assert_eq!(chunked, expected);
+    }
+
+    #[test]
+    fn the_slot_hands_over_one_average_and_recycles_buffers() {
+        let slot = AverageSlot::default();
+        assert!(slot.take().is_none());
+        let buffer = slot.buffer(3);
+        assert_eq!(buffer, [0.0; 3]);
+        slot.put(vec![1.0, 2.0, 3.0]);
+        let taken = slot.take().expect("pending");
+        assert!(slot.take().is_none(), "taken once");
+        slot.recycle(taken);
+        assert_eq!(slot.buffer(3), [1.0, 2.0, 3.0], "the spare comes back");
+        assert_eq!(slot.buffer(3), [0.0; 3], "and only once");
+        slot.recycle(vec![1.0; 2]);
+        assert_eq!(slot.buffer(3).len(), 3, "a spare of another length is not used");
     }
 }

@@ -22,10 +22,18 @@ impl Driver {
             remaining.extend_from_slice(pending);
         }
         // An empty list means every image was averaged in: the epoch is complete.
-        self.save_checkpoint(Checkpoint { epoch: self.epoch, remaining, params: self.params.clone() });
+        self.save_checkpoint(self.epoch, remaining);
     }
 
-    pub(super) fn save_checkpoint(&self, checkpoint: Checkpoint) {
+    /// Writes the current model and outer velocity as epoch `epoch` with
+    /// `remaining` images still to train.
+    pub(super) fn save_checkpoint(&self, epoch: u64, remaining: Vec<u32>) {
+        let checkpoint = Checkpoint {
+            epoch,
+            remaining,
+            params: self.params.clone(),
+            outer_velocity: self.outer.velocity().to_vec(),
+        };
         let digest = digest(&checkpoint.params);
         match checkpoint::save(&self.config.out_dir, self.mlp.arch(), &checkpoint) {
             Ok(path) => info!(

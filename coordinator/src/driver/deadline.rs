@@ -31,6 +31,13 @@ impl RoundDeadline {
         self.at
     }
 
+    /// `--overlap`: some pulls of the round went out ahead, at `since`. The
+    /// quorum's pace is measured from there, or workers that started early
+    /// would make the others look slow. The hard timeout still runs from now.
+    pub(super) fn head_start(&mut self, since: Instant) {
+        self.started = self.started.min(since);
+    }
+
     /// Tightens the deadline once `completed` contributions reach the quorum.
     pub(super) fn progress(&mut self, completed: usize) {
         if self.tightened || completed < self.quorum {
@@ -58,6 +65,22 @@ mod tests {
         let tightened = d.at();
         d.progress(3);
         assert_eq!(d.at(), tightened, "tightened once");
+    }
+
+    #[test]
+    pub(super) fn a_head_start_counts_towards_the_quorum_pace_not_the_timeout() {
+        let now = Instant::now();
+        let mut early = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
+        let hard = early.at();
+        early.head_start(now - Duration::from_secs(1));
+        assert_eq!(early.at(), hard, "the timeout runs from the round's start");
+        early.progress(1);
+        // One second since the pulls went out: the other gets two more.
+        assert!(early.at() >= Instant::now() + Duration::from_millis(1900), "{:?}", early.at() - Instant::now());
+        let mut late = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
+        late.head_start(Instant::now() + Duration::from_secs(5));
+        late.progress(1);
+        assert!(late.at() < Instant::now() + Duration::from_secs(1), "a later `since` changes nothing");
     }
 
     #[test]

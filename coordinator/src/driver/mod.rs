@@ -100,6 +100,10 @@ pub struct Driver {
     metrics: MetricsFile,
     dump: Option<RoundDump>,
     progress: EpochProgress,
+    /// `--overlap`: pulls sent ahead, from one round to the next.
+    pipeline: rounds::Pipeline,
+    /// When the first epoch of this process began training (for `elapsed`).
+    training_started: Option<Instant>,
 }
 
 impl Driver {
@@ -115,7 +119,8 @@ impl Driver {
         metrics: MetricsFile,
         dump: Option<RoundDump>,
     ) -> Self {
-        let outer = config.outer.clone();
+        let mut outer = config.outer.clone();
+        outer.restore(start.outer_velocity.clone());
         let (first_epoch, remaining) = start.next_epoch();
         let resume_remaining = remaining.map(<[u32]>::to_vec);
         Driver {
@@ -140,6 +145,8 @@ impl Driver {
             metrics,
             dump,
             progress: EpochProgress::default(),
+            pipeline: rounds::Pipeline::default(),
+            training_started: None,
         }
     }
 
@@ -196,7 +203,7 @@ impl Driver {
                     return Err(err);
                 }
             }
-            self.save_checkpoint(Checkpoint { epoch, remaining: Vec::new(), params: self.params.clone() });
+            self.save_checkpoint(epoch, Vec::new());
         }
         let last = match last {
             Some(last) => last,
@@ -215,6 +222,7 @@ impl Driver {
     async fn run_epoch(&mut self, epoch: u64) -> Result<Evaluation> {
         self.ensure_min_workers().await?;
         let started = Instant::now();
+        let training_started = *self.training_started.get_or_insert(started);
         self.epoch = epoch;
         match self.resume_remaining.take() {
             Some(remaining) => {
@@ -266,6 +274,7 @@ impl Driver {
             distinct_images: self.ledger.distinct(),
             repeated_images: self.ledger.repeated(),
             seconds,
+            elapsed: training_started.elapsed().as_secs_f64(),
             samples_per_s: tally.samples as f64 / seconds,
             sync_share: (1.0 - tally.train_seconds / seconds).clamp(0.0, 1.0),
             workers: self.workers.len(),

@@ -2,6 +2,20 @@
 //! contributions until the round is complete or its deadline passes, push the
 //! average, record it; and the round benchmark, which does the same without
 //! training.
+//!
+//! With `--overlap`, a worker whose weights for round r are all in is sent
+//! its pulls for rounds r + 1 and r + 2 at once ([`PULLS_AHEAD`]; each with
+//! `after_round` the round before it), so it trains while the others report
+//! and the average is made, and starts the next range as soon as it has sent
+//! its weights. It applies round r's average as a correction when it comes,
+//! and sends its weights for r + 1 only after that: never more than one round
+//! ahead of the average. A round sends nothing new to a worker whose pull
+//! went ahead. If round r is abandoned, round r + 1 (its redo) re-sends the
+//! pulls that waited for it without the wait, the worker's weights counting
+//! for both rounds' samples (its shard table says it trained `done..until`
+//! since its last average), and sends none ahead itself: after anything
+//! irregular, one plain round. A worker with pulls ahead whose weights are
+//! not in a round's average (non-finite) trains no more of the epoch.
 
 use std::time::Instant;
 
@@ -9,13 +23,30 @@ use lazyavg_common::params::digest;
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
+use lazyavg_proto::pb::worker_message::Kind as Reply;
 use tracing::{debug, info, warn};
 
 use super::Driver;
 use super::deadline::RoundDeadline;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::RoundRecord;
-use crate::round::{Aggregate, Round, RoundSummary, WorkerId};
+use crate::round::{Aggregate, Round, RoundError, RoundSummary, WorkerId};
+use crate::schedule::PullPlan;
+use crate::service::Event;
+
+/// `--overlap`: how many pulls a worker has queued after the one it trains.
+/// One is the least that lets it train while the average is made; with two,
+/// it does not wait for its next pull to come back either.
+const PULLS_AHEAD: usize = 2;
+
+/// `--overlap`: what a round leaves to the next one.
+#[derive(Debug, Default)]
+pub(super) struct Pipeline {
+    /// When the first pull for the next round went out ahead.
+    since: Option<tokio::time::Instant>,
+    /// The round was abandoned: the next one sends no pulls ahead.
+    suspended: bool,
+}
 
 impl Driver {
     /// Times `rounds` rounds in which every worker trains nothing but sends
@@ -73,26 +104,45 @@ impl Driver {
             Aggregate::Mean => Round::new(epoch, round, weights, len, std::mem::take(&mut self.sum)),
             rule => Round::aggregating(epoch, round, weights, len, rule),
         };
+        let head_start = self.pipeline.since.take();
+        let ahead = self.config.overlap && !std::mem::take(&mut self.pipeline.suspended);
         for &(id, from, until) in plan {
             // After an abandoned round a worker still holds what it trained for
-            // it (no average came since): it is asked only for those weights.
-            let train_from = match self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
-                Some(shard) => {
-                    let start = shard.trained.clamp(from, until);
-                    shard.trained = until;
-                    start
-                }
-                None => from,
+            // it (no average came since): it is asked only for the rest.
+            let pull = match self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
+                Some(shard) => shard.pull(round, from, until),
+                None => PullPlan::Send { train_from: from },
             };
-            let pull = pb::PullWeights { epoch, round, train_from: train_from as u64, train_until: until as u64 };
+            let train_from = match pull {
+                PullPlan::Send { train_from } | PullPlan::Release { train_from } => train_from,
+                PullPlan::Ahead => continue,
+            };
+            let pull = pb::PullWeights {
+                epoch,
+                round,
+                train_from: train_from as u64,
+                train_until: until as u64,
+                after_round: 0,
+            };
             self.send(id, Command::Pull(pull));
         }
         let mut deadline = RoundDeadline::new(self.config.round_timeout, self.config.straggler_factor, plan.len());
+        if let Some(since) = head_start {
+            deadline.head_start(since);
+        }
         while !open.is_complete() {
             match tokio::time::timeout_at(deadline.at(), self.next_event()).await {
                 Ok(event) => {
-                    self.on_event(event?, Some(&mut open));
+                    let event = event?;
+                    let weights_from = match &event {
+                        Event::Message { id, reply: Reply::Weights(_) } => Some(*id),
+                        _ => None,
+                    };
+                    self.on_event(event, Some(&mut open));
                     deadline.progress(open.completed());
+                    if let Some(id) = weights_from.filter(|&id| ahead && open.has_sent(id)) {
+                        self.pull_ahead(id, epoch, round, plan);
+                    }
                 }
                 Err(_) => self.drop_stragglers(&mut open),
             }
@@ -101,12 +151,17 @@ impl Driver {
         self.sum = sum;
         let summary = match result {
             Ok(summary) => summary,
+            Err(cause @ RoundError::Diverged { .. }) => {
+                return Err(Error::Diverged { cause, peak_lr: self.config.train.peak_lr() });
+            }
             Err(err) => {
                 warn!(epoch, round, error = %err, "round abandoned; redoing it with the workers left");
+                self.pipeline.suspended = true;
                 return Ok(None);
             }
         };
         self.outer.step(&mut self.params, &self.average);
+        self.drop_lost_ahead(plan, &summary);
         for &(id, _) in &summary.contributors {
             let Some(&(_, from, until)) = plan.iter().find(|p| p.0 == id) else { continue };
             let Some(worker) = self.workers.get_mut(&id) else { continue };
@@ -120,6 +175,53 @@ impl Driver {
         let seconds = started.elapsed().as_secs_f64();
         self.after_round(&summary, seconds)?;
         Ok(Some(summary))
+    }
+
+    /// `--overlap`: sends `id`, whose weights for `round` are all in, its
+    /// pulls for the next rounds, continuing its shard from where `plan` ended it.
+    fn pull_ahead(&mut self, id: WorkerId, epoch: u64, round: u64, plan: &[(WorkerId, usize, usize)]) {
+        let Some(&(_, _, until)) = plan.iter().find(|p| p.0 == id) else { return };
+        let samples = self.config.samples_per_round();
+        let Some(shard) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) else { return };
+        let pulls = shard.pull_ahead(round, until, samples, PULLS_AHEAD);
+        if !pulls.is_empty() {
+            self.pipeline.since.get_or_insert_with(tokio::time::Instant::now);
+        }
+        for (round, from, until) in pulls {
+            let pull = pb::PullWeights {
+                epoch,
+                round,
+                train_from: from as u64,
+                train_until: until as u64,
+                after_round: round - 1,
+            };
+            self.send(id, Command::Pull(pull));
+        }
+    }
+
+    /// `--overlap`: a worker of the round whose weights are not in its average
+    /// (they were not finite) while pulls of its went ahead: what it trains
+    /// for those no longer adds up, so the rest of its shard goes to the others
+    /// and it waits for the next epoch, as a straggler does.
+    fn drop_lost_ahead(&mut self, plan: &[(WorkerId, usize, usize)], summary: &RoundSummary) {
+        for &(id, _, _) in plan {
+            if summary.contributors.iter().any(|&(c, _)| c == id) {
+                continue;
+            }
+            let Some(worker) = self.workers.get_mut(&id) else { continue };
+            if worker.shard.as_ref().is_none_or(|s| s.ahead.is_empty()) {
+                continue;
+            }
+            let shard = worker.shard.take().expect("checked");
+            let name = worker.name.clone();
+            warn!(
+                worker = id,
+                name,
+                round = summary.round,
+                "worker's weights missed the average while pulls of its went ahead; it trains no more of this epoch"
+            );
+            self.hand_over(&name, shard);
+        }
     }
 
     /// Logs, dumps and records a finished round.
@@ -162,13 +264,15 @@ impl Driver {
     pub(super) fn send_params(&mut self, to: &[WorkerId]) {
         let (epoch, round) = self.version;
         let chunks: Vec<pb::WeightsChunk> = weight_chunks(epoch, round, &self.params).collect();
+        let this_epoch = (epoch == self.epoch).then_some(round);
         for &id in to {
             for chunk in &chunks {
                 self.send(id, Command::Average(chunk.clone()));
             }
-            // It continues from these weights: whatever it trained since is gone.
+            // It continues from these weights: whatever it trained since is
+            // gone, but for a pull sent ahead (--overlap).
             if let Some(shard) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
-                shard.trained = shard.done;
+                shard.average_sent(this_epoch);
             }
         }
     }
