@@ -11,8 +11,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
@@ -35,14 +34,6 @@ const STRANGER_RETRIES: usize = 4;
 const RETRYING: &str = "no session with the coordinator; retrying";
 const STOP_MESSAGE: &str = "the coordinator stopped the run";
 
-/// The worker id a worker process was given (its first "joined the run").
-fn joined_id(worker: &Proc) -> u64 {
-    logged(worker, "joined the run")
-        .first()
-        .map(|l| u64_field(l, "worker"))
-        .unwrap_or_else(|| panic!("{} has not joined\n{}", worker.name, worker.dump()))
-}
-
 /// The name the coordinator knows worker `id` by (from its "worker joined").
 fn name_of(coordinator: &Proc, id: u64) -> String {
     logged(coordinator, "worker joined")
@@ -50,11 +41,6 @@ fn name_of(coordinator: &Proc, id: u64) -> String {
         .find(|l| l["worker"] == id)
         .and_then(|l| l["name"].as_str().map(str::to_owned))
         .unwrap_or_else(|| panic!("worker {id} never joined\n{}", coordinator.dump()))
-}
-
-/// The lines of `proc` logging `message` for worker `id`.
-fn about_worker(proc: &Proc, message: &str, id: u64) -> Vec<Value> {
-    logged(proc, message).into_iter().filter(|l| l["worker"] == id).collect()
 }
 
 /// The last line a process wrote (its `lazyavg: ...` error line when it failed).
@@ -75,29 +61,9 @@ fn expect_exit(proc: &mut Proc, expected: i32, needle: &str) {
     );
 }
 
-/// Samples trained by `name` in an epoch record (0 when it trained nothing).
-fn samples_of(epoch: &Value, name: &str) -> u64 {
-    epoch["samples_by_worker"].get(name).and_then(Value::as_u64).unwrap_or(0)
-}
-
-/// Asserts that each epoch record used exactly `images` distinct images, each once.
-fn assert_each_image_once(epoch: &Value, images: u64) {
-    assert_eq!(u64_field(epoch, "samples"), images, "samples: {epoch}");
-    assert_eq!(u64_field(epoch, "distinct_images"), images, "distinct images: {epoch}");
-    assert_eq!(u64_field(epoch, "repeated_images"), 0, "repeated images: {epoch}");
-    let by_worker: u64 =
-        epoch["samples_by_worker"].as_object().expect("samples_by_worker").values().filter_map(Value::as_u64).sum();
-    assert_eq!(by_worker, images, "samples_by_worker does not add up: {epoch}");
-}
-
 /// The epoch numbers in `<out>/metrics.jsonl`, in file order.
 fn epoch_numbers(epochs: &[Value]) -> Vec<u64> {
     epochs.iter().map(|e| u64_field(e, "epoch")).collect()
-}
-
-/// Milliseconds (0..=max) from the clock's nanoseconds: a fresh point each run.
-fn clock_millis(max: u32) -> u64 {
-    u64::from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").subsec_nanos() % (max + 1))
 }
 
 /// Files in `dir` named like a temporary file of an atomic write (`.NAME.tmp-PID`).
@@ -127,15 +93,7 @@ fn sigkill_of_one_of_three_workers_mid_epoch_loses_no_image() {
     let all_args: Vec<&str> = ["--workers", "3"].into_iter().chain(args).collect();
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &all_args, "info");
     let mut workers = start_workers("worker", 3, &coordinator.addr, tmp.path(), "info");
-    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
-    // A random moment early in epoch 2 (an epoch takes over a second).
-    let delay = Duration::from_millis(clock_millis(300));
-    eprintln!("killing worker-2 {delay:?} after epoch 1");
-    thread::sleep(delay);
-    let mut victim = workers.remove(1);
-    let victim_id = joined_id(&victim);
-    victim.signal("KILL");
-    assert_eq!(victim.wait(Duration::from_secs(10)), -1, "killed by a signal");
+    let (victim, victim_id) = kill_early_in_epoch_2(&mut coordinator.proc, &mut workers, 1);
 
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
     expect_success(&mut procs);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -223,4 +223,51 @@ pub fn f64_field(line: &Value, field: &str) -> f64 {
 
 pub fn u64_field(line: &Value, field: &str) -> u64 {
     line[field].as_u64().unwrap_or_else(|| panic!("no integer {field} in {line}"))
+}
+
+/// The worker id a worker process was given (its first "joined the run").
+pub fn joined_id(worker: &Proc) -> u64 {
+    logged(worker, "joined the run")
+        .first()
+        .map(|l| u64_field(l, "worker"))
+        .unwrap_or_else(|| panic!("{} has not joined\n{}", worker.name, worker.dump()))
+}
+
+/// The lines of `proc` logging `message` for worker `id`.
+pub fn about_worker(proc: &Proc, message: &str, id: u64) -> Vec<Value> {
+    logged(proc, message).into_iter().filter(|l| l["worker"] == id).collect()
+}
+
+/// Samples trained by `name` in an epoch record (0 when it trained nothing).
+pub fn samples_of(epoch: &Value, name: &str) -> u64 {
+    epoch["samples_by_worker"].get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Asserts that each epoch record used exactly `images` distinct images, each once.
+pub fn assert_each_image_once(epoch: &Value, images: u64) {
+    assert_eq!(u64_field(epoch, "samples"), images, "samples: {epoch}");
+    assert_eq!(u64_field(epoch, "distinct_images"), images, "distinct images: {epoch}");
+    assert_eq!(u64_field(epoch, "repeated_images"), 0, "repeated images: {epoch}");
+    let by_worker: u64 =
+        epoch["samples_by_worker"].as_object().expect("samples_by_worker").values().filter_map(Value::as_u64).sum();
+    assert_eq!(by_worker, images, "samples_by_worker does not add up: {epoch}");
+}
+
+/// Milliseconds (0..=max) from the clock's nanoseconds: a fresh point each run.
+pub fn clock_millis(max: u32) -> u64 {
+    u64::from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").subsec_nanos() % (max + 1))
+}
+
+/// Waits for epoch 1 to end, lets a random 0–300 ms of epoch 2 pass, then
+/// SIGKILLs `workers[index]`. Returns it (reaped) and its worker id.
+pub fn kill_early_in_epoch_2(coordinator: &mut Proc, workers: &mut Vec<Proc>, index: usize) -> (Proc, u64) {
+    wait_for_match(coordinator, "epoch done", Duration::from_secs(60), |l| l["epoch"] == 1);
+    let delay = Duration::from_millis(clock_millis(300));
+    eprintln!("killing {} {delay:?} after epoch 1", workers[index].name);
+    thread::sleep(delay);
+    let mut victim = workers.remove(index);
+    let victim_id = joined_id(&victim);
+    victim.signal("KILL");
+    assert_eq!(victim.wait(Duration::from_secs(10)), -1, "killed by a signal");
+    (victim, victim_id)
 }

@@ -4,8 +4,7 @@
 //! they are without it, also when a worker dies mid-epoch, and a round
 //! abandoned while a pull ahead is out must be redone with that pull's work.
 
-use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::pb;
@@ -24,34 +23,6 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Samples per round at the defaults: K = 16 minibatches of 32.
 const SAMPLES_PER_ROUND: u64 = 16 * 32;
 
-/// Asserts that an epoch record used each of the `N_TRAIN` images exactly once.
-fn assert_each_image_once(epoch: &Value) {
-    assert_eq!(u64_field(epoch, "samples"), N_TRAIN, "samples: {epoch}");
-    assert_eq!(u64_field(epoch, "distinct_images"), N_TRAIN, "distinct images: {epoch}");
-    assert_eq!(u64_field(epoch, "repeated_images"), 0, "repeated images: {epoch}");
-    let by_worker: u64 =
-        epoch["samples_by_worker"].as_object().expect("samples_by_worker").values().filter_map(Value::as_u64).sum();
-    assert_eq!(by_worker, N_TRAIN, "samples_by_worker does not add up: {epoch}");
-}
-
-/// Samples trained by `name` in an epoch record (0 when it trained nothing).
-fn samples_of(epoch: &Value, name: &str) -> u64 {
-    epoch["samples_by_worker"].get(name).and_then(Value::as_u64).unwrap_or(0)
-}
-
-/// The worker id a worker process was given.
-fn joined_id(worker: &Proc) -> u64 {
-    logged(worker, "joined the run")
-        .first()
-        .map(|l| u64_field(l, "worker"))
-        .unwrap_or_else(|| panic!("{} has not joined\n{}", worker.name, worker.dump()))
-}
-
-/// Lines of `proc` logging `message` for worker `id`.
-fn about_worker(proc: &Proc, message: &str, id: u64) -> Vec<Value> {
-    logged(proc, message).into_iter().filter(|l| l["worker"] == id).collect()
-}
-
 /// How many averages `worker` applied on top of training it did after
 /// sending its weights (logged at debug level).
 fn corrections(worker: &Proc) -> usize {
@@ -67,7 +38,7 @@ fn two_workers_with_overlap_train_two_epochs_to_97_percent() {
     let epochs = epoch_metrics(&coordinator.out);
     assert_eq!(epochs.iter().map(|e| u64_field(e, "epoch")).collect::<Vec<_>>(), [1, 2], "{epochs:?}");
     for epoch in &epochs {
-        assert_each_image_once(epoch);
+        assert_each_image_once(epoch, N_TRAIN);
         assert_eq!(u64_field(epoch, "workers"), 2, "{epoch}");
     }
     let accuracy = f64_field(&epochs[1], "accuracy");
@@ -93,16 +64,7 @@ fn with_overlap_sigkill_of_one_of_three_workers_mid_epoch_loses_no_image() {
     let args = ["--workers", "3", "--epochs", "3", "--overlap"];
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
     let mut workers = start_workers("worker", 3, &coordinator.addr, tmp.path(), "info");
-    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
-    // A random moment early in epoch 2 (an epoch takes over a second).
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").subsec_nanos();
-    let delay = Duration::from_millis(u64::from(nanos % 301));
-    eprintln!("killing worker-2 {delay:?} after epoch 1");
-    thread::sleep(delay);
-    let mut victim = workers.remove(1);
-    let victim_id = joined_id(&victim);
-    victim.signal("KILL");
-    assert_eq!(victim.wait(Duration::from_secs(10)), -1, "killed by a signal");
+    let (_victim, victim_id) = kill_early_in_epoch_2(&mut coordinator.proc, &mut workers, 1);
 
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
     expect_success(&mut procs);
@@ -116,7 +78,7 @@ fn with_overlap_sigkill_of_one_of_three_workers_mid_epoch_loses_no_image() {
     let epochs = epoch_metrics(&coordinator.out);
     assert_eq!(epochs.iter().map(|e| u64_field(e, "epoch")).collect::<Vec<_>>(), [1, 2, 3], "{epochs:?}");
     for epoch in &epochs {
-        assert_each_image_once(epoch);
+        assert_each_image_once(epoch, N_TRAIN);
     }
     let name = left[0]["name"].as_str().expect("name").to_owned();
     // What it trained and had averaged before it died counts; the rest went to the others.
@@ -228,7 +190,7 @@ fn a_round_abandoned_with_a_pull_ahead_is_redone_with_its_work() {
 
     let epochs = epoch_metrics(&coordinator.out);
     assert_eq!(epochs.len(), 1, "{epochs:?}");
-    assert_each_image_once(&epochs[0]);
+    assert_each_image_once(&epochs[0], N_TRAIN);
     assert_eq!(samples_of(&epochs[0], "test-client"), 0, "{}", epochs[0]);
     assert!(f64_field(&epochs[0], "accuracy") >= 0.9, "{}", epochs[0]);
 }
@@ -275,7 +237,7 @@ fn with_overlap_a_stopped_worker_is_left_behind_and_rejoins() {
     let epochs = epoch_metrics(&coordinator.out);
     assert_eq!(epochs.iter().map(|e| u64_field(e, "epoch")).collect::<Vec<_>>(), [1, 2, 3], "{epochs:?}");
     for epoch in &epochs {
-        assert_each_image_once(epoch);
+        assert_each_image_once(epoch, N_TRAIN);
     }
     assert!(samples_of(&epochs[1], &name) < N_TRAIN / 2, "{}", epochs[1]);
     assert_eq!(samples_of(&epochs[2], &name), N_TRAIN / 2, "it trains its whole shard in epoch 3: {}", epochs[2]);
