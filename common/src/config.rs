@@ -17,8 +17,7 @@ pub struct RunSpec {
 }
 
 /// How every worker trains. Defaults were chosen by measurement (see README).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
     /// Hidden layer widths.
     pub hidden: Vec<usize>,
@@ -34,7 +33,6 @@ pub struct TrainConfig {
     pub warmup_epochs: f32,
     /// Factor on `lr` for a cluster of workers (see [`LrScaling`]); 1 alone.
     /// Set by the coordinator, not a flag of its own.
-    #[serde(skip)]
     pub lr_scale: f32,
     pub seed: u64,
 }

@@ -119,10 +119,10 @@ impl Driver {
         metrics: MetricsFile,
         dump: Option<RoundDump>,
     ) -> Self {
-        let mut outer = config.outer.clone();
-        outer.restore(start.outer_velocity.clone());
         let (first_epoch, remaining) = start.next_epoch();
         let resume_remaining = remaining.map(<[u32]>::to_vec);
+        let mut outer = config.outer.clone();
+        outer.restore(start.outer_velocity);
         Driver {
             config,
             mlp,
