@@ -5,17 +5,19 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 
 /// Appends records to `metrics.jsonl`, flushing each line so that a crash
-/// loses at most the line being written.
-#[derive(Debug)]
+/// loses at most the line being written. Clones append to the same file, a
+/// line at a time: an epoch's record is written by its close, off the driver.
+#[derive(Debug, Clone)]
 pub struct MetricsFile {
-    path: PathBuf,
-    out: BufWriter<File>,
+    path: Arc<PathBuf>,
+    out: Arc<Mutex<BufWriter<File>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,11 +72,12 @@ impl MetricsFile {
             .truncate(!append)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsFile { path, out: BufWriter::new(file) })
+        Ok(MetricsFile { path: Arc::new(path), out: Arc::new(Mutex::new(BufWriter::new(file))) })
     }
 
-    pub fn append(&mut self, record: &impl Serialize) -> Result<()> {
-        let line = serde_json::to_string(record).map_err(|e| Error::io(&self.path, e.into()))?;
-        writeln!(self.out, "{line}").and_then(|()| self.out.flush()).map_err(|e| Error::io(&self.path, e))
+    pub fn append(&self, record: &impl Serialize) -> Result<()> {
+        let line = serde_json::to_string(record).map_err(|e| Error::io(self.path.as_path(), e.into()))?;
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| Error::io(self.path.as_path(), e))
     }
 }

@@ -383,6 +383,19 @@ fn spawn_workers_with_defaults_reaches_98_percent() {
     let epochs = epoch_metrics(&tmp.path().join("out"));
     assert_eq!(epochs.len(), 10, "ten epochs by default: {epochs:?}");
     assert!(epochs.iter().all(|e| u64_field(e, "workers") == 2), "{epochs:?}");
+    // Epochs close (evaluation, record, checkpoint) while the next one
+    // trains, yet every epoch is recorded once, in order, before its checkpoint.
+    let closes: Vec<(String, u64)> = coordinator
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["message"] == "checkpoint written" || l["message"] == "epoch done")
+        .map(|l| (l["message"].as_str().unwrap_or_default().to_owned(), u64_field(&l, "epoch")))
+        .collect();
+    let expected: Vec<(String, u64)> =
+        (1..=10).flat_map(|e| [("epoch done".to_owned(), e), ("checkpoint written".to_owned(), e)]).collect();
+    assert_eq!(closes, expected);
+    let elapsed: Vec<f64> = epochs.iter().map(|e| f64_field(e, "elapsed")).collect();
+    assert!(elapsed.windows(2).all(|w| w[0] < w[1]), "elapsed goes up epoch by epoch: {elapsed:?}");
 
     // The local workers went with it.
     let pids: Vec<u64> = logged(&coordinator, "started local worker").iter().map(|l| u64_field(l, "pid")).collect();

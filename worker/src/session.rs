@@ -126,7 +126,10 @@ struct Session {
     incoming: Option<Incoming>,
     /// Seconds spent in SGD steps in this session.
     train_seconds: f64,
-    started: Instant,
+    /// When the first pull started training and the last one finished: the
+    /// span whose time not spent training was lost to synchronisation
+    /// (waiting for the run to start or for the final evaluation is not).
+    training_span: Option<(Instant, Instant)>,
 }
 
 impl Session {
@@ -143,7 +146,7 @@ impl Session {
             sent: None,
             incoming: None,
             train_seconds: 0.0,
-            started: Instant::now(),
+            training_span: None,
         }
     }
 
@@ -169,11 +172,12 @@ impl Session {
                 warn!(code = rejected.code, error = rejected.message, "the coordinator refused a message")
             }
             Command::Stop(stop) => {
-                let wall = self.started.elapsed().as_secs_f64();
+                let span = self.training_span.map_or(0.0, |(first, last)| (last - first).as_secs_f64());
                 info!(
                     reason = stop.reason,
                     train_seconds = self.train_seconds,
-                    idle_share = (1.0 - self.train_seconds / wall.max(f64::EPSILON)).clamp(0.0, 1.0),
+                    span_seconds = span,
+                    idle_share = (1.0 - self.train_seconds / span.max(f64::EPSILON)).clamp(0.0, 1.0),
                     "stopped by the coordinator"
                 );
                 return Ok(Some(if stop.completed { Ending::Completed } else { Ending::Aborted(stop.reason) }));
@@ -208,6 +212,8 @@ impl Session {
 
     /// Starts training a pull on the blocking pool.
     fn start(&mut self, pull: pb::PullWeights) {
+        let now = Instant::now();
+        self.training_span.get_or_insert((now, now));
         let mut replica = self.replica.take().expect("one pull trains at a time");
         let handle = tokio::task::spawn_blocking(move || {
             let report = replica.train(&pull);
@@ -231,6 +237,9 @@ impl Session {
         self.replica = Some(replica);
         let report = report?;
         self.train_seconds += report.train_seconds;
+        if let Some((_, last)) = self.training_span.as_mut() {
+            *last = Instant::now();
+        }
         if self.slowdown > 1.0 {
             tokio::time::sleep(Duration::from_secs_f64(report.train_seconds * (self.slowdown - 1.0))).await;
         }

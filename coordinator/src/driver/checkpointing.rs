@@ -1,7 +1,10 @@
-//! Checkpoints from the driver's side: after every epoch, and on the way out
-//! mid-epoch with the images still untrained.
+//! Checkpoints from the driver's side: after every epoch (written by its
+//! close, see `closing`), and on the way out mid-epoch with the images still
+//! untrained.
 
-use lazyavg_common::params::digest;
+use std::path::Path;
+
+use lazyavg_common::params::{Architecture, digest};
 use tracing::{info, warn};
 
 use super::Driver;
@@ -22,28 +25,27 @@ impl Driver {
             remaining.extend_from_slice(pending);
         }
         // An empty list means every image was averaged in: the epoch is complete.
-        self.save_checkpoint(self.epoch, remaining);
+        write_checkpoint(&self.config.out_dir, self.mlp.arch(), &self.snapshot(self.epoch, remaining));
     }
 
-    /// Writes the current model and outer velocity as epoch `epoch` with
+    /// The current model and outer velocity as epoch `epoch` with
     /// `remaining` images still to train.
-    pub(super) fn save_checkpoint(&self, epoch: u64, remaining: Vec<u32>) {
-        let checkpoint = Checkpoint {
-            epoch,
-            remaining,
-            params: self.params.clone(),
-            outer_velocity: self.outer.velocity().to_vec(),
-        };
-        let digest = digest(&checkpoint.params);
-        match checkpoint::save(&self.config.out_dir, self.mlp.arch(), &checkpoint) {
-            Ok(path) => info!(
-                epoch = checkpoint.epoch,
-                remaining = checkpoint.remaining.len(),
-                digest,
-                path = %path.display(),
-                "checkpoint written"
-            ),
-            Err(e) => warn!(error = %e, "cannot write checkpoint"),
-        }
+    pub(super) fn snapshot(&self, epoch: u64, remaining: Vec<u32>) -> Checkpoint {
+        Checkpoint { epoch, remaining, params: self.params.clone(), outer_velocity: self.outer.velocity().to_vec() }
+    }
+}
+
+/// Writes `checkpoint` into `dir` and logs the outcome. A failure is logged,
+/// not fatal: training goes on, and the previous checkpoint stays usable.
+pub(super) fn write_checkpoint(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint) {
+    match checkpoint::save(dir, arch, checkpoint) {
+        Ok(path) => info!(
+            epoch = checkpoint.epoch,
+            remaining = checkpoint.remaining.len(),
+            digest = digest(&checkpoint.params),
+            path = %path.display(),
+            "checkpoint written"
+        ),
+        Err(e) => warn!(error = %e, "cannot write checkpoint"),
     }
 }

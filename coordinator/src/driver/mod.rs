@@ -3,11 +3,13 @@
 //! and changes it only in response to [`Event`]s from the service, so no
 //! state is shared between tasks and no lock is needed.
 //!
-//! This module runs epochs; `rounds` runs one round, `membership` handles
-//! workers coming and going, `checkpointing` writes checkpoints, and
+//! This module runs epochs; `rounds` runs one round, `closing` evaluates and
+//! checkpoints a finished epoch while the next one trains, `membership`
+//! handles workers coming and going, `checkpointing` writes checkpoints, and
 //! `deadline` decides when a round stops waiting.
 
 mod checkpointing;
+mod closing;
 mod deadline;
 mod membership;
 mod rounds;
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lazyavg_common::dataset::Dataset;
-use lazyavg_common::model::{Evaluation, Mlp, Workspace};
+use lazyavg_common::model::{Evaluation, Mlp};
 use lazyavg_common::outer::OuterOptimizer;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
@@ -27,6 +29,7 @@ use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use self::closing::{ClosingEpoch, close_done};
 use crate::checkpoint::Checkpoint;
 use crate::config::CoordinatorConfig;
 use crate::dump::RoundDump;
@@ -104,6 +107,8 @@ pub struct Driver {
     pipeline: rounds::Pipeline,
     /// When the first epoch of this process began training (for `elapsed`).
     training_started: Option<Instant>,
+    /// The last epoch, evaluated and checkpointed while the next one trains.
+    closing: Option<ClosingEpoch>,
 }
 
 impl Driver {
@@ -147,6 +152,7 @@ impl Driver {
             progress: EpochProgress::default(),
             pipeline: rounds::Pipeline::default(),
             training_started: None,
+            closing: None,
         }
     }
 
@@ -194,32 +200,37 @@ impl Driver {
             let last = self.evaluate().await;
             return Ok(RunSummary { epochs: 0, last, params: self.params.clone() });
         }
-        let mut last = None;
         for epoch in self.first_epoch..=self.config.epochs as u64 {
-            match self.run_epoch(epoch).await {
-                Ok(eval) => last = Some(eval),
-                Err(err) => {
-                    self.checkpoint_mid_epoch();
-                    return Err(err);
-                }
+            if let Err(err) = self.run_epoch(epoch).await {
+                // The last epoch's checkpoint goes first, then this one's.
+                self.finish_closing_after_error().await;
+                self.checkpoint_mid_epoch();
+                return Err(err);
             }
-            self.save_checkpoint(epoch, Vec::new());
         }
-        let last = match last {
+        let last = match self.finish_closing().await? {
             Some(last) => last,
             None => self.evaluate().await,
         };
         Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.clone() })
     }
 
+    /// The next event from the service, taking in an epoch's close that
+    /// finishes meanwhile.
     async fn next_event(&mut self) -> Result<Event> {
-        tokio::select! {
-            event = self.events.recv() => Ok(event.expect("the service holds a sender while the driver runs")),
-            signal = &mut self.shutdown => Err(Error::Interrupted(signal)),
+        loop {
+            tokio::select! {
+                event = self.events.recv() => {
+                    return Ok(event.expect("the service holds a sender while the driver runs"));
+                }
+                signal = &mut self.shutdown => return Err(Error::Interrupted(signal)),
+                closed = close_done(&mut self.closing) => closed?,
+            };
         }
     }
 
-    async fn run_epoch(&mut self, epoch: u64) -> Result<Evaluation> {
+    /// Trains epoch `epoch` and starts its close.
+    async fn run_epoch(&mut self, epoch: u64) -> Result<()> {
         self.ensure_min_workers().await?;
         let started = Instant::now();
         let training_started = *self.training_started.get_or_insert(started);
@@ -262,37 +273,24 @@ impl Driver {
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        let eval = self.evaluate().await;
         let record = EpochRecord {
             kind: "epoch",
             epoch,
             rounds: tally.rounds,
             train_loss: tally.loss_sum / tally.samples.max(1) as f64,
-            test_loss: eval.loss,
-            accuracy: eval.accuracy,
+            test_loss: f64::NAN,
+            accuracy: f64::NAN,
             samples: tally.samples,
             distinct_images: self.ledger.distinct(),
             repeated_images: self.ledger.repeated(),
             seconds,
-            elapsed: training_started.elapsed().as_secs_f64(),
+            elapsed: f64::NAN,
             samples_per_s: tally.samples as f64 / seconds,
             sync_share: (1.0 - tally.train_seconds / seconds).clamp(0.0, 1.0),
             workers: self.workers.len(),
             samples_by_worker: self.ledger.by_worker().clone(),
         };
-        info!(
-            epoch,
-            rounds = record.rounds,
-            train_loss = record.train_loss,
-            test_loss = record.test_loss,
-            accuracy = record.accuracy,
-            samples_per_s = record.samples_per_s.round(),
-            sync_share = record.sync_share,
-            workers = record.workers,
-            "epoch done"
-        );
-        self.metrics.append(&record)?;
-        Ok(eval)
+        self.close_epoch(record, training_started).await
     }
 
     /// Draws the epoch's permutation and sends every live worker its shard.
@@ -322,11 +320,8 @@ impl Driver {
     /// Test loss and accuracy of the current average, off the async runtime.
     async fn evaluate(&self) -> Evaluation {
         let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), self.params.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut workspace = Workspace::new(mlp.arch(), 500);
-            mlp.evaluate(&params, &test, &mut workspace)
-        })
-        .await
-        .expect("evaluation does not panic")
+        tokio::task::spawn_blocking(move || closing::evaluate(&mlp, &test, &params))
+            .await
+            .expect("evaluation does not panic")
     }
 }
