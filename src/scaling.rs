@@ -1,7 +1,7 @@
 //! `lazyavg bench scaling`: how training scales with the number of workers,
 //! measured with the real system. For every worker count N and seed it runs
 //! `lazyavg coordinator --spawn-workers N` to completion, one run at a time
-//! (overlapping runs would take each other's cores), then reads each run's
+//! (overlapping runs would take each other's cores) and seed by seed, then reads each run's
 //! `metrics.jsonl` and reports, per N, the median over seeds of the epochs
 //! and the wall time to a target accuracy, the final accuracy, the throughput
 //! and the share of time spent synchronising.
@@ -111,8 +111,10 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
     let total = workers.len() * seeds.len();
     info!(runs = total, workers = ?workers, seeds = ?seeds, out = %out.display(), "scaling sweep");
     let mut runs = Vec::with_capacity(total);
-    for &n in &workers {
-        for &seed in &seeds {
+    // Seed by seed, every N in turn: a slow spell of a shared host then
+    // hits all worker counts alike instead of all seeds of one.
+    for &seed in &seeds {
+        for &n in &workers {
             info!(run = runs.len() + 1, of = total, workers = n, seed, "starting run");
             let run = run_one(&exe, args, &out, n, seed)?;
             let last = run.epochs.last().expect("run_one checks there is an epoch");

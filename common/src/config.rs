@@ -94,6 +94,10 @@ impl LrScaling {
     }
 }
 
+/// Nesterov momentum and weight decay 1e-4 were chosen by a sweep of 1 to 16
+/// workers, 3 seeds each (README): against classical momentum without decay
+/// they raise the median final accuracy at every N (by 0.03–0.23 pp) and
+/// bring 16 workers to 98% by epoch 7.
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -101,8 +105,8 @@ impl Default for TrainConfig {
             batch_size: 32,
             lr: 0.05,
             momentum: 0.9,
-            weight_decay: 0.0,
-            nesterov: false,
+            weight_decay: 1e-4,
+            nesterov: true,
             schedule: LrSchedule::Cosine,
             warmup_epochs: 1.0,
             lr_scale: 1.0,
@@ -131,14 +135,13 @@ pub struct TrainSettings {
     #[arg(long, value_name = "M")]
     pub momentum: Option<f32>,
 
-    /// L2 weight decay [default: 0].
+    /// L2 weight decay [default: 1e-4].
     #[arg(long, value_name = "WD")]
     pub weight_decay: Option<f32>,
 
-    /// Use Nesterov momentum.
-    #[arg(long)]
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub nesterov: bool,
+    /// Nesterov momentum; --nesterov=false for classical momentum [default: true, unless --momentum 0].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub nesterov: Option<bool>,
 
     /// Learning-rate schedule over the run: cosine or constant [default: cosine].
     #[arg(long, value_name = "SCHEDULE")]
@@ -157,13 +160,15 @@ impl TrainSettings {
     /// The defaults with every given setting applied, validated.
     pub fn resolve(&self) -> Result<TrainConfig> {
         let d = TrainConfig::default();
+        let momentum = self.momentum.unwrap_or(d.momentum);
         let config = TrainConfig {
             hidden: self.hidden.clone().unwrap_or(d.hidden),
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             lr: self.lr.unwrap_or(d.lr),
-            momentum: self.momentum.unwrap_or(d.momentum),
+            momentum,
             weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
-            nesterov: self.nesterov || d.nesterov,
+            // Without momentum the two kinds are the same plain SGD.
+            nesterov: self.nesterov.unwrap_or(d.nesterov && momentum > 0.0),
             schedule: self.schedule.unwrap_or(d.schedule),
             warmup_epochs: self.warmup_epochs.unwrap_or(d.warmup_epochs),
             lr_scale: d.lr_scale,
@@ -181,7 +186,7 @@ impl TrainSettings {
             lr: Some(config.lr),
             momentum: Some(config.momentum),
             weight_decay: Some(config.weight_decay),
-            nesterov: config.nesterov,
+            nesterov: Some(config.nesterov),
             schedule: Some(config.schedule),
             warmup_epochs: Some(config.warmup_epochs),
             seed: Some(config.seed),
@@ -276,6 +281,28 @@ mod tests {
         assert_eq!(TrainSettings::from_config(&config).resolve().unwrap(), config);
         let bad = TrainSettings { hidden: Some(vec![]), ..TrainSettings::default() };
         assert!(bad.resolve().unwrap_err().to_string().starts_with("invalid --hidden"));
+    }
+
+    #[test]
+    fn nesterov_is_the_default_unless_turned_off_or_without_momentum() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            train: TrainSettings,
+        }
+        let nesterov = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("train").chain(args.iter().copied())).unwrap();
+            cli.train.resolve().map(|c| c.nesterov).map_err(|e| e.to_string())
+        };
+        assert_eq!(nesterov(&[]), Ok(true));
+        assert_eq!(nesterov(&["--nesterov"]), Ok(true));
+        assert_eq!(nesterov(&["--nesterov=false"]), Ok(false));
+        assert_eq!(nesterov(&["--momentum", "0"]), Ok(false), "plain SGD needs no flag");
+        assert_eq!(
+            nesterov(&["--momentum", "0", "--nesterov"]).unwrap_err(),
+            "invalid --nesterov: needs a momentum above 0"
+        );
     }
 
     #[test]
