@@ -51,10 +51,10 @@ impl Driver {
 
     /// Waits for the close in flight, if any; returns its evaluation.
     pub(super) async fn finish_closing(&mut self) -> Result<Option<Evaluation>> {
-        match self.closing.take() {
-            Some(job) => job.await.expect("closing an epoch does not panic").map(Some),
-            None => Ok(None),
+        if self.closing.is_none() {
+            return Ok(None);
         }
+        close_done(&mut self.closing).await.map(Some)
     }
 
     /// [`Driver::finish_closing`] on the way out of a failed run, whose own
