@@ -31,8 +31,10 @@ pub struct Replica {
     epochs: usize,
     epoch: u64,
     shard: Vec<u32>,
-    /// The weights as last sent (valid while `awaiting` is set).
-    sent: Vec<f32>,
+    /// The weights as last sent (valid while `awaiting` is set). Shared
+    /// with the session, which encodes them for the coordinator while this
+    /// replica already trains on.
+    sent: Arc<Vec<f32>>,
     /// Minibatches trained since sending `sent`, while its average is awaited.
     awaiting: Option<usize>,
     slot: Arc<AverageSlot>,
@@ -125,7 +127,7 @@ impl Replica {
         }
         let mlp = Mlp::new(spec.arch.clone());
         let params = vec![0.0; mlp.len()];
-        let sent = params.clone();
+        let sent = Arc::new(params.clone());
         let trainer = Trainer::with_params(&spec.train, mlp, params)?;
         Ok(Replica {
             trainer,
@@ -156,11 +158,13 @@ impl Replica {
         Arc::clone(&self.slot)
     }
 
-    /// Remembers the weights just sent: their average will be applied as a
-    /// correction of whatever is trained until it comes.
-    pub fn mark_sent(&mut self) {
-        self.sent.copy_from_slice(self.trainer.params());
+    /// Takes a snapshot of the weights to send: their average will be
+    /// applied as a correction of whatever is trained until it comes. The
+    /// buffer is reused once the previous snapshot has been sent.
+    pub fn snapshot_to_send(&mut self) -> Arc<Vec<f32>> {
+        Arc::make_mut(&mut self.sent).copy_from_slice(self.trainer.params());
         self.awaiting = Some(0);
+        Arc::clone(&self.sent)
     }
 
     /// Writes one chunk of an average for `range` of the parameter buffer

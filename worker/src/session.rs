@@ -248,16 +248,21 @@ impl Session {
     }
 
     /// Sends what may be sent and runs deferred commands, until a pull trains,
-    /// a trained pull waits for an average, or nothing is left.
+    /// a trained pull waits for an average, or nothing is left. Weights to
+    /// send are snapshotted first and sent last, once the next pull (if one
+    /// is here) trains: encoding and queueing them is not time lost to it.
     async fn flush(&mut self) -> Result<()> {
+        let mut outgoing = None;
         while self.job.is_none() {
             if let Some(trained) = &self.trained {
                 let pull = &trained.pull;
                 if pull.after_round != 0 && self.sent == Some((pull.epoch, pull.after_round)) {
-                    return Ok(());
+                    break;
                 }
                 let trained = self.trained.take().expect("checked");
-                self.send_weights(trained).await?;
+                let weights = self.replica().snapshot_to_send();
+                self.sent = Some((trained.pull.epoch, trained.pull.round));
+                outgoing = Some((trained, weights));
             }
             match self.deferred.pop_front() {
                 None => break,
@@ -271,20 +276,19 @@ impl Session {
                 }
             }
         }
-        Ok(())
+        match outgoing {
+            Some((trained, weights)) => self.send_weights(trained, &weights).await,
+            None => Ok(()),
+        }
     }
 
-    /// Sends the report and the weights of a trained pull, keeping a copy of
-    /// the weights for the correction when their average comes.
-    async fn send_weights(&mut self, trained: Trained) -> Result<()> {
+    /// Sends the report and the weights of a trained pull.
+    async fn send_weights(&self, trained: Trained, weights: &[f32]) -> Result<()> {
         let Trained { pull, report } = trained;
         send(&self.outbox, Reply::Report(report)).await?;
-        let replica = self.replica.as_mut().expect("the replica is here once trained");
-        for chunk in weight_chunks(pull.epoch, pull.round, replica.params()) {
+        for chunk in weight_chunks(pull.epoch, pull.round, weights) {
             send(&self.outbox, Reply::Weights(chunk)).await?;
         }
-        replica.mark_sent();
-        self.sent = Some((pull.epoch, pull.round));
         Ok(())
     }
 
