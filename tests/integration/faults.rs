@@ -89,14 +89,7 @@ fn resume_coordinator(out: &Path, bind: &str, rust_log: &str) -> Coordinator {
 fn sigkill_of_one_of_three_workers_mid_epoch_loses_no_image() {
     let _heavy = heavy();
     let args = ["--epochs", "3", "--seed", "5"];
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let all_args: Vec<&str> = ["--workers", "3"].into_iter().chain(args).collect();
-    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &all_args, "info");
-    let mut workers = start_workers("worker", 3, &coordinator.addr, tmp.path(), "info");
-    let (victim, victim_id) = kill_early_in_epoch_2(&mut coordinator.proc, &mut workers, 1);
-
-    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
-    expect_success(&mut procs);
+    let KilledRun { coordinator, victim, victim_id, _tmp } = run_three_killing_one_in_epoch_2(&args);
     let coordinator_log = &coordinator.proc;
 
     let victim_name = name_of(coordinator_log, victim_id);

@@ -258,16 +258,34 @@ pub fn clock_millis(max: u32) -> u64 {
     u64::from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").subsec_nanos() % (max + 1))
 }
 
-/// Waits for epoch 1 to end, lets a random 0–300 ms of epoch 2 pass, then
-/// SIGKILLs `workers[index]`. Returns it (reaped) and its worker id.
-pub fn kill_early_in_epoch_2(coordinator: &mut Proc, workers: &mut Vec<Proc>, index: usize) -> (Proc, u64) {
-    wait_for_match(coordinator, "epoch done", Duration::from_secs(60), |l| l["epoch"] == 1);
+/// A finished run of a coordinator with `--workers 3` and `args` in which
+/// the second worker was SIGKILLed early in epoch 2; the coordinator and the
+/// other two workers exited 0.
+pub struct KilledRun {
+    pub _tmp: tempfile::TempDir,
+    pub coordinator: Coordinator,
+    /// The killed worker (reaped) and its worker id.
+    pub victim: Proc,
+    pub victim_id: u64,
+}
+
+/// Runs three workers with `args`, kills the second once epoch 1 is done
+/// (its line comes a few rounds into epoch 2) and a random 0–300 ms more
+/// have passed, and waits for the rest to finish.
+pub fn run_three_killing_one_in_epoch_2(args: &[&str]) -> KilledRun {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all_args: Vec<&str> = ["--workers", "3"].into_iter().chain(args.iter().copied()).collect();
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &all_args, "info");
+    let mut workers = start_workers("worker", 3, &coordinator.addr, tmp.path(), "info");
+    wait_for_match(&mut coordinator.proc, "epoch done", Duration::from_secs(60), |l| l["epoch"] == 1);
     let delay = Duration::from_millis(clock_millis(300));
-    eprintln!("killing {} {delay:?} after epoch 1", workers[index].name);
+    eprintln!("killing {} {delay:?} after epoch 1", workers[1].name);
     thread::sleep(delay);
-    let mut victim = workers.remove(index);
+    let mut victim = workers.remove(1);
     let victim_id = joined_id(&victim);
     victim.signal("KILL");
     assert_eq!(victim.wait(Duration::from_secs(10)), -1, "killed by a signal");
-    (victim, victim_id)
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    KilledRun { _tmp: tmp, coordinator, victim, victim_id }
 }

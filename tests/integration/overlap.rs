@@ -60,14 +60,8 @@ fn two_workers_with_overlap_train_two_epochs_to_97_percent() {
 #[test]
 fn with_overlap_sigkill_of_one_of_three_workers_mid_epoch_loses_no_image() {
     let _heavy = heavy();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let args = ["--workers", "3", "--epochs", "3", "--overlap"];
-    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
-    let mut workers = start_workers("worker", 3, &coordinator.addr, tmp.path(), "info");
-    let (_victim, victim_id) = kill_early_in_epoch_2(&mut coordinator.proc, &mut workers, 1);
-
-    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
-    expect_success(&mut procs);
+    let KilledRun { coordinator, victim_id, _tmp, .. } =
+        run_three_killing_one_in_epoch_2(&["--epochs", "3", "--overlap"]);
     let log = &coordinator.proc;
     let left = about_worker(log, "worker left", victim_id);
     assert_eq!(left.len(), 1, "{}", log.dump());
