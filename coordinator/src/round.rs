@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use lazyavg_proto::chunks::{ChunkCursor, decode_values};
+use lazyavg_proto::chunks::{ChunkCursor, decode_values, first_non_finite};
 use lazyavg_proto::{ProtoError, pb};
 
 pub type WorkerId = u64;
@@ -218,7 +218,7 @@ impl Round {
             return Err(RoundError::Duplicate(worker));
         }
         let range = part.cursor.advance(chunk)?;
-        if let Some(bad) = decode_values(&chunk.data).position(|v| !v.is_finite()) {
+        if let Some(bad) = first_non_finite(&chunk.data) {
             let summed = part.state == State::Receiving;
             part.state = State::Excluded;
             self.non_finite = true;

@@ -20,19 +20,31 @@ pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<It
     })
 }
 
-/// Little-endian f32 bytes, written into one preallocated buffer (a tight
-/// loop the compiler turns into plain copies on little-endian machines).
+/// Little-endian f32 bytes, written into one preallocated buffer. Fixed-size
+/// byte arrays (not 4-byte slices) let the compiler make this plain copies
+/// on little-endian machines, and the decoders below vector loops.
 fn encode_values(values: &[f32]) -> bytes::Bytes {
     let mut out = vec![0u8; values.len() * 4];
-    for (dst, v) in out.chunks_exact_mut(4).zip(values) {
-        dst.copy_from_slice(&v.to_le_bytes());
+    for (dst, v) in out.as_chunks_mut::<4>().0.iter_mut().zip(values) {
+        *dst = v.to_le_bytes();
     }
     out.into()
 }
 
-/// Decodes little-endian f32 bytes (length checked by [`ChunkCursor`]).
+/// Decodes little-endian f32 bytes (length checked by [`ChunkCursor`]; a
+/// ragged tail is ignored).
 pub fn decode_values(data: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    data.as_chunks::<4>().0.iter().map(|&b| f32::from_le_bytes(b))
+}
+
+/// The index of the first value in `data` that is not finite, if any: one
+/// branch-free (vectorised) pass over every value, and a search only when
+/// there is one.
+pub fn first_non_finite(data: &[u8]) -> Option<usize> {
+    if decode_values(data).fold(true, |finite, v| finite & v.is_finite()) {
+        return None;
+    }
+    decode_values(data).position(|v| !v.is_finite())
 }
 
 /// Decodes a chunk's values into `dst` (the range [`ChunkCursor::advance`] returned).
@@ -99,6 +111,19 @@ impl ChunkCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_non_finite_value_is_found_wherever_it_is() {
+        let bytes = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let mut values: Vec<f32> = (0..1000).map(|i| i as f32 - 500.0).collect();
+        assert_eq!(first_non_finite(&bytes(&values)), None);
+        values[999] = f32::INFINITY;
+        assert_eq!(first_non_finite(&bytes(&values)), Some(999));
+        values[3] = f32::NAN;
+        assert_eq!(first_non_finite(&bytes(&values)), Some(3));
+        values[0] = f32::NEG_INFINITY;
+        assert_eq!(first_non_finite(&bytes(&values)), Some(0));
+    }
 
     #[test]
     fn twenty_million_values_round_trip_in_small_chunks() {
