@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use multiversion::multiversion;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -110,10 +111,7 @@ impl Dataset {
             if let Some(next) = ahead.next() {
                 prefetch(&self.pixels[next * width..(next + 1) * width]);
             }
-            let src = &self.pixels[i * width..(i + 1) * width];
-            for (dst, &p) in x[row * width..(row + 1) * width].iter_mut().zip(src) {
-                *dst = f32::from(p) * (1.0 / 255.0);
-            }
+            to_unit_interval(&self.pixels[i * width..(i + 1) * width], &mut x[row * width..(row + 1) * width]);
             y[row] = self.labels[i];
         }
     }
@@ -294,6 +292,15 @@ pub fn check_hashes(
 
 fn hash_mismatch(file: &str, expected: &str, actual: &str) -> Error {
     Error::HashMismatch { file: file.to_owned(), expected: expected.to_owned(), actual: actual.to_owned() }
+}
+
+/// Pixels scaled from 0–255 to [0, 1]. Compiled again for AVX2, chosen at
+/// run time, where each instruction converts eight pixels instead of four.
+#[multiversion(targets("x86_64+avx2"))]
+fn to_unit_interval(pixels: &[u8], dst: &mut [f32]) {
+    for (dst, &p) in dst.iter_mut().zip(pixels) {
+        *dst = f32::from(p) * (1.0 / 255.0);
+    }
 }
 
 #[cfg(test)]
