@@ -55,14 +55,7 @@ impl Sgd {
     /// [`step`](Self::step) on the parameters in `range` only, so that each
     /// layer can be updated as soon as its gradient is known. Panics if
     /// `range` lies outside the buffers.
-    pub fn step_range(
-        &self,
-        lr: f32,
-        params: &mut [f32],
-        grads: &[f32],
-        state: &mut SgdState,
-        range: Range<usize>,
-    ) {
+    pub fn step_range(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut SgdState, range: Range<usize>) {
         let (params, grads) = (&mut params[range.clone()], &grads[range.clone()]);
         if self.momentum == 0.0 {
             descend(lr, self.weight_decay, params, grads);

@@ -52,8 +52,11 @@ fn two_workers_with_overlap_train_two_epochs_to_97_percent() {
         let corrected = corrections(worker);
         assert!(corrected > rounds / 2, "{} applied {corrected} of {rounds} averages as corrections", worker.name);
         let stopped = logged(worker, "stopped by the coordinator");
-        let idle = stopped.first().map(|l| f64_field(l, "idle_share")).expect("stopped by the coordinator");
-        assert!((0.0..1.0).contains(&idle), "{}", worker.dump());
+        let stopped = stopped.first().expect("stopped by the coordinator");
+        assert!((0.0..1.0).contains(&f64_field(stopped, "idle_share")), "{}", worker.dump());
+        // Pulls trained back to back without returning to the async runtime.
+        let chained = u64_field(stopped, "pulls_chained");
+        assert!((1..rounds as u64).contains(&chained), "{chained} of {rounds} pulls chained\n{}", worker.dump());
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod chain;
 pub mod config;
 pub mod error;
 pub mod replica;

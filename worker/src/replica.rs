@@ -167,6 +167,11 @@ impl Replica {
         Arc::clone(&self.sent)
     }
 
+    /// Whether the average of the weights last sent is still to be applied.
+    pub fn awaits_average(&self) -> bool {
+        self.awaiting.is_some()
+    }
+
     /// Writes one chunk of an average for `range` of the parameter buffer
     /// straight into the model: as a correction if `correction` (it is the
     /// average of the weights last sent) and a step was trained since, else

@@ -7,7 +7,8 @@
 //! every other command waits, in order, until the pull is answered. A pull
 //! sent ahead (`after_round`, the coordinator's `--overlap`) is answered only
 //! once the average of that round is applied, so a worker is never more than
-//! one round ahead of the average.
+//! one round ahead of the average. A pull queued behind the one training is
+//! trained by the same job when it may be (see [`crate::chain`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::Client;
+use crate::chain::PullChain;
 use crate::error::{Error, Result};
 use crate::replica::{Applied, AverageSlot, Replica};
 
@@ -56,6 +58,12 @@ pub async fn run(
     let mut session = Session::new(Replica::new(spec, data)?, outbox, slowdown);
     loop {
         tokio::select! {
+            // A job's chained pulls come before the job's end, in order.
+            biased;
+            Some(chained) = session.chained.recv() => session.send_chained(chained).await?,
+            (replica, report) = job_done(&mut session.job), if session.job.is_some() => {
+                session.trained(replica, report).await?;
+            }
             message = inbound.message() => {
                 let Some(message) = message.map_err(Error::refused("Session"))? else { break };
                 let Some(kind) = message.kind else { continue };
@@ -63,18 +71,16 @@ pub async fn run(
                     return Ok(ending);
                 }
             }
-            (replica, report) = session.training(), if session.job.is_some() => {
-                session.trained(replica, report).await?;
-            }
         }
     }
     Err(Error::SessionEnded)
 }
 
-/// A pull being trained on the blocking pool, which has the replica meanwhile.
+/// Pulls being trained on the blocking pool, which has the replica meanwhile.
 #[derive(Debug)]
 struct Job {
-    pull: pb::PullWeights,
+    chain: Arc<PullChain>,
+    /// The report of the last pull the job trained.
     handle: JoinHandle<(Replica, Result<pb::RoundReport>)>,
 }
 
@@ -83,6 +89,13 @@ struct Job {
 struct Trained {
     pull: pb::PullWeights,
     report: pb::RoundReport,
+}
+
+/// A pull a job trained before going on to the next, and its weights.
+#[derive(Debug)]
+struct Chained {
+    trained: Trained,
+    weights: Arc<Vec<f32>>,
 }
 
 /// A command that waits until the pull in progress is answered.
@@ -119,6 +132,11 @@ struct Session {
     replica: Option<Replica>,
     slot: Arc<AverageSlot>,
     job: Option<Job>,
+    /// Whether a job may go on to a queued pull (not when a slowdown must
+    /// be served after each one).
+    chaining: bool,
+    chained_tx: mpsc::UnboundedSender<Chained>,
+    chained: mpsc::UnboundedReceiver<Chained>,
     trained: Option<Trained>,
     deferred: VecDeque<Deferred>,
     /// Epoch and round of the weights last sent, until their average comes.
@@ -126,6 +144,8 @@ struct Session {
     incoming: Option<Incoming>,
     /// Seconds spent in SGD steps in this session.
     train_seconds: f64,
+    /// Pulls a job went on from to a queued one, in this session.
+    pulls_chained: u64,
     /// When the first pull started training and the last one finished: the
     /// span whose time not spent training was lost to synchronisation
     /// (waiting for the run to start or for the final evaluation is not).
@@ -134,6 +154,7 @@ struct Session {
 
 impl Session {
     fn new(replica: Replica, outbox: mpsc::Sender<pb::WorkerMessage>, slowdown: f64) -> Self {
+        let (chained_tx, chained) = mpsc::unbounded_channel();
         Session {
             outbox,
             slowdown,
@@ -141,11 +162,15 @@ impl Session {
             slot: replica.slot(),
             replica: Some(replica),
             job: None,
+            chaining: slowdown <= 1.0,
+            chained_tx,
+            chained,
             trained: None,
             deferred: VecDeque::new(),
             sent: None,
             incoming: None,
             train_seconds: 0.0,
+            pulls_chained: 0,
             training_span: None,
         }
     }
@@ -165,7 +190,7 @@ impl Session {
             Command::Shard(shard) if self.busy() => self.deferred.push_back(Deferred::Shard(shard)),
             Command::Shard(shard) => self.replica().assign(&shard)?,
             Command::Pull(pull) if self.lift_wait(&pull) => self.flush().await?,
-            Command::Pull(pull) if self.busy() => self.deferred.push_back(Deferred::Pull(pull)),
+            Command::Pull(pull) if self.busy() => self.queue(pull),
             Command::Pull(pull) => self.start(pull),
             Command::Average(chunk) => self.average(chunk).await?,
             Command::Rejected(rejected) => {
@@ -177,6 +202,7 @@ impl Session {
                     reason = stop.reason,
                     train_seconds = self.train_seconds,
                     span_seconds = span,
+                    pulls_chained = self.pulls_chained,
                     idle_share = (1.0 - self.train_seconds / span.max(f64::EPSILON)).clamp(0.0, 1.0),
                     "stopped by the coordinator"
                 );
@@ -189,25 +215,44 @@ impl Session {
     /// A pull for the epoch and round of one already here is the coordinator
     /// lifting its wait (the round it waited for was abandoned).
     fn lift_wait(&mut self, pull: &pb::PullWeights) -> bool {
+        let in_job = self.job.as_ref().is_some_and(|job| job.chain.lift(pull.epoch, pull.round, pull.after_round));
         let held = self
-            .job
+            .trained
             .as_mut()
-            .map(|j| &mut j.pull)
+            .map(|t| &mut t.pull)
             .into_iter()
-            .chain(self.trained.as_mut().map(|t| &mut t.pull))
             .chain(self.deferred.iter_mut().filter_map(|d| match d {
                 Deferred::Pull(p) => Some(p),
                 _ => None,
             }))
             .find(|held| (held.epoch, held.round) == (pull.epoch, pull.round));
-        match held {
+        let lifted = match held {
             Some(held) => {
-                debug!(epoch = pull.epoch, round = pull.round, after_round = held.after_round, "wait lifted");
                 held.after_round = pull.after_round;
                 true
             }
-            None => false,
+            None => in_job,
+        };
+        if lifted {
+            debug!(epoch = pull.epoch, round = pull.round, after_round = pull.after_round, "wait lifted");
         }
+        lifted
+    }
+
+    /// A pull that came while busy: queued for the job to go on to when it
+    /// may (it comes right after the job's, and nothing else waits), else
+    /// deferred.
+    fn queue(&mut self, pull: pb::PullWeights) {
+        let pull = match &self.job {
+            Some(job) if self.chaining && self.trained.is_none() && self.deferred.is_empty() => {
+                match job.chain.offer(pull) {
+                    Ok(()) => return,
+                    Err(pull) => pull,
+                }
+            }
+            _ => pull,
+        };
+        self.deferred.push_back(Deferred::Pull(pull));
     }
 
     /// Starts training a pull on the blocking pool.
@@ -215,36 +260,50 @@ impl Session {
         let now = Instant::now();
         self.training_span.get_or_insert((now, now));
         let mut replica = self.replica.take().expect("one pull trains at a time");
+        let chain = Arc::new(PullChain::new(pull));
+        let (job_chain, chained) = (Arc::clone(&chain), self.chained_tx.clone());
         let handle = tokio::task::spawn_blocking(move || {
-            let report = replica.train(&pull);
+            let report = train_chain(&mut replica, pull, &job_chain, &chained);
             (replica, report)
         });
-        self.job = Some(Job { pull, handle });
-    }
-
-    /// Resolves when the job in progress has trained (poll only while there is one).
-    async fn training(&mut self) -> (Replica, Result<pb::RoundReport>) {
-        let job = self.job.as_mut().expect("polled only while a pull trains");
-        (&mut job.handle).await.expect("training does not panic")
+        self.job = Some(Job { chain, handle });
     }
 
     /// The job is done: take the replica back and answer the pull if it may be.
     async fn trained(&mut self, mut replica: Replica, report: Result<pb::RoundReport>) -> Result<()> {
         let job = self.job.take().expect("a job was training");
+        let (pull, queued) = job.chain.finish();
+        if let Some(queued) = queued {
+            // It came before anything deferred since.
+            self.deferred.push_front(Deferred::Pull(queued));
+        }
         if let Some(applied) = replica.apply_pending() {
-            log_correction(&job.pull, applied);
+            log_correction(&pull, applied);
         }
         self.replica = Some(replica);
         let report = report?;
+        self.account(&report);
+        if self.slowdown > 1.0 {
+            tokio::time::sleep(Duration::from_secs_f64(report.train_seconds * (self.slowdown - 1.0))).await;
+        }
+        self.trained = Some(Trained { pull, report });
+        self.flush().await
+    }
+
+    /// The job went on from a pull: send that pull's weights.
+    async fn send_chained(&mut self, Chained { trained, weights }: Chained) -> Result<()> {
+        self.account(&trained.report);
+        self.pulls_chained += 1;
+        self.sent = Some((trained.pull.epoch, trained.pull.round));
+        self.send_weights(trained, &weights).await
+    }
+
+    /// Adds a trained pull to the session's training time and span.
+    fn account(&mut self, report: &pb::RoundReport) {
         self.train_seconds += report.train_seconds;
         if let Some((_, last)) = self.training_span.as_mut() {
             *last = Instant::now();
         }
-        if self.slowdown > 1.0 {
-            tokio::time::sleep(Duration::from_secs_f64(report.train_seconds * (self.slowdown - 1.0))).await;
-        }
-        self.trained = Some(Trained { pull: job.pull, report });
-        self.flush().await
     }
 
     /// Sends what may be sent and runs deferred commands, until a pull trains,
@@ -364,6 +423,36 @@ impl Session {
             }
             Applied::Corrected { steps } => debug!(epoch, round, steps, "average applied as a correction"),
         }
+    }
+}
+
+/// Resolves when the job in progress has trained (poll only while there is one).
+async fn job_done(job: &mut Option<Job>) -> (Replica, Result<pb::RoundReport>) {
+    let job = job.as_mut().expect("polled only while a pull trains");
+    (&mut job.handle).await.expect("training does not panic")
+}
+
+/// A job on the blocking pool: trains `first`, then each pull queued in
+/// `chain` as long as the weights of the one before may be sent (its
+/// average, if one is awaited, applied), handing those to the session over
+/// `chained`. Returns the report of the last pull trained.
+fn train_chain(
+    replica: &mut Replica,
+    first: pb::PullWeights,
+    chain: &PullChain,
+    chained: &mpsc::UnboundedSender<Chained>,
+) -> Result<pb::RoundReport> {
+    let mut pull = first;
+    loop {
+        let report = replica.train(&pull)?;
+        if let Some(applied) = replica.apply_pending() {
+            log_correction(&pull, applied);
+        }
+        let Some((trained, next)) = chain.advance(!replica.awaits_average()) else { return Ok(report) };
+        let weights = replica.snapshot_to_send();
+        // Only fails once the session is gone, which ends this job anyway.
+        let _ = chained.send(Chained { trained: Trained { pull: trained, report }, weights });
+        pull = next;
     }
 }
 
