@@ -80,7 +80,7 @@ pub async fn run(
 #[derive(Debug)]
 struct Job {
     chain: Arc<PullChain>,
-    /// The report of the last pull the job trained.
+    /// Gives the replica back, with the report of the last pull trained.
     handle: JoinHandle<(Replica, Result<pb::RoundReport>)>,
 }
 
