@@ -20,15 +20,13 @@ pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<It
     })
 }
 
-/// Little-endian f32 bytes, written into one preallocated buffer. Fixed-size
-/// byte arrays (not 4-byte slices) let the compiler make this plain copies
-/// on little-endian machines, and the decoders below vector loops.
+/// Little-endian f32 bytes, collected straight into one buffer (no zeroing
+/// first). Fixed-size byte arrays (not 4-byte slices) let the compiler make
+/// this a plain copy on little-endian machines, and the decoders below
+/// vector loops.
 fn encode_values(values: &[f32]) -> bytes::Bytes {
-    let mut out = vec![0u8; values.len() * 4];
-    for (dst, v) in out.as_chunks_mut::<4>().0.iter_mut().zip(values) {
-        *dst = v.to_le_bytes();
-    }
-    out.into()
+    let words: Vec<[u8; 4]> = values.iter().map(|v| v.to_le_bytes()).collect();
+    words.into_flattened().into()
 }
 
 /// Decodes little-endian f32 bytes (length checked by [`ChunkCursor`]; a
