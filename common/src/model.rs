@@ -18,8 +18,6 @@
 //! branches, so that the compiler vectorises them, and compiled a second time
 //! for AVX2, which `multiversion` picks at run time.
 
-use std::ops::Range;
-
 use multiversion::multiversion;
 
 use crate::dataset::Dataset;
@@ -127,21 +125,7 @@ impl Mlp {
     /// Forward and backward pass over the batch loaded in `ws` (`b` samples).
     /// Writes the gradient of the mean loss into `grads` and returns the
     /// mean cross-entropy loss.
-    ///
-    /// As soon as a layer's gradient is complete and the backward pass no
-    /// longer reads its weights, `update(params, grads, range)` is called with
-    /// that layer's contiguous range of the flat buffer (weight, then bias),
-    /// last layer first. An optimiser step there finds the gradient the matrix
-    /// product has just written still in cache, where a pass over the whole
-    /// buffer after the backward pass would read it back from memory.
-    pub fn loss_and_grad(
-        &self,
-        params: &mut [f32],
-        grads: &mut [f32],
-        ws: &mut Workspace,
-        b: usize,
-        mut update: impl FnMut(&mut [f32], &[f32], Range<usize>),
-    ) -> f32 {
+    pub fn loss_and_grad(&self, params: &[f32], grads: &mut [f32], ws: &mut Workspace, b: usize) -> f32 {
         debug_assert_eq!(params.len(), self.layout.len);
         debug_assert_eq!(grads.len(), self.layout.len);
         self.forward(params, ws, b);
@@ -165,7 +149,6 @@ impl Mlp {
                 matmul(weight(params, layer).t(), delta_t, below);
                 relu_backward(below, input_t.data);
             }
-            update(params, grads, layer.weight.start..layer.bias.end);
         }
         loss
     }
@@ -452,7 +435,7 @@ mod tests {
         let mut ws = Workspace::new(&arch, 5);
         let b = ws.load_batch(&data, &indices);
         let mut grads = vec![0.0; mlp.len()];
-        let loss = mlp.loss_and_grad(&mut params, &mut grads, &mut ws, b, |_, _, _| {});
+        let loss = mlp.loss_and_grad(&params, &mut grads, &mut ws, b);
 
         let x: Vec<f64> = ws.activations[0][..b * 4].iter().map(|&v| f64::from(v)).collect();
         let p64: Vec<f64> = params.iter().map(|&v| f64::from(v)).collect();
@@ -475,42 +458,16 @@ mod tests {
     }
 
     #[test]
-    fn updating_each_layer_during_the_backward_pass_equals_updating_after_it() {
-        let arch = Architecture::mlp(6, &[5, 4], 3).unwrap();
-        let mlp = Mlp::new(arch.clone());
-        let mut rng = Rng::seed_from(9);
-        let start = mlp.init(&mut rng);
-        let data = tiny_batch(&mut rng, 7, 6);
-        let mut ws = Workspace::new(&arch, 7);
-        let b = ws.load_batch(&data, &[0, 1, 2, 3, 4, 5, 6]);
-        let sgd = crate::optim::Sgd::new(0.9, 1e-2, true).unwrap();
-
-        let (mut after, mut grads, mut state) = (start.clone(), vec![0.0; mlp.len()], sgd.state(mlp.len()));
-        mlp.loss_and_grad(&mut after, &mut grads, &mut ws, b, |_, _, _| {});
-        sgd.step(0.5, &mut after, &grads, &mut state);
-
-        let (mut during, mut state) = (start.clone(), sgd.state(mlp.len()));
-        let mut ranges = Vec::new();
-        mlp.loss_and_grad(&mut during, &mut grads, &mut ws, b, |params, grads, layer| {
-            ranges.push(layer.clone());
-            sgd.step_range(0.5, params, grads, &mut state, layer);
-        });
-        assert_eq!(ranges, [59..74, 35..59, 0..35], "each layer once, last first, weight and bias together");
-        assert_ne!(after, start);
-        assert_eq!(during, after, "the backward pass read a weight after its update");
-    }
-
-    #[test]
     fn bias_gradient_is_the_column_sum_of_the_output_delta() {
         let arch = Architecture::mlp(3, &[], 4).unwrap();
         let mlp = Mlp::new(arch.clone());
         let mut rng = Rng::seed_from(5);
-        let mut params = mlp.init(&mut rng);
+        let params = mlp.init(&mut rng);
         let data = tiny_batch(&mut rng, 6, 3);
         let mut ws = Workspace::new(&arch, 8);
         let b = ws.load_batch(&data, &[0, 1, 2, 3, 4, 5]);
         let mut grads = vec![0.0; mlp.len()];
-        mlp.loss_and_grad(&mut params, &mut grads, &mut ws, b, |_, _, _| {});
+        mlp.loss_and_grad(&params, &mut grads, &mut ws, b);
         // The obvious loop in f64; deltas are stored `[4, b]`.
         let delta = &ws.deltas[1];
         let bias_grad = &grads[mlp.layout().layers[0].bias.clone()];

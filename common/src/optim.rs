@@ -5,8 +5,6 @@
 //! when the cluster replaces a worker's weights with the average, the worker
 //! keeps its own velocity.
 
-use std::ops::Range;
-
 use multiversion::multiversion;
 
 use crate::error::{Error, Result};
@@ -46,22 +44,12 @@ impl Sgd {
         SgdState { velocity: if self.momentum > 0.0 { vec![0.0; len] } else { Vec::new() } }
     }
 
-    /// One update of every parameter: `g = grad + wd·w; v = μ·v + g;
-    /// w -= lr · (nesterov ? g + μ·v : v)`.
+    /// One update: `g = grad + wd·w; v = μ·v + g; w -= lr · (nesterov ? g + μ·v : v)`.
     pub fn step(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut SgdState) {
-        self.step_range(lr, params, grads, state, 0..params.len());
-    }
-
-    /// [`step`](Self::step) on the parameters in `range` only, so that each
-    /// layer can be updated as soon as its gradient is known. Panics if
-    /// `range` lies outside the buffers.
-    pub fn step_range(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut SgdState, range: Range<usize>) {
-        let (params, grads) = (&mut params[range.clone()], &grads[range.clone()]);
         if self.momentum == 0.0 {
             descend(lr, self.weight_decay, params, grads);
         } else {
-            let velocity = &mut state.velocity[range];
-            descend_with_momentum(lr, self, params, grads, velocity);
+            descend_with_momentum(lr, self, params, grads, &mut state.velocity);
         }
     }
 }

@@ -128,14 +128,8 @@ impl Trainer {
             between(&mut self.params);
             let lr = progress.lr(&self.config, stats.samples);
             let b = self.workspace.load_batch(data, batch);
-            let (sgd, state) = (&self.sgd, &mut self.state);
-            let loss = self.mlp.loss_and_grad(
-                &mut self.params,
-                &mut self.grads,
-                &mut self.workspace,
-                b,
-                |params, grads, layer| sgd.step_range(lr, params, grads, state, layer),
-            );
+            let loss = self.mlp.loss_and_grad(&self.params, &mut self.grads, &mut self.workspace, b);
+            self.sgd.step(lr, &mut self.params, &self.grads, &mut self.state);
             stats.loss_sum += f64::from(loss) * b as f64;
             stats.samples += b;
             stats.batches += 1;
