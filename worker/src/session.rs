@@ -216,23 +216,19 @@ impl Session {
     /// lifting its wait (the round it waited for was abandoned).
     fn lift_wait(&mut self, pull: &pb::PullWeights) -> bool {
         let in_job = self.job.as_ref().is_some_and(|job| job.chain.lift(pull.epoch, pull.round, pull.after_round));
-        let held = self
-            .trained
-            .as_mut()
-            .map(|t| &mut t.pull)
-            .into_iter()
-            .chain(self.deferred.iter_mut().filter_map(|d| match d {
-                Deferred::Pull(p) => Some(p),
-                _ => None,
-            }))
-            .find(|held| (held.epoch, held.round) == (pull.epoch, pull.round));
-        let lifted = match held {
-            Some(held) => {
-                held.after_round = pull.after_round;
-                true
-            }
-            None => in_job,
-        };
+        let lifted = in_job
+            || self
+                .trained
+                .as_mut()
+                .map(|t| &mut t.pull)
+                .into_iter()
+                .chain(self.deferred.iter_mut().filter_map(|d| match d {
+                    Deferred::Pull(p) => Some(p),
+                    _ => None,
+                }))
+                .find(|held| (held.epoch, held.round) == (pull.epoch, pull.round))
+                .map(|held| held.after_round = pull.after_round)
+                .is_some();
         if lifted {
             debug!(epoch = pull.epoch, round = pull.round, after_round = pull.after_round, "wait lifted");
         }
