@@ -773,52 +773,29 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// `openssl req` arguments for a new unencrypted P-256 key.
 const NEW_EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
 
+/// `openssl req` with a new P-256 key written to `key`: with `-x509` among
+/// `options` a self-signed certificate, otherwise a signing request, in `out`.
+fn new_key_request(dir: &Path, options: &[&str], key: &str, out: &str, subject: &str) {
+    let args: Vec<&str> = ["req"]
+        .into_iter()
+        .chain(options.iter().copied())
+        .chain(NEW_EC_KEY)
+        .chain(["-keyout", key, "-out", out, "-subj", subject])
+        .collect();
+    openssl(dir, &args);
+}
+
 /// A self-signed CA: `<name>.pem` and `<name>.key` in `dir`.
 fn make_ca(dir: &Path, name: &str) {
-    let (key, pem, subject) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN=lazyavg test {name}"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            NEW_EC_KEY[0],
-            NEW_EC_KEY[1],
-            NEW_EC_KEY[2],
-            NEW_EC_KEY[3],
-            NEW_EC_KEY[4],
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-subj",
-            &subject,
-        ],
-    );
+    let subject = format!("/CN=lazyavg test {name}");
+    new_key_request(dir, &["-x509", "-days", "2"], &format!("{name}.key"), &format!("{name}.pem"), &subject);
 }
 
 /// A certificate `<name>.pem` with key `<name>.key`, signed by the CA `<ca>`,
 /// with the X.509 v3 extensions `extensions`.
 fn make_cert(dir: &Path, ca: &str, name: &str, extensions: &str) {
     fs::write(dir.join(format!("{name}.ext")), extensions).expect("writing extensions");
-    openssl(
-        dir,
-        &[
-            "req",
-            NEW_EC_KEY[0],
-            NEW_EC_KEY[1],
-            NEW_EC_KEY[2],
-            NEW_EC_KEY[3],
-            NEW_EC_KEY[4],
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    new_key_request(dir, &[], &format!("{name}.key"), &format!("{name}.csr"), &format!("/CN={name}"));
     openssl(
         dir,
         &[
