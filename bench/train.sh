@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, measured: a coordinator and N separate worker processes on
-# loopback with the default settings (K = 16). Prints the final accuracy, the
+# loopback with the default settings (K = 16 up to 8 workers). Prints the final accuracy, the
 # wall time, the cluster's samples/s, and each worker's idle share (time not
 # spent training: waiting for others plus transfers) as the worker reports it.
 #   cargo build --release && bench/train.sh

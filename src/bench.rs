@@ -27,6 +27,9 @@ const REPETITIONS: usize = 5;
 /// Side of the square matrix product that gives the ceiling: large enough that
 /// the backend runs at its best, small enough to time in a fraction of a second.
 const CEILING_SIZE: usize = 1024;
+
+/// The longest `--seconds` per row: an hour already makes a run of a day.
+const MAX_SECONDS: f64 = 3600.0;
 /// Samples trained between two clock reads (rounded to whole batches).
 const CHUNK_SAMPLES: usize = 1024;
 
@@ -42,8 +45,8 @@ type Workload<'a> = Box<dyn FnMut() -> f64 + 'a>;
 
 pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.seconds.is_finite() && args.seconds > 0.0,
-        "invalid --seconds: must be positive and finite, got {}",
+        args.seconds > 0.0 && args.seconds <= MAX_SECONDS,
+        "invalid --seconds: must be above 0 and at most {MAX_SECONDS}, got {}",
         args.seconds
     );
     let per_repetition = Duration::from_secs_f64(args.seconds / REPETITIONS as f64);

@@ -18,12 +18,18 @@ use lazyavg_worker::WorkerArgs;
 /// Runs `future` on a multi-threaded runtime (training itself runs on the
 /// blocking pool, so a small runtime is enough).
 pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(future)
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(future);
+    // Without waiting for the blocking pool: a worker's watch on standard
+    // input (`--exit-with-stdin`) is a blocking read that cannot be
+    // cancelled, and waiting for it kept a failed local worker alive, and
+    // its coordinator waiting for it, until the coordinator itself exited.
+    runtime.shutdown_background();
+    result
 }
 
 pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow::Result<()> {
@@ -39,12 +45,13 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
         .map_err(|source| lazyavg_coordinator::Error::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let shutdown: Shutdown = Box::pin(shutdown_signal(false));
+    let token = config.token.clone();
     let run = lazyavg_coordinator::run(config, listener, shutdown);
     if args.spawn_workers == 0 {
         run.await?;
         return Ok(());
     }
-    let mut local = LocalWorkers::start(args.spawn_workers, dialable(addr), log_format.name())?;
+    let mut local = LocalWorkers::start(args.spawn_workers, dialable(addr), log_format.name(), token.as_ref())?;
     tokio::select! {
         result = run => { result?; }
         failure = local.failure() => return Err(failure.into()),

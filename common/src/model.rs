@@ -67,10 +67,6 @@ impl Workspace {
         Workspace { capacity, activations, deltas, labels: vec![0; capacity] }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Fills the input rows and labels for the samples at `indices` of `data`.
     /// Returns the batch size. Panics if `indices` exceeds the capacity.
     pub fn load_batch(&mut self, data: &Dataset, indices: &[u32]) -> usize {

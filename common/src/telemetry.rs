@@ -77,3 +77,17 @@ impl Write for StderrAboveBars {
         io::stderr().flush()
     }
 }
+
+/// An error with its causes, `outer: inner: innermost` (what `{:#}` shows
+/// for the binary's final error), for log lines. Error messages name their
+/// cause only as a source, never in their own text, so nothing repeats.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -20,12 +20,6 @@ impl TrainStats {
     pub fn mean_loss(&self) -> f64 {
         self.loss_sum / self.samples.max(1) as f64
     }
-
-    pub fn add(&mut self, other: TrainStats) {
-        self.loss_sum += other.loss_sum;
-        self.samples += other.samples;
-        self.batches += other.batches;
-    }
 }
 
 /// Where a stretch of training lies in the run, for the learning-rate

@@ -9,15 +9,12 @@ use std::time::Duration;
 use clap::Args;
 use lazyavg_common::config::{LrScaling, TrainConfig, TrainSettings};
 use lazyavg_common::outer::{OuterOptimizer, OuterRule};
-use lazyavg_proto::auth::Token;
+use lazyavg_proto::auth::{TOKEN_ENV, TOKEN_FILE_ENV, Token};
 use lazyavg_proto::tls::ServerTls;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::round::Aggregate;
-
-/// The environment variable that may hold the shared secret.
-pub const TOKEN_ENV: &str = "LAZYAVG_TOKEN";
 
 /// Port the coordinator listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7070;
@@ -33,14 +30,14 @@ const DEFAULT_STRAGGLER_FACTOR: f64 = 0.0;
 /// Outer step settings for `--outer-optimizer sgd|nesterov`. DiLoCo's lr 0.7
 /// and momentum 0.9 assume hundreds of local steps per round; at K = 16 with
 /// local momentum 0.9, outer momentum 0.9 diverged with 2 workers, 0.5 did
-/// not. Over 3 seeds (README), lr 0.9 beat 0.7 at 8 and 16 workers and 1.1
+/// not. Over 3 seeds (docs/tuning.md), lr 0.9 beat 0.7 at 8 and 16 workers and 1.1
 /// at 16 (at 8, 1.1 ended higher but reached 98% an epoch later), and
 /// momentum 0.5 beat 0.6 and 0.7.
 const DEFAULT_OUTER_LR: f32 = 0.9;
 const DEFAULT_OUTER_MOMENTUM: f32 = 0.5;
 
 /// From this many workers on, the default outer step is Nesterov rather than
-/// the plain average. Measured over 3 seeds at K = 16 (README): with 8
+/// the plain average. Measured over 3 seeds at K = 16 (docs/tuning.md): with 8
 /// workers it reaches 98% an epoch sooner (5 vs 6) and ends higher (98.31% vs
 /// 98.15%); with 1 to 4 it is no better and a little worse alone.
 const NESTEROV_FROM_WORKERS: usize = 8;
@@ -55,7 +52,7 @@ fn default_outer_rule(workers: usize) -> OuterRule {
 /// (N > 8), then `MINIBATCHES_PER_ROUND / N`. Each round is one step of the
 /// outer optimiser, and a larger cluster at a fixed K takes fewer of them per
 /// epoch (MNIST at batch 32: 14.6 rounds an epoch with 8 workers, 5.9 with 20).
-/// Measured over 5 seeds (README): at 20 workers K = 16 reached 98% on only 3
+/// Measured over 5 seeds (docs/tuning.md): at 20 workers K = 16 reached 98% on only 3
 /// of 5 and ended at 97.99%, K = 6 on all by epoch 7, ending at 98.17%, in
 /// about the same time; at 16 workers K = 8 ends at 98.23% against 98.17%;
 /// up to 12 the interval makes no difference beyond the seeds' spread. K = 4
@@ -71,11 +68,19 @@ fn default_sync_every(workers: usize) -> usize {
 /// How long a run may stay paused for lack of workers before it gives up.
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// The longest `--round-timeout` or `--max-wait`: more is surely a typo, and
+/// deadlines computed from it must not overflow the clock.
+const LONGEST_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The largest `--straggler-factor`: a grace of 1000× the quorum's time is
+/// already no cut-off at all.
+const MAX_STRAGGLER_FACTOR: f64 = 1000.0;
+
 /// Flags of `lazyavg coordinator`; a TOML file given with `--config` may set
 /// any of them under the same name (with `_` for `-`).
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
 pub struct Settings {
-    /// Workers to train with: the epoch is split into this many shards [default: --spawn-workers, or 2].
+    /// Workers to wait for before training; each epoch is split among those connected [default: --spawn-workers, or 2].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
@@ -148,7 +153,7 @@ pub struct Settings {
     pub verify: bool,
 
     /// File holding the shared secret workers must present (or set LAZYAVG_TOKEN) [default: none].
-    #[arg(long, env = "LAZYAVG_TOKEN_FILE", value_name = "PATH")]
+    #[arg(long, env = TOKEN_FILE_ENV, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
     /// PEM certificate (chain) the coordinator presents; turns on TLS (with --tls-key).
@@ -258,8 +263,15 @@ impl Settings {
     /// workers the coordinator starts itself (the default for `workers`).
     pub fn resolve(&self, spawn_workers: usize) -> Result<CoordinatorConfig> {
         let mut train = self.train.resolve()?;
+        if spawn_workers > 0 && (self.tls_cert.is_some() || self.tls_client_ca.is_some()) {
+            return Err(Error::Config(
+                "--spawn-workers starts its workers on this machine over plain loopback; TLS is for workers \
+                 elsewhere: drop the --tls-* flags, or start the workers with `lazyavg worker`"
+                    .into(),
+            ));
+        }
         let bind = self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-        let token = Token::load(self.token_file.as_deref(), TOKEN_ENV).map_err(Error::Config)?;
+        let token = Token::load(self.token_file.as_deref()).map_err(Error::Config)?;
         let tls = ServerTls::load(self.tls_cert.as_deref(), self.tls_key.as_deref(), self.tls_client_ca.as_deref())
             .map_err(Error::Config)?;
         if !bind.ip().is_loopback() && token.is_none() && tls.is_none() && !self.insecure {
@@ -285,15 +297,24 @@ impl Settings {
             lr_scaling,
             workers,
             sync_every: positive(self.sync_every.unwrap_or_else(|| default_sync_every(workers)), "--sync-every")?,
-            epochs: positive(self.epochs.unwrap_or(10), "--epochs")?,
-            round_timeout: match self.round_timeout.unwrap_or(DEFAULT_ROUND_TIMEOUT) {
+            epochs: match self.epochs.unwrap_or(10) {
+                // The protocol carries the epoch count in 32 bits.
+                e if (1..=u32::MAX as usize).contains(&e) => e,
+                e => return Err(Error::Config(format!("invalid --epochs: must be 1 to {}, got {e}", u32::MAX))),
+            },
+            round_timeout: match within_longest_wait(
+                self.round_timeout.unwrap_or(DEFAULT_ROUND_TIMEOUT),
+                "--round-timeout",
+            )? {
                 t if t.is_zero() => return Err(Error::Config("invalid --round-timeout: must be above 0".into())),
                 t => t,
             },
             straggler_factor: match self.straggler_factor.unwrap_or(DEFAULT_STRAGGLER_FACTOR) {
-                f if f == 0.0 || (f >= 1.0 && f.is_finite()) => f,
+                f if f == 0.0 || (1.0..=MAX_STRAGGLER_FACTOR).contains(&f) => f,
                 f => {
-                    return Err(Error::Config(format!("invalid --straggler-factor: must be 0 or at least 1, got {f}")));
+                    return Err(Error::Config(format!(
+                        "invalid --straggler-factor: must be 0 or 1 to {MAX_STRAGGLER_FACTOR}, got {f}"
+                    )));
                 }
             },
             overlap: self.overlap,
@@ -301,7 +322,7 @@ impl Settings {
             outer_settings,
             aggregate: self.aggregate.unwrap_or_default(),
             min_workers: positive(self.min_workers.unwrap_or(1), "--min-workers")?,
-            max_wait: self.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
+            max_wait: within_longest_wait(self.max_wait.unwrap_or(DEFAULT_MAX_WAIT), "--max-wait")?,
             bind,
             token,
             token_file: self.token_file.clone(),
@@ -377,6 +398,18 @@ mod humantime_serde_opt {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
     }
+}
+
+/// `wait`, unless it is longer than [`LONGEST_WAIT`].
+fn within_longest_wait(wait: Duration, flag: &str) -> Result<Duration> {
+    if wait > LONGEST_WAIT {
+        let longest = humantime::format_duration(LONGEST_WAIT);
+        return Err(Error::Config(format!(
+            "invalid {flag}: must be at most {longest}, got {}",
+            humantime::format_duration(wait)
+        )));
+    }
+    Ok(wait)
 }
 
 /// `runs/<UTC timestamp>`, e.g. `runs/2026-11-28T10-15-00Z`.
@@ -462,6 +495,13 @@ mod tests {
         let bad = |s: Settings| s.resolve(0).unwrap_err().to_string();
         assert!(bad(Settings { sync_every: Some(0), ..Settings::default() }).contains("--sync-every"));
         assert!(bad(Settings { workers: Some(0), ..Settings::default() }).contains("--workers"));
+        let tls = Settings { tls_cert: Some("server.pem".into()), ..Settings::default() };
+        assert!(tls.resolve(2).unwrap_err().to_string().contains("--spawn-workers"));
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert!(bad(Settings { round_timeout: Some(year), ..Settings::default() }).contains("--round-timeout"));
+        assert!(bad(Settings { max_wait: Some(year), ..Settings::default() }).contains("--max-wait"));
+        assert!(bad(Settings { straggler_factor: Some(1e300), ..Settings::default() }).contains("--straggler-factor"));
+        assert!(bad(Settings { epochs: Some(1 << 40), ..Settings::default() }).contains("--epochs"));
         let lr =
             Settings { train: TrainSettings { lr: Some(-1.0), ..TrainSettings::default() }, ..Settings::default() };
         assert!(bad(lr).contains("--lr"));

@@ -14,13 +14,13 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Common(#[from] lazyavg_common::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -28,7 +28,7 @@ pub enum Error {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("cannot start local worker {index}: {source}")]
+    #[error("cannot start local worker {index}")]
     SpawnWorker {
         index: usize,
         #[source]

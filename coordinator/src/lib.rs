@@ -37,8 +37,11 @@ use lazyavg_common::model::Mlp;
 use lazyavg_common::rng::Rng;
 use lazyavg_common::{config::RunSpec, fsutil, model_file};
 use lazyavg_proto::auth::RequireToken;
+use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_server::CoordinatorServer;
-use lazyavg_proto::{MAX_CHUNK_BYTES, pb};
+use lazyavg_proto::transport::{
+    CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME, MAX_MESSAGE_BYTES, STREAM_WINDOW,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tonic::service::interceptor::InterceptedService;
@@ -50,19 +53,6 @@ pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
 pub use crate::error::{Error, Result};
 use crate::service::{CoordinatorService, Shared};
-
-/// How often idle HTTP/2 connections are pinged, and how long a ping may go
-/// unanswered before the connection (and the worker's session) is dropped.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 flow-control windows large enough that a whole default model
-/// (800 KB) is in flight without waiting for window updates: h2's 64 KiB
-/// default costs a round trip per 64 KiB of weights.
-const STREAM_WINDOW: u32 = 8 << 20;
-const CONNECTION_WINDOW: u32 = 32 << 20;
-/// Largest HTTP/2 frame we accept: a weights chunk travels in a few frames
-/// instead of 64 frames of h2's 16 KiB default.
-const MAX_FRAME: u32 = (1 << 24) - 1;
 
 /// Runs a whole training run on an already bound `listener` (tests bind port
 /// 0) until it completes or `shutdown` resolves.
@@ -107,8 +97,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         outbox_capacity: outbox_capacity(mlp.len()),
     });
     let service = CoordinatorServer::new(CoordinatorService::new(shared))
-        .max_decoding_message_size(MAX_CHUNK_BYTES + 64 * 1024)
-        .max_encoding_message_size(MAX_CHUNK_BYTES + 64 * 1024);
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = InterceptedService::new(service, RequireToken(config.token.clone()));
     if !config.bind.ip().is_loopback() && config.token.is_none() && config.tls.is_none() {
         warn!(bind = %config.bind, "--insecure: no token is required; anyone who can reach this port can join the run");

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 
+use lazyavg_proto::auth::{TOKEN_ENV, TOKEN_FILE_ENV, Token};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tracing::info;
@@ -21,14 +22,15 @@ pub struct LocalWorkers {
 
 impl LocalWorkers {
     /// Starts `count` workers of this same binary connected to `addr`.
-    /// `log_format` is passed on so their lines match the coordinator's.
-    pub fn start(count: usize, addr: SocketAddr, log_format: &str) -> Result<Self> {
+    /// `log_format` is passed on so their lines match the coordinator's, and
+    /// the run's `token`, if any, in their environment.
+    pub fn start(count: usize, addr: SocketAddr, log_format: &str, token: Option<&Token>) -> Result<Self> {
         let exe = std::env::current_exe().map_err(|source| Error::SpawnWorker { index: 0, source })?;
         let (tx, exits) = mpsc::channel(count.max(1));
         for index in 1..=count {
             let name = format!("local-{index}");
-            let child =
-                spawn_one(&exe, addr, &name, log_format).map_err(|source| Error::SpawnWorker { index, source })?;
+            let child = spawn_one(&exe, addr, &name, log_format, token)
+                .map_err(|source| Error::SpawnWorker { index, source })?;
             info!(name, pid = child.id(), "started local worker");
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -56,8 +58,19 @@ impl LocalWorkers {
     }
 }
 
-fn spawn_one(exe: &PathBuf, addr: SocketAddr, name: &str, log_format: &str) -> std::io::Result<Child> {
-    Command::new(exe)
+fn spawn_one(
+    exe: &PathBuf,
+    addr: SocketAddr,
+    name: &str,
+    log_format: &str,
+    token: Option<&Token>,
+) -> std::io::Result<Child> {
+    let mut command = Command::new(exe);
+    if let Some(token) = token {
+        // The environment, not a flag: `ps` shows arguments to every user.
+        command.env(TOKEN_ENV, token.secret()).env_remove(TOKEN_FILE_ENV);
+    }
+    command
         .args(["--log-format", log_format, "worker", "--coordinator", &format!("http://{addr}"), "--name", name])
         .arg("--exit-with-stdin")
         .stdin(Stdio::piped())

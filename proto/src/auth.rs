@@ -9,6 +9,11 @@ use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+/// The environment variable that may hold the shared secret itself.
+pub const TOKEN_ENV: &str = "LAZYAVG_TOKEN";
+/// The environment variable that may name the file holding it (`--token-file`).
+pub const TOKEN_FILE_ENV: &str = "LAZYAVG_TOKEN_FILE";
+
 /// A validated shared secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
@@ -39,13 +44,18 @@ impl Token {
         Token::parse(&text, &path.display().to_string())
     }
 
-    /// The token from `--token-file` if given, else from the environment variable `env`.
-    pub fn load(file: Option<&Path>, env: &str) -> Result<Option<Token>, String> {
-        match (file, std::env::var(env)) {
+    /// The token from `--token-file` if given, else from [`TOKEN_ENV`].
+    pub fn load(file: Option<&Path>) -> Result<Option<Token>, String> {
+        match (file, std::env::var(TOKEN_ENV)) {
             (Some(path), _) => Token::from_file(path).map(Some),
-            (None, Ok(text)) => Token::parse(&text, env).map(Some),
+            (None, Ok(text)) => Token::parse(&text, TOKEN_ENV).map(Some),
             (None, Err(_)) => Ok(None),
         }
+    }
+
+    /// The secret itself, to hand to a child process in [`TOKEN_ENV`]; never log it.
+    pub fn secret(&self) -> &str {
+        &self.0
     }
 
     fn header(&self) -> String {

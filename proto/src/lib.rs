@@ -13,6 +13,7 @@ pub mod auth;
 pub mod chunks;
 pub mod convert;
 pub mod tls;
+pub mod transport;
 
 /// The generated protobuf types and gRPC stubs.
 #[allow(clippy::all, missing_docs)]

@@ -818,6 +818,39 @@ fn make_cert(dir: &Path, ca: &str, name: &str, extensions: &str) {
     );
 }
 
+/// `--spawn-workers` hands the token from `--token-file` to its workers.
+#[test]
+fn spawned_workers_present_the_token_of_the_token_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let token_file = tmp.path().join("token");
+    fs::write(&token_file, "lazyavg-test-token-24chr\n").expect("writing the token");
+    let out = tmp.path().join("out");
+    let token_file = token_file.to_str().expect("UTF-8 path");
+    let args = ["--spawn-workers", "1", "--epochs", "1", "--hidden", "64", "--token-file", token_file];
+    let mut cmd = coordinator_command(&out, "127.0.0.1:0", &args, "info");
+    cmd.env_remove("LAZYAVG_TOKEN").env_remove("LAZYAVG_TOKEN_FILE").env("LAZYAVG_CACHE_DIR", tmp.path().join("cache"));
+    let mut coordinator = Proc::spawn("coordinator", cmd);
+    expect_success(&mut [&mut coordinator]);
+    assert_eq!(logged(&coordinator, "worker joined").len(), 1, "{}", coordinator.dump());
+    assert_eq!(epoch_numbers(&epoch_metrics(&out)), [1]);
+}
+
+/// A local worker that cannot work (its dataset cache is not a directory)
+/// exits at once, and its coordinator ends the run naming it.
+#[test]
+fn a_failing_spawned_worker_ends_the_run_promptly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let not_a_dir = tmp.path().join("file");
+    fs::write(&not_a_dir, "").expect("writing a file");
+    let out = tmp.path().join("out");
+    let mut cmd = coordinator_command(&out, "127.0.0.1:0", &["--spawn-workers", "1", "--epochs", "1"], "info");
+    cmd.env("LAZYAVG_CACHE_DIR", not_a_dir.join("cache"));
+    let mut coordinator = Proc::spawn("coordinator", cmd);
+    let started = Instant::now();
+    expect_exit(&mut coordinator, 1, "local worker local-1 exited");
+    assert!(started.elapsed() < EVENT_TIMEOUT, "the coordinator took {:?} to give up", started.elapsed());
+}
+
 /// Waits until `stranger` has retried a few times, and asserts that the
 /// coordinator never let it join.
 fn assert_kept_out(coordinator: &mut Proc, stranger: &mut Proc) {

@@ -4,11 +4,15 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use lazyavg_proto::auth::Token;
+use lazyavg_proto::auth::{TOKEN_FILE_ENV, Token};
 use lazyavg_proto::tls::ClientTls;
 use tonic::transport::Uri;
 
 use crate::error::{Error, Result};
+
+/// `--debug-slowdown` beyond this would only make a test wait forever (and
+/// the pause, train time × factor, overflow).
+const MAX_SLOWDOWN: f64 = 1000.0;
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
@@ -25,7 +29,7 @@ pub struct WorkerArgs {
     pub cache_dir: Option<PathBuf>,
 
     /// File holding the coordinator's shared secret (or set LAZYAVG_TOKEN).
-    #[arg(long, env = "LAZYAVG_TOKEN_FILE", value_name = "PATH")]
+    #[arg(long, env = TOKEN_FILE_ENV, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
     /// PEM CA certificate that signed the coordinator's certificate (with an https:// URL).
@@ -84,12 +88,16 @@ impl WorkerArgs {
             coordinator,
             name: self.name.clone().unwrap_or_else(default_name),
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
-            token: Token::load(self.token_file.as_deref(), "LAZYAVG_TOKEN").map_err(Error::Setting)?,
+            token: Token::load(self.token_file.as_deref()).map_err(Error::Setting)?,
             tls,
             slowdown: match self.debug_slowdown {
                 None => 1.0,
-                Some(f) if f >= 1.0 && f.is_finite() => f,
-                Some(f) => return Err(Error::Setting(format!("invalid --debug-slowdown: must be ≥ 1, got {f}"))),
+                Some(f) if (1.0..=MAX_SLOWDOWN).contains(&f) => f,
+                Some(f) => {
+                    return Err(Error::Setting(format!(
+                        "invalid --debug-slowdown: must be between 1 and {MAX_SLOWDOWN}, got {f}"
+                    )));
+                }
             },
             exit_with_stdin: self.exit_with_stdin,
         })

@@ -11,7 +11,7 @@ pub enum Error {
     /// A setting that cannot be used (token, TLS files, flags).
     #[error("{0}")]
     Setting(String),
-    #[error("cannot reach the coordinator at {url}: {source}")]
+    #[error("cannot reach the coordinator at {url}")]
     Connect {
         url: String,
         #[source]
@@ -23,7 +23,7 @@ pub enum Error {
     Protocol(#[from] lazyavg_proto::ProtoError),
     #[error("dataset download: {0}")]
     Dataset(String),
-    #[error("dataset cache {path}: {source}")]
+    #[error("dataset cache {path}")]
     Cache {
         path: PathBuf,
         #[source]

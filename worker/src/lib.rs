@@ -25,9 +25,13 @@ use std::time::Duration;
 
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
+use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::auth::SendToken;
 use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
-use lazyavg_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, ProtoError, pb};
+use lazyavg_proto::transport::{
+    CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME, MAX_MESSAGE_BYTES, STREAM_WINDOW,
+};
+use lazyavg_proto::{PROTOCOL_VERSION, ProtoError, pb};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -41,14 +45,6 @@ pub type Client = CoordinatorClient<InterceptedService<Channel, SendToken>>;
 use crate::session::Ending;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Flow-control windows that let a whole model's weights be in flight at once
-/// (h2's 64 KiB default costs a round trip per 64 KiB).
-const STREAM_WINDOW: u32 = 8 << 20;
-const CONNECTION_WINDOW: u32 = 32 << 20;
-/// Largest HTTP/2 frame we accept (h2's default is 16 KiB).
-const MAX_FRAME: u32 = (1 << 24) - 1;
 
 /// Works for the coordinator until the run completes, a non-retryable error
 /// occurs, or `shutdown` resolves (with the signal's name).
@@ -60,8 +56,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = &'static s
 }
 
 async fn work(config: &WorkerConfig) -> Result<()> {
-    let seed =
-        u64::from(std::process::id()) ^ std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos() as u64);
+    let seed = u64::from(std::process::id()) ^ std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos() as u64);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), seed);
     let mut dataset = None;
     loop {
@@ -107,8 +102,8 @@ async fn attempt(
         .await
         .map_err(|source| Error::Connect { url: url.clone(), source })?;
     let mut client = CoordinatorClient::with_interceptor(channel, SendToken(config.token.clone()))
-        .max_decoding_message_size(MAX_CHUNK_BYTES + 64 * 1024)
-        .max_encoding_message_size(MAX_CHUNK_BYTES + 64 * 1024);
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let join = pb::JoinRequest { protocol_version: PROTOCOL_VERSION, name: config.name.clone() };
     let reply = client.join(join).await.map_err(Error::refused("Join"))?.into_inner();
     let missing = |what: &str| Error::Protocol(ProtoError::Config(format!("the handshake reply has no {what}")));
@@ -124,17 +119,4 @@ async fn attempt(
     };
     info!(worker = reply.worker_id, coordinator = url, architecture = %spec.arch, "joined the run");
     session::run(&mut client, reply.worker_id, &spec, data, config.slowdown, || backoff.reset()).await
-}
-
-/// An error with its causes, `outer: inner: innermost` (what `{:#}` shows
-/// for the binary's final error), for log lines.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -18,9 +18,9 @@ use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
 use lazyavg_proto::chunks::{ChunkCursor, decode_into, weight_chunks};
-use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
+use lazyavg_proto::{ProtoError, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -366,7 +366,16 @@ impl Session {
         let range = incoming.cursor.advance(&chunk)?;
         match incoming.staged.as_mut() {
             Some(buffer) => decode_into(&mut buffer[range], &chunk.data),
-            None => self.replica().receive(range, &chunk.data, incoming.correction),
+            None => match self.replica.as_mut() {
+                Some(replica) => replica.receive(range, &chunk.data, incoming.correction),
+                // Only a coordinator that broke the protocol starts a pull
+                // between the chunks of an average meant for the model itself.
+                None => {
+                    let problem = "a pull started training in the middle of this average".to_owned();
+                    let (epoch, round, offset) = (chunk.epoch, chunk.round, chunk.offset);
+                    return Err(ProtoError::Chunk { epoch, round, offset, problem }.into());
+                }
+            },
         }
         if !incoming.cursor.is_complete() {
             self.incoming = Some(incoming);

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use lazyavg_common::params::{Architecture, digest};
+use lazyavg_common::telemetry::error_chain;
 use tracing::{info, warn};
 
 use super::Driver;
@@ -46,6 +47,6 @@ pub(super) fn write_checkpoint(dir: &Path, arch: &Architecture, checkpoint: &Che
             path = %path.display(),
             "checkpoint written"
         ),
-        Err(e) => warn!(error = %e, "cannot write checkpoint"),
+        Err(e) => warn!(error = %error_chain(&e), "cannot write checkpoint"),
     }
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::model::{Evaluation, Mlp, Workspace};
+use lazyavg_common::telemetry::error_chain;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -61,7 +62,7 @@ impl Driver {
     /// error is the one to report.
     pub(super) async fn finish_closing_after_error(&mut self) {
         if let Err(e) = self.finish_closing().await {
-            warn!(error = %e, "cannot record the last epoch");
+            warn!(error = %error_chain(&e), "cannot record the last epoch");
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -73,7 +74,7 @@ impl Driver {
                     && let Some(dump) = &self.dump
                     && let Err(e) = dump.chunk(id, chunk)
                 {
-                    warn!(error = %e, "cannot dump round");
+                    warn!(error = %error_chain(&e), "cannot dump round");
                 }
                 accepted
             }

@@ -23,6 +23,7 @@ use std::time::Instant;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::model::{Evaluation, Mlp};
 use lazyavg_common::outer::OuterOptimizer;
+use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -312,7 +313,7 @@ impl Driver {
             let shards =
                 self.workers.iter().filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.indices.as_slice())));
             if let Err(e) = dump.shards(epoch, shards) {
-                warn!(error = %e, "cannot dump shards");
+                warn!(error = %error_chain(&e), "cannot dump shards");
             }
         }
     }

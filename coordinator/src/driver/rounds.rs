@@ -20,6 +20,7 @@
 use std::time::Instant;
 
 use lazyavg_common::params::digest;
+use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -155,7 +156,7 @@ impl Driver {
                 return Err(Error::Diverged { cause, peak_lr: self.config.train.peak_lr() });
             }
             Err(err) => {
-                warn!(epoch, round, error = %err, "round abandoned; redoing it with the workers left");
+                warn!(epoch, round, error = %error_chain(&err), "round abandoned; redoing it with the workers left");
                 self.pipeline.suspended = true;
                 return Ok(None);
             }

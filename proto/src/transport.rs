@@ -1,0 +1,25 @@
+//! HTTP/2 settings both ends of a session use, so that the coordinator and
+//! its workers agree on them.
+
+use std::time::Duration;
+
+use crate::MAX_CHUNK_BYTES;
+
+/// How often idle HTTP/2 connections are pinged, and how long a ping may go
+/// unanswered before the connection (and the worker's session) is dropped.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 flow-control windows large enough that a whole default model
+/// (800 KB) is in flight without waiting for window updates: h2's 64 KiB
+/// default costs a round trip per 64 KiB of weights.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
+/// Largest HTTP/2 frame accepted: a weights chunk travels in a few frames
+/// instead of 64 frames of h2's 16 KiB default.
+pub const MAX_FRAME: u32 = (1 << 24) - 1;
+
+/// Largest gRPC message either end sends or accepts: a full weights chunk
+/// plus room for its other fields.
+pub const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + 64 * 1024;
