@@ -32,16 +32,11 @@ fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()>
         Command::Coordinator(args) => cluster::block_on(cluster::coordinator(*args, log_format)),
         Command::Worker(args) => cluster::block_on(cluster::worker(args)),
         Command::FetchData(args) => {
-            let options = fetch::FetchOptions {
-                dir: args.data.data_dir,
-                mirrors: if args.mirrors.is_empty() {
-                    fetch::DEFAULT_MIRRORS.iter().map(|m| m.to_string()).collect()
-                } else {
-                    args.mirrors
-                },
-                npm: !args.no_npm,
-                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            };
+            let mut options = fetch::FetchOptions::defaults(args.data.data_dir);
+            if !args.mirrors.is_empty() {
+                options.mirrors = args.mirrors;
+            }
+            options.npm = !args.no_npm;
             fetch::fetch(&options)?;
             Ok(())
         }

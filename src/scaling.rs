@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, bail, ensure};
+use lazyavg_coordinator::config::timestamped_run_dir;
 use serde_json::{Value, json};
 use tracing::info;
 
@@ -104,7 +105,7 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
         let name = arg.split('=').next().unwrap_or(arg);
         ensure!(!OWN_FLAGS.contains(&name), "{name} cannot be passed after `--`: bench scaling sets it for every run");
     }
-    let out = args.out.clone().unwrap_or_else(default_out_dir);
+    let out = args.out.clone().unwrap_or_else(|| timestamped_run_dir("scaling-"));
     fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
     let exe = std::env::current_exe().context("locating the lazyavg binary")?;
 
@@ -133,12 +134,6 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
     println!("{table}");
     info!(out = %out.display(), "wrote scaling.md, scaling.json and scaling.svg");
     Ok(())
-}
-
-/// `runs/scaling-<UTC timestamp>`, beside the coordinator's default run directories.
-fn default_out_dir() -> PathBuf {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
-    PathBuf::from("runs").join(format!("scaling-{stamp}"))
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

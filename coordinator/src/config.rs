@@ -333,7 +333,7 @@ impl Settings {
             insecure: self.insecure,
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data/mnist")),
             verify: self.verify,
-            out_dir: self.out.clone().unwrap_or_else(default_out_dir),
+            out_dir: self.out.clone().unwrap_or_else(|| timestamped_run_dir("")),
             metrics_rounds: self.metrics_rounds,
             dump_rounds: self.dump_rounds.unwrap_or(0),
             bench_rounds: self.bench_rounds.unwrap_or(0),
@@ -412,10 +412,11 @@ fn within_longest_wait(wait: Duration, flag: &str) -> Result<Duration> {
     Ok(wait)
 }
 
-/// `runs/<UTC timestamp>`, e.g. `runs/2026-11-28T10-15-00Z`.
-fn default_out_dir() -> PathBuf {
+/// `runs/<prefix><UTC timestamp>`, e.g. `runs/2026-11-28T10-15-00Z`: where
+/// a run's files go unless told otherwise.
+pub fn timestamped_run_dir(prefix: &str) -> PathBuf {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
-    PathBuf::from("runs").join(stamp)
+    PathBuf::from("runs").join(format!("{prefix}{stamp}"))
 }
 
 #[cfg(test)]

