@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn missing_file_says_how_to_get_it() {
         let dir = tempfile::tempdir().unwrap();
-        let err = load_dir(dir.path(), false).unwrap_err().to_string();
+        let err = crate::telemetry::error_chain(&load_dir(dir.path(), false).unwrap_err());
         assert!(err.contains("train-images-idx3-ubyte") && err.contains("fetch-data"), "{err}");
     }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// when it is handed buffers of the wrong size.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

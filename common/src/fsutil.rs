@@ -56,7 +56,8 @@ mod tests {
         let path = dir.path().join("x.bin");
         write_bytes_atomic(&path, b"old").unwrap();
         let err = write_atomic(&path, |_| Err(std::io::Error::other("disk on fire"))).unwrap_err();
-        assert!(err.to_string().contains("disk on fire"));
+        let message = crate::telemetry::error_chain(&err);
+        assert!(message.contains("x.bin") && message.contains("disk on fire"), "{message}");
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

@@ -26,8 +26,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error("the gRPC server stopped before the run ended: {0}")]
+    ServerStopped(String),
     #[error("cannot start local worker {index}")]
     SpawnWorker {
         index: usize,

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model::Mlp;
 use lazyavg_common::rng::Rng;
+use lazyavg_common::telemetry::error_chain;
 use lazyavg_common::{config::RunSpec, fsutil, model_file};
 use lazyavg_proto::auth::RequireToken;
 use lazyavg_proto::pb;
@@ -143,11 +144,27 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         metrics,
         dump,
     );
-    let result = driver.run().await;
+    let mut server = server;
+    let mut server_ended = false;
+    let result = tokio::select! {
+        result = driver.run() => result,
+        // The server ends only when told to, below: before that it failed,
+        // and the workers cannot reach the run any more.
+        served = &mut server => {
+            server_ended = true;
+            Err(match served {
+                Ok(Err(err)) => Error::Serve(err),
+                Ok(Ok(())) => Error::ServerStopped("it returned".into()),
+                Err(join) => Error::ServerStopped(join.to_string()),
+            })
+        }
+    };
 
     // Workers were told to stop; give their sessions a moment to close cleanly.
     let _ = stop_server.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    if !server_ended && let Ok(Ok(Err(err))) = tokio::time::timeout(Duration::from_secs(2), server).await {
+        warn!(error = %error_chain(&err), "the gRPC server failed while closing");
+    }
 
     let summary = result?;
     let model_path = out_dir.join("model.safetensors");

@@ -163,7 +163,7 @@ impl Driver {
         let result = self.train().await;
         let (reason, completed) = match &result {
             Ok(_) => ("training complete".to_owned(), true),
-            Err(e) => (format!("coordinator stopped: {e}"), false),
+            Err(e) => (format!("coordinator stopped: {}", error_chain(e)), false),
         };
         self.progress.finish();
         for worker in self.workers.values() {
