@@ -114,7 +114,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         builder = builder.tls_config(tls.config())?;
         info!(mutual = tls.requires_client_certificates(), "TLS on");
     }
-    let server = tokio::spawn(
+    let mut server = tokio::spawn(
         builder
             .max_frame_size(Some(MAX_FRAME))
             .initial_stream_window_size(Some(STREAM_WINDOW))
@@ -144,7 +144,6 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         metrics,
         dump,
     );
-    let mut server = server;
     let mut server_ended = false;
     let result = tokio::select! {
         result = driver.run() => result,
