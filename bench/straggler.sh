@@ -7,6 +7,7 @@
 # Settings: BIN, DATA, EPOCHS (5), TIMEOUT (10s), FACTOR (3), SLOWDOWN (5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 BIN=${BIN:-target/release/lazyavg}
 DATA=${DATA:-../shared/data/mnist}
@@ -20,22 +21,14 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # Prints "seconds accuracy" of one run; $1 names it, $2 is the third worker's slowdown.
 run() {
-    local dir="$work/$1" addr=""
+    local dir="$work/$1" addr
     mkdir -p "$dir"
     "$BIN" --log-format json coordinator --workers 3 --epochs "$EPOCHS" --seed 1 --round-timeout "$TIMEOUT" \
         --straggler-factor "$FACTOR" \
         --bind 127.0.0.1:0 --data-dir "$DATA" --out "$dir/out" 2>"$dir/coordinator.log" &
     local coordinator=$!
     pids+=("$coordinator")
-    for _ in $(seq 600); do
-        addr=$(python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    try: r = json.loads(l)
-    except ValueError: continue
-    if r.get("message") == "listening": print(r["addr"]); break' "$dir/coordinator.log")
-        [[ -n "$addr" ]] && break
-        sleep 0.1
-    done
+    addr=$(listening_addr "$dir/coordinator.log" "$coordinator")
     for i in 1 2 3; do
         local slow=1
         [[ $i == 3 ]] && slow=$2

@@ -7,6 +7,7 @@
 # Settings: BIN, DATA, WORKERS (2), and any extra coordinator flags as arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 BIN=${BIN:-target/release/lazyavg}
 DATA=${DATA:-../shared/data/mnist}
@@ -19,12 +20,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
     "$@" 2>"$work/coordinator.log" &
 coordinator=$!
 pids+=("$coordinator")
-addr=""
-for _ in $(seq 600); do
-    addr=$(sed -n 's/.*"message":"listening","addr":"\([^"]*\)".*/\1/p' "$work/coordinator.log")
-    [[ -n "$addr" ]] && break
-    sleep 0.1
-done
+addr=$(listening_addr "$work/coordinator.log" "$coordinator")
 for i in $(seq "$WORKERS"); do
     LAZYAVG_CACHE_DIR="$work/cache" "$BIN" --log-format json worker --coordinator "http://$addr" --name "w$i" \
         2>"$work/worker-$i.log" &

@@ -106,22 +106,31 @@ impl Driver {
     /// receive every average, and get a shard again from the next epoch,
     /// while the rest of their current shard goes to the others.
     pub(super) fn drop_stragglers(&mut self, open: &mut Round) {
+        let (epoch, round) = (open.epoch(), open.round());
+        let timeout_s = self.config.round_timeout.as_secs_f64();
         for id in open.missing() {
             open.exclude(id);
-            let Some(worker) = self.workers.get_mut(&id) else { continue };
-            let shard = worker.shard.take();
-            let name = worker.name.clone();
+            let Some(name) = self.workers.get(&id).map(|w| w.name.clone()) else { continue };
             warn!(
                 worker = id,
                 name,
-                epoch = open.epoch(),
-                round = open.round(),
-                timeout_s = self.config.round_timeout.as_secs_f64(),
+                epoch,
+                round,
+                timeout_s,
                 "worker missed the round deadline; closing the round without it"
             );
-            if let Some(shard) = shard {
-                self.hand_over(&name, shard);
-            }
+            self.retire_for_epoch(id);
+        }
+    }
+
+    /// Takes a live worker's shard for the rest of the epoch and hands its
+    /// untrained images to the others; the worker keeps its session and gets
+    /// a shard again from the next epoch.
+    pub(super) fn retire_for_epoch(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id) else { return };
+        if let Some(shard) = worker.shard.take() {
+            let name = worker.name.clone();
+            self.hand_over(&name, shard);
         }
     }
 
@@ -129,24 +138,16 @@ impl Driver {
     /// others, split evenly, so every image of the epoch is still used once.
     pub(super) fn hand_over(&mut self, name: &str, shard: ShardProgress) {
         let rest = &shard.indices[shard.done..];
-        let heirs: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.shard.is_some()).map(|(&id, _)| id).collect();
         if rest.is_empty() {
             return;
         }
+        let heirs: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.shard.is_some()).map(|(&id, _)| id).collect();
         if heirs.is_empty() {
             info!(name, images = rest.len(), "no worker can take these images yet; keeping them for the next to join");
             self.orphans.extend_from_slice(rest);
             return;
         }
-        let epoch = self.epoch;
-        for (&id, part) in heirs.iter().zip(split_even(rest, heirs.len())) {
-            for msg in shard_messages(epoch, &part, true) {
-                self.send(id, Command::Shard(msg));
-            }
-            if let Some(s) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
-                s.indices.extend_from_slice(&part);
-            }
-        }
+        self.deal(&heirs, rest);
         info!(name, images = rest.len(), workers = heirs.len(), "handed the worker's untrained images to the others");
     }
 
@@ -156,9 +157,16 @@ impl Driver {
             return;
         }
         let orphans = std::mem::take(&mut self.orphans);
-        let epoch = self.epoch;
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for (&id, part) in ids.iter().zip(split_even(&orphans, ids.len())) {
+        self.deal(&ids, &orphans);
+        info!(images = orphans.len(), workers = ids.len(), "dealt orphaned images to the live workers");
+    }
+
+    /// Splits `images` evenly over `ids` for this epoch: each worker's shard
+    /// grows by its part (or starts with it), and the worker is told so.
+    fn deal(&mut self, ids: &[WorkerId], images: &[u32]) {
+        let epoch = self.epoch;
+        for (&id, part) in ids.iter().zip(split_even(images, ids.len())) {
             let Some(worker) = self.workers.get_mut(&id) else { continue };
             let extend = worker.shard.is_some();
             match worker.shard.as_mut() {
@@ -169,7 +177,6 @@ impl Driver {
                 self.send(id, Command::Shard(msg));
             }
         }
-        info!(images = orphans.len(), workers = ids.len(), "dealt orphaned images to the live workers");
     }
 
     /// Pauses training while fewer than `--min-workers` are connected; fails

@@ -209,19 +209,17 @@ impl Driver {
             if summary.contributors.iter().any(|&(c, _)| c == id) {
                 continue;
             }
-            let Some(worker) = self.workers.get_mut(&id) else { continue };
+            let Some(worker) = self.workers.get(&id) else { continue };
             if worker.shard.as_ref().is_none_or(|s| s.ahead.is_empty()) {
                 continue;
             }
-            let shard = worker.shard.take().expect("checked");
-            let name = worker.name.clone();
             warn!(
                 worker = id,
-                name,
+                name = worker.name,
                 round = summary.round,
                 "worker's weights missed the average while pulls of its went ahead; it trains no more of this epoch"
             );
-            self.hand_over(&name, shard);
+            self.retire_for_epoch(id);
         }
     }
 
