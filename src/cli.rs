@@ -67,6 +67,10 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     pub resume: Option<PathBuf>,
 
+    /// With --out: continue the run there if it has a checkpoint, else start it (for services that restart the coordinator).
+    #[arg(long, requires = "out", conflicts_with_all = ["config", "resume"])]
+    pub resume_existing: bool,
+
     /// Start N local worker processes connected to this coordinator (one-machine runs).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub spawn_workers: usize,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use lazyavg_common::telemetry::LogFormat;
 use lazyavg_coordinator::spawn::LocalWorkers;
-use lazyavg_coordinator::{Settings, Shutdown};
+use lazyavg_coordinator::{Settings, Shutdown, checkpoint, run_dir};
 use tokio::net::TcpListener;
 
 use crate::cli::CoordinatorArgs;
@@ -33,13 +33,22 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Re
 }
 
 pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow::Result<()> {
-    let file = match (&args.config, &args.resume) {
+    let resume = match (&args.resume, &args.settings.out) {
+        (Some(dir), _) => Some(dir),
+        (None, Some(out)) if args.resume_existing && checkpoint::exists(out) => Some(out),
+        _ => None,
+    };
+    let file = match (&args.config, resume) {
         (Some(path), _) => Settings::from_file(path)?,
-        (None, Some(dir)) => Settings { out: Some(dir.clone()), ..Settings::from_file(&dir.join("config.toml"))? },
+        (None, Some(dir)) => Settings { out: Some(dir.clone()), ..Settings::from_file(&dir.join(run_dir::CONFIG_FILE))? },
         (None, None) => Settings::default(),
     };
     let mut config = file.overlay(&args.settings)?.resolve(args.spawn_workers)?;
-    config.resume = args.resume.is_some();
+    config.resume = resume.is_some();
+    if !config.resume {
+        // Before anything listens or starts; `run` checks again for its other callers.
+        run_dir::ensure_no_results(&config.out_dir)?;
+    }
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| lazyavg_coordinator::Error::Bind { addr: config.bind, source })?;

@@ -25,8 +25,17 @@ use crate::cli::BenchScalingArgs;
 use crate::plot::{self, Figure, HLine, Panel, Series};
 
 /// Coordinator flags the sweep sets itself for every run.
-const OWN_FLAGS: [&str; 8] =
-    ["--spawn-workers", "--workers", "--seed", "--out", "--bind", "--data-dir", "--resume", "--log-format"];
+const OWN_FLAGS: [&str; 9] = [
+    "--spawn-workers",
+    "--workers",
+    "--seed",
+    "--out",
+    "--bind",
+    "--data-dir",
+    "--resume",
+    "--resume-existing",
+    "--log-format",
+];
 
 /// What the sweep needs of one epoch record of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +115,8 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
         ensure!(!OWN_FLAGS.contains(&name), "{name} cannot be passed after `--`: bench scaling sets it for every run");
     }
     let out = args.out.clone().unwrap_or_else(|| timestamped_run_dir("scaling-"));
+    let earlier = fs::read_dir(out.join("runs")).is_ok_and(|mut runs| runs.next().is_some());
+    ensure!(!earlier, "{} already holds a sweep: choose another --out", out.display());
     fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
     let exe = std::env::current_exe().context("locating the lazyavg binary")?;
 

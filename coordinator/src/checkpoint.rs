@@ -19,8 +19,10 @@ use tracing::warn;
 
 use crate::error::{Error, Result};
 
-const CURRENT: &str = "checkpoint.safetensors";
-const PREVIOUS: &str = "checkpoint.prev.safetensors";
+/// The newest checkpoint of a run directory.
+pub const CURRENT: &str = "checkpoint.safetensors";
+/// The one before, kept in case the newest is damaged.
+pub const PREVIOUS: &str = "checkpoint.prev.safetensors";
 const EPOCH_KEY: &str = "lazyavg.epoch";
 const REMAINING_KEY: &str = "lazyavg.remaining";
 const OUTER_VELOCITY: &str = "lazyavg.outer_velocity";
@@ -63,6 +65,11 @@ pub fn save(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint) -> Result<
     let bytes = model_file::to_bytes_with(arch, &checkpoint.params, &Extras { metadata, tensors })?;
     lazyavg_common::fsutil::write_bytes_atomic(&current, &bytes)?;
     Ok(current)
+}
+
+/// Whether `dir` holds a checkpoint to resume from (intact or not).
+pub fn exists(dir: &Path) -> bool {
+    dir.join(CURRENT).exists() || dir.join(PREVIOUS).exists()
 }
 
 /// The newest intact checkpoint in `dir` for `arch`, falling back (with a

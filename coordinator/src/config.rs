@@ -413,10 +413,15 @@ fn within_longest_wait(wait: Duration, flag: &str) -> Result<Duration> {
 }
 
 /// `runs/<prefix><UTC timestamp>`, e.g. `runs/2026-11-28T10-15-00Z`: where
-/// a run's files go unless told otherwise.
+/// a run's files go unless told otherwise. A second run started in the same
+/// second gets `-2` (then `-3`, …) rather than the first one's directory.
 pub fn timestamped_run_dir(prefix: &str) -> PathBuf {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
-    PathBuf::from("runs").join(format!("{prefix}{stamp}"))
+    let base = PathBuf::from("runs").join(format!("{prefix}{stamp}"));
+    std::iter::once(base.clone())
+        .chain((2..).map(|n| base.with_file_name(format!("{prefix}{stamp}-{n}"))))
+        .find(|dir| !dir.exists())
+        .expect("an unbounded sequence of names")
 }
 
 #[cfg(test)]

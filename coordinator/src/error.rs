@@ -26,6 +26,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{} already holds a run ({file}): continue it with --resume {}, or choose another --out", dir.display(), dir.display())]
+    RunExists { dir: PathBuf, file: &'static str },
     #[error("gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
     #[error("the gRPC server stopped before the run ended: {0}")]

@@ -12,6 +12,7 @@
 //! - [`driver`]: the training loop that consumes those events.
 //! - [`data`]: loading (or fetching) the data, packing the training set.
 //! - [`checkpoint`]: where a run stands, for `--resume`.
+//! - [`run_dir`]: the run's files, and never writing over an earlier run's.
 //! - [`metrics`], [`dump`], [`progress`]: what the run writes and shows.
 //! - [`spawn`]: local workers for one-machine runs.
 
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod progress;
 pub mod registry;
 pub mod round;
+pub mod run_dir;
 pub mod schedule;
 pub mod service;
 pub mod spawn;
@@ -36,7 +38,7 @@ use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model::Mlp;
 use lazyavg_common::rng::Rng;
 use lazyavg_common::telemetry::error_chain;
-use lazyavg_common::{config::RunSpec, fsutil, model_file};
+use lazyavg_common::{config::RunSpec, model_file};
 use lazyavg_proto::auth::RequireToken;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_server::CoordinatorServer;
@@ -56,9 +58,13 @@ pub use crate::error::{Error, Result};
 use crate::service::{CoordinatorService, Shared};
 
 /// Runs a whole training run on an already bound `listener` (tests bind port
-/// 0) until it completes or `shutdown` resolves.
+/// 0) until it completes or `shutdown` resolves. A new run (not `resume`)
+/// refuses an `out_dir` that holds an earlier run's results.
 pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shutdown) -> Result<RunSummary> {
     let started = Instant::now();
+    if !config.resume {
+        run_dir::ensure_no_results(&config.out_dir)?;
+    }
     let data = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || data::prepare(&config)).await.expect("data loading does not panic")?
@@ -66,7 +72,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let arch = config.train.architecture(data.image_len, NUM_CLASSES)?;
     let spec = RunSpec { train: config.train.clone(), arch: arch.clone(), epochs: config.epochs };
     let mlp = Mlp::new(arch);
-    let out_dir = prepare_out_dir(&config)?;
+    let out_dir = run_dir::prepare(&config)?;
     let start = if config.resume {
         let checkpoint = checkpoint::load(&out_dir, mlp.arch())?;
         if let Some(&bad) = checkpoint.remaining.iter().find(|&&i| i as usize >= data.n_train) {
@@ -166,7 +172,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     }
 
     let summary = result?;
-    let model_path = out_dir.join("model.safetensors");
+    let model_path = out_dir.join(run_dir::MODEL_FILE);
     model_file::save(&model_path, mlp.arch(), &summary.params)?;
     info!(
         accuracy = summary.last.accuracy,
@@ -183,13 +189,4 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
 /// rounds' worth of averages, however many chunks the model takes.
 fn outbox_capacity(parameters: usize) -> usize {
     4 * parameters.div_ceil(lazyavg_proto::chunks::VALUES_PER_CHUNK) + 64
-}
-
-/// Creates the output directory and records the resolved configuration in it.
-fn prepare_out_dir(config: &CoordinatorConfig) -> Result<std::path::PathBuf> {
-    let dir = config.out_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let toml = toml::to_string(&config.to_settings()).map_err(|e| Error::Config(e.to_string()))?;
-    fsutil::write_bytes_atomic(&dir.join("config.toml"), toml.as_bytes())?;
-    Ok(dir)
 }

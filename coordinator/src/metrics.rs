@@ -64,7 +64,7 @@ pub struct RoundRecord {
 impl MetricsFile {
     /// Opens `metrics.jsonl` in `dir`: a new file, or appended to when resuming a run.
     pub fn open(dir: &Path, append: bool) -> Result<Self> {
-        let path = dir.join("metrics.jsonl");
+        let path = dir.join(crate::run_dir::METRICS_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)

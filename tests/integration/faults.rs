@@ -851,6 +851,38 @@ fn a_failing_spawned_worker_ends_the_run_promptly() {
     assert!(started.elapsed() < EVENT_TIMEOUT, "the coordinator took {:?} to give up", started.elapsed());
 }
 
+/// A new run never writes over an earlier run's results, and
+/// `--resume-existing` (for services that restart the coordinator) starts a
+/// run the first time and continues it from its checkpoint after that.
+#[test]
+fn a_run_directory_is_continued_or_refused_never_overwritten() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let coordinator = |args: &[&str]| {
+        let mut cmd = coordinator_command(&out, "127.0.0.1:0", args, "info");
+        cmd.env("LAZYAVG_CACHE_DIR", tmp.path().join("cache"));
+        Proc::spawn("coordinator", cmd)
+    };
+    let mut first = coordinator(&["--spawn-workers", "1", "--epochs", "1", "--hidden", "64", "--resume-existing"]);
+    expect_success(&mut [&mut first]);
+    assert!(logged(&first, "resuming from checkpoint").is_empty(), "nothing to resume yet\n{}", first.dump());
+    let model = fs::read(out.join("model.safetensors")).expect("the first run's model");
+    let metrics = fs::read(out.join("metrics.jsonl")).expect("the first run's metrics");
+
+    let mut again = coordinator(&["--spawn-workers", "1", "--epochs", "1", "--hidden", "64"]);
+    expect_exit(&mut again, 1, "already holds a run (model.safetensors): continue it with --resume");
+    assert!(logged(&again, "listening").is_empty(), "refused before listening\n{}", again.dump());
+    assert_eq!(fs::read(out.join("model.safetensors")).expect("model"), model, "the first run's model was replaced");
+    assert_eq!(fs::read(out.join("metrics.jsonl")).expect("metrics"), metrics, "the first run's metrics changed");
+
+    let mut continued = coordinator(&["--spawn-workers", "1", "--epochs", "2", "--resume-existing"]);
+    expect_success(&mut [&mut continued]);
+    let resuming = logged(&continued, "resuming from checkpoint");
+    assert_eq!(resuming.len(), 1, "{}", continued.dump());
+    assert_eq!(u64_field(&resuming[0], "epoch"), 2, "{}", resuming[0]);
+    assert_eq!(epoch_numbers(&epoch_metrics(&out)), [1, 2]);
+}
+
 /// Waits until `stranger` has retried a few times, and asserts that the
 /// coordinator never let it join.
 fn assert_kept_out(coordinator: &mut Proc, stranger: &mut Proc) {

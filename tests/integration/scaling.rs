@@ -1,5 +1,6 @@
 //! `lazyavg bench scaling`: a short sweep (1 epoch, N = 1 and 2, one seed)
-//! writes its table, its JSON and its plot, and every run trains.
+//! writes its table, its JSON and its plot, every run trains, and a second
+//! sweep into the same directory is refused.
 
 use std::fs;
 
@@ -13,13 +14,16 @@ fn a_short_sweep_writes_a_row_per_worker_count() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("scaling");
-    let mut cmd = lazyavg();
-    cmd.args(["bench", "scaling", "--workers", "1,2", "--seeds", "1", "--data-dir"])
-        .arg(mnist_dir())
-        .arg("--out")
-        .arg(&out)
-        .args(["--", "--epochs", "1"]);
-    let mut proc = Proc::spawn("bench scaling", cmd);
+    let sweep = || {
+        let mut cmd = lazyavg();
+        cmd.args(["bench", "scaling", "--workers", "1,2", "--seeds", "1", "--data-dir"])
+            .arg(mnist_dir())
+            .arg("--out")
+            .arg(&out)
+            .args(["--", "--epochs", "1"]);
+        Proc::spawn("bench scaling", cmd)
+    };
+    let mut proc = sweep();
     assert_eq!(proc.wait(2 * RUN_TIMEOUT), 0, "{}", proc.dump());
 
     let table = fs::read_to_string(out.join("scaling.md")).expect("scaling.md");
@@ -53,4 +57,9 @@ fn a_short_sweep_writes_a_row_per_worker_count() {
     assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"), "{svg}");
     // Two panels, one line per N in each.
     assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+
+    let mut again = sweep();
+    assert_eq!(again.wait(RUN_TIMEOUT), 1, "{}", again.dump());
+    assert!(again.lines().last().is_some_and(|l| l.contains("already holds a sweep")), "{}", again.dump());
+    assert_eq!(fs::read_to_string(out.join("scaling.md")).expect("scaling.md"), table, "the first sweep's table changed");
 }

@@ -1,0 +1,62 @@
+//! The run directory (`--out`): the files a run leaves there, and the rule
+//! that a new run never writes over what an earlier one trained.
+
+use std::path::{Path, PathBuf};
+
+use lazyavg_common::fsutil;
+
+use crate::checkpoint;
+use crate::config::CoordinatorConfig;
+use crate::error::{Error, Result};
+
+/// The resolved configuration; with `--resume`, the base of the settings.
+pub const CONFIG_FILE: &str = "config.toml";
+/// One JSON line per epoch (and per round with `--metrics-rounds`).
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The final model.
+pub const MODEL_FILE: &str = "model.safetensors";
+
+/// Refuses to start a new run in `dir` if it holds the results of one: a
+/// model, a checkpoint or a recorded epoch. What a run leaves before its first
+/// epoch ends (its `config.toml`, an empty `metrics.jsonl`) holds nothing
+/// trained and may be replaced.
+pub fn ensure_no_results(dir: &Path) -> Result<()> {
+    let metrics = dir.join(METRICS_FILE);
+    let recorded = std::fs::metadata(&metrics).is_ok_and(|m| m.len() > 0);
+    let found = [MODEL_FILE, checkpoint::CURRENT, checkpoint::PREVIOUS]
+        .into_iter()
+        .find(|name| dir.join(name).exists())
+        .or(recorded.then_some(METRICS_FILE));
+    match found {
+        Some(file) => Err(Error::RunExists { dir: dir.to_path_buf(), file }),
+        None => Ok(()),
+    }
+}
+
+/// Creates the run directory and records the resolved configuration in it.
+pub fn prepare(config: &CoordinatorConfig) -> Result<PathBuf> {
+    let dir = config.out_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let toml = toml::to_string(&config.to_settings()).map_err(|e| Error::Config(e.to_string()))?;
+    fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), toml.as_bytes())?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_trained_results_keep_a_new_run_out() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_no_results(&dir.path().join("missing")).expect("a directory yet to be made");
+        std::fs::write(dir.path().join(CONFIG_FILE), "epochs = 3\n").unwrap();
+        std::fs::write(dir.path().join(METRICS_FILE), "").unwrap();
+        ensure_no_results(dir.path()).expect("a run that never finished an epoch holds nothing trained");
+        for file in [METRICS_FILE, checkpoint::PREVIOUS, MODEL_FILE] {
+            std::fs::write(dir.path().join(file), "x").unwrap();
+            let err = ensure_no_results(dir.path()).expect_err(file).to_string();
+            assert!(err.contains(&format!("({file})")) && err.contains("--resume"), "{err}");
+        }
+    }
+}
