@@ -67,8 +67,8 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     pub resume: Option<PathBuf>,
 
-    /// With --out: continue the run there if it has a checkpoint, else start it (for services that restart the coordinator).
-    #[arg(long, requires = "out", conflicts_with_all = ["config", "resume"])]
+    /// Continue the run in --out if it has a checkpoint (as --resume would), else start it: for services that restart the coordinator.
+    #[arg(long, conflicts_with = "resume")]
     pub resume_existing: bool,
 
     /// Start N local worker processes connected to this coordinator (one-machine runs).

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -33,18 +34,9 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Re
 }
 
 pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow::Result<()> {
-    let resume = match (&args.resume, &args.settings.out) {
-        (Some(dir), _) => Some(dir),
-        (None, Some(out)) if args.resume_existing && checkpoint::exists(out) => Some(out),
-        _ => None,
-    };
-    let file = match (&args.config, resume) {
-        (Some(path), _) => Settings::from_file(path)?,
-        (None, Some(dir)) => Settings { out: Some(dir.clone()), ..Settings::from_file(&dir.join(run_dir::CONFIG_FILE))? },
-        (None, None) => Settings::default(),
-    };
+    let (file, resume) = starting_settings(&args)?;
     let mut config = file.overlay(&args.settings)?.resolve(args.spawn_workers)?;
-    config.resume = resume.is_some();
+    config.resume = resume;
     if !config.resume {
         // Before anything listens or starts; `run` checks again for its other callers.
         run_dir::ensure_no_results(&config.out_dir)?;
@@ -66,6 +58,31 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
         failure = local.failure() => return Err(failure.into()),
     }
     Ok(())
+}
+
+/// The settings a run starts from, before its flags, and whether it resumes:
+/// with `--resume DIR`, or with `--resume-existing` and a checkpoint in its
+/// directory, the run's own `config.toml`; else `--config`, if given.
+fn starting_settings(args: &CoordinatorArgs) -> anyhow::Result<(Settings, bool)> {
+    if let Some(dir) = &args.resume {
+        return Ok((settings_of_run(dir)?, true));
+    }
+    let file = match &args.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    if !args.resume_existing {
+        return Ok((file, false));
+    }
+    let Some(out) = args.settings.out.as_ref().or(file.out.as_ref()) else {
+        anyhow::bail!("--resume-existing needs the run's directory: --out DIR, or `out` in --config");
+    };
+    if checkpoint::exists(out) { Ok((settings_of_run(out)?, true)) } else { Ok((file, false)) }
+}
+
+/// The settings a run in `dir` was started with.
+fn settings_of_run(dir: &Path) -> anyhow::Result<Settings> {
+    Ok(Settings { out: Some(dir.to_path_buf()), ..Settings::from_file(&dir.join(run_dir::CONFIG_FILE))? })
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -124,5 +141,45 @@ pub fn exit_code(err: &anyhow::Error) -> ExitCode {
         Some("SIGINT") => ExitCode::from(130),
         Some("SIGTERM") => ExitCode::from(143),
         _ => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn coordinator_args(args: &[&str]) -> CoordinatorArgs {
+        match Cli::try_parse_from(["lazyavg", "coordinator"].iter().chain(args)).expect("valid flags").command {
+            Command::Coordinator(args) => *args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// What a service restarting `lazyavg coordinator --config FILE
+    /// --resume-existing` gets: a new run until there is a checkpoint in the
+    /// file's `out`, then that run, with the settings it was started with.
+    #[test]
+    fn resume_existing_continues_the_run_in_out_once_it_has_a_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let file = tmp.path().join("coordinator.toml");
+        std::fs::write(&file, format!("epochs = 4\nout = {:?}\n", out.to_str().unwrap())).unwrap();
+        let args = coordinator_args(&["--config", file.to_str().unwrap(), "--resume-existing"]);
+
+        let (settings, resume) = starting_settings(&args).unwrap();
+        assert_eq!((settings.epochs, resume), (Some(4), false), "no checkpoint yet: a new run from the file");
+
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join(run_dir::CONFIG_FILE), "epochs = 7\n").unwrap();
+        std::fs::write(out.join(checkpoint::CURRENT), "").unwrap();
+        let (settings, resume) = starting_settings(&args).unwrap();
+        assert_eq!((settings.epochs, resume), (Some(7), true), "the run's own settings, resumed");
+        assert_eq!(settings.out, Some(out));
+
+        let err = starting_settings(&coordinator_args(&["--resume-existing"])).unwrap_err();
+        assert!(err.to_string().contains("--out DIR"), "{err}");
     }
 }

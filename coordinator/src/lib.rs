@@ -83,12 +83,13 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
             )));
         }
         let (epoch, remaining) = checkpoint.next_epoch();
-        info!(
-            epoch,
-            remaining = remaining.map_or(data.n_train, <[u32]>::len),
-            digest = lazyavg_common::params::digest(&checkpoint.params),
-            "resuming from checkpoint"
-        );
+        let digest = lazyavg_common::params::digest(&checkpoint.params);
+        if epoch > config.epochs as u64 {
+            info!(epochs = checkpoint.epoch, digest, "the run had trained every epoch; it ends again without workers");
+        } else {
+            let remaining = remaining.map_or(data.n_train, <[u32]>::len);
+            info!(epoch, remaining, digest, "resuming from checkpoint");
+        }
         checkpoint
     } else {
         let params = mlp.init(&mut Rng::derive(config.train.seed, 0));

@@ -11,11 +11,14 @@
 //! - `faults`: workers killed, stopped and restarted; the coordinator killed
 //!   or interrupted and resumed; too few workers; hostile gRPC messages;
 //!   strangers without the token or the right TLS certificate.
+//! - `deploy`: the commands of deploy/'s Kubernetes, compose and systemd
+//!   files, run as written (ports, paths and secret made local), and restarted.
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `scaling`: `lazyavg bench scaling` end to end.
 
 mod cluster;
+mod deploy;
 mod faults;
 mod harness;
 mod netns;

@@ -191,8 +191,13 @@ impl Driver {
     }
 
     async fn train(&mut self) -> Result<RunSummary> {
-        info!(workers = self.config.workers, "waiting for workers");
-        while self.workers.len() < self.config.workers {
+        // A resumed run that had trained every epoch needs no worker to end
+        // again: a restarted service does not wait for workers long gone.
+        let trains = self.first_epoch <= self.config.epochs as u64 || self.config.bench_rounds > 0;
+        if trains {
+            info!(workers = self.config.workers, "waiting for workers");
+        }
+        while trains && self.workers.len() < self.config.workers {
             let event = self.next_event().await?;
             self.on_event(event, None);
         }
