@@ -33,6 +33,10 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Re
     result
 }
 
+/// How long a coordinator whose local worker exited may take to fail with
+/// its own error (it first gives its workers a moment to close).
+const OWN_ERROR_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let (file, resume) = starting_settings(&args)?;
     let mut config = file.overlay(&args.settings)?.resolve(args.spawn_workers)?;
@@ -53,9 +57,17 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
         return Ok(());
     }
     let mut local = LocalWorkers::start(args.spawn_workers, dialable(addr), log_format.name(), token.as_ref())?;
+    tokio::pin!(run);
     tokio::select! {
-        result = run => { result?; }
-        failure = local.failure() => return Err(failure.into()),
+        result = &mut run => { result?; }
+        failure = local.failure() => {
+            // Workers also exit when the run itself failed and told them to
+            // stop: that error, if it comes at once, is the one to report.
+            if let Ok(Err(err)) = tokio::time::timeout(OWN_ERROR_GRACE, &mut run).await {
+                return Err(err.into());
+            }
+            return Err(failure.into());
+        }
     }
     Ok(())
 }

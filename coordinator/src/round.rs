@@ -112,8 +112,8 @@ pub struct Round {
     len: usize,
     acc: Accumulator,
     tainted: bool,
-    /// Some worker was excluded for sending a non-finite value.
-    non_finite: bool,
+    /// Workers excluded for sending a non-finite value.
+    non_finite: Vec<WorkerId>,
 }
 
 impl Round {
@@ -149,7 +149,7 @@ impl Round {
                 (id, part)
             })
             .collect();
-        Round { epoch, round, parts, len, acc, tainted: false, non_finite: false }
+        Round { epoch, round, parts, len, acc, tainted: false, non_finite: Vec::new() }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -221,7 +221,7 @@ impl Round {
         if let Some(bad) = first_non_finite(&chunk.data) {
             let summed = part.state == State::Receiving;
             part.state = State::Excluded;
-            self.non_finite = true;
+            self.non_finite.push(worker);
             self.forget(worker, summed);
             return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
@@ -268,6 +268,12 @@ impl Round {
         }
     }
 
+    /// The workers excluded for sending non-finite values: they would send
+    /// the same weights again if the round were redone.
+    pub fn non_finite(&self) -> &[WorkerId] {
+        &self.non_finite
+    }
+
     /// True when every participant still in the round has sent everything.
     pub fn is_complete(&self) -> bool {
         self.parts.values().all(|p| matches!(p.state, State::Complete | State::Excluded))
@@ -286,10 +292,11 @@ impl Round {
         let done: Vec<(WorkerId, &Part)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p)).collect();
         let samples: u64 = done.iter().map(|(_, p)| p.weight).sum();
-        let failure = if tainted {
-            Some(RoundError::Tainted { epoch, round })
-        } else if done.is_empty() && non_finite {
+        // With no usable weights, a redo cannot help whatever else happened.
+        let failure = if done.is_empty() && !non_finite.is_empty() {
             Some(RoundError::Diverged { epoch, round })
+        } else if tainted {
+            Some(RoundError::Tainted { epoch, round })
         } else if done.is_empty() || samples == 0 {
             Some(RoundError::Empty { epoch, round })
         } else {
@@ -444,8 +451,14 @@ mod tests {
         bad[len - 1] = f32::INFINITY;
         assert!(send(&mut round, 1, &bad).is_err());
         send(&mut round, 2, &vec![1.0; len]).unwrap();
+        assert_eq!(round.non_finite(), [1], "named, so a redo can go on without it");
         let mut out = vec![0.0; len];
         assert!(matches!(round.finish(&mut out).0, Err(RoundError::Tainted { .. })));
+
+        // When no worker is left with usable weights, a redo cannot help.
+        let mut round = Round::new(1, 1, &[(1, 1)], len, Vec::new());
+        assert!(send(&mut round, 1, &bad).is_err());
+        assert_eq!(round.finish(&mut out).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 1 });
     }
 
     #[test]

@@ -883,6 +883,24 @@ fn a_run_directory_is_continued_or_refused_never_overwritten() {
     assert_eq!(epoch_numbers(&epoch_metrics(&out)), [1, 2]);
 }
 
+/// A learning rate far too high: workers' weights turn non-finite, first
+/// after part of them was already summed into the average (the model spans
+/// several chunks), so the round must be redone without the worker that sent
+/// them; when no worker has usable weights left the run ends, naming the
+/// cause, instead of redoing the round forever.
+#[test]
+fn training_that_diverges_ends_the_run_with_its_cause() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let args = ["--spawn-workers", "2", "--epochs", "1", "--hidden", "400,400", "--lr", "50", "--lr-scaling", "none"];
+    let mut cmd = coordinator_command(&out, "127.0.0.1:0", &args, "info");
+    cmd.env("LAZYAVG_CACHE_DIR", tmp.path().join("cache"));
+    let mut coordinator = Proc::spawn("coordinator", cmd);
+    expect_exit(&mut coordinator, 1, "training diverged: no usable weights in epoch 1");
+    assert!(last_line(&coordinator).contains("lower --lr"), "{}", coordinator.dump());
+}
+
 /// Waits until `stranger` has retried a few times, and asserts that the
 /// coordinator never let it join.
 fn assert_kept_out(coordinator: &mut Proc, stranger: &mut Proc) {

@@ -148,6 +148,7 @@ impl Driver {
                 Err(_) => self.drop_stragglers(&mut open),
             }
         }
+        let non_finite = open.non_finite().to_vec();
         let (result, sum) = open.finish(&mut self.average);
         self.sum = sum;
         let summary = match result {
@@ -157,6 +158,11 @@ impl Driver {
             }
             Err(err) => {
                 warn!(epoch, round, error = %error_chain(&err), "round abandoned; redoing it with the workers left");
+                // They would send the same weights again; the next average resets them.
+                for id in non_finite {
+                    warn!(worker = id, epoch, round, "worker's weights are not finite; it trains no more of this epoch");
+                    self.retire_for_epoch(id);
+                }
                 self.pipeline.suspended = true;
                 return Ok(None);
             }
