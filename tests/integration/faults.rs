@@ -901,6 +901,31 @@ fn training_that_diverges_ends_the_run_with_its_cause() {
     assert!(last_line(&coordinator).contains("lower --lr"), "{}", coordinator.dump());
 }
 
+/// A round that no worker answers by `--round-timeout` waits on instead of
+/// dropping everyone: a lone worker slower than the timeout still trains the
+/// whole epoch (it used to be dropped, given its images back, and dropped
+/// again, forever).
+#[test]
+fn a_lone_worker_slower_than_the_round_timeout_still_trains() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    // Rounds of 128 minibatches, each trained five times slower than it
+    // could be: about 0.25 s a round against a 100 ms timeout.
+    let args = ["--workers", "1", "--epochs", "1", "--sync-every", "128", "--round-timeout", "100ms"];
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
+    let mut cmd = worker_command(&format!("http://{}", coordinator.addr), &tmp.path().join("cache"), "info");
+    cmd.args(["--debug-slowdown", "5"]);
+    let mut worker = Proc::spawn("slow worker", cmd);
+    expect_success(&mut [&mut coordinator.proc, &mut worker]);
+    let log = &coordinator.proc;
+    assert!(!logged(log, "no worker has answered the round by its deadline; waiting on").is_empty(), "{}", log.dump());
+    assert!(logged(log, "worker missed the round deadline; closing the round without it").is_empty(), "{}", log.dump());
+    let epochs = epoch_metrics(&out);
+    assert_eq!(epochs.len(), 1, "{epochs:?}");
+    assert_each_image_once(&epochs[0], N_TRAIN);
+}
+
 /// Waits until `stranger` has retried a few times, and asserts that the
 /// coordinator never let it join.
 fn assert_kept_out(coordinator: &mut Proc, stranger: &mut Proc) {

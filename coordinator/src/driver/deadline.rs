@@ -38,6 +38,12 @@ impl RoundDeadline {
         self.started = self.started.min(since);
     }
 
+    /// Waits `timeout` more from now: at a deadline no worker had answered
+    /// by, when dropping them all would leave nothing to average.
+    pub(super) fn extend(&mut self, timeout: Duration) {
+        self.at = Instant::now() + timeout;
+    }
+
     /// Tightens the deadline once `completed` contributions reach the quorum.
     pub(super) fn progress(&mut self, completed: usize) {
         if self.tightened || completed < self.quorum {

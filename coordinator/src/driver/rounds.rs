@@ -145,6 +145,17 @@ impl Driver {
                         self.pull_ahead(id, epoch, round, plan);
                     }
                 }
+                // Slow, not gone: a worker that is gone is found by its
+                // connection's keepalive and leaves the round.
+                Err(_) if open.completed() == 0 => {
+                    warn!(
+                        epoch,
+                        round,
+                        timeout_s = self.config.round_timeout.as_secs_f64(),
+                        "no worker has answered the round by its deadline; waiting on"
+                    );
+                    deadline.extend(self.config.round_timeout);
+                }
                 Err(_) => self.drop_stragglers(&mut open),
             }
         }
