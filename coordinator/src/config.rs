@@ -66,6 +66,10 @@ fn default_sync_every(workers: usize) -> usize {
 }
 
 /// How long a run may stay paused for lack of workers before it gives up.
+/// Local workers `--spawn-workers` may start: each is a process holding the
+/// whole training set, so more is a typo, not a cluster.
+const MAX_SPAWN_WORKERS: usize = 256;
+
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// The longest `--round-timeout` or `--max-wait`: more is surely a typo, and
@@ -285,6 +289,26 @@ impl Settings {
             if value == 0 { Err(Error::Config(format!("invalid {flag}: must be at least 1"))) } else { Ok(value) }
         };
         let workers = positive(workers, "--workers")?;
+        if spawn_workers > MAX_SPAWN_WORKERS {
+            return Err(Error::Config(format!(
+                "invalid --spawn-workers: at most {MAX_SPAWN_WORKERS} local workers, got {spawn_workers}"
+            )));
+        }
+        let min_workers = positive(self.min_workers.unwrap_or(1), "--min-workers")?;
+        if min_workers > workers {
+            return Err(Error::Config(format!(
+                "invalid --min-workers: {min_workers} is more than the {workers} workers (--workers) the run waits for"
+            )));
+        }
+        let sync_every = positive(self.sync_every.unwrap_or_else(|| default_sync_every(workers)), "--sync-every")?;
+        // Far above any dataset, and safe to multiply by any number of workers.
+        if sync_every.checked_mul(train.batch_size).is_none_or(|samples| samples > u32::MAX as usize) {
+            return Err(Error::Config(format!(
+                "invalid --sync-every: {sync_every} minibatches of {} samples is more than {} samples a round",
+                train.batch_size,
+                u32::MAX
+            )));
+        }
         let outer_settings = (
             self.outer_optimizer.unwrap_or_else(|| default_outer_rule(workers)),
             self.outer_lr.unwrap_or(DEFAULT_OUTER_LR),
@@ -296,7 +320,7 @@ impl Settings {
             train,
             lr_scaling,
             workers,
-            sync_every: positive(self.sync_every.unwrap_or_else(|| default_sync_every(workers)), "--sync-every")?,
+            sync_every,
             epochs: match self.epochs.unwrap_or(10) {
                 // The protocol carries the epoch count in 32 bits.
                 e if (1..=u32::MAX as usize).contains(&e) => e,
@@ -321,7 +345,7 @@ impl Settings {
             outer: OuterOptimizer::new(outer_settings.0, outer_settings.1, outer_settings.2)?,
             outer_settings,
             aggregate: self.aggregate.unwrap_or_default(),
-            min_workers: positive(self.min_workers.unwrap_or(1), "--min-workers")?,
+            min_workers,
             max_wait: within_longest_wait(self.max_wait.unwrap_or(DEFAULT_MAX_WAIT), "--max-wait")?,
             bind,
             token,
@@ -508,6 +532,11 @@ mod tests {
         assert!(bad(Settings { max_wait: Some(year), ..Settings::default() }).contains("--max-wait"));
         assert!(bad(Settings { straggler_factor: Some(1e300), ..Settings::default() }).contains("--straggler-factor"));
         assert!(bad(Settings { epochs: Some(1 << 40), ..Settings::default() }).contains("--epochs"));
+        assert!(bad(Settings { sync_every: Some(1 << 62), ..Settings::default() }).contains("--sync-every"));
+        assert!(bad(Settings { sync_every: Some(1 << 28), ..Settings::default() }).contains("--sync-every"));
+        let min = Settings { workers: Some(1), min_workers: Some(3), ..Settings::default() };
+        assert!(bad(min).contains("--min-workers"));
+        assert!(Settings::default().resolve(100_000).unwrap_err().to_string().contains("--spawn-workers"));
         let lr =
             Settings { train: TrainSettings { lr: Some(-1.0), ..TrainSettings::default() }, ..Settings::default() };
         assert!(bad(lr).contains("--lr"));

@@ -458,6 +458,9 @@ fn nonsense_settings_are_refused_before_any_socket_opens() {
         (&["--hidden", "0"], "--hidden"),
         (&["--config", unknown], "sync_evry"),
         (&["--config", zero], "--sync-every"),
+        (&["--sync-every", "4611686018427387904"], "--sync-every"),
+        (&["--workers", "1", "--min-workers", "3"], "--min-workers"),
+        (&["--spawn-workers", "100000"], "--spawn-workers"),
     ] {
         let full: Vec<&str> = ["coordinator", "--bind", "127.0.0.1:0", "--data-dir", mnist, "--out", out]
             .iter()
@@ -473,7 +476,9 @@ fn nonsense_settings_are_refused_before_any_socket_opens() {
         assert!(!Path::new(out).exists(), "{args:?} created the output directory");
     }
 
-    let proc = refused(&["worker", "--coordinator", "not-a-url"]);
-    assert_error_line(&proc, "--coordinator");
-    assert!(logged(&proc, "no session with the coordinator; retrying").is_empty(), "{}", proc.dump());
+    for url in ["not-a-url", "http://127.0.0.1:99999"] {
+        let proc = refused(&["worker", "--coordinator", url]);
+        assert_error_line(&proc, "--coordinator");
+        assert!(logged(&proc, "no session with the coordinator; retrying").is_empty(), "{}", proc.dump());
+    }
 }

@@ -84,6 +84,13 @@ impl WorkerArgs {
         if coordinator.host().is_none() {
             return Err(bad("has no host"));
         }
+        // `Uri::port` hides a port out of range as no port at all.
+        let authority = coordinator.authority().map_or("", |a| a.as_str());
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, host_port)| host_port);
+        let after_host = host_port.rsplit_once(']').map_or(host_port, |(_, rest)| rest);
+        if after_host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_err()) {
+            return Err(bad("the port must be a number from 0 to 65535"));
+        }
         Ok(WorkerConfig {
             coordinator,
             name: self.name.clone().unwrap_or_else(default_name),
@@ -145,5 +152,11 @@ mod tests {
         let err = args("127.0.0.1:7070").resolve().unwrap_err().to_string();
         assert!(err.contains("http://"), "{err}");
         assert!(args("http://").resolve().is_err());
+        for url in ["http://127.0.0.1:99999", "http://[::1]:70000", "http://host:x"] {
+            let err = args(url).resolve().unwrap_err().to_string();
+            assert!(err.contains("port"), "{url}: {err}");
+        }
+        assert!(args("http://[::1]:7070").resolve().is_ok());
+        assert!(args("http://coordinator").resolve().is_ok());
     }
 }
