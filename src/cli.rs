@@ -64,7 +64,7 @@ pub struct CoordinatorArgs {
     pub config: Option<PathBuf>,
 
     /// Continue the run in DIR from its checkpoint (its config.toml is the base; flags override it).
-    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "out"])]
     pub resume: Option<PathBuf>,
 
     /// Continue the run in --out if it has a checkpoint (as --resume would), else start it: for services that restart the coordinator.

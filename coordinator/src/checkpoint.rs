@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use lazyavg_common::model_file::{self, Extras};
 use lazyavg_common::params::Architecture;
+use lazyavg_common::telemetry::error_chain;
 use tracing::warn;
 
 use crate::error::{Error, Result};
@@ -81,9 +82,10 @@ pub fn load(dir: &Path, arch: &Architecture) -> Result<Checkpoint> {
         Err(err) => {
             let previous = dir.join(PREVIOUS);
             let fallback = read(&previous, arch).map_err(|prev_err| {
+                let (err, prev_err) = (error_chain(&err), error_chain(&prev_err));
                 Error::Config(format!("no usable checkpoint in {}: {err}; and {prev_err}", dir.display()))
             })?;
-            warn!(error = %err, fallback = %previous.display(), "latest checkpoint is damaged; resuming from the previous one");
+            warn!(error = %error_chain(&err), fallback = %previous.display(), "latest checkpoint is damaged; resuming from the previous one");
             Ok(fallback)
         }
     }

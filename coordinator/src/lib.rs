@@ -72,9 +72,10 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let arch = config.train.architecture(data.image_len, NUM_CLASSES)?;
     let spec = RunSpec { train: config.train.clone(), arch: arch.clone(), epochs: config.epochs };
     let mlp = Mlp::new(arch);
-    let out_dir = run_dir::prepare(&config)?;
+    // The checkpoint first: a run that cannot resume leaves its directory as it was.
     let start = if config.resume {
-        let checkpoint = checkpoint::load(&out_dir, mlp.arch())?;
+        let out_dir = &config.out_dir;
+        let checkpoint = checkpoint::load(out_dir, mlp.arch())?;
         if let Some(&bad) = checkpoint.remaining.iter().find(|&&i| i as usize >= data.n_train) {
             return Err(Error::Config(format!(
                 "{}: checkpoint lists image {bad} but the training set has {}",
@@ -95,6 +96,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         let params = mlp.init(&mut Rng::derive(config.train.seed, 0));
         Checkpoint { epoch: 0, remaining: Vec::new(), params, outer_velocity: Vec::new() }
     };
+    let out_dir = run_dir::prepare(&config)?;
 
     let (events_tx, events) = mpsc::channel(1024);
     let shared = Arc::new(Shared {

@@ -875,6 +875,19 @@ fn a_run_directory_is_continued_or_refused_never_overwritten() {
     assert_eq!(fs::read(out.join("model.safetensors")).expect("model"), model, "the first run's model was replaced");
     assert_eq!(fs::read(out.join("metrics.jsonl")).expect("metrics"), metrics, "the first run's metrics changed");
 
+    // A run that cannot resume (no checkpoint) leaves its directory as it was.
+    let unfinished = tmp.path().join("unfinished");
+    fs::create_dir(&unfinished).expect("mkdir");
+    let config = fs::read(out.join("config.toml")).expect("config.toml");
+    fs::write(unfinished.join("config.toml"), &config).expect("config.toml");
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "coordinator", "--bind", "127.0.0.1:0", "--epochs", "9", "--resume"]);
+    cmd.arg(&unfinished).env("RUST_LOG", "info");
+    let mut resume = Proc::spawn("resume", cmd);
+    expect_exit(&mut resume, 1, "no usable checkpoint");
+    assert!(last_line(&resume).contains("No such file"), "the cause is named\n{}", resume.dump());
+    assert_eq!(fs::read(unfinished.join("config.toml")).expect("config.toml"), config, "config.toml was rewritten");
+
     let mut continued = coordinator(&["--spawn-workers", "1", "--epochs", "2", "--resume-existing"]);
     expect_success(&mut [&mut continued]);
     let resuming = logged(&continued, "resuming from checkpoint");
