@@ -324,12 +324,15 @@ fn coordinator_sigkill_and_resume_completes_the_run() {
     assert!(out.join("model.safetensors").is_file(), "no model.safetensors");
 }
 
+/// SIGINT writes a checkpoint of the epoch in progress; the workers wait for
+/// a restarted coordinator, which continues that epoch with them.
 #[test]
 fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
-    let mut first = start_coordinator(&out, "127.0.0.1:0", &["--workers", "2", "--epochs", "3"], DEBUG_LOG);
+    let bind = reserve_port();
+    let mut first = start_coordinator(&out, &bind, &["--workers", "2", "--epochs", "3"], DEBUG_LOG);
     let mut workers = start_workers("worker", 2, &first.addr, tmp.path(), "info");
     wait_for_match(&mut first.proc, "round averaged", EVENT_TIMEOUT, |l| l["epoch"] == 2 && l["round"] == 5);
     first.proc.signal("INT");
@@ -343,14 +346,17 @@ fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     assert!(temporary_files(&out).is_empty(), "left behind: {:?}", temporary_files(&out));
     assert!(!out.join("model.safetensors").exists(), "an interrupted run has no final model");
     for worker in &mut workers {
-        expect_exit(worker, 1, STOP_MESSAGE);
-        assert!(last_line(worker).contains("SIGINT"), "{}", worker.dump());
+        let waiting = wait_for_line(worker, "the coordinator stopped; waiting for it to continue the run", EVENT_TIMEOUT);
+        assert!(waiting["reason"].as_str().is_some_and(|r| r.contains("SIGINT")), "{waiting}");
+        assert!(worker.try_exit_code().is_none(), "{} exited\n{}", worker.name, worker.dump());
     }
 
-    let mut resumed = resume_coordinator(&out, "127.0.0.1:0", "info");
-    let mut fresh = start_workers("fresh", 2, &resumed.addr, tmp.path(), "info");
-    let mut procs: Vec<&mut Proc> = std::iter::once(&mut resumed.proc).chain(fresh.iter_mut()).collect();
+    let mut resumed = resume_coordinator(&out, &bind, "info");
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut resumed.proc).chain(workers.iter_mut()).collect();
     expect_success(&mut procs);
+    for worker in &workers {
+        assert_eq!(logged(worker, "joined the run").len(), 2, "joined both coordinators\n{}", worker.dump());
+    }
 
     let resuming = logged(&resumed.proc, "resuming from checkpoint");
     assert_eq!(resuming.len(), 1, "{}", resumed.proc.dump());

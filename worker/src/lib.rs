@@ -66,6 +66,11 @@ async fn work(config: &WorkerConfig) -> Result<()> {
                 return Ok(());
             }
             Ok(Ending::Aborted(reason)) => return Err(Error::Aborted(reason)),
+            Ok(Ending::Suspended(reason)) => {
+                let delay = backoff.next_delay();
+                warn!(reason, retry_in_ms = delay.as_millis() as u64, "the coordinator stopped; waiting for it to continue the run");
+                tokio::time::sleep(delay).await;
+            }
             Err(err) if err.is_retryable() => {
                 let delay = backoff.next_delay();
                 warn!(error = %error_chain(&err), retry_in_ms = delay.as_millis() as u64, "no session with the coordinator; retrying");

@@ -38,6 +38,9 @@ pub enum Ending {
     Completed,
     /// The coordinator stopped the run early, for this reason.
     Aborted(String),
+    /// The coordinator was stopped, for this reason, and a restarted one
+    /// continues the run.
+    Suspended(String),
 }
 
 /// Runs a session for worker `id`. `attached` is called once the coordinator
@@ -206,7 +209,11 @@ impl Session {
                     idle_share = (1.0 - self.train_seconds / span.max(f64::EPSILON)).clamp(0.0, 1.0),
                     "stopped by the coordinator"
                 );
-                return Ok(Some(if stop.completed { Ending::Completed } else { Ending::Aborted(stop.reason) }));
+                return Ok(Some(match (stop.completed, stop.resumable) {
+                    (true, _) => Ending::Completed,
+                    (false, true) => Ending::Suspended(stop.reason),
+                    (false, false) => Ending::Aborted(stop.reason),
+                }));
             }
         }
         Ok(None)

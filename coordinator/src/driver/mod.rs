@@ -165,9 +165,11 @@ impl Driver {
             Ok(_) => ("training complete".to_owned(), true),
             Err(e) => (format!("coordinator stopped: {}", error_chain(e)), false),
         };
+        // Stopped by a signal, it has checkpointed: a restart continues the run.
+        let resumable = matches!(result, Err(Error::Interrupted(_)));
         self.progress.finish();
         for worker in self.workers.values() {
-            let stop = command(Command::Stop(pb::Stop { reason: reason.clone(), completed }));
+            let stop = command(Command::Stop(pb::Stop { reason: reason.clone(), completed, resumable }));
             let _ = worker.outbox.try_send(Ok(stop));
         }
         self.wait_for_sessions_to_close().await;
