@@ -408,6 +408,38 @@ fn spawn_workers_with_defaults_reaches_98_percent() {
 }
 
 /// Whether `pid` is a live (not zombie) `lazyavg worker` process.
+/// Two live workers given the same `--name` are told apart in the logs and
+/// in the per-worker counts of metrics.jsonl.
+#[test]
+fn workers_with_the_same_name_are_counted_apart() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &["--workers", "2", "--epochs", "1"], "info");
+    let url = format!("http://{}", coordinator.addr);
+    let mut workers: Vec<Proc> = (1..=2)
+        .map(|i| {
+            let mut cmd = worker_command(&url, &tmp.path().join(format!("cache-{i}")), "info");
+            cmd.args(["--name", "twin"]);
+            Proc::spawn(&format!("twin {i}"), cmd)
+        })
+        .collect();
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    let names: BTreeSet<String> = logged(&coordinator.proc, "worker joined")
+        .iter()
+        .map(|l| l["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains("twin"), "{names:?}");
+    let epoch = &epoch_metrics(&out)[0];
+    for name in &names {
+        let samples = samples_of(epoch, name);
+        assert!(samples > 0 && samples < N_TRAIN, "{name} trained {samples}: {epoch}");
+    }
+    assert_eq!(names.iter().map(|n| samples_of(epoch, n)).sum::<u64>(), N_TRAIN, "{epoch}");
+}
+
 fn is_running_worker(pid: u64) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?");

@@ -41,6 +41,7 @@ impl Driver {
     pub(super) fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
         match event {
             Event::Attached { id, name, outbox } => {
+                let name = self.unique_name(id, name);
                 info!(worker = id, name, workers = self.workers.len() + 1, "worker joined");
                 self.workers.insert(id, Worker { name, outbox, shard: None });
                 self.send_params(&[id]);
@@ -59,6 +60,17 @@ impl Driver {
             }
             Event::Message { id, reply } => self.on_reply(id, reply, round),
         }
+    }
+
+    /// `name`, or `name#id` while another live worker has that name: the
+    /// logs and the per-worker counts in metrics.jsonl must tell them apart.
+    fn unique_name(&self, id: WorkerId, name: String) -> String {
+        if !self.workers.values().any(|w| w.name == name) {
+            return name;
+        }
+        let unique = format!("{name}#{id}");
+        warn!(worker = id, name, renamed = unique, "another live worker has this name; this one adds its id");
+        unique
     }
 
     pub(super) fn on_reply(&mut self, id: WorkerId, reply: Reply, round: Option<&mut Round>) {
