@@ -1,8 +1,9 @@
 //! `--overlap`: each worker's next pulls go out as soon as its weights are
 //! in, before the round's average, which the worker then applies as a
 //! correction. Accuracy and the one-use-per-image accounting must be what
-//! they are without it, also when a worker dies mid-epoch, and a round
-//! abandoned while a pull ahead is out must be redone with that pull's work.
+//! they are without it, also when a worker dies mid-epoch (and training
+//! pauses for lack of workers), and a round abandoned while a pull ahead is
+//! out must be redone with that pull's work.
 
 use std::time::Duration;
 
@@ -239,4 +240,35 @@ fn with_overlap_a_stopped_worker_is_left_behind_and_rejoins() {
     assert!(samples_of(&epochs[1], &name) < N_TRAIN / 2, "{}", epochs[1]);
     assert_eq!(samples_of(&epochs[2], &name), N_TRAIN / 2, "it trains its whole shard in epoch 3: {}", epochs[2]);
     assert!(f64_field(&epochs[2], "accuracy") >= 0.97, "{}", epochs[2]);
+}
+
+/// With `--min-workers`, a worker's death pauses training while the others
+/// answer the pulls they were sent ahead. Those answers are kept for the
+/// round after the pause: they used to be refused ("no round is open"), and
+/// that round then waited for weights that never came again.
+#[test]
+fn with_overlap_answers_that_come_during_a_pause_count_after_it() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let args = ["--workers", "3", "--min-workers", "3", "--epochs", "2", "--overlap"];
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, DEBUG_LOG);
+    let mut workers = start_workers("worker", 3, &coordinator.addr, tmp.path(), "info");
+    wait_for_match(&mut coordinator.proc, "round averaged", EVENT_TIMEOUT, |l| l["epoch"] == 1 && l["round"] == 5);
+    let mut victim = workers.remove(1);
+    victim.signal("KILL");
+    assert_eq!(victim.wait(Duration::from_secs(10)), -1, "killed by a signal");
+    wait_for_line(&mut coordinator.proc, "too few workers; training paused", EVENT_TIMEOUT);
+    workers.push(start_worker("replacement", &coordinator.addr, &tmp.path().join("cache-r"), "info"));
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+
+    let log = &coordinator.proc;
+    assert!(logged(log, "refused a worker message").is_empty(), "{}", log.dump());
+    assert!(logged(log, "worker missed the round deadline; closing the round without it").is_empty(), "{}", log.dump());
+    let epochs = epoch_metrics(&out);
+    assert_eq!(epochs.len(), 2, "{epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
 }

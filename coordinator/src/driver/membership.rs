@@ -208,6 +208,12 @@ impl Driver {
         let deadline = tokio::time::Instant::now() + self.config.max_wait;
         while self.workers.len() < min {
             match tokio::time::timeout_at(deadline, self.next_event()).await {
+                // Workers answer the pulls they were sent ahead meanwhile.
+                Ok(Ok(event @ Event::Message { reply: Reply::Weights(_) | Reply::Report(_), .. }))
+                    if self.config.overlap =>
+                {
+                    self.pipeline.held.push(event);
+                }
                 Ok(event) => self.on_event(event?, None),
                 Err(_) => {
                     return Err(Error::TooFewWorkers { alive: self.workers.len(), min, waited: self.config.max_wait });

@@ -15,7 +15,9 @@
 //! for both rounds' samples (its shard table says it trained `done..until`
 //! since its last average), and sends none ahead itself: after anything
 //! irregular, one plain round. A worker with pulls ahead whose weights are
-//! not in a round's average (non-finite) trains no more of the epoch.
+//! not in a round's average (non-finite) trains no more of the epoch. Answers
+//! to pulls ahead that come while training is paused for lack of workers are
+//! held for the round after the pause.
 
 use std::time::Instant;
 
@@ -47,6 +49,9 @@ pub(super) struct Pipeline {
     since: Option<tokio::time::Instant>,
     /// The round was abandoned: the next one sends no pulls ahead.
     suspended: bool,
+    /// Answers to pulls sent ahead that came while training was paused for
+    /// lack of workers, with no round open: they belong to the next round.
+    pub(super) held: Vec<Event>,
 }
 
 impl Driver {
@@ -131,20 +136,15 @@ impl Driver {
         if let Some(since) = head_start {
             deadline.head_start(since);
         }
+        for event in std::mem::take(&mut self.pipeline.held) {
+            // Not from a worker that left since.
+            if matches!(&event, Event::Message { id, .. } if self.workers.contains_key(id)) {
+                self.take_event(event, &mut open, &mut deadline, ahead, plan);
+            }
+        }
         while !open.is_complete() {
             match tokio::time::timeout_at(deadline.at(), self.next_event()).await {
-                Ok(event) => {
-                    let event = event?;
-                    let weights_from = match &event {
-                        Event::Message { id, reply: Reply::Weights(_) } => Some(*id),
-                        _ => None,
-                    };
-                    self.on_event(event, Some(&mut open));
-                    deadline.progress(open.completed());
-                    if let Some(id) = weights_from.filter(|&id| ahead && open.has_sent(id)) {
-                        self.pull_ahead(id, epoch, round, plan);
-                    }
-                }
+                Ok(event) => self.take_event(event?, &mut open, &mut deadline, ahead, plan),
                 // Slow, not gone: a worker that is gone is found by its
                 // connection's keepalive and leaves the round.
                 Err(_) if open.completed() == 0 => {
@@ -193,6 +193,27 @@ impl Driver {
         let seconds = started.elapsed().as_secs_f64();
         self.after_round(&summary, seconds)?;
         Ok(Some(summary))
+    }
+
+    /// Feeds an event to the open round; with `ahead` (`--overlap`), a worker
+    /// whose weights are all in gets its next pulls at once.
+    fn take_event(
+        &mut self,
+        event: Event,
+        open: &mut Round,
+        deadline: &mut RoundDeadline,
+        ahead: bool,
+        plan: &[(WorkerId, usize, usize)],
+    ) {
+        let weights_from = match &event {
+            Event::Message { id, reply: Reply::Weights(_) } => Some(*id),
+            _ => None,
+        };
+        self.on_event(event, Some(open));
+        deadline.progress(open.completed());
+        if let Some(id) = weights_from.filter(|&id| ahead && open.has_sent(id)) {
+            self.pull_ahead(id, open.epoch(), open.round(), plan);
+        }
     }
 
     /// `--overlap`: sends `id`, whose weights for `round` are all in, its
