@@ -16,7 +16,7 @@ trap 'rm -rf "$work"' EXIT
 # One row: $1 workers, $2 hidden widths, $3 rounds.
 row() {
     LAZYAVG_CACHE_DIR="$work/cache" "$BIN" --log-format json coordinator --spawn-workers "$1" --hidden "$2" \
-        --bench-rounds "$3" --bind 127.0.0.1:0 --data-dir "$DATA" --out "$work/out" 2>"$work/log" || {
+        --bench-rounds "$3" --bind 127.0.0.1:0 --data-dir "$DATA" --out "$work/out-$1-$2" 2>"$work/log" || {
         cat "$work/log" >&2
         exit 1
     }
