@@ -945,6 +945,20 @@ fn a_lone_worker_slower_than_the_round_timeout_still_trains() {
     assert_each_image_once(&epochs[0], N_TRAIN);
 }
 
+/// `--give-up-after`: a worker that finds no coordinator retries with backoff
+/// for that long, then exits naming why the last attempt failed.
+#[test]
+fn a_worker_gives_up_after_its_limit_without_a_coordinator() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Nothing listens there any more.
+    let url = format!("http://{}", reserve_port());
+    let mut cmd = worker_command(&url, &tmp.path().join("cache"), "info");
+    cmd.args(["--give-up-after", "1s"]);
+    let mut worker = Proc::spawn("worker", cmd);
+    expect_exit(&mut worker, 1, "no coordinator for 1s (--give-up-after); giving up: cannot reach the coordinator");
+    assert!(!logged(&worker, RETRYING).is_empty(), "it retried first\n{}", worker.dump());
+}
+
 /// Waits until `stranger` has retried a few times, and asserts that the
 /// coordinator never let it join.
 fn assert_kept_out(coordinator: &mut Proc, stranger: &mut Proc) {

@@ -1,7 +1,7 @@
 //! Capped, jittered exponential backoff between reconnection attempts, so a
 //! fleet of workers that lost their coordinator does not reconnect in lockstep.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lazyavg_common::rng::Rng;
 
@@ -11,15 +11,20 @@ pub struct Backoff {
     cap: Duration,
     attempt: u32,
     rng: Rng,
+    /// When the current run of failures began.
+    failing_since: Instant,
 }
 
 impl Backoff {
     pub fn new(initial: Duration, cap: Duration, seed: u64) -> Self {
-        Backoff { initial, cap, attempt: 0, rng: Rng::seed_from(seed) }
+        Backoff { initial, cap, attempt: 0, rng: Rng::seed_from(seed), failing_since: Instant::now() }
     }
 
     /// The next delay: uniform in [d/2, d] where d = min(cap, initial · 2^attempt).
     pub fn next_delay(&mut self) -> Duration {
+        if self.attempt == 0 {
+            self.failing_since = Instant::now();
+        }
         let exp = self.initial.saturating_mul(1u32 << self.attempt.min(16));
         let ceiling = exp.min(self.cap);
         self.attempt += 1;
@@ -29,6 +34,12 @@ impl Backoff {
     /// Starts over after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// How long the current run of failures has lasted: since the first
+    /// failure after the last success (or ever, before any).
+    pub fn failing_for(&self) -> Duration {
+        self.failing_since.elapsed()
     }
 }
 
@@ -46,7 +57,10 @@ mod tests {
         assert!(delays[9] >= Duration::from_secs(1));
         let distinct: std::collections::BTreeSet<_> = delays[6..].iter().collect();
         assert!(distinct.len() > 1, "jittered: {delays:?}");
+        assert!(b.failing_for() > Duration::ZERO);
         b.reset();
+        std::thread::sleep(Duration::from_millis(20));
         assert!(b.next_delay() <= Duration::from_millis(100));
+        assert!(b.failing_for() < Duration::from_millis(20), "a new run of failures starts its clock");
     }
 }

@@ -2,6 +2,7 @@
 //! model, hyperparameters and data come from the coordinator.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use lazyavg_proto::auth::{TOKEN_FILE_ENV, Token};
@@ -44,6 +45,10 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
 
+    /// Give up (exit non-zero) after this long without a coordinator, e.g. 10m [default: never].
+    #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub give_up_after: Option<Duration>,
+
     /// Testing: after each pull, idle for (F - 1) times the training time, to act as a worker F times slower.
     #[arg(long, value_name = "F", hide = true)]
     pub debug_slowdown: Option<f64>,
@@ -61,6 +66,8 @@ pub struct WorkerConfig {
     pub cache_dir: PathBuf,
     pub token: Option<Token>,
     pub tls: Option<ClientTls>,
+    /// How long to go on retrying without a coordinator (`None`: for ever).
+    pub give_up_after: Option<Duration>,
     /// 1 normally; F > 1 makes the worker F times slower (for straggler tests).
     pub slowdown: f64,
     pub exit_with_stdin: bool,
@@ -106,6 +113,7 @@ impl WorkerArgs {
                     )));
                 }
             },
+            give_up_after: self.give_up_after,
             exit_with_stdin: self.exit_with_stdin,
         })
     }
@@ -141,6 +149,7 @@ mod tests {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            give_up_after: None,
             debug_slowdown: None,
             exit_with_stdin: false,
         }

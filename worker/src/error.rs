@@ -37,6 +37,12 @@ pub enum Error {
     Aborted(String),
     #[error("stopped by {0}")]
     Interrupted(&'static str),
+    #[error("no coordinator for {} (--give-up-after); giving up", humantime::format_duration(*waited))]
+    GaveUp {
+        waited: std::time::Duration,
+        #[source]
+        last: Box<Error>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

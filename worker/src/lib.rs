@@ -68,16 +68,29 @@ async fn work(config: &WorkerConfig) -> Result<()> {
             Ok(Ending::Aborted(reason)) => return Err(Error::Aborted(reason)),
             Ok(Ending::Suspended(reason)) => {
                 let delay = backoff.next_delay();
+                give_up_if_due(config, &backoff, || Error::Aborted(reason.clone()))?;
                 warn!(reason, retry_in_ms = delay.as_millis() as u64, "the coordinator stopped; waiting for it to continue the run");
                 tokio::time::sleep(delay).await;
             }
             Err(err) if err.is_retryable() => {
+                let error = error_chain(&err);
                 let delay = backoff.next_delay();
-                warn!(error = %error_chain(&err), retry_in_ms = delay.as_millis() as u64, "no session with the coordinator; retrying");
+                give_up_if_due(config, &backoff, || err)?;
+                warn!(error, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator; retrying");
                 tokio::time::sleep(delay).await;
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Fails with `GaveUp` once the attempts have been failing for
+/// `--give-up-after` (since the coordinator was lost, or since the start);
+/// `last` is why this one failed.
+fn give_up_if_due(config: &WorkerConfig, backoff: &Backoff, last: impl FnOnce() -> Error) -> Result<()> {
+    match config.give_up_after {
+        Some(waited) if backoff.failing_for() >= waited => Err(Error::GaveUp { waited, last: Box::new(last()) }),
+        _ => Ok(()),
     }
 }
 
