@@ -41,9 +41,10 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
     let (file, resume) = starting_settings(&args)?;
     let mut config = file.overlay(&args.settings)?.resolve(args.spawn_workers)?;
     config.resume = resume;
+    config.restartable = args.resume_existing;
     if !config.resume {
         // Before anything listens or starts; `run` checks again for its other callers.
-        run_dir::ensure_no_results(&config.out_dir)?;
+        run_dir::ensure_no_results(&config.out_dir, config.restartable)?;
     }
     let listener = TcpListener::bind(config.bind)
         .await

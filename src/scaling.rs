@@ -18,6 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, bail, ensure};
 use lazyavg_coordinator::config::timestamped_run_dir;
+use lazyavg_coordinator::run_dir;
 use serde_json::{Value, json};
 use tracing::info;
 
@@ -36,6 +37,9 @@ const OWN_FLAGS: [&str; 9] = [
     "--resume-existing",
     "--log-format",
 ];
+
+/// The sweep's every run, written last: its presence means the sweep is done.
+const REPORT: &str = "scaling.json";
 
 /// What the sweep needs of one epoch record of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,8 +119,11 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
         ensure!(!OWN_FLAGS.contains(&name), "{name} cannot be passed after `--`: bench scaling sets it for every run");
     }
     let out = args.out.clone().unwrap_or_else(|| timestamped_run_dir("scaling-"));
-    let earlier = fs::read_dir(out.join("runs")).is_ok_and(|mut runs| runs.next().is_some());
-    ensure!(!earlier, "{} already holds a sweep: choose another --out", out.display());
+    // An earlier sweep's results stay; runs that trained nothing may be redone.
+    ensure!(!out.join(REPORT).exists(), "{} already holds a sweep ({REPORT}): choose another --out", out.display());
+    for (&n, &seed) in workers.iter().flat_map(|n| seeds.iter().map(move |s| (n, s))) {
+        run_dir::ensure_no_results(&run_dir_of(&out, n, seed), false)?;
+    }
     fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
     let exe = std::env::current_exe().context("locating the lazyavg binary")?;
 
@@ -140,7 +147,7 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
     let figure = figure(&runs, &workers, &seeds, args.target, &args.coordinator_args);
     let report = report_json(&runs, &rows, args, &workers, &seeds);
     write(&out.join("scaling.md"), &table)?;
-    write(&out.join("scaling.json"), &(serde_json::to_string_pretty(&report)? + "\n"))?;
+    write(&out.join(REPORT), &(serde_json::to_string_pretty(&report)? + "\n"))?;
     write(&out.join("scaling.svg"), &plot::render(&figure))?;
     println!("{table}");
     info!(out = %out.display(), "wrote scaling.md, scaling.json and scaling.svg");
@@ -173,10 +180,19 @@ impl Drop for KillOnDrop {
     }
 }
 
+fn run_name(n: usize, seed: u64) -> String {
+    format!("n{n}-s{seed}")
+}
+
+/// Where the run with `n` workers and `seed` writes.
+fn run_dir_of(out: &Path, n: usize, seed: u64) -> PathBuf {
+    out.join("runs").join(run_name(n, seed))
+}
+
 /// Runs one coordinator with `n` local workers to completion and reads its metrics.
 fn run_one(exe: &Path, args: &BenchScalingArgs, out: &Path, n: usize, seed: u64) -> anyhow::Result<RunData> {
-    let name = format!("n{n}-s{seed}");
-    let dir = out.join("runs").join(&name);
+    let dir = run_dir_of(out, n, seed);
+    let name = run_name(n, seed);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_path = dir.join("coordinator.log");
     let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;

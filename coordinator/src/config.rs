@@ -231,6 +231,10 @@ pub struct CoordinatorConfig {
     pub bench_rounds: usize,
     /// Continue the run in `out_dir` from its checkpoint (`--resume`).
     pub resume: bool,
+    /// Started with `--resume-existing`, as a service that is restarted: a
+    /// new run may replace the epochs recorded by an earlier start that left
+    /// no checkpoint, and workers are told a stop by a signal is not the end.
+    pub restartable: bool,
 }
 
 impl Settings {
@@ -362,6 +366,7 @@ impl Settings {
             dump_rounds: self.dump_rounds.unwrap_or(0),
             bench_rounds: self.bench_rounds.unwrap_or(0),
             resume: false,
+            restartable: false,
         })
     }
 }

@@ -63,7 +63,7 @@ use crate::service::{CoordinatorService, Shared};
 pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shutdown) -> Result<RunSummary> {
     let started = Instant::now();
     if !config.resume {
-        run_dir::ensure_no_results(&config.out_dir)?;
+        run_dir::ensure_no_results(&config.out_dir, config.restartable)?;
     }
     let data = {
         let config = config.clone();

@@ -17,20 +17,27 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const MODEL_FILE: &str = "model.safetensors";
 
 /// Refuses to start a new run in `dir` if it holds the results of one: a
-/// model, a checkpoint or a recorded epoch. What a run leaves before its first
-/// epoch ends (its `config.toml`, an empty `metrics.jsonl`) holds nothing
-/// trained and may be replaced.
-pub fn ensure_no_results(dir: &Path) -> Result<()> {
-    let metrics = dir.join(METRICS_FILE);
-    let recorded = std::fs::metadata(&metrics).is_ok_and(|m| m.len() > 0);
+/// model, a checkpoint, or (unless `restartable`) a recorded epoch. What a run
+/// leaves before its first epoch ends (its `config.toml`, round records in
+/// `metrics.jsonl`) holds nothing trained and may be replaced; so may the
+/// epochs of a restartable run that left no checkpoint to continue from.
+pub fn ensure_no_results(dir: &Path, restartable: bool) -> Result<()> {
     let found = [MODEL_FILE, checkpoint::CURRENT, checkpoint::PREVIOUS]
         .into_iter()
         .find(|name| dir.join(name).exists())
-        .or(recorded.then_some(METRICS_FILE));
+        .or((!restartable && records_an_epoch(&dir.join(METRICS_FILE))).then_some(METRICS_FILE));
     match found {
         Some(file) => Err(Error::RunExists { dir: dir.to_path_buf(), file }),
         None => Ok(()),
     }
+}
+
+/// Whether a `metrics.jsonl` holds an epoch's record (not only rounds').
+fn records_an_epoch(metrics: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(metrics) else { return false };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .any(|record| record["kind"] == "epoch")
 }
 
 /// Creates the run directory and records the resolved configuration in it.
@@ -49,14 +56,17 @@ mod tests {
     #[test]
     fn only_trained_results_keep_a_new_run_out() {
         let dir = tempfile::tempdir().unwrap();
-        ensure_no_results(&dir.path().join("missing")).expect("a directory yet to be made");
+        ensure_no_results(&dir.path().join("missing"), false).expect("a directory yet to be made");
         std::fs::write(dir.path().join(CONFIG_FILE), "epochs = 3\n").unwrap();
-        std::fs::write(dir.path().join(METRICS_FILE), "").unwrap();
-        ensure_no_results(dir.path()).expect("a run that never finished an epoch holds nothing trained");
+        std::fs::write(dir.path().join(METRICS_FILE), "{\"kind\":\"round\",\"epoch\":1}\n").unwrap();
+        ensure_no_results(dir.path(), false).expect("a run that never finished an epoch holds nothing trained");
+        std::fs::write(dir.path().join(METRICS_FILE), "{\"kind\":\"epoch\",\"epoch\":1}\n").unwrap();
+        ensure_no_results(dir.path(), true).expect("a restartable run without a checkpoint starts over");
         for file in [METRICS_FILE, checkpoint::PREVIOUS, MODEL_FILE] {
-            std::fs::write(dir.path().join(file), "x").unwrap();
-            let err = ensure_no_results(dir.path()).expect_err(file).to_string();
+            std::fs::write(dir.path().join(file), "{\"kind\":\"epoch\"}").unwrap();
+            let err = ensure_no_results(dir.path(), false).expect_err(file).to_string();
             assert!(err.contains(&format!("({file})")) && err.contains("--resume"), "{err}");
         }
+        assert!(ensure_no_results(dir.path(), true).is_err(), "a model or checkpoint is kept even then");
     }
 }

@@ -324,15 +324,17 @@ fn coordinator_sigkill_and_resume_completes_the_run() {
     assert!(out.join("model.safetensors").is_file(), "no model.safetensors");
 }
 
-/// SIGINT writes a checkpoint of the epoch in progress; the workers wait for
-/// a restarted coordinator, which continues that epoch with them.
+/// SIGINT writes a checkpoint of the epoch in progress. A coordinator run
+/// as a restartable service (`--resume-existing`) tells its workers so; they
+/// wait for the restarted coordinator, which continues that epoch with them.
 #[test]
 fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     let bind = reserve_port();
-    let mut first = start_coordinator(&out, &bind, &["--workers", "2", "--epochs", "3"], DEBUG_LOG);
+    let args = ["--workers", "2", "--epochs", "3", "--resume-existing"];
+    let mut first = start_coordinator(&out, &bind, &args, DEBUG_LOG);
     let mut workers = start_workers("worker", 2, &first.addr, tmp.path(), "info");
     wait_for_match(&mut first.proc, "round averaged", EVENT_TIMEOUT, |l| l["epoch"] == 2 && l["round"] == 5);
     first.proc.signal("INT");
@@ -351,7 +353,7 @@ fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
         assert!(worker.try_exit_code().is_none(), "{} exited\n{}", worker.name, worker.dump());
     }
 
-    let mut resumed = resume_coordinator(&out, &bind, "info");
+    let mut resumed = start_coordinator(&out, &bind, &args, "info");
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut resumed.proc).chain(workers.iter_mut()).collect();
     expect_success(&mut procs);
     for worker in &workers {
@@ -374,6 +376,22 @@ fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     assert_each_image_once(&epochs[2], N_TRAIN);
     assert!(out.join("model.safetensors").is_file());
     assert!(temporary_files(&out).is_empty(), "left behind: {:?}", temporary_files(&out));
+}
+
+/// A coordinator run by hand and stopped with SIGTERM sends its workers home:
+/// nothing will restart it.
+#[test]
+fn sigterm_of_a_plain_run_stops_its_workers() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let args = ["--workers", "1", "--epochs", "3"];
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
+    let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache"), "info");
+    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    coordinator.proc.signal("TERM");
+    assert_eq!(coordinator.proc.wait(EVENT_TIMEOUT), 143, "{}", coordinator.proc.dump());
+    expect_exit(&mut worker, 1, STOP_MESSAGE);
+    assert!(last_line(&worker).contains("SIGTERM"), "{}", worker.dump());
 }
 
 #[test]

@@ -45,7 +45,7 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
 
-    /// Give up (exit non-zero) after this long without a coordinator, e.g. 10m [default: never].
+    /// Give up (exit non-zero) after failing to reach the coordinator for this long, e.g. 10m [default: never].
     #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub give_up_after: Option<Duration>,
 

@@ -165,8 +165,9 @@ impl Driver {
             Ok(_) => ("training complete".to_owned(), true),
             Err(e) => (format!("coordinator stopped: {}", error_chain(e)), false),
         };
-        // Stopped by a signal, it has checkpointed: a restart continues the run.
-        let resumable = matches!(result, Err(Error::Interrupted(_)));
+        // Stopped by a signal as a service that is restarted (it has
+        // checkpointed): the restart continues the run.
+        let resumable = self.config.restartable && matches!(result, Err(Error::Interrupted(_)));
         self.progress.finish();
         for worker in self.workers.values() {
             let stop = command(Command::Stop(pb::Stop { reason: reason.clone(), completed, resumable }));
