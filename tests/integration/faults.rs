@@ -977,6 +977,39 @@ fn a_worker_gives_up_after_its_limit_without_a_coordinator() {
     assert!(!logged(&worker, RETRYING).is_empty(), "it retried first\n{}", worker.dump());
 }
 
+/// A restartable coordinator (`--resume-existing`) killed before its first
+/// checkpoint starts the run over when restarted, even when its
+/// metrics.jsonl already holds round records and an epoch's (the epoch line
+/// is written just before that epoch's checkpoint).
+#[test]
+fn a_restartable_run_killed_before_its_first_checkpoint_starts_over() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let metrics = out.join("metrics.jsonl");
+    let args = ["--spawn-workers", "1", "--epochs", "1", "--metrics-rounds", "--resume-existing"];
+    let start = || {
+        let mut cmd = coordinator_command(&out, "127.0.0.1:0", &args, "info");
+        cmd.env("LAZYAVG_CACHE_DIR", tmp.path().join("cache"));
+        Proc::spawn("coordinator", cmd)
+    };
+    let mut first = start();
+    wait_until("a round record", EVENT_TIMEOUT, || {
+        fs::read_to_string(&metrics).ok().filter(|t| t.contains("\"kind\":\"round\"")).map(drop)
+    });
+    first.signal("KILL");
+    assert_eq!(first.wait(Duration::from_secs(10)), -1, "killed by a signal");
+    assert!(!out.join("checkpoint.safetensors").exists(), "killed before its first checkpoint");
+    let mut text = fs::read_to_string(&metrics).expect("metrics.jsonl");
+    text.push_str("{\"kind\":\"epoch\",\"epoch\":1}\n");
+    fs::write(&metrics, text).expect("metrics.jsonl");
+
+    let mut again = start();
+    expect_success(&mut [&mut again]);
+    assert!(logged(&again, "resuming from checkpoint").is_empty(), "{}", again.dump());
+    assert_eq!(epoch_numbers(&epoch_metrics(&out)), [1], "only the new run's epoch");
+}
+
 /// Waits until `stranger` has retried a few times, and asserts that the
 /// coordinator never let it join.
 fn assert_kept_out(coordinator: &mut Proc, stranger: &mut Proc) {
