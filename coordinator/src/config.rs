@@ -447,10 +447,12 @@ fn within_longest_wait(wait: Duration, flag: &str) -> Result<Duration> {
 pub fn timestamped_run_dir(prefix: &str) -> PathBuf {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
     let base = PathBuf::from("runs").join(format!("{prefix}{stamp}"));
-    std::iter::once(base.clone())
-        .chain((2..).map(|n| base.with_file_name(format!("{prefix}{stamp}-{n}"))))
-        .find(|dir| !dir.exists())
-        .expect("an unbounded sequence of names")
+    let (mut dir, mut n) = (base.clone(), 1);
+    while dir.exists() {
+        n += 1;
+        dir = base.with_file_name(format!("{prefix}{stamp}-{n}"));
+    }
+    dir
 }
 
 #[cfg(test)]

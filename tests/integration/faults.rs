@@ -348,7 +348,8 @@ fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     assert!(temporary_files(&out).is_empty(), "left behind: {:?}", temporary_files(&out));
     assert!(!out.join("model.safetensors").exists(), "an interrupted run has no final model");
     for worker in &mut workers {
-        let waiting = wait_for_line(worker, "the coordinator stopped; waiting for it to continue the run", EVENT_TIMEOUT);
+        let waiting =
+            wait_for_line(worker, "the coordinator stopped; waiting for it to continue the run", EVENT_TIMEOUT);
         assert!(waiting["reason"].as_str().is_some_and(|r| r.contains("SIGINT")), "{waiting}");
         assert!(worker.try_exit_code().is_none(), "{} exited\n{}", worker.name, worker.dump());
     }

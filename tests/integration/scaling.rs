@@ -61,5 +61,9 @@ fn a_short_sweep_writes_a_row_per_worker_count() {
     let mut again = sweep();
     assert_eq!(again.wait(RUN_TIMEOUT), 1, "{}", again.dump());
     assert!(again.lines().last().is_some_and(|l| l.contains("already holds a sweep")), "{}", again.dump());
-    assert_eq!(fs::read_to_string(out.join("scaling.md")).expect("scaling.md"), table, "the first sweep's table changed");
+    assert_eq!(
+        fs::read_to_string(out.join("scaling.md")).expect("scaling.md"),
+        table,
+        "the first sweep's table changed"
+    );
 }

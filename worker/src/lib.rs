@@ -69,7 +69,11 @@ async fn work(config: &WorkerConfig) -> Result<()> {
             Ok(Ending::Suspended(reason)) => {
                 let delay = backoff.next_delay();
                 give_up_if_due(config, &backoff, || Error::Aborted(reason.clone()))?;
-                warn!(reason, retry_in_ms = delay.as_millis() as u64, "the coordinator stopped; waiting for it to continue the run");
+                warn!(
+                    reason,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "the coordinator stopped; waiting for it to continue the run"
+                );
                 tokio::time::sleep(delay).await;
             }
             Err(err) if err.is_retryable() => {

@@ -125,11 +125,7 @@ impl Driver {
             let Some(name) = self.workers.get(&id).map(|w| w.name.clone()) else { continue };
             warn!(
                 worker = id,
-                name,
-                epoch,
-                round,
-                timeout_s,
-                "worker missed the round deadline; closing the round without it"
+                name, epoch, round, timeout_s, "worker missed the round deadline; closing the round without it"
             );
             self.retire_for_epoch(id);
         }

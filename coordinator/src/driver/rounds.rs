@@ -171,7 +171,10 @@ impl Driver {
                 warn!(epoch, round, error = %error_chain(&err), "round abandoned; redoing it with the workers left");
                 // They would send the same weights again; the next average resets them.
                 for id in non_finite {
-                    warn!(worker = id, epoch, round, "worker's weights are not finite; it trains no more of this epoch");
+                    warn!(
+                        worker = id,
+                        epoch, round, "worker's weights are not finite; it trains no more of this epoch"
+                    );
                     self.retire_for_epoch(id);
                 }
                 self.pipeline.suspended = true;
