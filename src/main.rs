@@ -8,6 +8,7 @@ mod plot;
 mod scaling;
 mod single;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -21,7 +22,10 @@ fn main() -> ExitCode {
     match run(cli.command, cli.log_format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("lazyavg: {err:#}");
+            // One write, so the line stays whole on a stderr shared with
+            // other processes (`--spawn-workers`); `eprintln!` writes pieces.
+            let line = format!("lazyavg: {err:#}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
             cluster::exit_code(&err)
         }
     }
