@@ -37,7 +37,7 @@ impl Backoff {
     }
 
     /// How long the current run of failures has lasted: since the first
-    /// failure after the last success (or ever, before any).
+    /// failure after the last success (or after the start, before any).
     pub fn failing_for(&self) -> Duration {
         self.failing_since.elapsed()
     }
