@@ -868,9 +868,7 @@ fn a_failing_spawned_worker_ends_the_run_promptly() {
     let not_a_dir = tmp.path().join("file");
     fs::write(&not_a_dir, "").expect("writing a file");
     let out = tmp.path().join("out");
-    let mut cmd = coordinator_command(&out, "127.0.0.1:0", &["--spawn-workers", "1", "--epochs", "1"], "info");
-    cmd.env("LAZYAVG_CACHE_DIR", not_a_dir.join("cache"));
-    let mut coordinator = Proc::spawn("coordinator", cmd);
+    let mut coordinator = spawn_local_run(&out, &["--spawn-workers", "1", "--epochs", "1"], &not_a_dir.join("cache"));
     let started = Instant::now();
     expect_exit(&mut coordinator, 1, "local worker local-1 exited");
     assert!(started.elapsed() < EVENT_TIMEOUT, "the coordinator took {:?} to give up", started.elapsed());
@@ -883,11 +881,7 @@ fn a_failing_spawned_worker_ends_the_run_promptly() {
 fn a_run_directory_is_continued_or_refused_never_overwritten() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
-    let coordinator = |args: &[&str]| {
-        let mut cmd = coordinator_command(&out, "127.0.0.1:0", args, "info");
-        cmd.env("LAZYAVG_CACHE_DIR", tmp.path().join("cache"));
-        Proc::spawn("coordinator", cmd)
-    };
+    let coordinator = |args: &[&str]| spawn_local_run(&out, args, &tmp.path().join("cache"));
     let mut first = coordinator(&["--spawn-workers", "1", "--epochs", "1", "--hidden", "64", "--resume-existing"]);
     expect_success(&mut [&mut first]);
     assert!(logged(&first, "resuming from checkpoint").is_empty(), "nothing to resume yet\n{}", first.dump());
@@ -932,9 +926,7 @@ fn training_that_diverges_ends_the_run_with_its_cause() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     let args = ["--spawn-workers", "2", "--epochs", "1", "--hidden", "400,400", "--lr", "50", "--lr-scaling", "none"];
-    let mut cmd = coordinator_command(&out, "127.0.0.1:0", &args, "info");
-    cmd.env("LAZYAVG_CACHE_DIR", tmp.path().join("cache"));
-    let mut coordinator = Proc::spawn("coordinator", cmd);
+    let mut coordinator = spawn_local_run(&out, &args, &tmp.path().join("cache"));
     expect_exit(&mut coordinator, 1, "training diverged: no usable weights in epoch 1");
     assert!(last_line(&coordinator).contains("lower --lr"), "{}", coordinator.dump());
 }
@@ -989,11 +981,7 @@ fn a_restartable_run_killed_before_its_first_checkpoint_starts_over() {
     let out = tmp.path().join("out");
     let metrics = out.join("metrics.jsonl");
     let args = ["--spawn-workers", "1", "--epochs", "1", "--metrics-rounds", "--resume-existing"];
-    let start = || {
-        let mut cmd = coordinator_command(&out, "127.0.0.1:0", &args, "info");
-        cmd.env("LAZYAVG_CACHE_DIR", tmp.path().join("cache"));
-        Proc::spawn("coordinator", cmd)
-    };
+    let start = || spawn_local_run(&out, &args, &tmp.path().join("cache"));
     let mut first = start();
     wait_until("a round record", EVENT_TIMEOUT, || {
         fs::read_to_string(&metrics).ok().filter(|t| t.contains("\"kind\":\"round\"")).map(drop)

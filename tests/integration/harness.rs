@@ -53,6 +53,14 @@ pub fn coordinator_command(out: &Path, bind: &str, args: &[&str], rust_log: &str
     cmd
 }
 
+/// Starts a one-machine run (`--spawn-workers` among `args`) writing to
+/// `out`, whose local workers cache the training set in `cache`; does not wait.
+pub fn spawn_local_run(out: &Path, args: &[&str], cache: &Path) -> Proc {
+    let mut cmd = coordinator_command(out, "127.0.0.1:0", args, "info");
+    cmd.env("LAZYAVG_CACHE_DIR", cache);
+    Proc::spawn("coordinator", cmd)
+}
+
 /// Starts the coordinator `cmd` (which writes to `out`) and waits until it listens.
 pub fn spawn_coordinator(cmd: Command, out: &Path) -> Coordinator {
     let mut proc = Proc::spawn("coordinator", cmd);
