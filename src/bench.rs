@@ -13,8 +13,9 @@ use lazyavg_common::dataset::{self, Dataset};
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model::{self, Matrix};
 use lazyavg_common::params::Architecture;
-use lazyavg_common::rng::Rng;
+use lazyavg_common::rng::{self, Purpose};
 use lazyavg_common::train::{Progress, Trainer};
+use rand::RngExt;
 use tracing::info;
 
 use crate::cli::BenchTrainArgs;
@@ -84,8 +85,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
 /// [`CHUNK_SAMPLES`] samples of a shuffled epoch and returns how many.
 fn training(config: TrainConfig, data: &Dataset) -> anyhow::Result<Workload<'_>> {
     let mut trainer = Trainer::new(&config, data.image_len(), NUM_CLASSES)?;
-    let mut order: Vec<u32> = (0..data.len() as u32).collect();
-    Rng::derive(config.seed, 1).shuffle(&mut order);
+    let order = rng::permutation(data.len(), &mut rng::stream(config.seed, Purpose::LocalOrder));
     // Whole batches per chunk, so no step runs on a short batch and skews the rate.
     let chunk = CHUNK_SAMPLES.div_ceil(config.batch_size) * config.batch_size;
     anyhow::ensure!(data.len() >= chunk, "the training set holds {} samples; the benchmark needs {chunk}", data.len());
@@ -104,8 +104,8 @@ fn training(config: TrainConfig, data: &Dataset) -> anyhow::Result<Workload<'_>>
 /// One `n × n` f32 matrix product per call, through the same function as
 /// training's products, returning its 2·n³ FLOP.
 fn matmul(n: usize) -> Workload<'static> {
-    let mut rng = Rng::seed_from(7);
-    let mut random = || (0..n * n).map(|_| rng.next_f64() as f32).collect::<Vec<_>>();
+    let mut rng = rng::stream(7, Purpose::BenchOperands);
+    let mut random = || (0..n * n).map(|_| rng.random::<f32>()).collect::<Vec<_>>();
     let (a, b) = (random(), random());
     let mut c = vec![0.0; n * n];
     let flop = 2.0 * (n as f64).powi(3);

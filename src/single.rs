@@ -7,7 +7,7 @@ use anyhow::Context;
 use lazyavg_common::dataset;
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model_file;
-use lazyavg_common::rng::Rng;
+use lazyavg_common::rng::{self, Purpose};
 use lazyavg_common::train::Trainer;
 use tracing::info;
 
@@ -20,7 +20,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     verification.log();
     let mut trainer = Trainer::new(&config, split.train.image_len(), NUM_CLASSES)?;
     info!(architecture = %trainer.mlp().arch(), parameters = trainer.mlp().len(), "training in one process");
-    let mut rng = Rng::derive(config.seed, 1);
+    let mut rng = rng::stream(config.seed, Purpose::LocalOrder);
     let start = Instant::now();
     for epoch in 1..=args.epochs {
         let epoch_start = Instant::now();

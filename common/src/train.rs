@@ -6,7 +6,7 @@ use crate::dataset::Dataset;
 use crate::error::Result;
 use crate::model::{Evaluation, Mlp, Workspace};
 use crate::optim::{Sgd, SgdState};
-use crate::rng::Rng;
+use crate::rng;
 
 /// Loss summed over samples, and how many samples and minibatches produced it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -66,7 +66,7 @@ impl Trainer {
     pub fn new(config: &TrainConfig, inputs: usize, outputs: usize) -> Result<Self> {
         config.validate()?;
         let mlp = Mlp::new(config.architecture(inputs, outputs)?);
-        let params = mlp.init(&mut Rng::derive(config.seed, 0));
+        let params = mlp.init(config.seed);
         Self::with_params(config, mlp, params)
     }
 
@@ -132,9 +132,14 @@ impl Trainer {
     }
 
     /// Epoch `epoch` (0-based) of `epochs` over all of `data`, in an order drawn from `rng`.
-    pub fn train_epoch(&mut self, data: &Dataset, rng: &mut Rng, epoch: usize, epochs: usize) -> TrainStats {
-        let mut order: Vec<u32> = (0..data.len() as u32).collect();
-        rng.shuffle(&mut order);
+    pub fn train_epoch<R: rand::Rng + ?Sized>(
+        &mut self,
+        data: &Dataset,
+        rng: &mut R,
+        epoch: usize,
+        epochs: usize,
+    ) -> TrainStats {
+        let order = rng::permutation(data.len(), rng);
         self.train(data, &order, Progress::in_epoch(epoch, epochs, 0, data.len()))
     }
 
@@ -145,17 +150,21 @@ impl Trainer {
 
 #[cfg(test)]
 mod tests {
+    use rand::{RngExt, SeedableRng};
+
     use super::*;
     use crate::idx::Images;
+    use crate::rng::StreamRng;
 
-    fn toy_data(rng: &mut Rng, n: usize) -> Dataset {
+    fn toy_data(seed: u64, n: usize) -> Dataset {
+        let mut rng = StreamRng::seed_from_u64(seed);
         // Two classes separable by the mean brightness of the image.
         let mut pixels = Vec::with_capacity(n * 16);
         let mut labels = Vec::with_capacity(n);
         for _ in 0..n {
-            let label = rng.below(2) as u8;
+            let label: u8 = rng.random_range(0..2);
             labels.push(label);
-            pixels.extend((0..16).map(|_| (rng.below(128) + 127 * u64::from(label)) as u8));
+            pixels.extend((0..16).map(|_| rng.random_range(0..128) + 127 * label));
         }
         Dataset::new(Images { count: n, rows: 4, cols: 4, pixels }, labels, "toy").unwrap()
     }
@@ -163,10 +172,10 @@ mod tests {
     #[test]
     fn same_seed_gives_bit_identical_weights_after_100_steps() {
         let config = TrainConfig { hidden: vec![8], batch_size: 4, ..TrainConfig::default() };
-        let data = toy_data(&mut Rng::seed_from(9), 400);
+        let data = toy_data(9, 400);
         let run = || {
             let mut t = Trainer::new(&config, 16, 10).unwrap();
-            let stats = t.train_epoch(&data, &mut Rng::seed_from(2), 0, 1);
+            let stats = t.train_epoch(&data, &mut StreamRng::seed_from_u64(2), 0, 1);
             assert_eq!(stats.batches, 100);
             t.params().to_vec()
         };
@@ -179,10 +188,10 @@ mod tests {
     #[test]
     fn training_learns_a_separable_problem() {
         let config = TrainConfig { hidden: vec![8], batch_size: 8, ..TrainConfig::default() };
-        let data = toy_data(&mut Rng::seed_from(1), 512);
+        let data = toy_data(1, 512);
         let mut t = Trainer::new(&config, 16, 10).unwrap();
         let before = t.evaluate(&data);
-        let mut rng = Rng::seed_from(3);
+        let mut rng = StreamRng::seed_from_u64(3);
         for epoch in 0..5 {
             t.train_epoch(&data, &mut rng, epoch, 5);
         }
@@ -194,7 +203,7 @@ mod tests {
     #[test]
     fn the_hook_runs_before_every_minibatch_and_its_changes_are_trained_from() {
         let config = TrainConfig { hidden: vec![8], batch_size: 4, ..TrainConfig::default() };
-        let data = toy_data(&mut Rng::seed_from(4), 40);
+        let data = toy_data(4, 40);
         let order: Vec<u32> = (0..10).collect();
         let progress = Progress::in_epoch(0, 1, 0, 40);
         let mut plain = Trainer::new(&config, 16, 10).unwrap();

@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model::Mlp;
-use lazyavg_common::rng::Rng;
 use lazyavg_common::telemetry::error_chain;
 use lazyavg_common::{config::RunSpec, model_file};
 use lazyavg_proto::auth::RequireToken;
@@ -93,7 +92,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         }
         checkpoint
     } else {
-        let params = mlp.init(&mut Rng::derive(config.train.seed, 0));
+        let params = mlp.init(config.train.seed);
         Checkpoint { epoch: 0, remaining: Vec::new(), params, outer_velocity: Vec::new() }
     };
     let out_dir = run_dir::prepare(&config)?;

@@ -1,23 +1,26 @@
 //! Capped, jittered exponential backoff between reconnection attempts, so a
 //! fleet of workers that lost their coordinator does not reconnect in lockstep.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lazyavg_common::rng::Rng;
+use lazyavg_common::rng::{self, Purpose, StreamRng};
+use rand::RngExt;
+// tokio's clock, not std's: tests pause it and step it exactly.
+use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
     cap: Duration,
     attempt: u32,
-    rng: Rng,
+    rng: StreamRng,
     /// When the current run of failures began.
     failing_since: Instant,
 }
 
 impl Backoff {
     pub fn new(initial: Duration, cap: Duration, seed: u64) -> Self {
-        Backoff { initial, cap, attempt: 0, rng: Rng::seed_from(seed), failing_since: Instant::now() }
+        Backoff { initial, cap, attempt: 0, rng: rng::stream(seed, Purpose::Backoff), failing_since: Instant::now() }
     }
 
     /// The next delay: uniform in [d/2, d] where d = min(cap, initial · 2^attempt).
@@ -28,7 +31,7 @@ impl Backoff {
         let exp = self.initial.saturating_mul(1u32 << self.attempt.min(16));
         let ceiling = exp.min(self.cap);
         self.attempt += 1;
-        ceiling.mul_f64(0.5 + 0.5 * self.rng.next_f64())
+        ceiling.mul_f64(self.rng.random_range(0.5..1.0))
     }
 
     /// Starts over after a success.
@@ -47,8 +50,8 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    #[test]
-    fn grows_to_the_cap_with_jitter_and_resets() {
+    #[tokio::test(start_paused = true)]
+    async fn grows_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 7);
         let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
@@ -57,10 +60,14 @@ mod tests {
         assert!(delays[9] >= Duration::from_secs(1));
         let distinct: std::collections::BTreeSet<_> = delays[6..].iter().collect();
         assert!(distinct.len() > 1, "jittered: {delays:?}");
-        assert!(b.failing_for() > Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert_eq!(b.failing_for(), Duration::from_millis(30), "failing since the first delay");
         b.reset();
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(b.failing_for(), Duration::from_millis(50), "a success alone does not restart the clock");
         assert!(b.next_delay() <= Duration::from_millis(100));
-        assert!(b.failing_for() < Duration::from_millis(20), "a new run of failures starts its clock");
+        assert_eq!(b.failing_for(), Duration::ZERO, "a new run of failures starts its clock");
+        tokio::time::advance(Duration::from_millis(7)).await;
+        assert_eq!(b.failing_for(), Duration::from_millis(7));
     }
 }
