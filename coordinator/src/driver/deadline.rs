@@ -58,39 +58,65 @@ impl RoundDeadline {
 
 #[cfg(test)]
 mod tests {
+    use tokio::time::advance;
+
     use super::*;
 
-    #[test]
-    pub(super) fn the_deadline_tightens_once_half_have_answered() {
+    // On tokio's paused clock: time moves only by `advance`, so every deadline is exact.
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_tightens_once_half_have_answered() {
         let mut d = RoundDeadline::new(Duration::from_secs(10), 3.0, 4);
         let hard = d.at();
+        assert_eq!(hard, Instant::now() + Duration::from_secs(10));
+        advance(Duration::from_millis(100)).await;
         d.progress(1);
         assert_eq!(d.at(), hard, "one of four is not yet half");
         d.progress(2);
-        assert!(d.at() < hard && d.at() >= Instant::now() + MIN_GRACE - Duration::from_millis(5));
+        // Half took 100 ms: the rest get (3 - 1) times that.
+        assert_eq!(d.at(), Instant::now() + Duration::from_millis(200));
         let tightened = d.at();
+        advance(Duration::from_millis(50)).await;
         d.progress(3);
         assert_eq!(d.at(), tightened, "tightened once");
     }
 
-    #[test]
-    pub(super) fn a_head_start_counts_towards_the_quorum_pace_not_the_timeout() {
-        let now = Instant::now();
+    #[tokio::test(start_paused = true)]
+    async fn a_quick_quorum_still_leaves_the_least_grace() {
+        let mut d = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
+        advance(Duration::from_millis(1)).await;
+        d.progress(1);
+        assert_eq!(d.at(), Instant::now() + MIN_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_start_counts_towards_the_quorum_pace_not_the_timeout() {
+        let since = Instant::now();
+        advance(Duration::from_secs(1)).await;
         let mut early = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
         let hard = early.at();
-        early.head_start(now - Duration::from_secs(1));
+        early.head_start(since);
         assert_eq!(early.at(), hard, "the timeout runs from the round's start");
         early.progress(1);
         // One second since the pulls went out: the other gets two more.
-        assert!(early.at() >= Instant::now() + Duration::from_millis(1900), "{:?}", early.at() - Instant::now());
+        assert_eq!(early.at(), Instant::now() + Duration::from_secs(2));
         let mut late = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
         late.head_start(Instant::now() + Duration::from_secs(5));
+        advance(Duration::from_millis(100)).await;
         late.progress(1);
-        assert!(late.at() < Instant::now() + Duration::from_secs(1), "a later `since` changes nothing");
+        assert_eq!(late.at(), Instant::now() + Duration::from_millis(200), "a later `since` changes nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extending_waits_the_timeout_from_now() {
+        let mut d = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
+        advance(Duration::from_secs(10)).await;
+        d.extend(Duration::from_secs(4));
+        assert_eq!(d.at(), Instant::now() + Duration::from_secs(4));
     }
 
     #[test]
-    pub(super) fn factor_zero_and_single_workers_keep_the_timeout() {
+    fn factor_zero_and_single_workers_keep_the_timeout() {
         for mut d in
             [RoundDeadline::new(Duration::from_secs(10), 0.0, 4), RoundDeadline::new(Duration::from_secs(10), 3.0, 1)]
         {
