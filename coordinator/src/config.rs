@@ -269,7 +269,14 @@ impl Settings {
 
     /// Applies defaults and validates. `spawn_workers` is the number of local
     /// workers the coordinator starts itself (the default for `workers`).
+    /// Without `--token-file` the token comes from [`TOKEN_ENV`].
     pub fn resolve(&self, spawn_workers: usize) -> Result<CoordinatorConfig> {
+        self.resolve_in(spawn_workers, std::env::var(TOKEN_ENV).ok().as_deref())
+    }
+
+    /// [`Settings::resolve`] with `env_token` standing for the value of
+    /// [`TOKEN_ENV`], so that tests do not depend on the environment.
+    fn resolve_in(&self, spawn_workers: usize, env_token: Option<&str>) -> Result<CoordinatorConfig> {
         let mut train = self.train.resolve()?;
         if spawn_workers > 0 && (self.tls_cert.is_some() || self.tls_client_ca.is_some()) {
             return Err(Error::Config(
@@ -279,7 +286,7 @@ impl Settings {
             ));
         }
         let bind = self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-        let token = Token::load(self.token_file.as_deref()).map_err(Error::Config)?;
+        let token = Token::load(self.token_file.as_deref(), env_token).map_err(Error::Config)?;
         let tls = ServerTls::load(self.tls_cert.as_deref(), self.tls_key.as_deref(), self.tls_client_ca.as_deref())
             .map_err(Error::Config)?;
         if !bind.ip().is_loopback() && token.is_none() && tls.is_none() && !self.insecure {
@@ -470,19 +477,22 @@ mod tests {
         .unwrap();
         let file = Settings::from_file(&path).unwrap();
         let flags = Settings { epochs: Some(5), ..Settings::default() };
-        let config = file.overlay(&flags).unwrap().resolve(3).unwrap();
+        let config = file.overlay(&flags).unwrap().resolve_in(3, None).unwrap();
         assert_eq!((config.epochs, config.train.lr, config.workers, config.sync_every), (5, 0.2, 3, 16));
         assert_eq!(config.train.hidden, vec![64, 32]);
         assert!(config.verify);
         assert_eq!(config.round_timeout, Duration::from_secs(2));
-        assert!(config.overlap && !Settings::default().resolve(0).unwrap().overlap, "--overlap is off by default");
+        assert!(
+            config.overlap && !Settings::default().resolve_in(0, None).unwrap().overlap,
+            "--overlap is off by default"
+        );
         // The recorded settings reproduce the configuration.
-        assert_eq!(config.to_settings().resolve(0).unwrap(), config);
+        assert_eq!(config.to_settings().resolve_in(0, None).unwrap(), config);
     }
 
     #[test]
     fn the_cluster_size_sets_the_learning_rate_scale_and_the_outer_step() {
-        let resolve = |settings: Settings, n: usize| settings.resolve(n).unwrap();
+        let resolve = |settings: Settings, n: usize| settings.resolve_in(n, None).unwrap();
         let two = resolve(Settings::default(), 2);
         assert_eq!((two.train.lr_scale, two.outer_settings.0), (2f32.sqrt(), OuterRule::Avg));
         let eight = resolve(Settings::default(), 8);
@@ -494,30 +504,38 @@ mod tests {
         };
         let eight = resolve(chosen, 8);
         assert_eq!((eight.train.lr_scale, eight.outer_settings.0), (1.0, OuterRule::Avg));
-        let again = eight.to_settings().resolve(0).unwrap();
+        let again = eight.to_settings().resolve_in(0, None).unwrap();
         assert_eq!((again.train, again.outer_settings), (eight.train, eight.outer_settings));
     }
 
     #[test]
     fn rounds_come_more_often_beyond_eight_workers_unless_told() {
-        let sync_every = |settings: Settings, n: usize| settings.resolve(n).unwrap().sync_every;
+        let sync_every = |settings: Settings, n: usize| settings.resolve_in(n, None).unwrap().sync_every;
         let interval: Vec<usize> = [1, 2, 8, 9, 12, 16, 20, 200].map(|n| sync_every(Settings::default(), n)).into();
         assert_eq!(interval, [16, 16, 16, 14, 10, 8, 6, 1]);
         assert_eq!(sync_every(Settings { sync_every: Some(16), ..Settings::default() }, 16), 16);
-        let sixteen = Settings::default().resolve(16).unwrap();
-        assert_eq!(sixteen.to_settings().resolve(0).unwrap().sync_every, 8, "a resumed run keeps its interval");
+        let sixteen = Settings::default().resolve_in(16, None).unwrap();
+        assert_eq!(
+            sixteen.to_settings().resolve_in(0, None).unwrap().sync_every,
+            8,
+            "a resumed run keeps its interval"
+        );
     }
 
     #[test]
     fn the_shipped_systemd_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/coordinator.toml");
         let settings = Settings::from_file(&path).unwrap();
-        assert!(settings.resolve(0).unwrap_err().to_string().contains("--token-file"));
+        assert!(settings.resolve_in(0, None).unwrap_err().to_string().contains("--token-file"));
         // The unit passes the token file (a systemd credential); stand in one of our own.
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
-        let config = Settings { token_file: Some(token), ..settings }.resolve(0).unwrap();
+        let from_env = settings.resolve_in(0, Some("0123456789abcdef0123")).unwrap();
+        assert!(from_env.token.is_some(), "{TOKEN_ENV} stands in for the file");
+        let short = settings.resolve_in(0, Some("short")).unwrap_err().to_string();
+        assert!(short.contains(TOKEN_ENV), "{short}");
+        let config = Settings { token_file: Some(token), ..settings }.resolve_in(0, None).unwrap();
         assert_eq!(config.bind.port(), DEFAULT_PORT);
         assert!(config.token.is_some());
     }
@@ -529,11 +547,11 @@ mod tests {
         std::fs::write(&path, "lr = 0.1\nsync_evry = 4\n").unwrap();
         let err = Settings::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("unknown key `sync_evry`"), "{err}");
-        let bad = |s: Settings| s.resolve(0).unwrap_err().to_string();
+        let bad = |s: Settings| s.resolve_in(0, None).unwrap_err().to_string();
         assert!(bad(Settings { sync_every: Some(0), ..Settings::default() }).contains("--sync-every"));
         assert!(bad(Settings { workers: Some(0), ..Settings::default() }).contains("--workers"));
         let tls = Settings { tls_cert: Some("server.pem".into()), ..Settings::default() };
-        assert!(tls.resolve(2).unwrap_err().to_string().contains("--spawn-workers"));
+        assert!(tls.resolve_in(2, None).unwrap_err().to_string().contains("--spawn-workers"));
         let year = Duration::from_secs(365 * 24 * 3600);
         assert!(bad(Settings { round_timeout: Some(year), ..Settings::default() }).contains("--round-timeout"));
         assert!(bad(Settings { max_wait: Some(year), ..Settings::default() }).contains("--max-wait"));
@@ -543,7 +561,7 @@ mod tests {
         assert!(bad(Settings { sync_every: Some(1 << 28), ..Settings::default() }).contains("--sync-every"));
         let min = Settings { workers: Some(1), min_workers: Some(3), ..Settings::default() };
         assert!(bad(min).contains("--min-workers"));
-        assert!(Settings::default().resolve(100_000).unwrap_err().to_string().contains("--spawn-workers"));
+        assert!(Settings::default().resolve_in(100_000, None).unwrap_err().to_string().contains("--spawn-workers"));
         let lr =
             Settings { train: TrainSettings { lr: Some(-1.0), ..TrainSettings::default() }, ..Settings::default() };
         assert!(bad(lr).contains("--lr"));

@@ -44,12 +44,14 @@ impl Token {
         Token::parse(&text, &path.display().to_string())
     }
 
-    /// The token from `--token-file` if given, else from [`TOKEN_ENV`].
-    pub fn load(file: Option<&Path>) -> Result<Option<Token>, String> {
-        match (file, std::env::var(TOKEN_ENV)) {
+    /// The token from `--token-file` if given, else from `env`, the value of
+    /// [`TOKEN_ENV`]: passed in, so that tests do not depend on the
+    /// environment they run in.
+    pub fn load(file: Option<&Path>, env: Option<&str>) -> Result<Option<Token>, String> {
+        match (file, env) {
             (Some(path), _) => Token::from_file(path).map(Some),
-            (None, Ok(text)) => Token::parse(&text, TOKEN_ENV).map(Some),
-            (None, Err(_)) => Ok(None),
+            (None, Some(text)) => Token::parse(text, TOKEN_ENV).map(Some),
+            (None, None) => Ok(None),
         }
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use lazyavg_proto::auth::{TOKEN_FILE_ENV, Token};
+use lazyavg_proto::auth::{TOKEN_ENV, TOKEN_FILE_ENV, Token};
 use lazyavg_proto::tls::ClientTls;
 use tonic::transport::Uri;
 
@@ -102,7 +102,8 @@ impl WorkerArgs {
             coordinator,
             name: self.name.clone().unwrap_or_else(default_name),
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
-            token: Token::load(self.token_file.as_deref()).map_err(Error::Setting)?,
+            token: Token::load(self.token_file.as_deref(), std::env::var(TOKEN_ENV).ok().as_deref())
+                .map_err(Error::Setting)?,
             tls,
             slowdown: match self.debug_slowdown {
                 None => 1.0,
