@@ -24,9 +24,13 @@ pub const N_TRAIN: u64 = 60_000;
 /// HTTP/2 stack's debug lines would swamp them).
 pub const DEBUG_LOG: &str = "info,lazyavg_coordinator=debug,lazyavg_worker=debug";
 
-/// Held by every test that trains: each runs two to four training processes,
-/// and two such tests at once on a small machine would only slow each other
-/// down towards their deadlines.
+/// Held for its whole length by every test that trains: one that starts
+/// `lazyavg train` or `lazyavg bench`, or a coordinator whose run gets a
+/// worker (spawned or not). Training takes every core it is given, so two such
+/// tests at once on a small machine would only slow each other down towards
+/// their deadlines. Tests whose processes refuse or fail before any training
+/// (bad flags, bad files, a worker with no coordinator, a spawned worker that
+/// cannot start) do not take it, and run beside the others.
 pub static HEAVY: Mutex<()> = Mutex::new(());
 
 pub fn heavy() -> MutexGuard<'static, ()> {

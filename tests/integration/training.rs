@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use lazyavg_common::dataset::{self, DATA_FILES, TRAIN_IMAGES};
 
+use crate::harness::heavy;
 use crate::support::*;
 
 /// Generous bound on one epoch (a few seconds on two cores) plus loading.
@@ -15,6 +16,7 @@ const EPOCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[test]
 fn one_epoch_with_defaults_reaches_96_percent() {
+    let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let model = tmp.path().join("model.safetensors");
     let mut cmd = lazyavg();
@@ -127,6 +129,7 @@ fn truncated_training_images_are_refused_by_name() {
 
 #[test]
 fn bench_train_prints_a_markdown_table() {
+    let _heavy = heavy();
     let out = lazyavg()
         .args(["bench", "train", "--seconds", "0.05", "--data-dir"])
         .arg(mnist_dir())
