@@ -4,12 +4,14 @@
 # (AVX-512 kernels where the CPU has them), the idle share of 2 workers
 # without and with --overlap (3 runs each, alternating), and time to 98% with
 # 1, 2 and 4 workers. Everything it prints is also written under OUT.
-#   cargo build --release && bench/many-cores.sh
-# Settings: BIN, DATA, OUT (a new temporary directory), SEEDS (1,2,3).
+#   cargo build --release --workspace && bench/many-cores.sh
+# Settings: BIN, BENCH (lazyavg-bench beside BIN), DATA, OUT (a new
+# temporary directory), SEEDS (1,2,3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${BIN:-target/release/lazyavg}
+BENCH=${BENCH:-$(dirname "$BIN")/lazyavg-bench}
 DATA=${DATA:-../shared/data/mnist}
 OUT=${OUT:-$(mktemp -d)}
 SEEDS=${SEEDS:-1,2,3}
@@ -25,4 +27,4 @@ for run in 1 2 3; do
         BIN="$BIN" DATA="$DATA" bench/train.sh "${flags[@]}"
     done
 done | tee "$OUT/idle.txt"
-"$BIN" bench scaling --data-dir "$DATA" --workers 1,2,4 --seeds "$SEEDS" --out "$OUT/scaling" 2>/dev/null
+"$BENCH" scaling --lazyavg "$BIN" --data-dir "$DATA" --workers 1,2,4 --seeds "$SEEDS" --out "$OUT/scaling" 2>/dev/null

@@ -40,18 +40,6 @@ pub enum Command {
 pub enum BenchCommand {
     /// Single-thread training throughput per batch size against the matrix-product ceiling.
     Train(BenchTrainArgs),
-    /// How training scales with the number of workers: epochs and wall time to a target accuracy.
-    ///
-    /// For every worker count N and seed S this runs `lazyavg coordinator --spawn-workers N
-    /// --seed S --out OUT/runs/nN-sS` with the flags after `--`, one run at a time, keeping each
-    /// run's log in its directory. Per N it reports the median over seeds (and the range) of the
-    /// epochs and the wall time until the test accuracy first reaches --target, both also relative
-    /// to the smallest N, the final accuracy, samples/s and the share of time spent synchronising.
-    /// Writes OUT/scaling.md (the table, also printed), OUT/scaling.json (every run's epoch
-    /// records) and OUT/scaling.svg (accuracy by epoch and by wall time, one line per N).
-    ///
-    /// Example: lazyavg bench scaling --workers 1,2,4 --seeds 1,2,3 -- --epochs 5 --sync-every 8
-    Scaling(BenchScalingArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,30 +115,4 @@ pub struct BenchTrainArgs {
     /// Seconds of measurement per batch size (plus a fifth more of warm-up).
     #[arg(long, default_value_t = 3.0, value_name = "S")]
     pub seconds: f64,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchScalingArgs {
-    #[command(flatten)]
-    pub data: DataDirArg,
-
-    /// Worker counts to run, comma-separated; ratios are relative to the smallest.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", value_name = "N,...")]
-    pub workers: Vec<usize>,
-
-    /// Seeds to run for every worker count, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3", value_name = "S,...")]
-    pub seeds: Vec<u64>,
-
-    /// Directory for the runs and the reports [default: runs/scaling-UTC-TIMESTAMP].
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-
-    /// Test accuracy whose first epoch and wall time are compared.
-    #[arg(long, default_value_t = 0.98, value_name = "ACCURACY")]
-    pub target: f64,
-
-    /// Flags for every coordinator run, after `--` (e.g. `-- --epochs 5 --sync-every 8`).
-    #[arg(last = true, value_name = "COORDINATOR FLAGS")]
-    pub coordinator_args: Vec<String>,
 }

@@ -4,8 +4,6 @@
 mod bench;
 mod cli;
 mod cluster;
-mod plot;
-mod scaling;
 mod single;
 
 use std::io::Write;
@@ -46,6 +44,5 @@ fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()>
         }
         Command::Train(args) => single::run(&args),
         Command::Bench(BenchCommand::Train(args)) => bench::run(&args),
-        Command::Bench(BenchCommand::Scaling(args)) => scaling::run(&args),
     }
 }

@@ -15,7 +15,7 @@
 //!   files, run as written (ports, paths and secret made local), and restarted.
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
-//! - `scaling`: `lazyavg bench scaling` end to end.
+//! - `scaling`: `lazyavg-bench scaling` (the bench crate) driving this `lazyavg`, end to end.
 
 mod cluster;
 mod deploy;

@@ -1,27 +1,56 @@
-//! `lazyavg bench scaling`: a short sweep (1 epoch, N = 1 and 2, one seed)
-//! writes its table, its JSON and its plot, every run trains, and a second
-//! sweep into the same directory is refused.
+//! `lazyavg-bench scaling`: a short sweep (1 epoch, N = 1 and 2, one seed)
+//! of the `lazyavg` binary built for these tests writes its table, its JSON
+//! and its chart, every run trains, a second sweep into the same directory is
+//! refused, and a missing `lazyavg` binary is named before anything runs.
 
 use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::Value;
 
 use crate::harness::{RUN_TIMEOUT, heavy};
 use crate::support::*;
 
+/// The `lazyavg-bench` binary, built now by cargo in the profile and target
+/// directory of this test's `lazyavg` (a no-op when it is up to date):
+/// `CARGO_BIN_EXE_<name>` exists only for the binaries of the package under
+/// test, and the bench crate must not be a dependency of the product.
+fn lazyavg_bench() -> PathBuf {
+    let lazyavg = Path::new(env!("CARGO_BIN_EXE_lazyavg"));
+    let profile_dir = lazyavg.parent().expect("the binary is in a profile directory");
+    let target_dir = profile_dir.parent().expect("the profile directory is in the target directory");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => panic!("unexpected profile directory {}", profile_dir.display()),
+    };
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--package", "lazyavg-bench", "--bin", "lazyavg-bench", "--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let mut proc = Proc::spawn("cargo build lazyavg-bench", build);
+    assert_eq!(proc.wait(RUN_TIMEOUT), 0, "{}", proc.dump());
+    profile_dir.join(format!("lazyavg-bench{}", std::env::consts::EXE_SUFFIX))
+}
+
 #[test]
 fn a_short_sweep_writes_a_row_per_worker_count() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("scaling");
+    let bench = lazyavg_bench();
     let sweep = || {
-        let mut cmd = lazyavg();
-        cmd.args(["bench", "scaling", "--workers", "1,2", "--seeds", "1", "--data-dir"])
+        let mut cmd = Command::new(&bench);
+        cmd.arg("scaling").arg("--lazyavg").arg(env!("CARGO_BIN_EXE_lazyavg"));
+        cmd.args(["--workers", "1,2", "--seeds", "1", "--data-dir"])
             .arg(mnist_dir())
             .arg("--out")
             .arg(&out)
             .args(["--", "--epochs", "1"]);
-        Proc::spawn("bench scaling", cmd)
+        Proc::spawn("lazyavg-bench scaling", cmd)
     };
     let mut proc = sweep();
     assert_eq!(proc.wait(2 * RUN_TIMEOUT), 0, "{}", proc.dump());
@@ -54,9 +83,21 @@ fn a_short_sweep_writes_a_row_per_worker_count() {
     }
 
     let svg = fs::read_to_string(out.join("scaling.svg")).expect("scaling.svg");
-    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"), "{svg}");
-    // Two panels, one line per N in each.
-    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+    assert!(svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    let texts: Vec<&str> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split('>').nth(1))
+        .map(|t| t.split('<').next().unwrap_or("").trim())
+        .collect();
+    for label in ["by epoch", "by wall time", "test accuracy", "N = 1 worker", "N = 2 workers", "target 0.98"] {
+        assert!(texts.contains(&label), "no text {label:?} in the chart: {texts:?}");
+    }
+    // One line per N in each of the two panels, and the legend's sample of it.
+    for colour in ["#1F77B4", "#FF7F0E"] {
+        let lines = svg.split("<polyline").skip(1).filter(|p| p.split('>').next().is_some_and(|a| a.contains(colour)));
+        assert_eq!(lines.count(), 3, "{colour}: {svg}");
+    }
 
     let mut again = sweep();
     assert_eq!(again.wait(RUN_TIMEOUT), 1, "{}", again.dump());
@@ -66,4 +107,21 @@ fn a_short_sweep_writes_a_row_per_worker_count() {
         table,
         "the first sweep's table changed"
     );
+}
+
+#[test]
+fn a_missing_lazyavg_binary_is_named_before_any_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("no-such-lazyavg");
+    let mut cmd = Command::new(lazyavg_bench());
+    cmd.arg("scaling").arg("--lazyavg").arg(&missing).arg("--out").arg(tmp.path().join("out"));
+    let mut proc = Proc::spawn("lazyavg-bench scaling", cmd);
+    assert_eq!(proc.wait(RUN_TIMEOUT), 1, "{}", proc.dump());
+    let last = proc.lines().last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("lazyavg-bench: no lazyavg binary at ") && last.contains("no-such-lazyavg"),
+        "{}",
+        proc.dump()
+    );
+    assert!(!tmp.path().join("out").exists(), "the sweep created its directory before failing");
 }

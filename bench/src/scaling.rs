@@ -1,4 +1,4 @@
-//! `lazyavg bench scaling`: how training scales with the number of workers,
+//! `lazyavg-bench scaling`: how training scales with the number of workers,
 //! measured with the real system. For every worker count N and seed it runs
 //! `lazyavg coordinator --spawn-workers N` to completion, one run at a time
 //! (overlapping runs would take each other's cores) and seed by seed, then reads each run's
@@ -22,8 +22,8 @@ use lazyavg_coordinator::run_dir;
 use serde_json::{Value, json};
 use tracing::info;
 
-use crate::cli::BenchScalingArgs;
-use crate::plot::{self, Figure, HLine, Panel, Series};
+use crate::chart::{self, Figure, HLine, Panel, Series};
+use crate::cli::ScalingArgs;
 
 /// Coordinator flags the sweep sets itself for every run.
 const OWN_FLAGS: [&str; 9] = [
@@ -100,7 +100,7 @@ pub struct Row {
     pub sync_share: Spread,
 }
 
-pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
+pub fn run(args: &ScalingArgs) -> anyhow::Result<()> {
     let mut workers = args.workers.clone();
     workers.sort_unstable();
     workers.dedup();
@@ -116,8 +116,9 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
     );
     for arg in &args.coordinator_args {
         let name = arg.split('=').next().unwrap_or(arg);
-        ensure!(!OWN_FLAGS.contains(&name), "{name} cannot be passed after `--`: bench scaling sets it for every run");
+        ensure!(!OWN_FLAGS.contains(&name), "{name} cannot be passed after `--`: the sweep sets it for every run");
     }
+    let exe = lazyavg_binary(args.lazyavg.as_deref())?;
     let out = args.out.clone().unwrap_or_else(|| timestamped_run_dir("scaling-"));
     // An earlier sweep's results stay; runs that trained nothing may be redone.
     ensure!(!out.join(REPORT).exists(), "{} already holds a sweep ({REPORT}): choose another --out", out.display());
@@ -125,7 +126,6 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
         run_dir::ensure_no_results(&run_dir_of(&out, n, seed), false)?;
     }
     fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
-    let exe = std::env::current_exe().context("locating the lazyavg binary")?;
 
     let total = workers.len() * seeds.len();
     info!(runs = total, workers = ?workers, seeds = ?seeds, out = %out.display(), "scaling sweep");
@@ -148,7 +148,7 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
     let report = report_json(&runs, &rows, args, &workers, &seeds);
     write(&out.join("scaling.md"), &table)?;
     write(&out.join(REPORT), &(serde_json::to_string_pretty(&report)? + "\n"))?;
-    write(&out.join("scaling.svg"), &plot::render(&figure))?;
+    write(&out.join("scaling.svg"), &chart::render(&figure)?)?;
     println!("{table}");
     info!(out = %out.display(), "wrote scaling.md, scaling.json and scaling.svg");
     Ok(())
@@ -156,6 +156,24 @@ pub fn run(args: &BenchScalingArgs) -> anyhow::Result<()> {
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The `lazyavg` binary the sweep drives: `--lazyavg`, else the one next to
+/// this executable (where `cargo build` puts both). Checked before any run
+/// starts, so a missing build fails at once and names the path.
+fn lazyavg_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match flag {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()
+            .context("locating lazyavg-bench's own executable, to find lazyavg next to it")?
+            .with_file_name(format!("lazyavg{}", std::env::consts::EXE_SUFFIX)),
+    };
+    ensure!(
+        path.is_file(),
+        "no lazyavg binary at {}: build it (`cargo build --release -p lazyavg`) or pass --lazyavg PATH",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// A child process that is killed (by its pid) and reaped unless it was
@@ -190,7 +208,7 @@ fn run_dir_of(out: &Path, n: usize, seed: u64) -> PathBuf {
 }
 
 /// Runs one coordinator with `n` local workers to completion and reads its metrics.
-fn run_one(exe: &Path, args: &BenchScalingArgs, out: &Path, n: usize, seed: u64) -> anyhow::Result<RunData> {
+fn run_one(exe: &Path, args: &ScalingArgs, out: &Path, n: usize, seed: u64) -> anyhow::Result<RunData> {
     let dir = run_dir_of(out, n, seed);
     let name = run_name(n, seed);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -200,7 +218,7 @@ fn run_one(exe: &Path, args: &BenchScalingArgs, out: &Path, n: usize, seed: u64)
     let mut cmd = Command::new(exe);
     cmd.args(["--log-format", "json", "coordinator", "--spawn-workers", &n.to_string(), "--bind", "127.0.0.1:0"])
         .arg("--data-dir")
-        .arg(&args.data.data_dir)
+        .arg(&args.data_dir)
         .args(["--seed", &seed.to_string()])
         .arg("--out")
         .arg(&dir)
@@ -430,25 +448,25 @@ fn figure(runs: &[RunData], workers: &[usize], seeds: &[u64], target: f64, coord
     // From 0.95 (or lower, to show every point and the target) to 1.
     let y_low = (((min_accuracy.min(target) - 0.005) * 100.0).floor() / 100.0).clamp(0.0, 0.95);
     let epoch_range = if max_epoch > 1.0 { (1.0, max_epoch) } else { (0.5, 1.5) };
-    let hline = Some(HLine { y: target, label: format!("target {target}") });
     let panel = |title: &str, x_label: &str, x_range, integer_x, series| Panel {
         title: title.to_owned(),
         x_label: x_label.to_owned(),
-        y_label: "test accuracy".to_owned(),
         x_range,
-        y_range: (y_low, 1.0),
         integer_x,
         series,
-        hline: hline.clone(),
     };
     let flags =
         if coordinator_args.is_empty() { String::new() } else { format!("; flags {}", coordinator_args.join(" ")) };
     Figure {
         title: "lazyavg: test accuracy with N workers".to_owned(),
         subtitle: format!("{}{flags}", seeds_phrase(seeds)),
+        y_label: "test accuracy".to_owned(),
+        y_range: (y_low, 1.0),
+        hline: Some(HLine { y: target, label: format!("target {target}") }),
         panels: vec![
             panel("by epoch", "epoch", epoch_range, true, by_epoch),
-            panel("by wall time", "wall time (s)", (0.0, plot::nice_upper(max_time)), false, by_time),
+            // A little room on the right, so the last points are not on the frame.
+            panel("by wall time", "wall time (s)", (0.0, max_time * 1.05), false, by_time),
         ],
         legend: workers.iter().map(|&n| format!("N = {n} worker{}", if n == 1 { "" } else { "s" })).collect(),
     }
@@ -456,14 +474,15 @@ fn figure(runs: &[RunData], workers: &[usize], seeds: &[u64], target: f64, coord
 
 /// Everything measured, for other tools: the sweep's settings, the table's
 /// rows, and every run's epoch records as the coordinator wrote them.
-fn report_json(runs: &[RunData], rows: &[Row], args: &BenchScalingArgs, workers: &[usize], seeds: &[u64]) -> Value {
+fn report_json(runs: &[RunData], rows: &[Row], args: &ScalingArgs, workers: &[usize], seeds: &[u64]) -> Value {
     let spread_json = |s: Spread| json!({ "median": s.median, "min": s.min, "max": s.max });
     let base = rows.first();
     json!({
         "target": args.target,
         "workers": workers,
         "seeds": seeds,
-        "data_dir": args.data.data_dir,
+        "data_dir": args.data_dir,
+        "lazyavg": args.lazyavg,
         "coordinator_args": args.coordinator_args,
         "summary": rows.iter().map(|r| json!({
             "workers": r.workers,
