@@ -164,3 +164,69 @@ fn draw_panel(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure() -> Figure {
+        let line =
+            |offset: f64| Series { points: (1..=4).map(|e| (e as f64, 0.95 + offset + 0.005 * e as f64)).collect() };
+        let panel = |title: &str, integer_x| Panel {
+            title: title.to_owned(),
+            x_label: "epoch".to_owned(),
+            x_range: (1.0, 4.0),
+            integer_x,
+            series: vec![line(0.0), line(0.01)],
+        };
+        Figure {
+            title: "lazyavg & co".to_owned(),
+            subtitle: "seed 1".to_owned(),
+            y_label: "test accuracy".to_owned(),
+            y_range: (0.95, 1.0),
+            hline: Some(HLine { y: 0.98, label: "target 0.98".to_owned() }),
+            panels: vec![panel("left", true), panel("right", false)],
+            legend: vec!["N = 1 worker".to_owned(), "N = 2 workers".to_owned()],
+        }
+    }
+
+    /// The text of every `<text>` element.
+    fn texts(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| t.split('>').nth(1))
+            .map(|t| t.split('<').next().unwrap_or("").trim().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_panel_draws_each_series_and_the_last_holds_the_legend() {
+        let svg = render(&figure()).unwrap();
+        assert!(svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+        let texts = texts(&svg);
+        for (label, count) in [
+            ("left", 1),
+            ("right", 1),
+            ("seed 1", 1),
+            ("epoch", 2),
+            ("test accuracy", 2),
+            ("N = 1 worker", 1),
+            ("N = 2 workers", 1),
+            ("target 0.98", 1),
+        ] {
+            assert_eq!(texts.iter().filter(|t| *t == label).count(), count, "{label}: {texts:?}");
+        }
+        // Text is escaped, not markup.
+        assert!(texts.iter().any(|t| t == "lazyavg &amp; co"), "{texts:?}");
+        // Each series: a line in either panel and its sample in the legend.
+        for colour in ["#1F77B4", "#FF7F0E"] {
+            let lines =
+                svg.split("<polyline").skip(1).filter(|p| p.split('>').next().is_some_and(|a| a.contains(colour)));
+            assert_eq!(lines.count(), 3, "{colour}: {svg}");
+        }
+        // Whole epochs only on the integer axis (the left panel's); halves on the other.
+        let (left, right) = texts.split_at(texts.iter().position(|t| t == "right").unwrap());
+        assert!(left.iter().any(|t| t == "2") && !left.iter().any(|t| t == "2.5"), "{texts:?}");
+        assert!(right.iter().any(|t| t == "2.5"), "{texts:?}");
+    }
+}

@@ -187,10 +187,16 @@ pub struct Settings {
     pub metrics_rounds: bool,
 
     /// Debugging: write every contribution and average of the first N rounds as raw f32 under OUT/rounds.
+    ///
+    /// Hidden from `--help`: a hook for tests (they recompute the average bit for bit) and for
+    /// debugging the aggregation, not a setting of a training run.
     #[arg(long, value_name = "N", hide = true)]
     pub dump_rounds: Option<usize>,
 
     /// Benchmark: instead of training, time N averaging rounds in which no worker trains, then exit.
+    ///
+    /// Hidden from `--help`: used by `bench/rounds.sh` to measure the cost of a round; a run
+    /// with it trains nothing.
     #[arg(long, value_name = "N", hide = true)]
     pub bench_rounds: Option<usize>,
 }

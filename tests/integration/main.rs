@@ -15,11 +15,13 @@
 //!   files, run as written (ports, paths and secret made local), and restarted.
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
+//! - `flags`: docs/flags.md against the binaries' `--help`; the hidden debugging knobs.
 //! - `scaling`: `lazyavg-bench scaling` (the bench crate) driving this `lazyavg`, end to end.
 
 mod cluster;
 mod deploy;
 mod faults;
+mod flags;
 mod harness;
 mod netns;
 mod overlap;

@@ -4,37 +4,12 @@
 //! refused, and a missing `lazyavg` binary is named before anything runs.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
 use crate::harness::{RUN_TIMEOUT, heavy};
 use crate::support::*;
-
-/// The `lazyavg-bench` binary, built now by cargo in the profile and target
-/// directory of this test's `lazyavg` (a no-op when it is up to date):
-/// `CARGO_BIN_EXE_<name>` exists only for the binaries of the package under
-/// test, and the bench crate must not be a dependency of the product.
-fn lazyavg_bench() -> PathBuf {
-    let lazyavg = Path::new(env!("CARGO_BIN_EXE_lazyavg"));
-    let profile_dir = lazyavg.parent().expect("the binary is in a profile directory");
-    let target_dir = profile_dir.parent().expect("the profile directory is in the target directory");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(name) => name,
-        None => panic!("unexpected profile directory {}", profile_dir.display()),
-    };
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--quiet", "--package", "lazyavg-bench", "--bin", "lazyavg-bench", "--profile", profile])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    let mut proc = Proc::spawn("cargo build lazyavg-bench", build);
-    assert_eq!(proc.wait(RUN_TIMEOUT), 0, "{}", proc.dump());
-    profile_dir.join(format!("lazyavg-bench{}", std::env::consts::EXE_SUFFIX))
-}
 
 #[test]
 fn a_short_sweep_writes_a_row_per_worker_count() {

@@ -3,13 +3,58 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// How long building `lazyavg-bench` may take (the first build compiles it).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The `lazyavg` binary built for these tests.
 pub fn lazyavg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lazyavg"))
+}
+
+/// The `lazyavg-bench` binary, built now by cargo in the profile and target
+/// directory of this test's `lazyavg` (a no-op when it is up to date):
+/// `CARGO_BIN_EXE_<name>` exists only for the binaries of the package under
+/// test, and the bench crate must not be a dependency of the product.
+/// Built once per test binary; tests that call it meanwhile wait.
+pub fn lazyavg_bench() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_lazyavg_bench).clone()
+}
+
+fn build_lazyavg_bench() -> PathBuf {
+    let lazyavg = Path::new(env!("CARGO_BIN_EXE_lazyavg"));
+    let profile_dir = lazyavg.parent().expect("the binary is in a profile directory");
+    let target_dir = profile_dir.parent().expect("the profile directory is in the target directory");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => panic!("unexpected profile directory {}", profile_dir.display()),
+    };
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--package", "lazyavg-bench", "--bin", "lazyavg-bench", "--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Without what cargo set for this test: build scripts' `rerun-if-env-changed`
+    // (ring's watches CARGO_PKG_NAME) would see new values and rebuild half the tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_tests = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CRATE_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name);
+        if set_for_tests {
+            build.env_remove(&*name);
+        }
+    }
+    let mut proc = Proc::spawn("cargo build lazyavg-bench", build);
+    assert_eq!(proc.wait(BUILD_TIMEOUT), 0, "{}", proc.dump());
+    profile_dir.join(format!("lazyavg-bench{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// The MNIST copy beside the project (`../shared/data/mnist`).

@@ -50,10 +50,16 @@ pub struct WorkerArgs {
     pub give_up_after: Option<Duration>,
 
     /// Testing: after each pull, idle for (F - 1) times the training time, to act as a worker F times slower.
+    ///
+    /// Hidden from `--help`: fault injection for the straggler tests and `bench/straggler.sh`;
+    /// no real worker wants to be slower.
     #[arg(long, value_name = "F", hide = true)]
     pub debug_slowdown: Option<f64>,
 
     /// Exit when standard input closes (set by `--spawn-workers`, so local workers die with their coordinator).
+    ///
+    /// Hidden from `--help`: the coordinator sets it on the workers it starts; a worker started
+    /// by hand or by a service manager has no such parent.
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
 }
