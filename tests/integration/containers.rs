@@ -101,7 +101,8 @@ impl Stack {
 
     /// Waits until the container has exited; its exit code. Fails at once
     /// if its restart policy restarted it (only a failure does that; a
-    /// `podman restart` is not counted).
+    /// `podman restart` is not counted). Each look starts podman: for
+    /// containers about to stop, not to wait out a run.
     fn exit_code(&self, container: &str) -> i32 {
         let format = "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}";
         let code = wait_until(&format!("{container} to exit"), RUN_TIMEOUT, || {
@@ -123,10 +124,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // Best effort, each step whatever the one before did.
+        // Best effort, each step whatever the one before did. `--volumes`
+        // takes the project's volumes by label, the data volume made here too.
         let file = self.file.to_str().expect("UTF-8 path");
         let _ = try_run("podman-compose", &["-p", &self.project, "-f", file, "down", "--volumes", "-t", "5"]);
-        let _ = try_run("podman", &["volume", "rm", "--force", &self.volume("data")]);
         let _ = try_run("podman", &["network", "rm", "--force", &format!("{}_default", self.project)]);
         let _ = try_run("podman", &["rmi", "--force", &self.image]);
     }
@@ -238,9 +239,10 @@ fn the_compose_file_runs_in_podman_and_survives_a_coordinator_restart() {
 
     // Its log holds both runs of the container.
     let mut both = stack.follow("coordinator");
+    // Following the log ends when the container stops: a cheap wait.
+    both.wait(RUN_TIMEOUT);
     let code = stack.exit_code(&coordinator);
     phases.push(("coordinator exited", started.elapsed()));
-    both.wait(START_TIMEOUT);
     let workers: Vec<String> = (1..=2).map(|i| stack.container("worker", i)).collect();
     let codes: Vec<i32> = workers.iter().map(|w| stack.exit_code(w)).collect();
     let dumps = || format!("{}\n{}", both.dump(), workers.iter().map(|w| stack.logs(w)).collect::<String>());
