@@ -243,17 +243,18 @@ fn the_compose_file_runs_in_podman_and_survives_a_coordinator_restart() {
     both.wait(RUN_TIMEOUT);
     let code = stack.exit_code(&coordinator);
     phases.push(("coordinator exited", started.elapsed()));
-    let workers: Vec<String> = (1..=2).map(|i| stack.container("worker", i)).collect();
+    let replicas = compose["services"]["worker"]["deploy"]["replicas"].as_u64().expect("replicas") as usize;
+    let workers: Vec<String> = (1..=replicas).map(|i| stack.container("worker", i)).collect();
     let codes: Vec<i32> = workers.iter().map(|w| stack.exit_code(w)).collect();
     let dumps = || format!("{}\n{}", both.dump(), workers.iter().map(|w| stack.logs(w)).collect::<String>());
-    assert_eq!((code, &codes[..]), (0, &[0, 0][..]), "exit codes of the coordinator and the workers\n{}", dumps());
+    assert_eq!((code, codes), (0, vec![0; replicas]), "exit codes of the coordinator and the workers\n{}", dumps());
     assert_eq!(logged(&both, "listening").len(), 2, "{}", dumps());
     let resuming = logged(&both, "resuming from checkpoint");
     assert_eq!(resuming.len(), 1, "{}", dumps());
     assert_eq!(resuming[0]["digest"], checkpoint["digest"], "{} vs {checkpoint}", resuming[0]);
     let rejoined =
         both.json_lines().into_iter().skip_while(|l| l != &resuming[0]).filter(|l| l["message"] == "worker joined");
-    assert_eq!(rejoined.count(), 2, "both workers rejoin the restarted coordinator\n{}", dumps());
+    assert_eq!(rejoined.count(), replicas, "every worker rejoins the restarted coordinator\n{}", dumps());
     let complete = logged(&both, "training complete");
     assert_eq!(complete.len(), 1, "{}", dumps());
     assert_eq!(u64_field(&complete[0], "epochs"), EPOCHS, "{}", complete[0]);
