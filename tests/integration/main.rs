@@ -13,12 +13,15 @@
 //!   strangers without the token or the right TLS certificate.
 //! - `deploy`: the commands of deploy/'s Kubernetes, compose and systemd
 //!   files, run as written (ports, paths and secret made local), and restarted.
+//! - `containers`: deploy/'s image built and its compose file brought up in
+//!   podman; the coordinator's container restarted mid-run.
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `flags`: docs/flags.md against the binaries' `--help`; the hidden debugging knobs.
 //! - `scaling`: `lazyavg-bench scaling` (the bench crate) driving this `lazyavg`, end to end.
 
 mod cluster;
+mod containers;
 mod deploy;
 mod faults;
 mod flags;
