@@ -36,11 +36,11 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     let inputs: Vec<Input<'_>> = models.iter().map(|(name, arch, params)| Input { name, arch, params }).collect();
-    let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
     let mlp = Mlp::new(inputs[0].arch.clone());
     let spec = PermutationSpec::mlp(mlp.layout());
-
+    // First, since it refuses mismatched inputs before the data is read.
     let naive = merge(&spec, &inputs, &weights, &NoAlignment { spec: spec.clone() }, 0)?;
+    let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
     let start = Instant::now();
     let aligner: Box<dyn Align + '_> = match args.matching {
         Matching::None => Box::new(NoAlignment { spec: spec.clone() }),
