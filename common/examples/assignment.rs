@@ -1,7 +1,7 @@
 //! Measures the linear assignment solvers behind unit matching, and weight
 //! matching itself, on one thread; prints Markdown tables (docs/merging.md).
 //!
-//! `cargo run --release -p lazyavg-common --example assignment`
+//! `cargo run --release -p lazyavg-common --example assignment [A.safetensors B.safetensors]`
 //!
 //! Solvers: `lapjv` (Jonker–Volgenant) on f64 and on f32 costs, and `lsap`
 //! (SciPy's shortest augmenting path, f64). Matrices: uniform random scores,
@@ -17,8 +17,10 @@ use lazyavg_common::params::Architecture;
 use lazyavg_common::rng::Rng;
 use ndarray::Array2;
 
-/// Median of `runs` timings of `f`.
-fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
+/// Median wall time of `runs` calls of `f`, and their mean CPU time: on a
+/// shared machine the wall time includes waiting for a core, the CPU time not.
+fn median_time(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+    let cpu_start = cpu_time();
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
             let start = Instant::now();
@@ -26,8 +28,23 @@ fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
             start.elapsed()
         })
         .collect();
+    let cpu = cpu_time().saturating_sub(cpu_start) / runs as u32;
     times.sort();
-    times[runs / 2]
+    (times[runs / 2], cpu)
+}
+
+/// User and system CPU time of this process so far, from /proc/self/stat (in
+/// clock ticks of 10 ms: the 14th and 15th fields); zero where unreadable.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_millis(10 * ticks)
+}
+
+fn ms((wall, cpu): (Duration, Duration)) -> String {
+    format!("{:.1} ms ({:.0} ms CPU)", wall.as_secs_f64() * 1e3, cpu.as_secs_f64() * 1e3)
 }
 
 fn uniform(n: usize, rng: &mut Rng) -> Vec<f64> {
@@ -66,7 +83,7 @@ fn main() {
     {
         for n in [200, 1000] {
             let scores = make(n, &mut rng);
-            let runs = if n == 200 { 11 } else { 3 };
+            let runs = if n == 200 { 51 } else { 5 };
             let ours = assignment::maximise(&scores, n).expect("lapjv");
             let theirs = solve_lsap(&scores, n);
             let f32_result = solve_lapjv_f32(&scores, n);
@@ -77,14 +94,22 @@ fn main() {
             let t64 = median_time(runs, || drop(black_box(assignment::maximise(&scores, n))));
             let t32 = median_time(runs, || drop(black_box(solve_lapjv_f32(&scores, n))));
             let tl = median_time(runs, || drop(black_box(solve_lsap(&scores, n))));
-            let ms = |t: Duration| format!("{:.2} ms", t.as_secs_f64() * 1e3);
             println!("| {kind} | {n} | {} | {} | {} | {} |", ms(t64), ms(t32), ms(tl), if same { "yes" } else { "NO" });
         }
     }
 
     println!();
-    println!("| weight matching of two random models | time |");
+    println!("| weight matching | time |");
     println!("| --- | ---: |");
+    // Two trained model files given as arguments are timed first.
+    let files: Vec<String> = std::env::args().skip(1).collect();
+    if let [a, b] = files.as_slice() {
+        let (arch, a_params) = lazyavg_common::model_file::load(a.as_ref()).expect("first model");
+        let (_, b_params) = lazyavg_common::model_file::load(b.as_ref()).expect("second model");
+        let spec = PermutationSpec::mlp(&arch.layout());
+        let t = median_time(3, || drop(black_box(match_weights(&spec, &a_params, &b_params, 1, 100))));
+        println!("| {arch}, the two given files | {} |", ms(t));
+    }
     for hidden in [200, 1000] {
         let arch = Architecture::mlp(784, &[hidden, hidden], 10).expect("architecture");
         let mlp = Mlp::new(arch.clone());
@@ -95,7 +120,7 @@ fn main() {
         apply(&spec, &Permutation::random(&spec, &mut rng), &mut permuted_a).expect("apply");
         for (what, other) in [("independent inits", &b), ("a permuted copy", &permuted_a)] {
             let t = median_time(3, || drop(black_box(match_weights(&spec, &a, other, 1, 100))));
-            println!("| {arch}, {what} | {:.1} ms |", t.as_secs_f64() * 1e3);
+            println!("| {arch}, random, {what} | {} |", ms(t));
         }
     }
 }

@@ -125,7 +125,7 @@ pub fn apply(spec: &PermutationSpec, perm: &Permutation, buf: &mut [f32]) -> Res
 }
 
 /// `tensor[o, i, k] = old[o, p[i], k]` with the tensor read as `[outer, units, inner]`.
-fn gather_axis(tensor: &mut [f32], axis: &TensorAxis, p: &[u32], scratch: &mut Vec<f32>) {
+pub(crate) fn gather_axis(tensor: &mut [f32], axis: &TensorAxis, p: &[u32], scratch: &mut Vec<f32>) {
     let (outer, units, inner) = axis.split();
     debug_assert_eq!(units, p.len());
     scratch.clear();
@@ -140,11 +140,10 @@ fn gather_axis(tensor: &mut [f32], axis: &TensorAxis, p: &[u32], scratch: &mut V
     }
 }
 
-/// The tensor read as `[units, rest]`, unit-major: row `i` holds every value
-/// that indexes unit `i` along `axis`, in a fixed order (the scores of weight
-/// matching are inner products of these rows).
-pub(crate) fn unit_major(buf: &[f32], axis: &TensorAxis) -> Vec<f32> {
-    let tensor = &buf[axis.range.clone()];
+/// `tensor` (laid out as `axis` says) read as `[units, rest]`, unit-major:
+/// row `i` holds every value that indexes unit `i` along `axis`, in a fixed
+/// order (the scores of weight matching are inner products of these rows).
+pub(crate) fn unit_major(tensor: &[f32], axis: &TensorAxis) -> Vec<f32> {
     let (outer, units, inner) = axis.split();
     let mut rows = vec![0.0; tensor.len()];
     for u in 0..units {
