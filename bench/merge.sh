@@ -4,8 +4,9 @@
 #   shared:   the same init (one --seed), different halves;
 #   quarters: four nets from different inits, each on its own quarter;
 #   full:     one net on all 60,000 images, the reference.
-# Each group is merged with --match weights and --match activations; the
-# tables' rows (inputs, naive average, merged, ensemble) are reduced to
+# Each group is merged with --match weights and --match activations, each
+# also with --repair; the tables' rows (inputs, naive average, merged, merged
+# + REPAIR, ensemble) are reduced to
 # medians over the seeds. Writes OUT/merge.md (also printed) and OUT/runs.jsonl.
 #   cargo build --release && bench/merge.sh
 # Settings: BIN, DATA, OUT, SEEDS ("1 2 3"), EPOCHS (5), HIDDEN (200,200),
@@ -37,6 +38,7 @@ merge() {
     shift 3
     local name="$scenario-s$seed-$method"
     "$BIN" --log-format json merge "$@" --match "$method" --data-dir "$DATA" --seed "$seed" \
+        --repair \
         --out "$OUT/$name.safetensors" "${EXTRA[@]}" >"$OUT/$name.md" 2>"$OUT/$name.log"
     python3 - "$scenario" "$seed" "$method" "$OUT/$name.md" "$OUT/$name.log" >>"$OUT/runs.jsonl" <<'PY'
 import json, sys
@@ -103,7 +105,8 @@ for scenario, title in [("separate", "Two nets, different inits, one half each")
     print(row("naive average", [r for r in weights if r["model"] == "naive average"]))
     for method in ["weights", "activations"]:
         merged = [r for r in rs if r["method"] == method and r["model"].startswith("merged")]
-        print(row(f"{method}-matched", merged))
+        print(row(f"{method}-matched", [r for r in merged if not r["model"].endswith("REPAIR")]))
+        print(row(f"{method}-matched + REPAIR", [r for r in merged if r["model"].endswith("REPAIR")]))
     print(row("ensemble (mean of softmax)", [r for r in weights if r["model"] == "ensemble of the inputs"]))
     times = {m: med([r["match_seconds"] for r in rs if r["method"] == m]) for m in ["weights", "activations"]}
     print(f"\nMatching time (median): weights {1e3 * times['weights']:.0f} ms, activations {1e3 * times['activations']:.0f} ms.\n")

@@ -169,9 +169,13 @@ pub struct MergeArgs {
     #[arg(long, default_value_t = 1, value_name = "S")]
     pub seed: u64,
 
-    /// Training images whose activations are correlated by --match activations.
+    /// Training images whose activations --match activations correlates and --repair measures.
     #[arg(long, default_value_t = 2000, value_name = "M")]
     pub images: usize,
+
+    /// Rescale the merged units to the inputs' mean pre-activation statistics on --images training images (REPAIR).
+    #[arg(long)]
+    pub repair: bool,
 
     /// Extra rounds that re-align every input to the running merge and average again.
     #[arg(long, default_value_t = 0, value_name = "N")]

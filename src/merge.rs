@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use lazyavg_common::dataset::{self, Dataset};
 use lazyavg_common::matching::{
-    ActivationAlignment, Align, Input, NoAlignment, PermutationSpec, WeightAlignment, merge,
+    ActivationAlignment, Align, Input, NoAlignment, PermutationSpec, WeightAlignment, apply, merge, repair,
 };
 use lazyavg_common::model::{Evaluation, Mlp, Workspace};
 use lazyavg_common::model_file;
@@ -60,7 +60,23 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
         })
         .collect();
     info!(method = ?args.matching, architecture = %mlp.arch(), seconds = start.elapsed().as_secs_f64(), units_moved = ?moved, "aligned");
-    model_file::save(&args.out, mlp.arch(), &merged.params)
+    let repaired = if args.repair {
+        let aligned = inputs
+            .iter()
+            .zip(&merged.permutations)
+            .map(|(input, perm)| {
+                let mut params = input.params.to_vec();
+                apply(&spec, perm, &mut params)?;
+                Ok(params)
+            })
+            .collect::<lazyavg_common::Result<Vec<_>>>()?;
+        let mut params = merged.params.clone();
+        repair(&mlp, &mut params, &aligned, &weights, &split.train, &images(args, &split.train))?;
+        Some(params)
+    } else {
+        None
+    };
+    model_file::save(&args.out, mlp.arch(), repaired.as_deref().unwrap_or(&merged.params))
         .with_context(|| format!("saving the merged model to {}", args.out.display()))?;
     info!(path = %args.out.display(), "merged model saved");
 
@@ -70,13 +86,17 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
         inputs.iter().map(|input| (file_name(input.name), mlp.evaluate(input.params, test, &mut ws))).collect();
     rows.push(("naive average".into(), mlp.evaluate(&naive.params, test, &mut ws)));
     rows.push((format!("merged ({})", method_name(args.matching)), mlp.evaluate(&merged.params, test, &mut ws)));
+    if let Some(params) = &repaired {
+        rows.push((format!("merged ({}) + REPAIR", method_name(args.matching)), mlp.evaluate(params, test, &mut ws)));
+    }
     let members: Vec<&[f32]> = inputs.iter().map(|input| input.params).collect();
     rows.push(("ensemble of the inputs".into(), mlp.evaluate_ensemble(&members, test, &mut ws)));
     print!("{}", table(&rows));
     Ok(())
 }
 
-/// `--images` training images drawn by `--seed` (all of them if fewer).
+/// `--images` training images drawn by `--seed` (all of them if fewer), for
+/// activation matching and REPAIR.
 fn images(args: &MergeArgs, train: &Dataset) -> Vec<u32> {
     let mut all: Vec<u32> = (0..train.len() as u32).collect();
     Rng::derive(args.seed, IMAGES_STREAM).shuffle(&mut all);

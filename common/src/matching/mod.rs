@@ -16,17 +16,20 @@
 //! - [`weight`]: weight matching, coordinate descent over the groups.
 //! - [`activation`]: activation matching, correlations over images.
 //! - [`merge`](mod@merge): the [`Align`] seam and the N-model weighted average.
+//! - [`repair`](mod@repair): REPAIR, resetting merged units' statistics.
 
 pub mod activation;
 pub mod assignment;
 pub mod merge;
 pub mod permutation;
+pub mod repair;
 pub mod spec;
 pub mod weight;
 
 pub use activation::match_activations;
 pub use merge::{ActivationAlignment, Align, Input, Merged, NoAlignment, WeightAlignment, merge};
 pub use permutation::{Permutation, apply};
+pub use repair::repair;
 pub use spec::{Group, PermutationSpec, TensorAxis};
 pub use weight::match_weights;
 
