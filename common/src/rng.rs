@@ -36,6 +36,12 @@ pub enum Purpose {
     Backoff,
     /// The operands of the matrix-product benchmark.
     BenchOperands,
+    /// The split of a training set into `--part`s.
+    Split,
+    /// The order in which weight matching visits the layers.
+    MatchingOrder,
+    /// The training images that activation matching and REPAIR run on.
+    MatchingImages,
 }
 
 impl Purpose {
@@ -48,6 +54,9 @@ impl Purpose {
             Purpose::LocalOrder => ("local-order", 0),
             Purpose::Backoff => ("backoff", 0),
             Purpose::BenchOperands => ("bench-operands", 0),
+            Purpose::Split => ("split", 0),
+            Purpose::MatchingOrder => ("matching-order", 0),
+            Purpose::MatchingImages => ("matching-images", 0),
         }
     }
 }
@@ -80,13 +89,16 @@ mod tests {
 
     use super::*;
 
-    const PURPOSES: [Purpose; 6] = [
+    const PURPOSES: [Purpose; 9] = [
         Purpose::Init,
         Purpose::Epoch(1),
         Purpose::Epoch(2),
         Purpose::LocalOrder,
         Purpose::Backoff,
         Purpose::BenchOperands,
+        Purpose::Split,
+        Purpose::MatchingOrder,
+        Purpose::MatchingImages,
     ];
 
     fn first_u64s(mut rng: StreamRng) -> [u64; 3] {
@@ -121,13 +133,16 @@ mod tests {
     }
 
     /// In the order of [`PURPOSES`].
-    const KNOWN_U64S: [[u64; 3]; 6] = [
+    const KNOWN_U64S: [[u64; 3]; 9] = [
         [0x93ec79e121f7af43, 0x47af172cf641e47d, 0x5dae38bd9f776351],
         [0x84d2e33d5ca27165, 0x437072d120912163, 0x54f30c18e58973dc],
         [0x967c674331d411d2, 0xdfd1965775f6a770, 0xb28afcb4eaf308fc],
         [0x029a05149d86e96b, 0xb2b9cdd7cb0914c4, 0xe6a21134af20d528],
         [0x57d975001301670d, 0x34bca85397e4cd60, 0x29da0cfe6e1cac3c],
         [0x7ad275db6669c2a6, 0x4b55c3bfc2a13f4e, 0xc0063a697f3d6a7f],
+        [0x009a1aad918c5883, 0xe1b0cfd0584f91da, 0x24eda58afbe0ba70],
+        [0xaae3054ed61f6671, 0x6c0b1de795b49427, 0x699dd9366e36a4e8],
+        [0xf52176eb563e0929, 0xa18a31a7a7179d2f, 0x422ed30e7562db9d],
     ];
     const KNOWN_NORMALS: [f64; 4] = [0.3110176665590898, -0.6844749755654274, -0.5035790242374744, -0.8140868708720895];
     const KNOWN_JITTER: [f64; 4] = [0.6715809404936433, 0.603001842693581, 0.581741720255246, 0.7582877511062818];

@@ -16,6 +16,8 @@
 //! - `containers`: deploy/'s image built and its compose file brought up in
 //!   podman; the coordinator's container restarted mid-run.
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
+//! - `merge`: `lazyavg train --part` on halves of MNIST and `lazyavg merge`
+//!   of their files, of a PyTorch-style file, and the refusal of mismatched ones.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `flags`: docs/flags.md against the binaries' `--help`; the hidden debugging knobs.
 //! - `scaling`: `lazyavg-bench scaling` (the bench crate) driving this `lazyavg`, end to end.
@@ -26,6 +28,7 @@ mod deploy;
 mod faults;
 mod flags;
 mod harness;
+mod merge;
 mod netns;
 mod overlap;
 mod scaling;
