@@ -7,6 +7,9 @@
 //! - [`config`]: flags and config file, merged and validated.
 //! - [`schedule`]: the epoch's permutation and shards (pure).
 //! - [`round`]: one averaging round as a state machine (pure).
+//! - [`aggregate`]: the rules that combine a round's contributions, one unit each.
+//! - [`align`]: matching a contribution's hidden units to the reference (`--align`).
+//! - [`sync_every`]: the sync interval, K minibatches or an epoch.
 //! - [`registry`]: joined workers and their sessions (pure).
 //! - [`service`]: the gRPC handlers, turning sessions into events.
 //! - [`driver`]: the training loop that consumes those events.
@@ -16,6 +19,8 @@
 //! - [`metrics`], [`dump`], [`progress`]: what the run writes and shows.
 //! - [`spawn`]: local workers for one-machine runs.
 
+pub mod aggregate;
+pub mod align;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -30,6 +35,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod service;
 pub mod spawn;
+pub mod sync_every;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

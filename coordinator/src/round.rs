@@ -1,51 +1,21 @@
 //! One averaging round as a state machine: who is expected, what has arrived,
 //! and how the contributions are combined. Pure: no I/O, no clock.
 //!
-//! With `--aggregate mean` (the default) contributions are added into ONE
-//! running f64 sum as their chunks arrive, so memory is O(model) whatever the
-//! number of workers. The robust rules (`median`, `trimmed-mean`) need every
-//! contribution whole, O(workers × model), and ignore sample counts: that is
-//! the price of a model that one broken or hostile worker cannot drag away.
-//! With the mean, Each worker's weight is
-//! the number of samples the coordinator's own shard table says it trained
-//! this round, never what the worker claims. Accumulating in f64 makes the
-//! result independent of arrival order in practice (and exactly so for two
-//! workers, since addition is commutative), which keeps seeded runs reproducible.
+//! Each chunk is decoded once and handed to the round's [`Aggregator`]
+//! (`--aggregate`, see [`crate::aggregate`]); with the default mean that is
+//! ONE running f64 sum, O(model) memory whatever the number of workers. Each
+//! worker's weight is the number of samples the coordinator's own shard table
+//! says it trained this round, never what the worker claims.
 
 use std::collections::BTreeMap;
 
-use lazyavg_proto::chunks::{ChunkCursor, decode_values, first_non_finite};
+use lazyavg_proto::chunks::{ChunkCursor, decode_into, first_non_finite};
 use lazyavg_proto::{ProtoError, pb};
 
+pub use crate::aggregate::Aggregate;
+use crate::aggregate::{Aggregator, WeightedMean};
+
 pub type WorkerId = u64;
-
-/// How a round combines the workers' weights (`--aggregate`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Aggregate {
-    /// Sample-weighted mean: the exact lazy-aggregation update, O(model) memory.
-    #[default]
-    Mean,
-    /// Coordinate-wise median: a minority of bad workers cannot move it far.
-    Median,
-    /// Coordinate-wise mean after dropping the largest and smallest fifth (at
-    /// least one each from 3 workers on).
-    TrimmedMean,
-}
-
-/// Values dropped from each end by the trimmed mean of `n` values.
-fn trimmed(n: usize) -> usize {
-    if n >= 3 { (n / 5).max(1) } else { 0 }
-}
-
-/// Where contributions go as they arrive.
-#[derive(Debug)]
-enum Accumulator {
-    /// Σ samples_i · w_i in f64, added chunk by chunk.
-    WeightedSum(Vec<f64>),
-    /// Every contribution kept whole for a coordinate-wise statistic.
-    Gathered { rule: Aggregate, values: BTreeMap<WorkerId, Vec<f32>> },
-}
 
 /// Why a message was not taken into the round.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -109,32 +79,37 @@ pub struct Round {
     epoch: u64,
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
-    len: usize,
-    acc: Accumulator,
+    aggregator: Box<dyn Aggregator>,
+    /// One chunk's values, decoded once for the aggregator.
+    scratch: Vec<f32>,
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
     non_finite: Vec<WorkerId>,
 }
 
 impl Round {
-    /// A round over `participants` (worker, samples trained since the last
-    /// sync) for a model of `len` parameters. `sum` is a buffer to reuse
-    /// (cleared and resized here) so rounds do not reallocate.
-    pub fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, mut sum: Vec<f64>) -> Self {
-        sum.clear();
-        sum.resize(len, 0.0);
-        Self::with(epoch, round, participants, len, Accumulator::WeightedSum(sum))
+    /// A mean round over `participants` (worker, samples trained since the
+    /// last sync) for a model of `len` parameters, adding into `sum` (cleared
+    /// and resized here).
+    pub fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, sum: Vec<f64>) -> Self {
+        Self::with(epoch, round, participants, len, Box::new(WeightedMean::reusing(sum)))
     }
 
-    /// A round combining contributions by `rule`; `Mean` allocates its sum here.
+    /// A round combining contributions by `rule`.
     pub fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-        match rule {
-            Aggregate::Mean => Self::new(epoch, round, participants, len, Vec::new()),
-            _ => Self::with(epoch, round, participants, len, Accumulator::Gathered { rule, values: BTreeMap::new() }),
-        }
+        Self::with(epoch, round, participants, len, rule.aggregator())
     }
 
-    fn with(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, acc: Accumulator) -> Self {
+    /// A round combining contributions with `aggregator`, reset here (so the
+    /// one a finished round gave back can be reused).
+    pub fn with(
+        epoch: u64,
+        round: u64,
+        participants: &[(WorkerId, u64)],
+        len: usize,
+        mut aggregator: Box<dyn Aggregator>,
+    ) -> Self {
+        aggregator.reset(len);
         let parts = participants
             .iter()
             .map(|&(id, weight)| {
@@ -149,7 +124,7 @@ impl Round {
                 (id, part)
             })
             .collect();
-        Round { epoch, round, parts, len, acc, tainted: false, non_finite: Vec::new() }
+        Round { epoch, round, parts, aggregator, scratch: Vec::new(), tainted: false, non_finite: Vec::new() }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -225,33 +200,19 @@ impl Round {
             self.forget(worker, summed);
             return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
-        let weight = part.weight as f64;
+        let samples = part.weight;
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
-        match &mut self.acc {
-            Accumulator::WeightedSum(sum) => {
-                for (acc, v) in sum[range].iter_mut().zip(decode_values(&chunk.data)) {
-                    *acc += weight * f64::from(v);
-                }
-            }
-            Accumulator::Gathered { values, .. } => {
-                let len = self.len;
-                let buffer = values.entry(worker).or_insert_with(|| vec![0.0; len]);
-                for (dst, v) in buffer[range].iter_mut().zip(decode_values(&chunk.data)) {
-                    *dst = v;
-                }
-            }
-        }
+        self.scratch.resize(range.len(), 0.0);
+        decode_into(&mut self.scratch, &chunk.data);
+        self.aggregator.add(worker, samples, range, &self.scratch);
         Ok(())
     }
 
-    /// Drops what a worker contributed. A weighted sum cannot give back a
-    /// partly added contribution, so that taints the round.
+    /// Drops what a worker contributed. An aggregator that cannot give back
+    /// a partly added contribution (a running sum) is spoiled by it.
     fn forget(&mut self, worker: WorkerId, partly_summed: bool) {
-        match &mut self.acc {
-            Accumulator::WeightedSum(_) => self.tainted |= partly_summed,
-            Accumulator::Gathered { values, .. } => {
-                values.remove(&worker);
-            }
+        if !self.aggregator.forget(worker) {
+            self.tainted |= partly_summed;
         }
     }
 
@@ -280,18 +241,21 @@ impl Round {
     }
 
     /// Writes the combined weights into `out` and returns the summary and the
-    /// sum buffer for reuse. Call when [`is_complete`](Self::is_complete) (or
+    /// aggregator for reuse. Call when [`is_complete`](Self::is_complete) (or
     /// at the round's deadline, after excluding the missing workers); only
     /// complete contributions count.
-    pub fn finish(self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Vec<f64>) {
-        let Round { epoch, round, parts, acc, tainted, non_finite, .. } = self;
-        // A worker caught mid-transfer has part of its weights in a weighted
-        // sum (so the round is spoiled); a gathered partial buffer is ignored.
-        let partly_summed = parts.values().any(|p| p.state == State::Receiving);
-        let tainted = tainted || partly_summed && matches!(acc, Accumulator::WeightedSum(_));
-        let done: Vec<(WorkerId, &Part)> =
-            parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p)).collect();
-        let samples: u64 = done.iter().map(|(_, p)| p.weight).sum();
+    pub fn finish(mut self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Box<dyn Aggregator>) {
+        // A worker caught mid-transfer has part of its weights in the
+        // aggregator: one that cannot forget them (a sum) is spoiled.
+        let partial: Vec<WorkerId> =
+            self.parts.iter().filter(|(_, p)| p.state == State::Receiving).map(|(&id, _)| id).collect();
+        for id in partial {
+            self.forget(id, true);
+        }
+        let Round { epoch, round, parts, mut aggregator, tainted, non_finite, .. } = self;
+        let done: Vec<(WorkerId, u64)> =
+            parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
+        let samples: u64 = done.iter().map(|&(_, s)| s).sum();
         // With no usable weights, a redo cannot help whatever else happened.
         let failure = if done.is_empty() && !non_finite.is_empty() {
             Some(RoundError::Diverged { epoch, round })
@@ -302,57 +266,19 @@ impl Round {
         } else {
             None
         };
-        let buffer = match acc {
-            Accumulator::WeightedSum(sum) => {
-                if failure.is_none() {
-                    let scale = 1.0 / samples as f64;
-                    for (o, &s) in out.iter_mut().zip(&sum) {
-                        *o = (s * scale) as f32;
-                    }
-                }
-                sum
-            }
-            Accumulator::Gathered { rule, values } => {
-                if failure.is_none() {
-                    let inputs: Vec<&[f32]> =
-                        done.iter().filter_map(|(id, _)| values.get(id)).map(Vec::as_slice).collect();
-                    combine_coordinatewise(rule, &inputs, out);
-                }
-                Vec::new()
-            }
-        };
         if let Some(err) = failure {
-            return (Err(err), buffer);
+            return (Err(err), aggregator);
         }
+        aggregator.finish(&done, out);
         let summary = RoundSummary {
             epoch,
             round,
-            contributors: done.iter().map(|(id, p)| (*id, p.weight)).collect(),
             samples,
-            loss_sum: done.iter().map(|(_, p)| p.loss_sum).sum(),
-            mean_train_seconds: done.iter().map(|(_, p)| p.train_seconds).sum::<f64>() / done.len() as f64,
+            loss_sum: done.iter().map(|(id, _)| parts[id].loss_sum).sum(),
+            mean_train_seconds: done.iter().map(|(id, _)| parts[id].train_seconds).sum::<f64>() / done.len() as f64,
+            contributors: done,
         };
-        (Ok(summary), buffer)
-    }
-}
-
-/// Writes the coordinate-wise median or trimmed mean of `inputs` into `out`.
-fn combine_coordinatewise(rule: Aggregate, inputs: &[&[f32]], out: &mut [f32]) {
-    let n = inputs.len();
-    let mut column = vec![0.0f32; n];
-    for (i, o) in out.iter_mut().enumerate() {
-        for (c, input) in column.iter_mut().zip(inputs) {
-            *c = input[i];
-        }
-        column.sort_unstable_by(f32::total_cmp);
-        *o = match rule {
-            Aggregate::Median if n % 2 == 1 => column[n / 2],
-            Aggregate::Median => ((f64::from(column[n / 2 - 1]) + f64::from(column[n / 2])) / 2.0) as f32,
-            Aggregate::TrimmedMean | Aggregate::Mean => {
-                let kept = &column[trimmed(n)..n - trimmed(n)];
-                (kept.iter().map(|&v| f64::from(v)).sum::<f64>() / kept.len() as f64) as f32
-            }
-        };
+        (Ok(summary), aggregator)
     }
 }
 

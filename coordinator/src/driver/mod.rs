@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use self::closing::{ClosingEpoch, close_done};
+use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
 use crate::config::CoordinatorConfig;
 use crate::dump::RoundDump;
@@ -80,7 +81,8 @@ pub struct Driver {
     test: Arc<Dataset>,
     n_train: usize,
     params: Vec<f32>,
-    sum: Vec<f64>,
+    /// The `--aggregate` rule, kept from round to round for its buffers.
+    aggregator: Option<Box<dyn Aggregator>>,
     /// The last round's combined weights, before the outer step.
     average: Vec<f32>,
     outer: OuterOptimizer,
@@ -134,7 +136,7 @@ impl Driver {
             mlp,
             test,
             n_train,
-            sum: Vec::with_capacity(start.params.len()),
+            aggregator: None,
             average: vec![0.0; start.params.len()],
             outer,
             params: start.params,

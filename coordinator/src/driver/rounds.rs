@@ -33,7 +33,7 @@ use super::Driver;
 use super::deadline::RoundDeadline;
 use crate::error::{Error, Result};
 use crate::metrics::RoundRecord;
-use crate::round::{Aggregate, Round, RoundError, RoundSummary, WorkerId};
+use crate::round::{Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::PullPlan;
 use crate::service::Event;
 
@@ -106,10 +106,8 @@ impl Driver {
     ) -> Result<Option<RoundSummary>> {
         let started = Instant::now();
         let len = self.params.len();
-        let mut open = match self.config.aggregate {
-            Aggregate::Mean => Round::new(epoch, round, weights, len, std::mem::take(&mut self.sum)),
-            rule => Round::aggregating(epoch, round, weights, len, rule),
-        };
+        let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator());
+        let mut open = Round::with(epoch, round, weights, len, aggregator);
         let head_start = self.pipeline.since.take();
         let ahead = self.config.overlap && !std::mem::take(&mut self.pipeline.suspended);
         for &(id, from, until) in plan {
@@ -160,8 +158,8 @@ impl Driver {
             }
         }
         let non_finite = open.non_finite().to_vec();
-        let (result, sum) = open.finish(&mut self.average);
-        self.sum = sum;
+        let (result, aggregator) = open.finish(&mut self.average);
+        self.aggregator = Some(aggregator);
         let summary = match result {
             Ok(summary) => summary,
             Err(cause @ RoundError::Diverged { .. }) => {
