@@ -35,6 +35,10 @@ pub enum Error {
     #[error("parameter buffer holds {actual} values but the architecture {architecture} needs {expected}")]
     ParamLength { architecture: String, expected: usize, actual: usize },
 
+    /// Permutations, matching and merging: the message names the inputs and shapes.
+    #[error("{0}")]
+    Matching(String),
+
     #[error("could not fetch {file}; tried:\n{attempts}")]
     Fetch { file: String, attempts: String },
 }

@@ -12,6 +12,7 @@
 //! - [`optim`]: SGD with momentum and weight decay, state kept apart.
 //! - [`outer`]: the coordinator's optimiser on each round's averaged update.
 //! - [`train`]: a replica's training loop over sample indices.
+//! - [`matching`]: matching hidden units of separately trained models, and merging them.
 //! - [`model_file`]: safetensors files that PyTorch loads directly.
 //! - [`config`]: validated training hyperparameters.
 //! - [`rng`]: the seeded generator behind every random choice.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod fetch;
 pub mod fsutil;
 pub mod idx;
+pub mod matching;
 pub mod model;
 pub mod model_file;
 pub mod optim;
