@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::align::AlignMethod;
 use crate::error::{Error, Result};
+pub use crate::init::Init;
 use crate::round::Aggregate;
 use crate::sync_every::EPOCH_SAMPLES;
 pub use crate::sync_every::SyncEvery;
@@ -71,19 +72,6 @@ fn default_sync_every(workers: usize) -> usize {
 /// `--align activations` compares units on this many training images: enough
 /// for stable correlations of a few hundred units, a few ms of forward passes.
 const DEFAULT_ALIGN_IMAGES: usize = 1000;
-
-/// Where the workers' models start (`--init`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Init {
-    /// Every worker from the coordinator's initial weights.
-    #[default]
-    Shared,
-    /// The first worker to attach from the coordinator's initial weights,
-    /// every other from weights drawn with its own seed (derived from --seed
-    /// and its id): models trained apart, whose units need matching.
-    Independent,
-}
 
 /// How long a run may stay paused for lack of workers before it gives up.
 /// Local workers `--spawn-workers` may start: each is a process holding the

@@ -10,6 +10,7 @@
 //! - [`aggregate`]: the rules that combine a round's contributions, one unit each.
 //! - [`align`]: matching a contribution's hidden units to the reference (`--align`).
 //! - [`sync_every`]: the sync interval, K minibatches or an epoch.
+//! - [`init`]: shared or independent starting weights (`--init`).
 //! - [`registry`]: joined workers and their sessions (pure).
 //! - [`service`]: the gRPC handlers, turning sessions into events.
 //! - [`driver`]: the training loop that consumes those events.
@@ -27,6 +28,7 @@ pub mod data;
 pub mod driver;
 pub mod dump;
 pub mod error;
+pub mod init;
 pub mod metrics;
 pub mod progress;
 pub mod registry;
@@ -57,6 +59,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::align::Alignment;
 use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
@@ -148,6 +151,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         0 => None,
         n => Some(dump::RoundDump::new(out_dir.join("rounds"), n)?),
     };
+    let alignment = Alignment::for_run(config.align, &mlp, config.train.seed, data.train, config.align_images);
     let driver = driver::Driver::new(
         config,
         mlp.clone(),
@@ -158,7 +162,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         shutdown,
         metrics,
         dump,
-    );
+    )
+    .aligning(alignment);
     let mut server_ended = false;
     let result = tokio::select! {
         result = driver.run() => result,

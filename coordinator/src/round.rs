@@ -6,14 +6,21 @@
 //! ONE running f64 sum, O(model) memory whatever the number of workers. Each
 //! worker's weight is the number of samples the coordinator's own shard table
 //! says it trained this round, never what the worker claims.
+//!
+//! With an [`Aligner`] (`--align`), each contribution is instead assembled
+//! whole, its hidden units matched to the round's reference and reordered,
+//! and only then handed to the aggregator; the reorderings are kept for the
+//! workers, whose momentum must follow.
 
 use std::collections::BTreeMap;
 
+use lazyavg_common::matching::Permutation;
 use lazyavg_proto::chunks::{ChunkCursor, decode_into, first_non_finite};
 use lazyavg_proto::{ProtoError, pb};
 
 pub use crate::aggregate::Aggregate;
 use crate::aggregate::{Aggregator, WeightedMean};
+use crate::align::Aligner;
 
 pub type WorkerId = u64;
 
@@ -32,6 +39,8 @@ pub enum RoundError {
     NonFinite { worker: WorkerId, index: usize },
     #[error(transparent)]
     Chunk(#[from] ProtoError),
+    #[error("cannot match the hidden units of worker {worker}'s weights: {problem}")]
+    Align { worker: WorkerId, problem: String },
     #[error("no worker contributed to epoch {epoch} round {round}")]
     Empty { epoch: u64, round: u64 },
     #[error("epoch {epoch} round {round} must be redone: a worker left after part of its weights were summed")]
@@ -71,6 +80,10 @@ pub struct RoundSummary {
     pub loss_sum: f64,
     /// Mean over contributors of the seconds they spent training this round.
     pub mean_train_seconds: f64,
+    /// `--align`: the contributors whose units were reordered, and how.
+    pub realigned: BTreeMap<WorkerId, Permutation>,
+    /// `--align`: seconds spent matching units this round.
+    pub align_seconds: f64,
 }
 
 /// An open round.
@@ -79,7 +92,14 @@ pub struct Round {
     epoch: u64,
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
+    len: usize,
     aggregator: Box<dyn Aggregator>,
+    /// `--align`: matches each whole contribution before it is aggregated.
+    aligner: Option<Aligner>,
+    /// `--align`: contributions being assembled, until complete.
+    staged: BTreeMap<WorkerId, Vec<f32>>,
+    /// `--align`: the reordering each complete contribution went through.
+    realigned: BTreeMap<WorkerId, Permutation>,
     /// One chunk's values, decoded once for the aggregator.
     scratch: Vec<f32>,
     tainted: bool,
@@ -124,7 +144,26 @@ impl Round {
                 (id, part)
             })
             .collect();
-        Round { epoch, round, parts, aggregator, scratch: Vec::new(), tainted: false, non_finite: Vec::new() }
+        Round {
+            epoch,
+            round,
+            parts,
+            len,
+            aggregator,
+            aligner: None,
+            staged: BTreeMap::new(),
+            realigned: BTreeMap::new(),
+            scratch: Vec::new(),
+            tainted: false,
+            non_finite: Vec::new(),
+        }
+    }
+
+    /// This round with each contribution aligned by `aligner` before it is
+    /// aggregated.
+    pub fn aligning(mut self, aligner: Aligner) -> Self {
+        self.aligner = Some(aligner);
+        self
     }
 
     pub fn epoch(&self) -> u64 {
@@ -194,25 +233,57 @@ impl Round {
         }
         let range = part.cursor.advance(chunk)?;
         if let Some(bad) = first_non_finite(&chunk.data) {
-            let summed = part.state == State::Receiving;
+            let previous = part.state;
             part.state = State::Excluded;
             self.non_finite.push(worker);
-            self.forget(worker, summed);
+            self.forget(worker, previous);
             return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
         let samples = part.weight;
-        part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
-        self.scratch.resize(range.len(), 0.0);
-        decode_into(&mut self.scratch, &chunk.data);
-        self.aggregator.add(worker, samples, range, &self.scratch);
-        Ok(())
+        let complete = part.cursor.is_complete();
+        part.state = if complete { State::Complete } else { State::Receiving };
+        let Some(aligner) = self.aligner.as_mut() else {
+            self.scratch.resize(range.len(), 0.0);
+            decode_into(&mut self.scratch, &chunk.data);
+            self.aggregator.add(worker, samples, range, &self.scratch);
+            return Ok(());
+        };
+        let len = self.len;
+        let staged = self.staged.entry(worker).or_insert_with(|| vec![0.0; len]);
+        decode_into(&mut staged[range], &chunk.data);
+        if !complete {
+            return Ok(());
+        }
+        let mut whole = self.staged.remove(&worker).unwrap_or_default();
+        match aligner.align(&mut whole) {
+            Ok(perm) => {
+                self.aggregator.add(worker, samples, 0..len, &whole);
+                if !perm.is_identity() {
+                    self.realigned.insert(worker, perm);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.exclude(worker);
+                Err(RoundError::Align { worker, problem: e.to_string() })
+            }
+        }
     }
 
-    /// Drops what a worker contributed. An aggregator that cannot give back
-    /// a partly added contribution (a running sum) is spoiled by it.
-    fn forget(&mut self, worker: WorkerId, partly_summed: bool) {
+    /// Drops what a worker contributed, its state having been `previous`.
+    /// An aggregator that cannot give back a partly added contribution (a
+    /// running sum) is spoiled by it. Aligned contributions reach the
+    /// aggregator only once complete.
+    fn forget(&mut self, worker: WorkerId, previous: State) {
+        self.staged.remove(&worker);
+        self.realigned.remove(&worker);
+        let added = match previous {
+            State::Complete => true,
+            State::Receiving => self.aligner.is_none(),
+            State::Waiting | State::Excluded => false,
+        };
         if !self.aggregator.forget(worker) {
-            self.tainted |= partly_summed;
+            self.tainted |= added;
         }
     }
 
@@ -222,10 +293,10 @@ impl Round {
     /// the round is tainted and must be redone.
     pub fn exclude(&mut self, worker: WorkerId) {
         let Some(part) = self.parts.get_mut(&worker) else { return };
-        let summed = matches!(part.state, State::Receiving | State::Complete);
-        if part.state != State::Excluded {
+        let previous = part.state;
+        if previous != State::Excluded {
             part.state = State::Excluded;
-            self.forget(worker, summed);
+            self.forget(worker, previous);
         }
     }
 
@@ -250,9 +321,10 @@ impl Round {
         let partial: Vec<WorkerId> =
             self.parts.iter().filter(|(_, p)| p.state == State::Receiving).map(|(&id, _)| id).collect();
         for id in partial {
-            self.forget(id, true);
+            self.forget(id, State::Receiving);
         }
-        let Round { epoch, round, parts, mut aggregator, tainted, non_finite, .. } = self;
+        let align_seconds = self.aligner.as_ref().map_or(0.0, |a| a.spent().as_secs_f64());
+        let Round { epoch, round, parts, mut aggregator, tainted, non_finite, realigned, .. } = self;
         let done: Vec<(WorkerId, u64)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
@@ -277,6 +349,8 @@ impl Round {
             loss_sum: done.iter().map(|(id, _)| parts[id].loss_sum).sum(),
             mean_train_seconds: done.iter().map(|(id, _)| parts[id].train_seconds).sum::<f64>() / done.len() as f64,
             contributors: done,
+            realigned,
+            align_seconds,
         };
         (Ok(summary), aggregator)
     }
@@ -440,6 +514,85 @@ mod tests {
         send(&mut median, 2, &[4.0]).unwrap();
         let summary = median.finish(&mut out).0.unwrap();
         assert_eq!((out, summary.contributors), ([4.0], vec![(2, 1)]));
+    }
+
+    mod aligned {
+        use lazyavg_common::matching::{PermutationSpec, apply};
+        use lazyavg_common::model::Mlp;
+        use lazyavg_common::params::Architecture;
+        use lazyavg_common::rng::Rng;
+
+        use super::*;
+        use crate::align::{AlignMethod, Alignment};
+
+        /// A small MLP's weights, and a round over workers 1 and 2 aligned to them.
+        fn setup(seed: u64) -> (Mlp, PermutationSpec, Vec<f32>, Alignment) {
+            let mlp = Mlp::new(Architecture::mlp(6, &[8, 5], 3).unwrap());
+            let spec = PermutationSpec::mlp(mlp.layout());
+            let reference = mlp.init(&mut Rng::seed_from(seed));
+            let alignment = Alignment::for_run(AlignMethod::Weights, &mlp, seed, None, 0).unwrap();
+            (mlp, spec, reference, alignment)
+        }
+
+        #[test]
+        fn a_permuted_copy_of_the_reference_is_put_back_exactly_and_its_reordering_kept() {
+            let (_, spec, reference, alignment) = setup(3);
+            let p = Permutation::random(&spec, &mut Rng::seed_from(9));
+            assert!(!p.is_identity());
+            let mut shuffled = reference.clone();
+            apply(&spec, &p, &mut shuffled).unwrap();
+            let len = reference.len();
+            let mut round = Round::new(1, 0, &[(1, 3), (2, 1)], len, Vec::new()).aligning(alignment.start(&reference));
+            send(&mut round, 1, &shuffled).unwrap();
+            send(&mut round, 2, &reference).unwrap();
+            let mut out = vec![0.0; len];
+            let summary = round.finish(&mut out).0.unwrap();
+            assert_eq!(out, reference, "both contributions are the reference once aligned");
+            assert_eq!(summary.realigned.keys().copied().collect::<Vec<_>>(), [1], "worker 2 was already in order");
+            let q = &summary.realigned[&1];
+            assert_eq!(q, &p.inverse(), "the reordering that undoes the shuffle");
+            // What the worker does with its momentum: the same reordering.
+            let mut momentum = shuffled.clone();
+            apply(&spec, q, &mut momentum).unwrap();
+            assert_eq!(momentum, reference);
+        }
+
+        #[test]
+        fn a_contribution_left_half_sent_is_dropped_without_spoiling_the_mean() {
+            let (_, spec, reference, alignment) = setup(4);
+            // The first 8 values of worker 1, then it leaves.
+            let len = reference.len();
+            let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], len, Vec::new()).aligning(alignment.start(&reference));
+            let chunk = weight_chunks(1, 0, &reference).next().unwrap();
+            let half = pb::WeightsChunk { data: chunk.data.slice(..8 * 4), total: len as u64, ..chunk };
+            round.accept(1, &half).unwrap();
+            round.exclude(1);
+            let mut other = reference.clone();
+            apply(&spec, &Permutation::random(&spec, &mut Rng::seed_from(5)), &mut other).unwrap();
+            send(&mut round, 2, &other).unwrap();
+            let mut out = vec![0.0; len];
+            let summary = round.finish(&mut out).0.unwrap();
+            assert_eq!(summary.contributors, vec![(2, 1)]);
+            assert_eq!(out, reference);
+            assert_eq!(summary.realigned.len(), 1);
+        }
+
+        #[test]
+        fn robust_rules_take_aligned_contributions_too() {
+            let (_, spec, reference, alignment) = setup(6);
+            let len = reference.len();
+            let ids: Vec<(WorkerId, u64)> = (1..=3).map(|id| (id, 1)).collect();
+            let mut round =
+                Round::aggregating(1, 0, &ids, len, Aggregate::Median).aligning(alignment.start(&reference));
+            for id in 1..=3 {
+                let mut shuffled = reference.clone();
+                apply(&spec, &Permutation::random(&spec, &mut Rng::seed_from(id)), &mut shuffled).unwrap();
+                send(&mut round, id, &shuffled).unwrap();
+            }
+            let mut out = vec![0.0; len];
+            assert_eq!(round.finish(&mut out).0.unwrap().realigned.len(), 3);
+            assert_eq!(out, reference);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
+use lazyavg_common::matching::{self, Permutation, PermutationSpec};
 use lazyavg_common::model::Mlp;
 use lazyavg_common::train::{Progress, Trainer};
 use lazyavg_proto::chunks::{decode_into, decode_values};
@@ -38,6 +39,8 @@ pub struct Replica {
     /// Minibatches trained since sending `sent`, while its average is awaited.
     awaiting: Option<usize>,
     slot: Arc<AverageSlot>,
+    /// Which units of the model may be reordered (`--align`).
+    spec: PermutationSpec,
 }
 
 /// How an average was applied.
@@ -126,6 +129,7 @@ impl Replica {
             .into());
         }
         let mlp = Mlp::new(spec.arch.clone());
+        let units = PermutationSpec::mlp(mlp.layout());
         let params = vec![0.0; mlp.len()];
         let sent = Arc::new(params.clone());
         let trainer = Trainer::with_params(&spec.train, mlp, params)?;
@@ -138,6 +142,7 @@ impl Replica {
             sent,
             awaiting: None,
             slot: Arc::default(),
+            spec: units,
         })
     }
 
@@ -151,6 +156,22 @@ impl Replica {
 
     pub fn params(&self) -> &[f32] {
         self.trainer.params()
+    }
+
+    /// Which units of the model may be reordered (to decode a `Realign`).
+    pub fn units(&self) -> &PermutationSpec {
+        &self.spec
+    }
+
+    /// `--align`: the coordinator reordered this replica's last contribution
+    /// by `perm` before averaging; the momentum, still in this replica's own
+    /// unit order, follows, so it goes on pushing each unit the way it did.
+    pub fn realign(&mut self, perm: &Permutation) -> Result<()> {
+        let momentum = self.trainer.momentum_mut();
+        if !momentum.is_empty() {
+            matching::apply(&self.spec, perm, momentum)?;
+        }
+        Ok(())
     }
 
     /// Where the session leaves an average for this replica while it trains.

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 use self::closing::{ClosingEpoch, close_done};
 use crate::aggregate::Aggregator;
+use crate::align::Alignment;
 use crate::checkpoint::Checkpoint;
 use crate::config::CoordinatorConfig;
 use crate::dump::RoundDump;
@@ -83,6 +84,8 @@ pub struct Driver {
     params: Vec<f32>,
     /// The `--aggregate` rule, kept from round to round for its buffers.
     aggregator: Option<Box<dyn Aggregator>>,
+    /// `--align`: how contributions are matched to the weights last sent.
+    alignment: Option<Alignment>,
     /// The last round's combined weights, before the outer step.
     average: Vec<f32>,
     outer: OuterOptimizer,
@@ -137,6 +140,7 @@ impl Driver {
             test,
             n_train,
             aggregator: None,
+            alignment: None,
             average: vec![0.0; start.params.len()],
             outer,
             params: start.params,
@@ -157,6 +161,12 @@ impl Driver {
             training_started: None,
             closing: None,
         }
+    }
+
+    /// This driver with `--align`'s matching of contributions (`None`: off).
+    pub fn aligning(mut self, alignment: Option<Alignment>) -> Self {
+        self.alignment = alignment;
+        self
     }
 
     /// Waits for the configured number of workers, trains every epoch, then
