@@ -16,7 +16,11 @@
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `scaling`: `lazyavg bench scaling` end to end.
+//! - `align`: `--align` with `--init independent --sync-every epoch` (units
+//!   matched, momentum reordered, the model file the last average), and
+//!   `--align none` bit for bit the run without the flag.
 
+mod align;
 mod cluster;
 mod deploy;
 mod faults;
