@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use lazyavg_common::config::TrainSettings;
+use lazyavg_common::part::Part;
 use lazyavg_common::telemetry::LogFormat;
 use lazyavg_coordinator::Settings;
 use lazyavg_worker::WorkerArgs;
@@ -31,6 +32,13 @@ pub enum Command {
     FetchData(FetchDataArgs),
     /// Train in this one process (no cluster): the baseline and a quick check.
     Train(TrainArgs),
+    /// Merge separately trained models into one by matching their hidden units, then averaging.
+    ///
+    /// Prints a Markdown table of test accuracy and loss for each input, their naive average,
+    /// the merged model and the ensemble of the inputs (mean of their softmax outputs).
+    ///
+    /// Example: lazyavg merge a.safetensors b.safetensors --match weights --out merged.safetensors
+    Merge(MergeArgs),
     /// Measure performance on this machine; prints a Markdown table.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -117,6 +125,61 @@ pub struct TrainArgs {
     /// Where to save the trained model (safetensors).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+
+    /// Train on part K of N disjoint parts of the training set (e.g. 1/2), split by --split-seed.
+    #[arg(long, value_name = "K/N")]
+    pub part: Option<Part>,
+
+    /// Seed of the split behind --part: the same on every machine keeps their parts disjoint, whatever their --seed.
+    #[arg(long, default_value_t = 0, value_name = "S", requires = "part")]
+    pub split_seed: u64,
+}
+
+/// How `lazyavg merge` pairs the units of each input with the first's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Matching {
+    /// Inner products of the units' weights (no data needed).
+    Weights,
+    /// Correlations of the units' activations on --images training images.
+    Activations,
+    /// No matching: the naive average.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Model files to merge (safetensors from `lazyavg train --save`, or PyTorch's
+    /// `save_file` of an nn.Sequential(Linear, ReLU, …) state_dict); the first is the reference.
+    #[arg(required = true, num_args = 2.., value_name = "MODEL")]
+    pub inputs: Vec<PathBuf>,
+
+    /// How to match hidden units before averaging.
+    #[arg(long = "match", value_enum, default_value = "weights", value_name = "METHOD")]
+    pub matching: Matching,
+
+    /// Directory of the MNIST files: the test set for the table, training images for --match activations.
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// Weight of each input in the average, comma-separated, positive [default: all equal].
+    #[arg(long, value_delimiter = ',', value_name = "W,W,..")]
+    pub weights: Option<Vec<f64>>,
+
+    /// Seed of the random choices: weight matching's order of layers, activation matching's images.
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    pub seed: u64,
+
+    /// Training images whose activations are correlated by --match activations.
+    #[arg(long, default_value_t = 2000, value_name = "M")]
+    pub images: usize,
+
+    /// Extra rounds that re-align every input to the running merge and average again.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub refine: usize,
+
+    /// Where to write the merged model (safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod cluster;
+mod merge;
 mod plot;
 mod scaling;
 mod single;
@@ -45,6 +46,7 @@ fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()>
             Ok(())
         }
         Command::Train(args) => single::run(&args),
+        Command::Merge(args) => merge::run(&args),
         Command::Bench(BenchCommand::Train(args)) => bench::run(&args),
         Command::Bench(BenchCommand::Scaling(args)) => scaling::run(&args),
     }

@@ -8,7 +8,7 @@ use lazyavg_common::dataset;
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model_file;
 use lazyavg_common::rng::Rng;
-use lazyavg_common::train::Trainer;
+use lazyavg_common::train::{Progress, Trainer};
 use tracing::info;
 
 use crate::cli::TrainArgs;
@@ -20,11 +20,22 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     verification.log();
     let mut trainer = Trainer::new(&config, split.train.image_len(), NUM_CLASSES)?;
     info!(architecture = %trainer.mlp().arch(), parameters = trainer.mlp().len(), "training in one process");
+    let samples: Vec<u32> = match args.part {
+        Some(part) => part.indices(args.split_seed, split.train.len()),
+        None => (0..split.train.len() as u32).collect(),
+    };
+    if let Some(part) = args.part {
+        info!(%part, split_seed = args.split_seed, samples = samples.len(), "training on one part of the training set");
+    }
     let mut rng = Rng::derive(config.seed, 1);
     let start = Instant::now();
+    let mut order = samples.clone();
     for epoch in 1..=args.epochs {
         let epoch_start = Instant::now();
-        let stats = trainer.train_epoch(&split.train, &mut rng, epoch - 1, args.epochs);
+        // Without --part, the same order as `Trainer::train_epoch` draws: runs are as before.
+        order.copy_from_slice(&samples);
+        rng.shuffle(&mut order);
+        let stats = trainer.train(&split.train, &order, Progress::in_epoch(epoch - 1, args.epochs, 0, order.len()));
         let seconds = epoch_start.elapsed().as_secs_f64();
         let eval = trainer.evaluate(&split.test);
         info!(

@@ -11,6 +11,7 @@
 //! - [`model`]: the MLP's forward and backward passes and evaluation.
 //! - [`optim`]: SGD with momentum and weight decay, state kept apart.
 //! - [`outer`]: the coordinator's optimiser on each round's averaged update.
+//! - [`part`]: `--part K/N`, disjoint seeded parts of a training set.
 //! - [`train`]: a replica's training loop over sample indices.
 //! - [`matching`]: matching hidden units of separately trained models, and merging them.
 //! - [`model_file`]: safetensors files that PyTorch loads directly.
@@ -31,6 +32,7 @@ pub mod model_file;
 pub mod optim;
 pub mod outer;
 pub mod params;
+pub mod part;
 pub mod rng;
 pub mod telemetry;
 pub mod train;

@@ -3,7 +3,9 @@
 //! Tensor names and shapes follow `nn.Sequential(Linear, ReLU, Linear, …)`:
 //! layer `l` is module `2l`, so the default MLP has `0.weight` `[200, 784]`,
 //! `0.bias` `[200]`, `2.weight` `[200, 200]`, …, `4.bias` `[10]`. The metadata
-//! records the architecture so a file can be loaded without being told it.
+//! records the architecture so a file can be loaded without being told it;
+//! a file without that metadata (PyTorch's `safetensors.torch.save_file` of
+//! the `state_dict`) has it inferred from its tensors' names and shapes.
 //!
 //! A file may also carry 1-D tensors named `lazyavg.*` (a checkpoint's
 //! optimiser state); [`Extras`] holds them. Plain model files have none, so
@@ -107,30 +109,77 @@ pub fn load_with_extras(path: &Path) -> Result<(Architecture, Vec<f32>, Extras)>
     Ok((arch, params, Extras { metadata, tensors }))
 }
 
+/// The architecture recorded in the metadata, `784-200-10`.
+fn parse_architecture(text: &str) -> std::result::Result<Architecture, String> {
+    let widths = text
+        .split('-')
+        .map(|w| w.parse::<usize>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| format!("metadata {ARCHITECTURE_KEY} = {text:?} is not like 784-200-10"))?;
+    Ok(Architecture { widths })
+}
+
+/// The architecture of a file without lazyavg's metadata, such as PyTorch's
+/// `save_file(nn.Sequential(Linear, ReLU, Linear, …).state_dict())`: its
+/// tensors must be `0.weight`, `0.bias`, `2.weight`, … with each weight's
+/// input width the previous one's output width.
+fn infer_architecture(tensors: &SafeTensors<'_>) -> std::result::Result<Architecture, String> {
+    let mut names: Vec<String> =
+        tensors.names().into_iter().filter(|n| !n.starts_with(EXTRA_PREFIX)).map(str::to_owned).collect();
+    names.sort();
+    let not_a_chain = |why: String| {
+        format!(
+            "has no {ARCHITECTURE_KEY} metadata, and its tensors {names:?} are not an nn.Sequential(Linear, ReLU, \
+             Linear, …) (0.weight, 0.bias, 2.weight, …): {why}"
+        )
+    };
+    let layers = names.len() / 2;
+    if layers == 0 || !names.len().is_multiple_of(2) {
+        return Err(not_a_chain(format!("{} tensors, expected a weight and a bias per layer", names.len())));
+    }
+    let mut widths = Vec::with_capacity(layers + 1);
+    for l in 0..layers {
+        let (w, b) = (weight_name(l), bias_name(l));
+        let (Ok(weight), Ok(bias)) = (tensors.tensor(&w), tensors.tensor(&b)) else {
+            return Err(not_a_chain(format!("{w} or {b} is missing")));
+        };
+        let &[outputs, inputs] = weight.shape() else {
+            return Err(not_a_chain(format!("{w} has shape {:?}, expected [out, in]", weight.shape())));
+        };
+        if bias.shape() != [outputs] {
+            return Err(not_a_chain(format!("{b} has shape {:?} but {w} has {outputs} outputs", bias.shape())));
+        }
+        match widths.last() {
+            None => widths.push(inputs),
+            Some(&previous) if previous != inputs => {
+                return Err(not_a_chain(format!(
+                    "{w} takes {inputs} inputs but the layer before gives {previous} outputs"
+                )));
+            }
+            Some(_) => {}
+        }
+        widths.push(outputs);
+    }
+    Ok(Architecture { widths })
+}
+
 /// A parsed file: the architecture, its parameters and the extra tensors.
 type Parsed = (Architecture, Vec<f32>, BTreeMap<String, Vec<f32>>);
 
 /// Parses a model file.
 fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
-    let arch_text = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(ARCHITECTURE_KEY))
-        .ok_or_else(|| format!("metadata has no {ARCHITECTURE_KEY}"))?;
-    let widths = arch_text
-        .split('-')
-        .map(|w| w.parse::<usize>())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|_| format!("metadata {ARCHITECTURE_KEY} = {arch_text:?} is not like 784-200-10"))?;
-    let arch = Architecture { widths };
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let arch = match metadata.metadata().as_ref().and_then(|m| m.get(ARCHITECTURE_KEY)) {
+        Some(text) => parse_architecture(text)?,
+        None => infer_architecture(&tensors)?,
+    };
     arch.check().map_err(|e| e.to_string())?;
     // Untrusted widths must neither overflow the layout nor claim more values
     // (4 bytes each) than the file holds, or the buffer below would not fit in memory.
     if arch.checked_len().is_none_or(|v| v > bytes.len() / 4) {
         return Err(format!("architecture {arch} needs more values than the file's {} bytes hold", bytes.len()));
     }
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let layout = arch.layout();
     let expected_names = 2 * layout.layers.len();
     let model_tensors = tensors.names().iter().filter(|n| !n.starts_with(EXTRA_PREFIX)).count();
@@ -247,5 +296,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = load(&dir.path().join("missing.safetensors")).unwrap_err().to_string();
         assert!(err.contains("missing.safetensors"), "{err}");
+    }
+
+    /// A file as `safetensors.torch.save_file(model.state_dict())` writes it:
+    /// the model's tensors under PyTorch's names, no metadata.
+    fn without_metadata(shapes: &[(&str, Vec<usize>)]) -> Vec<u8> {
+        let data: Vec<Vec<u8>> = shapes.iter().map(|(_, s)| vec![0u8; 4 * s.iter().product::<usize>()]).collect();
+        let tensors: Vec<(String, TensorView<'_>)> =
+            shapes.iter().zip(&data).map(|((n, s), d)| ((*n).to_owned(), tensor(s.clone(), d).unwrap())).collect();
+        safetensors::serialize(tensors, None).unwrap()
+    }
+
+    #[test]
+    fn a_file_without_metadata_has_its_architecture_inferred() {
+        let bytes = without_metadata(&[
+            ("0.weight", vec![5, 4]),
+            ("0.bias", vec![5]),
+            ("2.weight", vec![3, 5]),
+            ("2.bias", vec![3]),
+            ("4.weight", vec![2, 3]),
+            ("4.bias", vec![2]),
+        ]);
+        let (arch, params, _) = from_bytes(&bytes).unwrap();
+        assert_eq!(arch.to_string(), "4-5-3-2");
+        assert_eq!(params.len(), arch.layout().len);
+    }
+
+    #[test]
+    fn tensors_that_are_not_an_mlp_chain_are_refused() {
+        let broken = without_metadata(&[
+            ("0.weight", vec![5, 4]),
+            ("0.bias", vec![5]),
+            ("2.weight", vec![3, 6]),
+            ("2.bias", vec![3]),
+        ]);
+        let err = from_bytes(&broken).unwrap_err();
+        assert!(err.ends_with("2.weight takes 6 inputs but the layer before gives 5 outputs"), "{err}");
+        assert!(err.contains(r#"["0.bias", "0.weight", "2.bias", "2.weight"]"#), "{err}");
+        let renamed = without_metadata(&[("fc1.weight", vec![5, 4]), ("fc1.bias", vec![5])]);
+        assert!(from_bytes(&renamed).unwrap_err().ends_with("0.weight or 0.bias is missing"));
+        let conv = without_metadata(&[("0.weight", vec![8, 1, 3, 3]), ("0.bias", vec![8])]);
+        assert!(from_bytes(&conv).unwrap_err().ends_with("0.weight has shape [8, 1, 3, 3], expected [out, in]"));
     }
 }

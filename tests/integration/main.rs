@@ -14,6 +14,8 @@
 //! - `deploy`: the commands of deploy/'s Kubernetes, compose and systemd
 //!   files, run as written (ports, paths and secret made local), and restarted.
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
+//! - `merge`: `lazyavg train --part` on halves of MNIST and `lazyavg merge`
+//!   of their files, of a PyTorch-style file, and the refusal of mismatched ones.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `scaling`: `lazyavg bench scaling` end to end.
 //! - `align`: `--align` with `--init independent --sync-every epoch` (units
@@ -25,6 +27,7 @@ mod cluster;
 mod deploy;
 mod faults;
 mod harness;
+mod merge;
 mod netns;
 mod overlap;
 mod scaling;

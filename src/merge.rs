@@ -1,0 +1,106 @@
+//! `lazyavg merge`: load the models, align and average them (the work is in
+//! `lazyavg_common::matching`), save the result and compare it on the test set.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use lazyavg_common::dataset::{self, Dataset};
+use lazyavg_common::matching::{
+    ActivationAlignment, Align, Input, NoAlignment, PermutationSpec, WeightAlignment, merge,
+};
+use lazyavg_common::model::{Evaluation, Mlp, Workspace};
+use lazyavg_common::model_file;
+use lazyavg_common::params::Architecture;
+use lazyavg_common::rng::Rng;
+use tracing::info;
+
+use crate::cli::{Matching, MergeArgs};
+
+/// Passes over the layers after which weight matching stops even if still
+/// improving; it settles in a handful on MNIST models.
+const MAX_PASSES: usize = 100;
+
+/// Stream of [`Rng::derive`] that picks activation matching's images.
+const IMAGES_STREAM: u64 = 0x494d_4147; // "IMAG"
+
+pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.images > 0, "invalid --images: must be at least 1");
+    let weights = args.weights.clone().unwrap_or_else(|| vec![1.0; args.inputs.len()]);
+    let models: Vec<(String, Architecture, Vec<f32>)> = args
+        .inputs
+        .iter()
+        .map(|path| {
+            let (arch, params) = model_file::load(path)?;
+            Ok((path.display().to_string(), arch, params))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let inputs: Vec<Input<'_>> = models.iter().map(|(name, arch, params)| Input { name, arch, params }).collect();
+    let mlp = Mlp::new(inputs[0].arch.clone());
+    let spec = PermutationSpec::mlp(mlp.layout());
+    // First, since it refuses mismatched inputs before the data is read.
+    let naive = merge(&spec, &inputs, &weights, &NoAlignment { spec: spec.clone() }, 0)?;
+    let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
+    let start = Instant::now();
+    let aligner: Box<dyn Align + '_> = match args.matching {
+        Matching::None => Box::new(NoAlignment { spec: spec.clone() }),
+        Matching::Weights => Box::new(WeightAlignment { spec: spec.clone(), seed: args.seed, max_passes: MAX_PASSES }),
+        Matching::Activations => {
+            Box::new(ActivationAlignment { mlp: mlp.clone(), data: &split.train, indices: images(args, &split.train) })
+        }
+    };
+    let merged = merge(&spec, &inputs, &weights, aligner.as_ref(), args.refine)?;
+    let moved: Vec<usize> = merged
+        .permutations
+        .iter()
+        .map(|p| {
+            (0..spec.groups.len())
+                .map(|g| p.group(g).iter().enumerate().filter(|&(i, &j)| i != j as usize).count())
+                .sum()
+        })
+        .collect();
+    info!(method = ?args.matching, architecture = %mlp.arch(), seconds = start.elapsed().as_secs_f64(), units_moved = ?moved, "aligned");
+    model_file::save(&args.out, mlp.arch(), &merged.params)
+        .with_context(|| format!("saving the merged model to {}", args.out.display()))?;
+    info!(path = %args.out.display(), "merged model saved");
+
+    let mut ws = Workspace::new(mlp.arch(), 1000);
+    let test = &split.test;
+    let mut rows: Vec<(String, Evaluation)> =
+        inputs.iter().map(|input| (file_name(input.name), mlp.evaluate(input.params, test, &mut ws))).collect();
+    rows.push(("naive average".into(), mlp.evaluate(&naive.params, test, &mut ws)));
+    rows.push((format!("merged ({})", method_name(args.matching)), mlp.evaluate(&merged.params, test, &mut ws)));
+    let members: Vec<&[f32]> = inputs.iter().map(|input| input.params).collect();
+    rows.push(("ensemble of the inputs".into(), mlp.evaluate_ensemble(&members, test, &mut ws)));
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+/// `--images` training images drawn by `--seed` (all of them if fewer).
+fn images(args: &MergeArgs, train: &Dataset) -> Vec<u32> {
+    let mut all: Vec<u32> = (0..train.len() as u32).collect();
+    Rng::derive(args.seed, IMAGES_STREAM).shuffle(&mut all);
+    all.truncate(args.images);
+    all
+}
+
+fn method_name(matching: Matching) -> &'static str {
+    match matching {
+        Matching::Weights => "weight matching",
+        Matching::Activations => "activation matching",
+        Matching::None => "no matching",
+    }
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path).file_name().map_or_else(|| path.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The comparison as a Markdown table.
+fn table(rows: &[(String, Evaluation)]) -> String {
+    let mut out = String::from("| model | test accuracy | test loss |\n| --- | ---: | ---: |\n");
+    for (name, eval) in rows {
+        out.push_str(&format!("| {name} | {:.2}% | {:.4} |\n", 100.0 * eval.accuracy, eval.loss));
+    }
+    out
+}
