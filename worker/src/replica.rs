@@ -288,7 +288,52 @@ impl Replica {
 
 #[cfg(test)]
 mod tests {
+    use lazyavg_common::config::TrainConfig;
+    use lazyavg_common::idx::Images;
+    use lazyavg_common::rng::Rng;
+    use lazyavg_proto::convert::encode_indices;
+
     use super::*;
+
+    #[test]
+    fn a_replica_whose_units_and_momentum_were_reordered_trains_on_as_the_same_model() {
+        let mut rng = Rng::seed_from(4);
+        let pixels: Vec<u8> = (0..64 * 6).map(|_| rng.below(256) as u8).collect();
+        let labels: Vec<u8> = (0..64).map(|_| rng.below(10) as u8).collect();
+        let data = Arc::new(Dataset::new(Images { count: 64, rows: 2, cols: 3, pixels }, labels, "toy").unwrap());
+        let train = TrainConfig { hidden: vec![7, 5], batch_size: 8, momentum: 0.9, ..TrainConfig::default() };
+        let spec = RunSpec { arch: train.architecture(6, 10).unwrap(), train, epochs: 1 };
+        let shard =
+            pb::AssignShard { epoch: 1, indices: encode_indices(&(0..64).collect::<Vec<_>>()).into(), extend: false };
+        let pull =
+            |from, until| pb::PullWeights { epoch: 1, round: 1, train_from: from, train_until: until, after_round: 0 };
+        let start = Mlp::new(spec.arch.clone()).init(&mut rng);
+        let replica = || {
+            let mut r = Replica::new(&spec, Arc::clone(&data)).unwrap();
+            r.assign(&shard).unwrap();
+            r.apply(&start, false);
+            r.train(&pull(0, 32)).unwrap();
+            r
+        };
+        let perm = Permutation::random(replica().units(), &mut rng);
+        let run = |realign: bool| {
+            let (mut a, mut b) = (replica(), replica());
+            // What --align does to b: the coordinator reorders its weights, the worker its momentum.
+            let mut moved = b.params().to_vec();
+            matching::apply(b.units(), &perm, &mut moved).unwrap();
+            b.apply(&moved, false);
+            if realign {
+                b.realign(&perm).unwrap();
+            }
+            a.train(&pull(32, 64)).unwrap();
+            b.train(&pull(32, 64)).unwrap();
+            let mut expected = a.params().to_vec();
+            matching::apply(a.units(), &perm, &mut expected).unwrap();
+            expected.iter().zip(b.params()).map(|(e, v)| (e - v).abs()).fold(0.0f32, f32::max)
+        };
+        assert!(run(true) < 1e-5, "reordered momentum: {}", run(true));
+        assert!(run(false) > 1e-3, "momentum left in the old order pushes the wrong units: {}", run(false));
+    }
 
     #[test]
     fn the_correction_adds_the_local_progress_to_the_average() {
