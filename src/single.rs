@@ -8,8 +8,8 @@ use lazyavg_common::dataset;
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model_file;
 use lazyavg_common::rng::{self, Purpose};
-use rand::seq::SliceRandom;
 use lazyavg_common::train::{Progress, Trainer};
+use rand::seq::SliceRandom;
 use tracing::info;
 
 use crate::cli::TrainArgs;

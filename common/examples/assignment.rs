@@ -15,10 +15,10 @@ use lazyavg_common::matching::{Permutation, PermutationSpec, apply, assignment, 
 use lazyavg_common::model::{Matrix, Mlp, matmul};
 use lazyavg_common::params::Architecture;
 use lazyavg_common::rng::StreamRng;
+use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
-use ndarray::Array2;
 
 /// Median wall time of `runs` calls of `f`, and their mean CPU time: on a
 /// shared machine the wall time includes waiting for a core, the CPU time not.
@@ -61,8 +61,11 @@ fn near_permutation(n: usize, rng: &mut StreamRng) -> Vec<f64> {
     let a: Vec<f32> = (0..n * k).map(|_| rng.sample::<f64, _>(StandardNormal) as f32).collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(rng);
-    let b: Vec<f32> =
-        order.iter().flat_map(|&r| a[r * k..(r + 1) * k].to_vec()).map(|v| v + rng.sample::<f64, _>(StandardNormal) as f32).collect();
+    let b: Vec<f32> = order
+        .iter()
+        .flat_map(|&r| a[r * k..(r + 1) * k].to_vec())
+        .map(|v| v + rng.sample::<f64, _>(StandardNormal) as f32)
+        .collect();
     let mut scores = vec![0.0f32; n * n];
     matmul(Matrix::new(&a, n, k), Matrix::new(&b, n, k).t(), &mut scores);
     scores.into_iter().map(f64::from).collect()

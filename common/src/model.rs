@@ -111,7 +111,12 @@ impl Mlp {
     /// drawn from the init stream of a run seeded with `seed`.
     /// The variance keeps ReLU activations at a stable scale from layer to layer.
     pub fn init(&self, seed: u64) -> Vec<f32> {
-        let mut rng = rng::stream(seed, Purpose::Init);
+        self.init_with(&mut rng::stream(seed, Purpose::Init))
+    }
+
+    /// The same initialisation, drawn from `rng`: for starts that are not the
+    /// run's (`--init independent`'s other workers, tests).
+    pub fn init_with<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Vec<f32> {
         let mut params = vec![0.0; self.layout.len];
         for layer in &self.layout.layers {
             let std = (2.0 / layer.inputs as f64).sqrt();

@@ -24,6 +24,14 @@ pub struct SgdState {
     velocity: Vec<f32>,
 }
 
+impl SgdState {
+    /// The momentum buffer, in the parameters' layout (empty without
+    /// momentum): for reordering it along with the weights' units.
+    pub fn velocity_mut(&mut self) -> &mut [f32] {
+        &mut self.velocity
+    }
+}
+
 impl Sgd {
     /// `momentum` in [0, 1), `weight_decay` ≥ 0, both finite; Nesterov needs momentum.
     pub fn new(momentum: f32, weight_decay: f32, nesterov: bool) -> Result<Self> {

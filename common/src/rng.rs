@@ -36,6 +36,8 @@ pub enum Purpose {
     Backoff,
     /// The operands of the matrix-product benchmark.
     BenchOperands,
+    /// The starting weights of worker `id` under `--init independent`.
+    WorkerInit(u64),
     /// The split of a training set into `--part`s.
     Split,
     /// The order in which weight matching visits the layers.
@@ -54,6 +56,7 @@ impl Purpose {
             Purpose::LocalOrder => ("local-order", 0),
             Purpose::Backoff => ("backoff", 0),
             Purpose::BenchOperands => ("bench-operands", 0),
+            Purpose::WorkerInit(id) => ("worker-init", id),
             Purpose::Split => ("split", 0),
             Purpose::MatchingOrder => ("matching-order", 0),
             Purpose::MatchingImages => ("matching-images", 0),

@@ -87,6 +87,13 @@ impl Trainer {
         })
     }
 
+    /// The optimiser's momentum (empty without momentum), in the layout of
+    /// the parameters: `--align` reorders its units as the coordinator
+    /// reordered this replica's contribution.
+    pub fn momentum_mut(&mut self) -> &mut [f32] {
+        self.state.velocity_mut()
+    }
+
     pub fn mlp(&self) -> &Mlp {
         &self.mlp
     }

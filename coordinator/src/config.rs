@@ -13,8 +13,12 @@ use lazyavg_proto::auth::{TOKEN_ENV, TOKEN_FILE_ENV, Token};
 use lazyavg_proto::tls::ServerTls;
 use serde::{Deserialize, Serialize};
 
+use crate::align::AlignMethod;
 use crate::error::{Error, Result};
+pub use crate::init::Init;
 use crate::round::Aggregate;
+use crate::sync_every::EPOCH_SAMPLES;
+pub use crate::sync_every::SyncEvery;
 
 /// Port the coordinator listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7070;
@@ -65,6 +69,10 @@ fn default_sync_every(workers: usize) -> usize {
     (MINIBATCHES_PER_ROUND / workers.max(1)).clamp(1, DEFAULT_SYNC_EVERY)
 }
 
+/// `--align activations` compares units on this many training images: enough
+/// for stable correlations of a few hundred units, a few ms of forward passes.
+const DEFAULT_ALIGN_IMAGES: usize = 1000;
+
 /// How long a run may stay paused for lack of workers before it gives up.
 /// Local workers `--spawn-workers` may start: each is a process holding the
 /// whole training set, so more is a typo, not a cluster.
@@ -88,9 +96,9 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// Average the weights every K minibatches (K is the sync interval) [default: 16 up to 8 workers, then 128/N].
-    #[arg(long, value_name = "K")]
-    pub sync_every: Option<usize>,
+    /// Average the weights every K minibatches (K is the sync interval), or once per epoch with `epoch` [default: 16 up to 8 workers, then 128/N].
+    #[arg(long, value_name = "K|epoch")]
+    pub sync_every: Option<SyncEvery>,
 
     /// Passes over the training set [default: 10].
     #[arg(long, value_name = "E")]
@@ -123,6 +131,18 @@ pub struct Settings {
     /// How rounds combine the weights: mean (sample-weighted), median or trimmed-mean [default: mean].
     #[arg(long, value_name = "RULE")]
     pub aggregate: Option<Aggregate>,
+
+    /// Before a contribution is averaged, match its hidden units to the weights last broadcast: none, weights (weight matching) or activations (on --align-images training images) [default: none].
+    #[arg(long, value_name = "METHOD")]
+    pub align: Option<AlignMethod>,
+
+    /// --align activations: how many training images (drawn once from --seed) the units' activations are compared on [default: 1000].
+    #[arg(long, value_name = "M")]
+    pub align_images: Option<usize>,
+
+    /// Where workers start: shared (all from the coordinator's initial weights) or independent (each from its own seed, until the first average) [default: shared].
+    #[arg(long, value_name = "INIT")]
+    pub init: Option<Init>,
 
     /// Pause training while fewer than M workers are connected [default: 1].
     #[arg(long, value_name = "M")]
@@ -208,7 +228,7 @@ pub struct CoordinatorConfig {
     pub train: TrainConfig,
     pub lr_scaling: LrScaling,
     pub workers: usize,
-    pub sync_every: usize,
+    pub sync_every: SyncEvery,
     pub epochs: usize,
     pub round_timeout: Duration,
     pub straggler_factor: f64,
@@ -218,6 +238,9 @@ pub struct CoordinatorConfig {
     /// The settings `outer` was made from (recorded in config.toml).
     pub outer_settings: (OuterRule, f32, f32),
     pub aggregate: Aggregate,
+    pub align: AlignMethod,
+    pub align_images: usize,
+    pub init: Init,
     pub min_workers: usize,
     pub max_wait: Duration,
     pub bind: SocketAddr,
@@ -317,15 +340,28 @@ impl Settings {
                 "invalid --min-workers: {min_workers} is more than the {workers} workers (--workers) the run waits for"
             )));
         }
-        let sync_every = positive(self.sync_every.unwrap_or_else(|| default_sync_every(workers)), "--sync-every")?;
-        // Far above any dataset, and safe to multiply by any number of workers.
-        if sync_every.checked_mul(train.batch_size).is_none_or(|samples| samples > u32::MAX as usize) {
+        let sync_every = self.sync_every.unwrap_or_else(|| SyncEvery::Minibatches(default_sync_every(workers)));
+        if let SyncEvery::Minibatches(k) = sync_every {
+            positive(k, "--sync-every")?;
+            // Far above any dataset, and safe to multiply by any number of workers.
+            if k.checked_mul(train.batch_size).is_none_or(|samples| samples > EPOCH_SAMPLES) {
+                return Err(Error::Config(format!(
+                    "invalid --sync-every: {k} minibatches of {} samples is more than {EPOCH_SAMPLES} samples a round",
+                    train.batch_size,
+                )));
+            }
+        }
+        let align = self.align.unwrap_or_default();
+        if align != AlignMethod::None && self.overlap {
+            // Under --overlap a worker trains on past the weights it sent, in
+            // its own unit order, and adds that training to the average as a
+            // correction: permuting the contribution would mix two orders.
             return Err(Error::Config(format!(
-                "invalid --sync-every: {sync_every} minibatches of {} samples is more than {} samples a round",
-                train.batch_size,
-                u32::MAX
+                "--align {align} cannot be combined with --overlap: a worker trains on in its own unit order \
+                 while its contribution is matched; drop one of them"
             )));
         }
+        let align_images = positive(self.align_images.unwrap_or(DEFAULT_ALIGN_IMAGES), "--align-images")?;
         let outer_settings = (
             self.outer_optimizer.unwrap_or_else(|| default_outer_rule(workers)),
             self.outer_lr.unwrap_or(DEFAULT_OUTER_LR),
@@ -362,6 +398,9 @@ impl Settings {
             outer: OuterOptimizer::new(outer_settings.0, outer_settings.1, outer_settings.2)?,
             outer_settings,
             aggregate: self.aggregate.unwrap_or_default(),
+            align,
+            align_images,
+            init: self.init.unwrap_or_default(),
             min_workers,
             max_wait: within_longest_wait(self.max_wait.unwrap_or(DEFAULT_MAX_WAIT), "--max-wait")?,
             bind,
@@ -398,6 +437,9 @@ impl CoordinatorConfig {
             outer_lr: Some(self.outer_settings.1),
             outer_momentum: Some(self.outer_settings.2),
             aggregate: Some(self.aggregate),
+            align: Some(self.align),
+            align_images: Some(self.align_images),
+            init: Some(self.init),
             min_workers: Some(self.min_workers),
             max_wait: Some(self.max_wait),
             train: TrainSettings::from_config(&self.train),
@@ -419,7 +461,10 @@ impl CoordinatorConfig {
 
     /// Samples each worker trains between two averaging rounds.
     pub fn samples_per_round(&self) -> usize {
-        self.sync_every * self.train.batch_size
+        match self.sync_every {
+            SyncEvery::Minibatches(k) => k * self.train.batch_size,
+            SyncEvery::Epoch => EPOCH_SAMPLES,
+        }
     }
 }
 
@@ -484,7 +529,8 @@ mod tests {
         let file = Settings::from_file(&path).unwrap();
         let flags = Settings { epochs: Some(5), ..Settings::default() };
         let config = file.overlay(&flags).unwrap().resolve_in(3, None).unwrap();
-        assert_eq!((config.epochs, config.train.lr, config.workers, config.sync_every), (5, 0.2, 3, 16));
+        assert_eq!((config.epochs, config.train.lr, config.workers), (5, 0.2, 3));
+        assert_eq!(config.sync_every, SyncEvery::Minibatches(16));
         assert_eq!(config.train.hidden, vec![64, 32]);
         assert!(config.verify);
         assert_eq!(config.round_timeout, Duration::from_secs(2));
@@ -516,16 +562,30 @@ mod tests {
 
     #[test]
     fn rounds_come_more_often_beyond_eight_workers_unless_told() {
-        let sync_every = |settings: Settings, n: usize| settings.resolve_in(n, None).unwrap().sync_every;
-        let interval: Vec<usize> = [1, 2, 8, 9, 12, 16, 20, 200].map(|n| sync_every(Settings::default(), n)).into();
-        assert_eq!(interval, [16, 16, 16, 14, 10, 8, 6, 1]);
-        assert_eq!(sync_every(Settings { sync_every: Some(16), ..Settings::default() }, 16), 16);
+        let sync_every = |settings: Settings, n: usize| settings.resolve_in(n, None).unwrap().sync_every.to_string();
+        let interval: Vec<String> = [1, 2, 8, 9, 12, 16, 20, 200].map(|n| sync_every(Settings::default(), n)).into();
+        assert_eq!(interval, [16, 16, 16, 14, 10, 8, 6, 1].map(|k: usize| k.to_string()));
+        assert_eq!(
+            sync_every(Settings { sync_every: Some(SyncEvery::Minibatches(16)), ..Settings::default() }, 16),
+            "16"
+        );
         let sixteen = Settings::default().resolve_in(16, None).unwrap();
         assert_eq!(
             sixteen.to_settings().resolve_in(0, None).unwrap().sync_every,
-            8,
+            SyncEvery::Minibatches(8),
             "a resumed run keeps its interval"
         );
+    }
+
+    #[test]
+    fn an_epoch_interval_is_one_round_per_shard_and_is_recorded_as_a_word() {
+        let config =
+            Settings { sync_every: Some(SyncEvery::Epoch), ..Settings::default() }.resolve_in(2, None).unwrap();
+        assert!(config.samples_per_round() >= 60_000, "more than any shard");
+        let settings = config.to_settings();
+        assert_eq!(settings.resolve_in(0, None).unwrap().sync_every, SyncEvery::Epoch);
+        assert!(toml::to_string(&settings).unwrap().contains("sync_every = \"epoch\""));
+        assert_eq!((config.align, config.init), (AlignMethod::None, Init::Shared), "both off by default");
     }
 
     #[test]
@@ -554,7 +614,10 @@ mod tests {
         let err = Settings::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("unknown key `sync_evry`"), "{err}");
         let bad = |s: Settings| s.resolve_in(0, None).unwrap_err().to_string();
-        assert!(bad(Settings { sync_every: Some(0), ..Settings::default() }).contains("--sync-every"));
+        assert!(
+            bad(Settings { sync_every: Some(SyncEvery::Minibatches(0)), ..Settings::default() })
+                .contains("--sync-every")
+        );
         assert!(bad(Settings { workers: Some(0), ..Settings::default() }).contains("--workers"));
         let tls = Settings { tls_cert: Some("server.pem".into()), ..Settings::default() };
         assert!(tls.resolve_in(2, None).unwrap_err().to_string().contains("--spawn-workers"));
@@ -563,8 +626,17 @@ mod tests {
         assert!(bad(Settings { max_wait: Some(year), ..Settings::default() }).contains("--max-wait"));
         assert!(bad(Settings { straggler_factor: Some(1e300), ..Settings::default() }).contains("--straggler-factor"));
         assert!(bad(Settings { epochs: Some(1 << 40), ..Settings::default() }).contains("--epochs"));
-        assert!(bad(Settings { sync_every: Some(1 << 62), ..Settings::default() }).contains("--sync-every"));
-        assert!(bad(Settings { sync_every: Some(1 << 28), ..Settings::default() }).contains("--sync-every"));
+        assert!(
+            bad(Settings { sync_every: Some(SyncEvery::Minibatches(1 << 62)), ..Settings::default() })
+                .contains("--sync-every")
+        );
+        assert!(
+            bad(Settings { sync_every: Some(SyncEvery::Minibatches(1 << 28)), ..Settings::default() })
+                .contains("--sync-every")
+        );
+        let both = Settings { align: Some(AlignMethod::Weights), overlap: true, ..Settings::default() };
+        assert!(bad(both).contains("--align weights cannot be combined with --overlap"));
+        assert!(bad(Settings { align_images: Some(0), ..Settings::default() }).contains("--align-images"));
         let min = Settings { workers: Some(1), min_workers: Some(3), ..Settings::default() };
         assert!(bad(min).contains("--min-workers"));
         assert!(Settings::default().resolve_in(100_000, None).unwrap_err().to_string().contains("--spawn-workers"));

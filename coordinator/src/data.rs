@@ -8,6 +8,7 @@ use lazyavg_common::dataset::{self, DATA_FILES, Dataset};
 use lazyavg_common::fetch::{self, FetchOptions};
 use tracing::info;
 
+use crate::align::AlignMethod;
 use crate::config::CoordinatorConfig;
 use crate::error::Result;
 use crate::service::DatasetOffer;
@@ -17,6 +18,8 @@ use crate::service::DatasetOffer;
 pub struct Prepared {
     pub offer: DatasetOffer,
     pub test: Arc<Dataset>,
+    /// The training set itself, kept only for `--align activations`.
+    pub train: Option<Arc<Dataset>>,
     pub n_train: usize,
     pub image_len: usize,
 }
@@ -39,5 +42,6 @@ pub fn prepare(config: &CoordinatorConfig) -> Result<Prepared> {
         image_len: split.train.image_len(),
         offer: DatasetOffer { sha256, images: split.train.len() as u64, blob: blob.into() },
         test: Arc::new(split.test),
+        train: (config.align == AlignMethod::Activations).then(|| Arc::new(split.train)),
     })
 }

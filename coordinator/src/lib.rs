@@ -7,6 +7,10 @@
 //! - [`config`]: flags and config file, merged and validated.
 //! - [`schedule`]: the epoch's permutation and shards (pure).
 //! - [`round`]: one averaging round as a state machine (pure).
+//! - [`aggregate`]: the rules that combine a round's contributions, one unit each.
+//! - [`align`]: matching a contribution's hidden units to the reference (`--align`).
+//! - [`sync_every`]: the sync interval, K minibatches or an epoch.
+//! - [`init`]: shared or independent starting weights (`--init`).
 //! - [`registry`]: joined workers and their sessions (pure).
 //! - [`service`]: the gRPC handlers, turning sessions into events.
 //! - [`driver`]: the training loop that consumes those events.
@@ -16,12 +20,15 @@
 //! - [`metrics`], [`dump`], [`progress`]: what the run writes and shows.
 //! - [`spawn`]: local workers for one-machine runs.
 
+pub mod aggregate;
+pub mod align;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod driver;
 pub mod dump;
 pub mod error;
+pub mod init;
 pub mod metrics;
 pub mod progress;
 pub mod registry;
@@ -30,6 +37,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod service;
 pub mod spawn;
+pub mod sync_every;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +58,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::align::Alignment;
 use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
@@ -141,6 +150,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         0 => None,
         n => Some(dump::RoundDump::new(out_dir.join("rounds"), n)?),
     };
+    let alignment = Alignment::for_run(config.align, &mlp, config.train.seed, data.train, config.align_images);
     let driver = driver::Driver::new(
         config,
         mlp.clone(),
@@ -151,7 +161,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         shutdown,
         metrics,
         dump,
-    );
+    )
+    .aligning(alignment);
     let mut server_ended = false;
     let result = tokio::select! {
         result = driver.run() => result,

@@ -1,51 +1,28 @@
 //! One averaging round as a state machine: who is expected, what has arrived,
 //! and how the contributions are combined. Pure: no I/O, no clock.
 //!
-//! With `--aggregate mean` (the default) contributions are added into ONE
-//! running f64 sum as their chunks arrive, so memory is O(model) whatever the
-//! number of workers. The robust rules (`median`, `trimmed-mean`) need every
-//! contribution whole, O(workers × model), and ignore sample counts: that is
-//! the price of a model that one broken or hostile worker cannot drag away.
-//! With the mean, Each worker's weight is
-//! the number of samples the coordinator's own shard table says it trained
-//! this round, never what the worker claims. Accumulating in f64 makes the
-//! result independent of arrival order in practice (and exactly so for two
-//! workers, since addition is commutative), which keeps seeded runs reproducible.
+//! Each chunk is decoded once and handed to the round's [`Aggregator`]
+//! (`--aggregate`, see [`crate::aggregate`]); with the default mean that is
+//! ONE running f64 sum, O(model) memory whatever the number of workers. Each
+//! worker's weight is the number of samples the coordinator's own shard table
+//! says it trained this round, never what the worker claims.
+//!
+//! With an [`Aligner`] (`--align`), each contribution is instead assembled
+//! whole, its hidden units matched to the round's reference and reordered,
+//! and only then handed to the aggregator; the reorderings are kept for the
+//! workers, whose momentum must follow.
 
 use std::collections::BTreeMap;
 
-use lazyavg_proto::chunks::{ChunkCursor, decode_values, first_non_finite};
+use lazyavg_common::matching::Permutation;
+use lazyavg_proto::chunks::{ChunkCursor, decode_into, first_non_finite};
 use lazyavg_proto::{ProtoError, pb};
 
+pub use crate::aggregate::Aggregate;
+use crate::aggregate::{Aggregator, WeightedMean};
+use crate::align::Aligner;
+
 pub type WorkerId = u64;
-
-/// How a round combines the workers' weights (`--aggregate`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Aggregate {
-    /// Sample-weighted mean: the exact lazy-aggregation update, O(model) memory.
-    #[default]
-    Mean,
-    /// Coordinate-wise median: a minority of bad workers cannot move it far.
-    Median,
-    /// Coordinate-wise mean after dropping the largest and smallest fifth (at
-    /// least one each from 3 workers on).
-    TrimmedMean,
-}
-
-/// Values dropped from each end by the trimmed mean of `n` values.
-fn trimmed(n: usize) -> usize {
-    if n >= 3 { (n / 5).max(1) } else { 0 }
-}
-
-/// Where contributions go as they arrive.
-#[derive(Debug)]
-enum Accumulator {
-    /// Σ samples_i · w_i in f64, added chunk by chunk.
-    WeightedSum(Vec<f64>),
-    /// Every contribution kept whole for a coordinate-wise statistic.
-    Gathered { rule: Aggregate, values: BTreeMap<WorkerId, Vec<f32>> },
-}
 
 /// Why a message was not taken into the round.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -62,6 +39,8 @@ pub enum RoundError {
     NonFinite { worker: WorkerId, index: usize },
     #[error(transparent)]
     Chunk(#[from] ProtoError),
+    #[error("cannot match the hidden units of worker {worker}'s weights: {problem}")]
+    Align { worker: WorkerId, problem: String },
     #[error("no worker contributed to epoch {epoch} round {round}")]
     Empty { epoch: u64, round: u64 },
     #[error("epoch {epoch} round {round} must be redone: a worker left after part of its weights were summed")]
@@ -101,6 +80,10 @@ pub struct RoundSummary {
     pub loss_sum: f64,
     /// Mean over contributors of the seconds they spent training this round.
     pub mean_train_seconds: f64,
+    /// `--align`: the contributors whose units were reordered, and how.
+    pub realigned: BTreeMap<WorkerId, Permutation>,
+    /// `--align`: seconds spent matching units this round.
+    pub align_seconds: f64,
 }
 
 /// An open round.
@@ -110,31 +93,43 @@ pub struct Round {
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
     len: usize,
-    acc: Accumulator,
+    aggregator: Box<dyn Aggregator>,
+    /// `--align`: matches each whole contribution before it is aggregated.
+    aligner: Option<Aligner>,
+    /// `--align`: contributions being assembled, until complete.
+    staged: BTreeMap<WorkerId, Vec<f32>>,
+    /// `--align`: the reordering each complete contribution went through.
+    realigned: BTreeMap<WorkerId, Permutation>,
+    /// One chunk's values, decoded once for the aggregator.
+    scratch: Vec<f32>,
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
     non_finite: Vec<WorkerId>,
 }
 
 impl Round {
-    /// A round over `participants` (worker, samples trained since the last
-    /// sync) for a model of `len` parameters. `sum` is a buffer to reuse
-    /// (cleared and resized here) so rounds do not reallocate.
-    pub fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, mut sum: Vec<f64>) -> Self {
-        sum.clear();
-        sum.resize(len, 0.0);
-        Self::with(epoch, round, participants, len, Accumulator::WeightedSum(sum))
+    /// A mean round over `participants` (worker, samples trained since the
+    /// last sync) for a model of `len` parameters, adding into `sum` (cleared
+    /// and resized here).
+    pub fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, sum: Vec<f64>) -> Self {
+        Self::with(epoch, round, participants, len, Box::new(WeightedMean::reusing(sum)))
     }
 
-    /// A round combining contributions by `rule`; `Mean` allocates its sum here.
+    /// A round combining contributions by `rule`.
     pub fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-        match rule {
-            Aggregate::Mean => Self::new(epoch, round, participants, len, Vec::new()),
-            _ => Self::with(epoch, round, participants, len, Accumulator::Gathered { rule, values: BTreeMap::new() }),
-        }
+        Self::with(epoch, round, participants, len, rule.aggregator())
     }
 
-    fn with(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, acc: Accumulator) -> Self {
+    /// A round combining contributions with `aggregator`, reset here (so the
+    /// one a finished round gave back can be reused).
+    pub fn with(
+        epoch: u64,
+        round: u64,
+        participants: &[(WorkerId, u64)],
+        len: usize,
+        mut aggregator: Box<dyn Aggregator>,
+    ) -> Self {
+        aggregator.reset(len);
         let parts = participants
             .iter()
             .map(|&(id, weight)| {
@@ -149,7 +144,26 @@ impl Round {
                 (id, part)
             })
             .collect();
-        Round { epoch, round, parts, len, acc, tainted: false, non_finite: Vec::new() }
+        Round {
+            epoch,
+            round,
+            parts,
+            len,
+            aggregator,
+            aligner: None,
+            staged: BTreeMap::new(),
+            realigned: BTreeMap::new(),
+            scratch: Vec::new(),
+            tainted: false,
+            non_finite: Vec::new(),
+        }
+    }
+
+    /// This round with each contribution aligned by `aligner` before it is
+    /// aggregated.
+    pub fn aligning(mut self, aligner: Aligner) -> Self {
+        self.aligner = Some(aligner);
+        self
     }
 
     pub fn epoch(&self) -> u64 {
@@ -219,39 +233,57 @@ impl Round {
         }
         let range = part.cursor.advance(chunk)?;
         if let Some(bad) = first_non_finite(&chunk.data) {
-            let summed = part.state == State::Receiving;
+            let previous = part.state;
             part.state = State::Excluded;
             self.non_finite.push(worker);
-            self.forget(worker, summed);
+            self.forget(worker, previous);
             return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
-        let weight = part.weight as f64;
-        part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
-        match &mut self.acc {
-            Accumulator::WeightedSum(sum) => {
-                for (acc, v) in sum[range].iter_mut().zip(decode_values(&chunk.data)) {
-                    *acc += weight * f64::from(v);
+        let samples = part.weight;
+        let complete = part.cursor.is_complete();
+        part.state = if complete { State::Complete } else { State::Receiving };
+        let Some(aligner) = self.aligner.as_mut() else {
+            self.scratch.resize(range.len(), 0.0);
+            decode_into(&mut self.scratch, &chunk.data);
+            self.aggregator.add(worker, samples, range, &self.scratch);
+            return Ok(());
+        };
+        let len = self.len;
+        let staged = self.staged.entry(worker).or_insert_with(|| vec![0.0; len]);
+        decode_into(&mut staged[range], &chunk.data);
+        if !complete {
+            return Ok(());
+        }
+        let mut whole = self.staged.remove(&worker).unwrap_or_default();
+        match aligner.align(&mut whole) {
+            Ok(perm) => {
+                self.aggregator.add(worker, samples, 0..len, &whole);
+                if !perm.is_identity() {
+                    self.realigned.insert(worker, perm);
                 }
+                Ok(())
             }
-            Accumulator::Gathered { values, .. } => {
-                let len = self.len;
-                let buffer = values.entry(worker).or_insert_with(|| vec![0.0; len]);
-                for (dst, v) in buffer[range].iter_mut().zip(decode_values(&chunk.data)) {
-                    *dst = v;
-                }
+            Err(e) => {
+                self.exclude(worker);
+                Err(RoundError::Align { worker, problem: e.to_string() })
             }
         }
-        Ok(())
     }
 
-    /// Drops what a worker contributed. A weighted sum cannot give back a
-    /// partly added contribution, so that taints the round.
-    fn forget(&mut self, worker: WorkerId, partly_summed: bool) {
-        match &mut self.acc {
-            Accumulator::WeightedSum(_) => self.tainted |= partly_summed,
-            Accumulator::Gathered { values, .. } => {
-                values.remove(&worker);
-            }
+    /// Drops what a worker contributed, its state having been `previous`.
+    /// An aggregator that cannot give back a partly added contribution (a
+    /// running sum) is spoiled by it. Aligned contributions reach the
+    /// aggregator only once complete.
+    fn forget(&mut self, worker: WorkerId, previous: State) {
+        self.staged.remove(&worker);
+        self.realigned.remove(&worker);
+        let added = match previous {
+            State::Complete => true,
+            State::Receiving => self.aligner.is_none(),
+            State::Waiting | State::Excluded => false,
+        };
+        if !self.aggregator.forget(worker) {
+            self.tainted |= added;
         }
     }
 
@@ -261,10 +293,10 @@ impl Round {
     /// the round is tainted and must be redone.
     pub fn exclude(&mut self, worker: WorkerId) {
         let Some(part) = self.parts.get_mut(&worker) else { return };
-        let summed = matches!(part.state, State::Receiving | State::Complete);
-        if part.state != State::Excluded {
+        let previous = part.state;
+        if previous != State::Excluded {
             part.state = State::Excluded;
-            self.forget(worker, summed);
+            self.forget(worker, previous);
         }
     }
 
@@ -280,18 +312,22 @@ impl Round {
     }
 
     /// Writes the combined weights into `out` and returns the summary and the
-    /// sum buffer for reuse. Call when [`is_complete`](Self::is_complete) (or
+    /// aggregator for reuse. Call when [`is_complete`](Self::is_complete) (or
     /// at the round's deadline, after excluding the missing workers); only
     /// complete contributions count.
-    pub fn finish(self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Vec<f64>) {
-        let Round { epoch, round, parts, acc, tainted, non_finite, .. } = self;
-        // A worker caught mid-transfer has part of its weights in a weighted
-        // sum (so the round is spoiled); a gathered partial buffer is ignored.
-        let partly_summed = parts.values().any(|p| p.state == State::Receiving);
-        let tainted = tainted || partly_summed && matches!(acc, Accumulator::WeightedSum(_));
-        let done: Vec<(WorkerId, &Part)> =
-            parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p)).collect();
-        let samples: u64 = done.iter().map(|(_, p)| p.weight).sum();
+    pub fn finish(mut self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Box<dyn Aggregator>) {
+        // A worker caught mid-transfer has part of its weights in the
+        // aggregator: one that cannot forget them (a sum) is spoiled.
+        let partial: Vec<WorkerId> =
+            self.parts.iter().filter(|(_, p)| p.state == State::Receiving).map(|(&id, _)| id).collect();
+        for id in partial {
+            self.forget(id, State::Receiving);
+        }
+        let align_seconds = self.aligner.as_ref().map_or(0.0, |a| a.spent().as_secs_f64());
+        let Round { epoch, round, parts, mut aggregator, tainted, non_finite, realigned, .. } = self;
+        let done: Vec<(WorkerId, u64)> =
+            parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
+        let samples: u64 = done.iter().map(|&(_, s)| s).sum();
         // With no usable weights, a redo cannot help whatever else happened.
         let failure = if done.is_empty() && !non_finite.is_empty() {
             Some(RoundError::Diverged { epoch, round })
@@ -302,57 +338,21 @@ impl Round {
         } else {
             None
         };
-        let buffer = match acc {
-            Accumulator::WeightedSum(sum) => {
-                if failure.is_none() {
-                    let scale = 1.0 / samples as f64;
-                    for (o, &s) in out.iter_mut().zip(&sum) {
-                        *o = (s * scale) as f32;
-                    }
-                }
-                sum
-            }
-            Accumulator::Gathered { rule, values } => {
-                if failure.is_none() {
-                    let inputs: Vec<&[f32]> =
-                        done.iter().filter_map(|(id, _)| values.get(id)).map(Vec::as_slice).collect();
-                    combine_coordinatewise(rule, &inputs, out);
-                }
-                Vec::new()
-            }
-        };
         if let Some(err) = failure {
-            return (Err(err), buffer);
+            return (Err(err), aggregator);
         }
+        aggregator.finish(&done, out);
         let summary = RoundSummary {
             epoch,
             round,
-            contributors: done.iter().map(|(id, p)| (*id, p.weight)).collect(),
             samples,
-            loss_sum: done.iter().map(|(_, p)| p.loss_sum).sum(),
-            mean_train_seconds: done.iter().map(|(_, p)| p.train_seconds).sum::<f64>() / done.len() as f64,
+            loss_sum: done.iter().map(|(id, _)| parts[id].loss_sum).sum(),
+            mean_train_seconds: done.iter().map(|(id, _)| parts[id].train_seconds).sum::<f64>() / done.len() as f64,
+            contributors: done,
+            realigned,
+            align_seconds,
         };
-        (Ok(summary), buffer)
-    }
-}
-
-/// Writes the coordinate-wise median or trimmed mean of `inputs` into `out`.
-fn combine_coordinatewise(rule: Aggregate, inputs: &[&[f32]], out: &mut [f32]) {
-    let n = inputs.len();
-    let mut column = vec![0.0f32; n];
-    for (i, o) in out.iter_mut().enumerate() {
-        for (c, input) in column.iter_mut().zip(inputs) {
-            *c = input[i];
-        }
-        column.sort_unstable_by(f32::total_cmp);
-        *o = match rule {
-            Aggregate::Median if n % 2 == 1 => column[n / 2],
-            Aggregate::Median => ((f64::from(column[n / 2 - 1]) + f64::from(column[n / 2])) / 2.0) as f32,
-            Aggregate::TrimmedMean | Aggregate::Mean => {
-                let kept = &column[trimmed(n)..n - trimmed(n)];
-                (kept.iter().map(|&v| f64::from(v)).sum::<f64>() / kept.len() as f64) as f32
-            }
-        };
+        (Ok(summary), aggregator)
     }
 }
 
@@ -514,6 +514,86 @@ mod tests {
         send(&mut median, 2, &[4.0]).unwrap();
         let summary = median.finish(&mut out).0.unwrap();
         assert_eq!((out, summary.contributors), ([4.0], vec![(2, 1)]));
+    }
+
+    mod aligned {
+        use lazyavg_common::matching::{PermutationSpec, apply};
+        use lazyavg_common::model::Mlp;
+        use lazyavg_common::params::Architecture;
+        use lazyavg_common::rng::StreamRng;
+        use rand::SeedableRng;
+
+        use super::*;
+        use crate::align::{AlignMethod, Alignment};
+
+        /// A small MLP's weights, and a round over workers 1 and 2 aligned to them.
+        fn setup(seed: u64) -> (Mlp, PermutationSpec, Vec<f32>, Alignment) {
+            let mlp = Mlp::new(Architecture::mlp(6, &[8, 5], 3).unwrap());
+            let spec = PermutationSpec::mlp(mlp.layout());
+            let reference = mlp.init(seed);
+            let alignment = Alignment::for_run(AlignMethod::Weights, &mlp, seed, None, 0).unwrap();
+            (mlp, spec, reference, alignment)
+        }
+
+        #[test]
+        fn a_permuted_copy_of_the_reference_is_put_back_exactly_and_its_reordering_kept() {
+            let (_, spec, reference, alignment) = setup(3);
+            let p = Permutation::random(&spec, &mut StreamRng::seed_from_u64(9));
+            assert!(!p.is_identity());
+            let mut shuffled = reference.clone();
+            apply(&spec, &p, &mut shuffled).unwrap();
+            let len = reference.len();
+            let mut round = Round::new(1, 0, &[(1, 3), (2, 1)], len, Vec::new()).aligning(alignment.start(&reference));
+            send(&mut round, 1, &shuffled).unwrap();
+            send(&mut round, 2, &reference).unwrap();
+            let mut out = vec![0.0; len];
+            let summary = round.finish(&mut out).0.unwrap();
+            assert_eq!(out, reference, "both contributions are the reference once aligned");
+            assert_eq!(summary.realigned.keys().copied().collect::<Vec<_>>(), [1], "worker 2 was already in order");
+            let q = &summary.realigned[&1];
+            assert_eq!(q, &p.inverse(), "the reordering that undoes the shuffle");
+            // What the worker does with its momentum: the same reordering.
+            let mut momentum = shuffled.clone();
+            apply(&spec, q, &mut momentum).unwrap();
+            assert_eq!(momentum, reference);
+        }
+
+        #[test]
+        fn a_contribution_left_half_sent_is_dropped_without_spoiling_the_mean() {
+            let (_, spec, reference, alignment) = setup(4);
+            // The first 8 values of worker 1, then it leaves.
+            let len = reference.len();
+            let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], len, Vec::new()).aligning(alignment.start(&reference));
+            let chunk = weight_chunks(1, 0, &reference).next().unwrap();
+            let half = pb::WeightsChunk { data: chunk.data.slice(..8 * 4), total: len as u64, ..chunk };
+            round.accept(1, &half).unwrap();
+            round.exclude(1);
+            let mut other = reference.clone();
+            apply(&spec, &Permutation::random(&spec, &mut StreamRng::seed_from_u64(5)), &mut other).unwrap();
+            send(&mut round, 2, &other).unwrap();
+            let mut out = vec![0.0; len];
+            let summary = round.finish(&mut out).0.unwrap();
+            assert_eq!(summary.contributors, vec![(2, 1)]);
+            assert_eq!(out, reference);
+            assert_eq!(summary.realigned.len(), 1);
+        }
+
+        #[test]
+        fn robust_rules_take_aligned_contributions_too() {
+            let (_, spec, reference, alignment) = setup(6);
+            let len = reference.len();
+            let ids: Vec<(WorkerId, u64)> = (1..=3).map(|id| (id, 1)).collect();
+            let mut round =
+                Round::aggregating(1, 0, &ids, len, Aggregate::Median).aligning(alignment.start(&reference));
+            for id in 1..=3 {
+                let mut shuffled = reference.clone();
+                apply(&spec, &Permutation::random(&spec, &mut StreamRng::seed_from_u64(id)), &mut shuffled).unwrap();
+                send(&mut round, id, &shuffled).unwrap();
+            }
+            let mut out = vec![0.0; len];
+            assert_eq!(round.finish(&mut out).0.unwrap().realigned.len(), 3);
+            assert_eq!(out, reference);
+        }
     }
 
     #[test]

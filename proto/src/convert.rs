@@ -1,6 +1,7 @@
 //! Conversions between protobuf messages and domain types.
 
 use lazyavg_common::config::{LrSchedule, RunSpec, TrainConfig};
+use lazyavg_common::matching::{Permutation, PermutationSpec};
 use lazyavg_common::params::Architecture;
 
 use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
@@ -76,6 +77,29 @@ pub fn decode_indices(bytes: &[u8]) -> Result<Vec<u32>, ProtoError> {
     Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
+/// `--align`: tells a worker the reordering `perm` (of a model laid out as
+/// `spec`) that its contribution to `epoch`/`round` went through.
+pub fn realign_message(epoch: u64, round: u64, spec: &PermutationSpec, perm: &Permutation) -> pb::Realign {
+    let groups = (0..spec.groups.len()).map(|g| pb::UnitOrder { units: perm.group(g).to_vec() }).collect();
+    pb::Realign { epoch, round, groups }
+}
+
+/// The inverse of [`realign_message`], checked against the worker's own
+/// model: one reordering of the right size per group of `spec`.
+pub fn decode_realign(msg: pb::Realign, spec: &PermutationSpec) -> Result<Permutation, ProtoError> {
+    let sizes: Vec<usize> = msg.groups.iter().map(|g| g.units.len()).collect();
+    if sizes != spec.sizes() {
+        return Err(ProtoError::Config(format!(
+            "realign for epoch {} round {}: groups of {sizes:?} units, but this model's groups have {:?}",
+            msg.epoch,
+            msg.round,
+            spec.sizes()
+        )));
+    }
+    Permutation::new(msg.groups.into_iter().map(|g| g.units).collect())
+        .map_err(|e| ProtoError::Config(format!("realign for epoch {} round {}: {e}", msg.epoch, msg.round)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +137,22 @@ mod tests {
         let back: Vec<u32> = msgs.iter().flat_map(|m| decode_indices(&m.indices).unwrap()).collect();
         assert_eq!(back, indices);
         assert_eq!(shard_messages(1, &[], false).len(), 1);
+    }
+
+    #[test]
+    fn a_realign_round_trips_and_one_that_does_not_fit_the_model_is_refused() {
+        let arch = lazyavg_common::params::Architecture::mlp(4, &[3, 5], 2).unwrap();
+        let spec = PermutationSpec::mlp(&arch.layout());
+        let perm = Permutation::new(vec![vec![2, 0, 1], vec![4, 3, 2, 1, 0]]).unwrap();
+        let msg = realign_message(2, 7, &spec, &perm);
+        assert_eq!((msg.epoch, msg.round, msg.groups.len()), (2, 7, 2));
+        assert_eq!(decode_realign(msg.clone(), &spec).unwrap(), perm);
+        let mut short = msg.clone();
+        short.groups.pop();
+        assert!(decode_realign(short, &spec).unwrap_err().to_string().contains("[3]"));
+        let mut twice = msg;
+        twice.groups[0].units = vec![0, 0, 1];
+        assert!(decode_realign(twice, &spec).unwrap_err().to_string().contains("round 7"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - [`pb`]: the generated messages, client and server.
 //! - [`auth`]: the shared-secret token, checked on every call.
 //! - [`tls`]: certificate files for TLS and mutual TLS.
-//! - [`convert`]: run configuration and shard indices to and from protobuf.
+//! - [`convert`]: run configuration, shard indices and unit reorderings to and from protobuf.
 //! - [`chunks`]: parameter buffers cut into ≤ 1 MiB chunks and put back together.
 
 pub mod auth;
@@ -22,7 +22,8 @@ pub mod pb {
 }
 
 /// Version of the protocol in `lazyavg.proto`; Join refuses any other.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: the coordinator may send `Realign` (`--align`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The most payload bytes one message carries (weights, dataset, indices).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

@@ -614,8 +614,12 @@ async fn misbehave(addr: &str, real_worker: u32) -> ClientLog {
     let mut client = connect(addr).await;
 
     // Refusals before any session.
-    let err = join(&mut client, 99, "test-client").await.expect_err("protocol 99 was accepted");
-    log.refused.push(("Join with protocol 99", err.code()));
+    // A worker of the release before (protocol 2 knew no Realign) is told why.
+    let old = lazyavg_proto::PROTOCOL_VERSION - 1;
+    let err = join(&mut client, old, "test-client").await.expect_err("the previous protocol was accepted");
+    let speaks = format!("worker speaks protocol version {old}, this coordinator speaks {}", old + 1);
+    assert!(err.message().contains(&speaks), "{}", err.message());
+    log.refused.push(("Join with the previous protocol", err.code()));
     let report = Reply::Report(pb::RoundReport::default());
     let err = TestSession::open(&mut client, report).await.err().expect("a session without Attach was accepted");
     log.refused.push(("Session without Attach", err.code()));
@@ -711,7 +715,7 @@ fn bad_worker_messages_are_refused_and_training_goes_on() {
     assert_eq!(
         log.refused,
         [
-            ("Join with protocol 99", Code::FailedPrecondition),
+            ("Join with the previous protocol", Code::FailedPrecondition),
             ("Session without Attach", Code::InvalidArgument),
             ("Attach of an unknown id", Code::FailedPrecondition),
             ("a second Attach of the same id", Code::FailedPrecondition),

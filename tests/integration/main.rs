@@ -21,7 +21,11 @@
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `flags`: docs/flags.md against the binaries' `--help`; the hidden debugging knobs.
 //! - `scaling`: `lazyavg-bench scaling` (the bench crate) driving this `lazyavg`, end to end.
+//! - `align`: `--align` with `--init independent --sync-every epoch` (units
+//!   matched, momentum reordered, the model file the last average), and
+//!   `--align none` bit for bit the run without the flag.
 
+mod align;
 mod cluster;
 mod containers;
 mod deploy;

@@ -11,7 +11,8 @@ use lazyavg_common::matching::{Permutation, PermutationSpec, apply};
 use lazyavg_common::model::{Mlp, Workspace};
 use lazyavg_common::model_file;
 use lazyavg_common::params::Architecture;
-use lazyavg_common::rng::Rng;
+use lazyavg_common::rng::StreamRng;
+use rand::SeedableRng;
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::support::*;
@@ -128,10 +129,10 @@ fn a_pytorch_file_merges_with_its_permuted_copy_into_itself() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let arch = Architecture::mlp(784, &[24, 16], 10).unwrap();
     let mlp = Mlp::new(arch.clone());
-    let params = mlp.init(&mut Rng::seed_from(3));
+    let params = mlp.init(3);
     let spec = PermutationSpec::mlp(mlp.layout());
     let mut shuffled = params.clone();
-    apply(&spec, &Permutation::random(&spec, &mut Rng::seed_from(4)), &mut shuffled).unwrap();
+    apply(&spec, &Permutation::random(&spec, &mut StreamRng::seed_from_u64(4)), &mut shuffled).unwrap();
     assert_ne!(shuffled, params);
     let (torch, copy) = (tmp.path().join("torch.safetensors"), tmp.path().join("copy.safetensors"));
     save_like_pytorch(&torch, &arch, &params);
@@ -150,7 +151,7 @@ fn files_of_different_architectures_are_refused_naming_both() {
     let (a, b) = (tmp.path().join("wide.safetensors"), tmp.path().join("narrow.safetensors"));
     for (path, hidden) in [(&a, 8), (&b, 6)] {
         let arch = Architecture::mlp(784, &[hidden], 10).unwrap();
-        model_file::save(path, &arch, &Mlp::new(arch.clone()).init(&mut Rng::seed_from(1))).unwrap();
+        model_file::save(path, &arch, &Mlp::new(arch.clone()).init(1)).unwrap();
     }
     let out = merge(&[&a, &b], &[], &tmp.path().join("merged.safetensors"));
     let stderr = String::from_utf8_lossy(&out.stderr);

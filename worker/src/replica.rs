@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
+use lazyavg_common::matching::{self, Permutation, PermutationSpec};
 use lazyavg_common::model::Mlp;
 use lazyavg_common::train::{Progress, Trainer};
 use lazyavg_proto::chunks::{decode_into, decode_values};
@@ -38,6 +39,8 @@ pub struct Replica {
     /// Minibatches trained since sending `sent`, while its average is awaited.
     awaiting: Option<usize>,
     slot: Arc<AverageSlot>,
+    /// Which units of the model may be reordered (`--align`).
+    spec: PermutationSpec,
 }
 
 /// How an average was applied.
@@ -126,6 +129,7 @@ impl Replica {
             .into());
         }
         let mlp = Mlp::new(spec.arch.clone());
+        let units = PermutationSpec::mlp(mlp.layout());
         let params = vec![0.0; mlp.len()];
         let sent = Arc::new(params.clone());
         let trainer = Trainer::with_params(&spec.train, mlp, params)?;
@@ -138,6 +142,7 @@ impl Replica {
             sent,
             awaiting: None,
             slot: Arc::default(),
+            spec: units,
         })
     }
 
@@ -151,6 +156,22 @@ impl Replica {
 
     pub fn params(&self) -> &[f32] {
         self.trainer.params()
+    }
+
+    /// Which units of the model may be reordered (to decode a `Realign`).
+    pub fn units(&self) -> &PermutationSpec {
+        &self.spec
+    }
+
+    /// `--align`: the coordinator reordered this replica's last contribution
+    /// by `perm` before averaging; the momentum, still in this replica's own
+    /// unit order, follows, so it goes on pushing each unit the way it did.
+    pub fn realign(&mut self, perm: &Permutation) -> Result<()> {
+        let momentum = self.trainer.momentum_mut();
+        if !momentum.is_empty() {
+            matching::apply(&self.spec, perm, momentum)?;
+        }
+        Ok(())
     }
 
     /// Where the session leaves an average for this replica while it trains.
@@ -267,7 +288,53 @@ impl Replica {
 
 #[cfg(test)]
 mod tests {
+    use lazyavg_common::config::TrainConfig;
+    use lazyavg_common::idx::Images;
+    use lazyavg_common::rng::StreamRng;
+    use lazyavg_proto::convert::encode_indices;
+    use rand::{RngExt, SeedableRng};
+
     use super::*;
+
+    #[test]
+    fn a_replica_whose_units_and_momentum_were_reordered_trains_on_as_the_same_model() {
+        let mut rng = StreamRng::seed_from_u64(4);
+        let pixels: Vec<u8> = (0..64 * 6).map(|_| rng.random_range(0..256) as u8).collect();
+        let labels: Vec<u8> = (0..64).map(|_| rng.random_range(0..10) as u8).collect();
+        let data = Arc::new(Dataset::new(Images { count: 64, rows: 2, cols: 3, pixels }, labels, "toy").unwrap());
+        let train = TrainConfig { hidden: vec![7, 5], batch_size: 8, momentum: 0.9, ..TrainConfig::default() };
+        let spec = RunSpec { arch: train.architecture(6, 10).unwrap(), train, epochs: 1 };
+        let shard =
+            pb::AssignShard { epoch: 1, indices: encode_indices(&(0..64).collect::<Vec<_>>()).into(), extend: false };
+        let pull =
+            |from, until| pb::PullWeights { epoch: 1, round: 1, train_from: from, train_until: until, after_round: 0 };
+        let start = Mlp::new(spec.arch.clone()).init_with(&mut rng);
+        let replica = || {
+            let mut r = Replica::new(&spec, Arc::clone(&data)).unwrap();
+            r.assign(&shard).unwrap();
+            r.apply(&start, false);
+            r.train(&pull(0, 32)).unwrap();
+            r
+        };
+        let perm = Permutation::random(replica().units(), &mut rng);
+        let run = |realign: bool| {
+            let (mut a, mut b) = (replica(), replica());
+            // What --align does to b: the coordinator reorders its weights, the worker its momentum.
+            let mut moved = b.params().to_vec();
+            matching::apply(b.units(), &perm, &mut moved).unwrap();
+            b.apply(&moved, false);
+            if realign {
+                b.realign(&perm).unwrap();
+            }
+            a.train(&pull(32, 64)).unwrap();
+            b.train(&pull(32, 64)).unwrap();
+            let mut expected = a.params().to_vec();
+            matching::apply(a.units(), &perm, &mut expected).unwrap();
+            expected.iter().zip(b.params()).map(|(e, v)| (e - v).abs()).fold(0.0f32, f32::max)
+        };
+        assert!(run(true) < 1e-5, "reordered momentum: {}", run(true));
+        assert!(run(false) > 1e-3, "momentum left in the old order pushes the wrong units: {}", run(false));
+    }
 
     #[test]
     fn the_correction_adds_the_local_progress_to_the_average() {

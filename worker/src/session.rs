@@ -18,6 +18,7 @@ use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
 use lazyavg_proto::chunks::{ChunkCursor, decode_into, weight_chunks};
+use lazyavg_proto::convert::decode_realign;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{ProtoError, pb};
@@ -106,6 +107,8 @@ struct Chained {
 enum Deferred {
     Shard(pb::AssignShard),
     Pull(pb::PullWeights),
+    /// `--align`: the reordering of the last contribution, for the momentum.
+    Realign(pb::Realign),
     /// An average that replaces the weights (not a correction), assembled.
     Replace {
         epoch: u64,
@@ -195,6 +198,8 @@ impl Session {
             Command::Pull(pull) if self.lift_wait(&pull) => self.flush().await?,
             Command::Pull(pull) if self.busy() => self.queue(pull),
             Command::Pull(pull) => self.start(pull),
+            Command::Realign(realign) if self.busy() => self.deferred.push_back(Deferred::Realign(realign)),
+            Command::Realign(realign) => self.realign(realign)?,
             Command::Average(chunk) => self.average(chunk).await?,
             Command::Rejected(rejected) => {
                 warn!(code = rejected.code, error = rejected.message, "the coordinator refused a message")
@@ -330,6 +335,7 @@ impl Session {
                 None => break,
                 Some(Deferred::Shard(shard)) => self.replica().assign(&shard)?,
                 Some(Deferred::Pull(pull)) => self.start(pull),
+                Some(Deferred::Realign(realign)) => self.realign(realign)?,
                 Some(Deferred::Replace { epoch, round, average }) => {
                     self.replica().apply(&average, false);
                     self.slot.recycle(average);
@@ -422,6 +428,17 @@ impl Session {
         }
         // A trained pull may have been waiting for this average.
         self.flush().await
+    }
+
+    /// Reorders the momentum's units as the coordinator reordered the
+    /// contribution (it comes right before that round's average).
+    fn realign(&mut self, realign: pb::Realign) -> Result<()> {
+        let (epoch, round) = (realign.epoch, realign.round);
+        let replica = self.replica();
+        let perm = decode_realign(realign, replica.units())?;
+        replica.realign(&perm)?;
+        debug!(epoch, round, "momentum reordered as the contribution was (--align)");
+        Ok(())
     }
 
     fn log_applied(&self, epoch: u64, round: u64, applied: Applied) {

@@ -29,7 +29,9 @@ fn model(widths: &[usize], seed: u64) -> (Mlp, Vec<f32>) {
 /// input from image to image more than dense ones, so fewer units are dead.
 fn images(inputs: usize, count: usize, seed: u64) -> Dataset {
     let mut rng = StreamRng::seed_from_u64(seed);
-    let pixels = (0..count * inputs).map(|_| if rng.random_range(0..4) == 0 { rng.random_range(0..256) as u8 } else { 0 }).collect();
+    let pixels = (0..count * inputs)
+        .map(|_| if rng.random_range(0..4) == 0 { rng.random_range(0..256) as u8 } else { 0 })
+        .collect();
     let labels = (0..count).map(|_| rng.random_range(0..4) as u8).collect();
     Dataset::new(Images { count, rows: 1, cols: inputs, pixels }, labels, "random").unwrap()
 }

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use lazyavg_common::telemetry::error_chain;
+use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -16,6 +17,7 @@ use tracing::{info, warn};
 
 use super::{Driver, Worker};
 use crate::error::{Error, Result};
+use crate::init::{Init, independent_start};
 use crate::round::{Round, RoundError, WorkerId};
 use crate::schedule::{ShardProgress, split_even};
 use crate::service::{Event, command};
@@ -43,8 +45,15 @@ impl Driver {
             Event::Attached { id, name, outbox } => {
                 let name = self.unique_name(id, name);
                 info!(worker = id, name, workers = self.workers.len() + 1, "worker joined");
+                let first = self.workers.is_empty();
                 self.workers.insert(id, Worker { name, outbox, shard: None });
-                self.send_params(&[id]);
+                if self.config.init == Init::Independent && self.version == (0, 0) && !first {
+                    info!(worker = id, "worker starts from weights of its own (--init independent)");
+                    let start = independent_start(&self.mlp, self.config.train.seed, id);
+                    self.send_weights(&[id], &weight_chunks(0, 0, &start).collect::<Vec<_>>());
+                } else {
+                    self.send_params(&[id]);
+                }
             }
             Event::Detached { id, reason } => {
                 let Some(worker) = self.workers.remove(&id) else { return };

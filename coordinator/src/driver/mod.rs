@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use self::closing::{ClosingEpoch, close_done};
+use crate::aggregate::Aggregator;
+use crate::align::Alignment;
 use crate::checkpoint::Checkpoint;
 use crate::config::CoordinatorConfig;
 use crate::dump::RoundDump;
@@ -80,7 +82,10 @@ pub struct Driver {
     test: Arc<Dataset>,
     n_train: usize,
     params: Vec<f32>,
-    sum: Vec<f64>,
+    /// The `--aggregate` rule, kept from round to round for its buffers.
+    aggregator: Option<Box<dyn Aggregator>>,
+    /// `--align`: how contributions are matched to the weights last sent.
+    alignment: Option<Alignment>,
     /// The last round's combined weights, before the outer step.
     average: Vec<f32>,
     outer: OuterOptimizer,
@@ -134,7 +139,8 @@ impl Driver {
             mlp,
             test,
             n_train,
-            sum: Vec::with_capacity(start.params.len()),
+            aggregator: None,
+            alignment: None,
             average: vec![0.0; start.params.len()],
             outer,
             params: start.params,
@@ -155,6 +161,12 @@ impl Driver {
             training_started: None,
             closing: None,
         }
+    }
+
+    /// This driver with `--align`'s matching of contributions (`None`: off).
+    pub fn aligning(mut self, alignment: Option<Alignment>) -> Self {
+        self.alignment = alignment;
+        self
     }
 
     /// Waits for the configured number of workers, trains every epoch, then

@@ -24,6 +24,7 @@ use std::time::Instant;
 use lazyavg_common::params::digest;
 use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::chunks::weight_chunks;
+use lazyavg_proto::convert::realign_message;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
@@ -33,7 +34,7 @@ use super::Driver;
 use super::deadline::RoundDeadline;
 use crate::error::{Error, Result};
 use crate::metrics::RoundRecord;
-use crate::round::{Aggregate, Round, RoundError, RoundSummary, WorkerId};
+use crate::round::{Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::PullPlan;
 use crate::service::Event;
 
@@ -106,10 +107,11 @@ impl Driver {
     ) -> Result<Option<RoundSummary>> {
         let started = Instant::now();
         let len = self.params.len();
-        let mut open = match self.config.aggregate {
-            Aggregate::Mean => Round::new(epoch, round, weights, len, std::mem::take(&mut self.sum)),
-            rule => Round::aggregating(epoch, round, weights, len, rule),
-        };
+        let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator());
+        let mut open = Round::with(epoch, round, weights, len, aggregator);
+        if let Some(alignment) = &self.alignment {
+            open = open.aligning(alignment.start(&self.params));
+        }
         let head_start = self.pipeline.since.take();
         let ahead = self.config.overlap && !std::mem::take(&mut self.pipeline.suspended);
         for &(id, from, until) in plan {
@@ -160,8 +162,8 @@ impl Driver {
             }
         }
         let non_finite = open.non_finite().to_vec();
-        let (result, sum) = open.finish(&mut self.average);
-        self.sum = sum;
+        let (result, aggregator) = open.finish(&mut self.average);
+        self.aggregator = Some(aggregator);
         let summary = match result {
             Ok(summary) => summary,
             Err(cause @ RoundError::Diverged { .. }) => {
@@ -192,6 +194,7 @@ impl Driver {
             }
         }
         self.version = (epoch, round);
+        self.realign(&summary);
         self.push_average();
         let seconds = started.elapsed().as_secs_f64();
         self.after_round(&summary, seconds)?;
@@ -295,6 +298,28 @@ impl Driver {
         Ok(())
     }
 
+    /// `--align`: tells each worker whose contribution was reordered how,
+    /// before the average, so that its momentum follows.
+    fn realign(&mut self, summary: &RoundSummary) {
+        let Some(alignment) = &self.alignment else { return };
+        debug!(
+            epoch = summary.epoch,
+            round = summary.round,
+            align_ms = summary.align_seconds * 1e3,
+            realigned = summary.realigned.len(),
+            contributors = summary.contributors.len(),
+            "contributions aligned"
+        );
+        let messages: Vec<(WorkerId, pb::Realign)> = summary
+            .realigned
+            .iter()
+            .map(|(&id, perm)| (id, realign_message(summary.epoch, summary.round, alignment.spec(), perm)))
+            .collect();
+        for (id, message) in messages {
+            self.send(id, Command::Realign(message));
+        }
+    }
+
     /// Sends the current parameters to every live worker.
     pub(super) fn push_average(&mut self) {
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
@@ -304,9 +329,15 @@ impl Driver {
     pub(super) fn send_params(&mut self, to: &[WorkerId]) {
         let (epoch, round) = self.version;
         let chunks: Vec<pb::WeightsChunk> = weight_chunks(epoch, round, &self.params).collect();
+        self.send_weights(to, &chunks);
+    }
+
+    /// Sends `chunks` (weights tagged with the current version) to `to`.
+    pub(super) fn send_weights(&mut self, to: &[WorkerId], chunks: &[pb::WeightsChunk]) {
+        let (epoch, round) = self.version;
         let this_epoch = (epoch == self.epoch).then_some(round);
         for &id in to {
-            for chunk in &chunks {
+            for chunk in chunks {
                 self.send(id, Command::Average(chunk.clone()));
             }
             // It continues from these weights: whatever it trained since is

@@ -1,0 +1,77 @@
+//! The sample-weighted mean, Σ samples_i · w_i / Σ samples_i, in ONE running
+//! f64 sum added into as values arrive. Accumulating in f64 makes the result
+//! independent of arrival order in practice (and exactly so for two workers,
+//! since addition is commutative), which keeps seeded runs reproducible.
+
+use std::ops::Range;
+
+use super::Aggregator;
+use crate::round::WorkerId;
+
+#[derive(Debug, Default)]
+pub struct WeightedMean {
+    sum: Vec<f64>,
+}
+
+impl WeightedMean {
+    /// A mean that adds into `sum` (cleared at [`Aggregator::reset`]), so
+    /// rounds need not reallocate it.
+    pub fn reusing(sum: Vec<f64>) -> Self {
+        WeightedMean { sum }
+    }
+
+    /// Gives the sum buffer back for reuse.
+    pub fn into_buffer(self) -> Vec<f64> {
+        self.sum
+    }
+}
+
+impl Aggregator for WeightedMean {
+    fn reset(&mut self, len: usize) {
+        self.sum.clear();
+        self.sum.resize(len, 0.0);
+    }
+
+    fn add(&mut self, _worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32]) {
+        let weight = samples as f64;
+        for (acc, &v) in self.sum[range].iter_mut().zip(values) {
+            *acc += weight * f64::from(v);
+        }
+    }
+
+    /// A sum cannot give back a contribution.
+    fn forget(&mut self, _worker: WorkerId) -> bool {
+        false
+    }
+
+    fn finish(&mut self, contributors: &[(WorkerId, u64)], out: &mut [f32]) {
+        let samples: u64 = contributors.iter().map(|&(_, s)| s).sum();
+        let scale = 1.0 / samples as f64;
+        for (o, &s) in out.iter_mut().zip(&self.sum) {
+            *o = (s * scale) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_in_any_order_give_the_weighted_mean_and_a_reset_clears_it() {
+        let mut mean = WeightedMean::reusing(vec![7.0; 5]);
+        mean.reset(3);
+        mean.add(2, 1, 1..3, &[4.0, 8.0]);
+        mean.add(1, 3, 0..3, &[1.0, 2.0, 4.0]);
+        mean.add(2, 1, 0..1, &[5.0]);
+        let mut out = [0.0; 3];
+        mean.finish(&[(1, 3), (2, 1)], &mut out);
+        assert_eq!(out, [2.0, 2.5, 5.0]);
+        assert!(!mean.forget(1), "a running sum cannot give a contribution back");
+        mean.reset(2);
+        mean.add(1, 2, 0..2, &[1.0, -1.0]);
+        let mut out = [0.0; 2];
+        mean.finish(&[(1, 2)], &mut out);
+        assert_eq!(out, [1.0, -1.0]);
+    }
+}

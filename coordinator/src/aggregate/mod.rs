@@ -1,0 +1,63 @@
+//! How a round combines its contributions: one small unit per rule behind
+//! [`Aggregator`], chosen once from `--aggregate` by [`Aggregate::aggregator`].
+//!
+//! A round feeds an aggregator decoded values, position range by position
+//! range, as chunks arrive (or a whole contribution at once, once it was
+//! aligned): so the mean keeps one running f64 sum, O(model) whatever the
+//! number of workers, while a rule that needs every contribution whole keeps
+//! them itself.
+
+mod coordinatewise;
+mod mean;
+
+use std::fmt;
+use std::ops::Range;
+
+pub use coordinatewise::{Coordinatewise, Median, Statistic, TrimmedMean};
+pub use mean::WeightedMean;
+
+use crate::round::WorkerId;
+
+/// One rule for combining the workers' weights into a round's result.
+pub trait Aggregator: fmt::Debug + Send {
+    /// Starts a new round for a model of `len` parameters, keeping buffers.
+    fn reset(&mut self, len: usize);
+
+    /// Takes positions `range` of `worker`'s contribution, trained on
+    /// `samples` (the coordinator's count). Each position of a worker comes once.
+    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32]);
+
+    /// Drops everything `worker` added. Returns false when that cannot be
+    /// undone (a running sum): the round is then spoiled if anything was added.
+    fn forget(&mut self, worker: WorkerId) -> bool;
+
+    /// Writes the combination of the complete contributions of `contributors`
+    /// (worker, samples) into `out`; called once, with at least one
+    /// contributor and a positive sample total.
+    fn finish(&mut self, contributors: &[(WorkerId, u64)], out: &mut [f32]);
+}
+
+/// How a round combines the workers' weights (`--aggregate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregate {
+    /// Sample-weighted mean: the exact lazy-aggregation update, O(model) memory.
+    #[default]
+    Mean,
+    /// Coordinate-wise median: a minority of bad workers cannot move it far.
+    Median,
+    /// Coordinate-wise mean after dropping the largest and smallest fifth (at
+    /// least one each from 3 workers on).
+    TrimmedMean,
+}
+
+impl Aggregate {
+    /// The unit that implements this rule: the one place the flag is branched on.
+    pub fn aggregator(self) -> Box<dyn Aggregator> {
+        match self {
+            Aggregate::Mean => Box::new(WeightedMean::default()),
+            Aggregate::Median => Box::new(Coordinatewise::new(Median)),
+            Aggregate::TrimmedMean => Box::new(Coordinatewise::new(TrimmedMean)),
+        }
+    }
+}
