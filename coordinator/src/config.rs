@@ -147,6 +147,10 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddr>,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no token: keep it on loopback or a monitoring network) [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_bind: Option<SocketAddr>,
+
     /// Directory of the four MNIST-layout IDX files; fetched there if missing [default: data/mnist].
     #[arg(long, env = "LAZYAVG_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -215,6 +219,8 @@ pub struct CoordinatorConfig {
     pub min_workers: usize,
     pub max_wait: Duration,
     pub bind: SocketAddr,
+    /// `--metrics-bind`: where `/metrics` is served, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
     pub token: Option<Token>,
     pub token_file: Option<PathBuf>,
     pub tls: Option<ServerTls>,
@@ -288,6 +294,15 @@ impl Settings {
                  or --tls-cert/--tls-key, or --insecure on a network you trust"
             )));
         }
+        if let Some(metrics) = self.metrics_bind
+            && metrics.port() != 0
+            && metrics.port() == bind.port()
+            && (metrics.ip() == bind.ip() || metrics.ip().is_unspecified() || bind.ip().is_unspecified())
+        {
+            return Err(Error::Config(format!(
+                "--metrics-bind {metrics} is the gRPC address (--bind {bind}): give it another port"
+            )));
+        }
         let workers = self.workers.unwrap_or(if spawn_workers > 0 { spawn_workers } else { 2 });
         let positive = |value: usize, flag: &str| {
             if value == 0 { Err(Error::Config(format!("invalid {flag}: must be at least 1"))) } else { Ok(value) }
@@ -352,6 +367,7 @@ impl Settings {
             min_workers,
             max_wait: within_longest_wait(self.max_wait.unwrap_or(DEFAULT_MAX_WAIT), "--max-wait")?,
             bind,
+            metrics_bind: self.metrics_bind,
             token,
             token_file: self.token_file.clone(),
             tls,
@@ -390,6 +406,7 @@ impl CoordinatorConfig {
             train: TrainSettings::from_config(&self.train),
             lr_scaling: Some(self.lr_scaling),
             bind: Some(self.bind),
+            metrics_bind: self.metrics_bind,
             token_file: self.token_file.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

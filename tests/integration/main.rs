@@ -16,11 +16,14 @@
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `scaling`: `lazyavg bench scaling` end to end.
+//! - `metrics`: `/metrics` scraped during a run and checked with promtool, a
+//!   real Prometheus with deploy/monitoring's config and rules, gRPC health.
 
 mod cluster;
 mod deploy;
 mod faults;
 mod harness;
+mod metrics;
 mod netns;
 mod overlap;
 mod scaling;

@@ -21,18 +21,16 @@
 
 use std::time::Instant;
 
-use lazyavg_common::params::digest;
-use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::Driver;
 use super::deadline::RoundDeadline;
 use crate::error::{Error, Result};
-use crate::metrics::RoundRecord;
+use crate::observe::{RoundDone, RunEvent};
 use crate::round::{Aggregate, Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::PullPlan;
 use crate::service::Event;
@@ -132,6 +130,7 @@ impl Driver {
             };
             self.send(id, Command::Pull(pull));
         }
+        self.observers.notify(&RunEvent::RoundStarted { epoch, round });
         let mut deadline = RoundDeadline::new(self.config.round_timeout, self.config.straggler_factor, plan.len());
         if let Some(since) = head_start {
             deadline.head_start(since);
@@ -168,7 +167,7 @@ impl Driver {
                 return Err(Error::Diverged { cause, peak_lr: self.config.train.peak_lr() });
             }
             Err(err) => {
-                warn!(epoch, round, error = %error_chain(&err), "round abandoned; redoing it with the workers left");
+                self.observers.notify(&RunEvent::RoundAbandoned { epoch, round, error: &err });
                 // They would send the same weights again; the next average resets them.
                 for id in non_finite {
                     warn!(
@@ -264,35 +263,9 @@ impl Driver {
         }
     }
 
-    /// Logs, dumps and records a finished round.
+    /// Tells the outputs of a finished round; one that fails stops the run.
     pub(super) fn after_round(&mut self, summary: &RoundSummary, seconds: f64) -> Result<()> {
-        let wants_digest = tracing::enabled!(tracing::Level::DEBUG) || self.config.metrics_rounds;
-        let digest = if wants_digest { digest(&self.params) } else { String::new() };
-        debug!(
-            epoch = summary.epoch,
-            round = summary.round,
-            samples = summary.samples,
-            contributors = summary.contributors.len(),
-            seconds,
-            digest,
-            "round averaged"
-        );
-        if let Some(dump) = self.dump.as_mut() {
-            dump.finish(summary, &self.params)?;
-        }
-        if self.config.metrics_rounds {
-            self.metrics.append(&RoundRecord {
-                kind: "round",
-                epoch: summary.epoch,
-                round: summary.round,
-                samples: summary.samples,
-                contributors: summary.contributors.len(),
-                train_loss: summary.loss_sum / summary.samples.max(1) as f64,
-                seconds,
-                digest,
-            })?;
-        }
-        Ok(())
+        self.observers.emit(&RunEvent::RoundCompleted(&RoundDone::new(summary, seconds, &self.params)))
     }
 
     /// Sends the current parameters to every live worker.
@@ -305,6 +278,8 @@ impl Driver {
         let (epoch, round) = self.version;
         let chunks: Vec<pb::WeightsChunk> = weight_chunks(epoch, round, &self.params).collect();
         let this_epoch = (epoch == self.epoch).then_some(round);
+        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+        self.observers.notify(&RunEvent::WeightsSent { bytes: (bytes * to.len()) as u64 });
         for &id in to {
             for chunk in &chunks {
                 self.send(id, Command::Average(chunk.clone()));
