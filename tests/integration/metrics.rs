@@ -1,5 +1,5 @@
-//! Watching a run: the coordinator's Prometheus endpoint scraped during a
-//! real run (and checked with `promtool`), a real Prometheus server scraping
+//! Watching a run: the coordinator's and a worker's Prometheus endpoints
+//! scraped during a real run (and checked with `promtool`), a real Prometheus server scraping
 //! it with the shipped config and rules, and the gRPC health service seen
 //! by a real `grpc.health.v1` client.
 
@@ -118,7 +118,15 @@ fn scrapes_during_a_run_pass_promtool_and_agree_with_the_logs() {
     let args = ["--workers", "2", "--epochs", "10", TINY[0], TINY[1], "--metrics-bind", "127.0.0.1:0"];
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
     let metrics = metrics_addr(&coordinator.proc);
-    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
+    // The first worker serves its own metrics.
+    let url = format!("http://{}", coordinator.addr);
+    let mut cmd = worker_command(&url, &tmp.path().join("cache-1"), "info");
+    cmd.args(["--name", "worker-1", "--metrics-bind", "127.0.0.1:0"]);
+    let mut workers = vec![Proc::spawn("worker-1", cmd)];
+    workers.push(start_worker("worker-2", &coordinator.addr, &tmp.path().join("cache-2"), "info"));
+    let worker_metrics = wait_until("worker-1 to serve metrics", START_TIMEOUT, || {
+        logged(&workers[0], "serving metrics").first().and_then(|l| l["addr"].as_str().map(str::to_owned))
+    });
 
     let rounds = |text: &str| value(text, "lazyavg_rounds_total").unwrap_or(0.0);
     let first =
@@ -154,6 +162,14 @@ fn scrapes_during_a_run_pass_promtool_and_agree_with_the_logs() {
     );
     let samples_now = value(&evaluated, "lazyavg_samples_total").expect("checked above");
     assert!(samples_now >= N_TRAIN as f64, "an epoch was evaluated after {samples_now} samples");
+
+    let worker = wait_until("worker-1's steps per second", RUN_TIMEOUT, || {
+        scrape(&worker_metrics).filter(|t| value(t, "lazyavg_worker_steps_per_second").is_some_and(|v| v > 0.0))
+    });
+    promtool_check_metrics(&worker);
+    let idle = value(&worker, "lazyavg_worker_idle_ratio").unwrap_or_else(|| panic!("no idle ratio\n{worker}"));
+    assert!((0.0..=1.0).contains(&idle), "{worker}");
+    assert_eq!(value(&worker, "lazyavg_worker_reconnects_total"), Some(0.0), "{worker}");
 
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
     expect_success(&mut procs);

@@ -1,6 +1,7 @@
 //! The worker's flags. A worker needs only the coordinator's address: the
 //! model, hyperparameters and data come from the coordinator.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no token) [default: off].
+    #[arg(long, env = "LAZYAVG_WORKER_METRICS_BIND", value_name = "ADDR:PORT")]
+    pub metrics_bind: Option<SocketAddr>,
+
     /// Give up (exit non-zero) after failing to reach the coordinator for this long, e.g. 10m [default: never].
     #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub give_up_after: Option<Duration>,
@@ -71,6 +76,8 @@ pub struct WorkerConfig {
     /// 1 normally; F > 1 makes the worker F times slower (for straggler tests).
     pub slowdown: f64,
     pub exit_with_stdin: bool,
+    /// `--metrics-bind`: where `/metrics` is served, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -115,6 +122,7 @@ impl WorkerArgs {
             },
             give_up_after: self.give_up_after,
             exit_with_stdin: self.exit_with_stdin,
+            metrics_bind: self.metrics_bind,
         })
     }
 }
@@ -152,6 +160,7 @@ mod tests {
             give_up_after: None,
             debug_slowdown: None,
             exit_with_stdin: false,
+            metrics_bind: None,
         }
     }
 
