@@ -526,6 +526,25 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_off_by_default_and_never_on_the_grpc_port() {
+        assert_eq!(Settings::default().resolve(0).unwrap().metrics_bind, None);
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        let with = |bind: &str, metrics: &str| Settings {
+            bind: addr(bind),
+            metrics_bind: addr(metrics),
+            ..Settings::default()
+        };
+        let config = with("127.0.0.1:7070", "127.0.0.1:9091").resolve(0).unwrap();
+        assert_eq!(config.metrics_bind, addr("127.0.0.1:9091"));
+        assert_eq!(config.to_settings().resolve(0).unwrap().metrics_bind, config.metrics_bind, "kept in config.toml");
+        assert!(with("127.0.0.1:0", "127.0.0.1:0").resolve(0).is_ok(), "both chosen by the OS");
+        for (bind, metrics) in [("127.0.0.1:7070", "127.0.0.1:7070"), ("127.0.0.1:7070", "0.0.0.0:7070")] {
+            let err = with(bind, metrics).resolve(0).unwrap_err().to_string();
+            assert!(err.contains("--metrics-bind") && err.contains("another port"), "{err}");
+        }
+    }
+
+    #[test]
     fn the_shipped_systemd_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/coordinator.toml");
         let settings = Settings::from_file(&path).unwrap();
