@@ -27,38 +27,38 @@ use crate::round::WorkerId;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WorkerLabels {
+struct WorkerLabels {
     /// The worker's unique name in this run (as in the logs and `metrics.jsonl`).
-    pub worker: String,
+    worker: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 /// Every metric of a run.
 #[derive(Debug)]
-pub struct RunMetrics {
-    pub epoch: Gauge,
-    pub round: Gauge,
-    pub rounds: Counter,
-    pub rounds_abandoned: Counter,
-    pub test_accuracy: FloatGauge,
-    pub test_loss: FloatGauge,
-    pub train_loss: FloatGauge,
-    pub samples: Counter,
-    pub worker_samples: Family<WorkerLabels, Counter>,
-    pub round_duration: Histogram,
-    pub weights_received_bytes: Counter,
-    pub weights_sent_bytes: Counter,
-    pub workers_connected: Gauge,
-    pub worker_last_contribution: Family<WorkerLabels, FloatGauge>,
-    pub worker_samples_per_second: Family<WorkerLabels, FloatGauge>,
-    pub contributions_rejected: Family<ReasonLabels, Counter>,
-    pub checkpoints_written: Counter,
-    pub last_round_timestamp: FloatGauge,
-    pub run_active: Gauge,
+struct RunMetrics {
+    epoch: Gauge,
+    round: Gauge,
+    rounds: Counter,
+    rounds_abandoned: Counter,
+    test_accuracy: FloatGauge,
+    test_loss: FloatGauge,
+    train_loss: FloatGauge,
+    samples: Counter,
+    worker_samples: Family<WorkerLabels, Counter>,
+    round_duration: Histogram,
+    weights_received_bytes: Counter,
+    weights_sent_bytes: Counter,
+    workers_connected: Gauge,
+    worker_last_contribution: Family<WorkerLabels, FloatGauge>,
+    worker_samples_per_second: Family<WorkerLabels, FloatGauge>,
+    contributions_rejected: Family<ReasonLabels, Counter>,
+    checkpoints_written: Counter,
+    last_round_timestamp: FloatGauge,
+    run_active: Gauge,
 }
 
 impl RunMetrics {

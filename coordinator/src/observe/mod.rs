@@ -137,7 +137,7 @@ pub trait Observer: Send {
 /// Every observer of a run. Clones share them: an epoch's close emits from
 /// the blocking pool while the driver goes on. A std mutex: it is held only
 /// while the observers take in one event, never across an await.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Observers(Arc<Mutex<Vec<Box<dyn Observer>>>>);
 
 impl Observers {
