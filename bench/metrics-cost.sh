@@ -13,15 +13,21 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 seconds() { sed -n 's/.* in \([0-9.]*\) s$/\1/p'; }
+# The whole output is read (train.sh's report must not meet a closed pipe).
+first_line() {
+    local out
+    out=$("$@")
+    echo "${out%%$'\n'*}"
+}
 without=() with=()
 for i in $(seq "$RUNS"); do
-    line=$(bench/train.sh "$@" | head -1)
+    line=$(first_line bench/train.sh "$@")
     echo "run $i without: $line"
     without+=("$(seconds <<<"$line")")
     port=$(free_port)
     (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$port/metrics" || true; done) &
     scraper=$!
-    line=$(bench/train.sh --metrics-bind "127.0.0.1:$port" "$@" | head -1)
+    line=$(first_line bench/train.sh --metrics-bind "127.0.0.1:$port" "$@")
     kill "$scraper"
     echo "run $i with:    $line"
     with+=("$(seconds <<<"$line")")
