@@ -4,8 +4,7 @@
 //! by a real `grpc.health.v1` client.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -20,60 +19,6 @@ use crate::support::*;
 
 /// A tiny model: these tests watch the run, not its accuracy.
 const TINY: [&str; 2] = ["--hidden", "16"];
-
-/// The address the coordinator serves `/metrics` on (its "serving metrics" line).
-fn metrics_addr(coordinator: &Proc) -> String {
-    let line = logged(coordinator, "serving metrics").into_iter().next();
-    let line = line.unwrap_or_else(|| panic!("no \"serving metrics\" line\n{}", coordinator.dump()));
-    line["addr"].as_str().unwrap_or_else(|| panic!("no addr in {line}")).to_owned()
-}
-
-/// `GET path` on `addr` over plain HTTP/1.0 (no chunked replies to decode)
-/// accepting `accept`: the status
-/// code and body, or `None` if the server cannot be reached (not up yet, or gone).
-fn http_get(addr: &str, path: &str, accept: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
-}
-
-/// One scrape of `/metrics` in the classic text format, if the server answers.
-fn scrape(addr: &str) -> Option<String> {
-    scrape_as(addr, "*/*")
-}
-
-fn scrape_as(addr: &str, accept: &str) -> Option<String> {
-    match http_get(addr, "/metrics", accept)? {
-        (200, body) => Some(body),
-        (code, body) => panic!("/metrics answered {code}: {body}"),
-    }
-}
-
-/// The samples of `name` in an exposition: (labels as written, value).
-fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(labelled) => labelled.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            let value = value.split_whitespace().next()?.parse().ok()?;
-            Some((labels.to_owned(), value))
-        })
-        .collect()
-}
-
-/// The value of the unlabelled sample `name`.
-fn value(text: &str, name: &str) -> Option<f64> {
-    samples(text, name).into_iter().find(|(labels, _)| labels.is_empty()).map(|(_, v)| v)
-}
 
 /// Asserts what every scrape must show: the workers' samples add up to the total.
 fn assert_consistent(text: &str) {
