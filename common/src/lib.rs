@@ -17,6 +17,7 @@
 //! - [`rng`]: the seeded generator behind every random choice.
 //! - [`fsutil`]: crash-safe writes.
 //! - [`telemetry`]: logging set-up.
+//! - [`status`]: where a run stands, for `lazyavg status`.
 
 pub mod config;
 pub mod dataset;
@@ -30,6 +31,7 @@ pub mod optim;
 pub mod outer;
 pub mod params;
 pub mod rng;
+pub mod status;
 pub mod telemetry;
 pub mod train;
 

@@ -61,6 +61,7 @@ use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
 pub use crate::error::{Error, Result};
+use crate::observe::board::StatusBoard;
 use crate::observe::exporter::Exporter;
 use crate::observe::health::Health;
 use crate::observe::{Observer, Observers};
@@ -113,12 +114,14 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let out_dir = run_dir::prepare(&config)?;
 
     let (events_tx, events) = mpsc::channel(1024);
+    let board = StatusBoard::default();
     let shared = Arc::new(Shared {
         run_config: pb::RunConfig::from(&spec),
         dataset: data.offer,
         registry: Mutex::new(Default::default()),
         events: events_tx.clone(),
         outbox_capacity: outbox_capacity(mlp.len()),
+        status: board.view(),
     });
     let service = CoordinatorServer::new(CoordinatorService::new(shared))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -158,6 +161,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         Box::new(progress::EpochProgress::default()),
         Box::new(metrics::MetricsFile::open(&out_dir, config.resume, config.metrics_rounds)?),
         Box::new(Health::serving(health_reporter).await),
+        Box::new(board),
     ];
     if config.dump_rounds > 0 {
         outputs.push(Box::new(dump::RoundDump::new(out_dir.join("rounds"), config.dump_rounds)?));

@@ -18,6 +18,7 @@
 //! - `scaling`: `lazyavg bench scaling` end to end.
 //! - `metrics`: `/metrics` scraped during a run and checked with promtool, a
 //!   real Prometheus with deploy/monitoring's config and rules, gRPC health.
+//! - `status`: `lazyavg status` on a 3-worker run; a stopped worker shown late.
 
 mod cluster;
 mod deploy;
@@ -27,5 +28,6 @@ mod metrics;
 mod netns;
 mod overlap;
 mod scaling;
+mod status;
 mod support;
 mod training;

@@ -43,7 +43,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-pub use crate::config::{WorkerArgs, WorkerConfig};
+pub use crate::config::{ConnectArgs, Connection, WorkerArgs, WorkerConfig};
 pub use crate::error::{Error, Result};
 use crate::metrics::WorkerMetrics;
 
@@ -134,17 +134,13 @@ fn give_up_if_due(config: &WorkerConfig, backoff: &Backoff, last: impl FnOnce() 
     }
 }
 
-/// One connection: Join, get the data, run the session.
-async fn attempt(
-    config: &WorkerConfig,
-    backoff: &mut Backoff,
-    dataset: &mut Option<(String, Arc<Dataset>)>,
-    metrics: &WorkerMetrics,
-) -> Result<Ending> {
-    let url = config.coordinator.to_string();
-    let mut endpoint = Endpoint::from(config.coordinator.clone());
-    if let Some(tls) = &config.tls {
-        let domain = config.coordinator.host().unwrap_or_default();
+/// A client of the coordinator `connection` names, with its TLS and token:
+/// the worker's, and `lazyavg status`'s.
+pub async fn connect(connection: &Connection) -> Result<Client> {
+    let url = connection.coordinator.to_string();
+    let mut endpoint = Endpoint::from(connection.coordinator.clone());
+    if let Some(tls) = &connection.tls {
+        let domain = connection.coordinator.host().unwrap_or_default();
         endpoint =
             endpoint.tls_config(tls.config(domain)).map_err(|source| Error::Connect { url: url.clone(), source })?;
     }
@@ -160,9 +156,21 @@ async fn attempt(
         .connect()
         .await
         .map_err(|source| Error::Connect { url: url.clone(), source })?;
-    let mut client = CoordinatorClient::with_interceptor(channel, SendToken(config.token.clone()))
+    let client = CoordinatorClient::with_interceptor(channel, SendToken(connection.token.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(client)
+}
+
+/// One connection: Join, get the data, run the session.
+async fn attempt(
+    config: &WorkerConfig,
+    backoff: &mut Backoff,
+    dataset: &mut Option<(String, Arc<Dataset>)>,
+    metrics: &WorkerMetrics,
+) -> Result<Ending> {
+    let mut client = connect(&config.connection).await?;
+    let url = config.connection.coordinator.to_string();
     let join = pb::JoinRequest { protocol_version: PROTOCOL_VERSION, name: config.name.clone() };
     let reply = client.join(join).await.map_err(Error::refused("Join"))?.into_inner();
     let missing = |what: &str| Error::Protocol(ProtoError::Config(format!("the handshake reply has no {what}")));

@@ -40,9 +40,10 @@ impl Driver {
 
     pub(super) fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
         match event {
-            Event::Attached { id, name, outbox } => {
+            Event::Attached { id, name, address, outbox } => {
                 let name = self.unique_name(id, name);
-                self.observers.notify(&RunEvent::WorkerJoined { id, name: &name, workers: self.workers.len() + 1 });
+                let workers = self.workers.len() + 1;
+                self.observers.notify(&RunEvent::WorkerJoined { id, name: &name, address: &address, workers });
                 self.workers.insert(id, Worker { name, outbox, shard: None });
                 self.send_params(&[id]);
             }

@@ -130,7 +130,8 @@ impl Driver {
             };
             self.send(id, Command::Pull(pull));
         }
-        self.observers.notify(&RunEvent::RoundStarted { epoch, round });
+        let workers: Vec<WorkerId> = plan.iter().map(|p| p.0).collect();
+        self.observers.notify(&RunEvent::RoundStarted { epoch, round, workers: &workers });
         let mut deadline = RoundDeadline::new(self.config.round_timeout, self.config.straggler_factor, plan.len());
         if let Some(since) = head_start {
             deadline.head_start(since);

@@ -175,7 +175,7 @@ impl Observer for Exporter {
         let _whole = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let m = &self.metrics;
         match *event {
-            RunEvent::WorkerJoined { id, name, workers } => {
+            RunEvent::WorkerJoined { id, name, workers, .. } => {
                 self.names.insert(id, name.to_owned());
                 m.workers_connected.set(workers as i64);
             }

@@ -15,7 +15,7 @@ pub struct Log;
 impl Observer for Log {
     fn observe(&mut self, event: &RunEvent<'_>) -> Result<()> {
         match *event {
-            RunEvent::WorkerJoined { id, name, workers } => info!(worker = id, name, workers, "worker joined"),
+            RunEvent::WorkerJoined { id, name, workers, .. } => info!(worker = id, name, workers, "worker joined"),
             RunEvent::WorkerLeft { id, name, reason, epoch, trained, remaining, .. } => {
                 info!(worker = id, name, reason, epoch, trained, remaining, "worker left");
             }

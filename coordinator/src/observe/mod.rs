@@ -5,6 +5,7 @@
 //! into its own form. A new output is one more observer; the driver does not
 //! change.
 
+pub mod board;
 pub mod exporter;
 pub mod health;
 pub mod log;
@@ -27,10 +28,11 @@ use crate::round::{RoundError, RoundSummary, WorkerId};
 /// nothing to emit, whoever is watching.
 #[derive(Debug)]
 pub enum RunEvent<'a> {
-    /// A worker opened its session; `workers` is the count with it.
+    /// A worker opened its session from `address`; `workers` is the count with it.
     WorkerJoined {
         id: WorkerId,
         name: &'a str,
+        address: &'a str,
         workers: usize,
     },
     /// A worker's session ended. `trained` is what it trained this epoch,
@@ -55,10 +57,11 @@ pub enum RunEvent<'a> {
         epoch: u64,
         shards: &'a [(WorkerId, &'a [u32])],
     },
-    /// Pulls for a round went out.
+    /// Pulls for a round went out to `workers`.
     RoundStarted {
         epoch: u64,
         round: u64,
+        workers: &'a [WorkerId],
     },
     /// A chunk of a worker's weights was taken into the open round.
     WeightsReceived {
