@@ -1,5 +1,5 @@
 //! `--metrics-bind`: the run as Prometheus metrics. The handles are typed
-//! fields of [`RunMetrics`], registered in a [`Registry`] built at start-up
+//! fields of `RunMetrics`, registered in a [`Registry`] built at start-up
 //! (no global state); [`Exporter`] updates them from the run's events and
 //! `lazyavg_proto::scrape` serves the registry.
 //!
@@ -142,7 +142,7 @@ fn metric<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, me
     metric
 }
 
-/// Keeps [`RunMetrics`] up to date from the run's events, each event's
+/// Keeps `RunMetrics` up to date from the run's events, each event's
 /// changes whole under the registry's lock.
 #[derive(Debug)]
 pub struct Exporter {
