@@ -175,6 +175,8 @@ fn a_real_prometheus_scrapes_the_run_with_the_shipped_config_and_rules() {
     let _worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache"), "info");
 
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring/alerts.yml");
+    let checked = Command::new("promtool").arg("check").arg("rules").arg(&rules).output().expect("running promtool");
+    assert!(checked.status.success(), "promtool check rules: {}", String::from_utf8_lossy(&checked.stdout));
     let config = tmp.path().join("prometheus.yml");
     fs::write(&config, local_scrape_config(&metrics, &rules)).expect("writing prometheus.yml");
     let web = reserve_port();
