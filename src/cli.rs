@@ -8,7 +8,7 @@ use lazyavg_common::config::TrainSettings;
 use lazyavg_common::part::Part;
 use lazyavg_common::telemetry::LogFormat;
 use lazyavg_coordinator::Settings;
-use lazyavg_worker::WorkerArgs;
+use lazyavg_worker::{ConnectArgs, WorkerArgs};
 
 /// Train one neural network on many machines by lazy aggregation.
 #[derive(Debug, Parser)]
@@ -28,6 +28,8 @@ pub enum Command {
     Coordinator(Box<CoordinatorArgs>),
     /// Run a worker: connect to a coordinator and train what it assigns.
     Worker(WorkerArgs),
+    /// Show where a run stands: epoch, round, accuracy, and every worker's state.
+    Status(StatusArgs),
     /// Download MNIST into the data directory and verify it.
     FetchData(FetchDataArgs),
     /// Train in this one process (no cluster): the baseline and a quick check.
@@ -70,6 +72,16 @@ pub struct CoordinatorArgs {
     /// Start N local worker processes connected to this coordinator (one-machine runs).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub spawn_workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Refresh the screen every INTERVAL (e.g. 1s) until interrupted [default interval: 2s].
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = humantime::parse_duration)]
+    pub watch: Option<std::time::Duration>,
 }
 
 /// Where the IDX files live; shared by every subcommand that reads them.

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod merge;
 mod single;
+mod status;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,6 +35,7 @@ fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()>
     match command {
         Command::Coordinator(args) => cluster::block_on(cluster::coordinator(*args, log_format)),
         Command::Worker(args) => cluster::block_on(cluster::worker(args)),
+        Command::Status(args) => cluster::block_on(status::run(args)),
         Command::FetchData(args) => {
             let mut options = fetch::FetchOptions::defaults(args.data.data_dir);
             if !args.mirrors.is_empty() {

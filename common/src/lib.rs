@@ -19,6 +19,7 @@
 //! - [`rng`]: the seeded generator behind every random choice.
 //! - [`fsutil`]: crash-safe writes.
 //! - [`telemetry`]: logging set-up.
+//! - [`status`]: where a run stands, for `lazyavg status`.
 
 pub mod config;
 pub mod dataset;
@@ -34,6 +35,7 @@ pub mod outer;
 pub mod params;
 pub mod part;
 pub mod rng;
+pub mod status;
 pub mod telemetry;
 pub mod train;
 

@@ -167,6 +167,10 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddr>,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no token: keep it on loopback or a monitoring network) [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_bind: Option<SocketAddr>,
+
     /// Directory of the four MNIST-layout IDX files; fetched there if missing [default: data/mnist].
     #[arg(long, env = "LAZYAVG_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -244,6 +248,8 @@ pub struct CoordinatorConfig {
     pub min_workers: usize,
     pub max_wait: Duration,
     pub bind: SocketAddr,
+    /// `--metrics-bind`: where `/metrics` is served, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
     pub token: Option<Token>,
     pub token_file: Option<PathBuf>,
     pub tls: Option<ServerTls>,
@@ -322,6 +328,15 @@ impl Settings {
             return Err(Error::Config(format!(
                 "--bind {bind} would let anyone who can reach it join the run: give --token-file (or {TOKEN_ENV}) \
                  or --tls-cert/--tls-key, or --insecure on a network you trust"
+            )));
+        }
+        if let Some(metrics) = self.metrics_bind
+            && metrics.port() != 0
+            && metrics.port() == bind.port()
+            && (metrics.ip() == bind.ip() || metrics.ip().is_unspecified() || bind.ip().is_unspecified())
+        {
+            return Err(Error::Config(format!(
+                "--metrics-bind {metrics} is the gRPC address (--bind {bind}): give it another port"
             )));
         }
         let workers = self.workers.unwrap_or(if spawn_workers > 0 { spawn_workers } else { 2 });
@@ -404,6 +419,7 @@ impl Settings {
             min_workers,
             max_wait: within_longest_wait(self.max_wait.unwrap_or(DEFAULT_MAX_WAIT), "--max-wait")?,
             bind,
+            metrics_bind: self.metrics_bind,
             token,
             token_file: self.token_file.clone(),
             tls,
@@ -445,6 +461,7 @@ impl CoordinatorConfig {
             train: TrainSettings::from_config(&self.train),
             lr_scaling: Some(self.lr_scaling),
             bind: Some(self.bind),
+            metrics_bind: self.metrics_bind,
             token_file: self.token_file.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
@@ -586,6 +603,25 @@ mod tests {
         assert_eq!(settings.resolve_in(0, None).unwrap().sync_every, SyncEvery::Epoch);
         assert!(toml::to_string(&settings).unwrap().contains("sync_every = \"epoch\""));
         assert_eq!((config.align, config.init), (AlignMethod::None, Init::Shared), "both off by default");
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_never_on_the_grpc_port() {
+        assert_eq!(Settings::default().resolve(0).unwrap().metrics_bind, None);
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        let with = |bind: &str, metrics: &str| Settings {
+            bind: addr(bind),
+            metrics_bind: addr(metrics),
+            ..Settings::default()
+        };
+        let config = with("127.0.0.1:7070", "127.0.0.1:9091").resolve(0).unwrap();
+        assert_eq!(config.metrics_bind, addr("127.0.0.1:9091"));
+        assert_eq!(config.to_settings().resolve(0).unwrap().metrics_bind, config.metrics_bind, "kept in config.toml");
+        assert!(with("127.0.0.1:0", "127.0.0.1:0").resolve(0).is_ok(), "both chosen by the OS");
+        for (bind, metrics) in [("127.0.0.1:7070", "127.0.0.1:7070"), ("127.0.0.1:7070", "0.0.0.0:7070")] {
+            let err = with(bind, metrics).resolve(0).unwrap_err().to_string();
+            assert!(err.contains("--metrics-bind") && err.contains("another port"), "{err}");
+        }
     }
 
     #[test]

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use lazyavg_proto::pb;
 use serde_json::json;
 
+use lazyavg_common::telemetry::error_chain;
+use tracing::warn;
+
 use crate::error::{Error, Result};
+use crate::observe::{Observer, RunEvent};
 use crate::round::{RoundSummary, WorkerId};
 
 #[derive(Debug)]
@@ -26,7 +30,7 @@ impl RoundDump {
         Ok(RoundDump { dir, remaining: rounds })
     }
 
-    pub fn active(&self) -> bool {
+    fn active(&self) -> bool {
         self.remaining > 0
     }
 
@@ -35,15 +39,15 @@ impl RoundDump {
     }
 
     /// Records the shards of `epoch`, by worker id.
-    pub fn shards<'a>(&self, epoch: u64, shards: impl Iterator<Item = (WorkerId, &'a [u32])>) -> Result<()> {
+    fn shards(&self, epoch: u64, shards: &[(WorkerId, &[u32])]) -> Result<()> {
         let map: serde_json::Map<String, serde_json::Value> =
-            shards.map(|(id, s)| (id.to_string(), json!(s))).collect();
+            shards.iter().map(|(id, s)| (id.to_string(), json!(s))).collect();
         let path = self.dir.join(format!("e{epoch}-shards.json"));
         fs::write(&path, serde_json::Value::Object(map).to_string()).map_err(|e| Error::io(&path, e))
     }
 
     /// Appends a chunk a worker sent.
-    pub fn chunk(&self, worker: WorkerId, chunk: &pb::WeightsChunk) -> Result<()> {
+    fn chunk(&self, worker: WorkerId, chunk: &pb::WeightsChunk) -> Result<()> {
         if !self.active() {
             return Ok(());
         }
@@ -53,7 +57,7 @@ impl RoundDump {
     }
 
     /// Writes the round's average and weights, and counts the round.
-    pub fn finish(&mut self, summary: &RoundSummary, average: &[f32]) -> Result<()> {
+    fn finish(&mut self, summary: &RoundSummary, average: &[f32]) -> Result<()> {
         if !self.active() {
             return Ok(());
         }
@@ -70,5 +74,22 @@ impl RoundDump {
         });
         let meta_path = self.file(e, r, "round.json");
         fs::write(&meta_path, meta.to_string()).map_err(|e| Error::io(&meta_path, e))
+    }
+}
+
+impl Observer for RoundDump {
+    /// A dump that cannot be written stops the run at a round's end (the
+    /// rounds asked for would be incomplete), and is only logged otherwise.
+    fn observe(&mut self, event: &RunEvent<'_>) -> Result<()> {
+        let (partial, failure) = match *event {
+            RunEvent::ShardsDealt { epoch, shards } => (self.shards(epoch, shards), "cannot dump shards"),
+            RunEvent::WeightsReceived { worker, chunk } => (self.chunk(worker, chunk), "cannot dump round"),
+            RunEvent::RoundCompleted(done) => return self.finish(done.summary, done.params),
+            _ => return Ok(()),
+        };
+        if let Err(e) = partial {
+            warn!(error = %error_chain(&e), "{failure}");
+        }
+        Ok(())
     }
 }

@@ -17,7 +17,9 @@
 //! - [`data`]: loading (or fetching) the data, packing the training set.
 //! - [`checkpoint`]: where a run stands, for `--resume`.
 //! - [`run_dir`]: the run's files, and never writing over an earlier run's.
-//! - [`metrics`], [`dump`], [`progress`]: what the run writes and shows.
+//! - [`observe`]: the run's events, and the observer seam every output hangs on.
+//! - [`metrics`], [`dump`], [`progress`], [`observe::log`], [`observe::exporter`],
+//!   [`observe::health`]: the outputs — what the run writes, shows and serves.
 //! - [`spawn`]: local workers for one-machine runs.
 
 pub mod aggregate;
@@ -30,6 +32,7 @@ pub mod dump;
 pub mod error;
 pub mod init;
 pub mod metrics;
+pub mod observe;
 pub mod progress;
 pub mod registry;
 pub mod round;
@@ -39,6 +42,7 @@ pub mod service;
 pub mod spawn;
 pub mod sync_every;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,9 +53,11 @@ use lazyavg_common::{config::RunSpec, model_file};
 use lazyavg_proto::auth::RequireToken;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_server::CoordinatorServer;
+use lazyavg_proto::scrape;
 use lazyavg_proto::transport::{
     CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME, MAX_MESSAGE_BYTES, STREAM_WINDOW,
 };
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tonic::service::interceptor::InterceptedService;
@@ -63,6 +69,10 @@ use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
 pub use crate::error::{Error, Result};
+use crate::observe::board::StatusBoard;
+use crate::observe::exporter::Exporter;
+use crate::observe::health::Health;
+use crate::observe::{Observer, Observers};
 use crate::service::{CoordinatorService, Shared};
 
 /// Runs a whole training run on an already bound `listener` (tests bind port
@@ -73,6 +83,11 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     if !config.resume {
         run_dir::ensure_no_results(&config.out_dir, config.restartable)?;
     }
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    let exporter = match config.metrics_bind {
+        Some(bind) => Some(serve_metrics(bind, metrics_stopped).await?),
+        None => None,
+    };
     let data = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || data::prepare(&config)).await.expect("data loading does not panic")?
@@ -107,12 +122,14 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let out_dir = run_dir::prepare(&config)?;
 
     let (events_tx, events) = mpsc::channel(1024);
+    let board = StatusBoard::default();
     let shared = Arc::new(Shared {
         run_config: pb::RunConfig::from(&spec),
         dataset: data.offer,
         registry: Mutex::new(Default::default()),
         events: events_tx.clone(),
         outbox_capacity: outbox_capacity(mlp.len()),
+        status: board.view(),
     });
     let service = CoordinatorServer::new(CoordinatorService::new(shared))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -126,6 +143,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     // Without TCP_NODELAY a small message waits for the peer's delayed ACK (~40 ms):
     // that stalled every round behind a weights transfer.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_INTERVAL));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls.config())?;
@@ -139,18 +157,27 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(service)
+            .add_service(health_service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = server_stopped.await;
             }),
     );
     info!(%addr, architecture = %mlp.arch(), parameters = mlp.len(), out = %out_dir.display(), "listening");
 
-    let metrics = metrics::MetricsFile::open(&out_dir, config.resume)?;
-    let dump = match config.dump_rounds {
-        0 => None,
-        n => Some(dump::RoundDump::new(out_dir.join("rounds"), n)?),
-    };
     let alignment = Alignment::for_run(config.align, &mlp, config.train.seed, data.train, config.align_images);
+    let mut outputs: Vec<Box<dyn Observer>> = vec![
+        Box::new(observe::log::Log),
+        Box::new(progress::EpochProgress::default()),
+        Box::new(metrics::MetricsFile::open(&out_dir, config.resume, config.metrics_rounds)?),
+        Box::new(Health::serving(health_reporter).await),
+        Box::new(board),
+    ];
+    if config.dump_rounds > 0 {
+        outputs.push(Box::new(dump::RoundDump::new(out_dir.join("rounds"), config.dump_rounds)?));
+    }
+    if let Some(exporter) = exporter {
+        outputs.push(Box::new(exporter));
+    }
     let driver = driver::Driver::new(
         config,
         mlp.clone(),
@@ -159,8 +186,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         data.n_train,
         (events_tx, events),
         shutdown,
-        metrics,
-        dump,
+        Observers::new(outputs),
     )
     .aligning(alignment);
     let mut server_ended = false;
@@ -180,6 +206,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
 
     // Workers were told to stop; give their sessions a moment to close cleanly.
     let _ = stop_server.send(());
+    let _ = stop_metrics.send(());
     if !server_ended && let Ok(Ok(Err(err))) = tokio::time::timeout(Duration::from_secs(2), server).await {
         warn!(error = %error_chain(&err), "the gRPC server failed while closing");
     }
@@ -196,6 +223,29 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         "training complete"
     );
     Ok(summary)
+}
+
+/// Binds `--metrics-bind` and serves the run's metrics there until `stop`;
+/// returns the exporter that keeps them current.
+async fn serve_metrics(bind: SocketAddr, stop: oneshot::Receiver<()>) -> Result<Exporter> {
+    let listener = TcpListener::bind(bind).await.map_err(|source| Error::Bind { addr: bind, source })?;
+    let addr = listener.local_addr().map_err(|e| Error::io("metrics listener", e))?;
+    let registry = Arc::new(Mutex::new(Registry::with_prefix("lazyavg")));
+    let exporter = Exporter::new(Arc::clone(&registry));
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "metrics are served without a token or TLS to anyone who can reach this address");
+    }
+    info!(%addr, "serving metrics");
+    tokio::spawn(async move {
+        if let Err(e) = scrape::serve(listener, registry, async {
+            let _ = stop.await;
+        })
+        .await
+        {
+            warn!(error = %e, "the metrics server failed; the run goes on without it");
+        }
+    });
+    Ok(exporter)
 }
 
 /// Commands queued per worker before it counts as fallen behind: a few

@@ -5,19 +5,20 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::observe::{Observer, RunEvent};
 
 /// Appends records to `metrics.jsonl`, flushing each line so that a crash
-/// loses at most the line being written. Clones append to the same file, a
-/// line at a time: an epoch's record is written by its close, off the driver.
-#[derive(Debug, Clone)]
+/// loses at most the line being written: every epoch's record, and with
+/// `rounds` (`--metrics-rounds`) every round's.
+#[derive(Debug)]
 pub struct MetricsFile {
-    path: Arc<PathBuf>,
-    out: Arc<Mutex<BufWriter<File>>>,
+    path: PathBuf,
+    out: BufWriter<File>,
+    rounds: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +64,7 @@ pub struct RoundRecord {
 
 impl MetricsFile {
     /// Opens `metrics.jsonl` in `dir`: a new file, or appended to when resuming a run.
-    pub fn open(dir: &Path, append: bool) -> Result<Self> {
+    pub fn open(dir: &Path, append: bool, rounds: bool) -> Result<Self> {
         let path = dir.join(crate::run_dir::METRICS_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -72,12 +73,34 @@ impl MetricsFile {
             .truncate(!append)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsFile { path: Arc::new(path), out: Arc::new(Mutex::new(BufWriter::new(file))) })
+        Ok(MetricsFile { path, out: BufWriter::new(file), rounds })
     }
 
-    pub fn append(&self, record: &impl Serialize) -> Result<()> {
-        let line = serde_json::to_string(record).map_err(|e| Error::io(self.path.as_path(), e.into()))?;
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| Error::io(self.path.as_path(), e))
+    fn append(&mut self, record: &impl Serialize) -> Result<()> {
+        let line = serde_json::to_string(record).map_err(|e| Error::io(&self.path, e.into()))?;
+        let out = &mut self.out;
+        writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl Observer for MetricsFile {
+    fn observe(&mut self, event: &RunEvent<'_>) -> Result<()> {
+        match *event {
+            RunEvent::EpochEvaluated(record) => self.append(record),
+            RunEvent::RoundCompleted(done) if self.rounds => {
+                let summary = done.summary;
+                self.append(&RoundRecord {
+                    kind: "round",
+                    epoch: summary.epoch,
+                    round: summary.round,
+                    samples: summary.samples,
+                    contributors: summary.contributors.len(),
+                    train_loss: done.train_loss(),
+                    seconds: done.seconds,
+                    digest: done.digest().to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 }

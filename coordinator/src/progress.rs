@@ -4,6 +4,9 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use lazyavg_common::telemetry::progress_bars;
 
+use crate::error::Result;
+use crate::observe::{Observer, RunEvent};
+
 /// Appears with the first epoch (not while waiting for workers).
 #[derive(Debug, Default)]
 pub struct EpochProgress {
@@ -11,7 +14,7 @@ pub struct EpochProgress {
 }
 
 impl EpochProgress {
-    pub fn start_epoch(&mut self, epoch: u64, rounds: u64) {
+    fn start_epoch(&mut self, epoch: u64, rounds: u64) {
         let bar = self.bar.get_or_insert_with(|| {
             let style = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} rounds, ETA {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -23,15 +26,27 @@ impl EpochProgress {
         bar.set_message(format!("epoch {epoch}"));
     }
 
-    pub fn round_done(&self) {
+    fn round_done(&self) {
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }
     }
 
-    pub fn finish(&self) {
+    fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+impl Observer for EpochProgress {
+    fn observe(&mut self, event: &RunEvent<'_>) -> Result<()> {
+        match *event {
+            RunEvent::EpochStarted { epoch, rounds } => self.start_epoch(epoch, rounds),
+            RunEvent::RoundCompleted(_) => self.round_done(),
+            RunEvent::RunEnded { .. } => self.finish(),
+            _ => {}
+        }
+        Ok(())
     }
 }

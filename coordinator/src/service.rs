@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::observe::board::StatusView;
 use crate::registry::Registry;
 use crate::round::WorkerId;
 
@@ -24,8 +25,8 @@ pub type Outbox = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 /// What the service tells the driver.
 #[derive(Debug)]
 pub enum Event {
-    /// A worker opened its session; commands for it go to `outbox`.
-    Attached { id: WorkerId, name: String, outbox: Outbox },
+    /// A worker opened its session from `address`; commands for it go to `outbox`.
+    Attached { id: WorkerId, name: String, address: String, outbox: Outbox },
     /// A worker sent a message on its session.
     Message { id: WorkerId, reply: Reply },
     /// A worker's session ended.
@@ -50,6 +51,8 @@ pub struct Shared {
     pub events: mpsc::Sender<Event>,
     /// Capacity of each session's command queue.
     pub outbox_capacity: usize,
+    /// What the Status call answers.
+    pub status: StatusView,
 }
 
 impl Shared {
@@ -128,12 +131,17 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::RunStatus>, Status> {
+        Ok(Response::new(pb::RunStatus::from(&self.shared.status.snapshot())))
+    }
+
     type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
 
     async fn session(
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let address = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("session closed before Attach"))?;
         let Some(Reply::Attach(attach)) = first.kind else {
@@ -142,7 +150,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let id = attach.worker_id;
         let name = self.shared.registry().attach(id).map_err(|e| Status::from(&e))?;
         let (outbox, commands) = mpsc::channel(self.shared.outbox_capacity);
-        let attached = Event::Attached { id, name, outbox };
+        let attached = Event::Attached { id, name, address, outbox };
         if self.shared.events.send(attached).await.is_err() {
             return Err(Status::unavailable("the coordinator is shutting down"));
         }

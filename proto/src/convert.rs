@@ -1,8 +1,11 @@
 //! Conversions between protobuf messages and domain types.
 
+use std::time::Duration;
+
 use lazyavg_common::config::{LrSchedule, RunSpec, TrainConfig};
 use lazyavg_common::matching::{Permutation, PermutationSpec};
 use lazyavg_common::params::Architecture;
+use lazyavg_common::status::{RunStatus, WorkerState, WorkerStatus};
 
 use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
 
@@ -100,6 +103,78 @@ pub fn decode_realign(msg: pb::Realign, spec: &PermutationSpec) -> Result<Permut
         .map_err(|e| ProtoError::Config(format!("realign for epoch {} round {}: {e}", msg.epoch, msg.round)))
 }
 
+impl From<&RunStatus> for pb::RunStatus {
+    fn from(status: &RunStatus) -> Self {
+        let seconds = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        pb::RunStatus {
+            epoch: status.epoch,
+            round: status.round,
+            rounds_completed: status.rounds_completed,
+            accuracy: status.accuracy,
+            workers: status
+                .workers
+                .iter()
+                .map(|w| pb::WorkerStatus {
+                    name: w.name.clone(),
+                    address: w.address.clone(),
+                    state: pb::WorkerState::from(w.state) as i32,
+                    samples: w.samples,
+                    last_contribution_seconds_ago: seconds(w.last_contribution),
+                    round_trip_seconds: seconds(w.round_trip),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<WorkerState> for pb::WorkerState {
+    fn from(state: WorkerState) -> Self {
+        match state {
+            WorkerState::Training => pb::WorkerState::Training,
+            WorkerState::Answering => pb::WorkerState::Answering,
+            WorkerState::Late => pb::WorkerState::Late,
+            WorkerState::Gone => pb::WorkerState::Gone,
+        }
+    }
+}
+
+impl TryFrom<pb::RunStatus> for RunStatus {
+    type Error = ProtoError;
+
+    fn try_from(status: pb::RunStatus) -> Result<Self, ProtoError> {
+        let bad = |what: String| ProtoError::Config(format!("status: {what}"));
+        let duration = |seconds: Option<f64>, what: &str| {
+            seconds
+                .map(|s| Duration::try_from_secs_f64(s).map_err(|_| bad(format!("{what} {s} is not a duration"))))
+                .transpose()
+        };
+        let workers = status.workers.into_iter().map(|w| {
+            let state = match pb::WorkerState::try_from(w.state) {
+                Ok(pb::WorkerState::Training) => WorkerState::Training,
+                Ok(pb::WorkerState::Answering) => WorkerState::Answering,
+                Ok(pb::WorkerState::Late) => WorkerState::Late,
+                Ok(pb::WorkerState::Gone) => WorkerState::Gone,
+                _ => return Err(bad(format!("worker {} has no known state ({})", w.name, w.state))),
+            };
+            Ok(WorkerStatus {
+                state,
+                samples: w.samples,
+                last_contribution: duration(w.last_contribution_seconds_ago, "last contribution")?,
+                round_trip: duration(w.round_trip_seconds, "round trip")?,
+                name: w.name,
+                address: w.address,
+            })
+        });
+        Ok(RunStatus {
+            epoch: status.epoch,
+            round: status.round,
+            rounds_completed: status.rounds_completed,
+            accuracy: status.accuracy,
+            workers: workers.collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +235,40 @@ mod tests {
         let idx = vec![0, 1, 59_999, u32::MAX];
         assert_eq!(decode_indices(&encode_indices(&idx)).unwrap(), idx);
         assert!(decode_indices(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn a_run_status_survives_the_wire_and_unknown_states_are_refused() {
+        let status = RunStatus {
+            epoch: 3,
+            round: 7,
+            rounds_completed: 250,
+            accuracy: Some(0.975),
+            workers: vec![
+                WorkerStatus {
+                    name: "a".into(),
+                    address: "10.0.0.2:41000".into(),
+                    state: WorkerState::Late,
+                    samples: 512,
+                    last_contribution: Some(Duration::from_millis(1500)),
+                    round_trip: Some(Duration::from_millis(20)),
+                },
+                WorkerStatus {
+                    name: "b".into(),
+                    address: String::new(),
+                    state: WorkerState::Gone,
+                    samples: 0,
+                    last_contribution: None,
+                    round_trip: None,
+                },
+            ],
+        };
+        assert_eq!(RunStatus::try_from(pb::RunStatus::from(&status)).unwrap(), status);
+        let mut wire = pb::RunStatus::from(&status);
+        wire.workers[0].state = 0;
+        assert!(RunStatus::try_from(wire).unwrap_err().to_string().contains("no known state"));
+        let mut wire = pb::RunStatus::from(&status);
+        wire.workers[0].round_trip_seconds = Some(-1.0);
+        assert!(RunStatus::try_from(wire).is_err());
     }
 }

@@ -8,10 +8,13 @@
 //! - [`tls`]: certificate files for TLS and mutual TLS.
 //! - [`convert`]: run configuration, shard indices and unit reorderings to and from protobuf.
 //! - [`chunks`]: parameter buffers cut into ≤ 1 MiB chunks and put back together.
+//! - [`transport`]: HTTP/2 window, frame and keepalive settings of both ends.
+//! - [`scrape`]: the `/metrics` HTTP endpoint both processes serve.
 
 pub mod auth;
 pub mod chunks;
 pub mod convert;
+pub mod scrape;
 pub mod tls;
 pub mod transport;
 

@@ -158,7 +158,7 @@ struct Localise {
 
 impl Localise {
     fn value(&self, value: &str) -> String {
-        let value = value.replace("0.0.0.0:7070", "127.0.0.1:0");
+        let value = value.replace("0.0.0.0:7070", "127.0.0.1:0").replace("0.0.0.0:9091", "127.0.0.1:0");
         let value = value.replace("/var/lib/lazyavg", self.var_lib.to_str().expect("UTF-8 path"));
         value.replace("/var/cache/lazyavg", self.cache.to_str().expect("UTF-8 path"))
     }
@@ -242,4 +242,39 @@ fn the_systemd_units_run_as_written() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let deployment = systemd(tmp.path());
     run("systemd", &deployment, tmp.path());
+}
+
+/// The coordinator's probes ask its gRPC health service (grpc.health.v1,
+/// served beside the run's service on `--bind`'s port, see
+/// tests/integration/metrics.rs), and its metrics port is `--metrics-bind`'s.
+#[test]
+fn the_kubernetes_probes_ask_the_coordinators_grpc_health_port() {
+    let text = repo_file("deploy/kubernetes/lazyavg.yaml");
+    let coordinator = text
+        .split("\n---\n")
+        .map(|document| serde_yaml_ng::from_str::<Yaml>(document).expect("valid YAML"))
+        .find(|d| d["kind"].as_str() == Some("Job") && d["metadata"]["name"].as_str() == Some("lazyavg-coordinator"))
+        .expect("the coordinator's Job");
+    let container = &coordinator["spec"]["template"]["spec"]["containers"][0];
+    let port = |name: &str| {
+        let ports = container["ports"].as_sequence().expect("ports");
+        let port = ports.iter().find(|p| p["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("no port {name}"));
+        port["containerPort"].as_u64().expect("containerPort")
+    };
+    let args = yaml_strings(&container["args"]);
+    let flag_port = |flag: &str| {
+        let arg = args.iter().find_map(|a| a.strip_prefix(flag)).unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+        arg.rsplit(':').next().and_then(|p| p.parse::<u64>().ok()).unwrap_or_else(|| panic!("{flag}{arg}"))
+    };
+    assert_eq!(port("grpc"), flag_port("--bind="));
+    assert_eq!(port("metrics"), flag_port("--metrics-bind="));
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let grpc = &container[probe]["grpc"];
+        assert_eq!(
+            grpc["port"].as_u64(),
+            Some(port("grpc")),
+            "{probe} asks the gRPC health service: {:?}",
+            container[probe]
+        );
+    }
 }

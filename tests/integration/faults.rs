@@ -703,12 +703,29 @@ fn bad_worker_messages_are_refused_and_training_goes_on() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
-    let args = ["--workers", "2", "--epochs", "2", "--round-timeout", "2s", "--metrics-rounds"];
+    let args = [
+        "--workers",
+        "2",
+        "--epochs",
+        "2",
+        "--round-timeout",
+        "2s",
+        "--metrics-rounds",
+        "--metrics-bind",
+        "127.0.0.1:0",
+    ];
     let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
     let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache"), "info");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let log = runtime.block_on(misbehave(&coordinator.addr, worker.pid()));
     drop(runtime);
+    // The run goes on (for an epoch and more) with the real worker: its metrics count each refusal by reason.
+    let metrics = scrape(&metrics_addr(&coordinator.proc)).expect("the coordinator serves /metrics");
+    let rejected = samples(&metrics, "lazyavg_contributions_rejected_total");
+    for reason in ["non_finite", "duplicate", "stale", "future", "malformed"] {
+        let count = rejected.iter().find(|(labels, _)| *labels == format!("reason=\"{reason}\"")).map(|r| r.1);
+        assert!(count.is_some_and(|c| c >= 1.0), "{reason}: {rejected:?}");
+    }
     expect_success(&mut [&mut coordinator.proc, &mut worker]);
     let coordinator_log = &coordinator.proc;
 

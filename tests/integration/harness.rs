@@ -3,6 +3,8 @@
 //! exits, and reading what a run wrote.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -300,4 +302,58 @@ pub fn run_three_killing_one_in_epoch_2(args: &[&str]) -> KilledRun {
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
     expect_success(&mut procs);
     KilledRun { _tmp: tmp, coordinator, victim, victim_id }
+}
+
+/// The address the coordinator serves `/metrics` on (its "serving metrics" line).
+pub fn metrics_addr(coordinator: &Proc) -> String {
+    let line = logged(coordinator, "serving metrics").into_iter().next();
+    let line = line.unwrap_or_else(|| panic!("no \"serving metrics\" line\n{}", coordinator.dump()));
+    line["addr"].as_str().unwrap_or_else(|| panic!("no addr in {line}")).to_owned()
+}
+
+/// `GET path` on `addr` over plain HTTP/1.0 (no chunked replies to decode)
+/// accepting `accept`: the status
+/// code and body, or `None` if the server cannot be reached (not up yet, or gone).
+pub fn http_get(addr: &str, path: &str, accept: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// One scrape of `/metrics` in the classic text format, if the server answers.
+pub fn scrape(addr: &str) -> Option<String> {
+    scrape_as(addr, "*/*")
+}
+
+pub fn scrape_as(addr: &str, accept: &str) -> Option<String> {
+    match http_get(addr, "/metrics", accept)? {
+        (200, body) => Some(body),
+        (code, body) => panic!("/metrics answered {code}: {body}"),
+    }
+}
+
+/// The samples of `name` in an exposition: (labels as written, value).
+pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let value = value.split_whitespace().next()?.parse().ok()?;
+            Some((labels.to_owned(), value))
+        })
+        .collect()
+}
+
+/// The value of the unlabelled sample `name`.
+pub fn value(text: &str, name: &str) -> Option<f64> {
+    samples(text, name).into_iter().find(|(labels, _)| labels.is_empty()).map(|(_, v)| v)
 }

@@ -24,6 +24,9 @@
 //! - `align`: `--align` with `--init independent --sync-every epoch` (units
 //!   matched, momentum reordered, the model file the last average), and
 //!   `--align none` bit for bit the run without the flag.
+//! - `metrics`: `/metrics` scraped during a run and checked with promtool, a
+//!   real Prometheus with deploy/monitoring's config and rules, gRPC health.
+//! - `status`: `lazyavg status` on a 3-worker run; a stopped worker shown late.
 
 mod align;
 mod cluster;
@@ -33,8 +36,10 @@ mod faults;
 mod flags;
 mod harness;
 mod merge;
+mod metrics;
 mod netns;
 mod overlap;
 mod scaling;
+mod status;
 mod support;
 mod training;

@@ -1,6 +1,7 @@
 //! The worker's flags. A worker needs only the coordinator's address: the
 //! model, hyperparameters and data come from the coordinator.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,19 +16,12 @@ use crate::error::{Error, Result};
 /// the pause, train time × factor, overflow).
 const MAX_SLOWDOWN: f64 = 1000.0;
 
+/// How to reach a coordinator, for `lazyavg worker` and `lazyavg status` alike.
 #[derive(Debug, Clone, Args)]
-pub struct WorkerArgs {
+pub struct ConnectArgs {
     /// Coordinator URL, e.g. http://10.0.0.1:7070.
     #[arg(long, env = "LAZYAVG_COORDINATOR", value_name = "URL")]
     pub coordinator: String,
-
-    /// Name shown in the coordinator's logs [default: host name and process id].
-    #[arg(long, env = "LAZYAVG_WORKER_NAME", value_name = "NAME")]
-    pub name: Option<String>,
-
-    /// Where the downloaded training set is cached [default: $XDG_CACHE_HOME/lazyavg or ~/.cache/lazyavg].
-    #[arg(long, env = "LAZYAVG_CACHE_DIR", value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
 
     /// File holding the coordinator's shared secret (or set LAZYAVG_TOKEN).
     #[arg(long, env = TOKEN_FILE_ENV, value_name = "PATH")]
@@ -44,6 +38,32 @@ pub struct WorkerArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// A validated [`ConnectArgs`].
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub coordinator: Uri,
+    pub token: Option<Token>,
+    pub tls: Option<ClientTls>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Name shown in the coordinator's logs [default: host name and process id].
+    #[arg(long, env = "LAZYAVG_WORKER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Where the downloaded training set is cached [default: $XDG_CACHE_HOME/lazyavg or ~/.cache/lazyavg].
+    #[arg(long, env = "LAZYAVG_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no token) [default: off].
+    #[arg(long, env = "LAZYAVG_WORKER_METRICS_BIND", value_name = "ADDR:PORT")]
+    pub metrics_bind: Option<SocketAddr>,
 
     /// Give up (exit non-zero) after failing to reach the coordinator for this long, e.g. 10m [default: never].
     #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -67,20 +87,20 @@ pub struct WorkerArgs {
 /// The validated worker configuration.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub coordinator: Uri,
+    pub connection: Connection,
     pub name: String,
     pub cache_dir: PathBuf,
-    pub token: Option<Token>,
-    pub tls: Option<ClientTls>,
     /// How long to go on retrying without a coordinator (`None`: for ever).
     pub give_up_after: Option<Duration>,
     /// 1 normally; F > 1 makes the worker F times slower (for straggler tests).
     pub slowdown: f64,
     pub exit_with_stdin: bool,
+    /// `--metrics-bind`: where `/metrics` is served, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
-impl WorkerArgs {
-    pub fn resolve(&self) -> Result<WorkerConfig> {
+impl ConnectArgs {
+    pub fn resolve(&self) -> Result<Connection> {
         let url = &self.coordinator;
         let bad = |problem: &str| Error::Address { url: url.clone(), problem: problem.to_owned() };
         let coordinator: Uri = url.parse().map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
@@ -104,13 +124,18 @@ impl WorkerArgs {
         if after_host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_err()) {
             return Err(bad("the port must be a number from 0 to 65535"));
         }
+        let token = Token::load(self.token_file.as_deref(), std::env::var(TOKEN_ENV).ok().as_deref())
+            .map_err(Error::Setting)?;
+        Ok(Connection { coordinator, token, tls })
+    }
+}
+
+impl WorkerArgs {
+    pub fn resolve(&self) -> Result<WorkerConfig> {
         Ok(WorkerConfig {
-            coordinator,
+            connection: self.connect.resolve()?,
             name: self.name.clone().unwrap_or_else(default_name),
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
-            token: Token::load(self.token_file.as_deref(), std::env::var(TOKEN_ENV).ok().as_deref())
-                .map_err(Error::Setting)?,
-            tls,
             slowdown: match self.debug_slowdown {
                 None => 1.0,
                 Some(f) if (1.0..=MAX_SLOWDOWN).contains(&f) => f,
@@ -122,6 +147,7 @@ impl WorkerArgs {
             },
             give_up_after: self.give_up_after,
             exit_with_stdin: self.exit_with_stdin,
+            metrics_bind: self.metrics_bind,
         })
     }
 }
@@ -149,16 +175,19 @@ mod tests {
 
     fn args(url: &str) -> WorkerArgs {
         WorkerArgs {
-            coordinator: url.to_owned(),
+            connect: ConnectArgs {
+                coordinator: url.to_owned(),
+                token_file: None,
+                tls_ca: None,
+                tls_cert: None,
+                tls_key: None,
+            },
             name: Some("w".into()),
             cache_dir: None,
-            token_file: None,
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
             give_up_after: None,
             debug_slowdown: None,
             exit_with_stdin: false,
+            metrics_bind: None,
         }
     }
 

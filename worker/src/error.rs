@@ -11,6 +11,12 @@ pub enum Error {
     /// A setting that cannot be used (token, TLS files, flags).
     #[error("{0}")]
     Setting(String),
+    #[error("cannot listen on --metrics-bind {addr}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot reach the coordinator at {url}")]
     Connect {
         url: String,

@@ -10,17 +10,20 @@
 //! - [`cache`]: the training set, downloaded once and kept on disk.
 //! - [`replica`]: the model replica and its shard (synchronous).
 //! - [`session`]: the command loop of one connection.
+//! - [`metrics`]: `--metrics-bind`'s Prometheus metrics.
 
 pub mod backoff;
 pub mod cache;
 pub mod chain;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod replica;
 pub mod session;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lazyavg_common::config::RunSpec;
@@ -31,14 +34,18 @@ use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
 use lazyavg_proto::transport::{
     CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME, MAX_MESSAGE_BYTES, STREAM_WINDOW,
 };
-use lazyavg_proto::{PROTOCOL_VERSION, ProtoError, pb};
+use lazyavg_proto::{PROTOCOL_VERSION, ProtoError, pb, scrape};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-pub use crate::config::{WorkerArgs, WorkerConfig};
+pub use crate::config::{ConnectArgs, Connection, WorkerArgs, WorkerConfig};
 pub use crate::error::{Error, Result};
+use crate::metrics::WorkerMetrics;
 
 /// The coordinator's client, presenting the token on every call.
 pub type Client = CoordinatorClient<InterceptedService<Channel, SendToken>>;
@@ -49,18 +56,47 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Works for the coordinator until the run completes, a non-retryable error
 /// occurs, or `shutdown` resolves (with the signal's name).
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = &'static str>) -> Result<()> {
-    tokio::select! {
-        result = work(&config) => result,
-        signal = shutdown => Err(Error::Interrupted(signal)),
+    let metrics = WorkerMetrics::default();
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    if let Some(bind) = config.metrics_bind {
+        serve_metrics(bind, &metrics, metrics_stopped).await?;
     }
+    let result = tokio::select! {
+        result = work(&config, &metrics) => result,
+        signal = shutdown => Err(Error::Interrupted(signal)),
+    };
+    let _ = stop_metrics.send(());
+    result
 }
 
-async fn work(config: &WorkerConfig) -> Result<()> {
+/// Binds `--metrics-bind` and serves `metrics` there until `stop`.
+async fn serve_metrics(bind: SocketAddr, metrics: &WorkerMetrics, stop: oneshot::Receiver<()>) -> Result<()> {
+    let listener = TcpListener::bind(bind).await.map_err(|source| Error::MetricsBind { addr: bind, source })?;
+    let addr = listener.local_addr().map_err(|source| Error::MetricsBind { addr: bind, source })?;
+    let mut registry = Registry::with_prefix("lazyavg");
+    metrics.register(&mut registry);
+    info!(%addr, "serving metrics");
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stop.await;
+        };
+        if let Err(e) = scrape::serve(listener, Arc::new(Mutex::new(registry)), stopped).await {
+            warn!(error = %e, "the metrics server failed; the worker goes on without it");
+        }
+    });
+    Ok(())
+}
+
+async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
     let seed = u64::from(std::process::id()) ^ std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos() as u64);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), seed);
     let mut dataset = None;
+    let mut first = true;
     loop {
-        match attempt(config, &mut backoff, &mut dataset).await {
+        if !std::mem::take(&mut first) {
+            metrics.reconnects.inc();
+        }
+        match attempt(config, &mut backoff, &mut dataset, metrics).await {
             Ok(Ending::Completed) => {
                 info!("training complete");
                 return Ok(());
@@ -98,16 +134,13 @@ fn give_up_if_due(config: &WorkerConfig, backoff: &Backoff, last: impl FnOnce() 
     }
 }
 
-/// One connection: Join, get the data, run the session.
-async fn attempt(
-    config: &WorkerConfig,
-    backoff: &mut Backoff,
-    dataset: &mut Option<(String, Arc<Dataset>)>,
-) -> Result<Ending> {
-    let url = config.coordinator.to_string();
-    let mut endpoint = Endpoint::from(config.coordinator.clone());
-    if let Some(tls) = &config.tls {
-        let domain = config.coordinator.host().unwrap_or_default();
+/// A client of the coordinator `connection` names, with its TLS and token:
+/// the worker's, and `lazyavg status`'s.
+pub async fn connect(connection: &Connection) -> Result<Client> {
+    let url = connection.coordinator.to_string();
+    let mut endpoint = Endpoint::from(connection.coordinator.clone());
+    if let Some(tls) = &connection.tls {
+        let domain = connection.coordinator.host().unwrap_or_default();
         endpoint =
             endpoint.tls_config(tls.config(domain)).map_err(|source| Error::Connect { url: url.clone(), source })?;
     }
@@ -123,9 +156,21 @@ async fn attempt(
         .connect()
         .await
         .map_err(|source| Error::Connect { url: url.clone(), source })?;
-    let mut client = CoordinatorClient::with_interceptor(channel, SendToken(config.token.clone()))
+    let client = CoordinatorClient::with_interceptor(channel, SendToken(connection.token.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(client)
+}
+
+/// One connection: Join, get the data, run the session.
+async fn attempt(
+    config: &WorkerConfig,
+    backoff: &mut Backoff,
+    dataset: &mut Option<(String, Arc<Dataset>)>,
+    metrics: &WorkerMetrics,
+) -> Result<Ending> {
+    let mut client = connect(&config.connection).await?;
+    let url = config.connection.coordinator.to_string();
     let join = pb::JoinRequest { protocol_version: PROTOCOL_VERSION, name: config.name.clone() };
     let reply = client.join(join).await.map_err(Error::refused("Join"))?.into_inner();
     let missing = |what: &str| Error::Protocol(ProtoError::Config(format!("the handshake reply has no {what}")));
@@ -140,5 +185,5 @@ async fn attempt(
         }
     };
     info!(worker = reply.worker_id, coordinator = url, architecture = %spec.arch, "joined the run");
-    session::run(&mut client, reply.worker_id, &spec, data, config.slowdown, || backoff.reset()).await
+    session::run(&mut client, reply.worker_id, &spec, data, config.slowdown, metrics, || backoff.reset()).await
 }

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::Client;
 use crate::chain::PullChain;
 use crate::error::{Error, Result};
+use crate::metrics::WorkerMetrics;
 use crate::replica::{Applied, AverageSlot, Replica};
 
 /// How a session ended without an error.
@@ -52,6 +53,7 @@ pub async fn run(
     spec: &RunSpec,
     data: Arc<Dataset>,
     slowdown: f64,
+    metrics: &WorkerMetrics,
     attached: impl FnOnce(),
 ) -> Result<Ending> {
     let (outbox, replies) = mpsc::channel(64);
@@ -59,7 +61,8 @@ pub async fn run(
     let mut inbound =
         client.session(ReceiverStream::new(replies)).await.map_err(Error::refused("Session"))?.into_inner();
     attached();
-    let mut session = Session::new(Replica::new(spec, data)?, outbox, slowdown);
+    let metrics = (metrics.clone(), spec.train.batch_size);
+    let mut session = Session::new(Replica::new(spec, data)?, outbox, slowdown, metrics);
     loop {
         tokio::select! {
             // A job's chained pulls come before the job's end, in order.
@@ -150,6 +153,8 @@ struct Session {
     incoming: Option<Incoming>,
     /// Seconds spent in SGD steps in this session.
     train_seconds: f64,
+    /// `--metrics-bind`'s handles, and the minibatch size to count steps by.
+    metrics: (WorkerMetrics, usize),
     /// Pulls a job went on from to a queued one, in this session.
     pulls_chained: u64,
     /// When the first pull started training and the last one finished: the
@@ -159,7 +164,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(replica: Replica, outbox: mpsc::Sender<pb::WorkerMessage>, slowdown: f64) -> Self {
+    fn new(
+        replica: Replica,
+        outbox: mpsc::Sender<pb::WorkerMessage>,
+        slowdown: f64,
+        metrics: (WorkerMetrics, usize),
+    ) -> Self {
         let (chained_tx, chained) = mpsc::unbounded_channel();
         Session {
             outbox,
@@ -176,6 +186,7 @@ impl Session {
             sent: None,
             incoming: None,
             train_seconds: 0.0,
+            metrics,
             pulls_chained: 0,
             training_span: None,
         }
@@ -205,13 +216,12 @@ impl Session {
                 warn!(code = rejected.code, error = rejected.message, "the coordinator refused a message")
             }
             Command::Stop(stop) => {
-                let span = self.training_span.map_or(0.0, |(first, last)| (last - first).as_secs_f64());
                 info!(
                     reason = stop.reason,
                     train_seconds = self.train_seconds,
-                    span_seconds = span,
+                    span_seconds = self.span_seconds(),
                     pulls_chained = self.pulls_chained,
-                    idle_share = (1.0 - self.train_seconds / span.max(f64::EPSILON)).clamp(0.0, 1.0),
+                    idle_share = self.idle_share(),
                     "stopped by the coordinator"
                 );
                 return Ok(Some(match (stop.completed, stop.resumable) {
@@ -312,6 +322,21 @@ impl Session {
         if let Some((_, last)) = self.training_span.as_mut() {
             *last = Instant::now();
         }
+        let (metrics, batch_size) = &self.metrics;
+        if report.train_seconds > 0.0 {
+            let steps = report.samples.div_ceil(*batch_size as u64) as f64;
+            metrics.steps_per_second.set(steps / report.train_seconds);
+        }
+        metrics.idle_ratio.set(self.idle_share());
+    }
+
+    fn span_seconds(&self) -> f64 {
+        self.training_span.map_or(0.0, |(first, last)| (last - first).as_secs_f64())
+    }
+
+    /// Share of the training span not spent training.
+    fn idle_share(&self) -> f64 {
+        (1.0 - self.train_seconds / self.span_seconds().max(f64::EPSILON)).clamp(0.0, 1.0)
     }
 
     /// Sends what may be sent and runs deferred commands, until a pull trains,

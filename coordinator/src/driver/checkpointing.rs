@@ -4,12 +4,10 @@
 
 use std::path::Path;
 
-use lazyavg_common::params::{Architecture, digest};
-use lazyavg_common::telemetry::error_chain;
-use tracing::{info, warn};
-
 use super::Driver;
 use crate::checkpoint::{self, Checkpoint};
+use crate::observe::{Observers, RunEvent};
+use lazyavg_common::params::Architecture;
 
 impl Driver {
     /// On the way out mid-epoch (signal, too few workers): records the epoch's
@@ -26,7 +24,8 @@ impl Driver {
             remaining.extend_from_slice(pending);
         }
         // An empty list means every image was averaged in: the epoch is complete.
-        write_checkpoint(&self.config.out_dir, self.mlp.arch(), &self.snapshot(self.epoch, remaining));
+        let checkpoint = self.snapshot(self.epoch, remaining);
+        write_checkpoint(&self.config.out_dir, self.mlp.arch(), &checkpoint, &self.observers);
     }
 
     /// The current model and outer velocity as epoch `epoch` with
@@ -36,17 +35,12 @@ impl Driver {
     }
 }
 
-/// Writes `checkpoint` into `dir` and logs the outcome. A failure is logged,
-/// not fatal: training goes on, and the previous checkpoint stays usable.
-pub(super) fn write_checkpoint(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint) {
+/// Writes `checkpoint` into `dir` and tells `observers` the outcome. A
+/// failure is reported, not fatal: training goes on, and the previous
+/// checkpoint stays usable.
+pub(super) fn write_checkpoint(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint, observers: &Observers) {
     match checkpoint::save(dir, arch, checkpoint) {
-        Ok(path) => info!(
-            epoch = checkpoint.epoch,
-            remaining = checkpoint.remaining.len(),
-            digest = digest(&checkpoint.params),
-            path = %path.display(),
-            "checkpoint written"
-        ),
-        Err(e) => warn!(error = %error_chain(&e), "cannot write checkpoint"),
+        Ok(path) => observers.notify(&RunEvent::CheckpointWritten { checkpoint, path: &path }),
+        Err(error) => observers.notify(&RunEvent::CheckpointFailed { error: &error }),
     }
 }

@@ -14,12 +14,13 @@ use lazyavg_common::dataset::Dataset;
 use lazyavg_common::model::{Evaluation, Mlp, Workspace};
 use lazyavg_common::telemetry::error_chain;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::Driver;
 use super::checkpointing::write_checkpoint;
 use crate::error::Result;
 use crate::metrics::EpochRecord;
+use crate::observe::RunEvent;
 
 /// Test samples per evaluation batch.
 const EVAL_BATCH: usize = 500;
@@ -36,15 +37,14 @@ impl Driver {
         self.finish_closing().await?;
         let checkpoint = self.snapshot(record.epoch, Vec::new());
         let (dir, mlp, test) = (self.config.out_dir.clone(), self.mlp.clone(), Arc::clone(&self.test));
-        let metrics = self.metrics.clone();
+        let observers = self.observers.clone();
         self.closing = Some(tokio::task::spawn_blocking(move || {
             let evaluation = evaluate(&mlp, &test, &checkpoint.params);
             record.test_loss = evaluation.loss;
             record.accuracy = evaluation.accuracy;
             record.elapsed = training_started.elapsed().as_secs_f64();
-            log_epoch(&record);
-            metrics.append(&record)?;
-            write_checkpoint(&dir, mlp.arch(), &checkpoint);
+            observers.emit(&RunEvent::EpochEvaluated(&record))?;
+            write_checkpoint(&dir, mlp.arch(), &checkpoint, &observers);
             Ok(evaluation)
         }));
         Ok(())
@@ -79,20 +79,6 @@ pub(super) async fn close_done(closing: &mut Option<ClosingEpoch>) -> Result<Eva
         }
         None => std::future::pending().await,
     }
-}
-
-fn log_epoch(record: &EpochRecord) {
-    info!(
-        epoch = record.epoch,
-        rounds = record.rounds,
-        train_loss = record.train_loss,
-        test_loss = record.test_loss,
-        accuracy = record.accuracy,
-        samples_per_s = record.samples_per_s.round(),
-        sync_share = record.sync_share,
-        workers = record.workers,
-        "epoch done"
-    );
 }
 
 /// Test loss and accuracy of `params`.

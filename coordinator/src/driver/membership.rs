@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
@@ -18,6 +17,7 @@ use tracing::{info, warn};
 use super::{Driver, Worker};
 use crate::error::{Error, Result};
 use crate::init::{Init, independent_start};
+use crate::observe::RunEvent;
 use crate::round::{Round, RoundError, WorkerId};
 use crate::schedule::{ShardProgress, split_even};
 use crate::service::{Event, command};
@@ -42,9 +42,10 @@ impl Driver {
 
     pub(super) fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
         match event {
-            Event::Attached { id, name, outbox } => {
+            Event::Attached { id, name, address, outbox } => {
                 let name = self.unique_name(id, name);
-                info!(worker = id, name, workers = self.workers.len() + 1, "worker joined");
+                let workers = self.workers.len() + 1;
+                self.observers.notify(&RunEvent::WorkerJoined { id, name: &name, address: &address, workers });
                 let first = self.workers.is_empty();
                 self.workers.insert(id, Worker { name, outbox, shard: None });
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
@@ -59,7 +60,15 @@ impl Driver {
                 let Some(worker) = self.workers.remove(&id) else { return };
                 let remaining = worker.shard.as_ref().map_or(0, ShardProgress::remaining);
                 let trained = self.ledger.by_worker().get(&worker.name).copied().unwrap_or(0);
-                info!(worker = id, name = worker.name, reason, epoch = self.epoch, trained, remaining, "worker left");
+                self.observers.notify(&RunEvent::WorkerLeft {
+                    id,
+                    name: &worker.name,
+                    reason: &reason,
+                    epoch: self.epoch,
+                    trained,
+                    remaining,
+                    workers: self.workers.len(),
+                });
                 if let Some(round) = round {
                     round.exclude(id);
                 }
@@ -85,17 +94,14 @@ impl Driver {
     pub(super) fn on_reply(&mut self, id: WorkerId, reply: Reply, round: Option<&mut Round>) {
         let Some(round) = round else {
             let status = Status::out_of_range("no round is open");
-            return self.reject(id, &status);
+            return self.reject(id, "no_round", &status);
         };
         let result = match &reply {
             Reply::Report(report) => round.report(id, report),
             Reply::Weights(chunk) => {
                 let accepted = round.accept(id, chunk);
-                if accepted.is_ok()
-                    && let Some(dump) = &self.dump
-                    && let Err(e) = dump.chunk(id, chunk)
-                {
-                    warn!(error = %error_chain(&e), "cannot dump round");
+                if accepted.is_ok() {
+                    self.observers.notify(&RunEvent::WeightsReceived { worker: id, chunk });
                 }
                 accepted
             }
@@ -110,14 +116,14 @@ impl Driver {
                     let _ = worker.outbox.try_send(Err(status.clone()));
                 }
             }
-            self.reject(id, &status);
+            self.reject(id, rejection_reason(&err), &status);
         }
     }
 
-    /// Tells a worker its message was refused, and logs it.
-    pub(super) fn reject(&self, id: WorkerId, status: &Status) {
+    /// Tells a worker its message was refused, and the outputs why.
+    pub(super) fn reject(&self, id: WorkerId, reason: &'static str, status: &Status) {
         let name = self.workers.get(&id).map(|w| w.name.as_str()).unwrap_or("?");
-        warn!(worker = id, name, code = ?status.code(), error = status.message(), "refused a worker message");
+        self.observers.notify(&RunEvent::ContributionRejected { worker: id, name, reason, status });
         let rejected = pb::Rejected { code: status.code() as i32, message: status.message().to_owned() };
         self.send(id, Command::Rejected(rejected));
     }
@@ -231,5 +237,19 @@ impl Driver {
             "enough workers again; training resumed"
         );
         Ok(())
+    }
+}
+
+/// The short label of a refusal, for the `reason` of rejected contributions.
+fn rejection_reason(err: &RoundError) -> &'static str {
+    match err {
+        RoundError::Stale { .. } => "stale",
+        RoundError::Future { .. } => "future",
+        RoundError::NotInRound(_) => "not_in_round",
+        RoundError::Duplicate(_) => "duplicate",
+        RoundError::NonFinite { .. } => "non_finite",
+        RoundError::Chunk(_) => "malformed",
+        RoundError::Align { .. } => "unalignable",
+        RoundError::Empty { .. } | RoundError::Tainted { .. } | RoundError::Diverged { .. } => "other",
     }
 }

@@ -28,17 +28,16 @@ use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use self::closing::{ClosingEpoch, close_done};
 use crate::aggregate::Aggregator;
 use crate::align::Alignment;
 use crate::checkpoint::Checkpoint;
 use crate::config::CoordinatorConfig;
-use crate::dump::RoundDump;
 use crate::error::{Error, Result};
-use crate::metrics::{EpochRecord, MetricsFile};
-use crate::progress::EpochProgress;
+use crate::metrics::EpochRecord;
+use crate::observe::{Observers, RunEvent};
 use crate::round::WorkerId;
 use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
 use crate::service::{Event, Outbox, command};
@@ -106,9 +105,8 @@ pub struct Driver {
     own_events: mpsc::Sender<Event>,
     shutdown: Shutdown,
     workers: BTreeMap<WorkerId, Worker>,
-    metrics: MetricsFile,
-    dump: Option<RoundDump>,
-    progress: EpochProgress,
+    /// Every output of the run (logs, progress, files, metrics), fed events.
+    observers: Observers,
     /// `--overlap`: pulls sent ahead, from one round to the next.
     pipeline: rounds::Pipeline,
     /// When the first epoch of this process began training (for `elapsed`).
@@ -127,8 +125,7 @@ impl Driver {
         n_train: usize,
         events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
         shutdown: Shutdown,
-        metrics: MetricsFile,
-        dump: Option<RoundDump>,
+        observers: Observers,
     ) -> Self {
         let (first_epoch, remaining) = start.next_epoch();
         let resume_remaining = remaining.map(<[u32]>::to_vec);
@@ -154,9 +151,7 @@ impl Driver {
             events: events.1,
             shutdown,
             workers: BTreeMap::new(),
-            metrics,
-            dump,
-            progress: EpochProgress::default(),
+            observers,
             pipeline: rounds::Pipeline::default(),
             training_started: None,
             closing: None,
@@ -180,7 +175,7 @@ impl Driver {
         // Stopped by a signal as a service that is restarted (it has
         // checkpointed): the restart continues the run.
         let resumable = self.config.restartable && matches!(result, Err(Error::Interrupted(_)));
-        self.progress.finish();
+        self.observers.notify(&RunEvent::RunEnded { completed });
         for worker in self.workers.values() {
             let stop = command(Command::Stop(pb::Stop { reason: reason.clone(), completed, resumable }));
             let _ = worker.outbox.try_send(Ok(stop));
@@ -266,7 +261,7 @@ impl Driver {
         }
         let samples_per_round = self.config.samples_per_round();
         let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
-        self.progress.start_epoch(epoch, total_rounds);
+        self.observers.notify(&RunEvent::EpochStarted { epoch, rounds: total_rounds });
         let mut tally = EpochTally::default();
         let mut round = 0;
         loop {
@@ -290,7 +285,6 @@ impl Driver {
                 tally.samples += summary.samples;
                 tally.loss_sum += summary.loss_sum;
                 tally.train_seconds += summary.mean_train_seconds;
-                self.progress.round_done();
             }
         }
         let seconds = started.elapsed().as_secs_f64();
@@ -329,13 +323,9 @@ impl Driver {
         }
         self.ledger = EpochLedger::new(self.n_train);
         self.orphans.clear();
-        if let Some(dump) = &self.dump {
-            let shards =
-                self.workers.iter().filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.indices.as_slice())));
-            if let Err(e) = dump.shards(epoch, shards) {
-                warn!(error = %error_chain(&e), "cannot dump shards");
-            }
-        }
+        let shards: Vec<(WorkerId, &[u32])> =
+            self.workers.iter().filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.indices.as_slice()))).collect();
+        self.observers.notify(&RunEvent::ShardsDealt { epoch, shards: &shards });
     }
 
     /// Test loss and accuracy of the current average, off the async runtime.

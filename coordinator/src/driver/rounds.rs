@@ -21,8 +21,6 @@
 
 use std::time::Instant;
 
-use lazyavg_common::params::digest;
-use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::convert::realign_message;
 use lazyavg_proto::pb;
@@ -33,7 +31,7 @@ use tracing::{debug, info, warn};
 use super::Driver;
 use super::deadline::RoundDeadline;
 use crate::error::{Error, Result};
-use crate::metrics::RoundRecord;
+use crate::observe::{RoundDone, RunEvent};
 use crate::round::{Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::PullPlan;
 use crate::service::Event;
@@ -134,6 +132,8 @@ impl Driver {
             };
             self.send(id, Command::Pull(pull));
         }
+        let workers: Vec<WorkerId> = plan.iter().map(|p| p.0).collect();
+        self.observers.notify(&RunEvent::RoundStarted { epoch, round, workers: &workers });
         let mut deadline = RoundDeadline::new(self.config.round_timeout, self.config.straggler_factor, plan.len());
         if let Some(since) = head_start {
             deadline.head_start(since);
@@ -170,7 +170,7 @@ impl Driver {
                 return Err(Error::Diverged { cause, peak_lr: self.config.train.peak_lr() });
             }
             Err(err) => {
-                warn!(epoch, round, error = %error_chain(&err), "round abandoned; redoing it with the workers left");
+                self.observers.notify(&RunEvent::RoundAbandoned { epoch, round, error: &err });
                 // They would send the same weights again; the next average resets them.
                 for id in non_finite {
                     warn!(
@@ -267,35 +267,9 @@ impl Driver {
         }
     }
 
-    /// Logs, dumps and records a finished round.
+    /// Tells the outputs of a finished round; one that fails stops the run.
     pub(super) fn after_round(&mut self, summary: &RoundSummary, seconds: f64) -> Result<()> {
-        let wants_digest = tracing::enabled!(tracing::Level::DEBUG) || self.config.metrics_rounds;
-        let digest = if wants_digest { digest(&self.params) } else { String::new() };
-        debug!(
-            epoch = summary.epoch,
-            round = summary.round,
-            samples = summary.samples,
-            contributors = summary.contributors.len(),
-            seconds,
-            digest,
-            "round averaged"
-        );
-        if let Some(dump) = self.dump.as_mut() {
-            dump.finish(summary, &self.params)?;
-        }
-        if self.config.metrics_rounds {
-            self.metrics.append(&RoundRecord {
-                kind: "round",
-                epoch: summary.epoch,
-                round: summary.round,
-                samples: summary.samples,
-                contributors: summary.contributors.len(),
-                train_loss: summary.loss_sum / summary.samples.max(1) as f64,
-                seconds,
-                digest,
-            })?;
-        }
-        Ok(())
+        self.observers.emit(&RunEvent::RoundCompleted(&RoundDone::new(summary, seconds, &self.params)))
     }
 
     /// `--align`: tells each worker whose contribution was reordered how,
@@ -336,6 +310,8 @@ impl Driver {
     pub(super) fn send_weights(&mut self, to: &[WorkerId], chunks: &[pb::WeightsChunk]) {
         let (epoch, round) = self.version;
         let this_epoch = (epoch == self.epoch).then_some(round);
+        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+        self.observers.notify(&RunEvent::WeightsSent { bytes: (bytes * to.len()) as u64 });
         for &id in to {
             for chunk in chunks {
                 self.send(id, Command::Average(chunk.clone()));

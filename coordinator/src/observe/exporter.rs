@@ -1,0 +1,240 @@
+//! `--metrics-bind`: the run as Prometheus metrics. The handles are typed
+//! fields of `RunMetrics`, registered in a [`Registry`] built at start-up
+//! (no global state); [`Exporter`] updates them from the run's events and
+//! `lazyavg_proto::scrape` serves the registry.
+//!
+//! `lazyavg_round` is epoch-local, like the logs' `round`: the index within
+//! its epoch of the latest round started (a redone round keeps counting).
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+use std::sync::atomic::AtomicU64;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use lazyavg_proto::scrape::SharedRegistry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry};
+
+use super::{Observer, RunEvent};
+use crate::error::Result;
+use crate::round::WorkerId;
+
+/// A gauge holding an `f64`.
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    /// The worker's unique name in this run (as in the logs and `metrics.jsonl`).
+    worker: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Every metric of a run.
+#[derive(Debug)]
+struct RunMetrics {
+    epoch: Gauge,
+    round: Gauge,
+    rounds: Counter,
+    rounds_abandoned: Counter,
+    test_accuracy: FloatGauge,
+    test_loss: FloatGauge,
+    train_loss: FloatGauge,
+    samples: Counter,
+    worker_samples: Family<WorkerLabels, Counter>,
+    round_duration: Histogram,
+    weights_received_bytes: Counter,
+    weights_sent_bytes: Counter,
+    workers_connected: Gauge,
+    worker_last_contribution: Family<WorkerLabels, FloatGauge>,
+    worker_samples_per_second: Family<WorkerLabels, FloatGauge>,
+    contributions_rejected: Family<ReasonLabels, Counter>,
+    checkpoints_written: Counter,
+    last_round_timestamp: FloatGauge,
+    run_active: Gauge,
+}
+
+impl RunMetrics {
+    /// Makes the metrics and registers them in `registry`. Counters are
+    /// registered without `_total`: the encoder appends it.
+    fn register(r: &mut Registry) -> Self {
+        // 5 ms to about 80 s.
+        let round_duration = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        RunMetrics {
+            epoch: metric(r, "epoch", "The epoch being trained (0 before the first)", Gauge::default()),
+            round: metric(r, "round", "Index within its epoch of the latest round started", Gauge::default()),
+            rounds: metric(r, "rounds", "Averaging rounds completed", Counter::default()),
+            rounds_abandoned: metric(r, "rounds_abandoned", "Averaging rounds given up and redone", Counter::default()),
+            test_accuracy: metric(
+                r,
+                "test_accuracy_ratio",
+                "Test accuracy of the last evaluated average (0 to 1)",
+                FloatGauge::default(),
+            ),
+            test_loss: metric(r, "test_loss", "Test loss of the last evaluated average", FloatGauge::default()),
+            train_loss: metric(
+                r,
+                "train_loss",
+                "Mean training loss of the last completed round",
+                FloatGauge::default(),
+            ),
+            samples: metric(r, "samples", "Samples trained and averaged in", Counter::default()),
+            worker_samples: metric(r, "worker_samples", "Samples averaged in, by worker", Family::default()),
+            round_duration: metric(
+                r,
+                "round_duration_seconds",
+                "Wall time of a completed round, from its pulls to its average",
+                round_duration,
+            ),
+            weights_received_bytes: metric(
+                r,
+                "weights_received_bytes",
+                "Bytes of worker weights taken into rounds",
+                Counter::default(),
+            ),
+            weights_sent_bytes: metric(
+                r,
+                "weights_sent_bytes",
+                "Bytes of parameters sent to workers",
+                Counter::default(),
+            ),
+            workers_connected: metric(r, "workers_connected", "Workers with an open session", Gauge::default()),
+            worker_last_contribution: metric(
+                r,
+                "worker_last_contribution_timestamp_seconds",
+                "Unix time of the worker's last weights in an average",
+                Family::default(),
+            ),
+            worker_samples_per_second: metric(
+                r,
+                "worker_samples_per_second",
+                "The worker's samples in its last round over the time since its contribution before",
+                Family::default(),
+            ),
+            contributions_rejected: metric(
+                r,
+                "contributions_rejected",
+                "Worker messages refused, by reason",
+                Family::default(),
+            ),
+            checkpoints_written: metric(r, "checkpoints_written", "Checkpoints written", Counter::default()),
+            last_round_timestamp: metric(
+                r,
+                "last_round_timestamp_seconds",
+                "Unix time of the last completed round (for stall alerts)",
+                FloatGauge::default(),
+            ),
+            run_active: metric(r, "run_active", "1 while the run trains, 0 once it has ended", Gauge::default()),
+        }
+    }
+}
+
+/// Registers `metric` as `name` and returns its handle.
+fn metric<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Keeps `RunMetrics` up to date from the run's events, each event's
+/// changes whole under the registry's lock.
+#[derive(Debug)]
+pub struct Exporter {
+    metrics: RunMetrics,
+    registry: SharedRegistry,
+    /// Live workers' names: rounds name their contributors by id.
+    names: HashMap<WorkerId, String>,
+    /// When each worker's weights were last in an average.
+    last_contribution: HashMap<WorkerId, Instant>,
+}
+
+impl Exporter {
+    /// Registers the run's metrics in `registry` (give it the `lazyavg` prefix).
+    pub fn new(registry: SharedRegistry) -> Self {
+        let metrics = RunMetrics::register(&mut registry.lock().unwrap_or_else(PoisonError::into_inner));
+        Exporter { metrics, registry, names: HashMap::new(), last_contribution: HashMap::new() }
+    }
+
+    fn labels(&self, id: WorkerId) -> WorkerLabels {
+        WorkerLabels { worker: self.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")) }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Observer for Exporter {
+    fn observe(&mut self, event: &RunEvent<'_>) -> Result<()> {
+        let _whole = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let m = &self.metrics;
+        match *event {
+            RunEvent::WorkerJoined { id, name, workers, .. } => {
+                self.names.insert(id, name.to_owned());
+                m.workers_connected.set(workers as i64);
+            }
+            RunEvent::WorkerLeft { id, workers, .. } => {
+                let labels = self.labels(id);
+                m.worker_samples_per_second.remove(&labels);
+                self.names.remove(&id);
+                self.last_contribution.remove(&id);
+                self.metrics.workers_connected.set(workers as i64);
+            }
+            RunEvent::EpochStarted { epoch, .. } => {
+                m.epoch.set(epoch as i64);
+                m.run_active.set(1);
+            }
+            RunEvent::RoundStarted { round, .. } => {
+                m.round.set(round as i64);
+            }
+            RunEvent::WeightsReceived { chunk, .. } => {
+                m.weights_received_bytes.inc_by(chunk.data.len() as u64);
+            }
+            RunEvent::WeightsSent { bytes } => {
+                m.weights_sent_bytes.inc_by(bytes);
+            }
+            RunEvent::ContributionRejected { reason, .. } => {
+                m.contributions_rejected.get_or_create(&ReasonLabels { reason }).inc();
+            }
+            RunEvent::RoundCompleted(done) => {
+                let now = (Instant::now(), unix_now());
+                m.rounds.inc();
+                m.samples.inc_by(done.summary.samples);
+                m.train_loss.set(done.train_loss());
+                m.round_duration.observe(done.seconds);
+                m.last_round_timestamp.set(now.1);
+                for &(id, samples) in &done.summary.contributors {
+                    let labels = self.labels(id);
+                    self.metrics.worker_samples.get_or_create(&labels).inc_by(samples);
+                    self.metrics.worker_last_contribution.get_or_create(&labels).set(now.1);
+                    let since =
+                        self.last_contribution.insert(id, now.0).map_or(done.seconds, |t| (now.0 - t).as_secs_f64());
+                    if since > 0.0 {
+                        self.metrics.worker_samples_per_second.get_or_create(&labels).set(samples as f64 / since);
+                    }
+                }
+            }
+            RunEvent::RoundAbandoned { .. } => {
+                m.rounds_abandoned.inc();
+            }
+            RunEvent::EpochEvaluated(record) => {
+                m.test_accuracy.set(record.accuracy);
+                m.test_loss.set(record.test_loss);
+            }
+            RunEvent::CheckpointWritten { .. } => {
+                m.checkpoints_written.inc();
+            }
+            RunEvent::RunEnded { .. } => {
+                m.run_active.set(0);
+            }
+            RunEvent::ShardsDealt { .. } | RunEvent::CheckpointFailed { .. } => {}
+        }
+        Ok(())
+    }
+}
