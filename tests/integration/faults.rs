@@ -719,13 +719,17 @@ fn bad_worker_messages_are_refused_and_training_goes_on() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let log = runtime.block_on(misbehave(&coordinator.addr, worker.pid()));
     drop(runtime);
-    // The run goes on (for an epoch and more) with the real worker: its metrics count each refusal by reason.
-    let metrics = scrape(&metrics_addr(&coordinator.proc)).expect("the coordinator serves /metrics");
-    let rejected = samples(&metrics, "lazyavg_contributions_rejected_total");
-    for reason in ["non_finite", "duplicate", "stale", "future", "malformed"] {
-        let count = rejected.iter().find(|(labels, _)| *labels == format!("reason=\"{reason}\"")).map(|r| r.1);
-        assert!(count.is_some_and(|c| c >= 1.0), "{reason}: {rejected:?}");
-    }
+    // The run goes on (for an epoch and more) with the real worker: its metrics count each refusal by reason
+    // (the driver counts the last refusals while the client is already gone: poll until they are in).
+    let metrics_at = metrics_addr(&coordinator.proc);
+    let counted = |reason: &str, rejected: &[(String, f64)]| {
+        rejected.iter().any(|(labels, count)| *labels == format!("reason=\"{reason}\"") && *count >= 1.0)
+    };
+    let reasons = ["non_finite", "duplicate", "stale", "future", "malformed"];
+    wait_until("every refusal counted in lazyavg_contributions_rejected_total", Duration::from_secs(20), || {
+        let rejected = samples(&scrape(&metrics_at)?, "lazyavg_contributions_rejected_total");
+        reasons.iter().all(|reason| counted(reason, &rejected)).then_some(())
+    });
     expect_success(&mut [&mut coordinator.proc, &mut worker]);
     let coordinator_log = &coordinator.proc;
 
