@@ -79,8 +79,8 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
 
-    /// Refresh the screen every INTERVAL (e.g. 1s) until interrupted [default interval: 2s].
-    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = humantime::parse_duration)]
+    /// Refresh the screen every INTERVAL (e.g. 1s, at least 100ms) until interrupted [default interval: 2s].
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = watch_interval)]
     pub watch: Option<std::time::Duration>,
 }
 
@@ -194,4 +194,15 @@ pub struct BenchTrainArgs {
     /// Seconds of measurement per batch size (plus a fifth more of warm-up).
     #[arg(long, default_value_t = 3.0, value_name = "S")]
     pub seconds: f64,
+}
+
+/// The shortest `--watch` interval: a faster one would only load the coordinator.
+const MIN_WATCH: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn watch_interval(text: &str) -> Result<std::time::Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < MIN_WATCH {
+        return Err(format!("{text} is shorter than {}", humantime::format_duration(MIN_WATCH)));
+    }
+    Ok(interval)
 }

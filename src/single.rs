@@ -26,6 +26,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         None => (0..split.train.len() as u32).collect(),
     };
     if let Some(part) = args.part {
+        anyhow::ensure!(
+            !samples.is_empty(),
+            "invalid --part {part}: part {} of {} holds none of the {} training images",
+            part.index,
+            part.count,
+            split.train.len()
+        );
         info!(%part, split_seed = args.split_seed, samples = samples.len(), "training on one part of the training set");
     }
     let mut rng = rng::stream(config.seed, Purpose::LocalOrder);

@@ -19,7 +19,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let connection = args.connect.resolve()?;
     let mut client = lazyavg_worker::connect(&connection).await?;
     loop {
-        let reply = client.status(pb::StatusRequest {}).await.context("the coordinator refused Status")?;
+        let reply = client.status(pb::StatusRequest {}).await.map_err(|status| refused(&args.connect, status))?;
         let status = RunStatus::try_from(reply.into_inner())?;
         let screen = render(&args.connect, &status);
         let mut out = std::io::stdout().lock();
@@ -33,6 +33,31 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         let Some(interval) = args.watch else { return Ok(()) };
         tokio::time::sleep(interval).await;
     }
+}
+
+/// What a failed Status call says: the cause in a sentence, not tonic's dump.
+fn refused(connect: &ConnectArgs, status: tonic::Status) -> anyhow::Error {
+    let at = &connect.coordinator;
+    match status.code() {
+        tonic::Code::Unimplemented => anyhow::anyhow!("{at} is not a lazyavg coordinator of this version (it has no Status call)"),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            anyhow::anyhow!("{at} refused Status: {}", status.message())
+        }
+        tonic::Code::Unavailable => anyhow::anyhow!("cannot reach the coordinator at {at}: {}", status.message()),
+        _ => anyhow::anyhow!("{at} did not answer Status as a lazyavg coordinator: {}", status.message()),
+    }
+}
+
+/// A worker's name as the screen shows it: control characters (a name is the
+/// worker's to choose) replaced, at most `width` characters.
+fn printable(name: &str, width: usize) -> String {
+    let clean: String = name.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if clean.chars().count() <= width {
+        return clean;
+    }
+    let mut cut: String = clean.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// The screen for `status`.
@@ -50,7 +75,7 @@ fn render(connect: &ConnectArgs, status: &RunStatus) -> String {
         let last = w.last_contribution.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s ago", d.as_secs_f64()));
         screen.push_str(&format!(
             "{:<20} {:<22} {:<10} {:>10} {:>18} {:>11}\n",
-            w.name,
+            printable(&w.name, 20),
             if w.address.is_empty() { "?" } else { &w.address },
             w.state.name(),
             w.samples,

@@ -20,7 +20,9 @@ impl Part {
     /// by at most one; the parts of one seed are disjoint and cover all `n`.
     pub fn indices(&self, seed: u64, n: usize) -> Vec<u32> {
         let order = rng::permutation(n, &mut rng::stream(seed, Purpose::Split));
-        let (start, end) = ((self.index - 1) * n / self.count, self.index * n / self.count);
+        // In u128: `index × n` must not overflow for any K/N a flag can hold.
+        let cut = |k: usize| (k as u128 * n as u128 / self.count as u128) as usize;
+        let (start, end) = (cut(self.index - 1), cut(self.index));
         let mut part = order[start..end].to_vec();
         part.sort_unstable();
         part
@@ -67,6 +69,9 @@ mod tests {
         let half = Part { index: 1, count: 2 };
         assert_eq!(half.indices(7, n), half.indices(7, n));
         assert_ne!(half.indices(7, n), half.indices(8, n));
+        let last = Part { index: usize::MAX, count: usize::MAX };
+        assert_eq!(last.indices(7, n).len(), 1, "no overflow for the largest K/N");
+        assert!(Part { index: 1, count: n + 1 }.indices(7, n).is_empty(), "more parts than samples: some are empty");
     }
 
     #[test]

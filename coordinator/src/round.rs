@@ -264,7 +264,14 @@ impl Round {
                 Ok(())
             }
             Err(e) => {
-                self.exclude(worker);
+                // None of it reached the aggregator, so the round stays sound;
+                // like a non-finite contribution, it is named so that a redo
+                // for another cause goes on without it.
+                if let Some(part) = self.parts.get_mut(&worker) {
+                    part.state = State::Excluded;
+                }
+                self.non_finite.push(worker);
+                self.forget(worker, State::Receiving);
                 Err(RoundError::Align { worker, problem: e.to_string() })
             }
         }
@@ -576,6 +583,22 @@ mod tests {
             assert_eq!(summary.contributors, vec![(2, 1)]);
             assert_eq!(out, reference);
             assert_eq!(summary.realigned.len(), 1);
+        }
+
+        #[test]
+        fn a_contribution_that_cannot_be_matched_is_left_out_without_spoiling_the_round() {
+            let (_, _, reference, alignment) = setup(7);
+            let len = reference.len();
+            let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], len, Vec::new()).aligning(alignment.start(&reference));
+            // Finite, but so large that the similarity of its units overflows.
+            let huge: Vec<f32> = reference.iter().map(|v| v.signum() * 3e38).collect();
+            let err = send(&mut round, 1, &huge).unwrap_err();
+            assert!(matches!(err, RoundError::Align { worker: 1, .. }), "{err}");
+            send(&mut round, 2, &reference).unwrap();
+            let mut out = vec![0.0; len];
+            let summary = round.finish(&mut out).0.expect("the round closes with the other worker");
+            assert_eq!(summary.contributors, vec![(2, 1)]);
+            assert_eq!(out, reference);
         }
 
         #[test]

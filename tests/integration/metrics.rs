@@ -177,6 +177,14 @@ fn a_real_prometheus_scrapes_the_run_with_the_shipped_config_and_rules() {
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring/alerts.yml");
     let checked = Command::new("promtool").arg("check").arg("rules").arg(&rules).output().expect("running promtool");
     assert!(checked.status.success(), "promtool check rules: {}", String::from_utf8_lossy(&checked.stdout));
+    // Each alert's labels and the values its annotations show, on series made up for it.
+    let tested = Command::new("promtool")
+        .arg("test")
+        .arg("rules")
+        .arg(rules.with_file_name("alerts_test.yml"))
+        .output()
+        .expect("running promtool");
+    assert!(tested.status.success(), "promtool test rules: {}", String::from_utf8_lossy(&tested.stdout));
     let config = tmp.path().join("prometheus.yml");
     fs::write(&config, local_scrape_config(&metrics, &rules)).expect("writing prometheus.yml");
     let web = reserve_port();
