@@ -10,7 +10,7 @@
 # medians over the seeds. Writes OUT/merge.md (also printed) and OUT/runs.jsonl.
 #   cargo build --release && bench/merge.sh
 # Settings: BIN, DATA, OUT, SEEDS ("1 2 3"), EPOCHS (5), HIDDEN (200,200),
-# and extra `lazyavg merge` flags as arguments (e.g. --refine 1).
+# and extra `lazyavg merge` flags as arguments (e.g. --reference first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

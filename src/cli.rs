@@ -135,6 +135,15 @@ pub struct TrainArgs {
     pub split_seed: u64,
 }
 
+/// `lazyavg merge --reference`: what each input is aligned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reference {
+    /// Git Re-Basin's MergeMany: each input in turn to the average of the others, until no permutation changes.
+    Others,
+    /// Every input to the first, once (the first stays as it is).
+    First,
+}
+
 /// How `lazyavg merge` pairs the units of each input with the first's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Matching {
@@ -177,9 +186,9 @@ pub struct MergeArgs {
     #[arg(long)]
     pub repair: bool,
 
-    /// Extra rounds that re-align every input to the running merge and average again.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub refine: usize,
+    /// What each input is aligned to before averaging.
+    #[arg(long, value_enum, default_value = "others", value_name = "TO")]
+    pub reference: Reference,
 
     /// Where to write the merged model (safetensors).
     #[arg(long, value_name = "FILE")]

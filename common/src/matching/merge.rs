@@ -1,5 +1,7 @@
 //! Merging N models into one: align each to a reference, then average.
 
+use tracing::debug;
+
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Mlp, Workspace};
@@ -78,49 +80,74 @@ pub struct Merged {
     pub permutations: Vec<Permutation>,
 }
 
-/// Aligns every input to the first (then, for each of `refinements` more
-/// rounds, to the running merge) and returns their average weighted by
+/// Aligns every input to the first and returns their average weighted by
 /// `weights` (one positive weight per input; they need not sum to 1).
 ///
 /// Refused: fewer than two inputs, architectures that differ (both named),
 /// a non-finite parameter (input and index named), a weight count that is
 /// not the input count, or a weight that is not positive and finite.
-pub fn merge(
-    spec: &PermutationSpec,
-    inputs: &[Input<'_>],
-    weights: &[f64],
-    align: &dyn Align,
-    refinements: usize,
-) -> Result<Merged> {
+pub fn merge(spec: &PermutationSpec, inputs: &[Input<'_>], weights: &[f64], align: &dyn Align) -> Result<Merged> {
     check(inputs, weights)?;
-    let total: f64 = weights.iter().sum();
     let mut permutations = vec![Permutation::identity(spec)];
     for input in &inputs[1..] {
         permutations.push(align.align(inputs[0].params, input.params)?);
     }
-    let mut params = average(spec, inputs, weights, total, &permutations)?;
-    for _ in 0..refinements {
-        permutations = inputs.iter().map(|input| align.align(&params, input.params)).collect::<Result<_>>()?;
-        params = average(spec, inputs, weights, total, &permutations)?;
-    }
+    let params = average(spec, inputs, weights, &permutations, None)?;
     Ok(Merged { params, permutations })
 }
 
-/// `Σ w_i π_i(θ_i) / Σ w_i`, accumulated in f64.
+/// MergeMany (Git Re-Basin, Ainsworth et al., ICLR 2023, algorithm 3): starts
+/// from every input aligned to the first, then re-aligns each input in turn
+/// to the weighted average of the OTHERS (so that no input is its own
+/// reference, as the first is in [`merge`]) until a whole round changes no
+/// permutation or `max_rounds` rounds have run; returns the weighted average
+/// and the number of rounds run. Refuses what [`merge`] refuses.
+pub fn merge_many(
+    spec: &PermutationSpec,
+    inputs: &[Input<'_>],
+    weights: &[f64],
+    align: &dyn Align,
+    max_rounds: usize,
+) -> Result<(Merged, usize)> {
+    let Merged { mut permutations, .. } = merge(spec, inputs, weights, align)?;
+    let mut rounds = 0;
+    while rounds < max_rounds {
+        rounds += 1;
+        let mut changed = false;
+        for i in 0..inputs.len() {
+            let reference = average(spec, inputs, weights, &permutations, Some(i))?;
+            let perm = align.align(&reference, inputs[i].params)?;
+            if perm != permutations[i] {
+                permutations[i] = perm;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    debug!(rounds, "MergeMany settled");
+    let params = average(spec, inputs, weights, &permutations, None)?;
+    Ok((Merged { params, permutations }, rounds))
+}
+
+/// `Σ w_i π_i(θ_i) / Σ w_i` over all inputs but `skip`, accumulated in f64.
 fn average(
     spec: &PermutationSpec,
     inputs: &[Input<'_>],
     weights: &[f64],
-    total: f64,
     permutations: &[Permutation],
+    skip: Option<usize>,
 ) -> Result<Vec<f32>> {
+    let kept = |i: &usize| Some(*i) != skip;
+    let total: f64 = (0..inputs.len()).filter(kept).map(|i| weights[i]).sum();
     let mut sum = vec![0.0f64; spec.len];
     let mut permuted = vec![0.0f32; spec.len];
-    for ((input, &w), perm) in inputs.iter().zip(weights).zip(permutations) {
-        permuted.copy_from_slice(input.params);
-        apply(spec, perm, &mut permuted)?;
+    for i in (0..inputs.len()).filter(kept) {
+        permuted.copy_from_slice(inputs[i].params);
+        apply(spec, &permutations[i], &mut permuted)?;
         for (s, &v) in sum.iter_mut().zip(&permuted) {
-            *s += w / total * f64::from(v);
+            *s += weights[i] / total * f64::from(v);
         }
     }
     Ok(sum.into_iter().map(|v| v as f32).collect())

@@ -27,7 +27,7 @@ pub mod spec;
 pub mod weight;
 
 pub use activation::match_activations;
-pub use merge::{ActivationAlignment, Align, Input, Merged, NoAlignment, WeightAlignment, merge};
+pub use merge::{ActivationAlignment, Align, Input, Merged, NoAlignment, WeightAlignment, merge, merge_many};
 pub use permutation::{Permutation, apply};
 pub use repair::repair;
 pub use spec::{Group, PermutationSpec, TensorAxis};

@@ -145,10 +145,10 @@ fn merging_a_model_with_its_permutation_gives_the_model_back() {
     let arch = mlp.arch();
     let inputs = [Input { name: "a", arch, params: &params }, Input { name: "b", arch, params: &moved }];
     let aligner = WeightAlignment { spec: spec.clone(), seed: 3, max_passes: 50 };
-    let merged = merge(&spec, &inputs, &[1.0, 3.0], &aligner, 1).unwrap();
+    let merged = merge(&spec, &inputs, &[1.0, 3.0], &aligner).unwrap();
     assert_eq!(merged.params, params);
     // Without matching, the same two inputs average to something else.
-    let naive = merge(&spec, &inputs, &[1.0, 1.0], &NoAlignment { spec: spec.clone() }, 0).unwrap();
+    let naive = merge(&spec, &inputs, &[1.0, 1.0], &NoAlignment { spec: spec.clone() }).unwrap();
     assert_ne!(naive.params, params);
 }
 
@@ -160,7 +160,7 @@ fn a_merge_is_the_weighted_mean_of_the_aligned_inputs() {
     let spec = PermutationSpec::mlp(mlp.layout());
     let arch = mlp.arch();
     let inputs = [Input { name: "a", arch, params: &a }, Input { name: "b", arch, params: &b }];
-    let merged = merge(&spec, &inputs, &[1.0, 3.0], &NoAlignment { spec: spec.clone() }, 0).unwrap();
+    let merged = merge(&spec, &inputs, &[1.0, 3.0], &NoAlignment { spec: spec.clone() }).unwrap();
     for ((&m, &x), &y) in merged.params.iter().zip(&a).zip(&b) {
         assert!((f64::from(m) - (0.25 * f64::from(x) + 0.75 * f64::from(y))).abs() < 1e-7);
     }
@@ -175,7 +175,7 @@ fn bad_inputs_are_refused_with_names_and_numbers() {
     let (arch, other_arch) = (mlp.arch(), other_mlp.arch());
     let mut nan = a.clone();
     nan[7] = f32::NAN;
-    let err = |inputs: &[Input<'_>], weights: &[f64]| merge(&spec, inputs, weights, &none, 0).unwrap_err().to_string();
+    let err = |inputs: &[Input<'_>], weights: &[f64]| merge(&spec, inputs, weights, &none).unwrap_err().to_string();
     let input = |name, arch, params| Input { name, arch, params };
     assert_eq!(err(&[input("a.st", arch, &a)], &[1.0]), "cannot merge: 1 model(s) given, at least two needed");
     assert_eq!(
@@ -198,4 +198,33 @@ fn bad_inputs_are_refused_with_names_and_numbers() {
     let wrong = Permutation::new(vec![vec![1, 0]]).unwrap();
     let msg = apply(&spec, &wrong, &mut a.clone()).unwrap_err().to_string();
     assert_eq!(msg, "a permutation of groups of [2] units does not fit a model whose groups have [3]");
+}
+
+#[test]
+fn merge_many_stops_at_a_fixed_point_of_aligning_each_input_to_the_others() {
+    let widths = [12, 10, 8, 3];
+    let models: Vec<(Mlp, Vec<f32>)> = (20..24).map(|seed| model(&widths, seed)).collect();
+    let spec = PermutationSpec::mlp(models[0].0.layout());
+    let arch = models[0].0.arch();
+    let inputs: Vec<Input<'_>> = models.iter().map(|(_, params)| Input { name: "m", arch, params }).collect();
+    let weights = [1.0, 2.0, 1.0, 3.0];
+    let aligner = WeightAlignment { spec: spec.clone(), seed: 5, max_passes: 50 };
+    let (merged, rounds) = merge_many(&spec, &inputs, &weights, &aligner, 50).unwrap();
+    assert!(rounds < 50, "MergeMany still changing after {rounds} rounds");
+    // Random inits: aligning to the first is not a fixed point, so MergeMany had work to do.
+    let first = merge(&spec, &inputs, &weights, &aligner).unwrap();
+    assert_ne!(first.permutations, merged.permutations);
+    let aligned: Vec<Vec<f32>> =
+        inputs.iter().zip(&merged.permutations).map(|(input, p)| permuted(&spec, p, input.params)).collect();
+    let none = NoAlignment { spec: spec.clone() };
+    for i in 0..inputs.len() {
+        let others: Vec<Input<'_>> =
+            (0..inputs.len()).filter(|&j| j != i).map(|j| Input { name: "m", arch, params: &aligned[j] }).collect();
+        let others_weights: Vec<f64> = (0..inputs.len()).filter(|&j| j != i).map(|j| weights[j]).collect();
+        let reference = merge(&spec, &others, &others_weights, &none).unwrap().params;
+        assert_eq!(aligner.align(&reference, inputs[i].params).unwrap(), merged.permutations[i], "input {i}");
+    }
+    // And the result is the weighted average of the inputs so aligned.
+    let inputs_aligned: Vec<Input<'_>> = aligned.iter().map(|params| Input { name: "m", arch, params }).collect();
+    assert_eq!(merge(&spec, &inputs_aligned, &weights, &none).unwrap().params, merged.params);
 }
