@@ -27,8 +27,24 @@ const MAX_PASSES: usize = 100;
 /// every seed, as did 2, 5 and 100 (docs/merging.md).
 const MAX_ROUNDS: usize = 10;
 
+/// `--out` must not name an input: the merge would replace a model it was made of.
+fn refuse_out_over_an_input(args: &MergeArgs) -> anyhow::Result<()> {
+    let Ok(out) = args.out.canonicalize() else { return Ok(()) }; // not there yet: no input
+    for input in &args.inputs {
+        if input.canonicalize().is_ok_and(|input| input == out) {
+            anyhow::bail!(
+                "--out {} is the input {}: choose another file for the merge",
+                args.out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.images > 0, "invalid --images: must be at least 1");
+    refuse_out_over_an_input(args)?;
     let weights = args.weights.clone().unwrap_or_else(|| vec![1.0; args.inputs.len()]);
     let models: Vec<(String, Architecture, Vec<f32>)> = args
         .inputs

@@ -39,7 +39,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 fn refused(connect: &ConnectArgs, status: tonic::Status) -> anyhow::Error {
     let at = &connect.coordinator;
     match status.code() {
-        tonic::Code::Unimplemented => anyhow::anyhow!("{at} is not a lazyavg coordinator of this version (it has no Status call)"),
+        tonic::Code::Unimplemented => {
+            anyhow::anyhow!("{at} is not a lazyavg coordinator of this version (it has no Status call)")
+        }
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
             anyhow::anyhow!("{at} refused Status: {}", status.message())
         }

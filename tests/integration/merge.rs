@@ -2,6 +2,7 @@
 //! apart and merged; a PyTorch-style file (no lazyavg metadata) merged with
 //! its own permuted copy; files of different architectures refused.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -159,4 +160,21 @@ fn files_of_different_architectures_are_refused_naming_both() {
     let expected = format!("lazyavg: cannot merge: {} is 784-8-10 but {} is 784-6-10", a.display(), b.display());
     assert!(stderr.lines().any(|l| l == expected), "{stderr}");
     assert!(!tmp.path().join("merged.safetensors").exists());
+}
+
+#[test]
+fn an_out_that_names_an_input_is_refused_and_the_input_kept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a.safetensors"), tmp.path().join("b.safetensors"));
+    let arch = Architecture::mlp(784, &[8], 10).unwrap();
+    for (path, seed) in [(&a, 1), (&b, 2)] {
+        model_file::save(path, &arch, &Mlp::new(arch.clone()).init(seed)).unwrap();
+    }
+    let before = fs::read(&b).expect("reading b");
+    // The same file by another path.
+    let out = merge(&[&a, &b], &[], &tmp.path().join(".").join("b.safetensors"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is the input") && stderr.starts_with("lazyavg: --out"), "{stderr}");
+    assert_eq!(fs::read(&b).expect("reading b"), before, "the input was written over");
 }
