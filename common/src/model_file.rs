@@ -77,7 +77,7 @@ pub fn to_bytes_with(arch: &Architecture, params: &[f32], extras: &Extras) -> Re
     metadata.extend([
         ("format".to_owned(), "pt".to_owned()),
         (ARCHITECTURE_KEY.to_owned(), arch.to_string()),
-        ("lazyavg.activation".to_owned(), "relu".to_owned()),
+        (ACTIVATION_KEY.to_owned(), ACTIVATION.to_owned()),
     ]);
     safetensors::serialize(tensors, Some(metadata))
         .map_err(|e| Error::ModelFile { path: "<memory>".into(), problem: e.to_string() })
@@ -163,6 +163,11 @@ fn infer_architecture(tensors: &SafeTensors<'_>) -> std::result::Result<Architec
     Ok(Architecture { widths })
 }
 
+/// The metadata key naming the hidden layers' activation, and the only one
+/// lazyavg computes: a file that says another is refused, not misread.
+const ACTIVATION_KEY: &str = "lazyavg.activation";
+const ACTIVATION: &str = "relu";
+
 /// A parsed file: the architecture, its parameters and the extra tensors.
 type Parsed = (Architecture, Vec<f32>, BTreeMap<String, Vec<f32>>);
 
@@ -170,6 +175,11 @@ type Parsed = (Architecture, Vec<f32>, BTreeMap<String, Vec<f32>>);
 fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    if let Some(activation) = metadata.metadata().as_ref().and_then(|m| m.get(ACTIVATION_KEY))
+        && activation != ACTIVATION
+    {
+        return Err(format!("metadata {ACTIVATION_KEY} = {activation:?}, but lazyavg computes only {ACTIVATION:?}"));
+    }
     let arch = match metadata.metadata().as_ref().and_then(|m| m.get(ARCHITECTURE_KEY)) {
         Some(text) => parse_architecture(text)?,
         None => infer_architecture(&tensors)?,
@@ -284,6 +294,24 @@ mod tests {
         let bytes = safetensors::serialize(tensors, Some(meta)).unwrap();
         let err = from_bytes(&bytes).unwrap_err();
         assert_eq!(err, "tensor 2.weight has shape [3, 2], expected [2, 3] for 4-3-2");
+    }
+
+    #[test]
+    fn another_activation_is_refused_not_misread() {
+        let arch = Architecture::mlp(4, &[3], 2).unwrap();
+        let params = vec![0.5; arch.layout().len];
+        let mut bytes = to_bytes_with(&arch, &params, &Extras::default()).unwrap();
+        assert!(from_bytes(&bytes).is_ok());
+        let tensors = SafeTensors::deserialize(&bytes).unwrap();
+        let named: Vec<(String, TensorView<'_>)> =
+            tensors.tensors().into_iter().map(|(name, view)| (name.to_string(), view)).collect();
+        let meta = HashMap::from([
+            (ARCHITECTURE_KEY.to_owned(), arch.to_string()),
+            (ACTIVATION_KEY.to_owned(), "tanh".to_owned()),
+        ]);
+        bytes = safetensors::serialize(named, Some(meta)).unwrap();
+        let err = from_bytes(&bytes).unwrap_err();
+        assert_eq!(err, "metadata lazyavg.activation = \"tanh\", but lazyavg computes only \"relu\"");
     }
 
     #[test]

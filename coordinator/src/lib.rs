@@ -162,6 +162,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
                 let _ = server_stopped.await;
             }),
     );
+    // SERVING before "listening" is logged: whoever waits for that line may probe at once.
+    let health = Health::serving(health_reporter).await;
     info!(%addr, architecture = %mlp.arch(), parameters = mlp.len(), out = %out_dir.display(), "listening");
 
     let alignment = Alignment::for_run(config.align, &mlp, config.train.seed, data.train, config.align_images);
@@ -169,7 +171,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         Box::new(observe::log::Log),
         Box::new(progress::EpochProgress::default()),
         Box::new(metrics::MetricsFile::open(&out_dir, config.resume, config.metrics_rounds)?),
-        Box::new(Health::serving(health_reporter).await),
+        Box::new(health),
         Box::new(board),
     ];
     if config.dump_rounds > 0 {
