@@ -27,7 +27,7 @@ for i in $(seq "$RUNS"); do
     port=$(free_port)
     (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$port/metrics" || true; done) &
     scraper=$!
-    line=$(first_line bench/train.sh --metrics-bind "127.0.0.1:$port" "$@")
+    line=$(first_line bench/train.sh --metrics-bind "127.0.0.1:$port" --metrics-linger 0s "$@")
     kill "$scraper"
     echo "run $i with:    $line"
     with+=("$(seconds <<<"$line")")

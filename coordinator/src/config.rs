@@ -26,6 +26,7 @@ pub const DEFAULT_PORT: u16 = 7070;
 /// A round normally takes milliseconds; a worker silent for this long is
 /// hung, stopped or cut off, and the others should not wait for it.
 const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_METRICS_LINGER: Duration = Duration::from_secs(15);
 
 /// Off by default: a cut-off relative to the other workers can drop a healthy
 /// worker that the OS merely descheduled, which changes a seeded run's numbers.
@@ -171,6 +172,11 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_bind: Option<SocketAddr>,
 
+    /// With --metrics-bind: keep serving the metrics this long after the run ends, so that a scrape sees its final state (accuracy, lazyavg_run_active 0) [default: 15s, a common scrape interval].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub metrics_linger: Option<Duration>,
+
     /// Directory of the four MNIST-layout IDX files; fetched there if missing [default: data/mnist].
     #[arg(long, env = "LAZYAVG_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -250,6 +256,8 @@ pub struct CoordinatorConfig {
     pub bind: SocketAddr,
     /// `--metrics-bind`: where `/metrics` is served, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// How long the metrics are served after the run ends.
+    pub metrics_linger: Duration,
     pub token: Option<Token>,
     pub token_file: Option<PathBuf>,
     pub tls: Option<ServerTls>,
@@ -420,6 +428,10 @@ impl Settings {
             max_wait: within_longest_wait(self.max_wait.unwrap_or(DEFAULT_MAX_WAIT), "--max-wait")?,
             bind,
             metrics_bind: self.metrics_bind,
+            metrics_linger: within_longest_wait(
+                self.metrics_linger.unwrap_or(DEFAULT_METRICS_LINGER),
+                "--metrics-linger",
+            )?,
             token,
             token_file: self.token_file.clone(),
             tls,
@@ -462,6 +474,7 @@ impl CoordinatorConfig {
             lr_scaling: Some(self.lr_scaling),
             bind: Some(self.bind),
             metrics_bind: self.metrics_bind,
+            metrics_linger: Some(self.metrics_linger),
             token_file: self.token_file.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

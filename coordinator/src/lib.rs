@@ -166,6 +166,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let health = Health::serving(health_reporter).await;
     info!(%addr, architecture = %mlp.arch(), parameters = mlp.len(), out = %out_dir.display(), "listening");
 
+    let metrics_linger = config.metrics_bind.map(|_| config.metrics_linger);
     let alignment = Alignment::for_run(config.align, &mlp, config.train.seed, data.train, config.align_images);
     let mut outputs: Vec<Box<dyn Observer>> = vec![
         Box::new(observe::log::Log),
@@ -208,7 +209,6 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
 
     // Workers were told to stop; give their sessions a moment to close cleanly.
     let _ = stop_server.send(());
-    let _ = stop_metrics.send(());
     if !server_ended && let Ok(Ok(Err(err))) = tokio::time::timeout(Duration::from_secs(2), server).await {
         warn!(error = %error_chain(&err), "the gRPC server failed while closing");
     }
@@ -224,7 +224,30 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         out = %out_dir.display(),
         "training complete"
     );
+    if let Some(linger) = metrics_linger.filter(|l| !l.is_zero()) {
+        info!(seconds = linger.as_secs_f64(), "serving the final metrics (--metrics-linger)");
+        tokio::select! {
+            () = tokio::time::sleep(linger) => {}
+            () = interrupted() => {}
+        }
+    }
+    let _ = stop_metrics.send(());
     Ok(summary)
+}
+
+/// SIGINT or SIGTERM: ends the linger of the metrics at once.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => drop(term.recv().await),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 /// Binds `--metrics-bind` and serves the run's metrics there until `stop`;

@@ -713,6 +713,8 @@ fn bad_worker_messages_are_refused_and_training_goes_on() {
         "--metrics-rounds",
         "--metrics-bind",
         "127.0.0.1:0",
+        "--metrics-linger",
+        "0s",
     ];
     let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
     let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache"), "info");

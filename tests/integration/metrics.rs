@@ -60,7 +60,18 @@ fn scrapes_during_a_run_pass_promtool_and_agree_with_the_logs() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     // Long enough (about 0.5 s an epoch alone) for the scrapes below to come before its end.
-    let args = ["--workers", "2", "--epochs", "10", TINY[0], TINY[1], "--metrics-bind", "127.0.0.1:0"];
+    let args = [
+        "--workers",
+        "2",
+        "--epochs",
+        "10",
+        TINY[0],
+        TINY[1],
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--metrics-linger",
+        "30s",
+    ];
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
     let metrics = metrics_addr(&coordinator.proc);
     // The first worker serves its own metrics.
@@ -116,6 +127,12 @@ fn scrapes_during_a_run_pass_promtool_and_agree_with_the_logs() {
     assert!((0.0..=1.0).contains(&idle), "{worker}");
     assert_eq!(value(&worker, "lazyavg_worker_reconnects_total"), Some(0.0), "{worker}");
 
+    // The run's end is served for --metrics-linger: the final accuracy, and not active.
+    let done = wait_for_line(&mut coordinator.proc, "training complete", RUN_TIMEOUT);
+    let last = scrape(&metrics).expect("the final metrics are served after the run");
+    assert_eq!(value(&last, "lazyavg_run_active"), Some(0.0), "{last}");
+    assert_eq!(value(&last, "lazyavg_test_accuracy_ratio"), Some(f64_field(&done, "accuracy")), "{last}");
+    coordinator.proc.signal("INT");
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
     expect_success(&mut procs);
     // What the run recorded agrees with what it served: every epoch's
