@@ -16,6 +16,10 @@ const LATE_FACTOR: u32 = 3;
 const LATE_FLOOR: Duration = Duration::from_secs(1);
 /// Late after this before its first answer (it may still be loading).
 const LATE_FIRST: Duration = Duration::from_secs(5);
+/// Workers gone that the board still shows, the most recent ones: a
+/// crash-looping worker must not grow the board (and each Status reply)
+/// without bound.
+const GONE_KEPT: usize = 32;
 
 #[derive(Debug, Default)]
 struct Board {
@@ -126,6 +130,13 @@ impl Observer for StatusBoard {
                 if let Some(entry) = board.entry(id) {
                     entry.gone = true;
                 }
+                let gone = board.workers.iter().filter(|(_, e)| e.gone).count();
+                let mut forget = gone.saturating_sub(GONE_KEPT);
+                board.workers.retain(|(_, e)| {
+                    let drop = e.gone && forget > 0;
+                    forget -= usize::from(drop);
+                    !drop
+                });
             }
             RunEvent::EpochStarted { epoch, .. } => board.epoch = epoch,
             RunEvent::RoundStarted { round, workers, .. } => {
@@ -159,5 +170,35 @@ impl Observer for StatusBoard {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_looping_worker_does_not_grow_the_board() {
+        let mut board = StatusBoard::default();
+        let view = board.view();
+        for id in 1..=100 {
+            let name = format!("w{id}");
+            board.observe(&RunEvent::WorkerJoined { id, name: &name, address: "127.0.0.1:1", workers: 1 }).unwrap();
+            let left = RunEvent::WorkerLeft {
+                id,
+                name: &name,
+                reason: "gone",
+                epoch: 1,
+                trained: 0,
+                remaining: 0,
+                workers: 0,
+            };
+            board.observe(&left).unwrap();
+        }
+        board.observe(&RunEvent::WorkerJoined { id: 101, name: "live", address: "127.0.0.1:1", workers: 1 }).unwrap();
+        let workers = view.snapshot().workers;
+        assert_eq!(workers.len(), GONE_KEPT + 1);
+        assert_eq!((workers[0].name.as_str(), workers[0].state), ("live", WorkerState::Training));
+        assert_eq!(workers[1].name, format!("w{}", 100 - GONE_KEPT + 1), "the most recent ones are kept");
     }
 }
