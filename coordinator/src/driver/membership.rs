@@ -240,7 +240,8 @@ impl Driver {
     }
 }
 
-/// The short label of a refusal, for the `reason` of rejected contributions.
+/// The short label of a refusal, for the `reason` of rejected contributions:
+/// one of [`crate::observe::REJECTION_REASONS`].
 fn rejection_reason(err: &RoundError) -> &'static str {
     match err {
         RoundError::Stale { .. } => "stale",

@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
-use super::{Observer, RunEvent};
+use super::{Observer, REJECTION_REASONS, RunEvent};
 use crate::error::Result;
 use crate::round::WorkerId;
 
@@ -67,7 +67,7 @@ impl RunMetrics {
     fn register(r: &mut Registry) -> Self {
         // 5 ms to about 80 s.
         let round_duration = Histogram::new(exponential_buckets(0.005, 2.0, 15));
-        RunMetrics {
+        let metrics = RunMetrics {
             epoch: metric(r, "epoch", "The epoch being trained (0 before the first)", Gauge::default()),
             round: metric(r, "round", "Index within its epoch of the latest round started", Gauge::default()),
             rounds: metric(r, "rounds", "Averaging rounds completed", Counter::default()),
@@ -132,7 +132,11 @@ impl RunMetrics {
                 FloatGauge::default(),
             ),
             run_active: metric(r, "run_active", "1 while the run trains, 0 once it has ended", Gauge::default()),
+        };
+        for reason in REJECTION_REASONS {
+            drop(metrics.contributions_rejected.get_or_create(&ReasonLabels { reason }));
         }
+        metrics
     }
 }
 

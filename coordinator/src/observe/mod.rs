@@ -24,6 +24,11 @@ use crate::error::{Error, Result};
 use crate::metrics::EpochRecord;
 use crate::round::{RoundError, RoundSummary, WorkerId};
 
+/// Every label a refused worker message is counted under: the exporter
+/// serves each from the start (at 0), so that a rate sees the first refusal.
+pub const REJECTION_REASONS: [&str; 9] =
+    ["stale", "future", "not_in_round", "duplicate", "non_finite", "malformed", "unalignable", "no_round", "other"];
+
 /// One step of a run, as the outputs see it. Borrowed: an event costs
 /// nothing to emit, whoever is watching.
 #[derive(Debug)]
@@ -72,8 +77,8 @@ pub enum RunEvent<'a> {
     WeightsSent {
         bytes: u64,
     },
-    /// A worker's message was refused; `reason` is a short label (`stale`,
-    /// `duplicate`, `non_finite`, `malformed`, …).
+    /// A worker's message was refused; `reason` is one of
+    /// [`REJECTION_REASONS`].
     ContributionRejected {
         worker: WorkerId,
         name: &'a str,
