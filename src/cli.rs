@@ -8,6 +8,7 @@ use lazyavg_common::config::TrainSettings;
 use lazyavg_common::part::Part;
 use lazyavg_common::telemetry::LogFormat;
 use lazyavg_coordinator::Settings;
+use lazyavg_coordinator::checkpoint::InjectedFault;
 use lazyavg_worker::{ConnectArgs, WorkerArgs};
 
 /// Train one neural network on many machines by lazy aggregation.
@@ -72,6 +73,13 @@ pub struct CoordinatorArgs {
     /// Start N local worker processes connected to this coordinator (one-machine runs).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub spawn_workers: usize,
+
+    /// Testing: make the checkpoint of EPOCH fail (as on EIO) or hang before its rename; repeatable.
+    ///
+    /// Hidden from `--help`: the tests of `--resume` reach with it the states a failed write or a
+    /// coordinator killed mid-write leaves. Not recorded in config.toml, so a resumed run has none.
+    #[arg(long, value_name = "EPOCH:fail|hang", hide = true)]
+    pub inject_checkpoint_fault: Vec<InjectedFault>,
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,7 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
     let mut config = file.overlay(&args.settings)?.resolve(args.spawn_workers)?;
     config.resume = resume;
     config.restartable = args.resume_existing;
+    config.checkpoint_faults = args.inject_checkpoint_fault.clone();
     if !config.resume {
         // Before anything listens or starts; `run` checks again for its other callers.
         run_dir::ensure_no_results(&config.out_dir, config.restartable)?;

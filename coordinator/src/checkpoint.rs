@@ -11,6 +11,7 @@
 //! any moment leaves at least one intact.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use lazyavg_common::model_file::{self, Extras};
@@ -47,8 +48,54 @@ impl Checkpoint {
     }
 }
 
+/// A failure made to happen in a checkpoint's write, after the newest
+/// checkpoint became the previous one and before the new one is in place: how
+/// tests reach the states a real failure or crash leaves (hidden flag
+/// `--inject-checkpoint-fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The write fails, as on EIO: the run goes on without this checkpoint.
+    Fail,
+    /// The write stops for ever with its temporary file written, so that a
+    /// test can kill the coordinator inside that window.
+    Hang,
+}
+
+/// `--inject-checkpoint-fault EPOCH:fail|hang`: `fault` in the checkpoint of `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectedFault {
+    pub epoch: u64,
+    pub fault: Fault,
+}
+
+impl std::str::FromStr for InjectedFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("expected EPOCH:fail or EPOCH:hang, got {s:?}");
+        let (epoch, fault) = s.split_once(':').ok_or_else(bad)?;
+        let epoch = epoch.parse().map_err(|_| bad())?;
+        let fault = match fault {
+            "fail" => Fault::Fail,
+            "hang" => Fault::Hang,
+            _ => return Err(bad()),
+        };
+        Ok(InjectedFault { epoch, fault })
+    }
+}
+
 /// Writes `checkpoint` into `dir`, keeping the one before as the fallback.
 pub fn save(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint) -> Result<PathBuf> {
+    save_with_fault(dir, arch, checkpoint, None)
+}
+
+/// [`save`], with `fault` (tests only) making the write fail or hang.
+pub fn save_with_fault(
+    dir: &Path,
+    arch: &Architecture,
+    checkpoint: &Checkpoint,
+    fault: Option<Fault>,
+) -> Result<PathBuf> {
     let current = dir.join(CURRENT);
     if current.exists() {
         std::fs::rename(&current, dir.join(PREVIOUS)).map_err(|e| Error::io(&current, e))?;
@@ -64,7 +111,20 @@ pub fn save(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint) -> Result<
         BTreeMap::from([(OUTER_VELOCITY.to_owned(), checkpoint.outer_velocity.clone())])
     };
     let bytes = model_file::to_bytes_with(arch, &checkpoint.params, &Extras { metadata, tensors })?;
-    lazyavg_common::fsutil::write_bytes_atomic(&current, &bytes)?;
+    lazyavg_common::fsutil::write_atomic(&current, |file| {
+        file.write_all(&bytes)?;
+        match fault {
+            None => Ok(()),
+            Some(Fault::Fail) => Err(std::io::Error::other("injected fault (--inject-checkpoint-fault)")),
+            Some(Fault::Hang) => {
+                file.sync_all()?;
+                warn!(epoch = checkpoint.epoch, "injected fault: the checkpoint's write hangs before its rename");
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
+    })?;
     Ok(current)
 }
 
@@ -128,6 +188,25 @@ fn read(path: &Path, arch: &Architecture) -> Result<Checkpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_injected_failure_leaves_the_previous_checkpoint_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &arch(), &checkpoint(1, vec![])).unwrap();
+        let err = save_with_fault(dir.path(), &arch(), &checkpoint(2, vec![]), Some(Fault::Fail)).unwrap_err();
+        assert!(error_chain(&err).contains("injected fault"), "{}", error_chain(&err));
+        assert_eq!(load(dir.path(), &arch()).unwrap().epoch, 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only {PREVIOUS}");
+    }
+
+    #[test]
+    fn injected_faults_parse() {
+        assert_eq!("3:hang".parse(), Ok(InjectedFault { epoch: 3, fault: Fault::Hang }));
+        assert_eq!("1:fail".parse(), Ok(InjectedFault { epoch: 1, fault: Fault::Fail }));
+        for bad in ["3", "x:fail", "3:explode", ""] {
+            assert!(bad.parse::<InjectedFault>().is_err(), "{bad}");
+        }
+    }
 
     fn arch() -> Architecture {
         Architecture::mlp(4, &[3], 2).unwrap()

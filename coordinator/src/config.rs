@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 use lazyavg_common::config::{LrScaling, TrainConfig, TrainSettings};
+
+use crate::checkpoint::{Fault, InjectedFault};
 use lazyavg_common::outer::{OuterOptimizer, OuterRule};
 use lazyavg_proto::auth::{TOKEN_ENV, TOKEN_FILE_ENV, Token};
 use lazyavg_proto::tls::ServerTls;
@@ -278,6 +280,8 @@ pub struct CoordinatorConfig {
     /// new run may replace the epochs recorded by an earlier start that left
     /// no checkpoint, and workers are told a stop by a signal is not the end.
     pub restartable: bool,
+    /// `--inject-checkpoint-fault` (tests only).
+    pub checkpoint_faults: Vec<InjectedFault>,
 }
 
 impl Settings {
@@ -447,6 +451,7 @@ impl Settings {
             bench_rounds: self.bench_rounds.unwrap_or(0),
             resume: false,
             restartable: false,
+            checkpoint_faults: Vec::new(),
         })
     }
 }
@@ -487,6 +492,11 @@ impl CoordinatorConfig {
             dump_rounds: (self.dump_rounds > 0).then_some(self.dump_rounds),
             bench_rounds: (self.bench_rounds > 0).then_some(self.bench_rounds),
         }
+    }
+
+    /// The fault `--inject-checkpoint-fault` puts in the checkpoint of `epoch`.
+    pub fn checkpoint_fault(&self, epoch: u64) -> Option<Fault> {
+        self.checkpoint_faults.iter().find(|f| f.epoch == epoch).map(|f| f.fault)
     }
 
     /// Samples each worker trains between two averaging rounds.

@@ -171,7 +171,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     let mut outputs: Vec<Box<dyn Observer>> = vec![
         Box::new(observe::log::Log),
         Box::new(progress::EpochProgress::default()),
-        Box::new(metrics::MetricsFile::open(&out_dir, config.resume, config.metrics_rounds)?),
+        Box::new(metrics::MetricsFile::open(&out_dir, config.resume.then_some(&start), config.metrics_rounds)?),
         Box::new(health),
         Box::new(board),
     ];

@@ -6,8 +6,11 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use lazyavg_common::fsutil;
 use serde::Serialize;
+use tracing::info;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::observe::{Observer, RunEvent};
 
@@ -63,9 +66,15 @@ pub struct RoundRecord {
 }
 
 impl MetricsFile {
-    /// Opens `metrics.jsonl` in `dir`: a new file, or appended to when resuming a run.
-    pub fn open(dir: &Path, append: bool, rounds: bool) -> Result<Self> {
+    /// Opens `metrics.jsonl` in `dir`: a new file, or, when resuming a run
+    /// from `resumed`, the run's file without the records that the resumed
+    /// run writes again (see [`kept_on_resume`]), appended to.
+    pub fn open(dir: &Path, resumed: Option<&Checkpoint>, rounds: bool) -> Result<Self> {
         let path = dir.join(crate::run_dir::METRICS_FILE);
+        if let Some(checkpoint) = resumed {
+            drop_records_trained_again(&path, checkpoint)?;
+        }
+        let append = resumed.is_some();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -81,6 +90,53 @@ impl MetricsFile {
         let out = &mut self.out;
         writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// Rewrites `path` (atomically) without the records a run resumed from
+/// `checkpoint` writes again. They are there when the run got further than
+/// its checkpoint: the newest checkpoint failed to be written, or the
+/// coordinator was killed while writing it, so `--resume` fell back to the
+/// one before and trains the epochs after it again. A reader of the file then
+/// finds one record per epoch, the one of the weights the run went on with.
+fn drop_records_trained_again(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let (next_epoch, remaining) = checkpoint.next_epoch();
+    let kept = kept_on_resume(&text, next_epoch, remaining.is_some());
+    let dropped = text.lines().count() - kept.len();
+    if dropped > 0 {
+        let mut rewritten = kept.join("\n");
+        rewritten.push('\n');
+        fsutil::write_bytes_atomic(path, rewritten.as_bytes())?;
+        info!(
+            file = %path.display(),
+            records = dropped,
+            from_epoch = next_epoch,
+            "removed the records of the epochs this run trains again"
+        );
+    }
+    Ok(())
+}
+
+/// The lines of a `metrics.jsonl` that stay when a run resumes at
+/// `next_epoch` (`mid_epoch`: part of it trained before the checkpoint): the
+/// epoch records of the epochs before it, the round records of those and,
+/// mid-epoch, of the epoch in progress (its rounds before the checkpoint are
+/// not trained again). A line that is not a record (one cut short by a crash)
+/// goes too.
+fn kept_on_resume(text: &str, next_epoch: u64, mid_epoch: bool) -> Vec<&str> {
+    let keeps = |line: &str| {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else { return false };
+        let Some(epoch) = record["epoch"].as_u64() else { return false };
+        match record["kind"].as_str() {
+            Some("round") => epoch < next_epoch || (mid_epoch && epoch == next_epoch),
+            _ => epoch < next_epoch,
+        }
+    };
+    text.lines().filter(|line| keeps(line)).collect()
 }
 
 impl Observer for MetricsFile {
@@ -102,5 +158,59 @@ impl Observer for MetricsFile {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"{"kind":"round","epoch":1,"round":0}
+{"kind":"epoch","epoch":1}
+{"kind":"round","epoch":2,"round":0}
+{"kind":"epoch","epoch":2}
+{"kind":"round","epoch":3,"round":0}
+{"kind":"epoch","epoch":3}
+{"kind":"round","epoch":4,"ro"#;
+
+    fn epochs_of(lines: &[&str]) -> Vec<(String, u64)> {
+        lines
+            .iter()
+            .map(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                (record["kind"].as_str().unwrap().to_owned(), record["epoch"].as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_resume_after_a_complete_epoch_keeps_the_records_before_it() {
+        let kept = kept_on_resume(FILE, 2, false);
+        assert_eq!(epochs_of(&kept), [("round".into(), 1), ("epoch".into(), 1)]);
+    }
+
+    #[test]
+    fn a_resume_mid_epoch_keeps_that_epochs_rounds_but_not_its_record() {
+        let kept = kept_on_resume(FILE, 3, true);
+        let expected = [("round", 1), ("epoch", 1), ("round", 2), ("epoch", 2), ("round", 3)];
+        assert_eq!(epochs_of(&kept), expected.map(|(kind, epoch)| (kind.to_owned(), epoch)));
+    }
+
+    #[test]
+    fn a_line_cut_short_goes_and_a_resume_past_every_record_keeps_the_rest() {
+        assert_eq!(kept_on_resume(FILE, 9, false).len(), 6, "all but the cut line");
+    }
+
+    #[test]
+    fn opening_to_resume_rewrites_the_file_and_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::run_dir::METRICS_FILE);
+        std::fs::write(&path, FILE).unwrap();
+        let checkpoint = Checkpoint { epoch: 1, remaining: Vec::new(), params: Vec::new(), outer_velocity: Vec::new() };
+        let mut file = MetricsFile::open(dir.path(), Some(&checkpoint), false).unwrap();
+        file.append(&serde_json::json!({"kind": "epoch", "epoch": 2})).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(epochs_of(&lines), [("round".into(), 1), ("epoch".into(), 1), ("epoch".into(), 2)]);
     }
 }

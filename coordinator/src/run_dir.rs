@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use lazyavg_common::fsutil;
+use tracing::info;
 
 use crate::checkpoint;
 use crate::config::CoordinatorConfig;
@@ -40,10 +41,18 @@ fn records_an_epoch(metrics: &Path) -> bool {
         .any(|record| record["kind"] == "epoch")
 }
 
-/// Creates the run directory and records the resolved configuration in it.
+/// The files of a run directory written by [`fsutil::write_atomic`], whose
+/// temporary files a killed coordinator may leave behind.
+const WRITTEN_ATOMICALLY: [&str; 4] = [CONFIG_FILE, METRICS_FILE, MODEL_FILE, checkpoint::CURRENT];
+
+/// Creates the run directory, removes what a killed coordinator left half
+/// written there, and records the resolved configuration in it.
 pub fn prepare(config: &CoordinatorConfig) -> Result<PathBuf> {
     let dir = config.out_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    for removed in fsutil::remove_stale_temporaries(&dir, &WRITTEN_ATOMICALLY)? {
+        info!(file = %removed.display(), "removed the temporary file of a write that never completed");
+    }
     let toml = toml::to_string(&config.to_settings()).map_err(|e| Error::Config(e.to_string()))?;
     fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), toml.as_bytes())?;
     Ok(dir)

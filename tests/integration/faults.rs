@@ -324,6 +324,73 @@ fn coordinator_sigkill_and_resume_completes_the_run() {
     assert!(out.join("model.safetensors").is_file(), "no model.safetensors");
 }
 
+/// A checkpoint write cut short by a kill (inside the window where the newest
+/// checkpoint has become the previous one and the new one is not in place)
+/// makes `--resume` fall back to the previous checkpoint and train the epoch
+/// after it again: `metrics.jsonl` then holds that epoch once, and the killed
+/// writer's temporary file is gone.
+#[test]
+fn a_coordinator_killed_while_writing_a_checkpoint_resumes_with_one_record_per_epoch() {
+    resume_after_checkpoint_faults(&["2:hang"], 2);
+}
+
+/// A checkpoint write that fails (EIO) leaves the run going on without it; a
+/// coordinator killed before the next checkpoint resumes from the one before
+/// and trains the lost epochs again, each recorded once.
+#[test]
+fn a_failed_checkpoint_then_a_kill_resumes_with_one_record_per_epoch() {
+    // The hang of epoch 3's checkpoint holds the coordinator where it must be
+    // killed: after the failure, before any later checkpoint.
+    resume_after_checkpoint_faults(&["2:fail", "3:hang"], 2);
+}
+
+/// Runs 3 epochs with `faults` injected into checkpoint writes
+/// (`--inject-checkpoint-fault`), kills the coordinator where the last one
+/// hangs, resumes it, and checks that the run trained again from epoch
+/// `lost_from`, with one record per epoch and no temporary file left.
+fn resume_after_checkpoint_faults(faults: &[&str], lost_from: u64) {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let bind = reserve_port();
+    let mut args = vec!["--workers", "2", "--epochs", "3"];
+    for fault in faults {
+        args.extend(["--inject-checkpoint-fault", fault]);
+    }
+    let mut first = start_coordinator(&out, &bind, &args, "info");
+    let mut workers = start_workers("worker", 2, &bind, tmp.path(), "info");
+    wait_for_line(&mut first.proc, "injected fault: the checkpoint's write hangs before its rename", RUN_TIMEOUT);
+    first.proc.signal("KILL");
+    assert_eq!(first.proc.wait(Duration::from_secs(10)), -1, "killed by a signal");
+    if faults.iter().any(|f| f.ends_with(":fail")) {
+        let failed = logged(&first.proc, "cannot write checkpoint");
+        assert_eq!(failed.len(), 1, "{}", first.proc.dump());
+        assert!(failed[0]["error"].as_str().is_some_and(|e| e.contains("injected fault")), "{}", failed[0]);
+    }
+    let recorded = epoch_numbers(&epoch_metrics(&out));
+    assert!(recorded.contains(&lost_from), "the lost epoch was recorded before the kill: {recorded:?}");
+    assert!(!temporary_files(&out).is_empty(), "the killed write left its temporary file");
+
+    let mut resumed = resume_coordinator(&out, &bind, "info");
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut resumed.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    let resuming = logged(&resumed.proc, "resuming from checkpoint");
+    assert_eq!(resuming.len(), 1, "{}", resumed.proc.dump());
+    assert_eq!(u64_field(&resuming[0], "epoch"), lost_from, "fell back to the checkpoint before: {}", resuming[0]);
+    assert_eq!(logged(&resumed.proc, "latest checkpoint is damaged; resuming from the previous one").len(), 1);
+    let dropped = logged(&resumed.proc, "removed the records of the epochs this run trains again");
+    assert_eq!(dropped.len(), 1, "{}", resumed.proc.dump());
+    assert_eq!(u64_field(&dropped[0], "from_epoch"), lost_from, "{}", dropped[0]);
+
+    let epochs = epoch_metrics(&out);
+    assert_eq!(epoch_numbers(&epochs), [1, 2, 3], "one record per epoch: {epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+    assert!(temporary_files(&out).is_empty(), "left behind: {:?}", temporary_files(&out));
+    assert!(out.join("model.safetensors").is_file());
+}
+
 /// SIGINT writes a checkpoint of the epoch in progress. A coordinator run
 /// as a restartable service (`--resume-existing`) tells its workers so; they
 /// wait for the restarted coordinator, which continues that epoch with them.

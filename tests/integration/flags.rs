@@ -94,6 +94,7 @@ fn debugging_knobs_are_hidden_from_help_but_parsed() {
     for (subcommand, flag) in [
         ("coordinator", "--dump-rounds"),
         ("coordinator", "--bench-rounds"),
+        ("coordinator", "--inject-checkpoint-fault"),
         ("worker", "--debug-slowdown"),
         ("worker", "--exit-with-stdin"),
     ] {

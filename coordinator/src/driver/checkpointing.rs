@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::Driver;
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, Fault};
 use crate::observe::{Observers, RunEvent};
 use lazyavg_common::params::Architecture;
 
@@ -25,7 +25,8 @@ impl Driver {
         }
         // An empty list means every image was averaged in: the epoch is complete.
         let checkpoint = self.snapshot(self.epoch, remaining);
-        write_checkpoint(&self.config.out_dir, self.mlp.arch(), &checkpoint, &self.observers);
+        let fault = self.config.checkpoint_fault(self.epoch);
+        write_checkpoint(&self.config.out_dir, self.mlp.arch(), &checkpoint, fault, &self.observers);
     }
 
     /// The current model and outer velocity as epoch `epoch` with
@@ -35,11 +36,17 @@ impl Driver {
     }
 }
 
-/// Writes `checkpoint` into `dir` and tells `observers` the outcome. A
-/// failure is reported, not fatal: training goes on, and the previous
-/// checkpoint stays usable.
-pub(super) fn write_checkpoint(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint, observers: &Observers) {
-    match checkpoint::save(dir, arch, checkpoint) {
+/// Writes `checkpoint` into `dir` (with `fault` injected, in tests) and
+/// tells `observers` the outcome. A failure is reported, not fatal: training
+/// goes on, and the previous checkpoint stays usable.
+pub(super) fn write_checkpoint(
+    dir: &Path,
+    arch: &Architecture,
+    checkpoint: &Checkpoint,
+    fault: Option<Fault>,
+    observers: &Observers,
+) {
+    match checkpoint::save_with_fault(dir, arch, checkpoint, fault) {
         Ok(path) => observers.notify(&RunEvent::CheckpointWritten { checkpoint, path: &path }),
         Err(error) => observers.notify(&RunEvent::CheckpointFailed { error: &error }),
     }

@@ -38,13 +38,14 @@ impl Driver {
         let checkpoint = self.snapshot(record.epoch, Vec::new());
         let (dir, mlp, test) = (self.config.out_dir.clone(), self.mlp.clone(), Arc::clone(&self.test));
         let observers = self.observers.clone();
+        let fault = self.config.checkpoint_fault(record.epoch);
         self.closing = Some(tokio::task::spawn_blocking(move || {
             let evaluation = evaluate(&mlp, &test, &checkpoint.params);
             record.test_loss = evaluation.loss;
             record.accuracy = evaluation.accuracy;
             record.elapsed = training_started.elapsed().as_secs_f64();
             observers.emit(&RunEvent::EpochEvaluated(&record))?;
-            write_checkpoint(&dir, mlp.arch(), &checkpoint, &observers);
+            write_checkpoint(&dir, mlp.arch(), &checkpoint, fault, &observers);
             Ok(evaluation)
         }));
         Ok(())
