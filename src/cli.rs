@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use lazyavg_common::config::TrainSettings;
 use lazyavg_common::part::Part;
 use lazyavg_common::telemetry::LogFormat;
@@ -21,6 +21,21 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments, with negative numbers taken as values
+    /// in every subcommand: `--lr -1` then reaches --lr's own check, whose
+    /// message names the flag and the number, where clap alone took `-1` for
+    /// a flag ("unexpected argument '-1' found").
+    pub fn parse_args() -> Cli {
+        let matches = allow_negative_numbers(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
+}
+
+fn allow_negative_numbers(command: clap::Command) -> clap::Command {
+    command.allow_negative_numbers(true).mut_subcommands(allow_negative_numbers)
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,13 +11,12 @@ mod status;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use lazyavg_common::{fetch, telemetry};
 
 use crate::cli::{BenchCommand, Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     telemetry::init(cli.log_format, || telemetry::StderrAboveBars);
     match run(cli.command, cli.log_format) {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         );
         info!(%part, split_seed = args.split_seed, samples = samples.len(), "training on one part of the training set");
     }
+    let which = match args.part {
+        Some(part) => format!("part {part} of the training set"),
+        None => "the training set".to_owned(),
+    };
+    config.check_batch_fits(samples.len(), &which)?;
     let mut rng = rng::stream(config.seed, Purpose::LocalOrder);
     let start = Instant::now();
     let mut order = samples.clone();

@@ -195,6 +195,22 @@ impl TrainSettings {
 }
 
 impl TrainConfig {
+    /// Refuses a batch larger than the `images` one replica trains on per
+    /// epoch (`which` says whose: "the training set", "a worker's shard of
+    /// …"): its epoch would be a single step, and train to nothing useful.
+    pub fn check_batch_fits(&self, images: usize, which: &str) -> Result<()> {
+        if self.batch_size > images {
+            return Err(Error::config(
+                "--batch-size",
+                format!(
+                    "{} is larger than {which}, {images} images: an epoch would be one step; give at most {images}",
+                    self.batch_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every value; errors name the flag.
     pub fn validate(&self) -> Result<()> {
         if self.hidden.is_empty() {
@@ -269,6 +285,14 @@ mod tests {
         };
         assert!(bad(|c| c.batch_size = 0).starts_with("invalid --batch-size"));
         assert!(bad(|c| c.batch_size = 1 << 40).starts_with("invalid --batch-size"));
+        let big = TrainConfig { batch_size: 1_000_000, ..TrainConfig::default() };
+        let err = big.check_batch_fits(60_000, "the training set").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid --batch-size: 1000000 is larger than the training set, 60000 images: an epoch would be one step; \
+             give at most 60000"
+        );
+        assert!(big.check_batch_fits(1_000_000, "the training set").is_ok());
         assert!(bad(|c| c.lr = 0.0).starts_with("invalid --lr"));
         assert!(bad(|c| c.lr = f32::INFINITY).starts_with("invalid --lr"));
         assert!(bad(|c| c.hidden.clear()).starts_with("invalid --hidden"));

@@ -166,7 +166,7 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overlap: bool,
 
-    /// Address to listen on for workers [default: 127.0.0.1:7070].
+    /// Address to listen on for workers [default: 127.0.0.1:7070; with --spawn-workers, a free loopback port].
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddr>,
 
@@ -332,7 +332,10 @@ impl Settings {
                     .into(),
             ));
         }
-        let bind = self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+        // The local workers of --spawn-workers are told the port: a free one
+        // lets two one-machine runs (or tests) run side by side.
+        let default_port = if spawn_workers > 0 { 0 } else { DEFAULT_PORT };
+        let bind = self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
         let token = Token::load(self.token_file.as_deref(), env_token).map_err(Error::Config)?;
         let tls = ServerTls::load(self.tls_cert.as_deref(), self.tls_key.as_deref(), self.tls_client_ca.as_deref())
             .map_err(Error::Config)?;

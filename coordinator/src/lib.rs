@@ -92,6 +92,9 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
         let config = config.clone();
         tokio::task::spawn_blocking(move || data::prepare(&config)).await.expect("data loading does not panic")?
     };
+    let shard = data.n_train / config.workers;
+    let which = format!("a worker's shard ({} training images / {} workers)", data.n_train, config.workers);
+    config.train.check_batch_fits(shard, &which)?;
     let arch = config.train.architecture(data.image_len, NUM_CLASSES)?;
     let spec = RunSpec { train: config.train.clone(), arch: arch.clone(), epochs: config.epochs };
     let mlp = Mlp::new(arch);

@@ -467,6 +467,59 @@ fn assert_error_line(proc: &Proc, needle: &str) {
     assert!(last.contains(needle), "error line lacks {needle:?}\n{}", proc.dump());
 }
 
+/// A batch bigger than a worker's shard is refused once the data says how
+/// big the shards are, naming the numbers.
+#[test]
+fn a_batch_bigger_than_a_workers_shard_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnist = mnist_dir();
+    let out = tmp.path().join("out");
+    let args = ["--workers", "3", "--batch-size", "20001"];
+    let full: Vec<&str> = ["coordinator", "--bind", "127.0.0.1:0", "--data-dir", mnist.to_str().expect("UTF-8 path")]
+        .iter()
+        .chain(&["--out", out.to_str().expect("UTF-8 path")])
+        .chain(&args)
+        .copied()
+        .collect();
+    let proc = refused(&full);
+    assert_error_line(
+        &proc,
+        "invalid --batch-size: 20001 is larger than a worker's shard (60000 training images / 3 workers), 20000 images",
+    );
+}
+
+/// Two one-machine runs started at the same moment, neither given --bind,
+/// both complete: `--spawn-workers` listens on a free loopback port, since
+/// its own workers need no fixed one.
+#[test]
+fn two_local_runs_started_together_both_complete() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let start = |name: &str| {
+        let mut cmd = lazyavg();
+        cmd.args(["--log-format", "json", "coordinator", "--spawn-workers", "2", "--epochs", "1", "--hidden", "32"])
+            .arg("--data-dir")
+            .arg(mnist_dir())
+            .arg("--out")
+            .arg(tmp.path().join(name))
+            .env("LAZYAVG_CACHE_DIR", tmp.path().join(format!("cache-{name}")))
+            .env("RUST_LOG", "info");
+        Proc::spawn(name, cmd)
+    };
+    let (mut first, mut second) = (start("first"), start("second"));
+    expect_success(&mut [&mut first, &mut second]);
+    let addr = |proc: &Proc| {
+        let listening = logged(proc, "listening");
+        assert_eq!(listening.len(), 1, "{}", proc.dump());
+        listening[0]["addr"].as_str().expect("addr").to_owned()
+    };
+    let (a, b) = (addr(&first), addr(&second));
+    assert_ne!(a, b);
+    for addr in [a, b] {
+        assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":7070"), "{addr}");
+    }
+}
+
 #[test]
 fn nonsense_settings_are_refused_before_any_socket_opens() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -487,6 +540,7 @@ fn nonsense_settings_are_refused_before_any_socket_opens() {
         (&["--batch-size", "0"], "--batch-size"),
         (&["--lr", "0"], "--lr"),
         (&["--lr", "nan"], "--lr"),
+        (&["--lr", "-1"], "invalid --lr"),
         (&["--hidden", "0"], "--hidden"),
         (&["--config", unknown], "sync_evry"),
         (&["--config", zero], "--sync-every"),

@@ -84,15 +84,21 @@ fn assert_error_line(stderr: &str, needles: &[&str]) {
 #[test]
 fn nonsense_hyperparameters_are_refused_by_flag() {
     let mnist = mnist_dir();
-    for (args, flag) in [
-        (&["--batch-size", "0"][..], "--batch-size"),
-        (&["--lr", "nan"], "--lr"),
-        (&["--lr", "0"], "--lr"),
-        (&["--hidden", "200,0"], "--hidden"),
-        (&["--momentum", "1"], "--momentum"),
-        (&["--epochs", "0"], "--epochs"),
+    for (args, needles) in [
+        (&["--batch-size", "0"][..], &["--batch-size"][..]),
+        (&["--lr", "nan"], &["--lr"]),
+        (&["--lr", "0"], &["--lr"]),
+        (&["--hidden", "200,0"], &["--hidden"]),
+        (&["--momentum", "1"], &["--momentum"]),
+        (&["--epochs", "0"], &["--epochs"]),
+        // Negative numbers reach the flag's own check, not clap's "unexpected argument '-1'".
+        (&["--lr", "-1"], &["invalid --lr", "-1"]),
+        (&["--momentum", "-0.5"], &["invalid --momentum", "-0.5"]),
+        // A batch bigger than the data would make each epoch one step.
+        (&["--batch-size", "1000000"], &["invalid --batch-size", "1000000", "60000"]),
+        (&["--batch-size", "40000", "--part", "2/2"], &["invalid --batch-size", "40000", "part 2/2", "30000"]),
     ] {
-        assert_error_line(&refused(args, &mnist), &[flag]);
+        assert_error_line(&refused(args, &mnist), needles);
     }
     // Values clap cannot parse are its own errors, which name the flag too.
     let stderr = refused(&["--hidden", ""], &mnist);
