@@ -179,9 +179,14 @@ pub struct Settings {
     #[serde(default, with = "humantime_serde_opt")]
     pub metrics_linger: Option<Duration>,
 
-    /// Directory of the four MNIST-layout IDX files; fetched there if missing [default: data/mnist].
+    /// Directory of the four MNIST-layout IDX files [default: data/mnist, where missing files are fetched; see --fetch].
     #[arg(long, env = "LAZYAVG_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Download MNIST into --data-dir when its files are missing [default: only when --data-dir is not given, so a mistyped one is refused, not filled].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fetch: bool,
 
     /// Check the data files' SHA-256 before training.
     #[arg(long)]
@@ -269,6 +274,8 @@ pub struct CoordinatorConfig {
     pub tls_client_ca: Option<PathBuf>,
     pub insecure: bool,
     pub data_dir: PathBuf,
+    /// Fetch MNIST into `data_dir` if files are missing: `--fetch`, or no `--data-dir` given.
+    pub fetch: bool,
     pub verify: bool,
     pub out_dir: PathBuf,
     pub metrics_rounds: bool,
@@ -447,6 +454,7 @@ impl Settings {
             tls_client_ca: self.tls_client_ca.clone(),
             insecure: self.insecure,
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data/mnist")),
+            fetch: self.fetch || self.data_dir.is_none(),
             verify: self.verify,
             out_dir: self.out.clone().unwrap_or_else(|| timestamped_run_dir("")),
             metrics_rounds: self.metrics_rounds,
@@ -489,6 +497,7 @@ impl CoordinatorConfig {
             tls_client_ca: self.tls_client_ca.clone(),
             insecure: self.insecure,
             data_dir: Some(self.data_dir.clone()),
+            fetch: self.fetch,
             verify: self.verify,
             out: Some(self.out_dir.clone()),
             metrics_rounds: self.metrics_rounds,

@@ -25,10 +25,14 @@ pub struct Prepared {
 }
 
 /// Loads the data directory, fetching MNIST into it first if a file is
-/// missing. Blocking: call it off the async runtime.
+/// missing and `--fetch` (or the default directory) allows it, else refusing
+/// with the missing file's name. Blocking: call it off the async runtime.
 pub fn prepare(config: &CoordinatorConfig) -> Result<Prepared> {
     let dir = &config.data_dir;
-    if DATA_FILES.iter().any(|f| dataset::find_file(dir, f).is_err()) {
+    if let Some(missing) = DATA_FILES.iter().find_map(|f| dataset::find_file(dir, f).err()) {
+        if !config.fetch {
+            return Err(missing.into());
+        }
         info!(dir = %dir.display(), "data missing; fetching MNIST");
         fetch::fetch(&FetchOptions::defaults(dir.clone()))?;
     }

@@ -467,6 +467,21 @@ fn assert_error_line(proc: &Proc, needle: &str) {
     assert!(last.contains(needle), "error line lacks {needle:?}\n{}", proc.dump());
 }
 
+/// A mistyped `--data-dir` is refused as `train` refuses it, naming the
+/// missing file and `lazyavg fetch-data`; nothing is created or downloaded
+/// there (only the default directory, or `--fetch`, is filled).
+#[test]
+fn a_data_dir_given_by_flag_that_lacks_the_files_is_refused_not_filled() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let typo = tmp.path().join("mnsit");
+    let out = tmp.path().join("out");
+    let (typo_str, out_str) = (typo.to_str().expect("UTF-8 path"), out.to_str().expect("UTF-8 path"));
+    let proc = refused(&["coordinator", "--bind", "127.0.0.1:0", "--data-dir", typo_str, "--out", out_str]);
+    assert_error_line(&proc, &format!("run `lazyavg fetch-data --dir {typo_str}`"));
+    assert!(logged(&proc, "data missing; fetching MNIST").is_empty(), "{}", proc.dump());
+    assert!(!typo.exists(), "the mistyped directory was created");
+}
+
 /// A batch bigger than a worker's shard is refused once the data says how
 /// big the shards are, naming the numbers.
 #[test]
