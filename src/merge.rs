@@ -13,7 +13,7 @@ use lazyavg_common::model::{Evaluation, Mlp, Workspace};
 use lazyavg_common::model_file;
 use lazyavg_common::params::Architecture;
 use lazyavg_common::rng::{self, Purpose};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::{Matching, MergeArgs, Reference};
 
@@ -42,6 +42,16 @@ fn refuse_out_over_an_input(args: &MergeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says when two inputs hold the same model (the same file twice, or a
+/// copy): the merge then succeeds but is no merge at all.
+fn warn_about_identical_inputs(models: &[(String, Architecture, Vec<f32>)]) {
+    for (i, (name, arch, params)) in models.iter().enumerate() {
+        if let Some((first, ..)) = models[..i].iter().find(|(_, a, p)| a == arch && p == params) {
+            warn!(first, second = name, "two inputs hold the same model: merging a model with itself gives it back");
+        }
+    }
+}
+
 pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.images > 0, "invalid --images: must be at least 1");
     refuse_out_over_an_input(args)?;
@@ -54,6 +64,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
             Ok((path.display().to_string(), arch, params))
         })
         .collect::<anyhow::Result<_>>()?;
+    warn_about_identical_inputs(&models);
     let inputs: Vec<Input<'_>> = models.iter().map(|(name, arch, params)| Input { name, arch, params }).collect();
     let mlp = Mlp::new(inputs[0].arch.clone());
     let spec = PermutationSpec::mlp(mlp.layout());

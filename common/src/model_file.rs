@@ -171,8 +171,40 @@ const ACTIVATION: &str = "relu";
 /// A parsed file: the architecture, its parameters and the extra tensors.
 type Parsed = (Architecture, Vec<f32>, BTreeMap<String, Vec<f32>>);
 
+/// Checks that a file is as long as its header says, which safetensors'
+/// own error leaves unsaid ("incomplete metadata, file not fully covered"):
+/// a truncated or padded file is named with both sizes. A header that does
+/// not parse is left to safetensors to describe.
+fn check_length(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(header_len) = bytes.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)) else {
+        return Err(format!("not a safetensors file: {} bytes, fewer than the 8 of its header's length", bytes.len()));
+    };
+    let len = bytes.len() as u64;
+    let header_end = header_len.saturating_add(8);
+    if header_end > len {
+        return Err(format!(
+            "not a safetensors file, or truncated: it announces a {header_len}-byte header but the file has {len} bytes"
+        ));
+    }
+    let Ok(header) =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes[8..header_end as usize])
+    else {
+        return Ok(());
+    };
+    let data_len = header.values().filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
+    let expected = header_end.saturating_add(data_len);
+    if expected != len {
+        let what = if len < expected { "truncated" } else { "damaged" };
+        return Err(format!(
+            "{what}: its header describes {expected} bytes ({header_end} of header, {data_len} of tensors) but the file has {len}"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a model file.
 fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
+    check_length(bytes)?;
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     if let Some(activation) = metadata.metadata().as_ref().and_then(|m| m.get(ACTIVATION_KEY))
@@ -257,6 +289,22 @@ mod tests {
         assert_eq!(st.tensor("0.weight").unwrap().shape(), &[200, 784]);
         assert_eq!(st.tensor("4.bias").unwrap().shape(), &[10]);
         assert_eq!(st.len(), 6, "a plain model file holds only the model's tensors");
+    }
+
+    #[test]
+    fn a_truncated_or_padded_file_is_named_with_both_sizes() {
+        let arch = Architecture::mlp(4, &[3], 2).unwrap();
+        let params: Vec<f32> = (0..arch.layout().len).map(|i| i as f32).collect();
+        let bytes = to_bytes_with(&arch, &params, &Extras::default()).unwrap();
+        let len = bytes.len();
+        let cut = from_bytes(&bytes[..len - 10]).unwrap_err();
+        assert!(cut.starts_with(&format!("truncated: its header describes {len} bytes")), "{cut}");
+        assert!(cut.ends_with(&format!("but the file has {}", len - 10)), "{cut}");
+        let padded = [&bytes[..], &[0; 3]].concat();
+        assert!(from_bytes(&padded).unwrap_err().starts_with("damaged"), "padded");
+        let header_cut = from_bytes(&bytes[..20]).unwrap_err();
+        assert!(header_cut.starts_with("not a safetensors file, or truncated") && header_cut.ends_with("has 20 bytes"));
+        assert!(from_bytes(&bytes[..5]).unwrap_err().starts_with("not a safetensors file: 5 bytes"));
     }
 
     #[test]

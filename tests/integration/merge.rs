@@ -178,3 +178,28 @@ fn an_out_that_names_an_input_is_refused_and_the_input_kept() {
     assert!(stderr.contains("is the input") && stderr.starts_with("lazyavg: --out"), "{stderr}");
     assert_eq!(fs::read(&b).expect("reading b"), before, "the input was written over");
 }
+
+/// Merging a file with itself (or a copy) succeeds but says so; a truncated
+/// file is refused with the size its header promises and the size it has.
+#[test]
+fn an_input_given_twice_is_warned_about_and_a_truncated_one_named_with_its_sizes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a.safetensors");
+    let arch = Architecture::mlp(784, &[8], 10).unwrap();
+    model_file::save(&a, &arch, &Mlp::new(arch.clone()).init(1)).unwrap();
+    let out = merge(&[&a, &a], &[], &tmp.path().join("merged.safetensors"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("two inputs hold the same model"), "{stderr}");
+
+    let bytes = fs::read(&a).expect("reading a");
+    let cut = tmp.path().join("cut.safetensors");
+    fs::write(&cut, &bytes[..bytes.len() - 100]).expect("writing the truncated copy");
+    let out = merge(&[&a, &cut], &[], &tmp.path().join("merged2.safetensors"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("but the file has {}", bytes.len() - 100);
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(line.starts_with("lazyavg: ") && line.contains("truncated") && line.contains(&expected), "{stderr}");
+    assert!(line.contains(&format!("describes {} bytes", bytes.len())), "{stderr}");
+}
