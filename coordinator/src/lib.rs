@@ -78,7 +78,7 @@ use crate::service::{CoordinatorService, Shared};
 /// Runs a whole training run on an already bound `listener` (tests bind port
 /// 0) until it completes or `shutdown` resolves. A new run (not `resume`)
 /// refuses an `out_dir` that holds an earlier run's results.
-pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shutdown) -> Result<RunSummary> {
+pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown: Shutdown) -> Result<RunSummary> {
     let started = Instant::now();
     if !config.resume {
         run_dir::ensure_no_results(&config.out_dir, config.restartable)?;
@@ -143,6 +143,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Shu
     }
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
+    // From here on `bind` is where workers connect: the port the OS chose for port 0.
+    config.bind = addr;
     // Without TCP_NODELAY a small message waits for the peer's delayed ACK (~40 ms):
     // that stalled every round behind a weights transfer.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_INTERVAL));

@@ -467,6 +467,17 @@ fn assert_error_line(proc: &Proc, needle: &str) {
     assert!(last.contains(needle), "error line lacks {needle:?}\n{}", proc.dump());
 }
 
+/// A coordinator waiting for its workers says, every few seconds, how many
+/// of how many have joined and the address they must connect to.
+#[test]
+fn a_coordinator_waiting_for_workers_says_how_many_joined_and_where() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &["--workers", "2"], "info");
+    let waiting = wait_for_line(&mut coordinator.proc, "still waiting for workers", START_TIMEOUT);
+    assert_eq!((u64_field(&waiting, "joined"), u64_field(&waiting, "workers")), (0, 2), "{waiting}");
+    assert_eq!(waiting["addr"].as_str(), Some(coordinator.addr.as_str()), "{waiting}");
+}
+
 /// A mistyped `--data-dir` is refused as `train` refuses it, naming the
 /// missing file and `lazyavg fetch-data`; nothing is created or downloaded
 /// there (only the default directory, or `--fetch`, is filled).

@@ -44,6 +44,10 @@ use crate::service::{Event, Outbox, command};
 
 /// How long the coordinator waits, at the end, for workers to close their sessions.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a coordinator still waiting for its workers says how many have
+/// joined and where they connect: a worker pointed elsewhere is otherwise
+/// silent on this side.
+const WAITING_REMINDER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resolves to the name of the signal that asks the run to stop.
 pub type Shutdown = Pin<Box<dyn Future<Output = &'static str> + Send>>;
@@ -207,9 +211,17 @@ impl Driver {
         if trains {
             info!(workers = self.config.workers, "waiting for workers");
         }
+        let mut reminder = tokio::time::interval_at(tokio::time::Instant::now() + WAITING_REMINDER, WAITING_REMINDER);
         while trains && self.workers.len() < self.config.workers {
-            let event = self.next_event().await?;
-            self.on_event(event, None);
+            tokio::select! {
+                event = self.next_event() => self.on_event(event?, None),
+                _ = reminder.tick() => info!(
+                    joined = self.workers.len(),
+                    workers = self.config.workers,
+                    addr = %self.config.bind,
+                    "still waiting for workers"
+                ),
+            }
         }
         if self.config.bench_rounds > 0 {
             self.bench_rounds(self.config.bench_rounds).await?;
