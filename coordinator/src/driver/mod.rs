@@ -40,7 +40,7 @@ use crate::metrics::EpochRecord;
 use crate::observe::{Observers, RunEvent};
 use crate::round::WorkerId;
 use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
-use crate::service::{Event, Outbox, command};
+use crate::service::{Event, Leash, Outbox, command};
 
 /// How long the coordinator waits, at the end, for workers to close their sessions.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -53,6 +53,11 @@ pub type Shutdown = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 struct Worker {
     name: String,
     outbox: Outbox,
+    /// Its session lasts as long as the driver keeps the worker.
+    _leash: Leash,
+    /// Whether it has answered a pull on this session: one that never has
+    /// is dropped at a round deadline rather than kept (see `drop_stragglers`).
+    answered: bool,
     /// This epoch's shard; `None` for a worker that joined mid-epoch (until
     /// it adopts orphaned images or the next epoch starts).
     shard: Option<ShardProgress>,
