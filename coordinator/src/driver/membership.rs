@@ -47,7 +47,8 @@ impl Driver {
                 let workers = self.workers.len() + 1;
                 self.observers.notify(&RunEvent::WorkerJoined { id, name: &name, address: &address, workers });
                 let first = self.workers.is_empty();
-                self.workers.insert(id, Worker { name, outbox, _leash: leash, answered: false, shard: None });
+                self.workers
+                    .insert(id, Worker { name, outbox, _leash: leash, answered: false, behind: false, shard: None });
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
                     let start = independent_start(&self.mlp, self.config.train.seed, id);
