@@ -174,11 +174,11 @@ pub struct Settings {
     #[serde(default, with = "humantime_serde_opt")]
     pub round_timeout: Option<Duration>,
 
-    /// Refuse (RESOURCE_EXHAUSTED) a Join while this many Joins wait to attach [default: 64, or twice --workers].
+    /// Refuse (RESOURCE_EXHAUSTED) a Join while this many Joins wait to attach [default: 64, or twice --workers if more].
     #[arg(long, value_name = "N")]
     pub max_pending_joins: Option<usize>,
 
-    /// Refuse (RESOURCE_EXHAUSTED) a session while this many are open, attached or not; at least --workers [default: 64, or twice --workers].
+    /// Refuse (RESOURCE_EXHAUSTED) a session while this many are open, attached or not; at least --workers [default: 64, or twice --workers if more].
     #[arg(long, value_name = "N")]
     pub max_sessions: Option<usize>,
 
