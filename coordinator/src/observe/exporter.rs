@@ -271,3 +271,58 @@ impl Observer for Exporter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::observe::RoundDone;
+    use crate::round::RoundSummary;
+
+    fn joined(id: WorkerId, name: &str) -> RunEvent<'_> {
+        RunEvent::WorkerJoined { id, name, address: "127.0.0.1:1", workers: 1 }
+    }
+
+    #[test]
+    fn a_renaming_crash_looping_worker_does_not_grow_the_label_sets() {
+        let registry = Arc::new(Mutex::new(Registry::with_prefix("lazyavg")));
+        let mut exporter = Exporter::new(Arc::clone(&registry));
+        exporter.observe(&joined(1, "live")).unwrap();
+        for id in 2..=100 {
+            let name = format!("w{id}");
+            exporter.observe(&joined(id, &name)).unwrap();
+            let summary = RoundSummary {
+                epoch: 1,
+                round: id,
+                contributors: vec![(1, 10), (id, 10)],
+                samples: 20,
+                loss_sum: 1.0,
+                mean_train_seconds: 0.1,
+                realigned: Default::default(),
+                align_seconds: 0.0,
+            };
+            exporter.observe(&RunEvent::RoundCompleted(&RoundDone::new(&summary, 0.5, &[]))).unwrap();
+            let left = RunEvent::WorkerLeft {
+                id,
+                name: &name,
+                reason: "gone",
+                epoch: 1,
+                trained: 10,
+                remaining: 0,
+                workers: 1,
+            };
+            exporter.observe(&left).unwrap();
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry.lock().unwrap()).unwrap();
+        let series = |name: &str| text.lines().filter(|l| l.starts_with(name) && l.contains("worker=")).count();
+        // The live worker and the latest gone ones.
+        assert_eq!(series("lazyavg_worker_samples_total"), GONE_KEPT + 1, "{text}");
+        assert_eq!(series("lazyavg_worker_last_contribution_timestamp_seconds"), GONE_KEPT + 1, "{text}");
+        assert_eq!(series("lazyavg_worker_samples_per_second"), 1, "{text}");
+        assert!(
+            text.contains("worker=\"live\"") && text.contains("worker=\"w100\"") && !text.contains("worker=\"w68\"")
+        );
+    }
+}
