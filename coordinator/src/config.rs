@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::align::AlignMethod;
 use crate::error::{Error, Result};
 pub use crate::init::Init;
+use crate::registry::Limits;
 use crate::round::Aggregate;
 use crate::sync_every::EPOCH_SAMPLES;
 pub use crate::sync_every::SyncEvery;
@@ -82,6 +83,20 @@ const DEFAULT_ALIGN_IMAGES: usize = 1000;
 const MAX_SPAWN_WORKERS: usize = 256;
 
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Pending Joins and open sessions allowed by default: a 20-worker run has
+/// 20 of each, and as many again while all of them reconnect at once, with
+/// room to spare; a larger run gets twice its `--workers`. Each session may
+/// hold about one model copy queued for a worker that does not read.
+const DEFAULT_MAX_CLIENTS: usize = 64;
+
+/// The largest `--max-pending-joins` or `--max-sessions`: more is surely a
+/// typo, and would no longer bound the coordinator's memory.
+const MOST_CLIENTS: usize = 100_000;
+
+/// A worker attaches within a second or two of its Join, once it holds the
+/// training set (the deadline counts from the end of a download).
+const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest `--round-timeout` or `--max-wait`: more is surely a typo, and
 /// deadlines computed from it must not overflow the clock.
@@ -160,6 +175,19 @@ pub struct Settings {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub round_timeout: Option<Duration>,
+
+    /// Refuse (RESOURCE_EXHAUSTED) a Join while this many Joins wait to attach [default: 64, or twice --workers if more].
+    #[arg(long, value_name = "N")]
+    pub max_pending_joins: Option<usize>,
+
+    /// Refuse (RESOURCE_EXHAUSTED) a session while this many are open, attached or not; at least --workers [default: 64, or twice --workers if more].
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
+
+    /// Forget a Join that has not attached this long after it (or after its last dataset download), and close a session that has not sent Attach this long after it opened [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub attach_timeout: Option<Duration>,
 
     /// Overlap communication with compute: pull a worker's next round as soon as its weights for this one are in, so it trains on while the others report and the average is made; it applies that average as a correction when it arrives [default: off].
     #[arg(long)]
@@ -260,6 +288,9 @@ pub struct CoordinatorConfig {
     pub init: Init,
     pub min_workers: usize,
     pub max_wait: Duration,
+    /// What the service keeps for its clients (`--max-pending-joins`,
+    /// `--max-sessions`, `--attach-timeout`).
+    pub limits: Limits,
     pub bind: SocketAddr,
     /// `--metrics-bind`: where `/metrics` is served, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
@@ -399,6 +430,7 @@ impl Settings {
             )));
         }
         let align_images = positive(self.align_images.unwrap_or(DEFAULT_ALIGN_IMAGES), "--align-images")?;
+        let limits = self.limits(workers)?;
         let outer_settings = (
             self.outer_optimizer.unwrap_or_else(|| default_outer_rule(workers)),
             self.outer_lr.unwrap_or(DEFAULT_OUTER_LR),
@@ -440,6 +472,7 @@ impl Settings {
             init: self.init.unwrap_or_default(),
             min_workers,
             max_wait: within_longest_wait(self.max_wait.unwrap_or(DEFAULT_MAX_WAIT), "--max-wait")?,
+            limits,
             bind,
             metrics_bind: self.metrics_bind,
             metrics_linger: within_longest_wait(
@@ -467,6 +500,28 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The bounds on what the service keeps for a run of `workers`.
+    fn limits(&self, workers: usize) -> Result<Limits> {
+        let default = DEFAULT_MAX_CLIENTS.max(workers.saturating_mul(2));
+        let bounded = |value: Option<usize>, least: usize, flag: &str| match value.unwrap_or(default) {
+            n if (least..=MOST_CLIENTS).contains(&n) => Ok(n),
+            n => Err(Error::Config(format!("invalid {flag}: must be {least} to {MOST_CLIENTS}, got {n}"))),
+        };
+        let attach_timeout =
+            within_longest_wait(self.attach_timeout.unwrap_or(DEFAULT_ATTACH_TIMEOUT), "--attach-timeout")?;
+        if attach_timeout.is_zero() {
+            return Err(Error::Config("invalid --attach-timeout: must be above 0".into()));
+        }
+        Ok(Limits {
+            max_pending_joins: bounded(self.max_pending_joins, 1, "--max-pending-joins")?,
+            // Every worker of the run holds a session.
+            max_sessions: bounded(self.max_sessions, workers, "--max-sessions (at least --workers)")?,
+            attach_timeout,
+        })
+    }
+}
+
 impl CoordinatorConfig {
     /// Every setting, as a config file that reproduces this run.
     pub fn to_settings(&self) -> Settings {
@@ -486,6 +541,9 @@ impl CoordinatorConfig {
             init: Some(self.init),
             min_workers: Some(self.min_workers),
             max_wait: Some(self.max_wait),
+            max_pending_joins: Some(self.limits.max_pending_joins),
+            max_sessions: Some(self.limits.max_sessions),
+            attach_timeout: Some(self.limits.attach_timeout),
             train: TrainSettings::from_config(&self.train),
             lr_scaling: Some(self.lr_scaling),
             bind: Some(self.bind),
@@ -714,5 +772,24 @@ mod tests {
         let lr =
             Settings { train: TrainSettings { lr: Some(-1.0), ..TrainSettings::default() }, ..Settings::default() };
         assert!(bad(lr).contains("--lr"));
+        assert!(bad(Settings { max_pending_joins: Some(0), ..Settings::default() }).contains("--max-pending-joins"));
+        let few = Settings { workers: Some(20), max_sessions: Some(19), ..Settings::default() };
+        assert!(bad(few).contains("--max-sessions (at least --workers): must be 20 to"));
+        let never = Settings { attach_timeout: Some(Duration::ZERO), ..Settings::default() };
+        assert!(bad(never).contains("--attach-timeout"));
+    }
+
+    #[test]
+    fn client_limits_fit_twenty_workers_and_grow_with_larger_runs() {
+        let limits = |workers: usize| Settings::default().resolve_in(workers, None).unwrap().limits;
+        let twenty = limits(20);
+        assert_eq!((twenty.max_pending_joins, twenty.max_sessions), (64, 64));
+        assert_eq!(twenty.attach_timeout, Duration::from_secs(60));
+        assert_eq!(limits(100).max_sessions, 200);
+        let chosen =
+            Settings { max_sessions: Some(5), attach_timeout: Some(Duration::from_secs(2)), ..Settings::default() };
+        let config = chosen.resolve_in(2, None).unwrap();
+        assert_eq!((config.limits.max_sessions, config.limits.attach_timeout), (5, Duration::from_secs(2)));
+        assert_eq!(config.to_settings().resolve_in(0, None).unwrap().limits, config.limits, "kept in config.toml");
     }
 }

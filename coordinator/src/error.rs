@@ -59,8 +59,19 @@ impl Error {
 }
 
 impl From<&RegistryError> for Status {
+    /// A name too long is INVALID_ARGUMENT; a limit reached
+    /// RESOURCE_EXHAUSTED (the client may retry later); an unknown or
+    /// attached id FAILED_PRECONDITION.
     fn from(err: &RegistryError) -> Self {
-        Status::failed_precondition(err.to_string())
+        let message = err.to_string();
+        match err {
+            RegistryError::NameTooLong { .. } => Status::invalid_argument(message),
+            RegistryError::TooManyPendingJoins { .. }
+            | RegistryError::TooManySessions { .. }
+            | RegistryError::TooManyFetches { .. }
+            | RegistryError::FetchedEnough { .. } => Status::resource_exhausted(message),
+            RegistryError::Unknown(_) | RegistryError::AlreadyAttached(_) => Status::failed_precondition(message),
+        }
     }
 }
 

@@ -126,13 +126,16 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
 
     let (events_tx, events) = mpsc::channel(1024);
     let board = StatusBoard::default();
+    let registry = registry::Registry::new(config.limits, data.offer.blob.len() as u64);
     let shared = Arc::new(Shared {
         run_config: pb::RunConfig::from(&spec),
         dataset: data.offer,
-        registry: Mutex::new(Default::default()),
+        registry: Mutex::new(registry),
         events: events_tx.clone(),
         outbox_capacity: outbox_capacity(mlp.len()),
+        attach_timeout: config.limits.attach_timeout,
         status: board.view(),
+        refusals: Mutex::default(),
     });
     let service = CoordinatorServer::new(CoordinatorService::new(shared))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

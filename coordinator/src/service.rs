@@ -3,30 +3,42 @@
 //! all training state.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, pb};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::observe::board::StatusView;
-use crate::registry::Registry;
+use crate::observe::log::RefusalLog;
+use crate::registry::{Registry, RegistryError};
 use crate::round::WorkerId;
 
 /// Messages to one worker's session; an `Err` ends it with that status.
 pub type Outbox = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+type Queue = mpsc::Receiver<Result<pb::CoordinatorMessage, Status>>;
+
+/// Held by the driver for as long as it keeps a worker: dropping it closes
+/// the worker's session, and frees the commands still queued for it, even
+/// when the worker has stopped reading (its queue would otherwise live as
+/// long as its connection).
+#[derive(Debug)]
+pub struct Leash {
+    _held_by_the_driver: oneshot::Sender<()>,
+}
 
 /// What the service tells the driver.
 #[derive(Debug)]
 pub enum Event {
     /// A worker opened its session from `address`; commands for it go to `outbox`.
-    Attached { id: WorkerId, name: String, address: String, outbox: Outbox },
+    Attached { id: WorkerId, name: String, address: String, outbox: Outbox, leash: Leash },
     /// A worker sent a message on its session.
     Message { id: WorkerId, reply: Reply },
     /// A worker's session ended.
@@ -51,13 +63,73 @@ pub struct Shared {
     pub events: mpsc::Sender<Event>,
     /// Capacity of each session's command queue.
     pub outbox_capacity: usize,
+    /// How long a new session may take to send its Attach.
+    pub attach_timeout: Duration,
     /// What the Status call answers.
     pub status: StatusView,
+    /// Refusals of Joins, sessions and downloads, logged in summary.
+    pub refusals: Mutex<RefusalLog>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.registry)
+    }
+
+    /// `err` as the status a client gets, logged at most once a while per kind.
+    fn refuse(&self, call: &'static str, err: &RegistryError) -> Status {
+        let status = Status::from(err);
+        lock(&self.refusals).refused(call, &status, Instant::now());
+        status
+    }
+}
+
+/// A session's place under `--max-sessions`, given back when the last holder
+/// drops it: the request handler, then its reply forwarder and its response
+/// stream (which lives as long as HTTP/2 has not sent it all).
+#[derive(Debug)]
+struct SessionSlot(Arc<Shared>);
+
+impl SessionSlot {
+    fn open(shared: &Arc<Shared>) -> Result<SessionSlot, Status> {
+        shared.registry().open_session().map_err(|e| shared.refuse("Session", &e))?;
+        Ok(SessionSlot(Arc::clone(shared)))
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.registry().close_session();
+    }
+}
+
+/// An admitted `FetchDataset` stream of one worker id, ended when dropped.
+#[derive(Debug)]
+struct FetchSlot(Arc<Shared>, WorkerId);
+
+impl Drop for FetchSlot {
+    fn drop(&mut self) {
+        self.0.registry().end_fetch(self.1, Instant::now());
+    }
+}
+
+/// A session's commands, as the response stream. The queue is shared with
+/// the reply forwarder, which empties it when the driver drops the worker.
+#[derive(Debug)]
+pub struct Commands {
+    queue: Arc<Mutex<Queue>>,
+    _slot: Arc<SessionSlot>,
+}
+
+impl Stream for Commands {
+    type Item = Result<pb::CoordinatorMessage, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        lock(&self.queue).poll_recv(cx)
     }
 }
 
@@ -84,9 +156,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 request.protocol_version
             )));
         }
-        let name = if request.name.is_empty() { "unnamed".to_owned() } else { request.name };
-        let worker_id = self.shared.registry().join(&name);
-        debug!(worker = worker_id, name, "handshake");
+        let name = if request.name.is_empty() { "unnamed" } else { request.name.as_str() };
+        let worker_id =
+            self.shared.registry().join(name, Instant::now()).map_err(|e| self.shared.refuse("Join", &e))?;
+        debug!(worker = worker_id, "handshake");
         let dataset = &self.shared.dataset;
         Ok(Response::new(pb::JoinReply {
             worker_id,
@@ -106,12 +179,6 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::FetchDatasetRequest>,
     ) -> Result<Response<Self::FetchDatasetStream>, Status> {
         let request = request.into_inner();
-        if !self.shared.registry().is_known(request.worker_id) {
-            return Err(Status::failed_precondition(format!(
-                "unknown worker id {}: call Join first",
-                request.worker_id
-            )));
-        }
         let dataset = &self.shared.dataset;
         if request.sha256 != dataset.sha256 {
             return Err(Status::failed_precondition(format!(
@@ -123,8 +190,16 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let start = usize::try_from(request.offset).ok().filter(|&o| o <= len).ok_or_else(|| {
             Status::out_of_range(format!("offset {} is past the dataset's {len} bytes", request.offset))
         })?;
+        let id = request.worker_id;
+        self.shared
+            .registry()
+            .start_fetch(id, (len - start) as u64, Instant::now())
+            .map_err(|e| self.shared.refuse("FetchDataset", &e))?;
+        let slot = FetchSlot(Arc::clone(&self.shared), id);
         let blob = dataset.blob.clone();
         let chunks = (start..len).step_by(MAX_CHUNK_BYTES).map(move |offset| {
+            // The download ends when the stream is dropped, complete or not.
+            let _held = &slot;
             let end = (offset + MAX_CHUNK_BYTES).min(len);
             Ok(pb::DatasetChunk { offset: offset as u64, data: blob.slice(offset..end) })
         });
@@ -135,50 +210,86 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(pb::RunStatus::from(&self.shared.status.snapshot())))
     }
 
-    type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+    type SessionStream = Commands;
 
     async fn session(
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let slot = SessionSlot::open(&self.shared)?;
         let address = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("session closed before Attach"))?;
+        let timeout = self.shared.attach_timeout;
+        let first = tokio::time::timeout(timeout, inbound.message()).await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no Attach within {} of opening the session (--attach-timeout)",
+                humantime::format_duration(timeout)
+            ))
+        })?;
+        let first = first?.ok_or_else(|| Status::invalid_argument("session closed before Attach"))?;
         let Some(Reply::Attach(attach)) = first.kind else {
             return Err(Status::invalid_argument("the first message of a session must be Attach"));
         };
         let id = attach.worker_id;
-        let name = self.shared.registry().attach(id).map_err(|e| Status::from(&e))?;
-        let (outbox, commands) = mpsc::channel(self.shared.outbox_capacity);
-        let attached = Event::Attached { id, name, address, outbox };
+        let name = self.shared.registry().attach(id, Instant::now()).map_err(|e| Status::from(&e))?;
+        let (outbox, queue) = mpsc::channel(self.shared.outbox_capacity);
+        let (leash, dropped) = oneshot::channel();
+        let attached = Event::Attached { id, name, address, outbox, leash: Leash { _held_by_the_driver: leash } };
         if self.shared.events.send(attached).await.is_err() {
+            self.shared.registry().detach(id);
             return Err(Status::unavailable("the coordinator is shutting down"));
         }
-        tokio::spawn(forward_replies(inbound, id, Arc::clone(&self.shared)));
-        Ok(Response::new(ReceiverStream::new(commands)))
+        let commands = Commands { queue: Arc::new(Mutex::new(queue)), _slot: Arc::new(slot) };
+        let session = Session { inbound, id, shared: Arc::clone(&self.shared), dropped };
+        tokio::spawn(session.forward_replies(Arc::clone(&commands.queue), Arc::clone(&commands._slot)));
+        Ok(Response::new(commands))
     }
 }
 
-/// Passes a session's messages to the driver until the stream ends, then
-/// reports the worker gone and forgets its id.
-async fn forward_replies(mut inbound: Streaming<pb::WorkerMessage>, id: WorkerId, shared: Arc<Shared>) {
-    let reason = loop {
-        match inbound.message().await {
-            Ok(Some(pb::WorkerMessage { kind: Some(Reply::Attach(_)) })) => {
-                break "sent a second Attach".to_owned();
-            }
-            Ok(Some(pb::WorkerMessage { kind: Some(reply) })) => {
-                if shared.events.send(Event::Message { id, reply }).await.is_err() {
-                    return;
+/// The inbound half of an attached session.
+struct Session {
+    inbound: Streaming<pb::WorkerMessage>,
+    id: WorkerId,
+    shared: Arc<Shared>,
+    /// Resolves when the driver drops the worker (its [`Leash`]).
+    dropped: oneshot::Receiver<()>,
+}
+
+impl Session {
+    /// Passes a session's messages to the driver until the stream ends or
+    /// the driver drops the worker, then reports the worker gone and forgets
+    /// its id. Holds the session's place (`_slot`) meanwhile.
+    async fn forward_replies(mut self, queue: Arc<Mutex<Queue>>, _slot: Arc<SessionSlot>) {
+        let (id, shared) = (self.id, Arc::clone(&self.shared));
+        let reason = loop {
+            let message = tokio::select! {
+                message = self.inbound.message() => message,
+                _ = &mut self.dropped => {
+                    // Nothing more will be sent; what is queued would wait
+                    // for a reader that may never come.
+                    let mut queue = lock(&queue);
+                    queue.close();
+                    while queue.try_recv().is_ok() {}
+                    break "dropped by the coordinator".to_owned();
                 }
+            };
+            match message {
+                Ok(Some(pb::WorkerMessage { kind: Some(Reply::Attach(_)) })) => {
+                    break "sent a second Attach".to_owned();
+                }
+                Ok(Some(pb::WorkerMessage { kind: Some(reply) })) => {
+                    if shared.events.send(Event::Message { id, reply }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(pb::WorkerMessage { kind: None })) => break "sent an empty message".to_owned(),
+                Ok(None) => break "closed its session".to_owned(),
+                Err(status) => break format!("session failed: {}", status.message()),
             }
-            Ok(Some(pb::WorkerMessage { kind: None })) => break "sent an empty message".to_owned(),
-            Ok(None) => break "closed its session".to_owned(),
-            Err(status) => break format!("session failed: {}", status.message()),
-        }
-    };
-    shared.registry().detach(id);
-    let _ = shared.events.send(Event::Detached { id, reason }).await;
+        };
+        shared.registry().detach(id);
+        let _ = shared.events.send(Event::Detached { id, reason }).await;
+    }
 }
 
 /// A command message.

@@ -527,12 +527,12 @@ fn min_workers_pauses_and_max_wait_gives_up() {
 // ---------------------------------------------------------------------------
 // A gRPC client of our own, speaking the protocol wrongly on purpose.
 
-type Client = CoordinatorClient<Channel>;
+pub type Client = CoordinatorClient<Channel>;
 
 /// Bound on one message from the coordinator.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn connect(addr: &str) -> Client {
+pub async fn connect(addr: &str) -> Client {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect()
@@ -541,7 +541,7 @@ async fn connect(addr: &str) -> Client {
     CoordinatorClient::new(channel).max_decoding_message_size(8 << 20).max_encoding_message_size(8 << 20)
 }
 
-async fn join(client: &mut Client, protocol_version: u32, name: &str) -> Result<u64, Status> {
+pub async fn join(client: &mut Client, protocol_version: u32, name: &str) -> Result<u64, Status> {
     let request = pb::JoinRequest { protocol_version, name: name.to_owned() };
     Ok(client.join(request).await?.into_inner().worker_id)
 }

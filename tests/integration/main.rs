@@ -27,7 +27,11 @@
 //! - `metrics`: `/metrics` scraped during a run and checked with promtool, a
 //!   real Prometheus with deploy/monitoring's config and rules, gRPC health.
 //! - `status`: `lazyavg status` on a 3-worker run; a stopped worker shown late.
+//! - `abuse`: clients that try to exhaust the coordinator (floods of Joins,
+//!   sessions that never attach, sessions that never read): refused or
+//!   forgotten, its memory bounded, the run unharmed.
 
+mod abuse;
 mod align;
 mod cluster;
 mod containers;

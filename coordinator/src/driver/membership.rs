@@ -42,12 +42,13 @@ impl Driver {
 
     pub(super) fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
         match event {
-            Event::Attached { id, name, address, outbox } => {
+            Event::Attached { id, name, address, outbox, leash } => {
                 let name = self.unique_name(id, name);
                 let workers = self.workers.len() + 1;
                 self.observers.notify(&RunEvent::WorkerJoined { id, name: &name, address: &address, workers });
                 let first = self.workers.is_empty();
-                self.workers.insert(id, Worker { name, outbox, shard: None });
+                self.workers
+                    .insert(id, Worker { name, outbox, _leash: leash, answered: false, behind: false, shard: None });
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
                     let start = independent_start(&self.mlp, self.config.train.seed, id);
@@ -92,6 +93,9 @@ impl Driver {
     }
 
     pub(super) fn on_reply(&mut self, id: WorkerId, reply: Reply, round: Option<&mut Round>) {
+        if let Some(worker) = self.workers.get_mut(&id) {
+            worker.answered = true;
+        }
         let Some(round) = round else {
             let status = Status::out_of_range("no round is open");
             return self.reject(id, "no_round", &status);
@@ -131,18 +135,27 @@ impl Driver {
     /// Closes the round without the workers that missed its deadline. Their
     /// late contributions will be refused as stale; they keep their session,
     /// receive every average, and get a shard again from the next epoch,
-    /// while the rest of their current shard goes to the others.
+    /// while the rest of their current shard goes to the others. A worker
+    /// that has never answered a pull on its session is dropped instead: it
+    /// may never read either, and each average queued for it is a model copy.
     pub(super) fn drop_stragglers(&mut self, open: &mut Round) {
         let (epoch, round) = (open.epoch(), open.round());
         let timeout_s = self.config.round_timeout.as_secs_f64();
         for id in open.missing() {
             open.exclude(id);
-            let Some(name) = self.workers.get(&id).map(|w| w.name.clone()) else { continue };
+            let Some((name, answered)) = self.workers.get(&id).map(|w| (w.name.clone(), w.answered)) else {
+                continue;
+            };
             warn!(
                 worker = id,
                 name, epoch, round, timeout_s, "worker missed the round deadline; closing the round without it"
             );
             self.retire_for_epoch(id);
+            if !answered {
+                let reason = "never answered a pull (--round-timeout)".to_owned();
+                // Handled like a departure on the next turn of the event loop.
+                let _ = self.own_events.try_send(Event::Detached { id, reason });
+            }
         }
     }
 

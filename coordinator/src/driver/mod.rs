@@ -40,7 +40,7 @@ use crate::metrics::EpochRecord;
 use crate::observe::{Observers, RunEvent};
 use crate::round::WorkerId;
 use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
-use crate::service::{Event, Outbox, command};
+use crate::service::{Event, Leash, Outbox, command};
 
 /// How long the coordinator waits, at the end, for workers to close their sessions.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -57,6 +57,15 @@ pub type Shutdown = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 struct Worker {
     name: String,
     outbox: Outbox,
+    /// Its session lasts as long as the driver keeps the worker.
+    _leash: Leash,
+    /// Whether it has answered a pull on this session: one that never has
+    /// is dropped at a round deadline rather than kept (see `drop_stragglers`),
+    /// and is sent no averages, only the current weights with its next pull
+    /// (`behind`): it may never read them, and each is a model copy.
+    answered: bool,
+    /// An average went out that it was not sent.
+    behind: bool,
     /// This epoch's shard; `None` for a worker that joined mid-epoch (until
     /// it adopts orphaned images or the next epoch starts).
     shard: Option<ShardProgress>,
@@ -89,6 +98,9 @@ pub struct Driver {
     aggregator: Option<Box<dyn Aggregator>>,
     /// `--align`: how contributions are matched to the weights last sent.
     alignment: Option<Alignment>,
+    /// `params` as weight chunks, made once per version: every worker sent
+    /// them shares one copy, however many attach or lag.
+    params_chunks: Option<Vec<pb::WeightsChunk>>,
     /// The last round's combined weights, before the outer step.
     average: Vec<f32>,
     outer: OuterOptimizer,
@@ -145,6 +157,7 @@ impl Driver {
             average: vec![0.0; start.params.len()],
             outer,
             params: start.params,
+            params_chunks: None,
             version: (first_epoch - 1, 0),
             epoch: first_epoch - 1,
             first_epoch,

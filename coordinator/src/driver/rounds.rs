@@ -112,6 +112,14 @@ impl Driver {
         }
         let head_start = self.pipeline.since.take();
         let ahead = self.config.overlap && !std::mem::take(&mut self.pipeline.suspended);
+        // Workers sent no averages (they have never answered) first get the
+        // current weights, one copy for all of them.
+        let behind: Vec<WorkerId> = plan
+            .iter()
+            .filter(|&&(id, ..)| self.workers.get_mut(&id).is_some_and(|w| std::mem::take(&mut w.behind)))
+            .map(|&(id, ..)| id)
+            .collect();
+        self.send_params(&behind);
         for &(id, from, until) in plan {
             // After an abandoned round a worker still holds what it trained for
             // it (no average came since): it is asked only for the rest.
@@ -184,6 +192,7 @@ impl Driver {
             }
         };
         self.outer.step(&mut self.params, &self.average);
+        self.params_chunks = None;
         self.drop_lost_ahead(plan, &summary);
         for &(id, _) in &summary.contributors {
             let Some(&(_, from, until)) = plan.iter().find(|p| p.0 == id) else { continue };
@@ -294,15 +303,24 @@ impl Driver {
         }
     }
 
-    /// Sends the current parameters to every live worker.
+    /// Sends the current parameters to every live worker that has answered
+    /// a pull; the others get them with their next pull.
     pub(super) fn push_average(&mut self) {
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        let mut ids = Vec::with_capacity(self.workers.len());
+        for (&id, worker) in &mut self.workers {
+            if worker.answered {
+                ids.push(id);
+            } else {
+                worker.behind = true;
+            }
+        }
         self.send_params(&ids);
     }
 
     pub(super) fn send_params(&mut self, to: &[WorkerId]) {
         let (epoch, round) = self.version;
-        let chunks: Vec<pb::WeightsChunk> = weight_chunks(epoch, round, &self.params).collect();
+        let chunks =
+            self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect()).clone();
         self.send_weights(to, &chunks);
     }
 

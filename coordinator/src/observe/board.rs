@@ -18,8 +18,8 @@ const LATE_FLOOR: Duration = Duration::from_secs(1);
 const LATE_FIRST: Duration = Duration::from_secs(5);
 /// Workers gone that the board still shows, the most recent ones: a
 /// crash-looping worker must not grow the board (and each Status reply)
-/// without bound.
-const GONE_KEPT: usize = 32;
+/// without bound. The exporter keeps the series of as many.
+pub(crate) const GONE_KEPT: usize = 32;
 
 #[derive(Debug, Default)]
 struct Board {

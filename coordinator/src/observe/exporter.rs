@@ -6,7 +6,7 @@
 //! `lazyavg_round` is epoch-local, like the logs' `round`: the index within
 //! its epoch of the latest round started (a redone round keeps counting).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::PoisonError;
 use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
+use super::board::GONE_KEPT;
 use super::{Observer, REJECTION_REASONS, RunEvent};
 use crate::error::Result;
 use crate::round::WorkerId;
@@ -140,6 +141,29 @@ impl RunMetrics {
     }
 }
 
+impl RunMetrics {
+    /// Keeps the per-worker series of `left`, a worker that left, and of the
+    /// [`GONE_KEPT`] latest in `gone` before it; older ones are removed
+    /// (unless a live worker, in `names`, has the name again), so that a
+    /// crash-looping or renaming client does not grow the label sets.
+    fn forget_beyond_gone_kept(
+        &self,
+        gone: &mut VecDeque<WorkerLabels>,
+        names: &HashMap<WorkerId, String>,
+        left: WorkerLabels,
+    ) {
+        gone.retain(|labels| *labels != left);
+        gone.push_back(left);
+        while gone.len() > GONE_KEPT {
+            let Some(oldest) = gone.pop_front() else { break };
+            if !names.values().any(|name| *name == oldest.worker) {
+                self.worker_samples.remove(&oldest);
+                self.worker_last_contribution.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// Registers `metric` as `name` and returns its handle.
 fn metric<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
     registry.register(name, help, metric.clone());
@@ -156,13 +180,16 @@ pub struct Exporter {
     names: HashMap<WorkerId, String>,
     /// When each worker's weights were last in an average.
     last_contribution: HashMap<WorkerId, Instant>,
+    /// The labels of the latest workers gone, oldest first, whose series
+    /// are still served (a silent-worker alert needs them).
+    gone: VecDeque<WorkerLabels>,
 }
 
 impl Exporter {
     /// Registers the run's metrics in `registry` (give it the `lazyavg` prefix).
     pub fn new(registry: SharedRegistry) -> Self {
         let metrics = RunMetrics::register(&mut registry.lock().unwrap_or_else(PoisonError::into_inner));
-        Exporter { metrics, registry, names: HashMap::new(), last_contribution: HashMap::new() }
+        Exporter { metrics, registry, names: HashMap::new(), last_contribution: HashMap::new(), gone: VecDeque::new() }
     }
 
     fn labels(&self, id: WorkerId) -> WorkerLabels {
@@ -180,6 +207,7 @@ impl Observer for Exporter {
         let m = &self.metrics;
         match *event {
             RunEvent::WorkerJoined { id, name, workers, .. } => {
+                self.gone.retain(|labels| labels.worker != name);
                 self.names.insert(id, name.to_owned());
                 m.workers_connected.set(workers as i64);
             }
@@ -187,6 +215,7 @@ impl Observer for Exporter {
                 let labels = self.labels(id);
                 m.worker_samples_per_second.remove(&labels);
                 self.names.remove(&id);
+                m.forget_beyond_gone_kept(&mut self.gone, &self.names, labels);
                 self.last_contribution.remove(&id);
                 self.metrics.workers_connected.set(workers as i64);
             }
@@ -240,5 +269,60 @@ impl Observer for Exporter {
             RunEvent::ShardsDealt { .. } | RunEvent::CheckpointFailed { .. } => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::observe::RoundDone;
+    use crate::round::RoundSummary;
+
+    fn joined(id: WorkerId, name: &str) -> RunEvent<'_> {
+        RunEvent::WorkerJoined { id, name, address: "127.0.0.1:1", workers: 1 }
+    }
+
+    #[test]
+    fn a_renaming_crash_looping_worker_does_not_grow_the_label_sets() {
+        let registry = Arc::new(Mutex::new(Registry::with_prefix("lazyavg")));
+        let mut exporter = Exporter::new(Arc::clone(&registry));
+        exporter.observe(&joined(1, "live")).unwrap();
+        for id in 2..=100 {
+            let name = format!("w{id}");
+            exporter.observe(&joined(id, &name)).unwrap();
+            let summary = RoundSummary {
+                epoch: 1,
+                round: id,
+                contributors: vec![(1, 10), (id, 10)],
+                samples: 20,
+                loss_sum: 1.0,
+                mean_train_seconds: 0.1,
+                realigned: Default::default(),
+                align_seconds: 0.0,
+            };
+            exporter.observe(&RunEvent::RoundCompleted(&RoundDone::new(&summary, 0.5, &[]))).unwrap();
+            let left = RunEvent::WorkerLeft {
+                id,
+                name: &name,
+                reason: "gone",
+                epoch: 1,
+                trained: 10,
+                remaining: 0,
+                workers: 1,
+            };
+            exporter.observe(&left).unwrap();
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry.lock().unwrap()).unwrap();
+        let series = |name: &str| text.lines().filter(|l| l.starts_with(name) && l.contains("worker=")).count();
+        // The live worker and the latest gone ones.
+        assert_eq!(series("lazyavg_worker_samples_total"), GONE_KEPT + 1, "{text}");
+        assert_eq!(series("lazyavg_worker_last_contribution_timestamp_seconds"), GONE_KEPT + 1, "{text}");
+        assert_eq!(series("lazyavg_worker_samples_per_second"), 1, "{text}");
+        assert!(
+            text.contains("worker=\"live\"") && text.contains("worker=\"w100\"") && !text.contains("worker=\"w68\"")
+        );
     }
 }

@@ -1,8 +1,12 @@
 //! The run's log lines: one structured `tracing` line per event worth
 //! reading (the JSON log's fields are what tests and tools parse).
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use lazyavg_common::params::digest;
 use lazyavg_common::telemetry::error_chain;
+use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use super::{Observer, RunEvent};
@@ -66,5 +70,68 @@ impl Observer for Log {
             | RunEvent::RunEnded { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// How often one kind of refusal is logged at most: a client that retries a
+/// refused call in a loop must not fill the disk with the same line.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The service's refusals of Joins, sessions and downloads, logged in
+/// summary: the first of each kind (call and status code) at once, then at
+/// most one line per [`REFUSAL_LOG_INTERVAL`] counting those in between.
+/// Kinds are few (calls × codes), so it stays small however many clients
+/// are refused.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    /// By kind: when it was last logged, and the refusals since.
+    kinds: HashMap<(&'static str, Code), (Instant, u64)>,
+}
+
+impl RefusalLog {
+    /// Counts a refusal of `call`, and logs it if its kind is due.
+    pub fn refused(&mut self, call: &'static str, status: &Status, now: Instant) {
+        if let Some(refused) = self.due(call, status.code(), now) {
+            warn!(call, code = ?status.code(), error = status.message(), refused, "refused a client");
+        }
+    }
+
+    /// The refusals of this kind to report (this one included) if a line is
+    /// due now; `None` while it is not.
+    fn due(&mut self, call: &'static str, code: Code, now: Instant) -> Option<u64> {
+        match self.kinds.get_mut(&(call, code)) {
+            Some((last, count)) => {
+                *count += 1;
+                if now.saturating_duration_since(*last) < REFUSAL_LOG_INTERVAL {
+                    return None;
+                }
+                *last = now;
+                Some(std::mem::take(count))
+            }
+            None => {
+                self.kinds.insert((call, code), (now, 0));
+                Some(1)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_refusals_are_summarised() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::default();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(log.due("Join", Code::ResourceExhausted, at(0)), Some(1));
+        assert_eq!(log.due("Session", Code::ResourceExhausted, at(1)), Some(1), "another kind");
+        for ms in 2..10_000 {
+            assert_eq!(log.due("Join", Code::ResourceExhausted, at(ms)), None);
+        }
+        assert_eq!(log.due("Join", Code::ResourceExhausted, at(10_000)), Some(9999));
+        assert_eq!(log.due("Join", Code::ResourceExhausted, at(10_001)), None);
+        assert_eq!(log.kinds.len(), 2);
     }
 }

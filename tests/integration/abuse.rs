@@ -1,0 +1,317 @@
+//! Clients that try to exhaust the coordinator during a real 2-worker run,
+//! with a gRPC client of our own: a flood of Joins with long names, Joins
+//! that never attach, sessions that never attach, and sessions that attach
+//! and then neither read nor answer. Each is refused or forgotten; the
+//! coordinator's resident memory (`VmRSS` of `/proc/<pid>/status`) stays
+//! bounded, and the real workers' run completes as usual.
+
+use std::fs;
+use std::thread;
+use std::time::Duration;
+
+use lazyavg_proto::pb;
+use lazyavg_proto::pb::worker_message::Kind as Reply;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
+
+use crate::faults::{Client, connect, join};
+use crate::harness::*;
+use crate::support::*;
+
+/// Bound on the coordinator's growth while it is abused.
+const MEBIBYTE: u64 = 1 << 20;
+/// How long a session that never attaches may wait for its answer: five
+/// times the `--attach-timeout` given.
+const IDLE_SESSION_BOUND: Duration = Duration::from_secs(10);
+/// Bound on anything that happens within an epoch or two.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/<pid>/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS in kB");
+    kb * 1024
+}
+
+/// Samples the resident memory of `pid` every 10 ms while the returned flag
+/// is false; the thread returns the highest value seen.
+fn watch_rss(pid: u32) -> (Arc<AtomicBool>, thread::JoinHandle<u64>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let (stop, seen) = (Arc::clone(&done), Arc::clone(&peak));
+    let handle = thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
+                let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1));
+                if let Some(kb) = kb.and_then(|v| v.parse::<u64>().ok()) {
+                    seen.fetch_max(kb * 1024, Ordering::Relaxed);
+                }
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        seen.load(Ordering::Relaxed)
+    });
+    (done, handle)
+}
+
+/// A session whose request stream stays open and silent: `first` (if any)
+/// is its only message. Resolves with the coordinator's answer to it.
+async fn open_session(
+    client: &mut Client,
+    first: Option<Reply>,
+) -> (Result<tonic::Streaming<pb::CoordinatorMessage>, Status>, mpsc::Sender<pb::WorkerMessage>) {
+    let (outbox, replies) = mpsc::channel(1);
+    if let Some(kind) = first {
+        outbox.send(pb::WorkerMessage { kind: Some(kind) }).await.expect("the request stream is open");
+    }
+    let answer = client.session(ReceiverStream::new(replies)).await.map(tonic::Response::into_inner);
+    (answer, outbox)
+}
+
+/// The codes of `results`, counted.
+fn tally(results: impl IntoIterator<Item = Code>) -> Vec<(Code, usize)> {
+    let mut counts: Vec<(Code, usize)> = Vec::new();
+    for code in results {
+        match counts.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((code, 1)),
+        }
+    }
+    counts
+}
+
+fn count(counts: &[(Code, usize)], code: Code) -> usize {
+    counts.iter().find(|(c, _)| *c == code).map_or(0, |(_, n)| *n)
+}
+
+/// What the flood of [`flood`] got back.
+#[derive(Debug)]
+struct Flood {
+    long_names: Vec<(Code, usize)>,
+    long_name_message: String,
+    short_names: Vec<(Code, usize)>,
+    pending_limit_message: String,
+    idle_sessions: Vec<(Code, usize)>,
+    /// An id whose Join was accepted, attached after the deadline.
+    late_attach: Code,
+}
+
+/// 10,000 Joins with 4 KB names, 1,000 with short names that never attach,
+/// and 500 sessions that never send Attach, each batch from 8 connections.
+async fn flood(addr: &str) -> Flood {
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(connect(addr).await);
+    }
+    let long = "n".repeat(4096);
+    let mut joins = JoinSet::new();
+    for client in &clients {
+        let (mut client, long) = (client.clone(), long.clone());
+        joins.spawn(async move {
+            let mut refused = Vec::new();
+            for _ in 0..10_000 / 8 {
+                refused.push(join(&mut client, lazyavg_proto::PROTOCOL_VERSION, &long).await.map(|_| ()));
+            }
+            refused
+        });
+    }
+    let long_results: Vec<Result<(), Status>> = joins.join_all().await.into_iter().flatten().collect();
+    let long_name_message =
+        long_results.iter().find_map(|r| r.as_ref().err()).map(|s| s.message().to_owned()).unwrap_or_default();
+    let long_names = tally(long_results.iter().map(|r| r.as_ref().map_or_else(Status::code, |()| Code::Ok)));
+
+    let mut short = Vec::new();
+    for i in 0..1000 {
+        short.push(join(&mut clients[i % 8], lazyavg_proto::PROTOCOL_VERSION, &format!("never-attaches-{i}")).await);
+    }
+    let accepted = short.iter().find_map(|r| r.as_ref().ok().copied()).expect("some short Join was accepted");
+    let pending_limit_message = short
+        .iter()
+        .find_map(|r| r.as_ref().err().filter(|s| s.code() == Code::ResourceExhausted))
+        .map(|s| s.message().to_owned())
+        .unwrap_or_default();
+    let short_names = tally(short.iter().map(|r| r.as_ref().map_or_else(Status::code, |_| Code::Ok)));
+
+    let mut sessions = JoinSet::new();
+    for i in 0..500 {
+        let mut client = clients[i % 8].clone();
+        sessions.spawn(async move {
+            // Still open well past the deadline counts as `Ok`, and fails the test.
+            match tokio::time::timeout(IDLE_SESSION_BOUND, open_session(&mut client, None)).await {
+                Ok((answer, _silent)) => answer.map_or_else(|s| s.code(), |_| Code::Ok),
+                Err(_) => Code::Ok,
+            }
+        });
+    }
+    let idle_sessions = tally(sessions.join_all().await);
+    // The sessions' deadline has passed, and so has the Joins'.
+    let (late, _outbox) = open_session(&mut clients[0], Some(Reply::Attach(pb::Attach { worker_id: accepted }))).await;
+    Flood {
+        long_names,
+        long_name_message,
+        short_names,
+        pending_limit_message,
+        idle_sessions,
+        late_attach: late.map_or_else(|s| s.code(), |_| Code::Ok),
+    }
+}
+
+#[test]
+fn a_flood_of_joins_and_idle_sessions_leaves_the_coordinator_as_it_was() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let args = ["--workers", "2", "--epochs", "3", "--attach-timeout", "2s"];
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
+    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
+    wait_for_match(&mut coordinator.proc, "worker joined", EVENT_TIMEOUT, |l| l["workers"] == 2);
+    let pid = coordinator.proc.pid();
+    let start = rss(pid);
+    let (stop, peak) = watch_rss(pid);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let flood = runtime.block_on(flood(&coordinator.addr));
+    drop(runtime);
+    stop.store(true, Ordering::Relaxed);
+    let peak = peak.join().expect("the RSS watcher");
+    let end = wait_until("the coordinator's memory back near its start", EVENT_TIMEOUT, || {
+        let now = rss(pid);
+        (now < start + 8 * MEBIBYTE).then_some(now)
+    });
+    eprintln!("coordinator RSS: start {start}, peak {peak}, after {end} bytes; {flood:?}");
+
+    assert_eq!(flood.long_names, [(Code::InvalidArgument, 10_000)], "{flood:?}");
+    assert!(flood.long_name_message.contains("4096 bytes; the limit is 256"), "{flood:?}");
+    // The default cap on pending Joins (64): the rest are refused until those expire.
+    let accepted = count(&flood.short_names, Code::Ok);
+    assert!((1..=64).contains(&accepted), "{flood:?}");
+    assert_eq!(accepted + count(&flood.short_names, Code::ResourceExhausted), 1000, "{flood:?}");
+    assert!(flood.pending_limit_message.contains("64 Joins are waiting"), "{flood:?}");
+    // The default cap on sessions (64, two of them the real workers'): the
+    // rest are refused at once, those admitted closed at the deadline.
+    let closed = count(&flood.idle_sessions, Code::DeadlineExceeded);
+    assert!((1..=62).contains(&closed), "{flood:?}");
+    assert_eq!(closed + count(&flood.idle_sessions, Code::ResourceExhausted), 500, "{flood:?}");
+    assert_eq!(flood.late_attach, Code::FailedPrecondition, "a Join past its deadline was kept: {flood:?}");
+    assert!(peak < start + 20 * MEBIBYTE, "grew from {start} to {peak} bytes");
+
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    // One summary line per kind of refusal and 10 s, not one per client.
+    let refusals = logged(&coordinator.proc, "refused a client");
+    assert!((3..=20).contains(&refusals.len()), "{refusals:?}");
+    let epochs = epoch_metrics(&out);
+    assert_eq!(epochs.len(), 3, "{epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+    let accuracy = f64_field(&epochs[2], "accuracy");
+    assert!(accuracy >= 0.96, "accuracy {accuracy}\n{}", coordinator.proc.dump());
+}
+
+/// What [`stalled_sessions`] got back.
+#[derive(Debug)]
+struct Stalled {
+    /// Ids of the sessions admitted.
+    attached: Vec<u64>,
+    refused: Vec<(Code, usize)>,
+}
+
+/// 200 clients that Join, Attach, and then neither read nor answer, each on
+/// a connection of its own (a stalled stream would stall the unary calls of
+/// a shared one); returns once every one has its answer, keeping the
+/// admitted sessions open (unread) until `release` resolves.
+async fn stalled_sessions(addr: &str, release: tokio::sync::oneshot::Receiver<()>, report: mpsc::Sender<Stalled>) {
+    let mut attached = Vec::new();
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..200 {
+        let mut client = connect(addr).await;
+        let id = match join(&mut client, lazyavg_proto::PROTOCOL_VERSION, &format!("stalled-{i}")).await {
+            Ok(id) => id,
+            Err(status) => {
+                refused.push(status.code());
+                continue;
+            }
+        };
+        match open_session(&mut client, Some(Reply::Attach(pb::Attach { worker_id: id }))).await {
+            (Ok(unread), outbox) => {
+                attached.push(id);
+                held.push((unread, outbox, client));
+            }
+            (Err(status), _) => refused.push(status.code()),
+        }
+    }
+    report.send(Stalled { attached, refused: tally(refused) }).await.expect("the test waits for the report");
+    let _ = release.await;
+    drop(held);
+}
+
+#[test]
+fn sessions_that_never_read_nor_answer_are_dropped_at_the_round_deadline() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let args = ["--workers", "2", "--epochs", "3", "--round-timeout", "1s"];
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
+    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
+    // From a steady state: an epoch trained, evaluated and checkpointed.
+    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    let pid = coordinator.proc.pid();
+    let start = rss(pid);
+    let (stop, peak) = watch_rss(pid);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (release, released) = tokio::sync::oneshot::channel();
+    let (report, mut reported) = mpsc::channel(1);
+    let addr = coordinator.addr.clone();
+    runtime.spawn(async move { stalled_sessions(&addr, released, report).await });
+    let stalled = runtime.block_on(reported.recv()).expect("the stalled sessions' report");
+    // Each admitted session is dropped at the deadline of its first round
+    // (from the next epoch on, when it gets a shard), still unread.
+    let left_lines = wait_until("every stalled session dropped", EVENT_TIMEOUT, || {
+        let left = logged(&coordinator.proc, "worker left");
+        stalled.attached.iter().all(|&id| left.iter().any(|l| l["worker"] == id)).then_some(left)
+    });
+    let _ = release.send(());
+    drop(runtime);
+    let reasons: Vec<&str> = stalled
+        .attached
+        .iter()
+        .filter_map(|&id| left_lines.iter().find(|l| l["worker"] == id).and_then(|l| l["reason"].as_str()))
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    let peak = peak.join().expect("the RSS watcher");
+    let after = rss(pid);
+    eprintln!("coordinator RSS: start {start}, peak {peak}, after {after} bytes; {stalled:?}; reasons {reasons:?}");
+    // Dropped at their first round's deadline (no average was queued for
+    // them meanwhile, so none fell behind first).
+    assert_eq!(reasons.len(), stalled.attached.len(), "{reasons:?}");
+    assert!(reasons.iter().all(|r| *r == "never answered a pull (--round-timeout)"), "{reasons:?}");
+
+    // The default session cap (64), two of them the real workers'.
+    assert!(!stalled.attached.is_empty() && stalled.attached.len() <= 62, "{stalled:?}");
+    let refused: usize = stalled.refused.iter().map(|(_, n)| n).sum();
+    assert_eq!(stalled.attached.len() + refused, 200, "{stalled:?}");
+    assert!(stalled.refused.iter().all(|(code, _)| *code == Code::ResourceExhausted), "{stalled:?}");
+    // Within the session cap times two model copies (784-200-200-10 in
+    // f32): the coordinator's queues share one copy per version, and each
+    // admitted session's HTTP/2 stream holds at most about one more (its
+    // encoded message), plus the allocator's slack. Measured: 66 to 87 MB
+    // for the 62 sessions admitted (137 MB and never given back before).
+    let model = 4 * (784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10);
+    assert!(peak < start + 64 * 2 * model, "grew from {start} to {peak} bytes, more than 128 models of {model} bytes");
+
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    let epochs = epoch_metrics(&out);
+    assert_eq!(epochs.len(), 3, "{epochs:?}");
+    for epoch in &epochs {
+        assert_each_image_once(epoch, N_TRAIN);
+    }
+    let accuracy = f64_field(&epochs[2], "accuracy");
+    assert!(accuracy >= 0.96, "accuracy {accuracy}\n{}", coordinator.proc.dump());
+}
