@@ -9,7 +9,7 @@
 //! restart would, and must end the finished run again without workers
 //! (`--resume-existing`) instead of training it over.
 //!
-//! `deploy/slurm/lazyavg.sbatch` needs a Slurm cluster; README says how it was
+//! `deploy/slurm/lazyavg.sbatch` needs a Slurm cluster; docs/deploy.md says how it was
 //! run on a one-node cluster (`deploy/slurm/local-cluster.sh`).
 
 use std::collections::BTreeMap;
