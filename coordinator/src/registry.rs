@@ -85,7 +85,11 @@ impl Registry {
     }
 
     /// Registers a worker and returns its new id, after forgetting the
-    /// Joins that did not attach in time.
+    /// Joins that did not attach in time. When `max_pending_joins` are
+    /// pending, the oldest one not downloading makes room: a real worker
+    /// attaches within moments of its Join, so a flood of Joins that never
+    /// attach must outpace that to keep it out, where refusing the newest
+    /// would let 64 Joins a minute keep every worker out.
     pub fn join(&mut self, name: &str, now: Instant) -> Result<WorkerId, RegistryError> {
         if name.len() > MAX_NAME_BYTES {
             return Err(RegistryError::NameTooLong { bytes: name.len() });
@@ -93,7 +97,14 @@ impl Registry {
         self.forget_expired(now);
         let limit = self.limits.max_pending_joins;
         if self.workers.values().filter(|e| !e.attached).count() >= limit {
-            return Err(RegistryError::TooManyPendingJoins { limit });
+            let oldest = self
+                .workers
+                .iter()
+                .filter(|(_, e)| !e.attached && e.fetches == 0)
+                .min_by_key(|(_, e)| e.last_seen)
+                .map(|(&id, _)| id);
+            let oldest = oldest.ok_or(RegistryError::TooManyPendingJoins { limit })?;
+            self.workers.remove(&oldest);
         }
         self.next_id += 1;
         let id = self.next_id;
@@ -153,6 +164,16 @@ impl Registry {
         Ok(())
     }
 
+    /// A download by `id` sends its next chunk: its attach deadline starts
+    /// again from now. `Unknown` once the Join was forgotten: a download
+    /// whose reader stalled for the deadline keeps nothing pending.
+    pub fn fetch_progress(&mut self, id: WorkerId, now: Instant) -> Result<(), RegistryError> {
+        self.forget_expired(now);
+        let entry = self.workers.get_mut(&id).ok_or(RegistryError::Unknown(id))?;
+        entry.last_seen = now;
+        Ok(())
+    }
+
     /// A download by `id` ended: its attach deadline starts again from now.
     pub fn end_fetch(&mut self, id: WorkerId, now: Instant) {
         if let Some(entry) = self.workers.get_mut(&id) {
@@ -161,10 +182,11 @@ impl Registry {
         }
     }
 
-    /// Forgets the Joins that neither attached nor downloaded within the deadline.
+    /// Forgets the Joins that neither attached nor made progress with a
+    /// download within the deadline.
     fn forget_expired(&mut self, now: Instant) {
         let timeout = self.limits.attach_timeout;
-        self.workers.retain(|_, e| e.attached || e.fetches > 0 || now.saturating_duration_since(e.last_seen) < timeout);
+        self.workers.retain(|_, e| e.attached || now.saturating_duration_since(e.last_seen) < timeout);
     }
 }
 
@@ -230,22 +252,29 @@ mod tests {
         let t0 = Instant::now();
         let mut r = registry(2, 8);
         let a = r.join("a", t0).unwrap();
-        r.join("b", t0).unwrap();
+        let b = r.join("b", t0).unwrap();
+        // Both downloading: nothing can make room.
+        r.start_fetch(a, 10, t0).unwrap();
+        r.start_fetch(b, 10, t0).unwrap();
         let err = r.join("c", t0).unwrap_err();
         assert_eq!(err, RegistryError::TooManyPendingJoins { limit: 2 });
         assert!(err.to_string().contains("2 Joins are waiting"), "{err}");
+        r.end_fetch(a, t0);
+        r.end_fetch(b, t0);
         // An attached Join is no longer pending.
         r.attach(a, t0).unwrap();
         let c = r.join("c", t0 + SECOND).unwrap();
-        assert!(r.join("d", t0 + SECOND).is_err());
-        // b expires at 10 s, c at 11 s.
-        r.join("d", t0 + 10 * SECOND).unwrap();
-        assert_eq!(r.attach(c, t0 + 11 * SECOND), Err(RegistryError::Unknown(c)));
-        // However many tried, it keeps at most the cap plus the attached.
+        // Full: the oldest pending Join (b) makes room for the newest.
+        let d = r.join("d", t0 + 2 * SECOND).unwrap();
+        assert_eq!(r.attach(c, t0 + 2 * SECOND).unwrap(), "c");
+        // d expires at 12 s.
+        r.join("e", t0 + 10 * SECOND).unwrap();
+        assert_eq!(r.attach(d, t0 + 12 * SECOND), Err(RegistryError::Unknown(d)));
+        // However many tried, it keeps at most the cap (2) plus the attached (a, c).
         for i in 0..10_000u32 {
-            let _ = r.join("flood", t0 + 12 * SECOND + Duration::from_millis(u64::from(i)));
+            r.join("flood", t0 + 12 * SECOND + Duration::from_millis(u64::from(i))).unwrap();
         }
-        assert!(r.workers.len() <= 3, "{}", r.workers.len());
+        assert_eq!(r.workers.len(), 4);
     }
 
     #[test]
@@ -261,25 +290,39 @@ mod tests {
     }
 
     #[test]
-    fn downloads_are_limited_per_worker_and_keep_a_join_alive() {
+    fn a_download_keeps_its_join_only_while_it_progresses() {
+        let t0 = Instant::now();
+        let mut r = registry(8, 8);
+        let id = r.join("w", t0).unwrap();
+        r.start_fetch(id, 1000, t0).unwrap();
+        r.fetch_progress(id, t0 + 9 * SECOND).unwrap();
+        r.fetch_progress(id, t0 + 18 * SECOND).unwrap();
+        // Its reader stalled for the deadline: forgotten, its download told so.
+        assert_eq!(r.fetch_progress(id, t0 + 28 * SECOND), Err(RegistryError::Unknown(id)));
+        assert_eq!(r.attach(id, t0 + 28 * SECOND), Err(RegistryError::Unknown(id)));
+    }
+
+    #[test]
+    fn downloads_are_limited_per_worker() {
         let t0 = Instant::now();
         let mut r = registry(8, 8);
         let id = r.join("w", t0).unwrap();
         r.start_fetch(id, 1000, t0).unwrap();
         r.start_fetch(id, 500, t0).unwrap();
         assert_eq!(r.start_fetch(id, 10, t0), Err(RegistryError::TooManyFetches { id }));
-        // Downloading past the deadline: not forgotten; the deadline counts from its end.
-        r.end_fetch(id, t0 + 30 * SECOND);
-        r.start_fetch(id, 1000, t0 + 30 * SECOND).unwrap();
-        r.end_fetch(id, t0 + 31 * SECOND);
-        r.end_fetch(id, t0 + 31 * SECOND);
+        // The deadline counts from the last chunk or the download's end.
+        r.fetch_progress(id, t0 + 9 * SECOND).unwrap();
+        r.end_fetch(id, t0 + 18 * SECOND);
+        r.start_fetch(id, 1000, t0 + 18 * SECOND).unwrap();
+        r.end_fetch(id, t0 + 19 * SECOND);
+        r.end_fetch(id, t0 + 19 * SECOND);
         // 2500 of its 3000 bytes are spent: a resumed download fits, a fourth whole copy does not.
-        r.start_fetch(id, 500, t0 + 32 * SECOND).unwrap();
-        r.end_fetch(id, t0 + 32 * SECOND);
-        let err = r.start_fetch(id, 1000, t0 + 32 * SECOND).unwrap_err();
+        r.start_fetch(id, 500, t0 + 20 * SECOND).unwrap();
+        r.end_fetch(id, t0 + 20 * SECOND);
+        let err = r.start_fetch(id, 1000, t0 + 20 * SECOND).unwrap_err();
         assert_eq!(err, RegistryError::FetchedEnough { id });
         assert!(err.to_string().contains("3 times"), "{err}");
-        assert_eq!(r.attach(id, t0 + 41 * SECOND).unwrap(), "w");
+        assert_eq!(r.attach(id, t0 + 29 * SECOND).unwrap(), "w");
         assert_eq!(r.start_fetch(99, 1, t0), Err(RegistryError::Unknown(99)));
     }
 }

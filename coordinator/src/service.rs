@@ -117,6 +117,23 @@ impl Drop for FetchSlot {
     }
 }
 
+/// Forgets an id attached for a session that never reached the driver: the
+/// request may also be dropped (the client reset its stream) while it waits
+/// to hand the session over, and the id would then stay attached for ever.
+struct Unattach<'a> {
+    shared: &'a Shared,
+    /// `None` once the driver has the session.
+    id: Option<WorkerId>,
+}
+
+impl Drop for Unattach<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.shared.registry().detach(id);
+        }
+    }
+}
+
 /// A session's commands, as the response stream. The queue is shared with
 /// the reply forwarder, which empties it when the driver drops the worker.
 #[derive(Debug)]
@@ -198,8 +215,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let slot = FetchSlot(Arc::clone(&self.shared), id);
         let blob = dataset.blob.clone();
         let chunks = (start..len).step_by(MAX_CHUNK_BYTES).map(move |offset| {
-            // The download ends when the stream is dropped, complete or not.
-            let _held = &slot;
+            // Each chunk keeps the Join alive; one whose reader stalled past
+            // the deadline was forgotten, and its download ends here. The
+            // download ends when the stream is dropped, complete or not.
+            slot.0.registry().fetch_progress(slot.1, Instant::now()).map_err(|e| Status::from(&e))?;
             let end = (offset + MAX_CHUNK_BYTES).min(len);
             Ok(pb::DatasetChunk { offset: offset as u64, data: blob.slice(offset..end) })
         });
@@ -232,13 +251,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         };
         let id = attach.worker_id;
         let name = self.shared.registry().attach(id, Instant::now()).map_err(|e| Status::from(&e))?;
+        let mut unattach = Unattach { shared: &self.shared, id: Some(id) };
         let (outbox, queue) = mpsc::channel(self.shared.outbox_capacity);
         let (leash, dropped) = oneshot::channel();
         let attached = Event::Attached { id, name, address, outbox, leash: Leash { _held_by_the_driver: leash } };
         if self.shared.events.send(attached).await.is_err() {
-            self.shared.registry().detach(id);
             return Err(Status::unavailable("the coordinator is shutting down"));
         }
+        unattach.id = None;
         let commands = Commands { queue: Arc::new(Mutex::new(queue)), _slot: Arc::new(slot) };
         let session = Session { inbound, id, shared: Arc::clone(&self.shared), dropped };
         tokio::spawn(session.forward_replies(Arc::clone(&commands.queue), Arc::clone(&commands._slot)));
