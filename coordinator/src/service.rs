@@ -3,6 +3,7 @@
 //! all training state.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -53,11 +54,19 @@ pub struct Shared {
     pub outbox_capacity: usize,
     /// What the Status call answers.
     pub status: StatusView,
+    /// Set once the run has completed: Join is refused from then on (see
+    /// [`lazyavg_proto::ending`]), so a worker that missed the end exits.
+    pub completed: AtomicBool,
 }
 
 impl Shared {
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks the run completed: later Joins are refused as such.
+    pub fn complete(&self) {
+        self.completed.store(true, Ordering::Release);
     }
 }
 
@@ -77,6 +86,9 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::DatasetChunk, Status>> +
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        if self.shared.completed.load(Ordering::Acquire) {
+            return Err(lazyavg_proto::ending::run_completed());
+        }
         let request = request.into_inner();
         if request.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
