@@ -65,11 +65,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "LAZYAVG_WORKER_METRICS_BIND", value_name = "ADDR:PORT")]
     pub metrics_bind: Option<SocketAddr>,
 
+    // The default lets workers start before their coordinator, yet makes a worker that
+    // missed the end of its run exit; why 10 minutes: `give_up::DEFAULT_AFTER_JOINING`.
     /// Give up (exit 4) after failing to reach the coordinator for this long, e.g. 90s, or `never` [default: 10m once the worker has joined the run, never before it has].
-    ///
-    /// The default lets workers start before their coordinator, yet makes a worker that missed
-    /// the end of its run exit; 10 minutes outlasts a coordinator that systemd or Kubernetes
-    /// restarts (docs/operations.md).
     #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION|never", value_parser = GiveUpAfter::parse)]
     pub give_up_after: Option<GiveUpAfter>,
 
