@@ -102,10 +102,7 @@ pub fn not_http2(answer: &[u8]) -> Option<String> {
     // HTTP/0.9 request) an error page alone.
     if answer.starts_with(b"HTTP/") || answer.starts_with(b"<") {
         let line = answer.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
-        return Some(format!(
-            "an HTTP/1 server answered the HTTP/2 preface with {:?}",
-            String::from_utf8_lossy(line)
-        ));
+        return Some(format!("an HTTP/1 server answered the HTTP/2 preface with {:?}", String::from_utf8_lossy(line)));
     }
     if matches!(answer, [0x15 | 0x16, 0x03, ..]) {
         return Some("it answered with TLS: use https:// and --tls-ca".to_owned());
@@ -129,7 +126,10 @@ mod tests {
     #[test]
     fn http1_tls_and_other_answers_are_named() {
         let http1 = not_http2(b"HTTP/1.0 505 Invalid HTTP version (2.0)\r\nServer: SimpleHTTP\r\n").unwrap();
-        assert!(http1.contains("HTTP/1 server") && http1.contains("\"HTTP/1.0 505 Invalid HTTP version (2.0)\""), "{http1}");
+        assert!(
+            http1.contains("HTTP/1 server") && http1.contains("\"HTTP/1.0 505 Invalid HTTP version (2.0)\""),
+            "{http1}"
+        );
         let page = not_http2(b"<!DOCTYPE HTML>\n<html lang=\"en\">").unwrap();
         assert!(page.contains("HTTP/1 server") && page.contains("<!DOCTYPE HTML>"), "{page}");
         let tls = not_http2(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]).unwrap();
