@@ -207,6 +207,7 @@ async fn attempt(
         Err(status) => return Err(join_failed(&config.connection, status).await),
     };
     *joined = true;
+    backoff.answered();
     let missing = |what: &str| Error::Protocol(ProtoError::Config(format!("the handshake reply has no {what}")));
     let spec = RunSpec::try_from(reply.config.ok_or_else(|| missing("run configuration"))?)?;
     let info = reply.dataset.ok_or_else(|| missing("dataset"))?;
