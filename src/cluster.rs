@@ -139,22 +139,58 @@ async fn shutdown_signal(watch_stdin: bool) -> &'static str {
     }
 }
 
-/// 130 after SIGINT and 143 after SIGTERM (the shell's convention), 1 otherwise.
-pub fn exit_code(err: &anyhow::Error) -> ExitCode {
-    let signal = err
-        .downcast_ref::<lazyavg_coordinator::Error>()
-        .and_then(|e| match e {
-            lazyavg_coordinator::Error::Interrupted(s) => Some(*s),
-            _ => None,
-        })
-        .or_else(|| match err.downcast_ref::<lazyavg_worker::Error>() {
-            Some(lazyavg_worker::Error::Interrupted(s)) => Some(*s),
-            _ => None,
-        });
-    match signal {
-        Some("SIGINT") => ExitCode::from(130),
-        Some("SIGTERM") => ExitCode::from(143),
-        _ => ExitCode::FAILURE,
+/// The exit statuses of `lazyavg`, as docs/operations.md lists them. A
+/// service manager tells by them whether restarting a worker can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Any failure without a status of its own. (0 is success: the run
+    /// completed; 2 is a command line clap refused.)
+    Failure = 1,
+    /// A worker found the run already completed (it missed the Stop, or
+    /// started after the end): nothing is left to do, so do not restart it.
+    RunOver = 3,
+    /// A worker gave up on a coordinator it could not reach for
+    /// `--give-up-after` (by default 10 minutes once it has joined).
+    Unreachable = 4,
+    /// A worker's `--coordinator` answered, but is not a lazyavg coordinator:
+    /// a configuration error that no retry cures.
+    NotCoordinator = 5,
+    /// SIGINT (the shell's convention: 128 + 2).
+    Interrupted = 130,
+    /// SIGTERM (128 + 15).
+    Terminated = 143,
+}
+
+impl Exit {
+    /// The status `err` ends the process with.
+    pub fn of(err: &anyhow::Error) -> Exit {
+        use lazyavg_coordinator::Error as Coordinator;
+        use lazyavg_worker::Error as Worker;
+        if let Some(Coordinator::Interrupted(signal)) = err.downcast_ref::<Coordinator>() {
+            return Exit::signalled(signal);
+        }
+        match err.downcast_ref::<Worker>() {
+            Some(Worker::Interrupted(signal)) => Exit::signalled(signal),
+            Some(Worker::RunOver { .. }) => Exit::RunOver,
+            Some(Worker::GaveUp { .. }) => Exit::Unreachable,
+            Some(Worker::NotCoordinator { .. }) => Exit::NotCoordinator,
+            _ => Exit::Failure,
+        }
+    }
+
+    /// Stopped by `signal` (or by standard input closing, a failure).
+    fn signalled(signal: &str) -> Exit {
+        match signal {
+            "SIGINT" => Exit::Interrupted,
+            "SIGTERM" => Exit::Terminated,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
     }
 }
 
@@ -195,5 +231,31 @@ mod tests {
 
         let err = starting_settings(&coordinator_args(&["--resume-existing"])).unwrap_err();
         assert!(err.to_string().contains("--out DIR"), "{err}");
+    }
+
+    #[test]
+    fn each_way_a_worker_ends_has_its_documented_status() {
+        use lazyavg_worker::Error as Worker;
+        let url = || "http://c:7070".to_owned();
+        let gave_up = Worker::GaveUp {
+            since: std::time::SystemTime::now(),
+            waited: std::time::Duration::from_secs(600),
+            limit: std::time::Duration::from_secs(600),
+            last: Box::new(Worker::SessionEnded),
+        };
+        let cases = [
+            (Worker::RunOver { url: url() }, Exit::RunOver, 3),
+            (gave_up, Exit::Unreachable, 4),
+            (Worker::NotCoordinator { url: url(), why: "HTTP/1".into() }, Exit::NotCoordinator, 5),
+            (Worker::Interrupted("SIGINT"), Exit::Interrupted, 130),
+            (Worker::Interrupted("SIGTERM"), Exit::Terminated, 143),
+            (Worker::SessionEnded, Exit::Failure, 1),
+        ];
+        for (err, exit, code) in cases {
+            let err = anyhow::Error::from(err);
+            assert_eq!((Exit::of(&err), Exit::of(&err) as u8), (exit, code), "{err:#}");
+        }
+        let coordinator = anyhow::Error::from(lazyavg_coordinator::Error::Interrupted("SIGTERM"));
+        assert_eq!(Exit::of(&coordinator), Exit::Terminated);
     }
 }

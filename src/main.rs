@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             // other processes (`--spawn-workers`); `eprintln!` writes pieces.
             let line = format!("lazyavg: {err:#}\n");
             let _ = std::io::stderr().write_all(line.as_bytes());
-            cluster::exit_code(&err)
+            cluster::Exit::of(&err).into()
         }
     }
 }

@@ -202,7 +202,7 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_bind: Option<SocketAddr>,
 
-    /// With --metrics-bind: keep serving the metrics this long after the run ends, so that a scrape sees its final state (accuracy, lazyavg_run_active 0) [default: 15s, a common scrape interval].
+    /// With --metrics-bind: keep serving the metrics this long after the run ends, so that a scrape sees its final state (accuracy, lazyavg_run_active 0); a worker that joins meanwhile is told the run has completed [default: 15s, a common scrape interval].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub metrics_linger: Option<Duration>,

@@ -140,8 +140,9 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
         attach_timeout: config.limits.attach_timeout,
         status: board.view(),
         refusals: Mutex::default(),
+        completed: Default::default(),
     });
-    let service = CoordinatorServer::new(CoordinatorService::new(shared))
+    let service = CoordinatorServer::new(CoordinatorService::new(Arc::clone(&shared)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = InterceptedService::new(service, RequireToken(config.token.clone()));
@@ -217,32 +218,39 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
         }
     };
 
+    let model_path = out_dir.join(run_dir::MODEL_FILE);
+    let result = result.and_then(|summary| {
+        model_file::save(&model_path, mlp.arch(), &summary.params)?;
+        info!(
+            accuracy = summary.last.accuracy,
+            test_loss = summary.last.loss,
+            epochs = summary.epochs,
+            seconds = started.elapsed().as_secs_f64(),
+            out = %out_dir.display(),
+            "training complete"
+        );
+        Ok(summary)
+    });
+    if result.is_ok() {
+        // The gRPC server stays up through the linger, refusing Joins as
+        // completed: a worker that missed the Stop (stopped, or cut off near
+        // the end) learns that the run is over instead of retrying.
+        shared.complete();
+        if let Some(linger) = metrics_linger.filter(|l| !l.is_zero()) {
+            info!(seconds = linger.as_secs_f64(), "serving the final metrics (--metrics-linger)");
+            tokio::select! {
+                () = tokio::time::sleep(linger) => {}
+                () = interrupted() => {}
+            }
+        }
+    }
     // Workers were told to stop; give their sessions a moment to close cleanly.
     let _ = stop_server.send(());
     if !server_ended && let Ok(Ok(Err(err))) = tokio::time::timeout(Duration::from_secs(2), server).await {
         warn!(error = %error_chain(&err), "the gRPC server failed while closing");
     }
-
-    let summary = result?;
-    let model_path = out_dir.join(run_dir::MODEL_FILE);
-    model_file::save(&model_path, mlp.arch(), &summary.params)?;
-    info!(
-        accuracy = summary.last.accuracy,
-        test_loss = summary.last.loss,
-        epochs = summary.epochs,
-        seconds = started.elapsed().as_secs_f64(),
-        out = %out_dir.display(),
-        "training complete"
-    );
-    if let Some(linger) = metrics_linger.filter(|l| !l.is_zero()) {
-        info!(seconds = linger.as_secs_f64(), "serving the final metrics (--metrics-linger)");
-        tokio::select! {
-            () = tokio::time::sleep(linger) => {}
-            () = interrupted() => {}
-        }
-    }
     let _ = stop_metrics.send(());
-    Ok(summary)
+    result
 }
 
 /// SIGINT or SIGTERM: ends the linger of the metrics at once.

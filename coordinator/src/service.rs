@@ -3,6 +3,7 @@
 //! all training state.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -69,6 +70,9 @@ pub struct Shared {
     pub status: StatusView,
     /// Refusals of Joins, sessions and downloads, logged in summary.
     pub refusals: Mutex<RefusalLog>,
+    /// Set once the run has completed: Join is refused from then on (see
+    /// [`lazyavg_proto::ending`]), so a worker that missed the end exits.
+    pub completed: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,6 +89,11 @@ impl Shared {
         let status = Status::from(err);
         lock(&self.refusals).refused(call, &status, Instant::now());
         status
+    }
+
+    /// Marks the run completed: later Joins are refused as such.
+    pub fn complete(&self) {
+        self.completed.store(true, Ordering::Release);
     }
 }
 
@@ -166,6 +175,9 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::DatasetChunk, Status>> +
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        if self.shared.completed.load(Ordering::Acquire) {
+            return Err(lazyavg_proto::ending::run_completed());
+        }
         let request = request.into_inner();
         if request.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(

@@ -10,10 +10,12 @@
 //! - [`chunks`]: parameter buffers cut into ≤ 1 MiB chunks and put back together.
 //! - [`transport`]: HTTP/2 window, frame and keepalive settings of both ends.
 //! - [`scrape`]: the `/metrics` HTTP endpoint both processes serve.
+//! - [`ending`]: Join refused because the run has completed.
 
 pub mod auth;
 pub mod chunks;
 pub mod convert;
+pub mod ending;
 pub mod scrape;
 pub mod tls;
 pub mod transport;

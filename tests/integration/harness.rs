@@ -174,6 +174,29 @@ pub fn expect_success(procs: &mut [&mut Proc]) {
     assert!(failures.is_empty(), "{}\n{}", failures.join("; "), dumps(procs));
 }
 
+/// The last line a process wrote (its `lazyavg: ...` error line when it failed).
+pub fn last_line(proc: &Proc) -> String {
+    proc.lines().last().cloned().unwrap_or_default()
+}
+
+/// Asserts that `proc` exits with `expected` and its last line names `needle`.
+pub fn expect_exit(proc: &mut Proc, expected: i32, needle: &str) {
+    expect_exit_within(proc, RUN_TIMEOUT, expected, needle)
+}
+
+/// [`expect_exit`] within `timeout`.
+pub fn expect_exit_within(proc: &mut Proc, timeout: Duration, expected: i32, needle: &str) {
+    let code = proc.wait(timeout);
+    assert_eq!(code, expected, "{} exited with {code}\n{}", proc.name, proc.dump());
+    let last = last_line(proc);
+    assert!(
+        last.starts_with("lazyavg: ") && last.contains(needle),
+        "{} did not end with {needle:?}\n{}",
+        proc.name,
+        proc.dump()
+    );
+}
+
 pub fn dumps(procs: &[&mut Proc]) -> String {
     procs.iter().map(|p| p.dump()).collect::<Vec<_>>().join("\n")
 }

@@ -11,6 +11,8 @@
 //! - `faults`: workers killed, stopped and restarted; the coordinator killed
 //!   or interrupted and resumed; too few workers; hostile gRPC messages;
 //!   strangers without the token or the right TLS certificate.
+//! - `ending`: workers that missed the end of their run, started after it,
+//!   or pointed at a server that is not a coordinator exit by themselves.
 //! - `deploy`: the commands of deploy/'s Kubernetes, compose and systemd
 //!   files, run as written (ports, paths and secret made local), and restarted.
 //! - `containers`: deploy/'s image built and its compose file brought up in
@@ -36,6 +38,7 @@ mod align;
 mod cluster;
 mod containers;
 mod deploy;
+mod ending;
 mod faults;
 mod flags;
 mod harness;

@@ -16,16 +16,20 @@ pub struct Backoff {
     rng: StreamRng,
     /// When the current run of failures began.
     failing_since: Instant,
+    /// The coordinator answered since the last failure: the next failure
+    /// starts a new run of failures, though the delays go on growing.
+    answered: bool,
 }
 
 impl Backoff {
     pub fn new(initial: Duration, cap: Duration, seed: u64) -> Self {
-        Backoff { initial, cap, attempt: 0, rng: rng::stream(seed, Purpose::Backoff), failing_since: Instant::now() }
+        let rng = rng::stream(seed, Purpose::Backoff);
+        Backoff { initial, cap, attempt: 0, rng, failing_since: Instant::now(), answered: false }
     }
 
     /// The next delay: uniform in [d/2, d] where d = min(cap, initial · 2^attempt).
     pub fn next_delay(&mut self) -> Duration {
-        if self.attempt == 0 {
+        if self.attempt == 0 || std::mem::take(&mut self.answered) {
             self.failing_since = Instant::now();
         }
         let exp = self.initial.saturating_mul(1u32 << self.attempt.min(16));
@@ -37,6 +41,14 @@ impl Backoff {
     /// Starts over after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// The coordinator answered (Join), though the attempt may still fail
+    /// (its session refused): a worker that waited long for its coordinator
+    /// must not give up at the first failure after reaching it. The delays
+    /// are kept, so a coordinator that keeps refusing is not asked in a loop.
+    pub fn answered(&mut self) {
+        self.answered = true;
     }
 
     /// How long the current run of failures has lasted: since the first
@@ -69,5 +81,20 @@ mod tests {
         assert_eq!(b.failing_for(), Duration::ZERO, "a new run of failures starts its clock");
         tokio::time::advance(Duration::from_millis(7)).await;
         assert_eq!(b.failing_for(), Duration::from_millis(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_restarts_the_clock_but_not_the_delays() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(60), 7);
+        for _ in 0..5 {
+            b.next_delay();
+        }
+        tokio::time::advance(Duration::from_secs(600)).await;
+        b.answered();
+        assert!(b.next_delay() >= Duration::from_millis(1600), "the delays go on growing");
+        assert_eq!(b.failing_for(), Duration::ZERO, "failing since the failure after the answer");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        b.next_delay();
+        assert_eq!(b.failing_for(), Duration::from_secs(3), "one answer restarts the clock once");
     }
 }

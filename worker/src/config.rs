@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use lazyavg_proto::auth::{TOKEN_ENV, TOKEN_FILE_ENV, Token};
@@ -11,6 +10,7 @@ use lazyavg_proto::tls::ClientTls;
 use tonic::transport::Uri;
 
 use crate::error::{Error, Result};
+use crate::give_up::GiveUpAfter;
 
 /// `--debug-slowdown` beyond this would only make a test wait forever (and
 /// the pause, train time × factor, overflow).
@@ -65,9 +65,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "LAZYAVG_WORKER_METRICS_BIND", value_name = "ADDR:PORT")]
     pub metrics_bind: Option<SocketAddr>,
 
-    /// Give up (exit non-zero) after failing to reach the coordinator for this long, e.g. 10m [default: never].
-    #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub give_up_after: Option<Duration>,
+    // The default lets workers start before their coordinator, yet makes a worker that
+    // missed the end of its run exit; why 10 minutes: `give_up::DEFAULT_AFTER_JOINING`.
+    /// Give up (exit 4) after failing to reach the coordinator for this long, e.g. 90s, or `never` [default: 10m once the worker has joined the run, never before it has].
+    #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION|never", value_parser = GiveUpAfter::parse)]
+    pub give_up_after: Option<GiveUpAfter>,
 
     /// Testing: after each pull, idle for (F - 1) times the training time, to act as a worker F times slower.
     ///
@@ -90,8 +92,8 @@ pub struct WorkerConfig {
     pub connection: Connection,
     pub name: String,
     pub cache_dir: PathBuf,
-    /// How long to go on retrying without a coordinator (`None`: for ever).
-    pub give_up_after: Option<Duration>,
+    /// How long to go on retrying without a coordinator.
+    pub give_up_after: GiveUpAfter,
     /// 1 normally; F > 1 makes the worker F times slower (for straggler tests).
     pub slowdown: f64,
     pub exit_with_stdin: bool,
@@ -145,7 +147,7 @@ impl WorkerArgs {
                     )));
                 }
             },
-            give_up_after: self.give_up_after,
+            give_up_after: self.give_up_after.unwrap_or(GiveUpAfter::Default),
             exit_with_stdin: self.exit_with_stdin,
             metrics_bind: self.metrics_bind,
         })

@@ -43,9 +43,24 @@ pub enum Error {
     Aborted(String),
     #[error("stopped by {0}")]
     Interrupted(&'static str),
-    #[error("no coordinator for {} (--give-up-after); giving up", humantime::format_duration(*waited))]
+    /// The coordinator refused Join because its run has completed: this
+    /// worker missed the end (or started after it).
+    #[error("the run is over: the coordinator at {url} says the run has completed")]
+    RunOver { url: String },
+    /// `--coordinator` answered, but not as a lazyavg coordinator.
+    #[error("{url}: not a lazyavg coordinator: {why}")]
+    NotCoordinator { url: String, why: String },
+    /// No coordinator for `--give-up-after` (see [`crate::give_up`]).
+    #[error(
+        "coordinator unreachable since {} (for {}s, --give-up-after {}); giving up",
+        humantime::format_rfc3339_seconds(*since),
+        waited.as_secs(),
+        humantime::format_duration(*limit)
+    )]
     GaveUp {
+        since: std::time::SystemTime,
         waited: std::time::Duration,
+        limit: std::time::Duration,
         #[source]
         last: Box<Error>,
     },
@@ -56,8 +71,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Whether connecting again (with backoff) may succeed: the network or the
     /// coordinator went away, or it lost track of us (e.g. it restarted).
-    /// A protocol-version mismatch, a wrong token, a broken cache disk or a
-    /// deliberate stop will not heal by retrying.
+    /// A protocol-version mismatch, a wrong token, a broken cache disk, a
+    /// deliberate stop, a completed run or a server that is not a
+    /// coordinator will not heal by retrying.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::SessionEnded | Error::Dataset(_) => true,

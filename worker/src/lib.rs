@@ -7,6 +7,9 @@
 //! # Layout
 //! - [`config`]: flags, validated.
 //! - [`backoff`]: jittered exponential backoff between attempts.
+//! - [`give_up`]: when to stop waiting for a coordinator.
+//! - [`peer`]: what answered when Join failed (a completed run, a server
+//!   that is not a coordinator, or no answer).
 //! - [`cache`]: the training set, downloaded once and kept on disk.
 //! - [`replica`]: the model replica and its shard (synchronous).
 //! - [`session`]: the command loop of one connection.
@@ -17,7 +20,9 @@ pub mod cache;
 pub mod chain;
 pub mod config;
 pub mod error;
+pub mod give_up;
 pub mod metrics;
+pub mod peer;
 pub mod replica;
 pub mod session;
 
@@ -46,6 +51,7 @@ use crate::backoff::Backoff;
 pub use crate::config::{ConnectArgs, Connection, WorkerArgs, WorkerConfig};
 pub use crate::error::{Error, Result};
 use crate::metrics::WorkerMetrics;
+use crate::peer::JoinFailure;
 
 /// The coordinator's client, presenting the token on every call.
 pub type Client = CoordinatorClient<InterceptedService<Channel, SendToken>>;
@@ -91,12 +97,13 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
     let seed = u64::from(std::process::id()) ^ std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos() as u64);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), seed);
     let mut dataset = None;
+    let mut joined = false;
     let mut first = true;
     loop {
         if !std::mem::take(&mut first) {
             metrics.reconnects.inc();
         }
-        match attempt(config, &mut backoff, &mut dataset, metrics).await {
+        match attempt(config, &mut backoff, &mut dataset, &mut joined, metrics).await {
             Ok(Ending::Completed) => {
                 info!("training complete");
                 return Ok(());
@@ -104,7 +111,7 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
             Ok(Ending::Aborted(reason)) => return Err(Error::Aborted(reason)),
             Ok(Ending::Suspended(reason)) => {
                 let delay = backoff.next_delay();
-                give_up_if_due(config, &backoff, || Error::Aborted(reason.clone()))?;
+                give_up_if_due(config, &backoff, joined, || Error::Aborted(reason.clone()))?;
                 warn!(
                     reason,
                     retry_in_ms = delay.as_millis() as u64,
@@ -115,7 +122,7 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
             Err(err) if err.is_retryable() => {
                 let error = error_chain(&err);
                 let delay = backoff.next_delay();
-                give_up_if_due(config, &backoff, || err)?;
+                give_up_if_due(config, &backoff, joined, || err)?;
                 warn!(error, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator; retrying");
                 tokio::time::sleep(delay).await;
             }
@@ -125,12 +132,17 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
 }
 
 /// Fails with `GaveUp` once the attempts have been failing for
-/// `--give-up-after` (since the coordinator was lost, or since the start);
-/// `last` is why this one failed.
-fn give_up_if_due(config: &WorkerConfig, backoff: &Backoff, last: impl FnOnce() -> Error) -> Result<()> {
-    match config.give_up_after {
-        Some(waited) if backoff.failing_for() >= waited => Err(Error::GaveUp { waited, last: Box::new(last()) }),
-        _ => Ok(()),
+/// `--give-up-after` (since the coordinator was lost, or since the start),
+/// by default only once the worker has `joined` (see [`give_up`]); `last` is
+/// why this one failed.
+fn give_up_if_due(config: &WorkerConfig, backoff: &Backoff, joined: bool, last: impl FnOnce() -> Error) -> Result<()> {
+    let waited = backoff.failing_for();
+    match config.give_up_after.due(joined, waited) {
+        Some(limit) => {
+            let since = std::time::SystemTime::now().checked_sub(waited).unwrap_or(std::time::UNIX_EPOCH);
+            Err(Error::GaveUp { since, waited, limit, last: Box::new(last()) })
+        }
+        None => Ok(()),
     }
 }
 
@@ -162,17 +174,40 @@ pub async fn connect(connection: &Connection) -> Result<Client> {
     Ok(client)
 }
 
+/// The error of a Join that failed with `status`: the run is over, the
+/// server is not a coordinator, or a refusal (retried unless its code says
+/// it will not heal).
+async fn join_failed(connection: &Connection, status: tonic::Status) -> Error {
+    // As given: `Uri` shows `http://host:port` with a path of `/`.
+    let url = connection.coordinator.to_string().trim_end_matches('/').to_owned();
+    match peer::classify(&status) {
+        JoinFailure::RunOver => Error::RunOver { url },
+        JoinFailure::NotCoordinator(why) => Error::NotCoordinator { url, why },
+        JoinFailure::NoAnswer => match peer::probe(&connection.coordinator, CONNECT_TIMEOUT).await {
+            Some(why) => Error::NotCoordinator { url, why },
+            None => Error::Refused { call: "Join", status },
+        },
+        JoinFailure::Answered => Error::Refused { call: "Join", status },
+    }
+}
+
 /// One connection: Join, get the data, run the session.
 async fn attempt(
     config: &WorkerConfig,
     backoff: &mut Backoff,
     dataset: &mut Option<(String, Arc<Dataset>)>,
+    joined: &mut bool,
     metrics: &WorkerMetrics,
 ) -> Result<Ending> {
     let mut client = connect(&config.connection).await?;
     let url = config.connection.coordinator.to_string();
     let join = pb::JoinRequest { protocol_version: PROTOCOL_VERSION, name: config.name.clone() };
-    let reply = client.join(join).await.map_err(Error::refused("Join"))?.into_inner();
+    let reply = match client.join(join).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => return Err(join_failed(&config.connection, status).await),
+    };
+    *joined = true;
+    backoff.answered();
     let missing = |what: &str| Error::Protocol(ProtoError::Config(format!("the handshake reply has no {what}")));
     let spec = RunSpec::try_from(reply.config.ok_or_else(|| missing("run configuration"))?)?;
     let info = reply.dataset.ok_or_else(|| missing("dataset"))?;

@@ -1,0 +1,141 @@
+//! Workers that always end: one that missed the end of its run, one started
+//! after the end, and one pointed at a server that is not a coordinator each
+//! exit by themselves, with their documented status (docs/operations.md):
+//! 3 the run is over, 4 the coordinator unreachable, 5 not a coordinator.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::support::*;
+
+/// Bound on a worker's exit once it may exit: a few reconnection attempts
+/// (and, for status 4, the 2 s of `--give-up-after` below).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+const RUN_OVER: i32 = 3;
+const UNREACHABLE: i32 = 4;
+const NOT_COORDINATOR: i32 = 5;
+const LINGERING: &str = "serving the final metrics (--metrics-linger)";
+
+/// A coordinator that lingers for long after its run (so its end can be
+/// asked for), with `args` after that.
+fn lingering_coordinator(out: &std::path::Path, args: &[&str]) -> Coordinator {
+    let linger = ["--metrics-bind", "127.0.0.1:0", "--metrics-linger", "300s"];
+    let args: Vec<&str> = linger.iter().chain(args).copied().collect();
+    start_coordinator(out, "127.0.0.1:0", &args, "info")
+}
+
+/// Two workers stopped (SIGSTOP) through the end of their run, dropped by
+/// the coordinator (fallen behind, or silent), then continued: the one
+/// continued while the coordinator still lingers is told that the run has
+/// completed and exits 3 at once; the one continued after the coordinator
+/// exited gives up after `--give-up-after` with status 4. Before, both
+/// retried for ever.
+#[test]
+fn workers_stopped_while_their_run_ends_exit_once_continued() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let args = ["--workers", "3", "--epochs", "3", "--round-timeout", "1s"];
+    let mut coordinator = lingering_coordinator(&tmp.path().join("out"), &args);
+    let url = format!("http://{}", coordinator.addr);
+    let cache = |i: usize| tmp.path().join(format!("cache-{i}"));
+    let mut trains = start_worker("trains", &coordinator.addr, &cache(1), "info");
+    let mut told = start_worker("told", &coordinator.addr, &cache(2), "info");
+    let mut gives_up = worker_command(&url, &cache(3), "info");
+    gives_up.args(["--give-up-after", "2s"]);
+    let mut gives_up = Proc::spawn("gives-up", gives_up);
+    wait_for_match(&mut coordinator.proc, "epoch done", RUN_TIMEOUT, |l| l["epoch"] == 1);
+
+    let stopped = [joined_id(&told), joined_id(&gives_up)];
+    told.signal("STOP");
+    gives_up.signal("STOP");
+    for id in stopped {
+        wait_for_match(&mut coordinator.proc, "worker left", RUN_TIMEOUT, |l: &Value| l["worker"] == id);
+    }
+    wait_for_line(&mut coordinator.proc, LINGERING, RUN_TIMEOUT);
+    expect_success(&mut [&mut trains]);
+
+    told.signal("CONT");
+    expect_exit_within(&mut told, EXIT_TIMEOUT, RUN_OVER, &format!("the run is over: the coordinator at {url}"));
+    assert!(last_line(&told).contains("the run has completed"), "{}", told.dump());
+
+    coordinator.proc.signal("TERM");
+    expect_success(&mut [&mut coordinator.proc]);
+    gives_up.signal("CONT");
+    expect_exit_within(&mut gives_up, EXIT_TIMEOUT, UNREACHABLE, "coordinator unreachable since ");
+    let last = last_line(&gives_up);
+    assert!(last.contains("--give-up-after 2s); giving up: cannot reach the coordinator"), "{}", gives_up.dump());
+}
+
+/// A worker started after the run completed, while its coordinator still
+/// serves (`--metrics-linger`), exits at once with status 3 and says so;
+/// before, it retried for ever.
+#[test]
+fn a_worker_started_after_the_run_completed_exits_at_once() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut coordinator = lingering_coordinator(&tmp.path().join("out"), &["--workers", "1", "--epochs", "1"]);
+    let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache-1"), "info");
+    wait_for_line(&mut coordinator.proc, LINGERING, RUN_TIMEOUT);
+    expect_success(&mut [&mut worker]);
+
+    let mut late = start_worker("late", &coordinator.addr, &tmp.path().join("cache-2"), "info");
+    let url = format!("http://{}", coordinator.addr);
+    let said = format!("the run is over: the coordinator at {url} says the run has completed");
+    expect_exit_within(&mut late, EXIT_TIMEOUT, RUN_OVER, &said);
+    assert!(logged(&late, "joined the run").is_empty(), "{}", late.dump());
+    // The run itself is not disturbed: the coordinator still lingers, then ends well.
+    assert!(coordinator.proc.try_exit_code().is_none(), "{}", coordinator.proc.dump());
+    coordinator.proc.signal("TERM");
+    expect_success(&mut [&mut coordinator.proc]);
+}
+
+/// Python's own `http.server` (HTTP/1 only), bound to a port the OS chose.
+fn http1_server() -> (Proc, String) {
+    let script = "import http.server, sys\n\
+                  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+                  print(f'port {server.server_address[1]}', file=sys.stderr, flush=True)\n\
+                  server.serve_forever()\n";
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script]).current_dir(std::env::temp_dir());
+    let server = Proc::spawn("http.server", cmd);
+    let port = wait_until("http.server to listen", START_TIMEOUT, || {
+        server.lines().iter().find_map(|l| l.strip_prefix("port ").map(str::to_owned))
+    });
+    (server, format!("http://127.0.0.1:{port}"))
+}
+
+/// A gRPC server with no lazyavg service (only grpc.health.v1), on a port
+/// the OS chose; it serves as long as the runtime lives.
+fn grpc_server_without_our_service() -> (tokio::runtime::Runtime, String) {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("binding a port");
+    let addr = listener.local_addr().expect("local address");
+    let (_, health) = tonic_health::server::health_reporter();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    runtime.spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+    (runtime, format!("http://{addr}"))
+}
+
+/// A worker pointed at a server that is not a lazyavg coordinator names it
+/// as such and exits with status 5 without retrying, and without
+/// `--give-up-after`: an HTTP/1 server, and a gRPC server without our
+/// service. Before, it retried for ever ("the coordinator refused Join:
+/// transport error").
+#[test]
+fn a_worker_pointed_at_a_server_that_is_not_a_coordinator_exits_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_http, http_url) = http1_server();
+    let (_grpc, grpc_url) = grpc_server_without_our_service();
+    let cases = [
+        (http_url, "an HTTP/1 server answered the HTTP/2 preface with \""),
+        (grpc_url, "it has no lazyavg.v1.Coordinator service"),
+    ];
+    for (i, (url, why)) in cases.into_iter().enumerate() {
+        let mut worker = Proc::spawn("worker", worker_command(&url, &tmp.path().join(format!("cache-{i}")), "info"));
+        let said = format!("{url}: not a lazyavg coordinator: {why}");
+        expect_exit_within(&mut worker, EXIT_TIMEOUT, NOT_COORDINATOR, &said);
+        assert!(logged(&worker, "no session with the coordinator; retrying").is_empty(), "{}", worker.dump());
+    }
+}
