@@ -27,6 +27,7 @@ pub const CURRENT: &str = "checkpoint.safetensors";
 pub const PREVIOUS: &str = "checkpoint.prev.safetensors";
 const EPOCH_KEY: &str = "lazyavg.epoch";
 const REMAINING_KEY: &str = "lazyavg.remaining";
+const ROUND_KEY: &str = "lazyavg.round";
 const OUTER_VELOCITY: &str = "lazyavg.outer_velocity";
 
 /// Where a run stands.
@@ -36,6 +37,11 @@ pub struct Checkpoint {
     /// in progress, of which `remaining` are the images still to train.
     pub epoch: u64,
     pub remaining: Vec<u32>,
+    /// With `remaining` not empty: the last round of `epoch` averaged into
+    /// `params`. The resumed epoch numbers its rounds on from it, so each
+    /// round record in `metrics.jsonl` names one round (0 otherwise, and in
+    /// checkpoints written before it was recorded).
+    pub round: u64,
     pub params: Vec<f32>,
     /// The outer optimiser's velocity (empty for plain averaging).
     pub outer_velocity: Vec<f32>,
@@ -104,6 +110,7 @@ pub fn save_with_fault(
     let metadata = HashMap::from([
         (EPOCH_KEY.to_owned(), checkpoint.epoch.to_string()),
         (REMAINING_KEY.to_owned(), remaining.join(",")),
+        (ROUND_KEY.to_owned(), checkpoint.round.to_string()),
     ]);
     let tensors = if checkpoint.outer_velocity.is_empty() {
         BTreeMap::new()
@@ -174,6 +181,10 @@ fn read(path: &Path, arch: &Architecture) -> Result<Checkpoint> {
     if (remaining.is_empty() && epoch == u64::MAX) || (!remaining.is_empty() && epoch == 0) {
         return Err(bad(format!("metadata {EPOCH_KEY} = {epoch} is out of range")));
     }
+    let round = match metadata.get(ROUND_KEY) {
+        None => 0,
+        Some(round) => round.parse().map_err(|_| bad(format!("metadata {ROUND_KEY} = {round:?} is not a number")))?,
+    };
     let outer_velocity = tensors.remove(OUTER_VELOCITY).unwrap_or_default();
     if !outer_velocity.is_empty() && outer_velocity.len() != params.len() {
         return Err(bad(format!(
@@ -182,7 +193,7 @@ fn read(path: &Path, arch: &Architecture) -> Result<Checkpoint> {
             params.len()
         )));
     }
-    Ok(Checkpoint { epoch, remaining, params, outer_velocity })
+    Ok(Checkpoint { epoch, remaining, round, params, outer_velocity })
 }
 
 #[cfg(test)]
@@ -215,7 +226,8 @@ mod tests {
     fn checkpoint(epoch: u64, remaining: Vec<u32>) -> Checkpoint {
         let len = arch().layout().len;
         let outer_velocity = if epoch.is_multiple_of(2) { vec![0.25; len] } else { Vec::new() };
-        Checkpoint { epoch, remaining, params: (0..len).map(|i| i as f32 / 7.0).collect(), outer_velocity }
+        let round = if remaining.is_empty() { 0 } else { 17 };
+        Checkpoint { epoch, remaining, round, params: (0..len).map(|i| i as f32 / 7.0).collect(), outer_velocity }
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub use crate::error::{Error, Result};
 use crate::observe::board::StatusBoard;
 use crate::observe::exporter::Exporter;
 use crate::observe::health::Health;
+use crate::observe::log::REFUSAL_LOG_INTERVAL;
 use crate::observe::{Observer, Observers};
 use crate::service::{CoordinatorService, Shared};
 
@@ -124,7 +125,7 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
         checkpoint
     } else {
         let params = mlp.init(config.train.seed);
-        Checkpoint { epoch: 0, remaining: Vec::new(), params, outer_velocity: Vec::new() }
+        Checkpoint { epoch: 0, remaining: Vec::new(), round: 0, params, outer_velocity: Vec::new() }
     };
     let out_dir = run_dir::prepare(&config)?;
 
@@ -142,6 +143,7 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
         refusals: Mutex::default(),
         completed: Default::default(),
     });
+    let refusals_flusher = tokio::spawn(flush_refusals(Arc::clone(&shared)));
     let service = CoordinatorServer::new(CoordinatorService::new(Arc::clone(&shared)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -250,7 +252,19 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
         warn!(error = %error_chain(&err), "the gRPC server failed while closing");
     }
     let _ = stop_metrics.send(());
+    refusals_flusher.abort();
+    shared.refusals().flush(std::time::Instant::now(), true);
     result
+}
+
+/// Writes the refusals counted since their kind's last log line, every
+/// [`REFUSAL_LOG_INTERVAL`]: a burst that stops is then still counted.
+async fn flush_refusals(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(REFUSAL_LOG_INTERVAL);
+    loop {
+        tick.tick().await;
+        shared.refusals().flush(std::time::Instant::now(), false);
+    }
 }
 
 /// SIGINT or SIGTERM: ends the linger of the metrics at once.

@@ -105,7 +105,7 @@ fn drop_records_trained_again(path: &Path, checkpoint: &Checkpoint) -> Result<()
         Err(e) => return Err(Error::io(path, e)),
     };
     let (next_epoch, remaining) = checkpoint.next_epoch();
-    let kept = kept_on_resume(&text, next_epoch, remaining.is_some());
+    let kept = kept_on_resume(&text, next_epoch, remaining.map(|_| checkpoint.round));
     let dropped = text.lines().count() - kept.len();
     if dropped > 0 {
         let mut rewritten = kept.join("\n");
@@ -122,17 +122,17 @@ fn drop_records_trained_again(path: &Path, checkpoint: &Checkpoint) -> Result<()
 }
 
 /// The lines of a `metrics.jsonl` that stay when a run resumes at
-/// `next_epoch` (`mid_epoch`: part of it trained before the checkpoint): the
-/// epoch records of the epochs before it, the round records of those and,
-/// mid-epoch, of the epoch in progress (its rounds before the checkpoint are
-/// not trained again). A line that is not a record (one cut short by a crash)
-/// goes too.
-fn kept_on_resume(text: &str, next_epoch: u64, mid_epoch: bool) -> Vec<&str> {
+/// `next_epoch` (`mid_epoch_round`: the last round of it averaged before a
+/// mid-epoch checkpoint): the epoch records of the epochs before it, the
+/// round records of those and of the rounds before the checkpoint (they are
+/// not trained again; the resumed epoch numbers its rounds on from there). A
+/// line that is not a record (one cut short by a crash) goes too.
+fn kept_on_resume(text: &str, next_epoch: u64, mid_epoch_round: Option<u64>) -> Vec<&str> {
     let keeps = |line: &str| {
         let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else { return false };
         let Some(epoch) = record["epoch"].as_u64() else { return false };
-        match record["kind"].as_str() {
-            Some("round") => epoch < next_epoch || (mid_epoch && epoch == next_epoch),
+        match (record["kind"].as_str(), record["round"].as_u64(), mid_epoch_round) {
+            (Some("round"), Some(round), Some(last)) if epoch == next_epoch => round <= last,
             _ => epoch < next_epoch,
         }
     };
@@ -169,7 +169,8 @@ mod tests {
 {"kind":"epoch","epoch":1}
 {"kind":"round","epoch":2,"round":0}
 {"kind":"epoch","epoch":2}
-{"kind":"round","epoch":3,"round":0}
+{"kind":"round","epoch":3,"round":1}
+{"kind":"round","epoch":3,"round":2}
 {"kind":"epoch","epoch":3}
 {"kind":"round","epoch":4,"ro"#;
 
@@ -185,20 +186,20 @@ mod tests {
 
     #[test]
     fn a_resume_after_a_complete_epoch_keeps_the_records_before_it() {
-        let kept = kept_on_resume(FILE, 2, false);
+        let kept = kept_on_resume(FILE, 2, None);
         assert_eq!(epochs_of(&kept), [("round".into(), 1), ("epoch".into(), 1)]);
     }
 
     #[test]
-    fn a_resume_mid_epoch_keeps_that_epochs_rounds_but_not_its_record() {
-        let kept = kept_on_resume(FILE, 3, true);
+    fn a_resume_mid_epoch_keeps_that_epochs_rounds_before_its_checkpoint_but_not_its_record() {
+        let kept = kept_on_resume(FILE, 3, Some(1));
         let expected = [("round", 1), ("epoch", 1), ("round", 2), ("epoch", 2), ("round", 3)];
         assert_eq!(epochs_of(&kept), expected.map(|(kind, epoch)| (kind.to_owned(), epoch)));
     }
 
     #[test]
     fn a_line_cut_short_goes_and_a_resume_past_every_record_keeps_the_rest() {
-        assert_eq!(kept_on_resume(FILE, 9, false).len(), 6, "all but the cut line");
+        assert_eq!(kept_on_resume(FILE, 9, None).len(), 7, "all but the cut line");
     }
 
     #[test]
@@ -206,7 +207,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(crate::run_dir::METRICS_FILE);
         std::fs::write(&path, FILE).unwrap();
-        let checkpoint = Checkpoint { epoch: 1, remaining: Vec::new(), params: Vec::new(), outer_velocity: Vec::new() };
+        let checkpoint =
+            Checkpoint { epoch: 1, remaining: Vec::new(), round: 0, params: Vec::new(), outer_velocity: Vec::new() };
         let mut file = MetricsFile::open(dir.path(), Some(&checkpoint), false).unwrap();
         file.append(&serde_json::json!({"kind": "epoch", "epoch": 2})).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::round::WorkerId;
 
-/// The longest worker name accepted, in bytes: a host name is at most 253.
-pub const MAX_NAME_BYTES: usize = 256;
+/// The longest worker name accepted, in bytes (the contract's).
+pub use lazyavg_proto::MAX_WORKER_NAME_BYTES as MAX_NAME_BYTES;
 
 /// Concurrent `FetchDataset` streams one worker id may hold: one, and one
 /// more to resume a download whose broken stream the coordinator has not yet

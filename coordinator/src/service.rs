@@ -87,8 +87,12 @@ impl Shared {
     /// `err` as the status a client gets, logged at most once a while per kind.
     fn refuse(&self, call: &'static str, err: &RegistryError) -> Status {
         let status = Status::from(err);
-        lock(&self.refusals).refused(call, &status, Instant::now());
+        self.refusals().refused(call, &status, Instant::now());
         status
+    }
+
+    pub fn refusals(&self) -> MutexGuard<'_, RefusalLog> {
+        lock(&self.refusals)
     }
 
     /// Marks the run completed: later Joins are refused as such.
@@ -262,7 +266,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             return Err(Status::invalid_argument("the first message of a session must be Attach"));
         };
         let id = attach.worker_id;
-        let name = self.shared.registry().attach(id, Instant::now()).map_err(|e| Status::from(&e))?;
+        let name = self.shared.registry().attach(id, Instant::now()).map_err(|e| self.shared.refuse("Attach", &e))?;
         let mut unattach = Unattach { shared: &self.shared, id: Some(id) };
         let (outbox, queue) = mpsc::channel(self.shared.outbox_capacity);
         let (leash, dropped) = oneshot::channel();

@@ -37,7 +37,8 @@ fn checkpoint_strategy() -> impl Strategy<Value = Checkpoint> {
             // A mid-epoch checkpoint is of an epoch that has started (the first is 1).
             let epoch = if remaining.is_empty() { epoch } else { epoch.max(1) };
             let outer_velocity = if with_velocity { params.iter().map(|v| v / 3.0).collect() } else { Vec::new() };
-            Checkpoint { epoch, remaining, params, outer_velocity }
+            let round = if remaining.is_empty() { 0 } else { epoch % 7 };
+            Checkpoint { epoch, remaining, round, params, outer_velocity }
         })
 }
 
@@ -413,7 +414,7 @@ fn checkpoint_epochs_that_would_overflow_are_refused() {
         checkpoint::save(
             dir.path(),
             &arch(),
-            &Checkpoint { epoch, remaining, params: params.clone(), outer_velocity: Vec::new() },
+            &Checkpoint { epoch, remaining, round: 0, params: params.clone(), outer_velocity: Vec::new() },
         )
         .unwrap();
         std::fs::remove_file(dir.path().join(PREVIOUS)).ok();
@@ -422,7 +423,7 @@ fn checkpoint_epochs_that_would_overflow_are_refused() {
     }
     // The extremes that are fine still load.
     for (epoch, remaining) in [(u64::MAX - 1, vec![]), (u64::MAX, vec![1]), (0, vec![])] {
-        let cp = Checkpoint { epoch, remaining, params: params.clone(), outer_velocity: Vec::new() };
+        let cp = Checkpoint { epoch, remaining, round: 0, params: params.clone(), outer_velocity: Vec::new() };
         checkpoint::save(dir.path(), &arch(), &cp).unwrap();
         assert_eq!(checkpoint::load(dir.path(), &arch()).unwrap(), cp);
     }

@@ -26,6 +26,10 @@ pub mod pb {
     tonic::include_proto!("lazyavg.v1");
 }
 
+/// The longest worker name Join accepts, in bytes (a host name is at most
+/// 253): the coordinator refuses longer ones, the worker's flags too.
+pub const MAX_WORKER_NAME_BYTES: usize = 256;
+
 /// Version of the protocol in `lazyavg.proto`; Join refuses any other.
 /// 3: the coordinator may send `Realign` (`--align`).
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -139,3 +139,29 @@ fn a_worker_pointed_at_a_server_that_is_not_a_coordinator_exits_at_once() {
         assert!(logged(&worker, "no session with the coordinator; retrying").is_empty(), "{}", worker.dump());
     }
 }
+
+/// A worker pointed at a port where nothing listens (a mistyped port, or a
+/// coordinator not started yet) says so in its first warning: where it
+/// tries, since when, the likely cause, and that it waits for ever unless
+/// `--give-up-after` says otherwise. Its name is checked before it dials.
+#[test]
+fn a_worker_where_nothing_listens_says_why_in_its_first_warning() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port to free");
+        listener.local_addr().expect("its address").to_string()
+    };
+    let mut worker = start_worker("lost", &addr, &tmp.path().join("cache"), "info");
+    let warning = wait_for_line(&mut worker, "no session with the coordinator; retrying", START_TIMEOUT);
+    assert!(warning["coordinator"].as_str().is_some_and(|c| c.contains(&addr)), "{warning}");
+    assert!(warning["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{warning}");
+    let hint = warning["hint"].as_str().unwrap_or_else(|| panic!("no hint in {warning}"));
+    assert!(hint.starts_with("nothing listens at that address"), "{hint}");
+    assert!(hint.contains("--give-up-after DURATION"), "{hint}");
+
+    let long_name = "n".repeat(300);
+    let mut cmd = worker_command(&format!("http://{addr}"), &tmp.path().join("cache"), "info");
+    cmd.args(["--name", &long_name]);
+    let mut named = Proc::spawn("long-name", cmd);
+    expect_exit(&mut named, 1, "invalid --name: 300 bytes, the coordinator accepts at most 256");
+}

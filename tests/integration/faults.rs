@@ -382,7 +382,7 @@ fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     let bind = reserve_port();
-    let args = ["--workers", "2", "--epochs", "3", "--resume-existing"];
+    let args = ["--workers", "2", "--epochs", "3", "--resume-existing", "--metrics-rounds"];
     let mut first = start_coordinator(&out, &bind, &args, DEBUG_LOG);
     let mut workers = start_workers("worker", 2, &first.addr, tmp.path(), "info");
     wait_for_match(&mut first.proc, "round averaged", EVENT_TIMEOUT, |l| l["epoch"] == 2 && l["round"] == 5);
@@ -426,6 +426,23 @@ fn sigint_checkpoints_mid_epoch_and_resume_finishes_the_epoch() {
     assert_each_image_once(&epochs[2], N_TRAIN);
     assert!(out.join("model.safetensors").is_file());
     assert!(temporary_files(&out).is_empty(), "left behind: {:?}", temporary_files(&out));
+    // The resumed epoch numbers its rounds on: one record per round, which
+    // together trained each image once.
+    let text = fs::read_to_string(out.join("metrics.jsonl")).expect("metrics.jsonl");
+    let rounds: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON record"))
+        .filter(|r| r["kind"] == "round")
+        .collect();
+    for epoch in 1..=3 {
+        let of_epoch: Vec<&Value> = rounds.iter().filter(|r| u64_field(r, "epoch") == epoch).collect();
+        let mut numbers: Vec<u64> = of_epoch.iter().map(|r| u64_field(r, "round")).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), of_epoch.len(), "a round of epoch {epoch} recorded twice");
+        let samples: u64 = of_epoch.iter().map(|r| u64_field(r, "samples")).sum();
+        assert_eq!(samples, N_TRAIN, "the rounds of epoch {epoch}");
+    }
 }
 
 /// A coordinator run by hand and stopped with SIGTERM sends its workers home:

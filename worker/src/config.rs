@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use lazyavg_proto::MAX_WORKER_NAME_BYTES;
 use lazyavg_proto::auth::{TOKEN_ENV, TOKEN_FILE_ENV, Token};
 use lazyavg_proto::tls::ClientTls;
 use tonic::transport::Uri;
@@ -134,9 +135,16 @@ impl ConnectArgs {
 
 impl WorkerArgs {
     pub fn resolve(&self) -> Result<WorkerConfig> {
+        let name = self.name.clone().unwrap_or_else(default_name);
+        if name.len() > MAX_WORKER_NAME_BYTES {
+            return Err(Error::Setting(format!(
+                "invalid --name: {} bytes, the coordinator accepts at most {MAX_WORKER_NAME_BYTES}",
+                name.len()
+            )));
+        }
         Ok(WorkerConfig {
             connection: self.connect.resolve()?,
-            name: self.name.clone().unwrap_or_else(default_name),
+            name,
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
             slowdown: match self.debug_slowdown {
                 None => 1.0,
@@ -191,6 +199,14 @@ mod tests {
             exit_with_stdin: false,
             metrics_bind: None,
         }
+    }
+
+    #[test]
+    fn a_name_the_coordinator_would_refuse_is_refused_here() {
+        let named = |name: String| WorkerArgs { name: Some(name), ..args("http://127.0.0.1:7070") };
+        assert!(named("x".repeat(MAX_WORKER_NAME_BYTES)).resolve().is_ok());
+        let err = named("x".repeat(300)).resolve().unwrap_err().to_string();
+        assert_eq!(err, "invalid --name: 300 bytes, the coordinator accepts at most 256");
     }
 
     #[test]

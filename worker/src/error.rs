@@ -79,7 +79,7 @@ impl Error {
             Error::Connect { .. } | Error::SessionEnded | Error::Dataset(_) => true,
             Error::Refused { call, status } => {
                 !(status.code() == Code::Unauthenticated
-                    || *call == "Join" && status.code() == Code::FailedPrecondition)
+                    || *call == "Join" && matches!(status.code(), Code::FailedPrecondition | Code::InvalidArgument))
             }
             _ => false,
         }

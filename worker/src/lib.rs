@@ -8,6 +8,7 @@
 //! - [`config`]: flags, validated.
 //! - [`backoff`]: jittered exponential backoff between attempts.
 //! - [`give_up`]: when to stop waiting for a coordinator.
+//! - [`hint`]: the likely cause of a failure to reach the coordinator, for its log.
 //! - [`peer`]: what answered when Join failed (a completed run, a server
 //!   that is not a coordinator, or no answer).
 //! - [`cache`]: the training set, downloaded once and kept on disk.
@@ -21,6 +22,7 @@ pub mod chain;
 pub mod config;
 pub mod error;
 pub mod give_up;
+pub mod hint;
 pub mod metrics;
 pub mod peer;
 pub mod replica;
@@ -121,9 +123,19 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
             }
             Err(err) if err.is_retryable() => {
                 let error = error_chain(&err);
+                let cause = hint::likely_cause(&err);
                 let delay = backoff.next_delay();
+                let failing_for = backoff.failing_for();
                 give_up_if_due(config, &backoff, joined, || err)?;
-                warn!(error, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator; retrying");
+                let since = std::time::SystemTime::now().checked_sub(failing_for).unwrap_or(std::time::UNIX_EPOCH);
+                warn!(
+                    error,
+                    coordinator = %config.connection.coordinator,
+                    since = %humantime::format_rfc3339_seconds(since),
+                    hint = cause.map(|cause| format!("{cause}; the worker {}", hint::how_long(config.give_up_after.limit(joined)))),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "no session with the coordinator; retrying"
+                );
                 tokio::time::sleep(delay).await;
             }
             Err(err) => return Err(err),

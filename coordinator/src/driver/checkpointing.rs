@@ -32,7 +32,9 @@ impl Driver {
     /// The current model and outer velocity as epoch `epoch` with
     /// `remaining` images still to train.
     pub(super) fn snapshot(&self, epoch: u64, remaining: Vec<u32>) -> Checkpoint {
-        Checkpoint { epoch, remaining, params: self.params.clone(), outer_velocity: self.outer.velocity().to_vec() }
+        let round = if remaining.is_empty() || self.version.0 != epoch { 0 } else { self.version.1 };
+        let (params, outer_velocity) = (self.params.clone(), self.outer.velocity().to_vec());
+        Checkpoint { epoch, remaining, round, params, outer_velocity }
     }
 }
 

@@ -145,6 +145,8 @@ impl Driver {
     ) -> Self {
         let (first_epoch, remaining) = start.next_epoch();
         let resume_remaining = remaining.map(<[u32]>::to_vec);
+        // Mid-epoch, the weights are those of the checkpoint's last round.
+        let version = if resume_remaining.is_some() { (first_epoch, start.round) } else { (first_epoch - 1, 0) };
         let mut outer = config.outer.clone();
         outer.restore(start.outer_velocity);
         Driver {
@@ -158,7 +160,7 @@ impl Driver {
             outer,
             params: start.params,
             params_chunks: None,
-            version: (first_epoch - 1, 0),
+            version,
             epoch: first_epoch - 1,
             first_epoch,
             resume_remaining,
@@ -276,19 +278,23 @@ impl Driver {
         let started = Instant::now();
         let training_started = *self.training_started.get_or_insert(started);
         self.epoch = epoch;
-        match self.resume_remaining.take() {
+        // A resumed epoch numbers its rounds on from the checkpoint's.
+        let mut round = match self.resume_remaining.take() {
             Some(remaining) => {
                 info!(epoch, images = remaining.len(), "resuming the epoch's untrained images");
                 self.ledger = EpochLedger::new(self.n_train);
                 self.orphans = remaining;
+                self.version.1
             }
-            None => self.assign_shards(epoch),
-        }
+            None => {
+                self.assign_shards(epoch);
+                0
+            }
+        };
         let samples_per_round = self.config.samples_per_round();
         let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
         self.observers.notify(&RunEvent::EpochStarted { epoch, rounds: total_rounds });
         let mut tally = EpochTally::default();
-        let mut round = 0;
         loop {
             self.ensure_min_workers().await?;
             self.adopt_orphans();

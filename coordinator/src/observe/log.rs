@@ -75,11 +75,12 @@ impl Observer for Log {
 
 /// How often one kind of refusal is logged at most: a client that retries a
 /// refused call in a loop must not fill the disk with the same line.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The service's refusals of Joins, sessions and downloads, logged in
 /// summary: the first of each kind (call and status code) at once, then at
-/// most one line per [`REFUSAL_LOG_INTERVAL`] counting those in between.
+/// most one line per [`REFUSAL_LOG_INTERVAL`] counting those in between
+/// (written by [`RefusalLog::flush`] when no refusal comes to write it).
 /// Kinds are few (calls × codes), so it stays small however many clients
 /// are refused.
 #[derive(Debug, Default)]
@@ -94,6 +95,27 @@ impl RefusalLog {
         if let Some(refused) = self.due(call, status.code(), now) {
             warn!(call, code = ?status.code(), error = status.message(), refused, "refused a client");
         }
+    }
+
+    /// Logs the refusals counted and not yet logged, of every kind whose
+    /// line is due (`all`: of every kind, as the run ends), so the tail of a
+    /// burst is counted too.
+    pub fn flush(&mut self, now: Instant, all: bool) {
+        for ((call, code), refused) in self.pending(now, all) {
+            warn!(call, code = ?code, refused, "refused a client");
+        }
+    }
+
+    /// The kinds [`RefusalLog::flush`] logs, and their counts.
+    fn pending(&mut self, now: Instant, all: bool) -> Vec<((&'static str, Code), u64)> {
+        let mut pending = Vec::new();
+        for (&kind, (last, count)) in &mut self.kinds {
+            if *count > 0 && (all || now.saturating_duration_since(*last) >= REFUSAL_LOG_INTERVAL) {
+                *last = now;
+                pending.push((kind, std::mem::take(count)));
+            }
+        }
+        pending
     }
 
     /// The refusals of this kind to report (this one included) if a line is
@@ -133,5 +155,11 @@ mod tests {
         assert_eq!(log.due("Join", Code::ResourceExhausted, at(10_000)), Some(9999));
         assert_eq!(log.due("Join", Code::ResourceExhausted, at(10_001)), None);
         assert_eq!(log.kinds.len(), 2);
+        // The tail of the burst: written when due, or when the run ends.
+        assert_eq!(log.pending(at(10_002), false), []);
+        assert_eq!(log.pending(at(20_001), false), [(("Join", Code::ResourceExhausted), 1)]);
+        assert_eq!(log.due("Join", Code::ResourceExhausted, at(20_002)), None);
+        assert_eq!(log.pending(at(20_003), true), [(("Join", Code::ResourceExhausted), 1)]);
+        assert_eq!(log.pending(at(40_000), true), []);
     }
 }
