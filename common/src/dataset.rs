@@ -169,7 +169,15 @@ pub enum Verification {
     /// No file is MNIST and there is no `SHA256SUMS`: another dataset of the
     /// same layout (e.g. Fashion-MNIST), whose hashes we cannot know.
     UnknownDataset,
+    /// Not asked for, of files that are not MNIST's shape (their sizes, as
+    /// train, test, rows, cols): the one case where hashing is not needed to
+    /// see that the data is not MNIST. Files of MNIST's exact shape
+    /// (Fashion-MNIST's too) are not told apart without `--verify`.
+    SkippedNotMnist { train: usize, test: usize, rows: usize, cols: usize },
 }
+
+/// MNIST's shape: training images, test images, rows, columns.
+const MNIST_SHAPE: (usize, usize, usize, usize) = (60_000, 10_000, 28, 28);
 
 impl Verification {
     /// Says in one log line what the check found.
@@ -181,6 +189,13 @@ impl Verification {
             Verification::UnknownDataset => {
                 tracing::warn!("hash check skipped: these files are not MNIST and the directory has no SHA256SUMS")
             }
+            &Verification::SkippedNotMnist { train, test, rows, cols } => tracing::info!(
+                train,
+                test,
+                rows,
+                cols,
+                "these files are not MNIST; no hash check was made (--verify checks them against the directory's SHA256SUMS)"
+            ),
         }
     }
 }
@@ -229,6 +244,13 @@ pub fn load_dir(dir: &Path, verify: bool) -> Result<(DataSplit, Verification)> {
         idx::parse_labels(TEST_LABELS.name, test_labels)?,
         TEST_LABELS.name,
     )?;
+    let shape = (train.len(), test.len(), train.rows, train.cols);
+    let verification = match verification {
+        Verification::Skipped if shape != MNIST_SHAPE => {
+            Verification::SkippedNotMnist { train: shape.0, test: shape.1, rows: shape.2, cols: shape.3 }
+        }
+        verified => verified,
+    };
     if (train.rows, train.cols) != (test.rows, test.cols) {
         return Err(Error::idx(
             TEST_IMAGES.name,
@@ -325,6 +347,14 @@ mod tests {
         let (split, verification) = load_dir(dir.path(), true).unwrap();
         assert_eq!((split.train.len(), split.test.len(), split.train.image_len()), (5, 3, 16));
         assert_eq!(verification, Verification::UnknownDataset);
+    }
+
+    #[test]
+    fn unverified_files_of_another_shape_are_noted_as_not_mnist() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dir(dir.path(), 5, 5);
+        let (_, verification) = load_dir(dir.path(), false).unwrap();
+        assert_eq!(verification, Verification::SkippedNotMnist { train: 5, test: 3, rows: 4, cols: 4 });
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use lazyavg_common::dataset::{self, DATA_FILES, TRAIN_IMAGES};
+use lazyavg_common::dataset::{self, DATA_FILES, TRAIN_IMAGES, TRAIN_LABELS};
 
 use crate::harness::heavy;
 use crate::support::*;
@@ -131,6 +131,32 @@ fn truncated_training_images_are_refused_by_name() {
     let gz = fs::read(&gz_path).expect("reading MNIST");
     let (_tmp, dir) = mnist_copy_with_images(&gz[..gz.len() / 2], true);
     assert_error_line(&refused(&[], &dir), &[TRAIN_IMAGES.name, "gzip"]);
+}
+
+/// Training on IDX files that are not MNIST's shape without `--verify` says,
+/// once, that no hash check was made of them.
+#[test]
+fn unverified_data_that_is_not_mnist_is_noted_once() {
+    let _heavy = heavy();
+    let n: u32 = 600;
+    let images = dataset::read_file(&mnist_dir(), &TRAIN_IMAGES).expect("reading MNIST");
+    let labels = dataset::read_file(&mnist_dir(), &TRAIN_LABELS).expect("reading MNIST");
+    // The first n images and labels, under headers that count n.
+    let images = [&images[..4], &n.to_be_bytes(), &images[8..16 + 784 * n as usize]].concat();
+    let labels = [&labels[..4], &n.to_be_bytes(), &labels[8..8 + n as usize]].concat();
+    let (_tmp, dir) = mnist_copy_with_images(&images, false);
+    fs::remove_file(dataset::find_file(&dir, &TRAIN_LABELS).expect("the labels' copy")).expect("removing it");
+    fs::write(dir.join(TRAIN_LABELS.name), labels).expect("writing labels");
+    let out = lazyavg()
+        .args(["--log-format", "json", "train", "--epochs", "1", "--hidden", "16", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .expect("running lazyavg");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let notes: Vec<&str> = stderr.lines().filter(|l| l.contains("no hash check was made")).collect();
+    assert_eq!(notes.len(), 1, "{stderr}");
+    assert!(notes[0].contains("\"train\":600") && notes[0].contains("these files are not MNIST"), "{stderr}");
 }
 
 #[test]
