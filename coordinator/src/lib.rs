@@ -81,10 +81,6 @@ use crate::service::{CoordinatorService, Shared};
 /// refuses an `out_dir` that holds an earlier run's results.
 pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown: Shutdown) -> Result<RunSummary> {
     let started = Instant::now();
-    // From here on `bind` is where workers connect: for port 0, the port the
-    // OS chose, which config.toml then records, so a resumed run (and who
-    // reads the run directory) finds the same one.
-    config.bind = listener.local_addr().map_err(|e| Error::io("listener", e))?;
     if !config.resume {
         run_dir::ensure_no_results(&config.out_dir, config.restartable)?;
     }
@@ -152,7 +148,11 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
         warn!(bind = %config.bind, "--insecure: no token is required; anyone who can reach this port can join the run");
     }
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let addr = config.bind;
+    let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
+    // From here on `bind` is where workers connect: for port 0, the port the
+    // OS chose. config.toml keeps the port as given, so a run repeated from
+    // it (or a --spawn-workers run resumed) takes a free port again.
+    config.bind = addr;
     // Without TCP_NODELAY a small message waits for the peer's delayed ACK (~40 ms):
     // that stalled every round behind a weights transfer.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_INTERVAL));
