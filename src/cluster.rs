@@ -146,9 +146,6 @@ pub enum Exit {
     /// Any failure without a status of its own. (0 is success: the run
     /// completed; 2 is a command line clap refused.)
     Failure = 1,
-    /// A worker found the run already completed (it missed the Stop, or
-    /// started after the end): nothing is left to do, so do not restart it.
-    RunOver = 3,
     /// A worker gave up on a coordinator it could not reach for
     /// `--give-up-after` (by default 10 minutes once it has joined).
     Unreachable = 4,
@@ -171,7 +168,6 @@ impl Exit {
         }
         match err.downcast_ref::<Worker>() {
             Some(Worker::Interrupted(signal)) => Exit::signalled(signal),
-            Some(Worker::RunOver { .. }) => Exit::RunOver,
             Some(Worker::GaveUp { .. }) => Exit::Unreachable,
             Some(Worker::NotCoordinator { .. }) => Exit::NotCoordinator,
             _ => Exit::Failure,
@@ -244,7 +240,6 @@ mod tests {
             last: Box::new(Worker::SessionEnded),
         };
         let cases = [
-            (Worker::RunOver { url: url() }, Exit::RunOver, 3),
             (gave_up, Exit::Unreachable, 4),
             (Worker::NotCoordinator { url: url(), why: "HTTP/1".into() }, Exit::NotCoordinator, 5),
             (Worker::Interrupted("SIGINT"), Exit::Interrupted, 130),

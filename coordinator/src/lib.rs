@@ -177,6 +177,7 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
     );
     // SERVING before "listening" is logged: whoever waits for that line may probe at once.
     let health = Health::serving(health_reporter).await;
+    run_dir::write_address(&out_dir, addr, config.tls.is_some())?;
     info!(%addr, architecture = %mlp.arch(), parameters = mlp.len(), out = %out_dir.display(), "listening");
 
     let metrics_linger = config.metrics_bind.map(|_| config.metrics_linger);

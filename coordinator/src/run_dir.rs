@@ -1,6 +1,7 @@
 //! The run directory (`--out`): the files a run leaves there, and the rule
 //! that a new run never writes over what an earlier one trained.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use lazyavg_common::fsutil;
@@ -16,6 +17,9 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The final model.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The URL this run's coordinator answers at, for `lazyavg status
+/// --coordinator $(cat DIR/address)` (the port may be one the OS chose).
+pub const ADDRESS_FILE: &str = "address";
 
 /// Refuses to start a new run in `dir` if it holds the results of one: a
 /// model, a checkpoint, or (unless `restartable`) a recorded epoch. What a run
@@ -43,7 +47,7 @@ fn records_an_epoch(metrics: &Path) -> bool {
 
 /// The files of a run directory written by [`fsutil::write_atomic`], whose
 /// temporary files a killed coordinator may leave behind.
-const WRITTEN_ATOMICALLY: [&str; 4] = [CONFIG_FILE, METRICS_FILE, MODEL_FILE, checkpoint::CURRENT];
+const WRITTEN_ATOMICALLY: [&str; 5] = [CONFIG_FILE, METRICS_FILE, MODEL_FILE, ADDRESS_FILE, checkpoint::CURRENT];
 
 /// Creates the run directory, removes what a killed coordinator left half
 /// written there, and records the resolved configuration in it.
@@ -56,6 +60,15 @@ pub fn prepare(config: &CoordinatorConfig) -> Result<PathBuf> {
     let toml = toml::to_string(&config.to_settings()).map_err(|e| Error::Config(e.to_string()))?;
     fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), toml.as_bytes())?;
     Ok(dir)
+}
+
+/// Writes [`ADDRESS_FILE`]: the URL of `addr` as a client on this machine
+/// dials it (loopback for an unspecified address).
+pub fn write_address(dir: &Path, addr: SocketAddr, tls: bool) -> Result<()> {
+    let host = if addr.ip().is_unspecified() { SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()) } else { addr };
+    let scheme = if tls { "https" } else { "http" };
+    fsutil::write_bytes_atomic(&dir.join(ADDRESS_FILE), format!("{scheme}://{host}\n").as_bytes())?;
+    Ok(())
 }
 
 #[cfg(test)]

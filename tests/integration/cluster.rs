@@ -544,6 +544,9 @@ fn two_local_runs_started_together_both_complete() {
     for addr in [a, b] {
         assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":7070"), "{addr}");
     }
+    // The run directory says where its coordinator answered.
+    let address = fs::read_to_string(tmp.path().join("first").join("address")).expect("the address file");
+    assert_eq!(address, format!("http://{}\n", addr(&first)));
     // A run repeated from its config.toml takes a free port again.
     let config = fs::read_to_string(tmp.path().join("first").join("config.toml")).expect("config.toml");
     assert!(config.contains("bind = \"127.0.0.1:0\""), "{config}");

@@ -1,7 +1,8 @@
 //! Workers that always end: one that missed the end of its run, one started
 //! after the end, and one pointed at a server that is not a coordinator each
 //! exit by themselves, with their documented status (docs/operations.md):
-//! 3 the run is over, 4 the coordinator unreachable, 5 not a coordinator.
+//! 0 with `the run is over` logged, 4 the coordinator unreachable, 5 not a
+//! coordinator.
 
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use crate::support::*;
 /// Bound on a worker's exit once it may exit: a few reconnection attempts
 /// (and, for status 4, the 2 s of `--give-up-after` below).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-const RUN_OVER: i32 = 3;
+/// What a worker that learns the run completed without it logs; it exits 0.
+const RUN_OVER: &str = "the run is over: the coordinator says the run has completed";
 const UNREACHABLE: i32 = 4;
 const NOT_COORDINATOR: i32 = 5;
 const LINGERING: &str = "serving the final metrics (--metrics-linger)";
@@ -29,7 +31,7 @@ fn lingering_coordinator(out: &std::path::Path, args: &[&str]) -> Coordinator {
 /// Two workers stopped (SIGSTOP) through the end of their run, dropped by
 /// the coordinator (fallen behind, or silent), then continued: the one
 /// continued while the coordinator still lingers is told that the run has
-/// completed and exits 3 at once; the one continued after the coordinator
+/// completed and exits 0 at once, saying so; the one continued after the coordinator
 /// exited gives up after `--give-up-after` with status 4. Before, both
 /// retried for ever.
 #[test]
@@ -57,8 +59,10 @@ fn workers_stopped_while_their_run_ends_exit_once_continued() {
     expect_success(&mut [&mut trains]);
 
     told.signal("CONT");
-    expect_exit_within(&mut told, EXIT_TIMEOUT, RUN_OVER, &format!("the run is over: the coordinator at {url}"));
-    assert!(last_line(&told).contains("the run has completed"), "{}", told.dump());
+    assert_eq!(told.wait(EXIT_TIMEOUT), 0, "{}", told.dump());
+    let over = logged(&told, RUN_OVER);
+    assert_eq!(over.len(), 1, "{}", told.dump());
+    assert_eq!(over[0]["coordinator"].as_str(), Some(url.as_str()), "{}", over[0]);
 
     coordinator.proc.signal("TERM");
     expect_success(&mut [&mut coordinator.proc]);
@@ -69,7 +73,7 @@ fn workers_stopped_while_their_run_ends_exit_once_continued() {
 }
 
 /// A worker started after the run completed, while its coordinator still
-/// serves (`--metrics-linger`), exits at once with status 3 and says so;
+/// serves (`--metrics-linger`), exits at once with status 0 and says so;
 /// before, it retried for ever.
 #[test]
 fn a_worker_started_after_the_run_completed_exits_at_once() {
@@ -81,9 +85,8 @@ fn a_worker_started_after_the_run_completed_exits_at_once() {
     expect_success(&mut [&mut worker]);
 
     let mut late = start_worker("late", &coordinator.addr, &tmp.path().join("cache-2"), "info");
-    let url = format!("http://{}", coordinator.addr);
-    let said = format!("the run is over: the coordinator at {url} says the run has completed");
-    expect_exit_within(&mut late, EXIT_TIMEOUT, RUN_OVER, &said);
+    assert_eq!(late.wait(EXIT_TIMEOUT), 0, "{}", late.dump());
+    assert_eq!(logged(&late, RUN_OVER).len(), 1, "{}", late.dump());
     assert!(logged(&late, "joined the run").is_empty(), "{}", late.dump());
     // The run itself is not disturbed: the coordinator still lingers, then ends well.
     assert!(coordinator.proc.try_exit_code().is_none(), "{}", coordinator.proc.dump());

@@ -111,6 +111,13 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
                 return Ok(());
             }
             Ok(Ending::Aborted(reason)) => return Err(Error::Aborted(reason)),
+            // The run completed without this worker hearing its Stop (it was
+            // stopped, or cut off, near the end) or before it started: it is
+            // done as well, and a success to a service manager or a Job.
+            Err(Error::RunOver { url }) => {
+                info!(coordinator = url, "the run is over: the coordinator says the run has completed");
+                return Ok(());
+            }
             Ok(Ending::Suspended(reason)) => {
                 let delay = backoff.next_delay();
                 give_up_if_due(config, &backoff, joined, || Error::Aborted(reason.clone()))?;
