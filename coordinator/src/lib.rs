@@ -221,6 +221,11 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
         }
     };
 
+    if result.is_ok() {
+        // From the end of training, not of the model's save: a Join in
+        // between would join a run that has nothing left to train.
+        shared.complete();
+    }
     let model_path = out_dir.join(run_dir::MODEL_FILE);
     let result = result.and_then(|summary| {
         model_file::save(&model_path, mlp.arch(), &summary.params)?;
@@ -238,7 +243,6 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
         // The gRPC server stays up through the linger, refusing Joins as
         // completed: a worker that missed the Stop (stopped, or cut off near
         // the end) learns that the run is over instead of retrying.
-        shared.complete();
         if let Some(linger) = metrics_linger.filter(|l| !l.is_zero()) {
             info!(seconds = linger.as_secs_f64(), "serving the final metrics (--metrics-linger)");
             tokio::select! {
