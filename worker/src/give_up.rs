@@ -54,6 +54,15 @@ impl GiveUpAfter {
         }
     }
 
+    /// `delay`, the backoff's next pause, cut short so that the next attempt
+    /// comes when the limit is reached, not up to a whole pause after it.
+    pub fn pause(self, joined: bool, failing_for: Duration, delay: Duration) -> Duration {
+        match self.limit(joined) {
+            Some(limit) => delay.min(limit.saturating_sub(failing_for)),
+            None => delay,
+        }
+    }
+
     /// The limit that has been reached after failing for `failing_for`, if any.
     pub fn due(self, joined: bool, failing_for: Duration) -> Option<Duration> {
         self.limit(joined).filter(|&limit| failing_for >= limit)
@@ -65,6 +74,16 @@ mod tests {
     use super::*;
 
     const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_last_pause_ends_at_the_limit() {
+        let s = Duration::from_secs;
+        let after = GiveUpAfter::After(s(10));
+        assert_eq!(after.pause(false, s(9), s(5)), s(1));
+        assert_eq!(after.pause(false, s(2), s(5)), s(5));
+        assert_eq!(GiveUpAfter::Default.pause(false, s(9), s(5)), s(5), "no limit before joining");
+        assert_eq!(GiveUpAfter::Never.pause(true, s(9), s(5)), s(5));
+    }
 
     #[test]
     fn by_default_only_a_worker_that_joined_gives_up_after_ten_minutes() {

@@ -120,6 +120,7 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
             }
             Ok(Ending::Suspended(reason)) => {
                 let delay = backoff.next_delay();
+                let delay = config.give_up_after.pause(joined, backoff.failing_for(), delay);
                 give_up_if_due(config, &backoff, joined, || Error::Aborted(reason.clone()))?;
                 warn!(
                     reason,
@@ -132,6 +133,7 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
                 let error = error_chain(&err);
                 let cause = hint::likely_cause(&err);
                 let delay = backoff.next_delay();
+                let delay = config.give_up_after.pause(joined, backoff.failing_for(), delay);
                 let failing_for = backoff.failing_for();
                 give_up_if_due(config, &backoff, joined, || err)?;
                 let since = std::time::SystemTime::now().checked_sub(failing_for).unwrap_or(std::time::UNIX_EPOCH);
