@@ -12,7 +12,7 @@ use std::time::Duration;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,33 +30,67 @@ const IDLE_SESSION_BOUND: Duration = Duration::from_secs(10);
 /// Bound on anything that happens within an epoch or two.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/<pid>/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
-    let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS in kB");
-    kb * 1024
+/// Resident memory of process `pid`, in bytes; `None` once it has exited.
+fn read_rss(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?;
+    kb.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
-/// Samples the resident memory of `pid` every 10 ms while the returned flag
-/// is false; the thread returns the highest value seen.
-fn watch_rss(pid: u32) -> (Arc<AtomicBool>, thread::JoinHandle<u64>) {
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let (stop, seen) = (Arc::clone(&done), Arc::clone(&peak));
-    let handle = thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
-                let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1));
-                if let Some(kb) = kb.and_then(|v| v.parse::<u64>().ok()) {
-                    seen.fetch_max(kb * 1024, Ordering::Relaxed);
-                }
+fn rss(pid: u32) -> u64 {
+    read_rss(pid).unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The resident memory of a process from now on: where it started, and the
+/// highest value seen, sampled every 10 ms until [`RssWatch::peak`].
+struct RssWatch {
+    start: u64,
+    stop: Arc<AtomicBool>,
+    sampler: thread::JoinHandle<u64>,
+}
+
+impl RssWatch {
+    fn start(pid: u32) -> RssWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let sampler = thread::spawn(move || {
+            let mut peak = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                peak = peak.max(read_rss(pid).unwrap_or(0));
+                thread::sleep(Duration::from_millis(10));
             }
-            thread::sleep(Duration::from_millis(10));
-        }
-        seen.load(Ordering::Relaxed)
-    });
-    (done, handle)
+            peak
+        });
+        RssWatch { start: rss(pid), stop, sampler }
+    }
+
+    /// Ends the sampling; the highest value seen.
+    fn peak(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.join().expect("the RSS watcher")
+    }
+}
+
+/// A real 2-worker run of 3 epochs with `args` added, once its coordinator
+/// has logged `ready` in a line for which `matches` holds; its directory
+/// lives as long as the returned guard.
+fn two_worker_run(
+    args: &[&str],
+    ready: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> (tempfile::TempDir, std::path::PathBuf, Coordinator, Vec<Proc>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let args = [&["--workers", "2", "--epochs", "3"], args].concat();
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
+    let workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
+    wait_for_match(&mut coordinator.proc, ready, EVENT_TIMEOUT, matches);
+    (tmp, out, coordinator, workers)
+}
+
+/// The test's own async runtime, for its gRPC clients.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
 /// A session whose request stream stays open and silent: `first` (if any)
@@ -163,20 +197,15 @@ async fn flood(addr: &str) -> Flood {
 #[test]
 fn a_flood_of_joins_and_idle_sessions_leaves_the_coordinator_as_it_was() {
     let _heavy = heavy();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("out");
-    let args = ["--workers", "2", "--epochs", "3", "--attach-timeout", "2s"];
-    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
-    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
-    wait_for_match(&mut coordinator.proc, "worker joined", EVENT_TIMEOUT, |l| l["workers"] == 2);
+    let args = ["--attach-timeout", "2s"];
+    let (_tmp, out, mut coordinator, mut workers) = two_worker_run(&args, "worker joined", |l| l["workers"] == 2);
     let pid = coordinator.proc.pid();
-    let start = rss(pid);
-    let (stop, peak) = watch_rss(pid);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let watch = RssWatch::start(pid);
+    let start = watch.start;
+    let runtime = runtime();
     let flood = runtime.block_on(flood(&coordinator.addr));
     drop(runtime);
-    stop.store(true, Ordering::Relaxed);
-    let peak = peak.join().expect("the RSS watcher");
+    let peak = watch.peak();
     let end = wait_until("the coordinator's memory back near its start", EVENT_TIMEOUT, || {
         let now = rss(pid);
         (now < start + 8 * MEBIBYTE).then_some(now)
@@ -253,17 +282,13 @@ async fn stalled_sessions(addr: &str, release: tokio::sync::oneshot::Receiver<()
 #[test]
 fn sessions_that_never_read_nor_answer_are_dropped_at_the_round_deadline() {
     let _heavy = heavy();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("out");
-    let args = ["--workers", "2", "--epochs", "3", "--round-timeout", "1s"];
-    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
-    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
     // From a steady state: an epoch trained, evaluated and checkpointed.
-    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    let args = ["--round-timeout", "1s"];
+    let (_tmp, out, mut coordinator, mut workers) = two_worker_run(&args, "epoch done", |l| l["epoch"] == 1);
     let pid = coordinator.proc.pid();
-    let start = rss(pid);
-    let (stop, peak) = watch_rss(pid);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let watch = RssWatch::start(pid);
+    let start = watch.start;
+    let runtime = runtime();
     let (release, released) = tokio::sync::oneshot::channel();
     let (report, mut reported) = mpsc::channel(1);
     let addr = coordinator.addr.clone();
@@ -282,8 +307,7 @@ fn sessions_that_never_read_nor_answer_are_dropped_at_the_round_deadline() {
         .iter()
         .filter_map(|&id| left_lines.iter().find(|l| l["worker"] == id).and_then(|l| l["reason"].as_str()))
         .collect();
-    stop.store(true, Ordering::Relaxed);
-    let peak = peak.join().expect("the RSS watcher");
+    let peak = watch.peak();
     let after = rss(pid);
     eprintln!("coordinator RSS: start {start}, peak {peak}, after {after} bytes; {stalled:?}; reasons {reasons:?}");
     // Dropped at their first round's deadline (no average was queued for
