@@ -29,9 +29,41 @@ impl Cli {
     /// message names the flag and the number, where clap alone took `-1` for
     /// a flag ("unexpected argument '-1' found").
     pub fn parse_args() -> Cli {
-        let matches = allow_negative_numbers(Cli::command()).get_matches();
+        let matches = allow_negative_numbers(Cli::command()).try_get_matches().unwrap_or_else(|err| exit_with(err));
         Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
     }
+}
+
+/// Exits for a refused command line. A negative number that its flag's type
+/// cannot hold (a count, a duration) is reported as the flags' own checks
+/// report theirs, in one `lazyavg:` line that names the flag and the number,
+/// where clap said "invalid digit found in string"; any other error is clap's.
+fn exit_with(err: clap::Error) -> ! {
+    match negative_value(&err) {
+        Some((flag, value)) => {
+            eprintln!("lazyavg: invalid {flag}: must not be negative, got {value}");
+            std::process::exit(err.exit_code())
+        }
+        None => err.exit(),
+    }
+}
+
+/// The flag and value of a value error whose value is a negative number.
+fn negative_value(err: &clap::Error) -> Option<(&str, &str)> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::ValueValidation {
+        return None;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) =
+        (err.get(ContextKind::InvalidArg), err.get(ContextKind::InvalidValue))
+    else {
+        return None;
+    };
+    let negative =
+        value.strip_prefix('-').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit() || c == '.'));
+    // clap names the argument with its value's name: "--workers <N>".
+    let flag = arg.split_whitespace().next()?;
+    negative.then_some((flag, value.as_str()))
 }
 
 fn allow_negative_numbers(command: clap::Command) -> clap::Command {

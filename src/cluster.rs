@@ -53,13 +53,25 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
     let addr = listener.local_addr().context("reading the bound address")?;
     let shutdown: Shutdown = Box::pin(shutdown_signal(false));
     let token = config.token.clone();
-    let run = lazyavg_coordinator::run(config, listener, shutdown);
+    let (serving_tx, serving) = tokio::sync::oneshot::channel();
+    let run = lazyavg_coordinator::run(config, listener, shutdown, Some(serving_tx));
     if args.spawn_workers == 0 {
         run.await?;
         return Ok(());
     }
-    let mut local = LocalWorkers::start(args.spawn_workers, dialable(addr), log_format.name(), token.as_ref())?;
     tokio::pin!(run);
+    // Local workers start once the run serves: one that its own checks refuse
+    // (a data directory without MNIST, a batch bigger than a shard) then fails
+    // alone, not amid its workers' warnings that nothing answers.
+    tokio::select! {
+        biased;
+        result = &mut run => {
+            result?;
+            return Ok(());
+        }
+        _ = serving => {}
+    }
+    let mut local = LocalWorkers::start(args.spawn_workers, dialable(addr), log_format.name(), token.as_ref())?;
     tokio::select! {
         result = &mut run => { result?; }
         failure = local.failure() => {

@@ -78,8 +78,16 @@ use crate::service::{CoordinatorService, Shared};
 
 /// Runs a whole training run on an already bound `listener` (tests bind port
 /// 0) until it completes or `shutdown` resolves. A new run (not `resume`)
-/// refuses an `out_dir` that holds an earlier run's results.
-pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown: Shutdown) -> Result<RunSummary> {
+/// refuses an `out_dir` that holds an earlier run's results. `serving`, if
+/// given, is told once the run's data and checks have passed and workers can
+/// join: `--spawn-workers` starts its workers then, so that a run refused by
+/// its own checks fails before any worker starts.
+pub async fn run(
+    mut config: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    serving: Option<oneshot::Sender<()>>,
+) -> Result<RunSummary> {
     let started = Instant::now();
     if !config.resume {
         run_dir::ensure_no_results(&config.out_dir, config.restartable)?;
@@ -179,6 +187,9 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
     let health = Health::serving(health_reporter).await;
     run_dir::write_address(&out_dir, addr, config.tls.is_some())?;
     info!(%addr, architecture = %mlp.arch(), parameters = mlp.len(), out = %out_dir.display(), "listening");
+    if let Some(serving) = serving {
+        let _ = serving.send(());
+    }
 
     let metrics_linger = config.metrics_bind.map(|_| config.metrics_linger);
     let alignment = Alignment::for_run(config.align, &mlp, config.train.seed, data.train, config.align_images);

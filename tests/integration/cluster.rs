@@ -573,6 +573,9 @@ fn nonsense_settings_are_refused_before_any_socket_opens() {
         (&["--lr", "0"], "--lr"),
         (&["--lr", "nan"], "--lr"),
         (&["--lr", "-1"], "invalid --lr"),
+        // Negative counts and durations: the flag and the number, not clap's "invalid digit".
+        (&["--workers", "-2"], "invalid --workers: must not be negative, got -2"),
+        (&["--round-timeout", "-5s"], "invalid --round-timeout: must not be negative, got -5s"),
         (&["--hidden", "0"], "--hidden"),
         (&["--config", unknown], "sync_evry"),
         (&["--config", zero], "--sync-every"),
@@ -598,5 +601,28 @@ fn nonsense_settings_are_refused_before_any_socket_opens() {
         let proc = refused(&["worker", "--coordinator", url]);
         assert_error_line(&proc, "--coordinator");
         assert!(logged(&proc, "no session with the coordinator; retrying").is_empty(), "{}", proc.dump());
+    }
+    let proc = refused(&["worker", "--coordinator", "http://127.0.0.1:1", "--give-up-after", "-3s"]);
+    assert_error_line(&proc, "invalid --give-up-after: must not be negative, got -3s");
+}
+
+/// `--spawn-workers` starts its workers only once the run serves: a run its
+/// own checks refuse fails alone, without workers warning that nothing answers.
+#[test]
+fn a_refused_local_run_starts_no_workers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mnist, missing) = (mnist_dir(), tmp.path().join("no-mnist-here"));
+    for (data_dir, args, needle) in [
+        (&mnist, &["--batch-size", "1000000"][..], "invalid --batch-size: 1000000"),
+        (&missing, &[][..], "lazyavg fetch-data"),
+    ] {
+        let out = tmp.path().join("out");
+        let data_dir = data_dir.to_str().expect("UTF-8 path");
+        let common =
+            ["coordinator", "--spawn-workers", "2", "--data-dir", data_dir, "--out", out.to_str().expect("UTF-8 path")];
+        let full: Vec<&str> = common.iter().chain(args).copied().collect();
+        let proc = refused(&full);
+        assert_error_line(&proc, needle);
+        assert!(logged(&proc, "started local worker").is_empty(), "{}", proc.dump());
     }
 }

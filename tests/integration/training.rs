@@ -94,6 +94,7 @@ fn nonsense_hyperparameters_are_refused_by_flag() {
         // Negative numbers reach the flag's own check, not clap's "unexpected argument '-1'".
         (&["--lr", "-1"], &["invalid --lr", "-1"]),
         (&["--momentum", "-0.5"], &["invalid --momentum", "-0.5"]),
+        (&["--epochs", "-1"], &["invalid --epochs: must not be negative, got -1"]),
         // A batch bigger than the data would make each epoch one step.
         (&["--batch-size", "1000000"], &["invalid --batch-size", "1000000", "60000"]),
         (&["--batch-size", "40000", "--part", "2/2"], &["invalid --batch-size", "40000", "part 2/2", "30000"]),
