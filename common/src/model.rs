@@ -386,7 +386,7 @@ fn add_bias_to_rows(z: &mut [f32], bias: &[f32], activation: impl Fn(f32) -> f32
 /// (float addition is not associative, so it may not reorder it); independent
 /// lanes vectorise, and the order stays the same from call to call.
 #[multiversion(targets("x86_64+avx2"))]
-fn row_sums(rows: &[f32], sums: &mut [f32]) {
+pub(crate) fn row_sums(rows: &[f32], sums: &mut [f32]) {
     const LANES: usize = 8;
     let width = rows.len() / sums.len().max(1);
     for (sum, row) in sums.iter_mut().zip(rows.chunks_exact(width)) {

@@ -1,0 +1,385 @@
+//! The 2-D convolution's arithmetic, PyTorch's `Conv2d` with a square kernel,
+//! dilation 1 and one group, as im2col feeding the same matrix kernel as the
+//! dense layers ([`matmul`]).
+//!
+//! Layout. Activations between layers are `[features, B]` as the MLP's are
+//! (sample `s` is column `s`), with features in PyTorch's channel, row,
+//! column order, so that a flatten layer moves no data. A layer reads its
+//! input through an [`ArrayView4`] indexed `[channel, y, x, sample]` with any
+//! strides, which serves both that layout and the input batch (`[B, features]`).
+//! The columns are `[patch, (y, x, sample)]`, `patch = in_channels · k · k`
+//! in the weight's `[out, in, kh, kw]` order, so that one product
+//! `W [out, patch] · columns` is the output, `[(out, y, x), B]`, with no
+//! reordering; its gradients are two more products over the same buffer.
+
+use ndarray::{ArrayView4, ArrayViewMut4, Axis, s};
+
+use crate::model::{Matrix, matmul, row_sums};
+
+/// The shapes of one convolution: `in_channels × in_height × in_width`
+/// images to `out_channels × out_height() × out_width()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub in_channels: usize,
+    pub in_height: usize,
+    pub in_width: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2dGeometry {
+    /// Checks that every size is positive and that the kernel fits the
+    /// padded input, with the numbers in the message.
+    pub fn validate(&self) -> Result<(), String> {
+        let sizes = [
+            ("input channels", self.in_channels),
+            ("input height", self.in_height),
+            ("input width", self.in_width),
+            ("output channels", self.out_channels),
+            ("kernel", self.kernel),
+            ("stride", self.stride),
+        ];
+        if let Some((what, _)) = sizes.iter().find(|(_, n)| *n == 0) {
+            return Err(format!("{what} must be at least 1, got 0"));
+        }
+        let (height, width) = (self.in_height + 2 * self.padding, self.in_width + 2 * self.padding);
+        if self.kernel > height.min(width) {
+            return Err(format!(
+                "a {k}×{k} kernel does not fit a {h}×{w} input padded by {p} ({height}×{width})",
+                k = self.kernel,
+                h = self.in_height,
+                w = self.in_width,
+                p = self.padding,
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn out_height(&self) -> usize {
+        (self.in_height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    pub fn out_width(&self) -> usize {
+        (self.in_width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Values of one output channel of one image.
+    pub fn out_pixels(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    /// Inputs seen by one output value: the weight's row length.
+    pub fn patch(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.patch()
+    }
+
+    /// Floats of the columns buffer for a batch of `b`: `[patch, out_pixels · b]`.
+    pub fn columns_len(&self, b: usize) -> usize {
+        self.patch() * self.out_pixels() * b
+    }
+
+    /// The input row `y` and column `x` that kernel offset `ky, kx` reads
+    /// for output pixel `oy, ox`, or `None` in the zero padding.
+    fn source(&self, (oy, ox): (usize, usize), (ky, kx): (usize, usize)) -> Option<(usize, usize)> {
+        let y = (oy * self.stride + ky).checked_sub(self.padding).filter(|&y| y < self.in_height)?;
+        let x = (ox * self.stride + kx).checked_sub(self.padding).filter(|&x| x < self.in_width)?;
+        Some((y, x))
+    }
+
+    /// The input channel and kernel offset `(ky, kx)` of each patch row, in order.
+    fn patch_rows(&self) -> impl Iterator<Item = (usize, (usize, usize))> + '_ {
+        let k = self.kernel;
+        (0..self.patch()).map(move |row| (row / (k * k), (row / k % k, row % k)))
+    }
+
+    /// Every output pixel, with its index.
+    fn out_positions(&self) -> impl Iterator<Item = (usize, (usize, usize))> + '_ {
+        let width = self.out_width();
+        (0..self.out_pixels()).map(move |p| (p, (p / width, p % width)))
+    }
+}
+
+/// Writes the columns of a batch: row `(c, ky, kx)`, column `(oy, ox, s)`
+/// holds `input[c, oy·stride + ky − padding, ox·stride + kx − padding, s]`,
+/// zero in the padding. `input` is `[in_channels, in_height, in_width, B]`.
+pub fn im2col(geometry: &Conv2dGeometry, input: ArrayView4<'_, f32>, columns: &mut [f32]) {
+    let b = input.len_of(Axis(3));
+    let columns = &mut columns[..geometry.columns_len(b)];
+    for ((channel, offset), row_values) in
+        geometry.patch_rows().zip(columns.chunks_exact_mut(geometry.out_pixels() * b))
+    {
+        for (p, position) in geometry.out_positions() {
+            let dst = &mut row_values[p * b..(p + 1) * b];
+            match geometry.source(position, offset) {
+                Some((y, x)) => {
+                    for (d, &v) in dst.iter_mut().zip(input.slice(s![channel, y, x, ..])) {
+                        *d = v;
+                    }
+                }
+                None => dst.fill(0.0),
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every column value back onto the input
+/// position it was read from (`input_grad` is `[in_channels, in_height,
+/// in_width, B]` and is added to, not overwritten).
+pub fn col2im_add(geometry: &Conv2dGeometry, columns: &[f32], mut input_grad: ArrayViewMut4<'_, f32>) {
+    let b = input_grad.len_of(Axis(3));
+    let columns = &columns[..geometry.columns_len(b)];
+    for ((channel, offset), row_values) in geometry.patch_rows().zip(columns.chunks_exact(geometry.out_pixels() * b)) {
+        for (p, position) in geometry.out_positions() {
+            if let Some((y, x)) = geometry.source(position, offset) {
+                let src = &row_values[p * b..(p + 1) * b];
+                for (g, &v) in input_grad.slice_mut(s![channel, y, x, ..]).iter_mut().zip(src) {
+                    *g += v;
+                }
+            }
+        }
+    }
+}
+
+/// The convolution of a batch: `output = W · columns + bias`, output
+/// `[(out_channels, out_y, out_x), B]`. Leaves the batch's columns in
+/// `columns` for [`backward`].
+pub fn forward(
+    geometry: &Conv2dGeometry,
+    (weight, bias): (&[f32], &[f32]),
+    input: ArrayView4<'_, f32>,
+    columns: &mut [f32],
+    output: &mut [f32],
+) {
+    let b = input.len_of(Axis(3));
+    let width = geometry.out_pixels() * b;
+    im2col(geometry, input, columns);
+    let columns = Matrix::new(columns, geometry.patch(), width);
+    let output = &mut output[..geometry.out_channels * width];
+    matmul(Matrix::new(weight, geometry.out_channels, geometry.patch()), columns, output);
+    for (row, &bias) in output.chunks_exact_mut(width).zip(bias) {
+        for v in row {
+            *v += bias;
+        }
+    }
+}
+
+/// The gradients of a batch from the output's gradient `output_grad`
+/// (`[(out_channels, out_y, out_x), B]`) and the columns that [`forward`]
+/// left: the weight's and bias's are written, and the input's, when asked
+/// for, is written into `input_grad` (the first layer needs none). The
+/// columns are overwritten with their own gradient on the way.
+pub fn backward(
+    geometry: &Conv2dGeometry,
+    weight: &[f32],
+    (columns, output_grad): (&mut [f32], &[f32]),
+    (weight_grad, bias_grad): (&mut [f32], &mut [f32]),
+    input_grad: Option<ArrayViewMut4<'_, f32>>,
+) {
+    let b = output_grad.len() / (geometry.out_channels * geometry.out_pixels());
+    let width = geometry.out_pixels() * b;
+    let columns = &mut columns[..geometry.columns_len(b)];
+    row_sums(output_grad, bias_grad);
+    let output_grad = Matrix::new(output_grad, geometry.out_channels, width);
+    // dW = dY · columnsᵀ   ([out, width] · [width, patch])
+    matmul(output_grad, Matrix::new(columns, geometry.patch(), width).t(), weight_grad);
+    if let Some(mut input_grad) = input_grad {
+        // dcolumns = Wᵀ · dY   ([patch, out] · [out, width])
+        matmul(Matrix::new(weight, geometry.out_channels, geometry.patch()).t(), output_grad, columns);
+        input_grad.fill(0.0);
+        col2im_add(geometry, columns, input_grad.view_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array4, ShapeBuilder};
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+    use crate::rng::StreamRng;
+
+    fn geometries() -> [Conv2dGeometry; 3] {
+        let g = |in_channels, in_height, in_width, out_channels, kernel, stride, padding| Conv2dGeometry {
+            in_channels,
+            in_height,
+            in_width,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+        };
+        [g(1, 5, 5, 2, 3, 1, 0), g(2, 6, 5, 3, 3, 2, 1), g(3, 4, 4, 2, 2, 1, 2)]
+    }
+
+    fn random(rng: &mut StreamRng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// The input as `[c, y, x, s]` over a `[B, features]` buffer (the input
+    /// batch's layout) or a `[features, B]` one (a later layer's).
+    fn input_view<'a>(g: &Conv2dGeometry, data: &'a [f32], b: usize, batch_major: bool) -> ArrayView4<'a, f32> {
+        let (c, h, w) = (g.in_channels, g.in_height, g.in_width);
+        let strides = if batch_major { (h * w, w, 1, c * h * w) } else { (h * w * b, w * b, b, 1) };
+        ArrayView4::from_shape((c, h, w, b).strides(strides), data).expect("input shape")
+    }
+
+    /// The obvious f64 convolution, `[(o, oy, ox), B]`.
+    fn reference(g: &Conv2dGeometry, weight: &[f32], bias: &[f32], input: ArrayView4<'_, f32>) -> Vec<f64> {
+        let b = input.len_of(Axis(3));
+        let (oh, ow, k) = (g.out_height(), g.out_width(), g.kernel);
+        let mut out = vec![0.0f64; g.out_channels * oh * ow * b];
+        for (o, oy, ox, s) in indices4(g.out_channels, oh, ow, b) {
+            let mut sum = f64::from(bias[o]);
+            for (c, ky, kx) in indices3(g.in_channels, k, k) {
+                let (y, x) = (
+                    (oy * g.stride + ky) as isize - g.padding as isize,
+                    (ox * g.stride + kx) as isize - g.padding as isize,
+                );
+                if (0..g.in_height as isize).contains(&y) && (0..g.in_width as isize).contains(&x) {
+                    let w = weight[((o * g.in_channels + c) * k + ky) * k + kx];
+                    sum += f64::from(w) * f64::from(input[[c, y as usize, x as usize, s]]);
+                }
+            }
+            out[((o * oh + oy) * ow + ox) * b + s] = sum;
+        }
+        out
+    }
+
+    fn indices4(a: usize, b: usize, c: usize, d: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        (0..a).flat_map(move |i| indices3(b, c, d).map(move |(j, k, l)| (i, j, k, l)))
+    }
+
+    fn indices3(a: usize, b: usize, c: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).map(move |k| (i, j, k))))
+    }
+
+    #[test]
+    fn forward_matches_the_direct_convolution_in_either_input_layout() {
+        let mut rng = StreamRng::seed_from_u64(7);
+        let b = 3;
+        for g in geometries() {
+            g.validate().expect("valid geometry");
+            let (weight, bias) = (random(&mut rng, g.weight_len()), random(&mut rng, g.out_channels));
+            let data = random(&mut rng, g.in_channels * g.in_height * g.in_width * b);
+            for batch_major in [true, false] {
+                let input = input_view(&g, &data, b, batch_major);
+                let mut columns = vec![f32::NAN; g.columns_len(b)];
+                let mut output = vec![f32::NAN; g.out_channels * g.out_pixels() * b];
+                forward(&g, (&weight, &bias), input, &mut columns, &mut output);
+                for (got, want) in output.iter().zip(reference(&g, &weight, &bias, input)) {
+                    assert!((f64::from(*got) - want).abs() < 1e-5, "{g:?}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// With loss `L = Σ output ⊙ R`, the gradients are those of the f64
+    /// reference, which is linear in the weight, the bias and the input, so
+    /// a central difference of it is exact but for rounding.
+    #[test]
+    fn gradients_match_central_differences_of_the_reference() {
+        let mut rng = StreamRng::seed_from_u64(9);
+        let b = 2;
+        for g in geometries() {
+            let (weight, bias) = (random(&mut rng, g.weight_len()), random(&mut rng, g.out_channels));
+            let data = random(&mut rng, g.in_channels * g.in_height * g.in_width * b);
+            let out_len = g.out_channels * g.out_pixels() * b;
+            let upstream = random(&mut rng, out_len);
+            let mut columns = vec![0.0; g.columns_len(b)];
+            let mut output = vec![0.0; out_len];
+            forward(&g, (&weight, &bias), input_view(&g, &data, b, false), &mut columns, &mut output);
+            let (mut weight_grad, mut bias_grad) = (vec![f32::NAN; g.weight_len()], vec![f32::NAN; g.out_channels]);
+            let mut input_grad = Array4::from_elem((g.in_channels, g.in_height, g.in_width, b), f32::NAN);
+            let grads = (&mut weight_grad[..], &mut bias_grad[..]);
+            backward(&g, &weight, (&mut columns, &upstream), grads, Some(input_grad.view_mut()));
+
+            let loss = |weight: &[f32], bias: &[f32], data: &[f32]| -> f64 {
+                let out = reference(&g, weight, bias, input_view(&g, data, b, false));
+                out.iter().zip(&upstream).map(|(o, r)| o * f64::from(*r)).sum()
+            };
+            let input_grad: Vec<f32> = input_grad.iter().copied().collect();
+            for (what, analytic, numeric) in [
+                ("weight", &weight_grad, central_differences(&weight, |w| loss(w, &bias, &data))),
+                ("bias", &bias_grad, central_differences(&bias, |bs| loss(&weight, bs, &data))),
+                ("input", &input_grad, central_differences(&data, |d| loss(&weight, &bias, d))),
+            ] {
+                for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
+                    assert!((f64::from(*a) - n).abs() < 1e-4, "{g:?} {what}[{i}]: {a} vs {n}");
+                }
+            }
+        }
+    }
+
+    /// d loss / d values[i] for every i, by central differences.
+    fn central_differences(values: &[f32], loss: impl Fn(&[f32]) -> f64) -> Vec<f64> {
+        let (h, mut values) = (0.5f32, values.to_vec());
+        (0..values.len())
+            .map(|i| {
+                let v = values[i];
+                values[i] = v + h;
+                let up = loss(&values);
+                values[i] = v - h;
+                let down = loss(&values);
+                values[i] = v;
+                (up - down) / f64::from(2.0 * h)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn validation_names_the_numbers() {
+        let g = Conv2dGeometry {
+            in_channels: 1,
+            in_height: 4,
+            in_width: 4,
+            out_channels: 2,
+            kernel: 7,
+            stride: 1,
+            padding: 1,
+        };
+        assert_eq!(g.validate().unwrap_err(), "a 7×7 kernel does not fit a 4×4 input padded by 1 (6×6)");
+        let g = Conv2dGeometry { stride: 0, kernel: 3, ..g };
+        assert_eq!(g.validate().unwrap_err(), "stride must be at least 1, got 0");
+    }
+
+    #[test]
+    fn output_sizes_are_pytorchs() {
+        // LeNet-5's first layer on MNIST, and the FedAvg CNN's second.
+        let g = Conv2dGeometry {
+            in_channels: 1,
+            in_height: 28,
+            in_width: 28,
+            out_channels: 6,
+            kernel: 5,
+            stride: 1,
+            padding: 2,
+        };
+        assert_eq!((g.out_height(), g.out_width(), g.weight_len()), (28, 28, 150));
+        let g = Conv2dGeometry {
+            in_channels: 32,
+            in_height: 14,
+            in_width: 14,
+            out_channels: 64,
+            kernel: 5,
+            stride: 1,
+            padding: 2,
+        };
+        assert_eq!((g.out_height(), g.out_width(), g.weight_len()), (14, 14, 51_200));
+        let g = Conv2dGeometry {
+            in_channels: 1,
+            in_height: 28,
+            in_width: 28,
+            out_channels: 1,
+            kernel: 3,
+            stride: 2,
+            padding: 0,
+        };
+        assert_eq!((g.out_height(), g.out_width()), (13, 13));
+    }
+}
