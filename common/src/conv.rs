@@ -12,7 +12,9 @@
 //! `W [out, patch] · columns` is the output, `[(out, y, x), B]`, with no
 //! reordering; its gradients are two more products over the same buffer.
 
-use ndarray::{ArrayView4, ArrayViewMut4, Axis, s};
+use std::ops::Range;
+
+use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Slice, s};
 
 use crate::model::{Matrix, matmul, row_sums};
 
@@ -84,24 +86,50 @@ impl Conv2dGeometry {
         self.patch() * self.out_pixels() * b
     }
 
-    /// The input row `y` and column `x` that kernel offset `ky, kx` reads
-    /// for output pixel `oy, ox`, or `None` in the zero padding.
-    fn source(&self, (oy, ox): (usize, usize), (ky, kx): (usize, usize)) -> Option<(usize, usize)> {
-        let y = (oy * self.stride + ky).checked_sub(self.padding).filter(|&y| y < self.in_height)?;
-        let x = (ox * self.stride + kx).checked_sub(self.padding).filter(|&x| x < self.in_width)?;
-        Some((y, x))
+    /// The outputs `o` (along one axis of `out_len`) whose input
+    /// `o · stride + offset − padding` lies inside `0..in_len`.
+    fn inside(&self, offset: usize, in_len: usize, out_len: usize) -> Range<usize> {
+        let first = self.padding.saturating_sub(offset).div_ceil(self.stride);
+        let end = (in_len + self.padding).saturating_sub(offset).div_ceil(self.stride).min(out_len);
+        first.min(end)..end
     }
 
-    /// The input channel and kernel offset `(ky, kx)` of each patch row, in order.
-    fn patch_rows(&self) -> impl Iterator<Item = (usize, (usize, usize))> + '_ {
+    /// The columns row by row: for patch row `(channel, ky, kx)` and output
+    /// row `oy`, which input row it reads (none in the padding), and which
+    /// output columns read inside the input, from which input column on.
+    fn spans(&self) -> impl Iterator<Item = Span> + '_ {
         let k = self.kernel;
-        (0..self.patch()).map(move |row| (row / (k * k), (row / k % k, row % k)))
+        (0..self.patch()).flat_map(move |row| {
+            let (channel, ky, kx) = (row / (k * k), row / k % k, row % k);
+            let rows = self.inside(ky, self.in_height, self.out_height());
+            let columns = self.inside(kx, self.in_width, self.out_width());
+            (0..self.out_height()).map(move |oy| Span {
+                channel,
+                y: rows.contains(&oy).then(|| oy * self.stride + ky - self.padding),
+                x: (columns.start * self.stride + kx).saturating_sub(self.padding),
+                columns: columns.clone(),
+            })
+        })
     }
+}
 
-    /// Every output pixel, with its index.
-    fn out_positions(&self) -> impl Iterator<Item = (usize, (usize, usize))> + '_ {
-        let width = self.out_width();
-        (0..self.out_pixels()).map(move |p| (p, (p / width, p % width)))
+/// Where one output row of one patch row reads from (see [`Conv2dGeometry::spans`]).
+struct Span {
+    channel: usize,
+    /// The input row, or `None` when the whole output row reads padding.
+    y: Option<usize>,
+    /// The output columns that read inside the input, the first at input column `x`.
+    columns: Range<usize>,
+    x: usize,
+}
+
+impl Span {
+    /// The input channel, row and columns this span reads, or `None` when it
+    /// reads only padding.
+    fn input(&self, stride: usize) -> Option<(usize, usize, Slice)> {
+        let y = self.y.filter(|_| !self.columns.is_empty())?;
+        let end = self.x + (self.columns.len() - 1) * stride + 1;
+        Some((self.channel, y, Slice::new(self.x as isize, Some(end as isize), stride as isize)))
     }
 }
 
@@ -110,21 +138,18 @@ impl Conv2dGeometry {
 /// zero in the padding. `input` is `[in_channels, in_height, in_width, B]`.
 pub fn im2col(geometry: &Conv2dGeometry, input: ArrayView4<'_, f32>, columns: &mut [f32]) {
     let b = input.len_of(Axis(3));
+    let row_len = geometry.out_width() * b;
     let columns = &mut columns[..geometry.columns_len(b)];
-    for ((channel, offset), row_values) in
-        geometry.patch_rows().zip(columns.chunks_exact_mut(geometry.out_pixels() * b))
-    {
-        for (p, position) in geometry.out_positions() {
-            let dst = &mut row_values[p * b..(p + 1) * b];
-            match geometry.source(position, offset) {
-                Some((y, x)) => {
-                    for (d, &v) in dst.iter_mut().zip(input.slice(s![channel, y, x, ..])) {
-                        *d = v;
-                    }
-                }
-                None => dst.fill(0.0),
-            }
-        }
+    for (span, dst) in geometry.spans().zip(columns.chunks_exact_mut(row_len)) {
+        let Some((channel, y, xs)) = span.input(geometry.stride) else {
+            dst.fill(0.0);
+            continue;
+        };
+        let (before, rest) = dst.split_at_mut(span.columns.start * b);
+        let (inside, after) = rest.split_at_mut(span.columns.len() * b);
+        before.fill(0.0);
+        after.fill(0.0);
+        rows_of(inside, b).assign(&input.slice(s![channel, y, xs, ..]));
     }
 }
 
@@ -133,17 +158,19 @@ pub fn im2col(geometry: &Conv2dGeometry, input: ArrayView4<'_, f32>, columns: &m
 /// in_width, B]` and is added to, not overwritten).
 pub fn col2im_add(geometry: &Conv2dGeometry, columns: &[f32], mut input_grad: ArrayViewMut4<'_, f32>) {
     let b = input_grad.len_of(Axis(3));
+    let row_len = geometry.out_width() * b;
     let columns = &columns[..geometry.columns_len(b)];
-    for ((channel, offset), row_values) in geometry.patch_rows().zip(columns.chunks_exact(geometry.out_pixels() * b)) {
-        for (p, position) in geometry.out_positions() {
-            if let Some((y, x)) = geometry.source(position, offset) {
-                let src = &row_values[p * b..(p + 1) * b];
-                for (g, &v) in input_grad.slice_mut(s![channel, y, x, ..]).iter_mut().zip(src) {
-                    *g += v;
-                }
-            }
-        }
+    for (span, values) in geometry.spans().zip(columns.chunks_exact(row_len)) {
+        let Some((channel, y, xs)) = span.input(geometry.stride) else { continue };
+        let mut target = input_grad.slice_mut(s![channel, y, xs, ..]);
+        let inside = &values[span.columns.start * b..span.columns.end * b];
+        target += &ArrayView2::from_shape((span.columns.len(), b), inside).expect("a span is whole rows of B");
     }
+}
+
+/// `values` as `[values.len() / b, b]`.
+fn rows_of(values: &mut [f32], b: usize) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((values.len() / b, b), values).expect("a span is whole rows of B")
 }
 
 /// The convolution of a batch: `output = W · columns + bias`, output
@@ -204,7 +231,9 @@ mod tests {
     use super::*;
     use crate::rng::StreamRng;
 
-    fn geometries() -> [Conv2dGeometry; 3] {
+    /// Stride 1 and 2, padding, non-square inputs, and (the last) kernel
+    /// columns that read only padding.
+    fn geometries() -> [Conv2dGeometry; 4] {
         let g = |in_channels, in_height, in_width, out_channels, kernel, stride, padding| Conv2dGeometry {
             in_channels,
             in_height,
@@ -214,7 +243,7 @@ mod tests {
             stride,
             padding,
         };
-        [g(1, 5, 5, 2, 3, 1, 0), g(2, 6, 5, 3, 3, 2, 1), g(3, 4, 4, 2, 2, 1, 2)]
+        [g(1, 5, 5, 2, 3, 1, 0), g(2, 6, 5, 3, 3, 2, 1), g(3, 4, 4, 2, 2, 1, 2), g(1, 3, 1, 2, 3, 1, 1)]
     }
 
     fn random(rng: &mut StreamRng, n: usize) -> Vec<f32> {
