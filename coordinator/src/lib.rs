@@ -14,6 +14,8 @@
 //! - [`registry`]: joined workers and their sessions (pure).
 //! - [`service`]: the gRPC handlers, turning sessions into events.
 //! - [`driver`]: the training loop that consumes those events.
+//! - [`push`]: the weights it sends, in slices small enough that a stalled
+//!   session holds little of its own.
 //! - [`data`]: loading (or fetching) the data, packing the training set.
 //! - [`checkpoint`]: where a run stands, for `--resume`.
 //! - [`run_dir`]: the run's files, and never writing over an earlier run's.
@@ -34,6 +36,7 @@ pub mod init;
 pub mod metrics;
 pub mod observe;
 pub mod progress;
+pub mod push;
 pub mod registry;
 pub mod round;
 pub mod run_dir;
@@ -311,7 +314,7 @@ async fn serve_metrics(bind: SocketAddr, stop: oneshot::Receiver<()>) -> Result<
 }
 
 /// Commands queued per worker before it counts as fallen behind: a few
-/// rounds' worth of averages, however many chunks the model takes.
+/// rounds' worth of averages, however many messages the model takes.
 fn outbox_capacity(parameters: usize) -> usize {
-    4 * parameters.div_ceil(lazyavg_proto::chunks::VALUES_PER_CHUNK) + 64
+    4 * push::messages(parameters) + 64
 }
