@@ -146,6 +146,11 @@ impl Registry {
         Ok(entry.name.clone())
     }
 
+    /// The names of the Joins that have not attached (yet).
+    pub fn pending_names(&self) -> Vec<String> {
+        self.workers.values().filter(|e| !e.attached).map(|e| e.name.clone()).collect()
+    }
+
     /// Marks `id`'s session closed; it may attach again after a new Join.
     pub fn detach(&mut self, id: WorkerId) {
         self.workers.remove(&id);
@@ -192,7 +197,7 @@ impl Registry {
 
 /// `name` with its control characters escaped (`\n`, `\u{1b}`), so that no
 /// name can forge log lines or terminal sequences.
-fn printable(name: &str) -> String {
+pub fn printable(name: &str) -> String {
     name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 

@@ -319,8 +319,7 @@ impl Driver {
 
     pub(super) fn send_params(&mut self, to: &[WorkerId]) {
         let (epoch, round) = self.version;
-        let chunks =
-            self.params_chunks.get_or_insert_with(|| push_chunks(epoch, round, &self.params)).clone();
+        let chunks = self.params_chunks.get_or_insert_with(|| push_chunks(epoch, round, &self.params)).clone();
         self.send_weights(to, &chunks);
     }
 
