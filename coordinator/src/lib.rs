@@ -231,7 +231,7 @@ pub async fn run(mut config: CoordinatorConfig, listener: TcpListener, shutdown:
     if let Ok(summary) = &result {
         // From the end of training, not of the model's save: a Join in
         // between would join a run that has nothing left to train.
-        let pending = shared.registry().pending_names();
+        let pending = shared.registry().pending_names(Instant::now());
         shared.end.complete(summary.untold.iter().cloned().chain(pending));
     }
     let model_path = out_dir.join(run_dir::MODEL_FILE);

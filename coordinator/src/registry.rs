@@ -146,8 +146,9 @@ impl Registry {
         Ok(entry.name.clone())
     }
 
-    /// The names of the Joins that have not attached (yet).
-    pub fn pending_names(&self) -> Vec<String> {
+    /// The names of the Joins that have not attached (yet), and may still.
+    pub fn pending_names(&mut self, now: Instant) -> Vec<String> {
+        self.forget_expired(now);
         self.workers.values().filter(|e| !e.attached).map(|e| e.name.clone()).collect()
     }
 
