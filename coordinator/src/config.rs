@@ -30,6 +30,10 @@ pub const DEFAULT_PORT: u16 = 7070;
 /// hung, stopped or cut off, and the others should not wait for it.
 const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_METRICS_LINGER: Duration = Duration::from_secs(15);
+/// Three of a worker's longest reconnection pauses (5 s): a worker cut off
+/// near the end is back within it, and a run whose worker died for good
+/// ends only 15 s late (one whose workers all read the Stop, at once).
+const DEFAULT_END_GRACE: Duration = Duration::from_secs(15);
 
 /// Off by default: a cut-off relative to the other workers can drop a healthy
 /// worker that the OS merely descheduled, which changes a seeded run's numbers.
@@ -207,6 +211,11 @@ pub struct Settings {
     #[serde(default, with = "humantime_serde_opt")]
     pub metrics_linger: Option<Duration>,
 
+    /// After a completed run, keep answering this long while workers of the run missed its end (gone before the Stop, or not closing after it), telling each that joins that the run is over (it exits 0); the coordinator exits as soon as each has been told, at once if none missed it; 0: exit at once [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub end_grace: Option<Duration>,
+
     /// Directory of the four MNIST-layout IDX files [default: data/mnist, where missing files are fetched; see --fetch].
     #[arg(long, env = "LAZYAVG_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -296,6 +305,8 @@ pub struct CoordinatorConfig {
     pub metrics_bind: Option<SocketAddr>,
     /// How long the metrics are served after the run ends.
     pub metrics_linger: Duration,
+    /// `--end-grace`: how long a completed run waits to tell the workers that missed its end.
+    pub end_grace: Duration,
     pub token: Option<Token>,
     pub token_file: Option<PathBuf>,
     pub tls: Option<ServerTls>,
@@ -479,6 +490,7 @@ impl Settings {
                 self.metrics_linger.unwrap_or(DEFAULT_METRICS_LINGER),
                 "--metrics-linger",
             )?,
+            end_grace: within_longest_wait(self.end_grace.unwrap_or(DEFAULT_END_GRACE), "--end-grace")?,
             token,
             token_file: self.token_file.clone(),
             tls,
@@ -549,6 +561,7 @@ impl CoordinatorConfig {
             bind: Some(self.bind),
             metrics_bind: self.metrics_bind,
             metrics_linger: Some(self.metrics_linger),
+            end_grace: Some(self.end_grace),
             token_file: self.token_file.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

@@ -69,6 +69,7 @@ impl From<&RegistryError> for Status {
             RegistryError::TooManyPendingJoins { .. }
             | RegistryError::TooManySessions { .. }
             | RegistryError::TooManyFetches { .. }
+            | RegistryError::TooManyDownloads { .. }
             | RegistryError::FetchedEnough { .. } => Status::resource_exhausted(message),
             RegistryError::Unknown(_) | RegistryError::AlreadyAttached(_) => Status::failed_precondition(message),
         }

@@ -14,6 +14,8 @@
 //! - [`registry`]: joined workers and their sessions (pure).
 //! - [`service`]: the gRPC handlers, turning sessions into events.
 //! - [`driver`]: the training loop that consumes those events.
+//! - [`push`]: the weights it sends, in slices small enough that a stalled
+//!   session holds little of its own.
 //! - [`data`]: loading (or fetching) the data, packing the training set.
 //! - [`checkpoint`]: where a run stands, for `--resume`.
 //! - [`run_dir`]: the run's files, and never writing over an earlier run's.
@@ -21,6 +23,7 @@
 //! - [`metrics`], [`dump`], [`progress`], [`observe::log`], [`observe::exporter`],
 //!   [`observe::health`]: the outputs — what the run writes, shows and serves.
 //! - [`spawn`]: local workers for one-machine runs.
+//! - [`ending`]: the run's end told to the workers that missed its Stop (`--end-grace`).
 
 pub mod aggregate;
 pub mod align;
@@ -29,11 +32,13 @@ pub mod config;
 pub mod data;
 pub mod driver;
 pub mod dump;
+pub mod ending;
 pub mod error;
 pub mod init;
 pub mod metrics;
 pub mod observe;
 pub mod progress;
+pub mod push;
 pub mod registry;
 pub mod round;
 pub mod run_dir;
@@ -68,6 +73,7 @@ use crate::align::Alignment;
 use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
+use crate::ending::RunEnd;
 pub use crate::error::{Error, Result};
 use crate::observe::board::StatusBoard;
 use crate::observe::exporter::Exporter;
@@ -145,7 +151,7 @@ pub async fn run(
         attach_timeout: config.limits.attach_timeout,
         status: board.view(),
         refusals: Mutex::default(),
-        completed: Default::default(),
+        end: Default::default(),
     });
     let refusals_flusher = tokio::spawn(flush_refusals(Arc::clone(&shared)));
     let service = CoordinatorServer::new(CoordinatorService::new(Arc::clone(&shared)))
@@ -192,6 +198,7 @@ pub async fn run(
     }
 
     let metrics_linger = config.metrics_bind.map(|_| config.metrics_linger);
+    let end_grace = config.end_grace;
     let alignment = Alignment::for_run(config.align, &mlp, config.train.seed, data.train, config.align_images);
     let mut outputs: Vec<Box<dyn Observer>> = vec![
         Box::new(observe::log::Log),
@@ -232,10 +239,11 @@ pub async fn run(
         }
     };
 
-    if result.is_ok() {
+    if let Ok(summary) = &result {
         // From the end of training, not of the model's save: a Join in
         // between would join a run that has nothing left to train.
-        shared.complete();
+        let pending = shared.registry().pending_names(Instant::now());
+        shared.end.complete(summary.untold.iter().cloned().chain(pending));
     }
     let model_path = out_dir.join(run_dir::MODEL_FILE);
     let result = result.and_then(|summary| {
@@ -251,16 +259,7 @@ pub async fn run(
         Ok(summary)
     });
     if result.is_ok() {
-        // The gRPC server stays up through the linger, refusing Joins as
-        // completed: a worker that missed the Stop (stopped, or cut off near
-        // the end) learns that the run is over instead of retrying.
-        if let Some(linger) = metrics_linger.filter(|l| !l.is_zero()) {
-            info!(seconds = linger.as_secs_f64(), "serving the final metrics (--metrics-linger)");
-            tokio::select! {
-                () = tokio::time::sleep(linger) => {}
-                () = interrupted() => {}
-            }
-        }
+        linger(&shared.end, metrics_linger, end_grace).await;
     }
     // Workers were told to stop; give their sessions a moment to close cleanly.
     let _ = stop_server.send(());
@@ -283,7 +282,49 @@ async fn flush_refusals(shared: Arc<Shared>) {
     }
 }
 
-/// SIGINT or SIGTERM: ends the linger of the metrics at once.
+/// Keeps the gRPC server up after a completed run, refusing Joins as
+/// completed, for the longer of the metrics' linger and the end's grace
+/// (which ends once every worker that missed the Stop has been told): such
+/// a worker (stopped, or cut off near the end) then learns that the run is
+/// over instead of finding nothing and giving up. A signal ends both.
+async fn linger(end: &RunEnd, metrics_linger: Option<Duration>, end_grace: Duration) {
+    let metrics_linger = metrics_linger.filter(|l| !l.is_zero());
+    if let Some(linger) = metrics_linger {
+        info!(seconds = linger.as_secs_f64(), "serving the final metrics (--metrics-linger)");
+    }
+    let untold = end.untold();
+    let grace = (untold > 0).then_some(end_grace).filter(|g| !g.is_zero());
+    if let Some(grace) = grace {
+        info!(
+            workers = untold,
+            seconds = grace.as_secs_f64(),
+            "telling the workers that missed the run's end that it is over (--end-grace)"
+        );
+    }
+    let metrics = async {
+        if let Some(linger) = metrics_linger {
+            tokio::time::sleep(linger).await;
+        }
+    };
+    let told = async {
+        if let Some(grace) = grace {
+            end.all_told_within(grace).await;
+        }
+    };
+    tokio::select! {
+        _ = futures::future::join(metrics, told) => {}
+        () = interrupted() => {}
+    }
+    let untold = end.untold();
+    if grace.is_some() && untold > 0 {
+        info!(
+            workers = untold,
+            "workers that missed the run's end were not told; they give up after their --give-up-after"
+        );
+    }
+}
+
+/// SIGINT or SIGTERM: ends the linger at once.
 async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
     let terminate = async {
@@ -322,7 +363,7 @@ async fn serve_metrics(bind: SocketAddr, stop: oneshot::Receiver<()>) -> Result<
 }
 
 /// Commands queued per worker before it counts as fallen behind: a few
-/// rounds' worth of averages, however many chunks the model takes.
+/// rounds' worth of averages, however many messages the model takes.
 fn outbox_capacity(parameters: usize) -> usize {
-    4 * parameters.div_ceil(lazyavg_proto::chunks::VALUES_PER_CHUNK) + 64
+    4 * push::messages(parameters) + 64
 }

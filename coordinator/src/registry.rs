@@ -38,6 +38,8 @@ pub enum RegistryError {
     TooManySessions { limit: usize },
     #[error("worker id {id} already has {MAX_FETCH_STREAMS} dataset downloads open")]
     TooManyFetches { id: WorkerId },
+    #[error("{limit} dataset downloads are open (--max-pending-joins); try again later")]
+    TooManyDownloads { limit: usize },
     #[error("worker id {id} has downloaded the training set {MAX_FULL_FETCHES} times over")]
     FetchedEnough { id: WorkerId },
 }
@@ -77,11 +79,15 @@ pub struct Registry {
     workers: BTreeMap<WorkerId, Entry>,
     /// Sessions open, attached or not (see [`Registry::open_session`]).
     sessions: usize,
+    /// `FetchDataset` streams open, whatever became of their Joins: the
+    /// limits per id alone would let a client that joins again and again
+    /// (a new id each time) hold ever more streams that it does not read.
+    downloads: usize,
 }
 
 impl Registry {
     pub fn new(limits: Limits, dataset_bytes: u64) -> Self {
-        Registry { limits, dataset_bytes, next_id: 0, workers: BTreeMap::new(), sessions: 0 }
+        Registry { limits, dataset_bytes, next_id: 0, workers: BTreeMap::new(), sessions: 0, downloads: 0 }
     }
 
     /// Registers a worker and returns its new id, after forgetting the
@@ -146,21 +152,34 @@ impl Registry {
         Ok(entry.name.clone())
     }
 
+    /// The names of the Joins that have not attached (yet), and may still.
+    pub fn pending_names(&mut self, now: Instant) -> Vec<String> {
+        self.forget_expired(now);
+        self.workers.values().filter(|e| !e.attached).map(|e| e.name.clone()).collect()
+    }
+
     /// Marks `id`'s session closed; it may attach again after a new Join.
     pub fn detach(&mut self, id: WorkerId) {
         self.workers.remove(&id);
     }
 
     /// Admits a download of `bytes` of the training set by `id`, within its
-    /// limits; [`Registry::end_fetch`] ends it.
+    /// limits and while fewer than `max_pending_joins` downloads are open
+    /// (one for each Join that may wait to attach); [`Registry::end_fetch`]
+    /// ends it.
     pub fn start_fetch(&mut self, id: WorkerId, bytes: u64, now: Instant) -> Result<(), RegistryError> {
         self.forget_expired(now);
+        let limit = self.limits.max_pending_joins;
         let entry = self.workers.get_mut(&id).ok_or(RegistryError::Unknown(id))?;
         if entry.fetches >= MAX_FETCH_STREAMS {
             return Err(RegistryError::TooManyFetches { id });
         }
+        if self.downloads >= limit {
+            return Err(RegistryError::TooManyDownloads { limit });
+        }
         entry.fetch_budget = entry.fetch_budget.checked_sub(bytes).ok_or(RegistryError::FetchedEnough { id })?;
         entry.fetches += 1;
+        self.downloads += 1;
         Ok(())
     }
 
@@ -176,6 +195,7 @@ impl Registry {
 
     /// A download by `id` ended: its attach deadline starts again from now.
     pub fn end_fetch(&mut self, id: WorkerId, now: Instant) {
+        self.downloads = self.downloads.saturating_sub(1);
         if let Some(entry) = self.workers.get_mut(&id) {
             entry.fetches = entry.fetches.saturating_sub(1);
             entry.last_seen = now;
@@ -192,7 +212,7 @@ impl Registry {
 
 /// `name` with its control characters escaped (`\n`, `\u{1b}`), so that no
 /// name can forge log lines or terminal sequences.
-fn printable(name: &str) -> String {
+pub fn printable(name: &str) -> String {
     name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
@@ -300,6 +320,24 @@ mod tests {
         // Its reader stalled for the deadline: forgotten, its download told so.
         assert_eq!(r.fetch_progress(id, t0 + 28 * SECOND), Err(RegistryError::Unknown(id)));
         assert_eq!(r.attach(id, t0 + 28 * SECOND), Err(RegistryError::Unknown(id)));
+    }
+
+    #[test]
+    fn downloads_open_at_once_are_capped_whatever_became_of_their_joins() {
+        let t0 = Instant::now();
+        let mut r = registry(2, 8);
+        let (a, b) = (r.join("a", t0).unwrap(), r.join("b", t0).unwrap());
+        r.start_fetch(a, 10, t0).unwrap();
+        r.start_fetch(b, 10, t0).unwrap();
+        // Both readers stall past the deadline; their Joins are forgotten,
+        // their streams are not closed yet, and a new Join may not add one.
+        let later = t0 + 11 * SECOND;
+        let c = r.join("c", later).unwrap();
+        let err = r.start_fetch(c, 10, later).unwrap_err();
+        assert_eq!(err, RegistryError::TooManyDownloads { limit: 2 });
+        assert!(err.to_string().contains("2 dataset downloads are open"), "{err}");
+        r.end_fetch(a, later);
+        r.start_fetch(c, 10, later).unwrap();
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! all training state.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,9 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::ending::RunEnd;
 use crate::observe::board::StatusView;
 use crate::observe::log::RefusalLog;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, printable};
 use crate::round::WorkerId;
 
 /// Messages to one worker's session; an `Err` ends it with that status.
@@ -72,7 +72,7 @@ pub struct Shared {
     pub refusals: Mutex<RefusalLog>,
     /// Set once the run has completed: Join is refused from then on (see
     /// [`lazyavg_proto::ending`]), so a worker that missed the end exits.
-    pub completed: AtomicBool,
+    pub end: RunEnd,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,7 +80,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn registry(&self) -> MutexGuard<'_, Registry> {
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
     }
 
@@ -93,11 +93,6 @@ impl Shared {
 
     pub fn refusals(&self) -> MutexGuard<'_, RefusalLog> {
         lock(&self.refusals)
-    }
-
-    /// Marks the run completed: later Joins are refused as such.
-    pub fn complete(&self) {
-        self.completed.store(true, Ordering::Release);
     }
 }
 
@@ -179,17 +174,18 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::DatasetChunk, Status>> +
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
-        if self.shared.completed.load(Ordering::Acquire) {
+        let request = request.into_inner();
+        let name = if request.name.is_empty() { "unnamed" } else { request.name.as_str() };
+        if self.shared.end.is_completed() {
+            self.shared.end.told(&printable(name));
             return Err(lazyavg_proto::ending::run_completed());
         }
-        let request = request.into_inner();
         if request.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "worker speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}: run the same lazyavg release on both",
                 request.protocol_version
             )));
         }
-        let name = if request.name.is_empty() { "unnamed" } else { request.name.as_str() };
         let worker_id =
             self.shared.registry().join(name, Instant::now()).map_err(|e| self.shared.refuse("Join", &e))?;
         debug!(worker = worker_id, "handshake");

@@ -1,7 +1,8 @@
 //! How a coordinator whose run has completed, but which is still up (its
-//! `--metrics-linger`), refuses Join, and how a worker recognises it: a
-//! worker that missed the run's end (stopped, or cut off near the end) then
-//! learns that the run is over instead of guessing it from silence.
+//! `--end-grace` or `--metrics-linger`), refuses Join, and how a worker
+//! recognises it: a worker that missed the run's end (stopped, or cut off
+//! near the end) then learns that the run is over instead of guessing it
+//! from silence.
 //!
 //! The refusal is `FAILED_PRECONDITION`, like a protocol-version mismatch,
 //! so a worker of an older release stops retrying too; the metadata entry

@@ -19,6 +19,8 @@ const RUN_OVER: &str = "the run is over: the coordinator says the run has comple
 const UNREACHABLE: i32 = 4;
 const NOT_COORDINATOR: i32 = 5;
 const LINGERING: &str = "serving the final metrics (--metrics-linger)";
+/// What a coordinator that waits for the workers that missed its run's end logs.
+const GRACE: &str = "telling the workers that missed the run's end that it is over (--end-grace)";
 
 /// A coordinator that lingers for long after its run (so its end can be
 /// asked for), with `args` after that.
@@ -72,6 +74,36 @@ fn workers_stopped_while_their_run_ends_exit_once_continued() {
     assert!(last.contains("--give-up-after 2s); giving up: cannot reach the coordinator"), "{}", gives_up.dump());
 }
 
+/// Without `--metrics-bind` (so without a linger): a worker stopped
+/// (SIGSTOP) through the end of its run, dropped by the coordinator, then
+/// continued, is told that the run is over and exits 0. The coordinator
+/// stays up for `--end-grace` (300 s here) because that worker missed the
+/// Stop, and exits as soon as it has been told. Before, the worker found
+/// nothing listening and gave up with status 4.
+#[test]
+fn a_worker_that_missed_the_end_is_told_without_a_linger() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let args = ["--workers", "2", "--epochs", "3", "--round-timeout", "1s", "--end-grace", "300s"];
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
+    let mut trains = start_worker("trains", &coordinator.addr, &tmp.path().join("cache-1"), "info");
+    let mut stopped = start_worker("stopped", &coordinator.addr, &tmp.path().join("cache-2"), "info");
+    wait_for_match(&mut coordinator.proc, "epoch done", RUN_TIMEOUT, |l| l["epoch"] == 1);
+
+    let id = joined_id(&stopped);
+    stopped.signal("STOP");
+    wait_for_match(&mut coordinator.proc, "worker left", RUN_TIMEOUT, |l: &Value| l["worker"] == id);
+    let grace = wait_for_line(&mut coordinator.proc, GRACE, RUN_TIMEOUT);
+    assert_eq!(grace["workers"], 1, "{grace}");
+    expect_success(&mut [&mut trains]);
+
+    stopped.signal("CONT");
+    assert_eq!(stopped.wait(EXIT_TIMEOUT), 0, "{}", stopped.dump());
+    assert_eq!(logged(&stopped, RUN_OVER).len(), 1, "{}", stopped.dump());
+    // Told, it is waited for no longer: the coordinator ends well before its 300 s.
+    assert_eq!(coordinator.proc.wait(EXIT_TIMEOUT), 0, "{}", coordinator.proc.dump());
+}
+
 /// A worker started after the run completed, while its coordinator still
 /// serves (`--metrics-linger`), exits at once with status 0 and says so;
 /// before, it retried for ever.
@@ -83,6 +115,9 @@ fn a_worker_started_after_the_run_completed_exits_at_once() {
     let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache-1"), "info");
     wait_for_line(&mut coordinator.proc, LINGERING, RUN_TIMEOUT);
     expect_success(&mut [&mut worker]);
+    // Its one worker read the Stop: no grace is needed (the coordinator
+    // lingers for its metrics only).
+    assert!(logged(&coordinator.proc, GRACE).is_empty(), "{}", coordinator.proc.dump());
 
     let mut late = start_worker("late", &coordinator.addr, &tmp.path().join("cache-2"), "info");
     assert_eq!(late.wait(EXIT_TIMEOUT), 0, "{}", late.dump());

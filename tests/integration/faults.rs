@@ -1122,6 +1122,7 @@ fn token_and_tls_refuse_strangers() {
     let cache = dir.join("cache");
     let run_args = ["--workers", "1", "--epochs", "1", "--hidden", "64"];
 
+    make_ca(dir, "ca");
     // (a) A shared token.
     let token = "lazyavg-test-token-24chr";
     assert_eq!(token.len(), 24);
@@ -1145,6 +1146,14 @@ fn token_and_tls_refuse_strangers() {
         assert!(logged(&stranger, RETRYING).is_empty(), "a refused token is not retried\n{}", stranger.dump());
         assert!(started.elapsed() < Duration::from_secs(30), "{name} took {:?} to give up", started.elapsed());
     }
+    // https:// to a coordinator without TLS is a wrong address, not a network fault: named, not retried.
+    let https_url = format!("https://{}", coordinator.addr);
+    let mut cmd = worker_command(&https_url, &cache, "info");
+    cmd.args(["--name", "https", "--tls-ca"]).arg(dir.join("ca.pem"));
+    let mut https = Proc::spawn("https", cmd);
+    let said = format!("{https_url}: not a lazyavg coordinator: it speaks HTTP/2 without TLS: use http://");
+    expect_exit_within(&mut https, EVENT_TIMEOUT, 5, &said);
+    assert!(logged(&https, RETRYING).is_empty(), "{}", https.dump());
     assert!(logged(&coordinator.proc, "worker joined").is_empty(), "{}", coordinator.proc.dump());
     let mut cmd = worker_command(&url, &cache, "info");
     cmd.args(["--name", "right-token", "--token-file"]).arg(&token_file).env_remove("LAZYAVG_TOKEN");
@@ -1156,7 +1165,6 @@ fn token_and_tls_refuse_strangers() {
     assert_eq!(epoch_numbers(&epoch_metrics(&out)), [1]);
 
     // (b) Mutual TLS.
-    make_ca(dir, "ca");
     make_ca(dir, "other-ca");
     make_cert(dir, "ca", "server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
     make_cert(dir, "ca", "client", "extendedKeyUsage=clientAuth\n");

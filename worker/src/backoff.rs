@@ -16,6 +16,10 @@ pub struct Backoff {
     rng: StreamRng,
     /// When the current run of failures began.
     failing_since: Instant,
+    /// When the attempt in progress began, while the coordinator has not
+    /// answered it: a run of failures begins there (a connection that
+    /// timed out after 5 s has been failing for 5 s), not when it is seen.
+    attempt_started: Option<Instant>,
     /// The coordinator answered since the last failure: the next failure
     /// starts a new run of failures, though the delays go on growing.
     answered: bool,
@@ -24,13 +28,13 @@ pub struct Backoff {
 impl Backoff {
     pub fn new(initial: Duration, cap: Duration, seed: u64) -> Self {
         let rng = rng::stream(seed, Purpose::Backoff);
-        Backoff { initial, cap, attempt: 0, rng, failing_since: Instant::now(), answered: false }
+        Backoff { initial, cap, attempt: 0, rng, failing_since: Instant::now(), attempt_started: None, answered: false }
     }
 
     /// The next delay: uniform in [d/2, d] where d = min(cap, initial · 2^attempt).
     pub fn next_delay(&mut self) -> Duration {
         if self.attempt == 0 || std::mem::take(&mut self.answered) {
-            self.failing_since = Instant::now();
+            self.failing_since = self.attempt_started.unwrap_or_else(Instant::now);
         }
         let exp = self.initial.saturating_mul(1u32 << self.attempt.min(16));
         let ceiling = exp.min(self.cap);
@@ -38,9 +42,15 @@ impl Backoff {
         ceiling.mul_f64(self.rng.random_range(0.5..1.0))
     }
 
+    /// An attempt to reach the coordinator begins.
+    pub fn attempt_starts(&mut self) {
+        self.attempt_started = Some(Instant::now());
+    }
+
     /// Starts over after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.attempt_started = None;
     }
 
     /// The coordinator answered (Join), though the attempt may still fail
@@ -49,6 +59,7 @@ impl Backoff {
     /// are kept, so a coordinator that keeps refusing is not asked in a loop.
     pub fn answered(&mut self) {
         self.answered = true;
+        self.attempt_started = None;
     }
 
     /// How long the current run of failures has lasted: since the first
@@ -96,5 +107,22 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         b.next_delay();
         assert_eq!(b.failing_for(), Duration::from_secs(3), "one answer restarts the clock once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_begins_when_the_failed_attempt_began() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 7);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        b.attempt_starts();
+        // A connection that times out after 5 s.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        b.next_delay();
+        assert_eq!(b.failing_for(), Duration::from_secs(5));
+        // After a session, a failure begins when it is seen.
+        b.attempt_starts();
+        b.reset();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        b.next_delay();
+        assert_eq!(b.failing_for(), Duration::ZERO);
     }
 }

@@ -25,6 +25,10 @@ pub enum Error {
     },
     #[error("the coordinator refused {call}: {}", status.message())]
     Refused { call: &'static str, status: Status },
+    /// A call that failed below gRPC (the connection refused, reset or
+    /// closed): no answer, not a refusal.
+    #[error("{call} failed without an answer from the coordinator: {}", status.message())]
+    Lost { call: &'static str, status: Status },
     #[error(transparent)]
     Protocol(#[from] lazyavg_proto::ProtoError),
     #[error("dataset download: {0}")]
@@ -76,7 +80,7 @@ impl Error {
     /// coordinator will not heal by retrying.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::SessionEnded | Error::Dataset(_) => true,
+            Error::Connect { .. } | Error::Lost { .. } | Error::SessionEnded | Error::Dataset(_) => true,
             Error::Refused { call, status } => {
                 !(status.code() == Code::Unauthenticated
                     || *call == "Join" && matches!(status.code(), Code::FailedPrecondition | Code::InvalidArgument))
@@ -85,7 +89,17 @@ impl Error {
         }
     }
 
+    /// The error of `call` failing with `status`: [`Error::Lost`] when tonic
+    /// made the status up itself (it then carries the underlying error as
+    /// its source; a server's status travels as headers, without one), else
+    /// the coordinator's refusal.
     pub fn refused(call: &'static str) -> impl FnOnce(Status) -> Error {
-        move |status| Error::Refused { call, status }
+        move |status| {
+            if std::error::Error::source(&status).is_some() {
+                Error::Lost { call, status }
+            } else {
+                Error::Refused { call, status }
+            }
+        }
     }
 }

@@ -35,12 +35,18 @@ pub enum GiveUpAfter {
 
 impl GiveUpAfter {
     /// Parses `never` or a duration such as `10m` (clap's value parser).
+    /// Zero is refused: it would give up at the first failed attempt, before
+    /// any retry, which no deployment wants from a worker.
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "never" => Ok(GiveUpAfter::Never),
-            _ => humantime::parse_duration(text)
-                .map(GiveUpAfter::After)
-                .map_err(|e| format!("{e} (a duration such as 90s or 10m, or `never`)")),
+            _ => match humantime::parse_duration(text) {
+                Ok(limit) if limit.is_zero() => Err(format!(
+                    "{text} would give up at the first failed attempt: give a duration such as 90s or 10m, or `never`"
+                )),
+                Ok(limit) => Ok(GiveUpAfter::After(limit)),
+                Err(e) => Err(format!("{e} (a duration such as 90s or 10m, or `never`)")),
+            },
         }
     }
 
@@ -107,5 +113,7 @@ mod tests {
         }
         let err = GiveUpAfter::parse("soon").unwrap_err();
         assert!(err.contains("never"), "{err}");
+        let err = GiveUpAfter::parse("0s").unwrap_err();
+        assert!(err.starts_with("0s would give up at the first failed attempt"), "{err}");
     }
 }

@@ -41,7 +41,7 @@ pub fn likely_cause(err: &Error) -> Option<&'static str> {
         Some(TIMED_OUT)
     } else if text.contains("dns error") || text.contains("failed to lookup address") {
         Some("the coordinator's host name does not resolve")
-    } else if text.contains("corrupt message") || text.contains("InvalidContentType") {
+    } else if crate::peer::not_tls(&text) {
         Some("the server does not answer TLS: use http://, or give the coordinator --tls-cert and --tls-key")
     } else {
         None

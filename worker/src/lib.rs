@@ -105,6 +105,7 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
         if !std::mem::take(&mut first) {
             metrics.reconnects.inc();
         }
+        backoff.attempt_starts();
         match attempt(config, &mut backoff, &mut dataset, &mut joined, metrics).await {
             Ok(Ending::Completed) => {
                 info!("training complete");
@@ -206,9 +207,26 @@ async fn join_failed(connection: &Connection, status: tonic::Status) -> Error {
         JoinFailure::NotCoordinator(why) => Error::NotCoordinator { url, why },
         JoinFailure::NoAnswer => match peer::probe(&connection.coordinator, CONNECT_TIMEOUT).await {
             Some(why) => Error::NotCoordinator { url, why },
-            None => Error::Refused { call: "Join", status },
+            None => Error::Lost { call: "Join", status },
         },
         JoinFailure::Answered => Error::Refused { call: "Join", status },
+    }
+}
+
+/// The error of a connection that failed: `err`, a network fault retried,
+/// unless the address was given as `https://` and the server answered the
+/// TLS handshake with something else: then it is not a coordinator as
+/// given (one without TLS, or another server), and that is not retried.
+async fn connect_failed(connection: &Connection, err: Error) -> Error {
+    if !peer::not_tls(&error_chain(&err)) {
+        return err;
+    }
+    match peer::probe_without_tls(&connection.coordinator, CONNECT_TIMEOUT).await {
+        Some(why) => {
+            let url = connection.coordinator.to_string().trim_end_matches('/').to_owned();
+            Error::NotCoordinator { url, why }
+        }
+        None => err,
     }
 }
 
@@ -220,7 +238,10 @@ async fn attempt(
     joined: &mut bool,
     metrics: &WorkerMetrics,
 ) -> Result<Ending> {
-    let mut client = connect(&config.connection).await?;
+    let mut client = match connect(&config.connection).await {
+        Ok(client) => client,
+        Err(err) => return Err(connect_failed(&config.connection, err).await),
+    };
     let url = config.connection.coordinator.to_string();
     let join = pb::JoinRequest { protocol_version: PROTOCOL_VERSION, name: config.name.clone() };
     let reply = match client.join(join).await {

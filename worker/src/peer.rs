@@ -11,6 +11,11 @@
 //! reads the first bytes of the answer. Any HTTP/2 server answers with a
 //! SETTINGS frame; anything else that answers is not a coordinator. No
 //! answer (refused, reset, closed, silent) stays a network fault.
+//!
+//! The other way round, `https://` to a server without TLS fails the TLS
+//! handshake on bytes that are not TLS; the worker then asks the address in
+//! plain text the same way: a coordinator without TLS answers with
+//! SETTINGS, and any answer at all means the address is wrong as given.
 
 use std::time::Duration;
 
@@ -59,13 +64,45 @@ pub fn classify(status: &Status) -> JoinFailure {
 /// Asks the plain-HTTP address `uri` whether it speaks HTTP/2: `Some(why)`
 /// when something answered that does not; `None` when it does, or when
 /// nothing answered within `timeout` (a network fault). `https://` is not
-/// probed (its TLS handshake fails on its own).
+/// probed here (see [`probe_without_tls`]).
 pub async fn probe(uri: &Uri, timeout: Duration) -> Option<String> {
     if uri.scheme_str() != Some("http") {
         return None;
     }
-    let address = format!("{}:{}", uri.host()?, uri.port_u16().unwrap_or(80));
-    let answer = tokio::time::timeout(timeout, async {
+    let answer = first_bytes(uri, 80, timeout).await?;
+    not_http2(&answer)
+}
+
+/// Whether a failed connection's error chain says that the server did not
+/// answer TLS (rustls reads bytes that are not a TLS record).
+pub fn not_tls(error_chain: &str) -> bool {
+    error_chain.contains("corrupt message") || error_chain.contains("InvalidContentType")
+}
+
+/// Asks the `https://` address `uri`, whose TLS handshake failed on bytes
+/// that were not TLS ([`not_tls`]), in plain text: `Some(why)` when it
+/// answers at all (plain HTTP/2, such as a coordinator without TLS, or
+/// anything else); `None` when nothing answered within `timeout`.
+pub async fn probe_without_tls(uri: &Uri, timeout: Duration) -> Option<String> {
+    if uri.scheme_str() != Some("https") {
+        return None;
+    }
+    let answer = first_bytes(uri, 443, timeout).await?;
+    if answer.is_empty() {
+        return None;
+    }
+    Some(not_http2(&answer).unwrap_or_else(|| {
+        "it speaks HTTP/2 without TLS: use http:// (and no --tls-ca), or give the coordinator --tls-cert and --tls-key"
+            .to_owned()
+    }))
+}
+
+/// The first bytes `uri`'s host and port (`default_port` if none) answer
+/// the HTTP/2 preface with: up to a frame header, or whatever came before
+/// it closed; `None` when it could not be reached within `timeout`.
+async fn first_bytes(uri: &Uri, default_port: u16, timeout: Duration) -> Option<Vec<u8>> {
+    let address = format!("{}:{}", uri.host()?, uri.port_u16().unwrap_or(default_port));
+    tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect(&address).await.ok()?;
         stream.write_all(PREFACE).await.ok()?;
         let mut answer = Vec::with_capacity(256);
@@ -81,8 +118,7 @@ pub async fn probe(uri: &Uri, timeout: Duration) -> Option<String> {
     })
     .await
     .ok()
-    .flatten()?;
-    not_http2(&answer)
+    .flatten()
 }
 
 /// Why the first bytes a server answered the HTTP/2 preface with are not

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -18,6 +17,7 @@ use super::{Driver, Worker};
 use crate::error::{Error, Result};
 use crate::init::{Init, independent_start};
 use crate::observe::RunEvent;
+use crate::push::push_chunks;
 use crate::round::{Round, RoundError, WorkerId};
 use crate::schedule::{ShardProgress, split_even};
 use crate::service::{Event, command};
@@ -43,22 +43,27 @@ impl Driver {
     pub(super) fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
         match event {
             Event::Attached { id, name, address, outbox, leash } => {
+                self.departed.returned(&name);
+                let joined_as = name.clone();
                 let name = self.unique_name(id, name);
                 let workers = self.workers.len() + 1;
                 self.observers.notify(&RunEvent::WorkerJoined { id, name: &name, address: &address, workers });
                 let first = self.workers.is_empty();
-                self.workers
-                    .insert(id, Worker { name, outbox, _leash: leash, answered: false, behind: false, shard: None });
+                self.workers.insert(
+                    id,
+                    Worker { name, joined_as, outbox, _leash: leash, answered: false, behind: false, shard: None },
+                );
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
                     let start = independent_start(&self.mlp, self.config.train.seed, id);
-                    self.send_weights(&[id], &weight_chunks(0, 0, &start).collect::<Vec<_>>());
+                    self.send_weights(&[id], &push_chunks(0, 0, &start));
                 } else {
                     self.send_params(&[id]);
                 }
             }
             Event::Detached { id, reason } => {
                 let Some(worker) = self.workers.remove(&id) else { return };
+                self.departed.left(&worker.joined_as);
                 let remaining = worker.shard.as_ref().map_or(0, ShardProgress::remaining);
                 let trained = self.ledger.by_worker().get(&worker.name).copied().unwrap_or(0);
                 self.observers.notify(&RunEvent::WorkerLeft {

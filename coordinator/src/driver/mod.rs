@@ -35,6 +35,7 @@ use crate::aggregate::Aggregator;
 use crate::align::Alignment;
 use crate::checkpoint::Checkpoint;
 use crate::config::CoordinatorConfig;
+use crate::ending::Departed;
 use crate::error::{Error, Result};
 use crate::metrics::EpochRecord;
 use crate::observe::{Observers, RunEvent};
@@ -56,6 +57,9 @@ pub type Shutdown = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 #[derive(Debug)]
 struct Worker {
     name: String,
+    /// The name it joined with (`name` may add its id): what it will join
+    /// with again, if it missed the run's end (see [`Departed`]).
+    joined_as: String,
     outbox: Outbox,
     /// Its session lasts as long as the driver keeps the worker.
     _leash: Leash,
@@ -77,6 +81,9 @@ pub struct RunSummary {
     pub epochs: u64,
     pub last: Evaluation,
     pub params: Vec<f32>,
+    /// The names of the workers that missed the Stop: gone before it, or
+    /// that did not close their session after it.
+    pub untold: Vec<String>,
 }
 
 /// What an epoch's rounds added up to.
@@ -129,6 +136,8 @@ pub struct Driver {
     training_started: Option<Instant>,
     /// The last epoch, evaluated and checkpointed while the next one trains.
     closing: Option<ClosingEpoch>,
+    /// Workers that left and have not come back, to be told the run's end.
+    departed: Departed,
 }
 
 impl Driver {
@@ -174,6 +183,7 @@ impl Driver {
             pipeline: rounds::Pipeline::default(),
             training_started: None,
             closing: None,
+            departed: Departed::default(),
         }
     }
 
@@ -200,7 +210,9 @@ impl Driver {
             let _ = worker.outbox.try_send(Ok(stop));
         }
         self.wait_for_sessions_to_close().await;
-        result
+        let departed = std::mem::take(&mut self.departed).into_names();
+        let untold = departed.chain(self.workers.values().map(|w| w.joined_as.clone())).collect();
+        result.map(|summary| RunSummary { untold, ..summary })
     }
 
     /// Gives the workers a moment to read their Stop and close their sessions.
@@ -241,7 +253,7 @@ impl Driver {
         if self.config.bench_rounds > 0 {
             self.bench_rounds(self.config.bench_rounds).await?;
             let last = self.evaluate().await;
-            return Ok(RunSummary { epochs: 0, last, params: self.params.clone() });
+            return Ok(RunSummary { epochs: 0, last, params: self.params.clone(), untold: Vec::new() });
         }
         for epoch in self.first_epoch..=self.config.epochs as u64 {
             if let Err(err) = self.run_epoch(epoch).await {
@@ -255,7 +267,7 @@ impl Driver {
             Some(last) => last,
             None => self.evaluate().await,
         };
-        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.clone() })
+        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.clone(), untold: Vec::new() })
     }
 
     /// The next event from the service, taking in an epoch's close that

@@ -21,7 +21,6 @@
 
 use std::time::Instant;
 
-use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::convert::realign_message;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -32,6 +31,7 @@ use super::Driver;
 use super::deadline::RoundDeadline;
 use crate::error::{Error, Result};
 use crate::observe::{RoundDone, RunEvent};
+use crate::push::push_chunks;
 use crate::round::{Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::PullPlan;
 use crate::service::Event;
@@ -319,8 +319,7 @@ impl Driver {
 
     pub(super) fn send_params(&mut self, to: &[WorkerId]) {
         let (epoch, round) = self.version;
-        let chunks =
-            self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect()).clone();
+        let chunks = self.params_chunks.get_or_insert_with(|| push_chunks(epoch, round, &self.params)).clone();
         self.send_weights(to, &chunks);
     }
 
