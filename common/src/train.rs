@@ -235,6 +235,30 @@ mod tests {
         assert_ne!(hooked.params(), snapshot.as_slice(), "the second step moved on from the zeroed weights");
     }
 
+    /// Known answer: the default 784-200-200-10 model after 40 seeded steps
+    /// (batch 32) on synthetic 784-pixel images: the digest was recorded on
+    /// the code before the model description (issue 26) and must not change
+    /// while the default model trains as it did.
+    #[test]
+    fn default_model_after_seeded_training_is_pinned() {
+        let mut rng = StreamRng::seed_from_u64(26);
+        let n = 1280;
+        let labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..10)).collect();
+        let pixels = labels
+            .iter()
+            .flat_map(|&l| (0..784).map(move |i| ((i * 7 + l as usize * 31) % 256) as u8))
+            .collect::<Vec<u8>>();
+        let pixels: Vec<u8> = pixels.into_iter().map(|p| p.wrapping_add(rng.random_range(0..32))).collect();
+        let data = Dataset::new(Images { count: n, rows: 28, cols: 28, pixels }, labels, "synthetic").unwrap();
+        let config = TrainConfig::default();
+        let mut t = Trainer::new(&config, 784, 10).unwrap();
+        t.train_epoch(&data, &mut StreamRng::seed_from_u64(7), 0, 2);
+        assert_eq!(
+            crate::params::digest(t.params()),
+            "e68d6a405d21471dc1578e61f1026061b04268109523e426bbff5d8916d5549d"
+        );
+    }
+
     #[test]
     fn wrong_length_weights_are_refused() {
         let config = TrainConfig { hidden: vec![3], ..TrainConfig::default() };
