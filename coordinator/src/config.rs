@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use lazyavg_common::config::{LrScaling, TrainConfig, TrainSettings};
+use lazyavg_common::config::{LrScaling, ModelSettings, TrainConfig, TrainSettings};
 
 use crate::checkpoint::{Fault, InjectedFault};
 use lazyavg_common::outer::{OuterOptimizer, OuterRule};
@@ -271,6 +271,9 @@ pub struct Settings {
 pub struct CoordinatorConfig {
     /// How workers train; its `lr_scale` comes from `lr_scaling` and `workers`.
     pub train: TrainConfig,
+    /// The model, as given; once the data is loaded, its full description
+    /// (which config.toml records).
+    pub model: ModelSettings,
     pub lr_scaling: LrScaling,
     pub workers: usize,
     pub sync_every: SyncEvery,
@@ -440,6 +443,7 @@ impl Settings {
         train.lr_scale = lr_scaling.factor(workers);
         Ok(CoordinatorConfig {
             train,
+            model: self.train.model.clone(),
             lr_scaling,
             workers,
             sync_every,
@@ -544,7 +548,7 @@ impl CoordinatorConfig {
             max_pending_joins: Some(self.limits.max_pending_joins),
             max_sessions: Some(self.limits.max_sessions),
             attach_timeout: Some(self.limits.attach_timeout),
-            train: TrainSettings::from_config(&self.train),
+            train: TrainSettings::from_config(&self.train, &self.model),
             lr_scaling: Some(self.lr_scaling),
             bind: Some(self.bind),
             metrics_bind: self.metrics_bind,
@@ -641,7 +645,7 @@ mod tests {
         let config = file.overlay(&flags).unwrap().resolve_in(3, None).unwrap();
         assert_eq!((config.epochs, config.train.lr, config.workers), (5, 0.2, 3));
         assert_eq!(config.sync_every, SyncEvery::Minibatches(16));
-        assert_eq!(config.train.hidden, vec![64, 32]);
+        assert_eq!(config.model.hidden, Some(vec![64, 32]));
         assert!(config.verify);
         assert_eq!(config.round_timeout, Duration::from_secs(2));
         assert!(
