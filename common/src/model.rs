@@ -24,7 +24,7 @@ use rand_distr::StandardNormal;
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::matching::PermutationSpec;
+use crate::matching::{Group, PermutationSpec, TensorAxis};
 use crate::params::{LayerLayout, Layout};
 use crate::rng::{self, Purpose};
 use crate::spec::{LayerSpec, ModelSpec};
@@ -139,7 +139,23 @@ impl Network {
     /// dense layer's output units but the last's, through the elementwise
     /// layers after it, up to the next layer with weights.
     pub fn permutation_spec(&self) -> PermutationSpec {
-        PermutationSpec::mlp(&self.layout)
+        let tensor = |name: String| self.layout.tensor(&name).expect("every dense layer has a weight and a bias");
+        let axis =
+            |t: &crate::params::TensorLayout, axis| TensorAxis { range: t.range.clone(), shape: t.shape.clone(), axis };
+        let mut groups = Vec::new();
+        for (i, layer) in self.spec.layers.iter().enumerate() {
+            let LayerSpec::Dense { units } = *layer else { continue };
+            // The next layer with weights, if only elementwise layers lie between.
+            let rest = &self.spec.layers[i + 1..];
+            let Some(next) = rest.iter().position(|l| !l.is_elementwise()).map(|n| i + 1 + n) else { continue };
+            if !matches!(self.spec.layers[next], LayerSpec::Dense { .. }) {
+                continue;
+            }
+            let (weight, bias, above) =
+                (tensor(format!("{i}.weight")), tensor(format!("{i}.bias")), tensor(format!("{next}.weight")));
+            groups.push(Group { size: units, axes: vec![axis(weight, 0), axis(bias, 0), axis(above, 1)] });
+        }
+        PermutationSpec { groups, len: self.layout.len }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -245,78 +261,6 @@ impl Network {
                 sample.extend(logits_t[s..].iter().step_by(b));
                 loss += f64::from(log_sum_exp(&sample) - sample[usize::from(label)]);
                 if argmax(&sample) == usize::from(label) {
-                    correct += 1;
-                }
-            }
-            start += b;
-        }
-        let n = data.len().max(1) as f64;
-        Evaluation { loss: loss / n, accuracy: correct as f64 / n, samples: data.len() }
-    }
-}
-
-impl Network {
-    /// Every hidden layer's post-ReLU output for the samples at `indices` of
-    /// `data`: one `[width, indices.len()]` row-major buffer per hidden layer,
-    /// computed in batches of the workspace's capacity. For looking inside a
-    /// model (unit matching), so it may allocate; training never calls it.
-    pub fn hidden_activations(
-        &self,
-        params: &[f32],
-        data: &Dataset,
-        indices: &[u32],
-        ws: &mut Workspace,
-    ) -> Vec<Vec<f32>> {
-        let m = indices.len();
-        let hidden = &self.widths[1..self.widths.len() - 1];
-        let mut out: Vec<Vec<f32>> = hidden.iter().map(|w| vec![0.0; w * m]).collect();
-        let mut start = 0;
-        for batch in indices.chunks(ws.capacity) {
-            let b = ws.load_batch(data, batch);
-            self.forward(params, ws, b);
-            for (l, (acts, &width)) in out.iter_mut().zip(hidden).enumerate() {
-                // Layer l's output is activation l + 1, `[width, b]`.
-                for (unit, row) in ws.activations[l + 1][..width * b].chunks_exact(b).enumerate() {
-                    acts[unit * m + start..unit * m + start + b].copy_from_slice(row);
-                }
-            }
-            start += b;
-        }
-        out
-    }
-
-    /// Mean loss and accuracy over `data` of the ensemble of `models` (each a
-    /// parameter buffer of this architecture), whose prediction is the mean of
-    /// the members' softmax probabilities: what a merge of them aims at.
-    pub fn evaluate_ensemble(&self, models: &[&[f32]], data: &Dataset, ws: &mut Workspace) -> Evaluation {
-        let classes = self.classes();
-        let last = self.layout.layers.len();
-        let share = 1.0 / models.len().max(1) as f64;
-        let (mut loss, mut correct) = (0.0f64, 0usize);
-        let mut sample = Vec::with_capacity(classes);
-        let mut probs = vec![0.0f64; classes * ws.capacity];
-        let mut start = 0;
-        while start < data.len() {
-            let b = ws.capacity.min(data.len() - start);
-            ws.load_range(data, start, b);
-            probs[..classes * b].fill(0.0);
-            for params in models {
-                self.forward(params, ws, b);
-                let logits_t = &ws.activations[last][..classes * b];
-                for (s, probs) in probs.chunks_exact_mut(classes).take(b).enumerate() {
-                    sample.clear();
-                    sample.extend(logits_t[s..].iter().step_by(b));
-                    let lse = log_sum_exp(&sample);
-                    for (p, &z) in probs.iter_mut().zip(&sample) {
-                        *p += share * f64::from(z - lse).exp();
-                    }
-                }
-            }
-            for (probs, &label) in probs.chunks_exact(classes).zip(&ws.labels[..b]) {
-                loss -= probs[usize::from(label)].max(f64::MIN_POSITIVE).ln();
-                let predicted =
-                    probs.iter().enumerate().fold(0, |best, (i, &p)| if p > probs[best] { i } else { best });
-                if predicted == usize::from(label) {
                     correct += 1;
                 }
             }
@@ -504,6 +448,9 @@ fn argmax(row: &[f32]) -> usize {
     }
     best
 }
+
+#[path = "model_inspect.rs"]
+mod inspect;
 
 #[cfg(test)]
 #[path = "model_tests.rs"]

@@ -28,6 +28,8 @@ fn a_custom_stack_has_a_layout_of_named_tensors_in_sequential_order() {
     assert_eq!(layout.layers.len(), 4);
     let net = spec.build().unwrap();
     assert_eq!(net.permutation_spec().sizes(), [400, 200, 100]);
+    // Derived from the layers, it is the MLP's spec derived from the dense layers.
+    assert_eq!(net.permutation_spec(), crate::matching::PermutationSpec::mlp(net.layout()));
 }
 
 #[test]

@@ -347,11 +347,18 @@ impl Settings {
         cmd.get_arguments().map(|a| a.get_id().as_str().to_owned()).filter(|id| id != "help").collect()
     }
 
-    /// `self` with every setting given in `over` replacing its own.
+    /// `self` with every setting given in `over` replacing its own. A model
+    /// given in `over` (`model` or `hidden`) replaces both of `self`'s: a
+    /// resumed run's recorded `[model]` gives way to `--hidden`.
     pub fn overlay(self, over: &Settings) -> Result<Settings> {
         let to_table = |s: &Settings| toml::Table::try_from(s).map_err(|e| Error::Config(e.to_string()));
         let mut merged = to_table(&self)?;
-        merged.extend(to_table(over)?);
+        let over = to_table(over)?;
+        if over.contains_key("model") || over.contains_key("hidden") {
+            merged.remove("model");
+            merged.remove("hidden");
+        }
+        merged.extend(over);
         merged.try_into().map_err(|e: toml::de::Error| Error::Config(e.to_string()))
     }
 
@@ -654,6 +661,23 @@ mod tests {
         );
         // The recorded settings reproduce the configuration.
         assert_eq!(config.to_settings().resolve_in(0, None).unwrap(), config);
+    }
+
+    #[test]
+    fn a_model_table_is_read_from_a_file_and_a_model_flag_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "epochs = 2\n[model]\nlayers = [\"dense 30\", \"relu\", \"dense 10\"]\nclasses = 10\n")
+            .unwrap();
+        let file = Settings::from_file(&path).unwrap();
+        let mnist = lazyavg_common::spec::InputShape { channels: 1, height: 28, width: 28 };
+        let config = file.clone().overlay(&Settings::default()).unwrap().resolve_in(1, None).unwrap();
+        assert_eq!(config.model.resolve(mnist, 10).unwrap().to_string(), "784-30-10");
+        let hidden = ModelSettings { hidden: Some(vec![8]), model: None };
+        let flags =
+            Settings { train: TrainSettings { model: hidden, ..TrainSettings::default() }, ..Settings::default() };
+        let config = file.overlay(&flags).unwrap().resolve_in(1, None).unwrap();
+        assert_eq!(config.model.resolve(mnist, 10).unwrap().to_string(), "784-8-10");
     }
 
     #[test]
