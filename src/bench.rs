@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use lazyavg_common::config::TrainConfig;
+use lazyavg_common::config::{ModelSettings, TrainConfig};
 use lazyavg_common::dataset::{self, Dataset};
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model::{self, Matrix};
-use lazyavg_common::params::Architecture;
 use lazyavg_common::rng::{self, Purpose};
+use lazyavg_common::spec::ModelSpec;
 use lazyavg_common::train::{Progress, Trainer};
 use rand::RngExt;
 use tracing::info;
@@ -53,11 +53,11 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     let per_repetition = Duration::from_secs_f64(args.seconds / REPETITIONS as f64);
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
     let base = TrainConfig::default();
-    let arch = base.architecture(split.train.image_len(), NUM_CLASSES)?;
-    let flop_per_sample = arch.train_flop_per_sample() as f64;
+    let arch = ModelSettings::default().resolve(split.train.input_shape(), NUM_CLASSES)?;
+    let flop_per_sample = arch.layout()?.train_flop_per_sample() as f64;
     let mut workloads = Vec::with_capacity(BATCH_SIZES.len() + 1);
     for batch_size in BATCH_SIZES {
-        workloads.push(training(TrainConfig { batch_size, ..base.clone() }, &split.train)?);
+        workloads.push(training(TrainConfig { batch_size, ..base.clone() }, &arch, &split.train)?);
     }
     workloads.push(matmul(CEILING_SIZE));
     info!(rows = workloads.len(), seconds_per_row = args.seconds, "benchmarking on one thread");
@@ -83,8 +83,8 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
 
 /// Training steps of `config` on `data`: each call trains about
 /// [`CHUNK_SAMPLES`] samples of a shuffled epoch and returns how many.
-fn training(config: TrainConfig, data: &Dataset) -> anyhow::Result<Workload<'_>> {
-    let mut trainer = Trainer::new(&config, data.image_len(), NUM_CLASSES)?;
+fn training<'a>(config: TrainConfig, model: &ModelSpec, data: &'a Dataset) -> anyhow::Result<Workload<'a>> {
+    let mut trainer = Trainer::new(&config, model)?;
     let order = rng::permutation(data.len(), &mut rng::stream(config.seed, Purpose::LocalOrder));
     // Whole batches per chunk, so no step runs on a short batch and skews the rate.
     let chunk = CHUNK_SAMPLES.div_ceil(config.batch_size) * config.batch_size;
@@ -150,7 +150,7 @@ fn rate_for(duration: Duration, work: &mut Workload<'_>) -> f64 {
 }
 
 /// The Markdown table on stdout, ready to paste into the README.
-fn print_table(arch: &Architecture, flop_per_sample: f64, per_repetition: Duration, rows: &[Row]) {
+fn print_table(arch: &ModelSpec, flop_per_sample: f64, per_repetition: Duration, rows: &[Row]) {
     let ceiling = rows.last().map_or(f64::NAN, |r| r.gflop_per_s);
     println!(
         "One thread, MLP {arch} ({flop_per_sample:.0} FLOP per training sample); each row is the \

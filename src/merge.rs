@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::Context;
 use lazyavg_common::dataset::{self, Dataset};
 use lazyavg_common::matching::{
-    ActivationAlignment, Align, Input, NoAlignment, PermutationSpec, WeightAlignment, apply, merge, merge_many, repair,
+    ActivationAlignment, Align, Input, NoAlignment, WeightAlignment, apply, merge, merge_many, repair,
 };
-use lazyavg_common::model::{Evaluation, Mlp, Workspace};
+use lazyavg_common::model::{Evaluation, Workspace};
 use lazyavg_common::model_file;
-use lazyavg_common::params::Architecture;
 use lazyavg_common::rng::{self, Purpose};
+use lazyavg_common::spec::ModelSpec;
 use tracing::{info, warn};
 
 use crate::cli::{Matching, MergeArgs, Reference};
@@ -44,9 +44,9 @@ fn refuse_out_over_an_input(args: &MergeArgs) -> anyhow::Result<()> {
 
 /// Says when two inputs hold the same model (the same file twice, or a
 /// copy): the merge then succeeds but is no merge at all.
-fn warn_about_identical_inputs(models: &[(String, Architecture, Vec<f32>)]) {
+fn warn_about_identical_inputs(models: &[(String, ModelSpec, Vec<f32>)]) {
     for (i, (name, arch, params)) in models.iter().enumerate() {
-        if let Some((first, ..)) = models[..i].iter().find(|(_, a, p)| a == arch && p == params) {
+        if let Some((first, ..)) = models[..i].iter().find(|(_, a, p)| a.same_network(arch) && p == params) {
             warn!(first, second = name, "two inputs hold the same model: merging a model with itself gives it back");
         }
     }
@@ -56,7 +56,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.images > 0, "invalid --images: must be at least 1");
     refuse_out_over_an_input(args)?;
     let weights = args.weights.clone().unwrap_or_else(|| vec![1.0; args.inputs.len()]);
-    let models: Vec<(String, Architecture, Vec<f32>)> = args
+    let models: Vec<(String, ModelSpec, Vec<f32>)> = args
         .inputs
         .iter()
         .map(|path| {
@@ -66,8 +66,8 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     warn_about_identical_inputs(&models);
     let inputs: Vec<Input<'_>> = models.iter().map(|(name, arch, params)| Input { name, arch, params }).collect();
-    let mlp = Mlp::new(inputs[0].arch.clone());
-    let spec = PermutationSpec::mlp(mlp.layout());
+    let mlp = inputs[0].arch.build()?;
+    let spec = mlp.permutation_spec();
     // First, since it refuses mismatched inputs before the data is read.
     let naive = merge(&spec, &inputs, &weights, &NoAlignment { spec: spec.clone() })?;
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
@@ -92,7 +92,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
                 .sum()
         })
         .collect();
-    info!(method = ?args.matching, architecture = %mlp.arch(), seconds = start.elapsed().as_secs_f64(), units_moved = ?moved, rounds, "aligned");
+    info!(method = ?args.matching, architecture = %mlp.spec(), seconds = start.elapsed().as_secs_f64(), units_moved = ?moved, rounds, "aligned");
     let repaired = if args.repair {
         let aligned = inputs
             .iter()
@@ -109,11 +109,11 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    model_file::save(&args.out, mlp.arch(), repaired.as_deref().unwrap_or(&merged.params))
+    model_file::save(&args.out, mlp.spec(), repaired.as_deref().unwrap_or(&merged.params))
         .with_context(|| format!("saving the merged model to {}", args.out.display()))?;
     info!(path = %args.out.display(), "merged model saved");
 
-    let mut ws = Workspace::new(mlp.arch(), 1000);
+    let mut ws = Workspace::new(&mlp, 1000);
     let test = &split.test;
     let mut rows: Vec<(String, Evaluation)> =
         inputs.iter().map(|input| (file_name(input.name), mlp.evaluate(input.params, test, &mut ws))).collect();

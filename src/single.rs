@@ -19,8 +19,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.epochs > 0, "invalid --epochs: must be at least 1");
     let (split, verification) = dataset::load_dir(&args.data.data_dir, args.verify)?;
     verification.log();
-    let mut trainer = Trainer::new(&config, split.train.image_len(), NUM_CLASSES)?;
-    info!(architecture = %trainer.mlp().arch(), parameters = trainer.mlp().len(), "training in one process");
+    let model = args.hyper.model.resolve(split.train.input_shape(), NUM_CLASSES)?;
+    let mut trainer = Trainer::new(&config, &model)?;
+    info!(architecture = %model, parameters = trainer.network().len(), "training in one process");
     let samples: Vec<u32> = match args.part {
         Some(part) => part.indices(args.split_seed, split.train.len()),
         None => (0..split.train.len() as u32).collect(),
@@ -61,7 +62,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &args.save {
-        model_file::save(path, trainer.mlp().arch(), trainer.params())
+        model_file::save(path, &model, trainer.params())
             .with_context(|| format!("saving the model to {}", path.display()))?;
         info!(path = %path.display(), "model saved");
     }

@@ -11,10 +11,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use lazyavg_common::matching::{Permutation, PermutationSpec, apply, assignment, match_weights};
-use lazyavg_common::model::{Matrix, Mlp, matmul};
-use lazyavg_common::params::Architecture;
+use lazyavg_common::matching::{Permutation, apply, assignment, match_weights};
+use lazyavg_common::model::{Matrix, matmul};
 use lazyavg_common::rng::StreamRng;
+use lazyavg_common::spec::ModelSpec;
 use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -112,14 +112,14 @@ fn main() {
     if let [a, b] = files.as_slice() {
         let (arch, a_params) = lazyavg_common::model_file::load(a.as_ref()).expect("first model");
         let (_, b_params) = lazyavg_common::model_file::load(b.as_ref()).expect("second model");
-        let spec = PermutationSpec::mlp(&arch.layout());
+        let spec = arch.build().expect("network").permutation_spec();
         let t = median_time(3, || drop(black_box(match_weights(&spec, &a_params, &b_params, 1, 100))));
         println!("| {arch}, the two given files | {} |", ms(t));
     }
     for hidden in [200, 1000] {
-        let arch = Architecture::mlp(784, &[hidden, hidden], 10).expect("architecture");
-        let mlp = Mlp::new(arch.clone());
-        let spec = PermutationSpec::mlp(mlp.layout());
+        let arch = ModelSpec::from_widths(&[784, hidden, hidden, 10]).expect("architecture");
+        let mlp = arch.build().expect("network");
+        let spec = mlp.permutation_spec();
         let a = mlp.init(2);
         let b = mlp.init(3);
         let mut permuted_a = a.clone();

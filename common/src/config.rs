@@ -5,22 +5,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::optim::Sgd;
-use crate::params::Architecture;
+use crate::spec::ModelSpec;
 
 /// Everything a worker needs to train its part of a run; the coordinator
 /// sends it in the handshake.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSpec {
     pub train: TrainConfig,
-    pub arch: Architecture,
+    pub model: ModelSpec,
     pub epochs: usize,
 }
 
 /// How every worker trains. Defaults were chosen by measurement (docs/tuning.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
-    /// Hidden layer widths.
-    pub hidden: Vec<usize>,
     pub batch_size: usize,
     pub lr: f32,
     pub momentum: f32,
@@ -101,7 +99,6 @@ impl LrScaling {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            hidden: vec![200, 200],
             batch_size: 32,
             lr: 0.05,
             momentum: 0.9,
@@ -119,9 +116,9 @@ impl Default for TrainConfig {
 /// Shared by `lazyavg train` and `lazyavg coordinator` (flattened into both).
 #[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
 pub struct TrainSettings {
-    /// Hidden layer widths, comma-separated [default: 200,200].
-    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "W,W,..")]
-    pub hidden: Option<Vec<usize>>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelSettings,
 
     /// Samples per minibatch [default: 32].
     #[arg(long, value_name = "B")]
@@ -161,8 +158,8 @@ impl TrainSettings {
     pub fn resolve(&self) -> Result<TrainConfig> {
         let d = TrainConfig::default();
         let momentum = self.momentum.unwrap_or(d.momentum);
+        self.model.check()?;
         let config = TrainConfig {
-            hidden: self.hidden.clone().unwrap_or(d.hidden),
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             lr: self.lr.unwrap_or(d.lr),
             momentum,
@@ -178,10 +175,11 @@ impl TrainSettings {
         Ok(config)
     }
 
-    /// Every setting given, as `config` has it (to record a resolved run).
-    pub fn from_config(config: &TrainConfig) -> Self {
+    /// Every setting given, as `config` has it (to record a resolved run),
+    /// and the model it trains, described in full.
+    pub fn from_config(config: &TrainConfig, model: &ModelSettings) -> Self {
         TrainSettings {
-            hidden: Some(config.hidden.clone()),
+            model: model.clone(),
             batch_size: Some(config.batch_size),
             lr: Some(config.lr),
             momentum: Some(config.momentum),
@@ -213,12 +211,6 @@ impl TrainConfig {
 
     /// Checks every value; errors name the flag.
     pub fn validate(&self) -> Result<()> {
-        if self.hidden.is_empty() {
-            return Err(Error::config("--hidden", "needs at least one layer width, e.g. 200,200"));
-        }
-        if self.hidden.contains(&0) {
-            return Err(Error::config("--hidden", format!("layer widths must be positive, got {:?}", self.hidden)));
-        }
         // The protocol carries the batch size in 32 bits.
         if self.batch_size == 0 || self.batch_size > u32::MAX as usize {
             return Err(Error::config("--batch-size", format!("must be 1 to {}, got {}", u32::MAX, self.batch_size)));
@@ -264,12 +256,9 @@ impl TrainConfig {
     pub fn sgd(&self) -> Result<Sgd> {
         Sgd::new(self.momentum, self.weight_decay, self.nesterov)
     }
-
-    /// The architecture for inputs of `inputs` pixels and `outputs` classes.
-    pub fn architecture(&self, inputs: usize, outputs: usize) -> Result<Architecture> {
-        Architecture::mlp(inputs, &self.hidden, outputs)
-    }
 }
+
+pub use crate::model_settings::{ModelChoice, ModelSettings};
 
 #[cfg(test)]
 mod tests {
@@ -295,17 +284,20 @@ mod tests {
         assert!(big.check_batch_fits(1_000_000, "the training set").is_ok());
         assert!(bad(|c| c.lr = 0.0).starts_with("invalid --lr"));
         assert!(bad(|c| c.lr = f32::INFINITY).starts_with("invalid --lr"));
-        assert!(bad(|c| c.hidden.clear()).starts_with("invalid --hidden"));
         assert!(bad(|c| c.momentum = -0.1).starts_with("invalid --momentum"));
     }
 
     #[test]
     fn settings_override_defaults_and_round_trip() {
-        let settings = TrainSettings { lr: Some(0.1), hidden: Some(vec![64]), ..TrainSettings::default() };
+        let model = ModelSettings { hidden: Some(vec![64]), ..ModelSettings::default() };
+        let settings = TrainSettings { lr: Some(0.1), model: model.clone(), ..TrainSettings::default() };
         let config = settings.resolve().unwrap();
-        assert_eq!((config.lr, config.hidden.clone(), config.batch_size), (0.1, vec![64], 32));
-        assert_eq!(TrainSettings::from_config(&config).resolve().unwrap(), config);
-        let bad = TrainSettings { hidden: Some(vec![]), ..TrainSettings::default() };
+        assert_eq!((config.lr, config.batch_size), (0.1, 32));
+        assert_eq!(TrainSettings::from_config(&config, &model).resolve().unwrap(), config);
+        let bad = TrainSettings {
+            model: ModelSettings { hidden: Some(vec![]), ..ModelSettings::default() },
+            ..TrainSettings::default()
+        };
         assert!(bad.resolve().unwrap_err().to_string().starts_with("invalid --hidden"));
     }
 

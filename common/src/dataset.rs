@@ -74,6 +74,11 @@ impl Dataset {
         self.rows * self.cols
     }
 
+    /// The shape of one image as a model's input: one channel of `rows × cols`.
+    pub fn input_shape(&self) -> crate::spec::InputShape {
+        crate::spec::InputShape { channels: 1, height: self.rows, width: self.cols }
+    }
+
     pub fn labels(&self) -> &[u8] {
         &self.labels
     }

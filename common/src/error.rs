@@ -32,6 +32,11 @@ pub enum Error {
     #[error("invalid {field}: {problem}")]
     Config { field: &'static str, problem: String },
 
+    /// A model description that cannot be built: `at` names the layer
+    /// (`layer 3 (dense 0)`) or the part of the description.
+    #[error("invalid model, {at}: {problem}")]
+    Model { at: String, problem: String },
+
     #[error("parameter buffer holds {actual} values but the architecture {architecture} needs {expected}")]
     ParamLength { architecture: String, expected: usize, actual: usize },
 
@@ -52,6 +57,13 @@ impl Error {
     /// A malformed IDX file.
     pub fn idx(file: &str, problem: impl Into<String>) -> Self {
         Error::Idx { file: file.to_owned(), problem: problem.into() }
+    }
+
+    /// A model description refused at layer `layer` (1-based; 0 for the
+    /// description as a whole, named by `name`).
+    pub fn model(layer: usize, name: &str, problem: impl Into<String>) -> Self {
+        let at = if layer == 0 { name.to_owned() } else { format!("layer {layer} ({name})") };
+        Error::Model { at, problem: problem.into() }
     }
 
     /// A configuration value that fails validation.

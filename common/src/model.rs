@@ -1,4 +1,4 @@
-//! The multilayer perceptron: He initialisation, minibatch forward and
+//! The network a [`ModelSpec`] describes: He initialisation, minibatch forward and
 //! backward passes as matrix products, softmax cross-entropy, evaluation.
 //!
 //! Shapes, for a batch of `B` samples and layer `l` mapping `in → out`: the
@@ -23,15 +23,26 @@ use rand::RngExt;
 use rand_distr::StandardNormal;
 
 use crate::dataset::Dataset;
-use crate::params::{Architecture, LayerLayout, Layout};
+use crate::error::{Error, Result};
+use crate::matching::{Group, PermutationSpec, TensorAxis};
+use crate::params::{LayerLayout, Layout};
 use crate::rng::{self, Purpose};
+use crate::spec::{LayerSpec, ModelSpec};
 
-/// An MLP of a given architecture. It holds no parameters: those are a flat
-/// buffer owned by the caller (see [`crate::params`]).
+/// The network of a [`ModelSpec`], built by [`ModelSpec::build`]. It holds
+/// no parameters: those are a flat buffer owned by the caller (see
+/// [`crate::params`]).
+///
+/// The passes run the stack as stages: a dense layer, and the ReLU after it
+/// fused into the same pass over its output.
 #[derive(Debug, Clone)]
-pub struct Mlp {
-    arch: Architecture,
+pub struct Network {
+    spec: ModelSpec,
     layout: Layout,
+    /// Whether dense layer `l` is followed by a ReLU.
+    relu: Vec<bool>,
+    /// Values per sample at every stage boundary: the input, then each dense layer's output.
+    widths: Vec<usize>,
 }
 
 /// Mean loss and accuracy over a dataset.
@@ -58,9 +69,9 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub fn new(arch: &Architecture, capacity: usize) -> Self {
-        let activations = arch.widths.iter().map(|w| vec![0.0; w * capacity]).collect();
-        let deltas = arch
+    pub fn new(network: &Network, capacity: usize) -> Self {
+        let activations = network.widths.iter().map(|w| vec![0.0; w * capacity]).collect();
+        let deltas = network
             .widths
             .iter()
             .enumerate()
@@ -84,14 +95,67 @@ impl Workspace {
     }
 }
 
-impl Mlp {
-    pub fn new(arch: Architecture) -> Self {
-        let layout = arch.layout();
-        Mlp { arch, layout }
+impl Network {
+    /// The network of `spec`, checked. Each ReLU must follow a dense layer,
+    /// which computes it in the same pass.
+    pub fn new(spec: ModelSpec) -> Result<Self> {
+        let layout = spec.layout()?;
+        let mut relu: Vec<bool> = Vec::with_capacity(layout.layers.len());
+        let mut widths = vec![spec.input.len()];
+        for (i, layer) in spec.layers.iter().enumerate() {
+            match layer {
+                LayerSpec::Dense { units } => {
+                    relu.push(false);
+                    widths.push(*units);
+                }
+                LayerSpec::Relu => match relu.last_mut() {
+                    Some(after) if !*after => *after = true,
+                    _ => {
+                        let problem = "must follow a dense layer (a ReLU right after the input or another ReLU)";
+                        return Err(Error::model(i + 1, "relu", problem));
+                    }
+                },
+            }
+        }
+        Ok(Network { spec, layout, relu, widths })
     }
 
-    pub fn arch(&self) -> &Architecture {
-        &self.arch
+    /// The description this network was built from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Values per sample of the input.
+    pub fn inputs(&self) -> usize {
+        self.widths[0]
+    }
+
+    /// Number of classes (the width of the logits).
+    pub fn classes(&self) -> usize {
+        self.spec.classes
+    }
+
+    /// Which parts of the buffer each permutable group of units moves: every
+    /// dense layer's output units but the last's, through the elementwise
+    /// layers after it, up to the next layer with weights.
+    pub fn permutation_spec(&self) -> PermutationSpec {
+        let tensor = |name: String| self.layout.tensor(&name).expect("every dense layer has a weight and a bias");
+        let axis =
+            |t: &crate::params::TensorLayout, axis| TensorAxis { range: t.range.clone(), shape: t.shape.clone(), axis };
+        let mut groups = Vec::new();
+        for (i, layer) in self.spec.layers.iter().enumerate() {
+            let LayerSpec::Dense { units } = *layer else { continue };
+            // The next layer with weights, if only elementwise layers lie between.
+            let rest = &self.spec.layers[i + 1..];
+            let Some(next) = rest.iter().position(|l| !l.is_elementwise()).map(|n| i + 1 + n) else { continue };
+            if !matches!(self.spec.layers[next], LayerSpec::Dense { .. }) {
+                continue;
+            }
+            let (weight, bias, above) =
+                (tensor(format!("{i}.weight")), tensor(format!("{i}.bias")), tensor(format!("{next}.weight")));
+            groups.push(Group { size: units, axes: vec![axis(weight, 0), axis(bias, 0), axis(above, 1)] });
+        }
+        PermutationSpec { groups, len: self.layout.len }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -135,10 +199,11 @@ impl Mlp {
         debug_assert_eq!(grads.len(), self.layout.len);
         self.forward(params, ws, b);
         let last = self.layout.layers.len();
+        let classes = self.classes();
         let loss = softmax_cross_entropy_grad(
-            &ws.activations[last][..b * self.arch.outputs()],
+            &ws.activations[last][..b * classes],
             &ws.labels[..b],
-            &mut ws.deltas[last][..b * self.arch.outputs()],
+            &mut ws.deltas[last][..b * classes],
         );
         for (l, layer) in self.layout.layers.iter().enumerate().rev() {
             let (below, above) = ws.deltas.split_at_mut(l + 1);
@@ -152,7 +217,9 @@ impl Mlp {
                 // delta_belowᵀ = (Wᵀ · deltaᵀ) ⊙ [Aᵀ > 0]   ([in, out] · [out, B])
                 let below = &mut below[l][..layer.inputs * b];
                 matmul(weight(params, layer).t(), delta_t, below);
-                relu_backward(below, input_t.data);
+                if self.relu[l - 1] {
+                    relu_backward(below, input_t.data);
+                }
             }
         }
         loss
@@ -161,14 +228,13 @@ impl Mlp {
     /// Forward pass over `b` samples loaded in `ws`; the logits end up in the
     /// last activation, `[classes, B]`.
     fn forward(&self, params: &[f32], ws: &mut Workspace, b: usize) {
-        let last = self.layout.layers.len() - 1;
         for (l, layer) in self.layout.layers.iter().enumerate() {
             let (inputs, outputs) = ws.activations.split_at_mut(l + 1);
             let z_t = &mut outputs[0][..layer.outputs * b];
             // Zᵀ = W · Aᵀ   ([out, in] · [in, B])
             matmul(weight(params, layer), transposed_input(inputs, l, layer.inputs, b), z_t);
             let bias = &params[layer.bias.clone()];
-            if l < last {
+            if self.relu[l] {
                 add_bias_to_rows(z_t, bias, |z| z.max(0.0));
             } else {
                 add_bias_to_rows(z_t, bias, |z| z);
@@ -179,7 +245,7 @@ impl Mlp {
     /// Mean loss and accuracy of `params` over all of `data`, in batches of the
     /// workspace's capacity.
     pub fn evaluate(&self, params: &[f32], data: &Dataset, ws: &mut Workspace) -> Evaluation {
-        let classes = self.arch.outputs();
+        let classes = self.classes();
         let last = self.layout.layers.len();
         let (mut loss, mut correct) = (0.0f64, 0usize);
         // One sample's logits, gathered from their column of the transposed batch.
@@ -195,78 +261,6 @@ impl Mlp {
                 sample.extend(logits_t[s..].iter().step_by(b));
                 loss += f64::from(log_sum_exp(&sample) - sample[usize::from(label)]);
                 if argmax(&sample) == usize::from(label) {
-                    correct += 1;
-                }
-            }
-            start += b;
-        }
-        let n = data.len().max(1) as f64;
-        Evaluation { loss: loss / n, accuracy: correct as f64 / n, samples: data.len() }
-    }
-}
-
-impl Mlp {
-    /// Every hidden layer's post-ReLU output for the samples at `indices` of
-    /// `data`: one `[width, indices.len()]` row-major buffer per hidden layer,
-    /// computed in batches of the workspace's capacity. For looking inside a
-    /// model (unit matching), so it may allocate; training never calls it.
-    pub fn hidden_activations(
-        &self,
-        params: &[f32],
-        data: &Dataset,
-        indices: &[u32],
-        ws: &mut Workspace,
-    ) -> Vec<Vec<f32>> {
-        let m = indices.len();
-        let hidden = &self.arch.widths[1..self.arch.widths.len() - 1];
-        let mut out: Vec<Vec<f32>> = hidden.iter().map(|w| vec![0.0; w * m]).collect();
-        let mut start = 0;
-        for batch in indices.chunks(ws.capacity) {
-            let b = ws.load_batch(data, batch);
-            self.forward(params, ws, b);
-            for (l, (acts, &width)) in out.iter_mut().zip(hidden).enumerate() {
-                // Layer l's output is activation l + 1, `[width, b]`.
-                for (unit, row) in ws.activations[l + 1][..width * b].chunks_exact(b).enumerate() {
-                    acts[unit * m + start..unit * m + start + b].copy_from_slice(row);
-                }
-            }
-            start += b;
-        }
-        out
-    }
-
-    /// Mean loss and accuracy over `data` of the ensemble of `models` (each a
-    /// parameter buffer of this architecture), whose prediction is the mean of
-    /// the members' softmax probabilities: what a merge of them aims at.
-    pub fn evaluate_ensemble(&self, models: &[&[f32]], data: &Dataset, ws: &mut Workspace) -> Evaluation {
-        let classes = self.arch.outputs();
-        let last = self.layout.layers.len();
-        let share = 1.0 / models.len().max(1) as f64;
-        let (mut loss, mut correct) = (0.0f64, 0usize);
-        let mut sample = Vec::with_capacity(classes);
-        let mut probs = vec![0.0f64; classes * ws.capacity];
-        let mut start = 0;
-        while start < data.len() {
-            let b = ws.capacity.min(data.len() - start);
-            ws.load_range(data, start, b);
-            probs[..classes * b].fill(0.0);
-            for params in models {
-                self.forward(params, ws, b);
-                let logits_t = &ws.activations[last][..classes * b];
-                for (s, probs) in probs.chunks_exact_mut(classes).take(b).enumerate() {
-                    sample.clear();
-                    sample.extend(logits_t[s..].iter().step_by(b));
-                    let lse = log_sum_exp(&sample);
-                    for (p, &z) in probs.iter_mut().zip(&sample) {
-                        *p += share * f64::from(z - lse).exp();
-                    }
-                }
-            }
-            for (probs, &label) in probs.chunks_exact(classes).zip(&ws.labels[..b]) {
-                loss -= probs[usize::from(label)].max(f64::MIN_POSITIVE).ln();
-                let predicted =
-                    probs.iter().enumerate().fold(0, |best, (i, &p)| if p > probs[best] { i } else { best });
-                if predicted == usize::from(label) {
                     correct += 1;
                 }
             }
@@ -455,206 +449,9 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
+#[path = "model_inspect.rs"]
+mod inspect;
+
 #[cfg(test)]
-mod tests {
-    use rand::SeedableRng;
-
-    use super::*;
-    use crate::idx::Images;
-    use crate::rng::StreamRng;
-
-    /// The obvious f64 implementation of the mean loss, the reference for the gradient check.
-    fn reference_loss(arch: &Architecture, params: &[f64], x: &[f64], labels: &[u8]) -> f64 {
-        let layout = arch.layout();
-        let b = labels.len();
-        let mut a: Vec<f64> = x.to_vec();
-        for (l, layer) in layout.layers.iter().enumerate() {
-            let mut z = vec![0.0; b * layer.outputs];
-            for s in 0..b {
-                for o in 0..layer.outputs {
-                    let mut acc = params[layer.bias.start + o];
-                    for i in 0..layer.inputs {
-                        acc += a[s * layer.inputs + i] * params[layer.weight.start + o * layer.inputs + i];
-                    }
-                    z[s * layer.outputs + o] = if l + 1 < layout.layers.len() { acc.max(0.0) } else { acc };
-                }
-            }
-            a = z;
-        }
-        let c = arch.outputs();
-        (0..b)
-            .map(|s| {
-                let row = &a[s * c..(s + 1) * c];
-                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                max + row.iter().map(|z| (z - max).exp()).sum::<f64>().ln() - row[labels[s] as usize]
-            })
-            .sum::<f64>()
-            / b as f64
-    }
-
-    fn tiny_batch(rng: &mut StreamRng, b: usize, inputs: usize) -> Dataset {
-        let pixels = (0..b * inputs).map(|_| rng.random()).collect();
-        let labels = (0..b).map(|_| rng.random_range(0..2)).collect();
-        Dataset::new(Images { count: b, rows: 1, cols: inputs, pixels }, labels, "tiny").unwrap()
-    }
-
-    #[test]
-    fn gradient_matches_central_differences() {
-        let arch = Architecture::mlp(4, &[3], 2).unwrap();
-        let mlp = Mlp::new(arch.clone());
-        let mut rng = StreamRng::seed_from_u64(42);
-        let mut params = mlp.init(42);
-        // Non-zero biases so every ReLU is exercised away from its kink.
-        for layer in &mlp.layout().layers {
-            for v in &mut params[layer.bias.clone()] {
-                *v = (rng.sample::<f64, _>(StandardNormal) * 0.1) as f32;
-            }
-        }
-        let data = tiny_batch(&mut rng, 5, 4);
-        let indices: Vec<u32> = (0..5).collect();
-        let mut ws = Workspace::new(&arch, 5);
-        let b = ws.load_batch(&data, &indices);
-        let mut grads = vec![0.0; mlp.len()];
-        let loss = mlp.loss_and_grad(&params, &mut grads, &mut ws, b);
-
-        let x: Vec<f64> = ws.activations[0][..b * 4].iter().map(|&v| f64::from(v)).collect();
-        let p64: Vec<f64> = params.iter().map(|&v| f64::from(v)).collect();
-        assert!((reference_loss(&arch, &p64, &x, data.labels()) - f64::from(loss)).abs() < 1e-5);
-        let h = 1e-6;
-        for i in 0..p64.len() {
-            let (mut plus, mut minus) = (p64.clone(), p64.clone());
-            plus[i] += h;
-            minus[i] -= h;
-            let numeric = (reference_loss(&arch, &plus, &x, data.labels())
-                - reference_loss(&arch, &minus, &x, data.labels()))
-                / (2.0 * h);
-            let analytic = f64::from(grads[i]);
-            let scale = numeric.abs().max(analytic.abs()).max(1e-3);
-            assert!(
-                (numeric - analytic).abs() / scale < 1e-4,
-                "parameter {i}: analytic {analytic} vs numeric {numeric}"
-            );
-        }
-    }
-
-    #[test]
-    fn bias_gradient_is_the_column_sum_of_the_output_delta() {
-        let arch = Architecture::mlp(3, &[], 4).unwrap();
-        let mlp = Mlp::new(arch.clone());
-        let mut rng = StreamRng::seed_from_u64(5);
-        let params = mlp.init(5);
-        let data = tiny_batch(&mut rng, 6, 3);
-        let mut ws = Workspace::new(&arch, 8);
-        let b = ws.load_batch(&data, &[0, 1, 2, 3, 4, 5]);
-        let mut grads = vec![0.0; mlp.len()];
-        mlp.loss_and_grad(&params, &mut grads, &mut ws, b);
-        // The obvious loop in f64; deltas are stored `[4, b]`.
-        let delta = &ws.deltas[1];
-        let bias_grad = &grads[mlp.layout().layers[0].bias.clone()];
-        for (o, &got) in bias_grad.iter().enumerate() {
-            let want: f64 = delta[o * b..(o + 1) * b].iter().map(|&d| f64::from(d)).sum();
-            assert!((f64::from(got) - want).abs() < 1e-6, "output {o}: {got} vs {want}");
-        }
-    }
-
-    #[test]
-    fn row_sums_match_the_obvious_sum_for_any_width() {
-        let mut rng = StreamRng::seed_from_u64(3);
-        for width in [1, 7, 8, 9, 32, 37] {
-            let rows: Vec<f32> = (0..3 * width).map(|_| rng.sample(StandardNormal)).collect();
-            let mut sums = [0.0; 3];
-            row_sums(&rows, &mut sums);
-            for (o, &got) in sums.iter().enumerate() {
-                let want: f64 = rows[o * width..(o + 1) * width].iter().map(|&v| f64::from(v)).sum();
-                assert!((f64::from(got) - want).abs() < 1e-5, "width {width}, row {o}: {got} vs {want}");
-            }
-        }
-    }
-
-    /// `lhs · rhs` for row-major `m × k` and `k × n` buffers, in f64.
-    fn reference_product(lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
-        let mut out = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                out[i * n + j] = (0..k).map(|p| f64::from(lhs[i * k + p]) * f64::from(rhs[p * n + j])).sum();
-            }
-        }
-        out
-    }
-
-    /// The row-major transpose of a row-major `rows × cols` buffer.
-    fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        (0..cols * rows).map(|i| data[(i % rows) * cols + i / rows]).collect()
-    }
-
-    #[test]
-    fn matmul_matches_the_obvious_product_in_every_layout() {
-        let mut rng = StreamRng::seed_from_u64(11);
-        // Odd sizes, so the kernels' edge handling runs; an empty inner dimension, whose
-        // product is all zeros; and the network's own shapes.
-        for (m, k, n) in [(1, 1, 1), (3, 0, 2), (7, 13, 5), (33, 17, 65), (32, 784, 200), (200, 32, 784), (32, 10, 200)]
-        {
-            let lhs: Vec<f32> = (0..m * k).map(|_| rng.sample(StandardNormal)).collect();
-            let rhs: Vec<f32> = (0..k * n).map(|_| rng.sample(StandardNormal)).collect();
-            let expected = reference_product(&lhs, &rhs, m, k, n);
-            let (lhs_t, rhs_t) = (transposed(&lhs, m, k), transposed(&rhs, k, n));
-            for (lhs_transposed, rhs_transposed) in [(false, false), (true, false), (false, true), (true, true)] {
-                let a = if lhs_transposed { Matrix::new(&lhs_t, k, m).t() } else { Matrix::new(&lhs, m, k) };
-                let b = if rhs_transposed { Matrix::new(&rhs_t, n, k).t() } else { Matrix::new(&rhs, k, n) };
-                let mut dst = vec![f32::NAN; m * n];
-                matmul(a, b, &mut dst);
-                for (i, (&got, &want)) in dst.iter().zip(&expected).enumerate() {
-                    // f32 sums of k products of unit normals: error well under 1e-5·√k.
-                    assert!(
-                        (f64::from(got) - want).abs() < 1e-5 * (k as f64).sqrt().max(1.0) * want.abs().max(1.0),
-                        "{m}×{k}·{k}×{n} ({lhs_transposed}, {rhs_transposed}) [{i}]: {got} vs {want}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "inner dimensions differ")]
-    fn matmul_refuses_mismatched_shapes() {
-        let a = [1.0; 6];
-        matmul(Matrix::new(&a, 2, 3), Matrix::new(&a, 2, 3), &mut [0.0; 4]);
-    }
-
-    #[test]
-    fn cross_entropy_is_stable_for_huge_logits() {
-        let mut grad = [0.0; 3];
-        let loss = softmax_cross_entropy_grad(&[1000.0, 0.0, -1000.0], &[0], &mut grad);
-        assert_eq!(loss, 0.0);
-        assert!(grad.iter().all(|g| g.is_finite()));
-        let loss = softmax_cross_entropy_grad(&[1000.0, 0.0, -1000.0], &[1], &mut grad);
-        assert!((loss - 1000.0).abs() < 1e-3, "{loss}");
-    }
-
-    /// Known answer: the SHA-256 of the default 784-200-200-10 model's initial
-    /// weights for seed 1, which every seeded run starts from.
-    ///
-    /// If this fails after a dependency upgrade, `rand_xoshiro` or
-    /// `rand_distr` changed what the init stream draws (see
-    /// `rng::tests::streams_are_pinned` for what to do); if after a change to
-    /// [`Mlp::init`], every seeded run changes: remeasure the figures in docs/.
-    #[test]
-    fn default_init_is_pinned() {
-        let config = crate::config::TrainConfig::default();
-        let mlp = Mlp::new(config.architecture(784, 10).unwrap());
-        assert_eq!(mlp.arch().to_string(), "784-200-200-10");
-        let digest = crate::params::digest(&mlp.init(1));
-        assert_eq!(digest, "1ad61a2d2ccb2ad59097bfee2e208a462a300fda9916cbdff349918ddcbc5ec8");
-    }
-
-    #[test]
-    fn he_init_has_the_right_scale() {
-        let arch = Architecture::mlp(784, &[200], 10).unwrap();
-        let mlp = Mlp::new(arch);
-        let params = mlp.init(1);
-        let w = &params[mlp.layout().layers[0].weight.clone()];
-        let var = w.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / w.len() as f64;
-        assert!((var - 2.0 / 784.0).abs() / (2.0 / 784.0) < 0.02, "variance {var}");
-        assert!(params[mlp.layout().layers[0].bias.clone()].iter().all(|&b| b == 0.0));
-    }
-}
+#[path = "model_tests.rs"]
+mod tests;

@@ -2,10 +2,14 @@
 //!
 //! Tensor names and shapes follow `nn.Sequential(Linear, ReLU, Linear, …)`:
 //! layer `l` is module `2l`, so the default MLP has `0.weight` `[200, 784]`,
-//! `0.bias` `[200]`, `2.weight` `[200, 200]`, …, `4.bias` `[10]`. The metadata
-//! records the architecture so a file can be loaded without being told it;
-//! a file without that metadata (PyTorch's `safetensors.torch.save_file` of
-//! the `state_dict`) has it inferred from its tensors' names and shapes.
+//! `0.bias` `[200]`, `2.weight` `[200, 200]`, …, `4.bias` `[10]`: the names
+//! and shapes of the model's [`Layout`]. The metadata records the model's
+//! whole description (`lazyavg.model`, the [`ModelSpec`] as JSON) so a file
+//! can be loaded without being told it, and its widths
+//! (`lazyavg.architecture`, `784-200-10`) as files of earlier versions did.
+//! A file with only widths is read as an MLP on a flat input; a file without
+//! either (PyTorch's `safetensors.torch.save_file` of the `state_dict`) has
+//! its MLP inferred from its tensors' names and shapes.
 //!
 //! A file may also carry 1-D tensors named `lazyavg.*` (a checkpoint's
 //! optimiser state); [`Extras`] holds them. Plain model files have none, so
@@ -19,9 +23,13 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_bytes_atomic;
-use crate::params::{Architecture, first_non_finite};
+use crate::params::{Layout, first_non_finite};
+use crate::spec::ModelSpec;
 
+/// The widths of an MLP, `784-200-10` (every version writes it).
 const ARCHITECTURE_KEY: &str = "lazyavg.architecture";
+/// The whole [`ModelSpec`], as JSON.
+const MODEL_KEY: &str = "lazyavg.model";
 
 /// Prefix of tensor names that are not the model's own.
 const EXTRA_PREFIX: &str = "lazyavg.";
@@ -42,15 +50,15 @@ fn bias_name(layer: usize) -> String {
     format!("{}.bias", 2 * layer)
 }
 
-/// Serialises `params` of `arch` to safetensors bytes.
-pub fn to_bytes(arch: &Architecture, params: &[f32]) -> Result<Vec<u8>> {
-    to_bytes_with(arch, params, &Extras::default())
+/// Serialises `params` of the model `spec` to safetensors bytes.
+pub fn to_bytes(spec: &ModelSpec, params: &[f32]) -> Result<Vec<u8>> {
+    to_bytes_with(spec, params, &Extras::default())
 }
 
 /// [`to_bytes`] with `extras` beside the model.
-pub fn to_bytes_with(arch: &Architecture, params: &[f32], extras: &Extras) -> Result<Vec<u8>> {
-    let layout = arch.layout();
-    layout.check_len(arch, params)?;
+pub fn to_bytes_with(spec: &ModelSpec, params: &[f32], extras: &Extras) -> Result<Vec<u8>> {
+    let layout = spec.layout()?;
+    layout.check_len(spec, params)?;
     if let Some(name) = extras.tensors.keys().find(|n| !n.starts_with(EXTRA_PREFIX)) {
         return Err(Error::ModelFile {
             path: "<memory>".into(),
@@ -63,22 +71,22 @@ pub fn to_bytes_with(arch: &Architecture, params: &[f32], extras: &Extras) -> Re
         .iter()
         .map(|(name, values)| (name, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
-    let mut tensors = Vec::with_capacity(2 * layout.layers.len() + extra_bytes.len());
-    for (l, layer) in layout.layers.iter().enumerate() {
-        let w = &bytes[4 * layer.weight.start..4 * layer.weight.end];
-        let b = &bytes[4 * layer.bias.start..4 * layer.bias.end];
-        tensors.push((weight_name(l), tensor(vec![layer.outputs, layer.inputs], w)?));
-        tensors.push((bias_name(l), tensor(vec![layer.outputs], b)?));
+    let mut tensors = Vec::with_capacity(layout.tensors.len() + extra_bytes.len());
+    for t in &layout.tensors {
+        tensors.push((t.name.clone(), tensor(t.shape.clone(), &bytes[4 * t.range.start..4 * t.range.end])?));
     }
     for (name, data) in &extra_bytes {
         tensors.push(((*name).clone(), tensor(vec![data.len() / 4], data)?));
     }
     let mut metadata = extras.metadata.clone();
-    metadata.extend([
-        ("format".to_owned(), "pt".to_owned()),
-        (ARCHITECTURE_KEY.to_owned(), arch.to_string()),
-        (ACTIVATION_KEY.to_owned(), ACTIVATION.to_owned()),
-    ]);
+    let description = serde_json::to_string(spec).expect("a model description serialises");
+    metadata.extend([("format".to_owned(), "pt".to_owned()), (MODEL_KEY.to_owned(), description)]);
+    if spec.mlp_widths().is_some() {
+        metadata.extend([
+            (ARCHITECTURE_KEY.to_owned(), spec.to_string()),
+            (ACTIVATION_KEY.to_owned(), ACTIVATION.to_owned()),
+        ]);
+    }
     safetensors::serialize(tensors, Some(metadata))
         .map_err(|e| Error::ModelFile { path: "<memory>".into(), problem: e.to_string() })
 }
@@ -89,19 +97,19 @@ fn tensor(shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>> {
 }
 
 /// Writes the model to `path` atomically.
-pub fn save(path: &Path, arch: &Architecture, params: &[f32]) -> Result<()> {
-    write_bytes_atomic(path, &to_bytes(arch, params)?)
+pub fn save(path: &Path, spec: &ModelSpec, params: &[f32]) -> Result<()> {
+    write_bytes_atomic(path, &to_bytes(spec, params)?)
 }
 
 /// Reads a model written by [`save`] (or by PyTorch with the same names):
-/// checks the architecture metadata, every tensor's name, dtype and shape, and
-/// that every value is finite.
-pub fn load(path: &Path) -> Result<(Architecture, Vec<f32>)> {
+/// checks the description in the metadata, every tensor's name, dtype and
+/// shape against it, and that every value is finite.
+pub fn load(path: &Path) -> Result<(ModelSpec, Vec<f32>)> {
     load_with_extras(path).map(|(arch, params, _)| (arch, params))
 }
 
 /// [`load`], also returning the file's metadata and extra tensors.
-pub fn load_with_extras(path: &Path) -> Result<(Architecture, Vec<f32>, Extras)> {
+pub fn load_with_extras(path: &Path) -> Result<(ModelSpec, Vec<f32>, Extras)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (arch, params, tensors) =
         from_bytes(&bytes).map_err(|problem| Error::ModelFile { path: path.to_owned(), problem })?;
@@ -109,21 +117,39 @@ pub fn load_with_extras(path: &Path) -> Result<(Architecture, Vec<f32>, Extras)>
     Ok((arch, params, Extras { metadata, tensors }))
 }
 
-/// The architecture recorded in the metadata, `784-200-10`.
-fn parse_architecture(text: &str) -> std::result::Result<Architecture, String> {
+/// The MLP whose widths are recorded in the metadata, `784-200-10`.
+fn parse_architecture(text: &str) -> std::result::Result<ModelSpec, String> {
     let widths = text
         .split('-')
         .map(|w| w.parse::<usize>())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| format!("metadata {ARCHITECTURE_KEY} = {text:?} is not like 784-200-10"))?;
-    Ok(Architecture { widths })
+    ModelSpec::from_widths(&widths).map_err(|e| format!("metadata {ARCHITECTURE_KEY} = {text:?}: {e}"))
+}
+
+/// The model the file describes: its `lazyavg.model`, else its
+/// `lazyavg.architecture`, else inferred from its tensors.
+fn described_model(
+    metadata: Option<&HashMap<String, String>>,
+    tensors: &SafeTensors<'_>,
+) -> std::result::Result<ModelSpec, String> {
+    if let Some(text) = metadata.and_then(|m| m.get(MODEL_KEY)) {
+        let spec: ModelSpec =
+            serde_json::from_str(text).map_err(|e| format!("metadata {MODEL_KEY} is not a model description: {e}"))?;
+        spec.check().map_err(|e| format!("metadata {MODEL_KEY}: {e}"))?;
+        return Ok(spec);
+    }
+    match metadata.and_then(|m| m.get(ARCHITECTURE_KEY)) {
+        Some(text) => parse_architecture(text),
+        None => infer_architecture(tensors),
+    }
 }
 
 /// The architecture of a file without lazyavg's metadata, such as PyTorch's
 /// `save_file(nn.Sequential(Linear, ReLU, Linear, …).state_dict())`: its
 /// tensors must be `0.weight`, `0.bias`, `2.weight`, … with each weight's
 /// input width the previous one's output width.
-fn infer_architecture(tensors: &SafeTensors<'_>) -> std::result::Result<Architecture, String> {
+fn infer_architecture(tensors: &SafeTensors<'_>) -> std::result::Result<ModelSpec, String> {
     let mut names: Vec<String> =
         tensors.names().into_iter().filter(|n| !n.starts_with(EXTRA_PREFIX)).map(str::to_owned).collect();
     names.sort();
@@ -160,7 +186,7 @@ fn infer_architecture(tensors: &SafeTensors<'_>) -> std::result::Result<Architec
         }
         widths.push(outputs);
     }
-    Ok(Architecture { widths })
+    ModelSpec::from_widths(&widths).map_err(|e| not_a_chain(e.to_string()))
 }
 
 /// The metadata key naming the hidden layers' activation, and the only one
@@ -169,7 +195,7 @@ const ACTIVATION_KEY: &str = "lazyavg.activation";
 const ACTIVATION: &str = "relu";
 
 /// A parsed file: the architecture, its parameters and the extra tensors.
-type Parsed = (Architecture, Vec<f32>, BTreeMap<String, Vec<f32>>);
+type Parsed = (ModelSpec, Vec<f32>, BTreeMap<String, Vec<f32>>);
 
 /// Checks that a file is as long as its header says, which safetensors'
 /// own error leaves unsaid ("incomplete metadata, file not fully covered"):
@@ -212,42 +238,14 @@ fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     {
         return Err(format!("metadata {ACTIVATION_KEY} = {activation:?}, but lazyavg computes only {ACTIVATION:?}"));
     }
-    let arch = match metadata.metadata().as_ref().and_then(|m| m.get(ARCHITECTURE_KEY)) {
-        Some(text) => parse_architecture(text)?,
-        None => infer_architecture(&tensors)?,
-    };
-    arch.check().map_err(|e| e.to_string())?;
-    // Untrusted widths must neither overflow the layout nor claim more values
-    // (4 bytes each) than the file holds, or the buffer below would not fit in memory.
-    if arch.checked_len().is_none_or(|v| v > bytes.len() / 4) {
-        return Err(format!("architecture {arch} needs more values than the file's {} bytes hold", bytes.len()));
+    let spec = described_model(metadata.metadata().as_ref(), &tensors)?;
+    let layout = spec.layout().map_err(|e| e.to_string())?;
+    // An untrusted description must not claim more values (4 bytes each)
+    // than the file holds, or the buffer below would not fit in memory.
+    if layout.len > bytes.len() / 4 {
+        return Err(format!("the model {spec} needs more values than the file's {} bytes hold", bytes.len()));
     }
-    let layout = arch.layout();
-    let expected_names = 2 * layout.layers.len();
-    let model_tensors = tensors.names().iter().filter(|n| !n.starts_with(EXTRA_PREFIX)).count();
-    if model_tensors != expected_names {
-        let mut names = tensors.names();
-        names.sort();
-        return Err(format!("holds {} tensors {names:?}, but {arch} needs {expected_names}", tensors.len()));
-    }
-    let mut params = vec![0.0f32; layout.len];
-    for (l, layer) in layout.layers.iter().enumerate() {
-        for (name, shape, range) in [
-            (weight_name(l), vec![layer.outputs, layer.inputs], layer.weight.clone()),
-            (bias_name(l), vec![layer.outputs], layer.bias.clone()),
-        ] {
-            let view = tensors.tensor(&name).map_err(|_| format!("tensor {name} is missing"))?;
-            if view.dtype() != Dtype::F32 {
-                return Err(format!("tensor {name} has dtype {:?}, expected F32", view.dtype()));
-            }
-            if view.shape() != shape.as_slice() {
-                return Err(format!("tensor {name} has shape {:?}, expected {shape:?} for {arch}", view.shape()));
-            }
-            for (dst, src) in params[range].iter_mut().zip(view.data().chunks_exact(4)) {
-                *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
-            }
-        }
-    }
+    let params = read_model_tensors(&tensors, &spec, &layout)?;
     if let Some(i) = first_non_finite(&params) {
         return Err(format!("parameter {i} is {}, not finite", params[i]));
     }
@@ -267,18 +265,52 @@ fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
         }
         extras.insert(name, values);
     }
-    Ok((arch, params, extras))
+    Ok((spec, params, extras))
+}
+
+/// The model's tensors, each checked against its entry of `layout`: a
+/// mismatch names the tensor, its layer and both shapes.
+fn read_model_tensors(
+    tensors: &SafeTensors<'_>,
+    spec: &ModelSpec,
+    layout: &Layout,
+) -> std::result::Result<Vec<f32>, String> {
+    let model_tensors = tensors.names().iter().filter(|n| !n.starts_with(EXTRA_PREFIX)).count();
+    if model_tensors != layout.tensors.len() {
+        let mut names = tensors.names();
+        names.sort();
+        return Err(format!("holds {} tensors {names:?}, but {spec} needs {}", tensors.len(), layout.tensors.len()));
+    }
+    let mut params = vec![0.0f32; layout.len];
+    for t in &layout.tensors {
+        let name = &t.name;
+        let view = tensors.tensor(name).map_err(|_| format!("tensor {name} is missing"))?;
+        if view.dtype() != Dtype::F32 {
+            return Err(format!("tensor {name} has dtype {:?}, expected F32", view.dtype()));
+        }
+        if view.shape() != t.shape.as_slice() {
+            let layer = format!("layer {} ({})", t.layer + 1, spec.layers[t.layer]);
+            return Err(format!(
+                "tensor {name} has shape {:?}, but {layer} of {spec} needs {:?}",
+                view.shape(),
+                t.shape
+            ));
+        }
+        for (dst, src) in params[t.range.clone()].iter_mut().zip(view.data().chunks_exact(4)) {
+            *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+        }
+    }
+    Ok(params)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Mlp;
 
     #[test]
     fn round_trip_is_exact_with_pytorch_names() {
-        let arch = Architecture::mlp(784, &[200, 200], 10).unwrap();
-        let params = Mlp::new(arch.clone()).init(4);
+        let arch = ModelSpec::from_widths(&[784, 200, 200, 10]).unwrap();
+        let params = arch.build().unwrap().init(4);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
         save(&path, &arch, &params).unwrap();
@@ -293,8 +325,8 @@ mod tests {
 
     #[test]
     fn a_truncated_or_padded_file_is_named_with_both_sizes() {
-        let arch = Architecture::mlp(4, &[3], 2).unwrap();
-        let params: Vec<f32> = (0..arch.layout().len).map(|i| i as f32).collect();
+        let arch = ModelSpec::from_widths(&[4, 3, 2]).unwrap();
+        let params: Vec<f32> = (0..arch.layout().unwrap().len).map(|i| i as f32).collect();
         let bytes = to_bytes_with(&arch, &params, &Extras::default()).unwrap();
         let len = bytes.len();
         let cut = from_bytes(&bytes[..len - 10]).unwrap_err();
@@ -309,8 +341,8 @@ mod tests {
 
     #[test]
     fn extras_round_trip_beside_the_model() {
-        let arch = Architecture::mlp(4, &[3], 2).unwrap();
-        let params: Vec<f32> = (0..arch.layout().len).map(|i| i as f32).collect();
+        let arch = ModelSpec::from_widths(&[4, 3, 2]).unwrap();
+        let params: Vec<f32> = (0..arch.layout().unwrap().len).map(|i| i as f32).collect();
         let extras = Extras {
             metadata: HashMap::from([("lazyavg.epoch".to_owned(), "3".to_owned())]),
             tensors: BTreeMap::from([("lazyavg.velocity".to_owned(), vec![0.5; params.len()])]),
@@ -327,7 +359,7 @@ mod tests {
 
     #[test]
     fn wrong_shape_is_refused() {
-        let arch = Architecture::mlp(4, &[3], 2).unwrap();
+        let arch = ModelSpec::from_widths(&[4, 3, 2]).unwrap();
         let data = vec![0u8; 4 * 12];
         let small = vec![0u8; 4 * 3];
         let out = vec![0u8; 4 * 6];
@@ -341,13 +373,13 @@ mod tests {
         let meta = HashMap::from([(ARCHITECTURE_KEY.to_owned(), arch.to_string())]);
         let bytes = safetensors::serialize(tensors, Some(meta)).unwrap();
         let err = from_bytes(&bytes).unwrap_err();
-        assert_eq!(err, "tensor 2.weight has shape [3, 2], expected [2, 3] for 4-3-2");
+        assert_eq!(err, "tensor 2.weight has shape [3, 2], but layer 3 (dense 2) of 4-3-2 needs [2, 3]");
     }
 
     #[test]
     fn another_activation_is_refused_not_misread() {
-        let arch = Architecture::mlp(4, &[3], 2).unwrap();
-        let params = vec![0.5; arch.layout().len];
+        let arch = ModelSpec::from_widths(&[4, 3, 2]).unwrap();
+        let params = vec![0.5; arch.layout().unwrap().len];
         let mut bytes = to_bytes_with(&arch, &params, &Extras::default()).unwrap();
         assert!(from_bytes(&bytes).is_ok());
         let tensors = SafeTensors::deserialize(&bytes).unwrap();
@@ -364,7 +396,7 @@ mod tests {
 
     #[test]
     fn non_finite_and_garbage_are_refused() {
-        let arch = Architecture::mlp(2, &[], 2).unwrap();
+        let arch = ModelSpec::from_widths(&[2, 2]).unwrap();
         let bytes = to_bytes(&arch, &[0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0]).unwrap();
         assert_eq!(from_bytes(&bytes).unwrap_err(), "parameter 1 is NaN, not finite");
         assert!(from_bytes(b"not a model").unwrap_err().starts_with("not a safetensors file"));
@@ -394,7 +426,7 @@ mod tests {
         ]);
         let (arch, params, _) = from_bytes(&bytes).unwrap();
         assert_eq!(arch.to_string(), "4-5-3-2");
-        assert_eq!(params.len(), arch.layout().len);
+        assert_eq!(params.len(), arch.layout().unwrap().len);
     }
 
     #[test]

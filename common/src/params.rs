@@ -1,4 +1,4 @@
-//! The model's architecture and its parameters as ONE contiguous f32 buffer.
+//! The model's parameters as ONE contiguous f32 buffer, and its layout.
 //!
 //! Layer `l` occupies `weight [out, in]` row-major, then `bias [out]`, right
 //! after layer `l - 1`. Averaging, hashing, checkpointing and transport all see
@@ -7,7 +7,6 @@
 use std::fmt;
 use std::ops::Range;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -16,88 +15,18 @@ use crate::error::{Error, Result};
 /// lazyavg trains, low enough that sizes never overflow.
 pub const MAX_PARAMETERS: usize = 1 << 32;
 
-/// Layer widths from input to output, e.g. `[784, 200, 200, 10]`; every
-/// hidden layer is followed by a ReLU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Architecture {
-    pub widths: Vec<usize>,
+/// One named tensor of the model: its name as PyTorch's `nn.Sequential`
+/// names it (`2.weight`), its shape, where it lives in the flat buffer, and
+/// the index of the layer that owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorLayout {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub range: Range<usize>,
+    pub layer: usize,
 }
 
-impl Architecture {
-    /// An MLP from `inputs` through `hidden` to `outputs`; every width must be positive.
-    pub fn mlp(inputs: usize, hidden: &[usize], outputs: usize) -> Result<Self> {
-        let mut widths = Vec::with_capacity(hidden.len() + 2);
-        widths.push(inputs);
-        widths.extend_from_slice(hidden);
-        widths.push(outputs);
-        let arch = Architecture { widths };
-        arch.check()?;
-        Ok(arch)
-    }
-
-    /// How many values (weights and biases) the model has; `None` if that
-    /// overflows `usize` (widths read from a file are untrusted).
-    pub fn checked_len(&self) -> Option<usize> {
-        self.widths.windows(2).try_fold(0usize, |n, w| w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(n))
-    }
-
-    /// Rejects fewer than two layers of widths or a zero width.
-    pub fn check(&self) -> Result<()> {
-        if self.widths.len() < 2 {
-            return Err(Error::config("architecture", format!("{self} needs at least an input and an output width")));
-        }
-        if self.widths.contains(&0) {
-            return Err(Error::config("architecture", format!("{self} has a layer of width 0")));
-        }
-        if self.checked_len().is_none_or(|v| v > MAX_PARAMETERS) {
-            return Err(Error::config("architecture", format!("{self} has more than {MAX_PARAMETERS} parameters")));
-        }
-        Ok(())
-    }
-
-    pub fn inputs(&self) -> usize {
-        self.widths[0]
-    }
-
-    pub fn outputs(&self) -> usize {
-        self.widths[self.widths.len() - 1]
-    }
-
-    /// The parameter layout of this architecture.
-    pub fn layout(&self) -> Layout {
-        let mut layers = Vec::with_capacity(self.widths.len() - 1);
-        let mut offset = 0;
-        for pair in self.widths.windows(2) {
-            let (inputs, outputs) = (pair[0], pair[1]);
-            let weight = offset..offset + inputs * outputs;
-            let bias = weight.end..weight.end + outputs;
-            offset = bias.end;
-            layers.push(LayerLayout { inputs, outputs, weight, bias });
-        }
-        Layout { layers, len: offset }
-    }
-
-    /// Multiply-adds of one forward pass per sample, Σ in·out.
-    pub fn macs_per_sample(&self) -> usize {
-        self.widths.windows(2).map(|p| p[0] * p[1]).sum()
-    }
-
-    /// FLOP of one training step per sample: forward 2·Σ in·out, the weight
-    /// gradients 2·Σ in·out, and every layer's input gradient but the first's.
-    pub fn train_flop_per_sample(&self) -> usize {
-        let first = self.widths[0] * self.widths[1];
-        6 * self.macs_per_sample() - 2 * first
-    }
-}
-
-impl fmt::Display for Architecture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.widths.iter().map(|w| w.to_string()).collect();
-        f.write_str(&parts.join("-"))
-    }
-}
-
-/// Where one layer's weight and bias live in the flat buffer.
+/// Where one dense layer's weight (`[outputs, inputs]`) and bias live in the flat buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerLayout {
     pub inputs: usize,
@@ -106,24 +35,61 @@ pub struct LayerLayout {
     pub bias: Range<usize>,
 }
 
-/// Where every layer lives in the flat buffer, and its total length.
+/// Every tensor of a model, in buffer order, and the buffer's length;
+/// derived from a [`crate::spec::ModelSpec`], never written by hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
+    pub tensors: Vec<TensorLayout>,
+    /// The dense layers' weight and bias, in order (what the model's passes read).
     pub layers: Vec<LayerLayout>,
     pub len: usize,
 }
 
 impl Layout {
+    /// The layout of `tensors` (contiguous, in order) over a buffer of `len`.
+    pub fn new(tensors: Vec<TensorLayout>, len: usize) -> Self {
+        let layers = tensors
+            .windows(2)
+            .filter_map(|pair| match (&pair[0], &pair[1]) {
+                (w, b) if w.layer == b.layer && w.shape.len() == 2 && b.shape == [w.shape[0]] => Some(LayerLayout {
+                    inputs: w.shape[1],
+                    outputs: w.shape[0],
+                    weight: w.range.clone(),
+                    bias: b.range.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        Layout { tensors, layers, len }
+    }
+
+    /// The tensor named `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorLayout> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
     /// Fails unless `params` has exactly this layout's length.
-    pub fn check_len(&self, arch: &Architecture, params: &[f32]) -> Result<()> {
+    pub fn check_len(&self, model: &impl fmt::Display, params: &[f32]) -> Result<()> {
         if params.len() != self.len {
             return Err(Error::ParamLength {
-                architecture: arch.to_string(),
+                architecture: model.to_string(),
                 expected: self.len,
                 actual: params.len(),
             });
         }
         Ok(())
+    }
+
+    /// Multiply-adds of one forward pass per sample, Σ in·out.
+    pub fn macs_per_sample(&self) -> usize {
+        self.layers.iter().map(|l| l.inputs * l.outputs).sum()
+    }
+
+    /// FLOP of one training step per sample: forward 2·Σ in·out, the weight
+    /// gradients 2·Σ in·out, and every layer's input gradient but the first's.
+    pub fn train_flop_per_sample(&self) -> usize {
+        let first = self.layers.first().map_or(0, |l| l.inputs * l.outputs);
+        6 * self.macs_per_sample() - 2 * first
     }
 }
 
@@ -149,23 +115,26 @@ pub fn first_non_finite(params: &[f32]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::ModelSpec;
 
     #[test]
     fn default_mlp_layout_and_flop_count() {
-        let arch = Architecture::mlp(784, &[200, 200], 10).unwrap();
-        let layout = arch.layout();
+        let spec = ModelSpec::from_widths(&[784, 200, 200, 10]).unwrap();
+        let layout = spec.layout().unwrap();
         assert_eq!(layout.len, 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10);
         assert_eq!(layout.layers[1].weight, 157_000..197_000);
         assert_eq!(layout.layers[2].bias, 199_200..199_210);
-        assert_eq!(arch.train_flop_per_sample(), 879_200);
-        assert_eq!(arch.to_string(), "784-200-200-10");
+        let names: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]);
+        assert_eq!(layout.tensor("2.weight").unwrap().shape, [200, 200]);
+        assert_eq!(layout.train_flop_per_sample(), 879_200);
+        assert_eq!(spec.to_string(), "784-200-200-10");
     }
 
     #[test]
-    fn zero_width_and_wrong_length_are_refused() {
-        assert!(Architecture::mlp(784, &[0], 10).is_err());
-        let arch = Architecture::mlp(4, &[3], 2).unwrap();
-        let err = arch.layout().check_len(&arch, &[0.0; 5]).unwrap_err().to_string();
+    fn wrong_length_is_refused() {
+        let spec = ModelSpec::from_widths(&[4, 3, 2]).unwrap();
+        let err = spec.layout().unwrap().check_len(&spec, &[0.0; 5]).unwrap_err().to_string();
         assert_eq!(err, "parameter buffer holds 5 values but the architecture 4-3-2 needs 23");
     }
 

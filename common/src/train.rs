@@ -4,9 +4,10 @@
 use crate::config::TrainConfig;
 use crate::dataset::Dataset;
 use crate::error::Result;
-use crate::model::{Evaluation, Mlp, Workspace};
+use crate::model::{Evaluation, Network, Workspace};
 use crate::optim::{Sgd, SgdState};
 use crate::rng;
+use crate::spec::ModelSpec;
 
 /// Loss summed over samples, and how many samples and minibatches produced it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -50,7 +51,7 @@ impl Progress {
 /// in [`Trainer::new`]; stepping never touches the heap.
 #[derive(Debug, Clone)]
 pub struct Trainer {
-    mlp: Mlp,
+    mlp: Network,
     sgd: Sgd,
     config: TrainConfig,
     batch_size: usize,
@@ -61,24 +62,24 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer for `config` on inputs of `inputs` pixels, starting from
-    /// He-initialised weights drawn from the config's seed.
-    pub fn new(config: &TrainConfig, inputs: usize, outputs: usize) -> Result<Self> {
+    /// A trainer of `model` for `config`, starting from He-initialised
+    /// weights drawn from the config's seed.
+    pub fn new(config: &TrainConfig, model: &ModelSpec) -> Result<Self> {
         config.validate()?;
-        let mlp = Mlp::new(config.architecture(inputs, outputs)?);
+        let mlp = model.build()?;
         let params = mlp.init(config.seed);
         Self::with_params(config, mlp, params)
     }
 
     /// A trainer starting from `params` (checked against the architecture).
-    pub fn with_params(config: &TrainConfig, mlp: Mlp, params: Vec<f32>) -> Result<Self> {
+    pub fn with_params(config: &TrainConfig, mlp: Network, params: Vec<f32>) -> Result<Self> {
         config.validate()?;
-        mlp.layout().check_len(mlp.arch(), &params)?;
+        mlp.layout().check_len(mlp.spec(), &params)?;
         let sgd = config.sgd()?;
         Ok(Trainer {
             grads: vec![0.0; params.len()],
             state: sgd.state(params.len()),
-            workspace: Workspace::new(mlp.arch(), config.batch_size),
+            workspace: Workspace::new(&mlp, config.batch_size),
             mlp,
             sgd,
             config: config.clone(),
@@ -94,7 +95,7 @@ impl Trainer {
         self.state.velocity_mut()
     }
 
-    pub fn mlp(&self) -> &Mlp {
+    pub fn network(&self) -> &Network {
         &self.mlp
     }
 
@@ -163,6 +164,11 @@ mod tests {
     use crate::idx::Images;
     use crate::rng::StreamRng;
 
+    /// The MLP 16-8-10 of the toy problems.
+    fn toy_model() -> ModelSpec {
+        ModelSpec::from_widths(&[16, 8, 10]).unwrap()
+    }
+
     fn toy_data(seed: u64, n: usize) -> Dataset {
         let mut rng = StreamRng::seed_from_u64(seed);
         // Two classes separable by the mean brightness of the image.
@@ -178,25 +184,25 @@ mod tests {
 
     #[test]
     fn same_seed_gives_bit_identical_weights_after_100_steps() {
-        let config = TrainConfig { hidden: vec![8], batch_size: 4, ..TrainConfig::default() };
+        let config = TrainConfig { batch_size: 4, ..TrainConfig::default() };
         let data = toy_data(9, 400);
         let run = || {
-            let mut t = Trainer::new(&config, 16, 10).unwrap();
+            let mut t = Trainer::new(&config, &toy_model()).unwrap();
             let stats = t.train_epoch(&data, &mut StreamRng::seed_from_u64(2), 0, 1);
             assert_eq!(stats.batches, 100);
             t.params().to_vec()
         };
         let (a, b) = (run(), run());
         assert_eq!(crate::params::digest(&a), crate::params::digest(&b));
-        let other = Trainer::new(&TrainConfig { seed: 2, ..config.clone() }, 16, 10).unwrap();
-        assert_ne!(other.params(), Trainer::new(&config, 16, 10).unwrap().params());
+        let other = Trainer::new(&TrainConfig { seed: 2, ..config.clone() }, &toy_model()).unwrap();
+        assert_ne!(other.params(), Trainer::new(&config, &toy_model()).unwrap().params());
     }
 
     #[test]
     fn training_learns_a_separable_problem() {
-        let config = TrainConfig { hidden: vec![8], batch_size: 8, ..TrainConfig::default() };
+        let config = TrainConfig { batch_size: 8, ..TrainConfig::default() };
         let data = toy_data(1, 512);
-        let mut t = Trainer::new(&config, 16, 10).unwrap();
+        let mut t = Trainer::new(&config, &toy_model()).unwrap();
         let before = t.evaluate(&data);
         let mut rng = StreamRng::seed_from_u64(3);
         for epoch in 0..5 {
@@ -209,11 +215,11 @@ mod tests {
 
     #[test]
     fn the_hook_runs_before_every_minibatch_and_its_changes_are_trained_from() {
-        let config = TrainConfig { hidden: vec![8], batch_size: 4, ..TrainConfig::default() };
+        let config = TrainConfig { batch_size: 4, ..TrainConfig::default() };
         let data = toy_data(4, 40);
         let order: Vec<u32> = (0..10).collect();
         let progress = Progress::in_epoch(0, 1, 0, 40);
-        let mut plain = Trainer::new(&config, 16, 10).unwrap();
+        let mut plain = Trainer::new(&config, &toy_model()).unwrap();
         let mut hooked = plain.clone();
         // A no-op hook changes nothing, bit for bit.
         let mut calls = 0;
@@ -235,10 +241,35 @@ mod tests {
         assert_ne!(hooked.params(), snapshot.as_slice(), "the second step moved on from the zeroed weights");
     }
 
+    /// Known answer: the default 784-200-200-10 model after 40 seeded steps
+    /// (batch 32) on synthetic 784-pixel images: the digest was recorded on
+    /// the code before the model description (issue 26) and must not change
+    /// while the default model trains as it did.
+    #[test]
+    fn default_model_after_seeded_training_is_pinned() {
+        let mut rng = StreamRng::seed_from_u64(26);
+        let n = 1280;
+        let labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..10)).collect();
+        let pixels = labels
+            .iter()
+            .flat_map(|&l| (0..784).map(move |i| ((i * 7 + l as usize * 31) % 256) as u8))
+            .collect::<Vec<u8>>();
+        let pixels: Vec<u8> = pixels.into_iter().map(|p| p.wrapping_add(rng.random_range(0..32))).collect();
+        let data = Dataset::new(Images { count: n, rows: 28, cols: 28, pixels }, labels, "synthetic").unwrap();
+        let config = TrainConfig::default();
+        let mnist = crate::spec::InputShape { channels: 1, height: 28, width: 28 };
+        let model = crate::config::ModelSettings::default().resolve(mnist, 10).unwrap();
+        let mut t = Trainer::new(&config, &model).unwrap();
+        t.train_epoch(&data, &mut StreamRng::seed_from_u64(7), 0, 2);
+        assert_eq!(
+            crate::params::digest(t.params()),
+            "e68d6a405d21471dc1578e61f1026061b04268109523e426bbff5d8916d5549d"
+        );
+    }
+
     #[test]
     fn wrong_length_weights_are_refused() {
-        let config = TrainConfig { hidden: vec![3], ..TrainConfig::default() };
-        let mlp = Mlp::new(config.architecture(4, 2).unwrap());
-        assert!(Trainer::with_params(&config, mlp, vec![0.0; 3]).is_err());
+        let mlp = ModelSpec::from_widths(&[4, 3, 2]).unwrap().build().unwrap();
+        assert!(Trainer::with_params(&TrainConfig::default(), mlp, vec![0.0; 3]).is_err());
     }
 }

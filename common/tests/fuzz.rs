@@ -8,7 +8,7 @@ use std::io::Write;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::idx::{self, IMAGES_MAGIC, Images, LABELS_MAGIC, NUM_CLASSES};
 use lazyavg_common::model_file;
-use lazyavg_common::params::Architecture;
+use lazyavg_common::spec::ModelSpec;
 use proptest::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -156,13 +156,13 @@ proptest! {
 
 // ---- safetensors model files ------------------------------------------------
 
-fn small_arch() -> impl Strategy<Value = Architecture> {
-    prop::collection::vec(1usize..6, 2..5).prop_map(|widths| Architecture { widths })
+fn small_arch() -> impl Strategy<Value = ModelSpec> {
+    prop::collection::vec(1usize..6, 2..5).prop_map(|widths| ModelSpec::from_widths(&widths).unwrap())
 }
 
-fn arch_and_params() -> impl Strategy<Value = (Architecture, Vec<f32>)> {
+fn arch_and_params() -> impl Strategy<Value = (ModelSpec, Vec<f32>)> {
     small_arch().prop_flat_map(|arch| {
-        let len = arch.layout().len;
+        let len = arch.layout().unwrap().len;
         (Just(arch), prop::collection::vec(-1e6f32..1e6, len))
     })
 }
@@ -213,14 +213,14 @@ fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
 }
 
 /// Loads `bytes` through both loaders; a loaded model is consistent.
-fn load_bytes(dir: &std::path::Path, bytes: &[u8]) -> Option<(Architecture, Vec<f32>)> {
+fn load_bytes(dir: &std::path::Path, bytes: &[u8]) -> Option<(ModelSpec, Vec<f32>)> {
     let path = dir.join("model.safetensors");
     std::fs::write(&path, bytes).unwrap();
     let loaded = model_file::load(&path);
     let with_meta = model_file::load_with_extras(&path);
     assert_eq!(loaded.is_ok(), with_meta.is_ok());
     let (arch, params) = loaded.ok()?;
-    assert_eq!(params.len(), arch.layout().len);
+    assert_eq!(params.len(), arch.layout().unwrap().len);
     assert!(params.iter().all(|v| v.is_finite()));
     Some((arch, params))
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::matching::{ActivationAlignment, Align, Permutation, PermutationSpec, WeightAlignment, apply};
-use lazyavg_common::model::Mlp;
+use lazyavg_common::model::Network;
 use lazyavg_common::rng::{self, Purpose};
 
 /// How a contribution's hidden units are matched to the reference (`--align`).
@@ -63,7 +63,7 @@ impl fmt::Debug for Alignment {
 /// Activation matching on a fixed sample of the training set, owned so that
 /// it can live as long as the run.
 struct OnImages {
-    mlp: Mlp,
+    mlp: Network,
     train: Arc<Dataset>,
     indices: Vec<u32>,
 }
@@ -82,12 +82,12 @@ impl Alignment {
     /// units on `images` images of `train` drawn once from the seed.
     pub fn for_run(
         method: AlignMethod,
-        mlp: &Mlp,
+        mlp: &Network,
         seed: u64,
         train: Option<Arc<Dataset>>,
         images: usize,
     ) -> Option<Self> {
-        let spec = PermutationSpec::mlp(mlp.layout());
+        let spec = mlp.permutation_spec();
         let method: Arc<dyn Align + Send + Sync> = match (method, train) {
             (AlignMethod::None, _) | (AlignMethod::Activations, None) => return None,
             (AlignMethod::Weights, _) => {

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use lazyavg_common::model_file::{self, Extras};
-use lazyavg_common::params::Architecture;
+use lazyavg_common::spec::ModelSpec;
 use lazyavg_common::telemetry::error_chain;
 use tracing::warn;
 
@@ -91,17 +91,12 @@ impl std::str::FromStr for InjectedFault {
 }
 
 /// Writes `checkpoint` into `dir`, keeping the one before as the fallback.
-pub fn save(dir: &Path, arch: &Architecture, checkpoint: &Checkpoint) -> Result<PathBuf> {
+pub fn save(dir: &Path, arch: &ModelSpec, checkpoint: &Checkpoint) -> Result<PathBuf> {
     save_with_fault(dir, arch, checkpoint, None)
 }
 
 /// [`save`], with `fault` (tests only) making the write fail or hang.
-pub fn save_with_fault(
-    dir: &Path,
-    arch: &Architecture,
-    checkpoint: &Checkpoint,
-    fault: Option<Fault>,
-) -> Result<PathBuf> {
+pub fn save_with_fault(dir: &Path, arch: &ModelSpec, checkpoint: &Checkpoint, fault: Option<Fault>) -> Result<PathBuf> {
     let current = dir.join(CURRENT);
     if current.exists() {
         std::fs::rename(&current, dir.join(PREVIOUS)).map_err(|e| Error::io(&current, e))?;
@@ -142,7 +137,7 @@ pub fn exists(dir: &Path) -> bool {
 
 /// The newest intact checkpoint in `dir` for `arch`, falling back (with a
 /// warning) to the previous one when the newest is damaged.
-pub fn load(dir: &Path, arch: &Architecture) -> Result<Checkpoint> {
+pub fn load(dir: &Path, arch: &ModelSpec) -> Result<Checkpoint> {
     let current = dir.join(CURRENT);
     match read(&current, arch) {
         Ok(checkpoint) => Ok(checkpoint),
@@ -158,10 +153,10 @@ pub fn load(dir: &Path, arch: &Architecture) -> Result<Checkpoint> {
     }
 }
 
-fn read(path: &Path, arch: &Architecture) -> Result<Checkpoint> {
+fn read(path: &Path, arch: &ModelSpec) -> Result<Checkpoint> {
     let (found, params, Extras { metadata, mut tensors }) = model_file::load_with_extras(path)?;
     let bad = |problem: String| Error::Config(format!("{}: {problem}", path.display()));
-    if &found != arch {
+    if !found.same_network(arch) {
         return Err(bad(format!("holds a {found} model but the run's configuration makes a {arch}")));
     }
     let epoch = metadata
@@ -219,12 +214,12 @@ mod tests {
         }
     }
 
-    fn arch() -> Architecture {
-        Architecture::mlp(4, &[3], 2).unwrap()
+    fn arch() -> ModelSpec {
+        ModelSpec::from_widths(&[4, 3, 2]).unwrap()
     }
 
     fn checkpoint(epoch: u64, remaining: Vec<u32>) -> Checkpoint {
-        let len = arch().layout().len;
+        let len = arch().layout().unwrap().len;
         let outer_velocity = if epoch.is_multiple_of(2) { vec![0.25; len] } else { Vec::new() };
         let round = if remaining.is_empty() { 0 } else { 17 };
         Checkpoint { epoch, remaining, round, params: (0..len).map(|i| i as f32 / 7.0).collect(), outer_velocity }
@@ -261,7 +256,7 @@ mod tests {
     fn a_checkpoint_of_another_architecture_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         save(dir.path(), &arch(), &checkpoint(1, vec![])).unwrap();
-        let other = Architecture::mlp(4, &[5], 2).unwrap();
+        let other = ModelSpec::from_widths(&[4, 5, 2]).unwrap();
         assert!(load(dir.path(), &other).unwrap_err().to_string().contains("4-3-2"));
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use lazyavg_common::config::{LrScaling, TrainConfig, TrainSettings};
+use lazyavg_common::config::{LrScaling, ModelSettings, TrainConfig, TrainSettings};
 
 use crate::checkpoint::{Fault, InjectedFault};
 use lazyavg_common::outer::{OuterOptimizer, OuterRule};
@@ -280,6 +280,9 @@ pub struct Settings {
 pub struct CoordinatorConfig {
     /// How workers train; its `lr_scale` comes from `lr_scaling` and `workers`.
     pub train: TrainConfig,
+    /// The model, as given; once the data is loaded, its full description
+    /// (which config.toml records).
+    pub model: ModelSettings,
     pub lr_scaling: LrScaling,
     pub workers: usize,
     pub sync_every: SyncEvery,
@@ -355,11 +358,18 @@ impl Settings {
         cmd.get_arguments().map(|a| a.get_id().as_str().to_owned()).filter(|id| id != "help").collect()
     }
 
-    /// `self` with every setting given in `over` replacing its own.
+    /// `self` with every setting given in `over` replacing its own. A model
+    /// given in `over` (`model` or `hidden`) replaces both of `self`'s: a
+    /// resumed run's recorded `[model]` gives way to `--hidden`.
     pub fn overlay(self, over: &Settings) -> Result<Settings> {
         let to_table = |s: &Settings| toml::Table::try_from(s).map_err(|e| Error::Config(e.to_string()));
         let mut merged = to_table(&self)?;
-        merged.extend(to_table(over)?);
+        let over = to_table(over)?;
+        if over.contains_key("model") || over.contains_key("hidden") {
+            merged.remove("model");
+            merged.remove("hidden");
+        }
+        merged.extend(over);
         merged.try_into().map_err(|e: toml::de::Error| Error::Config(e.to_string()))
     }
 
@@ -451,6 +461,7 @@ impl Settings {
         train.lr_scale = lr_scaling.factor(workers);
         Ok(CoordinatorConfig {
             train,
+            model: self.train.model.clone(),
             lr_scaling,
             workers,
             sync_every,
@@ -556,7 +567,7 @@ impl CoordinatorConfig {
             max_pending_joins: Some(self.limits.max_pending_joins),
             max_sessions: Some(self.limits.max_sessions),
             attach_timeout: Some(self.limits.attach_timeout),
-            train: TrainSettings::from_config(&self.train),
+            train: TrainSettings::from_config(&self.train, &self.model),
             lr_scaling: Some(self.lr_scaling),
             bind: Some(self.bind),
             metrics_bind: self.metrics_bind,
@@ -654,7 +665,7 @@ mod tests {
         let config = file.overlay(&flags).unwrap().resolve_in(3, None).unwrap();
         assert_eq!((config.epochs, config.train.lr, config.workers), (5, 0.2, 3));
         assert_eq!(config.sync_every, SyncEvery::Minibatches(16));
-        assert_eq!(config.train.hidden, vec![64, 32]);
+        assert_eq!(config.model.hidden, Some(vec![64, 32]));
         assert!(config.verify);
         assert_eq!(config.round_timeout, Duration::from_secs(2));
         assert!(
@@ -663,6 +674,23 @@ mod tests {
         );
         // The recorded settings reproduce the configuration.
         assert_eq!(config.to_settings().resolve_in(0, None).unwrap(), config);
+    }
+
+    #[test]
+    fn a_model_table_is_read_from_a_file_and_a_model_flag_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "epochs = 2\n[model]\nlayers = [\"dense 30\", \"relu\", \"dense 10\"]\nclasses = 10\n")
+            .unwrap();
+        let file = Settings::from_file(&path).unwrap();
+        let mnist = lazyavg_common::spec::InputShape { channels: 1, height: 28, width: 28 };
+        let config = file.clone().overlay(&Settings::default()).unwrap().resolve_in(1, None).unwrap();
+        assert_eq!(config.model.resolve(mnist, 10).unwrap().to_string(), "784-30-10");
+        let hidden = ModelSettings { hidden: Some(vec![8]), model: None };
+        let flags =
+            Settings { train: TrainSettings { model: hidden, ..TrainSettings::default() }, ..Settings::default() };
+        let config = file.overlay(&flags).unwrap().resolve_in(1, None).unwrap();
+        assert_eq!(config.model.resolve(mnist, 10).unwrap().to_string(), "784-8-10");
     }
 
     #[test]

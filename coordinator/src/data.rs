@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use lazyavg_common::dataset::{self, DATA_FILES, Dataset};
 use lazyavg_common::fetch::{self, FetchOptions};
+use lazyavg_common::spec::InputShape;
 use tracing::info;
 
 use crate::align::AlignMethod;
@@ -21,7 +22,8 @@ pub struct Prepared {
     /// The training set itself, kept only for `--align activations`.
     pub train: Option<Arc<Dataset>>,
     pub n_train: usize,
-    pub image_len: usize,
+    /// The shape of one training image.
+    pub input: InputShape,
 }
 
 /// Loads the data directory, fetching MNIST into it first if a file is
@@ -43,7 +45,7 @@ pub fn prepare(config: &CoordinatorConfig) -> Result<Prepared> {
     info!(train = split.train.len(), test = split.test.len(), sha256, "data loaded");
     Ok(Prepared {
         n_train: split.train.len(),
-        image_len: split.train.image_len(),
+        input: split.train.input_shape(),
         offer: DatasetOffer { sha256, images: split.train.len() as u64, blob: blob.into() },
         test: Arc::new(split.test),
         train: (config.align == AlignMethod::Activations).then(|| Arc::new(split.train)),

@@ -1,6 +1,6 @@
 //! `--init`: where the workers' models start.
 
-use lazyavg_common::model::Mlp;
+use lazyavg_common::model::Network;
 use lazyavg_common::rng::{self, Purpose};
 use serde::{Deserialize, Serialize};
 
@@ -24,19 +24,19 @@ pub enum Init {
 
 /// The weights `worker` starts from under `--init independent` when it is
 /// not the first: the model's init, drawn from a stream of its own.
-pub fn independent_start(mlp: &Mlp, seed: u64, worker: WorkerId) -> Vec<f32> {
+pub fn independent_start(mlp: &Network, seed: u64, worker: WorkerId) -> Vec<f32> {
     mlp.init_with(&mut rng::stream(seed, Purpose::WorkerInit(worker)))
 }
 
 #[cfg(test)]
 mod tests {
-    use lazyavg_common::params::Architecture;
+    use lazyavg_common::spec::ModelSpec;
 
     use super::*;
 
     #[test]
     fn each_worker_draws_its_own_start_and_the_same_one_every_time() {
-        let mlp = Mlp::new(Architecture::mlp(4, &[3], 2).unwrap());
+        let mlp = ModelSpec::from_widths(&[4, 3, 2]).unwrap().build().unwrap();
         let shared = mlp.init(7);
         let (one, two) = (independent_start(&mlp, 7, 1), independent_start(&mlp, 7, 2));
         assert_ne!(one, two);

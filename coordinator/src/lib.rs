@@ -51,10 +51,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lazyavg_common::config::{ModelSettings, RunSpec};
 use lazyavg_common::idx::NUM_CLASSES;
-use lazyavg_common::model::Mlp;
+use lazyavg_common::model_file;
 use lazyavg_common::telemetry::error_chain;
-use lazyavg_common::{config::RunSpec, model_file};
 use lazyavg_proto::auth::RequireToken;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_server::CoordinatorServer;
@@ -110,13 +110,15 @@ pub async fn run(
     let shard = data.n_train / config.workers;
     let which = format!("a worker's shard ({} training images / {} workers)", data.n_train, config.workers);
     config.train.check_batch_fits(shard, &which)?;
-    let arch = config.train.architecture(data.image_len, NUM_CLASSES)?;
-    let spec = RunSpec { train: config.train.clone(), arch: arch.clone(), epochs: config.epochs };
-    let mlp = Mlp::new(arch);
+    let model = config.model.resolve(data.input, NUM_CLASSES)?;
+    // config.toml records the model in full, not the flags that chose it.
+    config.model = ModelSettings::recorded(&model);
+    let spec = RunSpec { train: config.train.clone(), model: model.clone(), epochs: config.epochs };
+    let mlp = model.build()?;
     // The checkpoint first: a run that cannot resume leaves its directory as it was.
     let start = if config.resume {
         let out_dir = &config.out_dir;
-        let checkpoint = checkpoint::load(out_dir, mlp.arch())?;
+        let checkpoint = checkpoint::load(out_dir, mlp.spec())?;
         if let Some(&bad) = checkpoint.remaining.iter().find(|&&i| i as usize >= data.n_train) {
             return Err(Error::Config(format!(
                 "{}: checkpoint lists image {bad} but the training set has {}",
@@ -192,7 +194,7 @@ pub async fn run(
     // SERVING before "listening" is logged: whoever waits for that line may probe at once.
     let health = Health::serving(health_reporter).await;
     run_dir::write_address(&out_dir, addr, config.tls.is_some())?;
-    info!(%addr, architecture = %mlp.arch(), parameters = mlp.len(), out = %out_dir.display(), "listening");
+    info!(%addr, architecture = %mlp.spec(), parameters = mlp.len(), out = %out_dir.display(), "listening");
     if let Some(serving) = serving {
         let _ = serving.send(());
     }
@@ -247,7 +249,7 @@ pub async fn run(
     }
     let model_path = out_dir.join(run_dir::MODEL_FILE);
     let result = result.and_then(|summary| {
-        model_file::save(&model_path, mlp.arch(), &summary.params)?;
+        model_file::save(&model_path, mlp.spec(), &summary.params)?;
         info!(
             accuracy = summary.last.accuracy,
             test_loss = summary.last.loss,

@@ -525,18 +525,18 @@ mod tests {
 
     mod aligned {
         use lazyavg_common::matching::{PermutationSpec, apply};
-        use lazyavg_common::model::Mlp;
-        use lazyavg_common::params::Architecture;
+        use lazyavg_common::model::Network;
         use lazyavg_common::rng::StreamRng;
+        use lazyavg_common::spec::ModelSpec;
         use rand::SeedableRng;
 
         use super::*;
         use crate::align::{AlignMethod, Alignment};
 
         /// A small MLP's weights, and a round over workers 1 and 2 aligned to them.
-        fn setup(seed: u64) -> (Mlp, PermutationSpec, Vec<f32>, Alignment) {
-            let mlp = Mlp::new(Architecture::mlp(6, &[8, 5], 3).unwrap());
-            let spec = PermutationSpec::mlp(mlp.layout());
+        fn setup(seed: u64) -> (Network, PermutationSpec, Vec<f32>, Alignment) {
+            let mlp = ModelSpec::from_widths(&[6, 8, 5, 3]).unwrap().build().unwrap();
+            let spec = mlp.permutation_spec();
             let reference = mlp.init(seed);
             let alignment = Alignment::for_run(AlignMethod::Weights, &mlp, seed, None, 0).unwrap();
             (mlp, spec, reference, alignment)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use lazyavg_common::model_file;
-use lazyavg_common::params::Architecture;
+use lazyavg_common::spec::ModelSpec;
 use lazyavg_coordinator::checkpoint::{self, Checkpoint};
 use lazyavg_coordinator::round::{Aggregate, Round, RoundError, WorkerId};
 use lazyavg_proto::MAX_CHUNK_BYTES;
@@ -21,12 +21,12 @@ use proptest::sample::Index;
 const CURRENT: &str = "checkpoint.safetensors";
 const PREVIOUS: &str = "checkpoint.prev.safetensors";
 
-fn arch() -> Architecture {
-    Architecture::mlp(4, &[3], 2).unwrap()
+fn arch() -> ModelSpec {
+    ModelSpec::from_widths(&[4, 3, 2]).unwrap()
 }
 
 fn checkpoint_strategy() -> impl Strategy<Value = Checkpoint> {
-    let len = arch().layout().len;
+    let len = arch().layout().unwrap().len;
     (
         prop_oneof![0u64..100, 0..u64::MAX],
         prop::collection::vec(any::<u32>(), 0..40),
@@ -45,7 +45,7 @@ fn checkpoint_strategy() -> impl Strategy<Value = Checkpoint> {
 /// Loads `dir`, and checks that a loaded checkpoint is usable.
 fn load(dir: &Path) -> Option<Checkpoint> {
     let cp = checkpoint::load(dir, &arch()).ok()?;
-    assert_eq!(cp.params.len(), arch().layout().len);
+    assert_eq!(cp.params.len(), arch().layout().unwrap().len);
     assert!(cp.params.iter().all(|v| v.is_finite()));
     let (next, remaining) = cp.next_epoch();
     // The driver starts from `next - 1`.
@@ -174,7 +174,7 @@ proptest! {
         if let Some(r) = remaining {
             meta.insert("lazyavg.remaining".to_owned(), r);
         }
-        let params = vec![0.5f32; arch().layout().len];
+        let params = vec![0.5f32; arch().layout().unwrap().len];
         let extras = model_file::Extras { metadata: meta, ..Default::default() };
         let bytes = model_file::to_bytes_with(&arch(), &params, &extras).unwrap();
         std::fs::write(dir.path().join(CURRENT), bytes).unwrap();
@@ -409,7 +409,7 @@ proptest! {
 #[test]
 fn checkpoint_epochs_that_would_overflow_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let params = vec![0.5f32; arch().layout().len];
+    let params = vec![0.5f32; arch().layout().unwrap().len];
     for (epoch, remaining) in [(u64::MAX, vec![]), (0, vec![4, 2])] {
         checkpoint::save(
             dir.path(),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use lazyavg_common::config::{LrSchedule, RunSpec, TrainConfig};
 use lazyavg_common::matching::{Permutation, PermutationSpec};
-use lazyavg_common::params::Architecture;
+use lazyavg_common::spec::{InputShape, LayerSpec, ModelSpec};
 use lazyavg_common::status::{RunStatus, WorkerState, WorkerStatus};
 
 use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
@@ -13,7 +13,7 @@ impl From<&RunSpec> for pb::RunConfig {
     fn from(spec: &RunSpec) -> Self {
         let t = &spec.train;
         pb::RunConfig {
-            widths: spec.arch.widths.iter().map(|&w| w as u32).collect(),
+            model: Some(pb::ModelDescription::from(&spec.model)),
             batch_size: t.batch_size as u32,
             lr: t.lr,
             momentum: t.momentum,
@@ -33,11 +33,9 @@ impl TryFrom<pb::RunConfig> for RunSpec {
 
     /// Validates as the coordinator did, so a worker never trains on nonsense.
     fn try_from(c: pb::RunConfig) -> Result<Self, ProtoError> {
-        let widths: Vec<usize> = c.widths.iter().map(|&w| w as usize).collect();
-        let arch = Architecture { widths };
-        arch.check().map_err(|e| ProtoError::Config(e.to_string()))?;
+        let described = c.model.ok_or_else(|| ProtoError::Config("the run config has no model".into()))?;
+        let model = ModelSpec::try_from(described)?;
         let train = TrainConfig {
-            hidden: arch.widths[1..arch.widths.len() - 1].to_vec(),
             batch_size: c.batch_size as usize,
             lr: c.lr,
             momentum: c.momentum,
@@ -50,7 +48,56 @@ impl TryFrom<pb::RunConfig> for RunSpec {
             seed: c.seed,
         };
         train.validate().map_err(|e| ProtoError::Config(e.to_string()))?;
-        Ok(RunSpec { train, arch, epochs: c.epochs as usize })
+        Ok(RunSpec { train, model, epochs: c.epochs as usize })
+    }
+}
+
+impl From<&ModelSpec> for pb::ModelDescription {
+    fn from(spec: &ModelSpec) -> Self {
+        let layers = spec
+            .layers
+            .iter()
+            .map(|layer| pb::Layer {
+                kind: Some(match *layer {
+                    LayerSpec::Dense { units } => pb::layer::Kind::Dense(pb::DenseLayer { units: units as u32 }),
+                    LayerSpec::Relu => pb::layer::Kind::Relu(pb::ReluLayer {}),
+                }),
+            })
+            .collect();
+        let InputShape { channels, height, width } = spec.input;
+        pb::ModelDescription {
+            channels: channels as u32,
+            height: height as u32,
+            width: width as u32,
+            layers,
+            classes: spec.classes as u32,
+        }
+    }
+}
+
+impl TryFrom<pb::ModelDescription> for ModelSpec {
+    type Error = ProtoError;
+
+    /// Checks the description as the coordinator did, and that the network builds.
+    fn try_from(m: pb::ModelDescription) -> Result<Self, ProtoError> {
+        let layers = m
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| match layer.kind {
+                Some(pb::layer::Kind::Dense(pb::DenseLayer { units })) => {
+                    Ok(LayerSpec::Dense { units: units as usize })
+                }
+                Some(pb::layer::Kind::Relu(_)) => Ok(LayerSpec::Relu),
+                None => {
+                    Err(ProtoError::Config(format!("layer {} of the model is of no kind this worker knows", i + 1)))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let input = InputShape { channels: m.channels as usize, height: m.height as usize, width: m.width as usize };
+        let spec = ModelSpec { input, layers, classes: m.classes as usize };
+        spec.build().map_err(|e| ProtoError::Config(e.to_string()))?;
+        Ok(spec)
     }
 }
 
@@ -181,8 +228,10 @@ mod tests {
 
     #[test]
     fn run_config_round_trip() {
-        let train = TrainConfig { hidden: vec![30, 20], lr: 0.1, lr_scale: 2.0, ..TrainConfig::default() };
-        let spec = RunSpec { arch: train.architecture(784, 10).unwrap(), train, epochs: 3 };
+        let train = TrainConfig { lr: 0.1, lr_scale: 2.0, ..TrainConfig::default() };
+        let layers = ModelSpec::parse_layers("dense 30, relu, dense 20, relu, dense 10").unwrap();
+        let model = ModelSpec { input: InputShape { channels: 1, height: 28, width: 28 }, layers, classes: 10 };
+        let spec = RunSpec { model, train, epochs: 3 };
         let back = RunSpec::try_from(pb::RunConfig::from(&spec)).unwrap();
         assert_eq!(back, spec);
     }
@@ -190,14 +239,26 @@ mod tests {
     #[test]
     fn nonsense_run_config_is_refused() {
         let train = TrainConfig::default();
-        let spec = RunSpec { arch: train.architecture(784, 10).unwrap(), train, epochs: 3 };
+        let spec = RunSpec { model: ModelSpec::from_widths(&[784, 200, 10]).unwrap(), train, epochs: 3 };
         let mut msg = pb::RunConfig::from(&spec);
         msg.batch_size = 0;
         assert!(RunSpec::try_from(msg.clone()).is_err());
         msg.batch_size = 32;
-        msg.widths = vec![784];
-        assert!(RunSpec::try_from(msg.clone()).is_err());
-        msg.widths = vec![784, 10];
+        let model = msg.model.take();
+        assert_eq!(
+            RunSpec::try_from(msg.clone()).unwrap_err().to_string(),
+            "invalid run configuration: the run config has no model"
+        );
+        let mut zero = model.clone().unwrap();
+        zero.layers[0] = pb::Layer { kind: Some(pb::layer::Kind::Dense(pb::DenseLayer { units: 0 })) };
+        msg.model = Some(zero);
+        let err = RunSpec::try_from(msg.clone()).unwrap_err().to_string();
+        assert!(err.contains("layer 1 (dense 0): has width 0"), "{err}");
+        let mut unknown = model.clone().unwrap();
+        unknown.layers[1].kind = None;
+        msg.model = Some(unknown);
+        assert!(RunSpec::try_from(msg.clone()).unwrap_err().to_string().contains("layer 2 of the model is of no kind"));
+        msg.model = model;
         msg.lr_scale = 0.0;
         assert!(RunSpec::try_from(msg).is_err(), "a config without a scale factor is refused");
     }
@@ -216,8 +277,7 @@ mod tests {
 
     #[test]
     fn a_realign_round_trips_and_one_that_does_not_fit_the_model_is_refused() {
-        let arch = lazyavg_common::params::Architecture::mlp(4, &[3, 5], 2).unwrap();
-        let spec = PermutationSpec::mlp(&arch.layout());
+        let spec = ModelSpec::from_widths(&[4, 3, 5, 2]).unwrap().build().unwrap().permutation_spec();
         let perm = Permutation::new(vec![vec![2, 0, 1], vec![4, 3, 2, 1, 0]]).unwrap();
         let msg = realign_message(2, 7, &spec, &perm);
         assert_eq!((msg.epoch, msg.round, msg.groups.len()), (2, 7, 2));

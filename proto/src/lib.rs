@@ -32,7 +32,8 @@ pub const MAX_WORKER_NAME_BYTES: usize = 256;
 
 /// Version of the protocol in `lazyavg.proto`; Join refuses any other.
 /// 3: the coordinator may send `Realign` (`--align`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: `RunConfig.model`, a model's description, replaces its `widths`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The most payload bytes one message carries (weights, dataset, indices).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

@@ -20,6 +20,8 @@
 //! - `netns`: separate hosts in network namespaces; a worker's link cut and restored.
 //! - `merge`: `lazyavg train --part` on halves of MNIST and `lazyavg merge`
 //!   of their files, of a PyTorch-style file, and the refusal of mismatched ones.
+//! - `model`: a custom stack of layers (`--model`) trained in a cluster, two
+//!   trained on halves and merged; bad stacks and mismatched files refused.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `flags`: docs/flags.md against the binaries' `--help`; the hidden debugging knobs.
 //! - `scaling`: `lazyavg-bench scaling` (the bench crate) driving this `lazyavg`, end to end.
@@ -44,6 +46,7 @@ mod flags;
 mod harness;
 mod merge;
 mod metrics;
+mod model;
 mod netns;
 mod overlap;
 mod scaling;

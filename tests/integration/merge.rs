@@ -8,11 +8,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use lazyavg_common::dataset;
-use lazyavg_common::matching::{Permutation, PermutationSpec, apply};
-use lazyavg_common::model::{Mlp, Workspace};
+use lazyavg_common::matching::{Permutation, apply};
+use lazyavg_common::model::Workspace;
 use lazyavg_common::model_file;
-use lazyavg_common::params::Architecture;
 use lazyavg_common::rng::StreamRng;
+use lazyavg_common::spec::ModelSpec;
 use rand::SeedableRng;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -65,11 +65,11 @@ fn table(out: &Output) -> Vec<(String, f64, f64)> {
 }
 
 /// Test accuracy of a saved model, computed here rather than by the binary.
-fn accuracy_of(model: &Path) -> (Architecture, f64) {
+fn accuracy_of(model: &Path) -> (ModelSpec, f64) {
     let (arch, params) = model_file::load(model).unwrap_or_else(|e| panic!("{e}"));
     let (split, _) = dataset::load_dir(&mnist_dir(), false).expect("MNIST");
-    let mlp = Mlp::new(arch.clone());
-    let eval = mlp.evaluate(&params, &split.test, &mut Workspace::new(&arch, 500));
+    let mlp = arch.build().unwrap();
+    let eval = mlp.evaluate(&params, &split.test, &mut Workspace::new(&mlp, 500));
     (arch, eval.accuracy)
 }
 
@@ -110,10 +110,10 @@ fn two_halves_trained_apart_merge_far_better_than_their_naive_average() {
 
 /// Writes `params` as `safetensors.torch.save_file(model.state_dict())` would
 /// for an `nn.Sequential(Linear, ReLU, …)`: PyTorch's names, no metadata.
-fn save_like_pytorch(path: &Path, arch: &Architecture, params: &[f32]) {
+fn save_like_pytorch(path: &Path, arch: &ModelSpec, params: &[f32]) {
     let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut tensors = Vec::new();
-    for (l, layer) in arch.layout().layers.iter().enumerate() {
+    for (l, layer) in arch.layout().unwrap().layers.iter().enumerate() {
         let (w, b) =
             (&bytes[4 * layer.weight.start..4 * layer.weight.end], &bytes[4 * layer.bias.start..4 * layer.bias.end]);
         tensors.push((
@@ -128,10 +128,10 @@ fn save_like_pytorch(path: &Path, arch: &Architecture, params: &[f32]) {
 #[test]
 fn a_pytorch_file_merges_with_its_permuted_copy_into_itself() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let arch = Architecture::mlp(784, &[24, 16], 10).unwrap();
-    let mlp = Mlp::new(arch.clone());
+    let arch = ModelSpec::from_widths(&[784, 24, 16, 10]).unwrap();
+    let mlp = arch.build().unwrap();
     let params = mlp.init(3);
-    let spec = PermutationSpec::mlp(mlp.layout());
+    let spec = mlp.permutation_spec();
     let mut shuffled = params.clone();
     apply(&spec, &Permutation::random(&spec, &mut StreamRng::seed_from_u64(4)), &mut shuffled).unwrap();
     assert_ne!(shuffled, params);
@@ -151,8 +151,8 @@ fn files_of_different_architectures_are_refused_naming_both() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b) = (tmp.path().join("wide.safetensors"), tmp.path().join("narrow.safetensors"));
     for (path, hidden) in [(&a, 8), (&b, 6)] {
-        let arch = Architecture::mlp(784, &[hidden], 10).unwrap();
-        model_file::save(path, &arch, &Mlp::new(arch.clone()).init(1)).unwrap();
+        let arch = ModelSpec::from_widths(&[784, hidden, 10]).unwrap();
+        model_file::save(path, &arch, &arch.build().unwrap().init(1)).unwrap();
     }
     let out = merge(&[&a, &b], &[], &tmp.path().join("merged.safetensors"));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -166,9 +166,9 @@ fn files_of_different_architectures_are_refused_naming_both() {
 fn an_out_that_names_an_input_is_refused_and_the_input_kept() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b) = (tmp.path().join("a.safetensors"), tmp.path().join("b.safetensors"));
-    let arch = Architecture::mlp(784, &[8], 10).unwrap();
+    let arch = ModelSpec::from_widths(&[784, 8, 10]).unwrap();
     for (path, seed) in [(&a, 1), (&b, 2)] {
-        model_file::save(path, &arch, &Mlp::new(arch.clone()).init(seed)).unwrap();
+        model_file::save(path, &arch, &arch.build().unwrap().init(seed)).unwrap();
     }
     let before = fs::read(&b).expect("reading b");
     // The same file by another path.
@@ -185,8 +185,8 @@ fn an_out_that_names_an_input_is_refused_and_the_input_kept() {
 fn an_input_given_twice_is_warned_about_and_a_truncated_one_named_with_its_sizes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("a.safetensors");
-    let arch = Architecture::mlp(784, &[8], 10).unwrap();
-    model_file::save(&a, &arch, &Mlp::new(arch.clone()).init(1)).unwrap();
+    let arch = ModelSpec::from_widths(&[784, 8, 10]).unwrap();
+    model_file::save(&a, &arch, &arch.build().unwrap().init(1)).unwrap();
     let out = merge(&[&a, &a], &[], &tmp.path().join("merged.safetensors"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -45,7 +45,7 @@ fn one_epoch_with_defaults_reaches_96_percent() {
 /// Test-set accuracy of `model` according to `tests/crosscheck.py`. Fails,
 /// rather than skips, when Python or NumPy is missing: the cross-check is the
 /// only evidence that the saved file means what PyTorch will read into it.
-fn crosscheck_accuracy(model: &Path, mnist: &Path) -> f64 {
+pub(crate) fn crosscheck_accuracy(model: &Path, mnist: &Path) -> f64 {
     let missing = "the cross-check needs python3 with numpy and safetensors on PATH; .ci/run installs them";
     let probe = Command::new("python3").args(["-c", "import numpy, safetensors"]).output();
     match probe {
@@ -65,7 +65,7 @@ fn crosscheck_accuracy(model: &Path, mnist: &Path) -> f64 {
 /// Runs `lazyavg train` with `args`, expects it to fail, and returns its
 /// stderr. Every refusal comes before training starts, so the process is
 /// simply waited for.
-fn refused(args: &[&str], data_dir: &Path) -> String {
+pub(crate) fn refused(args: &[&str], data_dir: &Path) -> String {
     let out = lazyavg().arg("train").arg("--data-dir").arg(data_dir).args(args).output().expect("running lazyavg");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "lazyavg train {args:?} succeeded:\n{stderr}");
@@ -73,7 +73,7 @@ fn refused(args: &[&str], data_dir: &Path) -> String {
 }
 
 /// Asserts that the last line of `stderr` is lazyavg's error line and contains every one of `needles`.
-fn assert_error_line(stderr: &str, needles: &[&str]) {
+pub(crate) fn assert_error_line(stderr: &str, needles: &[&str]) {
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.starts_with("lazyavg: "), "not a `lazyavg: ` error line:\n{stderr}");
     for needle in needles {

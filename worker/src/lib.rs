@@ -261,6 +261,6 @@ async fn attempt(
             data
         }
     };
-    info!(worker = reply.worker_id, coordinator = url, architecture = %spec.arch, "joined the run");
+    info!(worker = reply.worker_id, coordinator = url, architecture = %spec.model, "joined the run");
     session::run(&mut client, reply.worker_id, &spec, data, config.slowdown, metrics, || backoff.reset()).await
 }

@@ -17,7 +17,6 @@ use std::time::Instant;
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::matching::{self, Permutation, PermutationSpec};
-use lazyavg_common::model::Mlp;
 use lazyavg_common::train::{Progress, Trainer};
 use lazyavg_proto::chunks::{decode_into, decode_values};
 use lazyavg_proto::convert::decode_indices;
@@ -120,16 +119,17 @@ impl Replica {
     /// A replica of the run's model, with placeholder weights until the
     /// coordinator sends the current ones.
     pub fn new(spec: &RunSpec, data: Arc<Dataset>) -> Result<Self> {
-        if data.image_len() != spec.arch.inputs() {
+        if data.image_len() != spec.model.input.len() {
             return Err(ProtoError::Config(format!(
-                "the model takes {} inputs but the dataset's images have {} pixels",
-                spec.arch.inputs(),
+                "the model takes {} inputs ({}) but the dataset's images have {} pixels",
+                spec.model.input.len(),
+                spec.model.input,
                 data.image_len()
             ))
             .into());
         }
-        let mlp = Mlp::new(spec.arch.clone());
-        let units = PermutationSpec::mlp(mlp.layout());
+        let mlp = spec.model.build()?;
+        let units = mlp.permutation_spec();
         let params = vec![0.0; mlp.len()];
         let sent = Arc::new(params.clone());
         let trainer = Trainer::with_params(&spec.train, mlp, params)?;
@@ -302,13 +302,14 @@ mod tests {
         let pixels: Vec<u8> = (0..64 * 6).map(|_| rng.random_range(0..256) as u8).collect();
         let labels: Vec<u8> = (0..64).map(|_| rng.random_range(0..10) as u8).collect();
         let data = Arc::new(Dataset::new(Images { count: 64, rows: 2, cols: 3, pixels }, labels, "toy").unwrap());
-        let train = TrainConfig { hidden: vec![7, 5], batch_size: 8, momentum: 0.9, ..TrainConfig::default() };
-        let spec = RunSpec { arch: train.architecture(6, 10).unwrap(), train, epochs: 1 };
+        let train = TrainConfig { batch_size: 8, momentum: 0.9, ..TrainConfig::default() };
+        let model = lazyavg_common::spec::ModelSpec::from_widths(&[6, 7, 5, 10]).unwrap();
+        let spec = RunSpec { model, train, epochs: 1 };
         let shard =
             pb::AssignShard { epoch: 1, indices: encode_indices(&(0..64).collect::<Vec<_>>()).into(), extend: false };
         let pull =
             |from, until| pb::PullWeights { epoch: 1, round: 1, train_from: from, train_until: until, after_round: 0 };
-        let start = Mlp::new(spec.arch.clone()).init_with(&mut rng);
+        let start = spec.model.build().unwrap().init_with(&mut rng);
         let replica = || {
             let mut r = Replica::new(&spec, Arc::clone(&data)).unwrap();
             r.assign(&shard).unwrap();

@@ -4,8 +4,9 @@ use tracing::debug;
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Mlp, Workspace};
-use crate::params::{Architecture, first_non_finite};
+use crate::model::{Network, Workspace};
+use crate::params::first_non_finite;
+use crate::spec::ModelSpec;
 
 use super::activation::match_activations;
 use super::permutation::{Permutation, apply};
@@ -17,7 +18,7 @@ use super::weight::match_weights;
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
     pub name: &'a str,
-    pub arch: &'a Architecture,
+    pub arch: &'a ModelSpec,
     pub params: &'a [f32],
 }
 
@@ -58,15 +59,15 @@ impl Align for WeightAlignment {
 /// [`match_activations`] of an MLP over the images at `indices` of `data`.
 #[derive(Debug, Clone)]
 pub struct ActivationAlignment<'a> {
-    pub mlp: Mlp,
+    pub mlp: Network,
     pub data: &'a Dataset,
     pub indices: Vec<u32>,
 }
 
 impl Align for ActivationAlignment<'_> {
     fn align(&self, reference: &[f32], other: &[f32]) -> Result<Permutation> {
-        let mut ws = Workspace::new(self.mlp.arch(), 256);
-        let spec = PermutationSpec::mlp(self.mlp.layout());
+        let mut ws = Workspace::new(&self.mlp, 256);
+        let spec = self.mlp.permutation_spec();
         let acts_ref = self.mlp.hidden_activations(reference, self.data, &self.indices, &mut ws);
         let acts_other = self.mlp.hidden_activations(other, self.data, &self.indices, &mut ws);
         match_activations(&spec, &acts_ref, &acts_other, self.indices.len())
@@ -167,10 +168,10 @@ fn check(inputs: &[Input<'_>], weights: &[f64]) -> Result<()> {
     }
     let first = &inputs[0];
     for input in inputs {
-        if input.arch != first.arch {
+        if !input.arch.same_network(first.arch) {
             return refuse(format!("{} is {} but {} is {}", first.name, first.arch, input.name, input.arch));
         }
-        first.arch.layout().check_len(first.arch, input.params)?;
+        first.arch.layout()?.check_len(first.arch, input.params)?;
         if let Some(i) = first_non_finite(input.params) {
             return refuse(format!("{} has parameter {i} = {}, not finite", input.name, input.params[i]));
         }

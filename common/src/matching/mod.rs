@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`spec`]: which (tensor, axis) pairs each permutable group moves; a
-//!   model declares its spec ([`PermutationSpec::mlp`]), everything else is
+//!   network declares its spec ([`crate::model::Network::permutation_spec`]), everything else is
 //!   written once against it.
 //! - [`permutation`]: [`Permutation`] and [`apply`], for parameters or any
 //!   buffer of the same layout (optimiser momentum).

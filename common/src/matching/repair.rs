@@ -12,7 +12,7 @@
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Matrix, Mlp, Workspace, matmul};
+use crate::model::{Matrix, Network, Workspace, matmul};
 
 /// A standard deviation below this is a unit that does not vary: it is shifted, not scaled.
 const MIN_STD: f64 = 1e-6;
@@ -22,7 +22,7 @@ const MIN_STD: f64 = 1e-6;
 /// `weights`-weighted means of those of `aligned` (the inputs, each already
 /// permuted into the merged model's unit order).
 pub fn repair(
-    mlp: &Mlp,
+    mlp: &Network,
     merged: &mut [f32],
     aligned: &[Vec<f32>],
     weights: &[f64],
@@ -60,12 +60,12 @@ pub fn repair(
 
 /// `(mean, std)` of every unit's pre-activation `W_l · a_{l−1} + b_l` (the
 /// logits for the output layer) over the images at `indices`, per layer.
-fn preactivation_stats(mlp: &Mlp, params: &[f32], data: &Dataset, indices: &[u32]) -> Vec<Vec<(f64, f64)>> {
+fn preactivation_stats(mlp: &Network, params: &[f32], data: &Dataset, indices: &[u32]) -> Vec<Vec<(f64, f64)>> {
     let m = indices.len();
     let layout = mlp.layout();
-    let mut ws = Workspace::new(mlp.arch(), 256);
+    let mut ws = Workspace::new(mlp, 256);
     let acts = mlp.hidden_activations(params, data, indices, &mut ws);
-    let mut x = vec![0.0f32; m * mlp.arch().inputs()];
+    let mut x = vec![0.0f32; m * mlp.inputs()];
     let mut labels = vec![0u8; m];
     data.fill_batch(indices.iter().map(|&i| i as usize), &mut x, &mut labels);
     let mut stats = Vec::with_capacity(layout.layers.len());
@@ -93,14 +93,14 @@ fn preactivation_stats(mlp: &Mlp, params: &[f32], data: &Dataset, indices: &[u32
 mod tests {
     use super::*;
     use crate::idx::Images;
-    use crate::params::Architecture;
+    use crate::spec::ModelSpec;
     use rand::{RngExt, SeedableRng};
 
     use crate::rng::StreamRng;
 
     #[test]
     fn repaired_units_have_the_inputs_mean_statistics() {
-        let mlp = Mlp::new(Architecture::mlp(20, &[16, 12], 4).unwrap());
+        let mlp = ModelSpec::from_widths(&[20, 16, 12, 4]).unwrap().build().unwrap();
         let (a, b) = (mlp.init(1), mlp.init(2));
         let mut rng = StreamRng::seed_from_u64(3);
         let pixels = (0..300 * 20).map(|_| rng.random_range(0..256) as u8).collect();

@@ -3,8 +3,8 @@
 use super::*;
 use crate::dataset::Dataset;
 use crate::idx::Images;
-use crate::model::{Mlp, Workspace};
-use crate::params::Architecture;
+use crate::model::{Network, Workspace};
+use crate::spec::ModelSpec;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
@@ -12,9 +12,9 @@ use crate::rng::StreamRng;
 
 /// A model of `widths` with He weights and random biases around 0.3 (so that
 /// the biases matter to matching and to the outputs, and few units are dead).
-fn model(widths: &[usize], seed: u64) -> (Mlp, Vec<f32>) {
-    let arch = Architecture { widths: widths.to_vec() };
-    let mlp = Mlp::new(arch);
+fn model(widths: &[usize], seed: u64) -> (Network, Vec<f32>) {
+    let arch = ModelSpec::from_widths(widths).unwrap();
+    let mlp = arch.build().unwrap();
     let mut params = mlp.init(seed);
     let mut rng = StreamRng::seed_from_u64(seed);
     for layer in &mlp.layout().layers {
@@ -49,9 +49,9 @@ fn permuted(spec: &PermutationSpec, perm: &Permutation, params: &[f32]) -> Vec<f
 /// unit dead on every image (`w·x + b < 0` with `b > 0`) fires on every one
 /// once its incoming weights are negated; layers are revived from the input
 /// upwards, since each changes the next one's inputs.
-fn revive_dead_units(mlp: &Mlp, params: &mut [f32], data: &Dataset) {
+fn revive_dead_units(mlp: &Network, params: &mut [f32], data: &Dataset) {
     let indices: Vec<u32> = (0..data.len() as u32).collect();
-    let mut ws = Workspace::new(mlp.arch(), 64);
+    let mut ws = Workspace::new(mlp, 64);
     for (g, layer) in mlp.layout().layers[..mlp.layout().layers.len() - 1].iter().enumerate() {
         let acts = mlp.hidden_activations(params, data, &indices, &mut ws);
         for (i, row) in acts[g].chunks_exact(data.len()).enumerate() {
@@ -72,13 +72,13 @@ const INPUTS: usize = WIDTHS[0];
 #[test]
 fn a_permuted_model_computes_the_same_outputs() {
     let (mlp, params) = model(&WIDTHS, 1);
-    let spec = PermutationSpec::mlp(mlp.layout());
+    let spec = mlp.permutation_spec();
     let perm = Permutation::random(&spec, &mut StreamRng::seed_from_u64(2));
     assert!(!perm.is_identity());
     let moved = permuted(&spec, &perm, &params);
     assert_ne!(moved, params);
     let data = images(INPUTS, 50, 3);
-    let mut ws = Workspace::new(mlp.arch(), 16);
+    let mut ws = Workspace::new(&mlp, 16);
     let (before, after) = (mlp.evaluate(&params, &data, &mut ws), mlp.evaluate(&moved, &data, &mut ws));
     assert!((before.loss - after.loss).abs() < 1e-5 * before.loss, "{before:?} vs {after:?}");
     assert_eq!(before.accuracy, after.accuracy);
@@ -100,7 +100,7 @@ fn a_permuted_model_computes_the_same_outputs() {
 #[test]
 fn inverse_undoes_and_compose_chains() {
     let (mlp, params) = model(&WIDTHS, 4);
-    let spec = PermutationSpec::mlp(mlp.layout());
+    let spec = mlp.permutation_spec();
     let mut rng = StreamRng::seed_from_u64(5);
     let (p, q) = (Permutation::random(&spec, &mut rng), Permutation::random(&spec, &mut rng));
     assert_eq!(permuted(&spec, &p.inverse(), &permuted(&spec, &p, &params)), params);
@@ -113,7 +113,7 @@ fn inverse_undoes_and_compose_chains() {
 fn both_matchings_recover_a_hidden_permutation_exactly() {
     for seed in 0..5 {
         let (mlp, mut params) = model(&WIDTHS, 10 + seed);
-        let spec = PermutationSpec::mlp(mlp.layout());
+        let spec = mlp.permutation_spec();
         let perm = Permutation::random(&spec, &mut StreamRng::seed_from_u64(20 + seed));
         let data = images(INPUTS, 200, seed);
         revive_dead_units(&mlp, &mut params, &data);
@@ -131,7 +131,7 @@ fn matching_a_model_with_itself_is_the_identity() {
     let (mlp, mut params) = model(&WIDTHS, 6);
     let data = images(INPUTS, 100, 7);
     revive_dead_units(&mlp, &mut params, &data);
-    let spec = PermutationSpec::mlp(mlp.layout());
+    let spec = mlp.permutation_spec();
     assert!(match_weights(&spec, &params, &params, 1, 50).unwrap().is_identity());
     let aligner = ActivationAlignment { mlp, data: &data, indices: (0..100).collect() };
     assert!(aligner.align(&params, &params).unwrap().is_identity());
@@ -140,9 +140,9 @@ fn matching_a_model_with_itself_is_the_identity() {
 #[test]
 fn merging_a_model_with_its_permutation_gives_the_model_back() {
     let (mlp, params) = model(&WIDTHS, 8);
-    let spec = PermutationSpec::mlp(mlp.layout());
+    let spec = mlp.permutation_spec();
     let moved = permuted(&spec, &Permutation::random(&spec, &mut StreamRng::seed_from_u64(9)), &params);
-    let arch = mlp.arch();
+    let arch = mlp.spec();
     let inputs = [Input { name: "a", arch, params: &params }, Input { name: "b", arch, params: &moved }];
     let aligner = WeightAlignment { spec: spec.clone(), seed: 3, max_passes: 50 };
     let merged = merge(&spec, &inputs, &[1.0, 3.0], &aligner).unwrap();
@@ -157,8 +157,8 @@ fn a_merge_is_the_weighted_mean_of_the_aligned_inputs() {
     let spec_widths = [3, 2, 2];
     let (mlp, a) = model(&spec_widths, 1);
     let (_, b) = model(&spec_widths, 2);
-    let spec = PermutationSpec::mlp(mlp.layout());
-    let arch = mlp.arch();
+    let spec = mlp.permutation_spec();
+    let arch = mlp.spec();
     let inputs = [Input { name: "a", arch, params: &a }, Input { name: "b", arch, params: &b }];
     let merged = merge(&spec, &inputs, &[1.0, 3.0], &NoAlignment { spec: spec.clone() }).unwrap();
     for ((&m, &x), &y) in merged.params.iter().zip(&a).zip(&b) {
@@ -170,9 +170,9 @@ fn a_merge_is_the_weighted_mean_of_the_aligned_inputs() {
 fn bad_inputs_are_refused_with_names_and_numbers() {
     let (mlp, a) = model(&[4, 3, 2], 1);
     let (other_mlp, c) = model(&[4, 5, 2], 2);
-    let spec = PermutationSpec::mlp(mlp.layout());
+    let spec = mlp.permutation_spec();
     let none = NoAlignment { spec: spec.clone() };
-    let (arch, other_arch) = (mlp.arch(), other_mlp.arch());
+    let (arch, other_arch) = (mlp.spec(), other_mlp.spec());
     let mut nan = a.clone();
     nan[7] = f32::NAN;
     let err = |inputs: &[Input<'_>], weights: &[f64]| merge(&spec, inputs, weights, &none).unwrap_err().to_string();
@@ -203,9 +203,9 @@ fn bad_inputs_are_refused_with_names_and_numbers() {
 #[test]
 fn merge_many_stops_at_a_fixed_point_of_aligning_each_input_to_the_others() {
     let widths = [12, 10, 8, 3];
-    let models: Vec<(Mlp, Vec<f32>)> = (20..24).map(|seed| model(&widths, seed)).collect();
-    let spec = PermutationSpec::mlp(models[0].0.layout());
-    let arch = models[0].0.arch();
+    let models: Vec<(Network, Vec<f32>)> = (20..24).map(|seed| model(&widths, seed)).collect();
+    let spec = models[0].0.permutation_spec();
+    let arch = models[0].0.spec();
     let inputs: Vec<Input<'_>> = models.iter().map(|(_, params)| Input { name: "m", arch, params }).collect();
     let weights = [1.0, 2.0, 1.0, 3.0];
     let aligner = WeightAlignment { spec: spec.clone(), seed: 5, max_passes: 50 };

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::Driver;
 use crate::checkpoint::{self, Checkpoint, Fault};
 use crate::observe::{Observers, RunEvent};
-use lazyavg_common::params::Architecture;
+use lazyavg_common::spec::ModelSpec;
 
 impl Driver {
     /// On the way out mid-epoch (signal, too few workers): records the epoch's
@@ -26,7 +26,7 @@ impl Driver {
         // An empty list means every image was averaged in: the epoch is complete.
         let checkpoint = self.snapshot(self.epoch, remaining);
         let fault = self.config.checkpoint_fault(self.epoch);
-        write_checkpoint(&self.config.out_dir, self.mlp.arch(), &checkpoint, fault, &self.observers);
+        write_checkpoint(&self.config.out_dir, self.mlp.spec(), &checkpoint, fault, &self.observers);
     }
 
     /// The current model and outer velocity as epoch `epoch` with
@@ -43,7 +43,7 @@ impl Driver {
 /// goes on, and the previous checkpoint stays usable.
 pub(super) fn write_checkpoint(
     dir: &Path,
-    arch: &Architecture,
+    arch: &ModelSpec,
     checkpoint: &Checkpoint,
     fault: Option<Fault>,
     observers: &Observers,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lazyavg_common::dataset::Dataset;
-use lazyavg_common::model::{Evaluation, Mlp, Workspace};
+use lazyavg_common::model::{Evaluation, Network, Workspace};
 use lazyavg_common::telemetry::error_chain;
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -45,7 +45,7 @@ impl Driver {
             record.accuracy = evaluation.accuracy;
             record.elapsed = training_started.elapsed().as_secs_f64();
             observers.emit(&RunEvent::EpochEvaluated(&record))?;
-            write_checkpoint(&dir, mlp.arch(), &checkpoint, fault, &observers);
+            write_checkpoint(&dir, mlp.spec(), &checkpoint, fault, &observers);
             Ok(evaluation)
         }));
         Ok(())
@@ -83,7 +83,7 @@ pub(super) async fn close_done(closing: &mut Option<ClosingEpoch>) -> Result<Eva
 }
 
 /// Test loss and accuracy of `params`.
-pub(super) fn evaluate(mlp: &Mlp, test: &Dataset, params: &[f32]) -> Evaluation {
-    let mut workspace = Workspace::new(mlp.arch(), EVAL_BATCH);
+pub(super) fn evaluate(mlp: &Network, test: &Dataset, params: &[f32]) -> Evaluation {
+    let mut workspace = Workspace::new(&mlp, EVAL_BATCH);
     mlp.evaluate(params, test, &mut workspace)
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lazyavg_common::dataset::Dataset;
-use lazyavg_common::model::{Evaluation, Mlp};
+use lazyavg_common::model::{Evaluation, Network};
 use lazyavg_common::outer::OuterOptimizer;
 use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::convert::shard_messages;
@@ -97,7 +97,7 @@ struct EpochTally {
 
 pub struct Driver {
     config: CoordinatorConfig,
-    mlp: Mlp,
+    mlp: Network,
     test: Arc<Dataset>,
     n_train: usize,
     params: Vec<f32>,
@@ -144,7 +144,7 @@ impl Driver {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: CoordinatorConfig,
-        mlp: Mlp,
+        mlp: Network,
         start: Checkpoint,
         test: Arc<Dataset>,
         n_train: usize,

@@ -1,0 +1,212 @@
+//! `--model` and `--hidden`, the same on `lazyavg train` and `lazyavg
+//! coordinator`: which model to train, turned into a [`ModelSpec`] once the
+//! data's shape and class count are known.
+//!
+//! In a config file, `model = "mlp"` (with `hidden = [200, 200]`) or a table
+//! of layers:
+//!
+//! ```toml
+//! [model]
+//! layers = ["dense 400", "relu", "dense 200", "relu", "dense 100", "relu", "dense 10"]
+//! ```
+//!
+//! A run's `config.toml` records the table in full, with the input's shape
+//! and the class count, which are then checked against the data.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::spec::{InputShape, LAYER_KINDS, LayerSpec, ModelSpec};
+
+/// The default MLP's hidden widths.
+pub const DEFAULT_HIDDEN: [usize; 2] = [200, 200];
+
+/// Which model to train: the MLP by name, or a stack of layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModelChoice {
+    /// `mlp`, the only named model: dense layers of `--hidden` widths, each
+    /// followed by a ReLU, then a dense layer per class.
+    Named(String),
+    /// A custom stack.
+    Stack(StackTable),
+}
+
+/// The `[model]` table: layers as written (`"dense 400"`, `"relu"`), and
+/// optionally the input's shape and the class count (checked against the data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackTable {
+    pub layers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputShape>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+}
+
+impl FromStr for ModelChoice {
+    type Err = String;
+
+    /// `mlp`, or a comma-separated stack: `dense 400, relu, dense 10`.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        if text.trim() == "mlp" {
+            return Ok(ModelChoice::Named("mlp".to_owned()));
+        }
+        let layers: Vec<String> = text.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
+        Ok(ModelChoice::Stack(StackTable { layers, input: None, classes: None }))
+    }
+}
+
+/// The model flags and config-file keys.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+pub struct ModelSettings {
+    /// The model: `mlp`, or a stack of layers from input to output, like 'dense 400, relu, dense 10' (kinds: dense N, relu; in a config file also a [model] table) [default: mlp].
+    #[arg(long, value_name = "mlp|LAYERS", value_parser = clap::value_parser!(ModelChoice))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelChoice>,
+
+    /// Hidden layer widths of the MLP, comma-separated: its shorthand [default: 200,200].
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "W,W,..")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Vec<usize>>,
+}
+
+impl ModelSettings {
+    /// The checks that need no data: `--hidden`'s widths, a known name, and
+    /// no `--hidden` beside a stack that gives its widths itself.
+    pub fn check(&self) -> Result<()> {
+        if let Some(hidden) = &self.hidden {
+            if hidden.is_empty() {
+                return Err(Error::config("--hidden", "needs at least one layer width, e.g. 200,200"));
+            }
+            if let Some(at) = hidden.iter().position(|&w| w == 0) {
+                return Err(Error::config(
+                    "--hidden",
+                    format!("layer widths must be positive, got {hidden:?} (hidden layer {} has width 0)", at + 1),
+                ));
+            }
+        }
+        match &self.model {
+            None => Ok(()),
+            Some(ModelChoice::Named(name)) if name == "mlp" => Ok(()),
+            Some(ModelChoice::Named(name)) => Err(Error::config(
+                "--model",
+                format!("unknown model {name:?}: give mlp or a stack of layers ({LAYER_KINDS})"),
+            )),
+            Some(ModelChoice::Stack(_)) if self.hidden.is_some() => Err(Error::config(
+                "--hidden",
+                "is the MLP's shorthand; a --model stack gives its layers' widths itself",
+            )),
+            Some(ModelChoice::Stack(table)) => parse_layers(&table.layers).map(drop),
+        }
+    }
+
+    /// The model for samples of `input` and `classes` classes, validated.
+    pub fn resolve(&self, input: InputShape, classes: usize) -> Result<ModelSpec> {
+        self.check()?;
+        let spec = match &self.model {
+            Some(ModelChoice::Stack(table)) => {
+                check_recorded(table, input, classes)?;
+                ModelSpec { input, layers: parse_layers(&table.layers)?, classes }
+            }
+            _ => ModelSpec::mlp(input, self.hidden.as_deref().unwrap_or(&DEFAULT_HIDDEN), classes),
+        };
+        // Building checks what only the network knows (where a ReLU may go).
+        spec.build()?;
+        Ok(spec)
+    }
+
+    /// The settings that describe `spec` in full, for a run's `config.toml`.
+    pub fn recorded(spec: &ModelSpec) -> Self {
+        let layers = spec.layers.iter().map(ToString::to_string).collect();
+        let table = StackTable { layers, input: Some(spec.input), classes: Some(spec.classes) };
+        ModelSettings { model: Some(ModelChoice::Stack(table)), hidden: None }
+    }
+}
+
+/// Parses every layer; an error names the layer by its place (1-based).
+fn parse_layers(layers: &[String]) -> Result<Vec<LayerSpec>> {
+    if layers.is_empty() {
+        return Err(Error::model(0, "model", "has no layers; give at least one, like dense 10"));
+    }
+    layers
+        .iter()
+        .enumerate()
+        .map(|(i, text)| LayerSpec::parse(text).map_err(|problem| Error::model(i + 1, text.trim(), problem)))
+        .collect()
+}
+
+/// A recorded input shape or class count must be the data's.
+fn check_recorded(table: &StackTable, input: InputShape, classes: usize) -> Result<()> {
+    if let Some(recorded) = table.input.filter(|&r| r != input) {
+        return Err(Error::model(0, "input", format!("the model takes {recorded} but the data's images are {input}")));
+    }
+    if let Some(recorded) = table.classes.filter(|&r| r != classes) {
+        return Err(Error::model(0, "classes", format!("the model has {recorded} but the data has {classes}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MNIST: InputShape = InputShape { channels: 1, height: 28, width: 28 };
+
+    fn stack(text: &str) -> ModelSettings {
+        ModelSettings { model: Some(text.parse().unwrap()), hidden: None }
+    }
+
+    #[test]
+    fn the_default_is_the_mlp_and_hidden_is_its_shorthand() {
+        let spec = ModelSettings::default().resolve(MNIST, 10).unwrap();
+        assert_eq!(spec.to_string(), "784-200-200-10");
+        let small = ModelSettings { model: Some("mlp".parse().unwrap()), hidden: Some(vec![64]) };
+        assert_eq!(small.resolve(MNIST, 10).unwrap().to_string(), "784-64-10");
+        let custom = stack("dense 400, relu, dense 200, relu, dense 100, relu, dense 10");
+        assert_eq!(custom.resolve(MNIST, 10).unwrap().to_string(), "784-400-200-100-10");
+    }
+
+    #[test]
+    fn bad_stacks_are_one_line_errors_naming_the_layer_and_the_numbers() {
+        let err = |s: ModelSettings| s.resolve(MNIST, 10).unwrap_err().to_string();
+        assert_eq!(
+            err(stack("dense 400, relu, dense 0, relu, dense 10")),
+            "invalid model, layer 3 (dense 0): has width 0; give a positive width"
+        );
+        assert_eq!(
+            err(stack("dense 400, conv 3, dense 10")),
+            "invalid model, layer 2 (conv 3): unknown layer kind \"conv\" in \"conv 3\" (known: dense N, relu)"
+        );
+        assert_eq!(
+            err(stack("dense 400, relu, dense 7")),
+            "invalid model, layer 3 (dense 7): gives 7 outputs but the data has 10 classes"
+        );
+        assert!(err(stack("relu, dense 10")).starts_with("invalid model, layer 1 (relu): must follow a dense layer"));
+        let both = ModelSettings { hidden: Some(vec![5]), ..stack("dense 10") };
+        assert!(err(both).starts_with("invalid --hidden: is the MLP's shorthand"));
+        assert!(
+            err(ModelSettings { model: Some(ModelChoice::Named("cnn".into())), hidden: None })
+                .starts_with("invalid --model: unknown model \"cnn\"")
+        );
+    }
+
+    #[test]
+    fn a_recorded_description_round_trips_through_toml_and_is_checked_against_the_data() {
+        let spec = stack("dense 30, relu, dense 10").resolve(MNIST, 10).unwrap();
+        let recorded = ModelSettings::recorded(&spec);
+        let text = toml::to_string(&recorded).unwrap();
+        assert!(text.contains("[model]"), "{text}");
+        let back: ModelSettings = toml::from_str(&text).unwrap();
+        assert_eq!(back.resolve(MNIST, 10).unwrap(), spec);
+        let other = InputShape { channels: 3, height: 32, width: 32 };
+        assert_eq!(
+            back.resolve(other, 10).unwrap_err().to_string(),
+            "invalid model, input: the model takes 1x28x28 but the data's images are 3x32x32"
+        );
+        let named: ModelSettings = toml::from_str("model = \"mlp\"\nhidden = [64]\n").unwrap();
+        assert_eq!(named.resolve(MNIST, 10).unwrap().to_string(), "784-64-10");
+    }
+}

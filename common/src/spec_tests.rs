@@ -1,0 +1,69 @@
+//! Tests of model descriptions: parsing, shapes, validation, layout.
+
+use super::*;
+
+const MNIST: InputShape = InputShape { channels: 1, height: 28, width: 28 };
+
+#[test]
+fn layers_parse_in_every_spelling_and_print_back() {
+    for text in ["dense 400", "dense(400)", "dense:400", " Dense 400 ", "linear 400"] {
+        assert_eq!(LayerSpec::parse(text), Ok(LayerSpec::Dense { units: 400 }), "{text}");
+    }
+    assert_eq!(LayerSpec::parse("relu"), Ok(LayerSpec::Relu));
+    assert_eq!(LayerSpec::Dense { units: 7 }.to_string(), "dense 7");
+    assert!(LayerSpec::parse("dense").unwrap_err().contains("needs a width"));
+    assert!(LayerSpec::parse("maxpool 2").unwrap_err().starts_with("unknown layer kind \"maxpool\""));
+}
+
+#[test]
+fn a_custom_stack_has_a_layout_of_named_tensors_in_sequential_order() {
+    let layers = ModelSpec::parse_layers("dense 400, relu, dense 200, relu, dense 100, relu, dense 10").unwrap();
+    let spec = ModelSpec { input: MNIST, layers, classes: 10 };
+    assert_eq!(spec.to_string(), "784-400-200-100-10");
+    let layout = spec.layout().unwrap();
+    let names: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias", "6.weight", "6.bias"]);
+    assert_eq!(layout.tensor("4.weight").unwrap().shape, [100, 200]);
+    assert_eq!(layout.len, 784 * 400 + 400 + 400 * 200 + 200 + 200 * 100 + 100 + 100 * 10 + 10);
+    assert_eq!(layout.layers.len(), 4);
+    let net = spec.build().unwrap();
+    assert_eq!(net.permutation_spec().sizes(), [400, 200, 100]);
+    // Derived from the layers, it is the MLP's spec derived from the dense layers.
+    assert_eq!(net.permutation_spec(), crate::matching::PermutationSpec::mlp(net.layout()));
+}
+
+#[test]
+fn invalid_stacks_name_the_layer_and_the_numbers() {
+    let err =
+        |layers: Vec<LayerSpec>, classes| ModelSpec { input: MNIST, layers, classes }.check().unwrap_err().to_string();
+    assert_eq!(err(vec![], 10), "invalid model, model: has no layers; give at least one, like dense 10");
+    assert_eq!(
+        err(vec![LayerSpec::Dense { units: 0 }, LayerSpec::Dense { units: 10 }], 10),
+        "invalid model, layer 1 (dense 0): has width 0; give a positive width"
+    );
+    assert_eq!(
+        err(vec![LayerSpec::Dense { units: 5 }], 10),
+        "invalid model, layer 1 (dense 5): gives 5 outputs but the data has 10 classes"
+    );
+    let huge =
+        vec![LayerSpec::Dense { units: 1 << 31 }, LayerSpec::Dense { units: 1 << 31 }, LayerSpec::Dense { units: 2 }];
+    assert!(err(huge, 2).contains("more than"));
+    assert!(ModelSpec::from_widths(&[784]).is_err());
+}
+
+#[test]
+fn a_flat_input_of_as_many_values_is_the_same_network() {
+    let image = ModelSpec::mlp(MNIST, &[20], 10);
+    let flat = ModelSpec::from_widths(&[784, 20, 10]).unwrap();
+    assert!(image.same_network(&flat) && flat.same_network(&image));
+    assert!(!image.same_network(&ModelSpec::from_widths(&[784, 21, 10]).unwrap()));
+    let other = InputShape { channels: 4, height: 14, width: 14 };
+    assert!(!image.same_network(&ModelSpec::mlp(other, &[20], 10)), "two image shapes differ");
+}
+
+#[test]
+fn only_dense_relu_stacks_print_as_widths() {
+    let spec = ModelSpec { input: MNIST, layers: vec![LayerSpec::Dense { units: 10 }, LayerSpec::Relu], classes: 10 };
+    assert_eq!(spec.mlp_widths(), None);
+    assert_eq!(spec.to_string(), "1x28x28 → dense 10, relu → 10 classes");
+}
