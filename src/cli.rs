@@ -181,6 +181,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
 
+    /// Start from the weights of a model file, its model rebuilt from the file alone (a --model or --hidden given too must describe the same one).
+    #[arg(long, value_name = "FILE")]
+    pub resume: Option<PathBuf>,
+
     /// Train on part K of N disjoint parts of the training set (e.g. 1/2), split by --split-seed.
     #[arg(long, value_name = "K/N")]
     pub part: Option<Part>,

@@ -1,26 +1,66 @@
 //! `lazyavg train`: one process, no cluster. The baseline the cluster is
 //! measured against, and the quickest check that data and model work.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
+use lazyavg_common::config::ModelSettings;
 use lazyavg_common::dataset;
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model_file;
 use lazyavg_common::rng::{self, Purpose};
+use lazyavg_common::spec::{InputShape, ModelSpec};
 use lazyavg_common::train::{Progress, Trainer};
 use rand::seq::SliceRandom;
 use tracing::info;
 
 use crate::cli::TrainArgs;
 
+/// `--resume FILE`: the model the file describes and its weights, checked
+/// against the data's images and classes and against `--model`/`--hidden`
+/// when given. A flat input recorded by earlier versions takes the data's shape.
+fn resumed(path: &Path, settings: &ModelSettings, input: InputShape) -> anyhow::Result<(ModelSpec, Vec<f32>)> {
+    let (mut model, params) = model_file::load(path)?;
+    let for_data = ModelSpec { input, ..model.clone() };
+    anyhow::ensure!(
+        model.same_network(&for_data) && model.classes == NUM_CLASSES,
+        "invalid --resume: {} holds a model of {} inputs and {} classes, but the data has {}x{} pixels and {NUM_CLASSES} classes",
+        path.display(),
+        model.input.len(),
+        model.classes,
+        input.height,
+        input.width
+    );
+    model.input = input;
+    if settings.model.is_some() || settings.hidden.is_some() {
+        let wanted = settings.resolve(input, NUM_CLASSES)?;
+        anyhow::ensure!(
+            wanted.same_network(&model),
+            "invalid --resume: {} holds a {model} model but --model/--hidden make a {wanted}",
+            path.display()
+        );
+    }
+    Ok((model, params))
+}
+
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let config = args.hyper.resolve()?;
     anyhow::ensure!(args.epochs > 0, "invalid --epochs: must be at least 1");
     let (split, verification) = dataset::load_dir(&args.data.data_dir, args.verify)?;
     verification.log();
-    let model = args.hyper.model.resolve(split.train.input_shape(), NUM_CLASSES)?;
-    let mut trainer = Trainer::new(&config, &model)?;
+    let (model, mut trainer) = match &args.resume {
+        Some(path) => {
+            let (model, params) = resumed(path, &args.hyper.model, split.train.input_shape())?;
+            info!(path = %path.display(), "starting from the weights of a model file");
+            let trainer = Trainer::with_params(&config, model.build()?, params)?;
+            (model, trainer)
+        }
+        None => {
+            let model = args.hyper.model.resolve(split.train.input_shape(), NUM_CLASSES)?;
+            (model.clone(), Trainer::new(&config, &model)?)
+        }
+    };
     info!(architecture = %model, parameters = trainer.network().len(), "training in one process");
     let samples: Vec<u32> = match args.part {
         Some(part) => part.indices(args.split_seed, split.train.len()),

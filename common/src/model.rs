@@ -19,6 +19,7 @@
 //! for AVX2, which `multiversion` picks at run time.
 
 use multiversion::multiversion;
+use ndarray::ArrayView2;
 use rand::RngExt;
 use rand_distr::StandardNormal;
 
@@ -212,13 +213,13 @@ impl Network {
             // dW = deltaᵀ · A   ([out, B] · [B, in])
             matmul(delta_t, input_t.t(), &mut grads[layer.weight.clone()]);
             // db = Σ_samples delta
-            row_sums(delta_t.data, &mut grads[layer.bias.clone()]);
+            row_sums(delta_t.values(), &mut grads[layer.bias.clone()]);
             if l > 0 {
                 // delta_belowᵀ = (Wᵀ · deltaᵀ) ⊙ [Aᵀ > 0]   ([in, out] · [out, B])
                 let below = &mut below[l][..layer.inputs * b];
                 matmul(weight(params, layer).t(), delta_t, below);
                 if self.relu[l - 1] {
-                    relu_backward(below, input_t.data);
+                    relu_backward(below, input_t.values());
                 }
             }
         }
@@ -233,7 +234,7 @@ impl Network {
             let z_t = &mut outputs[0][..layer.outputs * b];
             // Zᵀ = W · Aᵀ   ([out, in] · [in, B])
             matmul(weight(params, layer), transposed_input(inputs, l, layer.inputs, b), z_t);
-            let bias = &params[layer.bias.clone()];
+            let bias = layer.bias_view(params).to_slice().expect("a bias is contiguous");
             if self.relu[l] {
                 add_bias_to_rows(z_t, bias, |z| z.max(0.0));
             } else {
@@ -271,34 +272,41 @@ impl Network {
     }
 }
 
-/// A borrowed `rows × cols` matrix of f32: either `data` read row-major, or
-/// (after [`Matrix::t`]) the transpose of a row-major `cols × rows` buffer, so
-/// that a weight stored `[out, in]` serves as `Wᵀ` without a copy.
+/// A borrowed `rows × cols` matrix of f32: an ndarray view over part of the
+/// flat parameter buffer or of a workspace, row-major as stored, or (after
+/// [`Matrix::t`]) its transpose over the same values, so that a weight stored
+/// `[out, in]` serves as `Wᵀ` without a copy. The view's shape and strides
+/// are what [`matmul`] hands the kernel.
 #[derive(Debug, Clone, Copy)]
-pub struct Matrix<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    transposed: bool,
-}
+pub struct Matrix<'a>(ArrayView2<'a, f32>);
 
 impl<'a> Matrix<'a> {
     /// The first `rows · cols` values of `data` as a row-major `rows × cols`
     /// matrix. Panics if `data` is shorter.
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
         let len = rows.checked_mul(cols).expect("matrix size overflows usize");
-        Matrix { data: &data[..len], rows, cols, transposed: false }
+        Matrix(ArrayView2::from_shape((rows, cols), &data[..len]).expect("exactly rows · cols values"))
     }
 
     /// The transpose, `cols × rows`, over the same buffer.
     pub fn t(self) -> Self {
-        Matrix { rows: self.cols, cols: self.rows, transposed: !self.transposed, ..self }
+        Matrix(self.0.reversed_axes())
     }
 
-    /// Distances in elements between neighbours in a column and in a row.
-    fn strides(&self) -> (isize, isize) {
-        // Slice lengths never exceed `isize::MAX`, so neither cast wraps.
-        if self.transposed { (1, self.rows as isize) } else { (self.cols as isize, 1) }
+    /// The view itself.
+    pub fn view(&self) -> ArrayView2<'a, f32> {
+        self.0
+    }
+
+    /// The values in memory order (row-major as stored).
+    fn values(&self) -> &'a [f32] {
+        self.0.to_slice_memory_order().expect("a matrix is contiguous")
+    }
+}
+
+impl<'a> From<ArrayView2<'a, f32>> for Matrix<'a> {
+    fn from(view: ArrayView2<'a, f32>) -> Self {
+        Matrix(view)
     }
 }
 
@@ -312,19 +320,20 @@ impl<'a> Matrix<'a> {
 ///
 /// Panics unless `lhs.cols == rhs.rows` and `dst.len() == lhs.rows · rhs.cols`.
 pub fn matmul(lhs: Matrix<'_>, rhs: Matrix<'_>, dst: &mut [f32]) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let ((m, k), (rhs_rows, n)) = (lhs.0.dim(), rhs.0.dim());
     // Real asserts rather than debug ones: they are what makes the call below
     // sound, and cost a few comparisons per product of thousands of FLOP.
-    assert_eq!(rhs.rows, k, "inner dimensions differ: {m}×{k} · {}×{n}", rhs.rows);
+    assert_eq!(rhs_rows, k, "inner dimensions differ: {m}×{k} · {rhs_rows}×{n}");
     assert_eq!(Some(dst.len()), m.checked_mul(n), "destination holds {} values, the product {m}×{n}", dst.len());
-    let ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs)) = (lhs.strides(), rhs.strides());
-    // SAFETY: gemm reads lhs at `i·lhs_rs + p·lhs_cs` for i < m, p < k, at
-    // most `(m−1)·lhs_rs + (k−1)·lhs_cs = m·k − 1` in either layout, inside
-    // `lhs.data` (sliced to exactly `m·k` by `Matrix::new`); likewise rhs
-    // below `k·n`. It writes dst at `i·n + j < m·n = dst.len()` (row stride n,
-    // column stride 1). `dst` is borrowed exclusively, so it cannot alias the
-    // shared inputs, and with `read_dst = false` its old values are not read:
-    // gemm computes `dst = alpha·dst + beta·lhs·rhs` with alpha ignored.
+    let (lhs_strides, rhs_strides) = (lhs.0.strides(), rhs.0.strides());
+    let ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs)) = ((lhs_strides[0], lhs_strides[1]), (rhs_strides[0], rhs_strides[1]));
+    // SAFETY: gemm reads lhs at `i·lhs_rs + p·lhs_cs` from its first element
+    // for i < m, p < k: the elements of the view at [i, p], which ndarray
+    // guarantees lie inside the slice it borrows; likewise rhs. It writes dst
+    // at `i·n + j < m·n = dst.len()` (row stride n, column stride 1). `dst`
+    // is borrowed exclusively, so it cannot alias the shared inputs, and with
+    // `read_dst = false` its old values are not read: gemm computes
+    // `dst = alpha·dst + beta·lhs·rhs` with alpha ignored.
     unsafe {
         gemm::gemm(
             m,
@@ -334,10 +343,10 @@ pub fn matmul(lhs: Matrix<'_>, rhs: Matrix<'_>, dst: &mut [f32]) {
             1,
             n as isize,
             false,
-            lhs.data.as_ptr(),
+            lhs.0.as_ptr(),
             lhs_cs,
             lhs_rs,
-            rhs.data.as_ptr(),
+            rhs.0.as_ptr(),
             rhs_cs,
             rhs_rs,
             0.0,
@@ -352,7 +361,7 @@ pub fn matmul(lhs: Matrix<'_>, rhs: Matrix<'_>, dst: &mut [f32]) {
 
 /// Layer `layer`'s weight in `params`, `[out, in]`.
 fn weight<'a>(params: &'a [f32], layer: &LayerLayout) -> Matrix<'a> {
-    Matrix::new(&params[layer.weight.clone()], layer.outputs, layer.inputs)
+    Matrix::from(layer.weight_view(params))
 }
 
 /// Layer `l`'s input as `Aᵀ` (`[in, B]`): the input batch is stored `[B, in]`

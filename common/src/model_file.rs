@@ -414,6 +414,36 @@ mod tests {
         safetensors::serialize(tensors, None).unwrap()
     }
 
+    /// The tensors of `bytes` with `metadata` in place of theirs.
+    fn with_metadata(bytes: &[u8], metadata: HashMap<String, String>) -> Vec<u8> {
+        let tensors = SafeTensors::deserialize(bytes).unwrap();
+        let named: Vec<(String, TensorView<'_>)> =
+            tensors.tensors().into_iter().map(|(name, view)| (name.to_string(), view)).collect();
+        safetensors::serialize(named, Some(metadata)).unwrap()
+    }
+
+    #[test]
+    fn a_file_of_an_earlier_version_loads_as_the_same_network() {
+        // Written as lazyavg wrote files before the model description: widths only.
+        let spec = ModelSpec::from_widths(&[4, 3, 2]).unwrap();
+        let params: Vec<f32> = (0..spec.layout().unwrap().len).map(|i| i as f32).collect();
+        let meta = HashMap::from([(ARCHITECTURE_KEY.to_owned(), "4-3-2".to_owned())]);
+        let (loaded, loaded_params, _) = from_bytes(&with_metadata(&to_bytes(&spec, &params).unwrap(), meta)).unwrap();
+        assert_eq!((&loaded, &loaded_params), (&spec, &params));
+        let image = crate::spec::InputShape { channels: 1, height: 2, width: 2 };
+        assert!(loaded.same_network(&ModelSpec { input: image, ..spec.clone() }));
+    }
+
+    #[test]
+    fn a_description_that_contradicts_the_tensors_names_tensor_layer_and_shapes() {
+        let spec = ModelSpec::from_widths(&[4, 3, 2]).unwrap();
+        let other = ModelSpec::from_widths(&[4, 5, 2]).unwrap();
+        let params = vec![0.5; other.layout().unwrap().len];
+        let meta = HashMap::from([(MODEL_KEY.to_owned(), serde_json::to_string(&spec).unwrap())]);
+        let err = from_bytes(&with_metadata(&to_bytes(&other, &params).unwrap(), meta)).unwrap_err();
+        assert_eq!(err, "tensor 0.weight has shape [5, 4], but layer 1 (dense 3) of 4-3-2 needs [3, 4]");
+    }
+
     #[test]
     fn a_file_without_metadata_has_its_architecture_inferred() {
         let bytes = without_metadata(&[

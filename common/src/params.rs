@@ -7,6 +7,7 @@
 use std::fmt;
 use std::ops::Range;
 
+use ndarray::{ArrayView1, ArrayView2, ArrayViewD};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -33,6 +34,25 @@ pub struct LayerLayout {
     pub outputs: usize,
     pub weight: Range<usize>,
     pub bias: Range<usize>,
+}
+
+impl LayerLayout {
+    /// The weight in `params`, `[outputs, inputs]`, as a view.
+    pub fn weight_view<'a>(&self, params: &'a [f32]) -> ArrayView2<'a, f32> {
+        ArrayView2::from_shape((self.outputs, self.inputs), &params[self.weight.clone()]).expect("the layout's shape")
+    }
+
+    /// The bias in `params`, `[outputs]`, as a view.
+    pub fn bias_view<'a>(&self, params: &'a [f32]) -> ArrayView1<'a, f32> {
+        ArrayView1::from(&params[self.bias.clone()])
+    }
+}
+
+impl TensorLayout {
+    /// This tensor in `params`, of its shape, as a view.
+    pub fn view<'a>(&self, params: &'a [f32]) -> ArrayViewD<'a, f32> {
+        ArrayViewD::from_shape(self.shape.as_slice(), &params[self.range.clone()]).expect("the layout's shape")
+    }
 }
 
 /// Every tensor of a model, in buffer order, and the buffer's length;
@@ -127,6 +147,10 @@ mod tests {
         let names: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]);
         assert_eq!(layout.tensor("2.weight").unwrap().shape, [200, 200]);
+        let params: Vec<f32> = (0..layout.len).map(|i| i as f32).collect();
+        let w = layout.layers[1].weight_view(&params);
+        assert_eq!((w.dim(), w[[2, 3]]), ((200, 200), (157_000 + 2 * 200 + 3) as f32));
+        assert_eq!(layout.tensor("4.bias").unwrap().view(&params).shape(), [10]);
         assert_eq!(layout.train_flop_per_sample(), 879_200);
         assert_eq!(spec.to_string(), "784-200-200-10");
     }

@@ -151,3 +151,27 @@ fn resuming_a_run_with_another_model_is_refused_naming_both() {
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert_error_line(&stderr, &["holds a 784-16-10 model", "makes a 784-32-10"]);
 }
+
+/// `lazyavg train` with `args` on MNIST; expects success.
+fn train(args: &[&str]) {
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "train", "--data-dir"]).arg(mnist_dir()).args(args);
+    let mut proc = Proc::spawn("train", cmd);
+    assert_eq!(proc.wait(TRAIN_TIMEOUT), 0, "{}", proc.dump());
+}
+
+#[test]
+fn train_resumes_from_a_model_file_alone_and_refuses_another_model() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (first, second) = (tmp.path().join("first.safetensors"), tmp.path().join("second.safetensors"));
+    let path = |p: &PathBuf| p.to_str().expect("utf-8 path").to_owned();
+    train(&["--model", "dense 16, relu, dense 10", "--part", "1/6", "--save", &path(&first)]);
+    // No model flag: the file says what it is.
+    train(&["--resume", &path(&first), "--part", "2/6", "--save", &path(&second)]);
+    assert_eq!(layers_of(&second), "dense 16, relu, dense 10");
+    let (_, before) = model_file::load(&first).expect("first");
+    let (_, after) = model_file::load(&second).expect("second");
+    assert_ne!(before, after, "the resumed run trained on");
+    let stderr = refused(&["--resume", &path(&first), "--hidden", "32"], &mnist_dir());
+    assert_error_line(&stderr, &["first.safetensors", "holds a 784-16-10 model", "make a 784-32-10"]);
+}
