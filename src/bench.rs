@@ -54,7 +54,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
     let base = TrainConfig::default();
     let arch = ModelSettings::default().resolve(split.train.input_shape(), NUM_CLASSES)?;
-    let flop_per_sample = arch.layout()?.train_flop_per_sample() as f64;
+    let flop_per_sample = arch.build()?.train_flop_per_sample() as f64;
     let mut workloads = Vec::with_capacity(BATCH_SIZES.len() + 1);
     for batch_size in BATCH_SIZES {
         workloads.push(training(TrainConfig { batch_size, ..base.clone() }, &arch, &split.train)?);
