@@ -16,7 +16,8 @@ use std::ops::Range;
 
 use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Slice, s};
 
-use crate::model::{Matrix, matmul, row_sums};
+use crate::matmul::{Matrix, matmul};
+use crate::model::row_sums;
 
 /// The shapes of one convolution: `in_channels × in_height × in_width`
 /// images to `out_channels × out_height() × out_width()`.
@@ -176,7 +177,13 @@ fn rows_of(values: &mut [f32], b: usize) -> ArrayViewMut2<'_, f32> {
 /// The convolution of a batch without its bias: `output = W · columns`,
 /// `[(out_channels, out_y, out_x), B]`. Leaves the batch's columns in
 /// `columns` for [`backward`].
-pub fn forward(geometry: &Conv2dGeometry, weight: &[f32], input: ArrayView4<'_, f32>, columns: &mut [f32], output: &mut [f32]) {
+pub fn forward(
+    geometry: &Conv2dGeometry,
+    weight: &[f32],
+    input: ArrayView4<'_, f32>,
+    columns: &mut [f32],
+    output: &mut [f32],
+) {
     let b = input.len_of(Axis(3));
     let width = geometry.out_pixels() * b;
     im2col(geometry, input, columns);
@@ -236,7 +243,13 @@ mod tests {
     }
 
     /// [`forward`], then each output channel's bias (which the network adds in its ReLU's pass).
-    fn forward_with_bias(g: &Conv2dGeometry, (weight, bias): (&[f32], &[f32]), input: ArrayView4<'_, f32>, columns: &mut [f32], output: &mut [f32]) {
+    fn forward_with_bias(
+        g: &Conv2dGeometry,
+        (weight, bias): (&[f32], &[f32]),
+        input: ArrayView4<'_, f32>,
+        columns: &mut [f32],
+        output: &mut [f32],
+    ) {
         forward(g, weight, input, columns, output);
         let width = output.len() / g.out_channels;
         for (row, &bias) in output.chunks_exact_mut(width).zip(bias) {

@@ -53,7 +53,12 @@ impl LayerSpec {
             ("dense" | "linear", _) => return Err(format!("{text:?}: a dense layer needs a width, like dense 400")),
             ("conv" | "conv2d", [channels, kernel, options @ ..]) => {
                 let [stride, padding] = options_of(options, [("stride", 1), ("pad", 0)])?;
-                LayerSpec::Conv2d { channels: number(channels, "channel count")?, kernel: square(kernel)?, stride, padding }
+                LayerSpec::Conv2d {
+                    channels: number(channels, "channel count")?,
+                    kernel: square(kernel)?,
+                    stride,
+                    padding,
+                }
             }
             ("conv" | "conv2d", _) => {
                 return Err(format!("{text:?}: a convolution needs channels and a kernel, like conv 32 5x5 pad 2"));
@@ -86,13 +91,18 @@ impl LayerSpec {
             (LayerSpec::Conv2d { .. }, Shape::Image(image) | Shape::Maps(image)) => {
                 let geometry = self.conv_geometry(image).expect("a convolution");
                 geometry.validate()?;
-                let maps = InputShape { channels: geometry.out_channels, height: geometry.out_height(), width: geometry.out_width() };
+                let maps = InputShape {
+                    channels: geometry.out_channels,
+                    height: geometry.out_height(),
+                    width: geometry.out_width(),
+                };
                 Ok(Shape::Maps(maps))
             }
             (LayerSpec::MaxPool { .. }, Shape::Image(image) | Shape::Maps(image)) => {
                 let geometry = self.pool_geometry(image).expect("a pooling");
                 geometry.validate()?;
-                let maps = InputShape { channels: image.channels, height: geometry.out_height(), width: geometry.out_width() };
+                let maps =
+                    InputShape { channels: image.channels, height: geometry.out_height(), width: geometry.out_width() };
                 Ok(Shape::Maps(maps))
             }
         }
@@ -115,7 +125,13 @@ impl LayerSpec {
     /// A pooling's shapes on `input`; `None` for other kinds.
     pub fn pool_geometry(&self, input: InputShape) -> Option<MaxPoolGeometry> {
         let LayerSpec::MaxPool { kernel, stride } = *self else { return None };
-        Some(MaxPoolGeometry { channels: input.channels, in_height: input.height, in_width: input.width, kernel, stride })
+        Some(MaxPoolGeometry {
+            channels: input.channels,
+            in_height: input.height,
+            in_width: input.width,
+            kernel,
+            stride,
+        })
     }
 
     /// The tensors this layer owns for `input` (shapes only), named as in

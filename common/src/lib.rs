@@ -11,6 +11,7 @@
 //! - [`params`]: the flat parameter buffer's layout of named tensors.
 //! - [`layer_spec`]: one layer of a description: its kinds, spelling, shapes and tensors.
 //! - [`model`]: the network's forward and backward passes and evaluation.
+//! - [`matmul`]: the matrix product behind every layer.
 //! - `stage`: the network's passes, one per dense, convolution or pooling layer.
 //! - [`conv`]: the 2-D convolution's arithmetic (im2col and matrix products).
 //! - [`pool`]: 2-D max pooling.
@@ -36,6 +37,7 @@ pub mod fsutil;
 pub mod idx;
 pub mod layer_spec;
 pub mod matching;
+pub mod matmul;
 pub mod model;
 pub mod model_file;
 pub mod model_settings;

@@ -26,9 +26,9 @@ use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::matching::{Group, PermutationSpec, TensorAxis};
 use crate::params::{LayerLayout, Layout};
-use crate::stage::{Input, Scratch, Stage};
 use crate::rng::{self, Purpose};
 use crate::spec::{LayerSpec, ModelSpec, Shape};
+use crate::stage::{Input, Scratch, Stage};
 
 /// The network of a [`ModelSpec`], built by [`ModelSpec::build`]. It holds
 /// no parameters: those are a flat buffer owned by the caller (see
@@ -177,6 +177,20 @@ impl Network {
         6 * macs - 2 * first
     }
 
+    /// Fails, naming `method`, unless every stage is a dense layer: what
+    /// activation matching and REPAIR take (a hidden unit is then one value
+    /// per sample, where a convolution's channel is a whole map).
+    pub fn check_dense_only(&self, method: &str) -> Result<()> {
+        match self.stages.iter().all(|stage| matches!(stage, Stage::Dense(_))) {
+            true => Ok(()),
+            false => Err(Error::Matching(format!(
+                "{method} takes networks of dense layers only, and {} has convolution or pooling layers; \
+                 match by weights instead",
+                self.spec
+            ))),
+        }
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -282,85 +296,6 @@ impl Network {
         }
         let n = data.len().max(1) as f64;
         Evaluation { loss: loss / n, accuracy: correct as f64 / n, samples: data.len() }
-    }
-}
-
-/// A borrowed `rows × cols` matrix of f32: either `data` read row-major, or
-/// (after [`Matrix::t`]) the transpose of a row-major `cols × rows` buffer, so
-/// that a weight stored `[out, in]` serves as `Wᵀ` without a copy.
-#[derive(Debug, Clone, Copy)]
-pub struct Matrix<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    transposed: bool,
-}
-
-impl<'a> Matrix<'a> {
-    /// The first `rows · cols` values of `data` as a row-major `rows × cols`
-    /// matrix. Panics if `data` is shorter.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        let len = rows.checked_mul(cols).expect("matrix size overflows usize");
-        Matrix { data: &data[..len], rows, cols, transposed: false }
-    }
-
-    /// The transpose, `cols × rows`, over the same buffer.
-    pub fn t(self) -> Self {
-        Matrix { rows: self.cols, cols: self.rows, transposed: !self.transposed, ..self }
-    }
-
-    /// Distances in elements between neighbours in a column and in a row.
-    fn strides(&self) -> (isize, isize) {
-        // Slice lengths never exceed `isize::MAX`, so neither cast wraps.
-        if self.transposed { (1, self.rows as isize) } else { (self.cols as isize, 1) }
-    }
-}
-
-/// `dst = lhs · rhs`, with `dst` row-major `[lhs.rows, rhs.cols]`, computed on
-/// the calling thread by the `gemm` crate (which picks AVX2/FMA or AVX-512
-/// kernels at run time, so the binary runs on any x86-64).
-///
-/// Deterministic: without parallelism the blocking, and with it the order in
-/// which each sum is accumulated, depends only on the shapes and the CPU's
-/// features, so the same inputs give bit-identical results on one machine.
-///
-/// Panics unless `lhs.cols == rhs.rows` and `dst.len() == lhs.rows · rhs.cols`.
-pub fn matmul(lhs: Matrix<'_>, rhs: Matrix<'_>, dst: &mut [f32]) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    // Real asserts rather than debug ones: they are what makes the call below
-    // sound, and cost a few comparisons per product of thousands of FLOP.
-    assert_eq!(rhs.rows, k, "inner dimensions differ: {m}×{k} · {}×{n}", rhs.rows);
-    assert_eq!(Some(dst.len()), m.checked_mul(n), "destination holds {} values, the product {m}×{n}", dst.len());
-    let ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs)) = (lhs.strides(), rhs.strides());
-    // SAFETY: gemm reads lhs at `i·lhs_rs + p·lhs_cs` for i < m, p < k, at
-    // most `(m−1)·lhs_rs + (k−1)·lhs_cs = m·k − 1` in either layout, inside
-    // `lhs.data` (sliced to exactly `m·k` by `Matrix::new`); likewise rhs
-    // below `k·n`. It writes dst at `i·n + j < m·n = dst.len()` (row stride n,
-    // column stride 1). `dst` is borrowed exclusively, so it cannot alias the
-    // shared inputs, and with `read_dst = false` its old values are not read:
-    // gemm computes `dst = alpha·dst + beta·lhs·rhs` with alpha ignored.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.data.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.data.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
@@ -475,9 +410,11 @@ fn stage_of(layer: &LayerSpec, i: usize, input: Shape, layout: &Layout) -> Optio
             weight: tensor("weight")?,
             bias: tensor("bias")?,
         })),
-        LayerSpec::Conv2d { .. } => {
-            Some(Stage::Conv { geometry: layer.conv_geometry(image?)?, weight: tensor("weight")?, bias: tensor("bias")? })
-        }
+        LayerSpec::Conv2d { .. } => Some(Stage::Conv {
+            geometry: layer.conv_geometry(image?)?,
+            weight: tensor("weight")?,
+            bias: tensor("bias")?,
+        }),
         LayerSpec::MaxPool { .. } => layer.pool_geometry(image?).map(Stage::MaxPool),
         LayerSpec::Relu | LayerSpec::Flatten => None,
     }

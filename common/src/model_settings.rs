@@ -31,7 +31,10 @@ const PRESETS: [(&str, &str); 2] = [
         "lenet5",
         "conv 6 5x5 pad 2, relu, maxpool 2, conv 16 5x5, relu, maxpool 2, flatten, dense 120, relu, dense 84, relu, dense 10",
     ),
-    ("cnn", "conv 32 5x5 pad 2, relu, maxpool 2, conv 64 5x5 pad 2, relu, maxpool 2, flatten, dense 512, relu, dense 10"),
+    (
+        "cnn",
+        "conv 32 5x5 pad 2, relu, maxpool 2, conv 64 5x5 pad 2, relu, maxpool 2, flatten, dense 512, relu, dense 10",
+    ),
 ];
 
 /// The names `--model` knows.
@@ -67,7 +70,10 @@ impl FromStr for ModelChoice {
     /// `dense 400, relu, dense 10`.
     fn from_str(text: &str) -> std::result::Result<Self, String> {
         let name = text.trim();
-        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') && !is_layer_kind(name) {
+        if !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !is_layer_kind(name)
+        {
             return Ok(ModelChoice::Named(name.to_owned()));
         }
         let layers: Vec<String> = text.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
@@ -219,7 +225,10 @@ mod tests {
             err(stack("dense 400, relu, dense 7")),
             "invalid model, layer 3 (dense 7): gives 7 outputs but the data has 10 classes"
         );
-        assert!(err(stack("relu, dense 10")).starts_with("invalid model, layer 1 (relu): must follow a dense, conv or maxpool layer"));
+        assert!(
+            err(stack("relu, dense 10"))
+                .starts_with("invalid model, layer 1 (relu): must follow a dense, conv or maxpool layer")
+        );
         let both = ModelSettings { hidden: Some(vec![5]), ..stack("dense 10") };
         assert!(err(both).starts_with("invalid --hidden: is the MLP's shorthand"));
         assert!(

@@ -18,8 +18,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::Network;
 pub use crate::layer_spec::{LAYER_KINDS, LayerSpec};
+use crate::model::Network;
 use crate::params::{Layout, MAX_PARAMETERS, TensorLayout};
 
 /// The shape of one sample, channels × height × width (MNIST: 1 × 28 × 28).

@@ -82,8 +82,14 @@ fn invalid_convolutional_stacks_name_the_layer_and_the_numbers() {
         err("conv 4 5x5 stride 5, maxpool 2, maxpool 3, flatten, dense 10"),
         "invalid model, layer 3 (maxpool 3): a 3×3 window does not fit a 2×2 input"
     );
-    assert_eq!(err("flatten, conv 2 3x3, dense 10"), "invalid model, layer 2 (conv 2 3x3): takes images but gets a flat input of 784 values");
-    assert!(err("flatten, relu, dense 10").starts_with("invalid model, layer 2 (relu): must follow a dense, conv or maxpool layer"));
+    assert_eq!(
+        err("flatten, conv 2 3x3, dense 10"),
+        "invalid model, layer 2 (conv 2 3x3): takes images but gets a flat input of 784 values"
+    );
+    assert!(
+        err("flatten, relu, dense 10")
+            .starts_with("invalid model, layer 2 (relu): must follow a dense, conv or maxpool layer")
+    );
 }
 
 #[test]

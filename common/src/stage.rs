@@ -14,7 +14,8 @@ use std::ops::Range;
 use ndarray::{ArrayView4, ArrayViewMut4, ShapeBuilder};
 
 use crate::conv::{self, Conv2dGeometry};
-use crate::model::{Matrix, add_bias_to_rows, matmul, relu_in_place, row_sums};
+use crate::matmul::{Matrix, matmul};
+use crate::model::{add_bias_to_rows, relu_in_place, row_sums};
 use crate::params::LayerLayout;
 use crate::pool::{self, MaxPoolGeometry};
 
@@ -68,9 +69,14 @@ impl<'a> Input<'a> {
 }
 
 /// `values` (`[features, B]`) as images indexed `[channel, y, x, sample]`.
-fn images_mut(values: &mut [f32], (channels, height, width): (usize, usize, usize), b: usize) -> ArrayViewMut4<'_, f32> {
+fn images_mut(
+    values: &mut [f32],
+    (channels, height, width): (usize, usize, usize),
+    b: usize,
+) -> ArrayViewMut4<'_, f32> {
     let len = channels * height * width * b;
-    ArrayViewMut4::from_shape((channels, height, width, b), &mut values[..len]).expect("a stage's input holds its shape")
+    ArrayViewMut4::from_shape((channels, height, width, b), &mut values[..len])
+        .expect("a stage's input holds its shape")
 }
 
 impl Stage {
@@ -105,7 +111,9 @@ impl Stage {
     pub fn scratch(&self, capacity: usize) -> Scratch {
         match self {
             Stage::Dense(_) => Scratch::default(),
-            Stage::Conv { geometry, .. } => Scratch { columns: vec![0.0; geometry.columns_len(capacity)], argmax: Vec::new() },
+            Stage::Conv { geometry, .. } => {
+                Scratch { columns: vec![0.0; geometry.columns_len(capacity)], argmax: Vec::new() }
+            }
             Stage::MaxPool(geometry) => Scratch { columns: Vec::new(), argmax: vec![0; geometry.out_len() * capacity] },
         }
     }
@@ -164,7 +172,13 @@ impl Stage {
             Stage::Conv { geometry, weight, bias } => {
                 let (weight_grad, bias_grad) = two_ranges(grads, weight, bias);
                 let below = below.map(|below| images_mut(below, conv_input(geometry), b));
-                conv::backward(geometry, &params[weight.clone()], (&mut scratch.columns, delta), (weight_grad, bias_grad), below);
+                conv::backward(
+                    geometry,
+                    &params[weight.clone()],
+                    (&mut scratch.columns, delta),
+                    (weight_grad, bias_grad),
+                    below,
+                );
             }
             Stage::MaxPool(geometry) => {
                 if let Some(below) = below {
@@ -191,7 +205,11 @@ fn bias_and_relu(output: &mut [f32], bias: &[f32], relu: bool) {
 }
 
 /// Two disjoint ranges of `values`, the first before the second.
-fn two_ranges<'a>(values: &'a mut [f32], first: &Range<usize>, second: &Range<usize>) -> (&'a mut [f32], &'a mut [f32]) {
+fn two_ranges<'a>(
+    values: &'a mut [f32],
+    first: &Range<usize>,
+    second: &Range<usize>,
+) -> (&'a mut [f32], &'a mut [f32]) {
     let (head, tail) = values.split_at_mut(second.start);
     (&mut head[first.clone()], &mut tail[..second.len()])
 }

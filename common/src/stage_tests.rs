@@ -75,8 +75,13 @@ fn cnn_gradients_match_central_differences() {
 #[test]
 fn the_presets_have_pytorchs_tensors() {
     let mnist = InputShape { channels: 1, height: 28, width: 28 };
-    let lenet = network(mnist, "conv 6 5x5 pad 2, relu, maxpool 2, conv 16 5x5, relu, maxpool 2, flatten, dense 120, relu, dense 84, relu, dense 10", 10);
-    let shapes: Vec<(&str, &[usize])> = lenet.layout().tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+    let lenet = network(
+        mnist,
+        "conv 6 5x5 pad 2, relu, maxpool 2, conv 16 5x5, relu, maxpool 2, flatten, dense 120, relu, dense 84, relu, dense 10",
+        10,
+    );
+    let shapes: Vec<(&str, &[usize])> =
+        lenet.layout().tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
     assert_eq!(
         shapes,
         [
@@ -92,7 +97,11 @@ fn the_presets_have_pytorchs_tensors() {
             ("11.bias", &[10]),
         ]
     );
-    let cnn = network(mnist, "conv 32 5x5 pad 2, relu, maxpool 2, conv 64 5x5 pad 2, relu, maxpool 2, flatten, dense 512, relu, dense 10", 10);
+    let cnn = network(
+        mnist,
+        "conv 32 5x5 pad 2, relu, maxpool 2, conv 64 5x5 pad 2, relu, maxpool 2, flatten, dense 512, relu, dense 10",
+        10,
+    );
     assert_eq!(cnn.len(), 1_663_370);
 }
 
