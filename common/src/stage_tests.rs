@@ -120,3 +120,18 @@ fn a_sample_gets_the_same_logits_alone_or_in_a_batch() {
     let one_by_one = net.evaluate(&params, &data, &mut alone);
     assert!((all.loss - one_by_one.loss).abs() < 1e-6, "{all:?} vs {one_by_one:?}");
 }
+
+/// The ensemble of one model is that model (its logits are the last stage's,
+/// whatever the number of dense layers).
+#[test]
+fn the_ensemble_of_one_cnn_is_that_cnn() {
+    let input = InputShape { channels: 1, height: 6, width: 6 };
+    let net = network(input, "conv 2 3x3, relu, maxpool 2, flatten, dense 3, relu, dense 2", 2);
+    let params = net.init(4);
+    let data = random_batch(&mut StreamRng::seed_from_u64(4), 8, input, 2);
+    let mut ws = Workspace::new(&net, 8);
+    let alone = net.evaluate(&params, &data, &mut ws);
+    let ensemble = net.evaluate_ensemble(&[&params], &data, &mut ws);
+    assert_eq!(alone.accuracy, ensemble.accuracy);
+    assert!((alone.loss - ensemble.loss).abs() < 1e-5, "{alone:?} vs {ensemble:?}");
+}
