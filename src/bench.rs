@@ -4,14 +4,14 @@
 //! samples/s are the unit that cluster throughput is measured against.
 //!
 //! Everything runs on the calling thread: training and the ceiling both call
-//! [`model::matmul`], which runs the `gemm` crate without parallelism.
+//! [`matmul::matmul`], which runs the `gemm` crate without parallelism.
 
 use std::time::{Duration, Instant};
 
 use lazyavg_common::config::{ModelSettings, TrainConfig};
 use lazyavg_common::dataset::{self, Dataset};
 use lazyavg_common::idx::NUM_CLASSES;
-use lazyavg_common::model::{self, Matrix};
+use lazyavg_common::matmul::{self, Matrix};
 use lazyavg_common::rng::{self, Purpose};
 use lazyavg_common::spec::ModelSpec;
 use lazyavg_common::train::{Progress, Trainer};
@@ -54,7 +54,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
     let base = TrainConfig::default();
     let arch = ModelSettings::default().resolve(split.train.input_shape(), NUM_CLASSES)?;
-    let flop_per_sample = arch.layout()?.train_flop_per_sample() as f64;
+    let flop_per_sample = arch.build()?.train_flop_per_sample() as f64;
     let mut workloads = Vec::with_capacity(BATCH_SIZES.len() + 1);
     for batch_size in BATCH_SIZES {
         workloads.push(training(TrainConfig { batch_size, ..base.clone() }, &arch, &split.train)?);
@@ -110,7 +110,7 @@ fn matmul(n: usize) -> Workload<'static> {
     let mut c = vec![0.0; n * n];
     let flop = 2.0 * (n as f64).powi(3);
     Box::new(move || {
-        model::matmul(Matrix::new(&a, n, n), Matrix::new(&b, n, n), &mut c);
+        matmul::matmul(Matrix::new(&a, n, n), Matrix::new(&b, n, n), &mut c);
         flop
     })
 }

@@ -5,6 +5,11 @@ Usage: python3 tests/crosscheck.py MODEL.safetensors MNIST_DIR
 
 Prints one JSON line, e.g. {"accuracy": 0.9692, "samples": 10000, "architecture": "784-200-200-10"}.
 
+A file whose metadata describes its layers (`lazyavg.model`: convolutions,
+pooling, flatten, dense, ReLU) is run layer by layer as PyTorch defines
+them (Conv2d, MaxPool2d with floor rounding, Flatten); a file without it as
+nn.Sequential of Linear and ReLU.
+
 Nothing here shares code with lazyavg: the safetensors and IDX formats are
 parsed from their specifications (and the file is read a second time with the
 `safetensors` package, the parser PyTorch uses), and the forward pass is
@@ -110,6 +115,63 @@ def accuracy(pairs, images, labels):
     return float(np.mean(np.argmax(a, axis=1) == labels))
 
 
+BATCH = 200
+
+
+def conv2d(x, weight, bias, stride, padding):
+    """PyTorch's Conv2d on NCHW images: cross-correlation, zero padding."""
+    k = weight.shape[2]
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    return np.einsum("nchwij,ocij->nohw", windows, weight, optimize=True) + bias[None, :, None, None]
+
+
+def max_pool(x, k, stride):
+    """PyTorch's MaxPool2d without padding, floor rounding."""
+    windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    return windows.max(axis=(4, 5))
+
+
+def options(words, defaults):
+    """`stride 2 pad 1` as a dict over `defaults`."""
+    values = dict(defaults)
+    for name, value in zip(words[::2], words[1::2]):
+        values["pad" if name == "padding" else name] = int(value)
+    return values
+
+
+def forward_described(model, tensors, images):
+    """The logits of `images` through the layers `model` describes, layer i
+    owning tensors `i.weight` and `i.bias` as in nn.Sequential."""
+    shape = model["input"]
+    a = images.reshape(len(images), shape["channels"], shape["height"], shape["width"]) / 255.0
+    for i, text in enumerate(model["layers"]):
+        kind, *words = text.split()
+        if kind == "conv":
+            stride, pad = (options(words[2:], {"stride": 1, "pad": 0})[key] for key in ("stride", "pad"))
+            a = conv2d(a, tensors[f"{i}.weight"], tensors[f"{i}.bias"], stride, pad)
+        elif kind == "maxpool":
+            k = int(words[0])
+            a = max_pool(a, k, options(words[1:], {"stride": k})["stride"])
+        elif kind == "relu":
+            a = np.maximum(a, 0.0)
+        elif kind == "flatten":
+            a = a.reshape(len(a), -1)
+        elif kind == "dense":
+            a = a.reshape(len(a), -1) @ tensors[f"{i}.weight"].T + tensors[f"{i}.bias"]
+        else:
+            fail(f"layer {i}: unknown kind {text!r}")
+    return a
+
+
+def described_accuracy(model, tensors, images, labels):
+    correct = 0
+    for start in range(0, len(images), BATCH):
+        logits = forward_described(model, tensors, images[start : start + BATCH])
+        correct += int(np.sum(np.argmax(logits, axis=1) == labels[start : start + BATCH]))
+    return correct / len(labels)
+
+
 def check_with_reference_parser(path, tensors):
     """Loads the file again with the `safetensors` package, the parser behind
     PyTorch's `safetensors.torch.load_file`, and checks it sees the same
@@ -129,15 +191,21 @@ def main(argv):
         fail("usage: python3 tests/crosscheck.py MODEL.safetensors MNIST_DIR")
     tensors, metadata = read_safetensors(argv[1])
     check_with_reference_parser(argv[1], tensors)
+    images = read_idx(argv[2], "t10k-images-idx3-ubyte")
+    labels = read_idx(argv[2], "t10k-labels-idx1-ubyte")
+    if len(images) != len(labels):
+        fail(f"{len(images)} test images but {len(labels)} labels")
+    if "lazyavg.model" in metadata:
+        model = json.loads(metadata["lazyavg.model"])
+        accuracy_ = described_accuracy(model, tensors, images, labels)
+        result = {"accuracy": accuracy_, "samples": len(labels), "architecture": ", ".join(model["layers"])}
+        print(json.dumps(result))
+        return
     pairs = layers(tensors)
     architecture = "-".join(map(str, [pairs[0][0].shape[1]] + [w.shape[0] for w, _ in pairs]))
     declared = metadata.get("lazyavg.architecture", architecture)
     if declared != architecture:
         fail(f"metadata declares architecture {declared} but the tensors make {architecture}")
-    images = read_idx(argv[2], "t10k-images-idx3-ubyte")
-    labels = read_idx(argv[2], "t10k-labels-idx1-ubyte")
-    if len(images) != len(labels):
-        fail(f"{len(images)} test images but {len(labels)} labels")
     if images[0].size != pairs[0][0].shape[1]:
         fail(f"images have {images[0].size} pixels but the model takes {pairs[0][0].shape[1]} inputs")
     result = {"accuracy": accuracy(pairs, images, labels), "samples": len(labels), "architecture": architecture}

@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use lazyavg_common::matching::{Permutation, apply, assignment, match_weights};
-use lazyavg_common::model::{Matrix, matmul};
+use lazyavg_common::matmul::{Matrix, matmul};
 use lazyavg_common::rng::StreamRng;
 use lazyavg_common::spec::ModelSpec;
 use ndarray::Array2;

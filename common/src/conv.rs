@@ -16,7 +16,8 @@ use std::ops::Range;
 
 use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Slice, s};
 
-use crate::model::{Matrix, matmul, row_sums};
+use crate::matmul::{Matrix, matmul};
+use crate::model::row_sums;
 
 /// The shapes of one convolution: `in_channels × in_height × in_width`
 /// images to `out_channels × out_height() × out_width()`.
@@ -173,12 +174,12 @@ fn rows_of(values: &mut [f32], b: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((values.len() / b, b), values).expect("a span is whole rows of B")
 }
 
-/// The convolution of a batch: `output = W · columns + bias`, output
+/// The convolution of a batch without its bias: `output = W · columns`,
 /// `[(out_channels, out_y, out_x), B]`. Leaves the batch's columns in
 /// `columns` for [`backward`].
 pub fn forward(
     geometry: &Conv2dGeometry,
-    (weight, bias): (&[f32], &[f32]),
+    weight: &[f32],
     input: ArrayView4<'_, f32>,
     columns: &mut [f32],
     output: &mut [f32],
@@ -189,11 +190,6 @@ pub fn forward(
     let columns = Matrix::new(columns, geometry.patch(), width);
     let output = &mut output[..geometry.out_channels * width];
     matmul(Matrix::new(weight, geometry.out_channels, geometry.patch()), columns, output);
-    for (row, &bias) in output.chunks_exact_mut(width).zip(bias) {
-        for v in row {
-            *v += bias;
-        }
-    }
 }
 
 /// The gradients of a batch from the output's gradient `output_grad`
@@ -244,6 +240,21 @@ mod tests {
             padding,
         };
         [g(1, 5, 5, 2, 3, 1, 0), g(2, 6, 5, 3, 3, 2, 1), g(3, 4, 4, 2, 2, 1, 2), g(1, 3, 1, 2, 3, 1, 1)]
+    }
+
+    /// [`forward`], then each output channel's bias (which the network adds in its ReLU's pass).
+    fn forward_with_bias(
+        g: &Conv2dGeometry,
+        (weight, bias): (&[f32], &[f32]),
+        input: ArrayView4<'_, f32>,
+        columns: &mut [f32],
+        output: &mut [f32],
+    ) {
+        forward(g, weight, input, columns, output);
+        let width = output.len() / g.out_channels;
+        for (row, &bias) in output.chunks_exact_mut(width).zip(bias) {
+            row.iter_mut().for_each(|v| *v += bias);
+        }
     }
 
     fn random(rng: &mut StreamRng, n: usize) -> Vec<f32> {
@@ -300,7 +311,7 @@ mod tests {
                 let input = input_view(&g, &data, b, batch_major);
                 let mut columns = vec![f32::NAN; g.columns_len(b)];
                 let mut output = vec![f32::NAN; g.out_channels * g.out_pixels() * b];
-                forward(&g, (&weight, &bias), input, &mut columns, &mut output);
+                forward_with_bias(&g, (&weight, &bias), input, &mut columns, &mut output);
                 for (got, want) in output.iter().zip(reference(&g, &weight, &bias, input)) {
                     assert!((f64::from(*got) - want).abs() < 1e-5, "{g:?}: {got} vs {want}");
                 }
@@ -322,7 +333,7 @@ mod tests {
             let upstream = random(&mut rng, out_len);
             let mut columns = vec![0.0; g.columns_len(b)];
             let mut output = vec![0.0; out_len];
-            forward(&g, (&weight, &bias), input_view(&g, &data, b, false), &mut columns, &mut output);
+            forward_with_bias(&g, (&weight, &bias), input_view(&g, &data, b, false), &mut columns, &mut output);
             let (mut weight_grad, mut bias_grad) = (vec![f32::NAN; g.weight_len()], vec![f32::NAN; g.out_channels]);
             let mut input_grad = Array4::from_elem((g.in_channels, g.in_height, g.in_width, b), f32::NAN);
             let grads = (&mut weight_grad[..], &mut bias_grad[..]);

@@ -9,7 +9,10 @@
 //! - [`fetch`]: `lazyavg fetch-data`: mirrors, then npm, atomically written.
 //! - [`spec`]: a model's description (input shape, layers, classes), validated.
 //! - [`params`]: the flat parameter buffer's layout of named tensors.
+//! - [`layer_spec`]: one layer of a description: its kinds, spelling, shapes and tensors.
 //! - [`model`]: the network's forward and backward passes and evaluation.
+//! - [`matmul`]: the matrix product behind every layer.
+//! - `stage`: the network's passes, one per dense, convolution or pooling layer.
 //! - [`conv`]: the 2-D convolution's arithmetic (im2col and matrix products).
 //! - [`pool`]: 2-D max pooling.
 //! - [`model_settings`]: `--model`, `--hidden` and the `[model]` table.
@@ -32,7 +35,9 @@ pub mod error;
 pub mod fetch;
 pub mod fsutil;
 pub mod idx;
+pub mod layer_spec;
 pub mod matching;
+pub mod matmul;
 pub mod model;
 pub mod model_file;
 pub mod model_settings;
@@ -43,6 +48,7 @@ pub mod part;
 pub mod pool;
 pub mod rng;
 pub mod spec;
+mod stage;
 pub mod status;
 pub mod telemetry;
 pub mod train;

@@ -19,7 +19,6 @@
 //! for AVX2, which `multiversion` picks at run time.
 
 use multiversion::multiversion;
-use ndarray::ArrayView2;
 use rand::RngExt;
 use rand_distr::StandardNormal;
 
@@ -28,21 +27,23 @@ use crate::error::{Error, Result};
 use crate::matching::{Group, PermutationSpec, TensorAxis};
 use crate::params::{LayerLayout, Layout};
 use crate::rng::{self, Purpose};
-use crate::spec::{LayerSpec, ModelSpec};
+use crate::spec::{LayerSpec, ModelSpec, Shape};
+use crate::stage::{Input, Scratch, Stage};
 
 /// The network of a [`ModelSpec`], built by [`ModelSpec::build`]. It holds
 /// no parameters: those are a flat buffer owned by the caller (see
 /// [`crate::params`]).
 ///
-/// The passes run the stack as stages: a dense layer, and the ReLU after it
-/// fused into the same pass over its output.
+/// The passes run the stack as [`Stage`]s: a dense, convolution or pooling
+/// layer, and the ReLU after it fused into the same pass over its output.
 #[derive(Debug, Clone)]
 pub struct Network {
     spec: ModelSpec,
     layout: Layout,
-    /// Whether dense layer `l` is followed by a ReLU.
+    stages: Vec<Stage>,
+    /// Whether stage `l` is followed by a ReLU.
     relu: Vec<bool>,
-    /// Values per sample at every stage boundary: the input, then each dense layer's output.
+    /// Values per sample at every stage boundary: the input, then each stage's output.
     widths: Vec<usize>,
 }
 
@@ -66,6 +67,8 @@ pub struct Workspace {
     /// `deltas[l]`: gradient of the loss with respect to layer `l`'s
     /// pre-activation output, `[out, B]` (`deltas[0]` is unused and empty).
     deltas: Vec<Vec<f32>>,
+    /// What each stage keeps from its forward pass for its backward pass.
+    scratch: Vec<Scratch>,
     labels: Vec<u8>,
 }
 
@@ -78,7 +81,8 @@ impl Workspace {
             .enumerate()
             .map(|(l, w)| if l == 0 { Vec::new() } else { vec![0.0; w * capacity] })
             .collect();
-        Workspace { capacity, activations, deltas, labels: vec![0; capacity] }
+        let scratch = network.stages.iter().map(|stage| stage.scratch(capacity)).collect();
+        Workspace { capacity, activations, deltas, scratch, labels: vec![0; capacity] }
     }
 
     /// Fills the input rows and labels for the samples at `indices` of `data`.
@@ -97,28 +101,33 @@ impl Workspace {
 }
 
 impl Network {
-    /// The network of `spec`, checked. Each ReLU must follow a dense layer,
-    /// which computes it in the same pass.
+    /// The network of `spec`, checked. Each ReLU must follow a layer that
+    /// computes something (dense, convolution or pooling), which applies it
+    /// in the same pass.
     pub fn new(spec: ModelSpec) -> Result<Self> {
         let layout = spec.layout()?;
-        let mut relu: Vec<bool> = Vec::with_capacity(layout.layers.len());
-        let mut widths = vec![spec.input.len()];
+        let shapes = spec.check()?;
+        let (mut stages, mut relu) = (Vec::new(), Vec::<bool>::new());
+        let mut input = Shape::Image(spec.input);
         for (i, layer) in spec.layers.iter().enumerate() {
-            match layer {
-                LayerSpec::Dense { units } => {
+            match stage_of(layer, i, input, &layout) {
+                Some(stage) => {
+                    stages.push(stage);
                     relu.push(false);
-                    widths.push(*units);
                 }
-                LayerSpec::Relu => match relu.last_mut() {
+                None if *layer == LayerSpec::Relu => match relu.last_mut() {
                     Some(after) if !*after => *after = true,
                     _ => {
-                        let problem = "must follow a dense layer (a ReLU right after the input or another ReLU)";
+                        let problem = "must follow a dense, conv or maxpool layer, not the input or another ReLU";
                         return Err(Error::model(i + 1, "relu", problem));
                     }
                 },
+                None => {}
             }
+            input = shapes[i];
         }
-        Ok(Network { spec, layout, relu, widths })
+        let widths = std::iter::once(spec.input.len()).chain(stages.iter().map(Stage::outputs)).collect();
+        Ok(Network { spec, layout, stages, relu, widths })
     }
 
     /// The description this network was built from.
@@ -159,6 +168,29 @@ impl Network {
         PermutationSpec { groups, len: self.layout.len }
     }
 
+    /// FLOP of one training step per sample: the forward pass, the weight
+    /// gradients, and every stage's input gradient but the first's (each
+    /// two per multiply-add).
+    pub fn train_flop_per_sample(&self) -> usize {
+        let macs: usize = self.stages.iter().map(Stage::macs_per_sample).sum();
+        let first = self.stages.first().map_or(0, Stage::macs_per_sample);
+        6 * macs - 2 * first
+    }
+
+    /// Fails, naming `method`, unless every stage is a dense layer: what
+    /// activation matching and REPAIR take (a hidden unit is then one value
+    /// per sample, where a convolution's channel is a whole map).
+    pub fn check_dense_only(&self, method: &str) -> Result<()> {
+        match self.stages.iter().all(|stage| matches!(stage, Stage::Dense(_))) {
+            true => Ok(()),
+            false => Err(Error::Matching(format!(
+                "{method} takes networks of dense layers only, and {} has convolution or pooling layers; \
+                 match by weights instead",
+                self.spec
+            ))),
+        }
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -180,12 +212,15 @@ impl Network {
     }
 
     /// The same initialisation, drawn from `rng`: for starts that are not the
-    /// run's (`--init independent`'s other workers, tests).
+    /// run's (`--init independent`'s other workers, tests). Weights are drawn
+    /// layer by layer in buffer order; a weight's fan-in is its values per
+    /// output (`in` for a dense layer, `in_channels · k · k` for a convolution).
     pub fn init_with<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Vec<f32> {
         let mut params = vec![0.0; self.layout.len];
-        for layer in &self.layout.layers {
-            let std = (2.0 / layer.inputs as f64).sqrt();
-            for w in &mut params[layer.weight.clone()] {
+        for tensor in self.layout.tensors.iter().filter(|t| t.name.ends_with(".weight")) {
+            let fan_in: usize = tensor.shape[1..].iter().product();
+            let std = (2.0 / fan_in as f64).sqrt();
+            for w in &mut params[tensor.range.clone()] {
                 *w = (rng.sample::<f64, _>(StandardNormal) * std) as f32;
             }
         }
@@ -199,28 +234,27 @@ impl Network {
         debug_assert_eq!(params.len(), self.layout.len);
         debug_assert_eq!(grads.len(), self.layout.len);
         self.forward(params, ws, b);
-        let last = self.layout.layers.len();
+        let last = self.stages.len();
         let classes = self.classes();
         let loss = softmax_cross_entropy_grad(
             &ws.activations[last][..b * classes],
             &ws.labels[..b],
             &mut ws.deltas[last][..b * classes],
         );
-        for (l, layer) in self.layout.layers.iter().enumerate().rev() {
+        for (l, stage) in self.stages.iter().enumerate().rev() {
             let (below, above) = ws.deltas.split_at_mut(l + 1);
-            let delta_t = Matrix::new(&above[0], layer.outputs, b);
-            let input_t = transposed_input(&ws.activations, l, layer.inputs, b);
-            // dW = deltaᵀ · A   ([out, B] · [B, in])
-            matmul(delta_t, input_t.t(), &mut grads[layer.weight.clone()]);
-            // db = Σ_samples delta
-            row_sums(delta_t.values(), &mut grads[layer.bias.clone()]);
-            if l > 0 {
-                // delta_belowᵀ = (Wᵀ · deltaᵀ) ⊙ [Aᵀ > 0]   ([in, out] · [out, B])
-                let below = &mut below[l][..layer.inputs * b];
-                matmul(weight(params, layer).t(), delta_t, below);
-                if self.relu[l - 1] {
-                    relu_backward(below, input_t.values());
+            let input = Input { values: &ws.activations[l], b, batch_major: l == 0 };
+            let below = (l > 0).then(|| &mut below[l][..stage.inputs() * b]);
+            let scratch = &mut ws.scratch[l];
+            match below {
+                Some(below) => {
+                    stage.backward(params, grads, (input, &above[0]), Some(&mut *below), scratch);
+                    if self.relu[l - 1] {
+                        // The ReLU below passes the gradient only where its output is positive.
+                        relu_backward(below, &input.values[..below.len()]);
+                    }
                 }
+                None => stage.backward(params, grads, (input, &above[0]), None, scratch),
             }
         }
         loss
@@ -229,17 +263,10 @@ impl Network {
     /// Forward pass over `b` samples loaded in `ws`; the logits end up in the
     /// last activation, `[classes, B]`.
     fn forward(&self, params: &[f32], ws: &mut Workspace, b: usize) {
-        for (l, layer) in self.layout.layers.iter().enumerate() {
+        for (l, stage) in self.stages.iter().enumerate() {
             let (inputs, outputs) = ws.activations.split_at_mut(l + 1);
-            let z_t = &mut outputs[0][..layer.outputs * b];
-            // Zᵀ = W · Aᵀ   ([out, in] · [in, B])
-            matmul(weight(params, layer), transposed_input(inputs, l, layer.inputs, b), z_t);
-            let bias = layer.bias_view(params).to_slice().expect("a bias is contiguous");
-            if self.relu[l] {
-                add_bias_to_rows(z_t, bias, |z| z.max(0.0));
-            } else {
-                add_bias_to_rows(z_t, bias, |z| z);
-            }
+            let input = Input { values: &inputs[l], b, batch_major: l == 0 };
+            stage.forward(params, input, &mut outputs[0], &mut ws.scratch[l], self.relu[l]);
         }
     }
 
@@ -247,7 +274,7 @@ impl Network {
     /// workspace's capacity.
     pub fn evaluate(&self, params: &[f32], data: &Dataset, ws: &mut Workspace) -> Evaluation {
         let classes = self.classes();
-        let last = self.layout.layers.len();
+        let last = self.stages.len();
         let (mut loss, mut correct) = (0.0f64, 0usize);
         // One sample's logits, gathered from their column of the transposed batch.
         let mut sample = Vec::with_capacity(classes);
@@ -272,108 +299,10 @@ impl Network {
     }
 }
 
-/// A borrowed `rows × cols` matrix of f32: an ndarray view over part of the
-/// flat parameter buffer or of a workspace, row-major as stored, or (after
-/// [`Matrix::t`]) its transpose over the same values, so that a weight stored
-/// `[out, in]` serves as `Wᵀ` without a copy. The view's shape and strides
-/// are what [`matmul`] hands the kernel.
-#[derive(Debug, Clone, Copy)]
-pub struct Matrix<'a>(ArrayView2<'a, f32>);
-
-impl<'a> Matrix<'a> {
-    /// The first `rows · cols` values of `data` as a row-major `rows × cols`
-    /// matrix. Panics if `data` is shorter.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        let len = rows.checked_mul(cols).expect("matrix size overflows usize");
-        Matrix(ArrayView2::from_shape((rows, cols), &data[..len]).expect("exactly rows · cols values"))
-    }
-
-    /// The transpose, `cols × rows`, over the same buffer.
-    pub fn t(self) -> Self {
-        Matrix(self.0.reversed_axes())
-    }
-
-    /// The view itself.
-    pub fn view(&self) -> ArrayView2<'a, f32> {
-        self.0
-    }
-
-    /// The values in memory order (row-major as stored).
-    fn values(&self) -> &'a [f32] {
-        self.0.to_slice_memory_order().expect("a matrix is contiguous")
-    }
-}
-
-impl<'a> From<ArrayView2<'a, f32>> for Matrix<'a> {
-    fn from(view: ArrayView2<'a, f32>) -> Self {
-        Matrix(view)
-    }
-}
-
-/// `dst = lhs · rhs`, with `dst` row-major `[lhs.rows, rhs.cols]`, computed on
-/// the calling thread by the `gemm` crate (which picks AVX2/FMA or AVX-512
-/// kernels at run time, so the binary runs on any x86-64).
-///
-/// Deterministic: without parallelism the blocking, and with it the order in
-/// which each sum is accumulated, depends only on the shapes and the CPU's
-/// features, so the same inputs give bit-identical results on one machine.
-///
-/// Panics unless `lhs.cols == rhs.rows` and `dst.len() == lhs.rows · rhs.cols`.
-pub fn matmul(lhs: Matrix<'_>, rhs: Matrix<'_>, dst: &mut [f32]) {
-    let ((m, k), (rhs_rows, n)) = (lhs.0.dim(), rhs.0.dim());
-    // Real asserts rather than debug ones: they are what makes the call below
-    // sound, and cost a few comparisons per product of thousands of FLOP.
-    assert_eq!(rhs_rows, k, "inner dimensions differ: {m}×{k} · {rhs_rows}×{n}");
-    assert_eq!(Some(dst.len()), m.checked_mul(n), "destination holds {} values, the product {m}×{n}", dst.len());
-    let (lhs_strides, rhs_strides) = (lhs.0.strides(), rhs.0.strides());
-    let ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs)) = ((lhs_strides[0], lhs_strides[1]), (rhs_strides[0], rhs_strides[1]));
-    // SAFETY: gemm reads lhs at `i·lhs_rs + p·lhs_cs` from its first element
-    // for i < m, p < k: the elements of the view at [i, p], which ndarray
-    // guarantees lie inside the slice it borrows; likewise rhs. It writes dst
-    // at `i·n + j < m·n = dst.len()` (row stride n, column stride 1). `dst`
-    // is borrowed exclusively, so it cannot alias the shared inputs, and with
-    // `read_dst = false` its old values are not read: gemm computes
-    // `dst = alpha·dst + beta·lhs·rhs` with alpha ignored.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.0.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.0.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// Layer `layer`'s weight in `params`, `[out, in]`.
-fn weight<'a>(params: &'a [f32], layer: &LayerLayout) -> Matrix<'a> {
-    Matrix::from(layer.weight_view(params))
-}
-
-/// Layer `l`'s input as `Aᵀ` (`[in, B]`): the input batch is stored `[B, in]`
-/// and read transposed in place; later activations are stored transposed.
-fn transposed_input(activations: &[Vec<f32>], l: usize, inputs: usize, b: usize) -> Matrix<'_> {
-    if l == 0 { Matrix::new(&activations[0], b, inputs).t() } else { Matrix::new(&activations[l], inputs, b) }
-}
-
 /// `z[o][s] = activation(z[o][s] + bias[o])` over the row-major `z`
 /// (`[bias.len(), _]`): bias and activation in one pass over the layer's output.
 #[multiversion(targets("x86_64+avx2"))]
-fn add_bias_to_rows(z: &mut [f32], bias: &[f32], activation: impl Fn(f32) -> f32) {
+pub(crate) fn add_bias_to_rows(z: &mut [f32], bias: &[f32], activation: impl Fn(f32) -> f32) {
     let width = z.len() / bias.len().max(1);
     for (row, &bias) in z.chunks_exact_mut(width).zip(bias) {
         for z in row {
@@ -402,6 +331,14 @@ pub(crate) fn row_sums(rows: &[f32], sums: &mut [f32]) {
             }
         }
         *sum = lanes.iter().sum::<f32>() + tail;
+    }
+}
+
+/// `max(0, v)` for every value (a ReLU after a pooling).
+#[multiversion(targets("x86_64+avx2"))]
+pub(crate) fn relu_in_place(values: &mut [f32]) {
+    for v in values {
+        *v = v.max(0.0);
     }
 }
 
@@ -456,6 +393,31 @@ fn argmax(row: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// The stage that computes layer `i` on `input`, or `None` for a layer that
+/// moves no data (flatten) or is fused into the stage before it (ReLU).
+fn stage_of(layer: &LayerSpec, i: usize, input: Shape, layout: &Layout) -> Option<Stage> {
+    let tensor = |part: &str| layout.tensor(&format!("{i}.{part}")).map(|t| t.range.clone());
+    let image = match input {
+        Shape::Image(image) | Shape::Maps(image) => Some(image),
+        Shape::Flat(_) => None,
+    };
+    match *layer {
+        LayerSpec::Dense { units } => Some(Stage::Dense(LayerLayout {
+            inputs: input.len(),
+            outputs: units,
+            weight: tensor("weight")?,
+            bias: tensor("bias")?,
+        })),
+        LayerSpec::Conv2d { .. } => Some(Stage::Conv {
+            geometry: layer.conv_geometry(image?)?,
+            weight: tensor("weight")?,
+            bias: tensor("bias")?,
+        }),
+        LayerSpec::MaxPool { .. } => layer.pool_geometry(image?).map(Stage::MaxPool),
+        LayerSpec::Relu | LayerSpec::Flatten => None,
+    }
 }
 
 #[path = "model_inspect.rs"]

@@ -40,7 +40,7 @@ impl Network {
     /// the members' softmax probabilities: what a merge of them aims at.
     pub fn evaluate_ensemble(&self, models: &[&[f32]], data: &Dataset, ws: &mut Workspace) -> Evaluation {
         let classes = self.classes();
-        let last = self.layout.layers.len();
+        let last = self.stages.len();
         let share = 1.0 / models.len().max(1) as f64;
         let (mut loss, mut correct) = (0.0f64, 0usize);
         let mut sample = Vec::with_capacity(classes);

@@ -23,12 +23,29 @@ use crate::spec::{InputShape, LAYER_KINDS, LayerSpec, ModelSpec};
 /// The default MLP's hidden widths.
 pub const DEFAULT_HIDDEN: [usize; 2] = [200, 200];
 
-/// Which model to train: the MLP by name, or a stack of layers.
+/// The named convolutional networks, for 10 classes (the last layer takes
+/// the data's class count): LeNet-5, and the CNN of the FedAvg paper
+/// (McMahan et al., 2017), 1,663,370 parameters on MNIST.
+const PRESETS: [(&str, &str); 2] = [
+    (
+        "lenet5",
+        "conv 6 5x5 pad 2, relu, maxpool 2, conv 16 5x5, relu, maxpool 2, flatten, dense 120, relu, dense 84, relu, dense 10",
+    ),
+    (
+        "cnn",
+        "conv 32 5x5 pad 2, relu, maxpool 2, conv 64 5x5 pad 2, relu, maxpool 2, flatten, dense 512, relu, dense 10",
+    ),
+];
+
+/// The names `--model` knows.
+const NAMES: &str = "mlp, lenet5, cnn";
+
+/// Which model to train: one by name, or a stack of layers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ModelChoice {
-    /// `mlp`, the only named model: dense layers of `--hidden` widths, each
-    /// followed by a ReLU, then a dense layer per class.
+    /// `mlp` (dense layers of `--hidden` widths, each followed by a ReLU,
+    /// then a dense layer per class), `lenet5` or `cnn`.
     Named(String),
     /// A custom stack.
     Stack(StackTable),
@@ -49,10 +66,15 @@ pub struct StackTable {
 impl FromStr for ModelChoice {
     type Err = String;
 
-    /// `mlp`, or a comma-separated stack: `dense 400, relu, dense 10`.
+    /// A name (a word without spaces), or a comma-separated stack:
+    /// `dense 400, relu, dense 10`.
     fn from_str(text: &str) -> std::result::Result<Self, String> {
-        if text.trim() == "mlp" {
-            return Ok(ModelChoice::Named("mlp".to_owned()));
+        let name = text.trim();
+        if !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !is_layer_kind(name)
+        {
+            return Ok(ModelChoice::Named(name.to_owned()));
         }
         let layers: Vec<String> = text.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
         Ok(ModelChoice::Stack(StackTable { layers, input: None, classes: None }))
@@ -62,8 +84,8 @@ impl FromStr for ModelChoice {
 /// The model flags and config-file keys.
 #[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
 pub struct ModelSettings {
-    /// The model: `mlp`, or a stack of layers from input to output, like 'dense 400, relu, dense 10' (kinds: dense N, relu; in a config file also a [model] table) [default: mlp].
-    #[arg(long, value_name = "mlp|LAYERS", value_parser = clap::value_parser!(ModelChoice))]
+    /// The model: `mlp`, `lenet5`, `cnn` (the FedAvg paper's), or a stack of layers from input to output, like 'conv 8 3x3 pad 1, relu, maxpool 2, flatten, dense 10' (kinds: dense N, relu, conv C KxK [stride S] [pad P], maxpool K [stride S], flatten; in a config file also a [model] table) [default: mlp].
+    #[arg(long, value_name = "NAME|LAYERS", value_parser = clap::value_parser!(ModelChoice))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelChoice>,
 
@@ -91,14 +113,15 @@ impl ModelSettings {
         match &self.model {
             None => Ok(()),
             Some(ModelChoice::Named(name)) if name == "mlp" => Ok(()),
-            Some(ModelChoice::Named(name)) => Err(Error::config(
+            Some(ModelChoice::Named(name)) if preset(name).is_none() => Err(Error::config(
                 "--model",
-                format!("unknown model {name:?}: give mlp or a stack of layers ({LAYER_KINDS})"),
+                format!("unknown model {name:?}: give one of {NAMES}, or a stack of layers ({LAYER_KINDS})"),
             )),
-            Some(ModelChoice::Stack(_)) if self.hidden.is_some() => Err(Error::config(
+            Some(_) if self.hidden.is_some() => Err(Error::config(
                 "--hidden",
-                "is the MLP's shorthand; a --model stack gives its layers' widths itself",
+                "is the MLP's shorthand; another --model gives its layers' widths itself",
             )),
+            Some(ModelChoice::Named(_)) => Ok(()),
             Some(ModelChoice::Stack(table)) => parse_layers(&table.layers).map(drop),
         }
     }
@@ -110,6 +133,13 @@ impl ModelSettings {
             Some(ModelChoice::Stack(table)) => {
                 check_recorded(table, input, classes)?;
                 ModelSpec { input, layers: parse_layers(&table.layers)?, classes }
+            }
+            Some(ModelChoice::Named(name)) if name != "mlp" => {
+                let mut layers = preset(name).expect("check() knows the name");
+                if let Some(LayerSpec::Dense { units }) = layers.last_mut() {
+                    *units = classes;
+                }
+                ModelSpec { input, layers, classes }
             }
             _ => ModelSpec::mlp(input, self.hidden.as_deref().unwrap_or(&DEFAULT_HIDDEN), classes),
         };
@@ -124,6 +154,17 @@ impl ModelSettings {
         let table = StackTable { layers, input: Some(spec.input), classes: Some(spec.classes) };
         ModelSettings { model: Some(ModelChoice::Stack(table)), hidden: None }
     }
+}
+
+/// The layers of the named network `name`, if there is one.
+fn preset(name: &str) -> Option<Vec<LayerSpec>> {
+    let (_, layers) = PRESETS.iter().find(|(known, _)| *known == name)?;
+    Some(ModelSpec::parse_layers(layers).expect("the presets parse"))
+}
+
+/// Whether `word` alone is a layer (`relu`, `flatten`): a one-layer stack, not a name.
+fn is_layer_kind(word: &str) -> bool {
+    LayerSpec::parse(word).is_ok()
 }
 
 /// Parses every layer; an error names the layer by its place (1-based).
@@ -177,19 +218,22 @@ mod tests {
             "invalid model, layer 3 (dense 0): has width 0; give a positive width"
         );
         assert_eq!(
-            err(stack("dense 400, conv 3, dense 10")),
-            "invalid model, layer 2 (conv 3): unknown layer kind \"conv\" in \"conv 3\" (known: dense N, relu)"
+            err(stack("dense 400, gelu, dense 10")),
+            format!("invalid model, layer 2 (gelu): unknown layer kind \"gelu\" in \"gelu\" (known: {LAYER_KINDS})")
         );
         assert_eq!(
             err(stack("dense 400, relu, dense 7")),
             "invalid model, layer 3 (dense 7): gives 7 outputs but the data has 10 classes"
         );
-        assert!(err(stack("relu, dense 10")).starts_with("invalid model, layer 1 (relu): must follow a dense layer"));
+        assert!(
+            err(stack("relu, dense 10"))
+                .starts_with("invalid model, layer 1 (relu): must follow a dense, conv or maxpool layer")
+        );
         let both = ModelSettings { hidden: Some(vec![5]), ..stack("dense 10") };
         assert!(err(both).starts_with("invalid --hidden: is the MLP's shorthand"));
         assert!(
-            err(ModelSettings { model: Some(ModelChoice::Named("cnn".into())), hidden: None })
-                .starts_with("invalid --model: unknown model \"cnn\"")
+            err(ModelSettings { model: Some(ModelChoice::Named("resnet".into())), hidden: None })
+                .starts_with("invalid --model: unknown model \"resnet\"")
         );
     }
 

@@ -111,54 +111,6 @@ fn row_sums_match_the_obvious_sum_for_any_width() {
 }
 
 /// `lhs · rhs` for row-major `m × k` and `k × n` buffers, in f64.
-fn reference_product(lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
-    let mut out = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            out[i * n + j] = (0..k).map(|p| f64::from(lhs[i * k + p]) * f64::from(rhs[p * n + j])).sum();
-        }
-    }
-    out
-}
-
-/// The row-major transpose of a row-major `rows × cols` buffer.
-fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..cols * rows).map(|i| data[(i % rows) * cols + i / rows]).collect()
-}
-
-#[test]
-fn matmul_matches_the_obvious_product_in_every_layout() {
-    let mut rng = StreamRng::seed_from_u64(11);
-    // Odd sizes, so the kernels' edge handling runs; an empty inner dimension, whose
-    // product is all zeros; and the network's own shapes.
-    for (m, k, n) in [(1, 1, 1), (3, 0, 2), (7, 13, 5), (33, 17, 65), (32, 784, 200), (200, 32, 784), (32, 10, 200)] {
-        let lhs: Vec<f32> = (0..m * k).map(|_| rng.sample(StandardNormal)).collect();
-        let rhs: Vec<f32> = (0..k * n).map(|_| rng.sample(StandardNormal)).collect();
-        let expected = reference_product(&lhs, &rhs, m, k, n);
-        let (lhs_t, rhs_t) = (transposed(&lhs, m, k), transposed(&rhs, k, n));
-        for (lhs_transposed, rhs_transposed) in [(false, false), (true, false), (false, true), (true, true)] {
-            let a = if lhs_transposed { Matrix::new(&lhs_t, k, m).t() } else { Matrix::new(&lhs, m, k) };
-            let b = if rhs_transposed { Matrix::new(&rhs_t, n, k).t() } else { Matrix::new(&rhs, k, n) };
-            let mut dst = vec![f32::NAN; m * n];
-            matmul(a, b, &mut dst);
-            for (i, (&got, &want)) in dst.iter().zip(&expected).enumerate() {
-                // f32 sums of k products of unit normals: error well under 1e-5·√k.
-                assert!(
-                    (f64::from(got) - want).abs() < 1e-5 * (k as f64).sqrt().max(1.0) * want.abs().max(1.0),
-                    "{m}×{k}·{k}×{n} ({lhs_transposed}, {rhs_transposed}) [{i}]: {got} vs {want}"
-                );
-            }
-        }
-    }
-}
-
-#[test]
-#[should_panic(expected = "inner dimensions differ")]
-fn matmul_refuses_mismatched_shapes() {
-    let a = [1.0; 6];
-    matmul(Matrix::new(&a, 2, 3), Matrix::new(&a, 2, 3), &mut [0.0; 4]);
-}
-
 #[test]
 fn cross_entropy_is_stable_for_huge_logits() {
     let mut grad = [0.0; 3];

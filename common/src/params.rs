@@ -99,18 +99,6 @@ impl Layout {
         }
         Ok(())
     }
-
-    /// Multiply-adds of one forward pass per sample, Σ in·out.
-    pub fn macs_per_sample(&self) -> usize {
-        self.layers.iter().map(|l| l.inputs * l.outputs).sum()
-    }
-
-    /// FLOP of one training step per sample: forward 2·Σ in·out, the weight
-    /// gradients 2·Σ in·out, and every layer's input gradient but the first's.
-    pub fn train_flop_per_sample(&self) -> usize {
-        let first = self.layers.first().map_or(0, |l| l.inputs * l.outputs);
-        6 * self.macs_per_sample() - 2 * first
-    }
 }
 
 /// Hex SHA-256 of the parameters' little-endian bytes: equal digests mean
@@ -151,7 +139,7 @@ mod tests {
         let w = layout.layers[1].weight_view(&params);
         assert_eq!((w.dim(), w[[2, 3]]), ((200, 200), (157_000 + 2 * 200 + 3) as f32));
         assert_eq!(layout.tensor("4.bias").unwrap().view(&params).shape(), [10]);
-        assert_eq!(layout.train_flop_per_sample(), 879_200);
+        assert_eq!(spec.build().unwrap().train_flop_per_sample(), 879_200);
         assert_eq!(spec.to_string(), "784-200-200-10");
     }
 

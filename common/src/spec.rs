@@ -18,6 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::layer_spec::{LAYER_KINDS, LayerSpec};
 use crate::model::Network;
 use crate::params::{Layout, MAX_PARAMETERS, TensorLayout};
 
@@ -51,11 +52,13 @@ impl fmt::Display for InputShape {
     }
 }
 
-/// The shape of the values between two layers: an image (channels ×
-/// height × width) or, after a dense layer, a flat vector of `units`.
+/// The shape of the values between two layers: the input image, the
+/// feature maps a convolution or pooling makes of it (channels × height ×
+/// width both), or, after a dense or flatten layer, a flat vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Image(InputShape),
+    Maps(InputShape),
     Flat(usize),
 }
 
@@ -63,94 +66,13 @@ impl Shape {
     /// Values per sample.
     pub fn len(&self) -> usize {
         match self {
-            Shape::Image(image) => image.len(),
+            Shape::Image(image) | Shape::Maps(image) => image.len(),
             Shape::Flat(units) => *units,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// One layer of a stack. Written in flags and files as `dense 400` or `relu`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum LayerSpec {
-    /// A fully connected layer of `units` outputs: weight `[units, in]`
-    /// (PyTorch's `nn.Linear`), bias `[units]`; takes its input flattened.
-    Dense { units: usize },
-    /// `max(0, x)` elementwise; no parameters.
-    Relu,
-}
-
-/// The kinds of layer, as [`LayerSpec::parse`] knows them.
-pub const LAYER_KINDS: &str = "dense N, relu";
-
-impl LayerSpec {
-    /// Parses `dense 400` (or `dense(400)`, `dense:400`) and `relu`.
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let text = text.trim();
-        let (kind, arg) = match text.find(|c: char| c == ' ' || c == '(' || c == ':') {
-            Some(at) => (&text[..at], text[at + 1..].trim().trim_end_matches(')').trim()),
-            None => (text, ""),
-        };
-        match (kind.to_ascii_lowercase().as_str(), arg) {
-            ("relu", "") => Ok(LayerSpec::Relu),
-            ("dense" | "linear", units) => units
-                .parse()
-                .map(|units| LayerSpec::Dense { units })
-                .map_err(|_| format!("{text:?}: a dense layer needs a width, like dense 400")),
-            _ => Err(format!("unknown layer kind {kind:?} in {text:?} (known: {LAYER_KINDS})")),
-        }
-    }
-
-    /// The shape this layer gives for `input`, or why it cannot take it.
-    pub fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
-        match *self {
-            LayerSpec::Dense { units: 0 } => Err("has width 0; give a positive width".to_owned()),
-            LayerSpec::Dense { units } => Ok(Shape::Flat(units)),
-            LayerSpec::Relu => Ok(input),
-        }
-    }
-
-    /// The tensors this layer owns for `input` (shapes only), named as in
-    /// `nn.Sequential`: layer `index`'s `weight` and `bias`.
-    pub fn tensors(&self, index: usize, input: Shape) -> Vec<(String, Vec<usize>)> {
-        match *self {
-            LayerSpec::Dense { units } => {
-                vec![(format!("{index}.weight"), vec![units, input.len()]), (format!("{index}.bias"), vec![units])]
-            }
-            LayerSpec::Relu => Vec::new(),
-        }
-    }
-
-    /// Whether the layer maps each of its input's units to the same unit of
-    /// its output, so that a permutation of them passes it unchanged.
-    pub fn is_elementwise(&self) -> bool {
-        matches!(self, LayerSpec::Relu)
-    }
-}
-
-impl fmt::Display for LayerSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LayerSpec::Dense { units } => write!(f, "dense {units}"),
-            LayerSpec::Relu => f.write_str("relu"),
-        }
-    }
-}
-
-impl TryFrom<String> for LayerSpec {
-    type Error = String;
-    fn try_from(text: String) -> std::result::Result<Self, String> {
-        LayerSpec::parse(&text)
-    }
-}
-
-impl From<LayerSpec> for String {
-    fn from(layer: LayerSpec) -> String {
-        layer.to_string()
     }
 }
 

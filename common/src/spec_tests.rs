@@ -12,7 +12,20 @@ fn layers_parse_in_every_spelling_and_print_back() {
     assert_eq!(LayerSpec::parse("relu"), Ok(LayerSpec::Relu));
     assert_eq!(LayerSpec::Dense { units: 7 }.to_string(), "dense 7");
     assert!(LayerSpec::parse("dense").unwrap_err().contains("needs a width"));
-    assert!(LayerSpec::parse("maxpool 2").unwrap_err().starts_with("unknown layer kind \"maxpool\""));
+    assert!(LayerSpec::parse("softmax").unwrap_err().starts_with("unknown layer kind \"softmax\""));
+    for (text, layer) in [
+        ("conv 32 5x5 pad 2", LayerSpec::Conv2d { channels: 32, kernel: 5, stride: 1, padding: 2 }),
+        ("conv 8 3x3 stride 2", LayerSpec::Conv2d { channels: 8, kernel: 3, stride: 2, padding: 0 }),
+        ("maxpool 2", LayerSpec::MaxPool { kernel: 2, stride: 2 }),
+        ("maxpool 3 stride 2", LayerSpec::MaxPool { kernel: 3, stride: 2 }),
+        ("flatten", LayerSpec::Flatten),
+    ] {
+        assert_eq!(LayerSpec::parse(text), Ok(layer), "{text}");
+        assert_eq!(layer.to_string(), text);
+    }
+    assert_eq!(LayerSpec::parse("conv2d 4 3 padding 1 stride 1").unwrap().to_string(), "conv 4 3x3 pad 1");
+    assert!(LayerSpec::parse("conv 4 3x5").unwrap_err().contains("not square"));
+    assert!(LayerSpec::parse("conv 4 3 dilation 2").unwrap_err().contains("unknown option \"dilation\""));
 }
 
 #[test]
@@ -49,6 +62,34 @@ fn invalid_stacks_name_the_layer_and_the_numbers() {
         vec![LayerSpec::Dense { units: 1 << 31 }, LayerSpec::Dense { units: 1 << 31 }, LayerSpec::Dense { units: 2 }];
     assert!(err(huge, 2).contains("more than"));
     assert!(ModelSpec::from_widths(&[784]).is_err());
+}
+
+#[test]
+fn invalid_convolutional_stacks_name_the_layer_and_the_numbers() {
+    let err = |layers: &str| {
+        let layers = ModelSpec::parse_layers(layers).unwrap();
+        ModelSpec { input: MNIST, layers, classes: 10 }.build().unwrap_err().to_string()
+    };
+    assert_eq!(
+        err("conv 4 31x31 pad 1, flatten, dense 10"),
+        "invalid model, layer 1 (conv 4 31x31 pad 1): a 31×31 kernel does not fit a 28×28 input padded by 1 (30×30)"
+    );
+    assert_eq!(
+        err("conv 4 5x5, relu, dense 10"),
+        "invalid model, layer 3 (dense 10): takes a flat input but gets 4x24x24 feature maps; put a flatten before it"
+    );
+    assert_eq!(
+        err("conv 4 5x5 stride 5, maxpool 2, maxpool 3, flatten, dense 10"),
+        "invalid model, layer 3 (maxpool 3): a 3×3 window does not fit a 2×2 input"
+    );
+    assert_eq!(
+        err("flatten, conv 2 3x3, dense 10"),
+        "invalid model, layer 2 (conv 2 3x3): takes images but gets a flat input of 784 values"
+    );
+    assert!(
+        err("flatten, relu, dense 10")
+            .starts_with("invalid model, layer 2 (relu): must follow a dense, conv or maxpool layer")
+    );
 }
 
 #[test]

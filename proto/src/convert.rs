@@ -61,6 +61,18 @@ impl From<&ModelSpec> for pb::ModelDescription {
                 kind: Some(match *layer {
                     LayerSpec::Dense { units } => pb::layer::Kind::Dense(pb::DenseLayer { units: units as u32 }),
                     LayerSpec::Relu => pb::layer::Kind::Relu(pb::ReluLayer {}),
+                    LayerSpec::Conv2d { channels, kernel, stride, padding } => {
+                        pb::layer::Kind::Conv2d(pb::Conv2dLayer {
+                            channels: channels as u32,
+                            kernel: kernel as u32,
+                            stride: stride as u32,
+                            padding: padding as u32,
+                        })
+                    }
+                    LayerSpec::MaxPool { kernel, stride } => {
+                        pb::layer::Kind::MaxPool(pb::MaxPoolLayer { kernel: kernel as u32, stride: stride as u32 })
+                    }
+                    LayerSpec::Flatten => pb::layer::Kind::Flatten(pb::FlattenLayer {}),
                 }),
             })
             .collect();
@@ -89,6 +101,18 @@ impl TryFrom<pb::ModelDescription> for ModelSpec {
                     Ok(LayerSpec::Dense { units: units as usize })
                 }
                 Some(pb::layer::Kind::Relu(_)) => Ok(LayerSpec::Relu),
+                Some(pb::layer::Kind::Conv2d(pb::Conv2dLayer { channels, kernel, stride, padding })) => {
+                    Ok(LayerSpec::Conv2d {
+                        channels: channels as usize,
+                        kernel: kernel as usize,
+                        stride: stride as usize,
+                        padding: padding as usize,
+                    })
+                }
+                Some(pb::layer::Kind::MaxPool(pb::MaxPoolLayer { kernel, stride })) => {
+                    Ok(LayerSpec::MaxPool { kernel: kernel as usize, stride: stride as usize })
+                }
+                Some(pb::layer::Kind::Flatten(_)) => Ok(LayerSpec::Flatten),
                 None => {
                     Err(ProtoError::Config(format!("layer {} of the model is of no kind this worker knows", i + 1)))
                 }

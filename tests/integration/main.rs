@@ -38,6 +38,7 @@
 mod abuse;
 mod align;
 mod cluster;
+mod cnn;
 mod containers;
 mod deploy;
 mod ending;

@@ -12,7 +12,7 @@ use crate::harness::heavy;
 use crate::support::*;
 
 /// Generous bound on one epoch (a few seconds on two cores) plus loading.
-const EPOCH_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const EPOCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[test]
 fn one_epoch_with_defaults_reaches_96_percent() {

@@ -9,7 +9,7 @@
 //! upwards, is the whole algorithm.
 
 use crate::error::{Error, Result};
-use crate::model::{Matrix, matmul};
+use crate::matmul::{Matrix, matmul};
 
 use super::assignment;
 use super::permutation::Permutation;

@@ -66,6 +66,7 @@ pub struct ActivationAlignment<'a> {
 
 impl Align for ActivationAlignment<'_> {
     fn align(&self, reference: &[f32], other: &[f32]) -> Result<Permutation> {
+        self.mlp.check_dense_only("activation matching")?;
         let mut ws = Workspace::new(&self.mlp, 256);
         let spec = self.mlp.permutation_spec();
         let acts_ref = self.mlp.hidden_activations(reference, self.data, &self.indices, &mut ws);

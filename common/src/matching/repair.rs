@@ -12,7 +12,8 @@
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Matrix, Network, Workspace, matmul};
+use crate::matmul::{Matrix, matmul};
+use crate::model::{Network, Workspace};
 
 /// A standard deviation below this is a unit that does not vary: it is shifted, not scaled.
 const MIN_STD: f64 = 1e-6;
@@ -29,6 +30,7 @@ pub fn repair(
     data: &Dataset,
     indices: &[u32],
 ) -> Result<()> {
+    mlp.check_dense_only("REPAIR")?;
     if aligned.len() != weights.len() || indices.is_empty() {
         return Err(Error::Matching(format!(
             "REPAIR needs one weight per input and some images: {} inputs, {} weights, {} images",

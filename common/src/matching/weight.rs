@@ -18,7 +18,7 @@
 use tracing::debug;
 
 use crate::error::Result;
-use crate::model::{Matrix, matmul};
+use crate::matmul::{Matrix, matmul};
 use rand::seq::SliceRandom;
 
 use crate::rng::{self, Purpose};
