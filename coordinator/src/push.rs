@@ -12,8 +12,8 @@
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::pb;
 
-/// The most weight bytes in one message the coordinator sends. A multiple
-/// of 4 (whole f32 values); small enough that a stalled stream's own copies
+/// The most weight bytes in one message the coordinator sends (dataset
+/// bytes too). A multiple of 4 (whole f32 values); small enough that a stalled stream's own copies
 /// are a small part of a model, large enough that the per-message cost is
 /// nothing beside the copy itself.
 pub const PUSH_CHUNK_BYTES: usize = 64 << 10;
