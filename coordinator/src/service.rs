@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::Stream;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
-use lazyavg_proto::{PROTOCOL_VERSION, pb};
+use lazyavg_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, pb};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
@@ -19,7 +19,6 @@ use tracing::debug;
 use crate::ending::RunEnd;
 use crate::observe::board::StatusView;
 use crate::observe::log::RefusalLog;
-use crate::push::PUSH_CHUNK_BYTES;
 use crate::registry::{Registry, RegistryError, printable};
 use crate::round::WorkerId;
 
@@ -227,14 +226,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .map_err(|e| self.shared.refuse("FetchDataset", &e))?;
         let slot = FetchSlot(Arc::clone(&self.shared), id);
         let blob = dataset.blob.clone();
-        // Small messages, as for weights (see [`crate::push`]): an unread
-        // download keeps a few of them, not a megabyte.
-        let chunks = (start..len).step_by(PUSH_CHUNK_BYTES).map(move |offset| {
+        let chunks = (start..len).step_by(MAX_CHUNK_BYTES).map(move |offset| {
             // Each chunk keeps the Join alive; one whose reader stalled past
             // the deadline was forgotten, and its download ends here. The
             // download ends when the stream is dropped, complete or not.
             slot.0.registry().fetch_progress(slot.1, Instant::now()).map_err(|e| Status::from(&e))?;
-            let end = (offset + PUSH_CHUNK_BYTES).min(len);
+            let end = (offset + MAX_CHUNK_BYTES).min(len);
             Ok(pb::DatasetChunk { offset: offset as u64, data: blob.slice(offset..end) })
         });
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
