@@ -9,8 +9,9 @@
 //! model, next to the one its queue shares with every other session. Cut
 //! into 64 KiB slices of the same shared buffer, what such a stream holds
 //! of its own is a few slices. A worker that has answered gets the 1 MiB
-//! chunks: a round's average in one message instead of 13 (measured, a
-//! default 2-worker round took 2.0 ms with them, 3.0 to 3.7 ms in slices).
+//! chunks: a round's average in one message instead of 13 (`bench/rounds.sh`,
+//! a default 2-worker round: 2.0 ms with them, 3.0 to 3.7 ms in slices, on
+//! a shared 2-core machine under load, so only roughly).
 
 use lazyavg_proto::pb;
 
