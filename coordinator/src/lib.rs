@@ -14,8 +14,8 @@
 //! - [`registry`]: joined workers and their sessions (pure).
 //! - [`service`]: the gRPC handlers, turning sessions into events.
 //! - [`driver`]: the training loop that consumes those events.
-//! - [`push`]: the weights it sends, in slices small enough that a stalled
-//!   session holds little of its own.
+//! - [`push`]: weights for a session that has not answered yet, in slices
+//!   small enough that a stalled one holds little of its own.
 //! - [`data`]: loading (or fetching) the data, packing the training set.
 //! - [`checkpoint`]: where a run stands, for `--resume`.
 //! - [`run_dir`]: the run's files, and never writing over an earlier run's.

@@ -209,7 +209,7 @@ fn a_flood_of_joins_and_idle_sessions_leaves_the_coordinator_as_it_was() {
     drop(runtime);
     let peak = watch.peak();
     let end = wait_until("the coordinator's memory back near its start", EVENT_TIMEOUT, || {
-        let now = rss(pid);
+        let now = read_rss(pid).unwrap_or_else(|| panic!("the coordinator exited\n{}", coordinator.proc.dump()));
         (now < start + 8 * MEBIBYTE).then_some(now)
     });
     eprintln!("coordinator RSS: start {start}, peak {peak}, after {end} bytes; {flood:?}");
@@ -341,7 +341,8 @@ fn sessions_that_never_read_nor_answer_are_dropped_at_the_round_deadline() {
     assert!(stalled.refused.iter().all(|(code, _)| *code == Code::ResourceExhausted), "{stalled:?}");
     // Within the session cap times one model copy (784-200-200-10 in f32):
     // the sessions' queues share one copy per version, and a stream holds
-    // of its own only a few of the 64 KiB messages the coordinator sends.
+    // of its own only a few of the 64 KiB messages the coordinator sends a
+    // session that has not answered a pull.
     // Measured: 12 MB for the 62 sessions admitted (96 MB when a stream
     // kept a whole model of its own; 137 MB, never given back, before the
     // session cap).

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -17,7 +18,6 @@ use super::{Driver, Worker};
 use crate::error::{Error, Result};
 use crate::init::{Init, independent_start};
 use crate::observe::RunEvent;
-use crate::push::push_chunks;
 use crate::round::{Round, RoundError, WorkerId};
 use crate::schedule::{ShardProgress, split_even};
 use crate::service::{Event, command};
@@ -56,7 +56,7 @@ impl Driver {
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
                     let start = independent_start(&self.mlp, self.config.train.seed, id);
-                    self.send_weights(&[id], &push_chunks(0, 0, &start));
+                    self.send_weights(&[id], &weight_chunks(0, 0, &start).collect::<Vec<_>>());
                 } else {
                     self.send_params(&[id]);
                 }

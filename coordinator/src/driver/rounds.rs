@@ -21,6 +21,7 @@
 
 use std::time::Instant;
 
+use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::convert::realign_message;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
@@ -31,7 +32,7 @@ use super::Driver;
 use super::deadline::RoundDeadline;
 use crate::error::{Error, Result};
 use crate::observe::{RoundDone, RunEvent};
-use crate::push::push_chunks;
+use crate::push;
 use crate::round::{Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::PullPlan;
 use crate::service::Event;
@@ -319,18 +320,24 @@ impl Driver {
 
     pub(super) fn send_params(&mut self, to: &[WorkerId]) {
         let (epoch, round) = self.version;
-        let chunks = self.params_chunks.get_or_insert_with(|| push_chunks(epoch, round, &self.params)).clone();
+        let chunks =
+            self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect()).clone();
         self.send_weights(to, &chunks);
     }
 
-    /// Sends `chunks` (weights tagged with the current version) to `to`.
+    /// Sends `chunks` (weights tagged with the current version) to `to`: to
+    /// a worker that has not answered a pull yet in small messages (see
+    /// [`crate::push`]), slices of the same buffers.
     pub(super) fn send_weights(&mut self, to: &[WorkerId], chunks: &[pb::WeightsChunk]) {
         let (epoch, round) = self.version;
         let this_epoch = (epoch == self.epoch).then_some(round);
         let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
         self.observers.notify(&RunEvent::WeightsSent { bytes: (bytes * to.len()) as u64 });
+        let mut sliced = None;
         for &id in to {
-            for chunk in chunks {
+            let answered = self.workers.get(&id).is_some_and(|w| w.answered);
+            let messages = if answered { chunks } else { sliced.get_or_insert_with(|| push::small(chunks)) };
+            for chunk in messages.iter() {
                 self.send(id, Command::Average(chunk.clone()));
             }
             // It continues from these weights: whatever it trained since is
