@@ -91,7 +91,7 @@ impl LayerSpec {
     /// Parses `dense 400` (or `dense(400)`, `dense:400`) and `relu`.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let text = text.trim();
-        let (kind, arg) = match text.find(|c: char| c == ' ' || c == '(' || c == ':') {
+        let (kind, arg) = match text.find([' ', '(', ':']) {
             Some(at) => (&text[..at], text[at + 1..].trim().trim_end_matches(')').trim()),
             None => (text, ""),
         };
