@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use lazyavg_common::config::ModelSettings;
+use lazyavg_common::config::{ModelSettings, TrainConfig};
 use lazyavg_common::dataset;
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::model_file;
@@ -16,6 +16,24 @@ use rand::seq::SliceRandom;
 use tracing::info;
 
 use crate::cli::TrainArgs;
+
+/// The model and a trainer for it: from `--resume`'s file, else from the
+/// model flags with weights drawn from the seed.
+fn start(args: &TrainArgs, config: &TrainConfig, input: InputShape) -> anyhow::Result<(ModelSpec, Trainer)> {
+    match &args.resume {
+        Some(path) => {
+            let (model, params) = resumed(path, &args.hyper.model, input)?;
+            info!(path = %path.display(), "starting from the weights of a model file");
+            let trainer = Trainer::with_params(config, model.build()?, params)?;
+            Ok((model, trainer))
+        }
+        None => {
+            let model = args.hyper.model.resolve(input, NUM_CLASSES)?;
+            let trainer = Trainer::new(config, &model)?;
+            Ok((model, trainer))
+        }
+    }
+}
 
 /// `--resume FILE`: the model the file describes and its weights, checked
 /// against the data's images and classes and against `--model`/`--hidden`
@@ -49,18 +67,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.epochs > 0, "invalid --epochs: must be at least 1");
     let (split, verification) = dataset::load_dir(&args.data.data_dir, args.verify)?;
     verification.log();
-    let (model, mut trainer) = match &args.resume {
-        Some(path) => {
-            let (model, params) = resumed(path, &args.hyper.model, split.train.input_shape())?;
-            info!(path = %path.display(), "starting from the weights of a model file");
-            let trainer = Trainer::with_params(&config, model.build()?, params)?;
-            (model, trainer)
-        }
-        None => {
-            let model = args.hyper.model.resolve(split.train.input_shape(), NUM_CLASSES)?;
-            (model.clone(), Trainer::new(&config, &model)?)
-        }
-    };
+    let (model, mut trainer) = start(args, &config, split.train.input_shape())?;
     info!(architecture = %model, parameters = trainer.network().len(), "training in one process");
     let samples: Vec<u32> = match args.part {
         Some(part) => part.indices(args.split_seed, split.train.len()),
