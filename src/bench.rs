@@ -1,6 +1,6 @@
-//! `lazyavg bench train`: how fast one thread trains the default MLP, and how
-//! that compares with the best the same matrix-product backend does on one
-//! thread. The gap says how much a faster kernel could still win, and the
+//! `lazyavg bench train`: how fast one thread trains a model (`--model`, the
+//! default MLP unless told), and how that compares with the best the same
+//! matrix-product backend does on one thread. The gap says how much a faster kernel could still win, and the
 //! samples/s are the unit that cluster throughput is measured against.
 //!
 //! Everything runs on the calling thread: training and the ceiling both call
@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use lazyavg_common::config::{ModelSettings, TrainConfig};
+use lazyavg_common::config::TrainConfig;
 use lazyavg_common::dataset::{self, Dataset};
 use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::matmul::{self, Matrix};
@@ -53,7 +53,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     let per_repetition = Duration::from_secs_f64(args.seconds / REPETITIONS as f64);
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
     let base = TrainConfig::default();
-    let arch = ModelSettings::default().resolve(split.train.input_shape(), NUM_CLASSES)?;
+    let arch = args.model.resolve(split.train.input_shape(), NUM_CLASSES)?;
     let flop_per_sample = arch.build()?.train_flop_per_sample() as f64;
     let mut workloads = Vec::with_capacity(BATCH_SIZES.len() + 1);
     for batch_size in BATCH_SIZES {
@@ -153,7 +153,7 @@ fn rate_for(duration: Duration, work: &mut Workload<'_>) -> f64 {
 fn print_table(arch: &ModelSpec, flop_per_sample: f64, per_repetition: Duration, rows: &[Row]) {
     let ceiling = rows.last().map_or(f64::NAN, |r| r.gflop_per_s);
     println!(
-        "One thread, MLP {arch} ({flop_per_sample:.0} FLOP per training sample); each row is the \
+        "One thread, {arch} ({flop_per_sample:.0} FLOP per training sample); each row is the \
          median of {REPETITIONS} repetitions of {:.2} s, rows interleaved, after a warm-up round:\n",
         per_repetition.as_secs_f64()
     );

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use lazyavg_common::config::TrainSettings;
+use lazyavg_common::config::{ModelSettings, TrainSettings};
 use lazyavg_common::part::Part;
 use lazyavg_common::telemetry::LogFormat;
 use lazyavg_coordinator::Settings;
@@ -258,6 +258,9 @@ pub struct MergeArgs {
 pub struct BenchTrainArgs {
     #[command(flatten)]
     pub data: DataDirArg,
+
+    #[command(flatten)]
+    pub model: ModelSettings,
 
     /// Seconds of measurement per batch size (plus a fifth more of warm-up).
     #[arg(long, default_value_t = 3.0, value_name = "S")]

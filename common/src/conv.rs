@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Slice, s};
 
-use crate::matmul::{Matrix, matmul};
+use crate::matmul::{Matrix, matmul, matmul_transposed};
 use crate::model::row_sums;
 
 /// The shapes of one convolution: `in_channels × in_height × in_width`
@@ -189,7 +189,9 @@ pub fn forward(
     im2col(geometry, input, columns);
     let columns = Matrix::new(columns, geometry.patch(), width);
     let output = &mut output[..geometry.out_channels * width];
-    matmul(Matrix::new(weight, geometry.out_channels, geometry.patch()), columns, output);
+    // output = W · columns, computed as (columnsᵀ · Wᵀ)ᵀ: the kernel's left
+    // operand is then contiguous down its columns (docs/performance.md).
+    matmul_transposed(columns.t(), Matrix::new(weight, geometry.out_channels, geometry.patch()).t(), output);
 }
 
 /// The gradients of a batch from the output's gradient `output_grad`
