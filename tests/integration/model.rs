@@ -87,7 +87,7 @@ fn bad_stacks_are_refused_in_one_line_naming_the_layer_and_the_numbers() {
     let data = mnist_dir();
     let cases: [(&str, &[&str]); 4] = [
         ("dense 400, relu, dense 0, relu, dense 10", &["layer 3 (dense 0)", "width 0"]),
-        ("dense 400, conv 3, dense 10", &["layer 2 (conv 3)", "unknown layer kind \"conv\""]),
+        ("dense 400, gelu, dense 10", &["layer 2 (gelu)", "unknown layer kind \"gelu\""]),
         ("dense 400, relu, dense 7", &["layer 3 (dense 7)", "gives 7 outputs", "10 classes"]),
         ("mlp, dense 3", &["layer 1 (mlp)", "unknown layer kind"]),
     ];
