@@ -1,6 +1,7 @@
 //! Command-line flags. Each subcommand's flags are parsed here and turned into
 //! the validated runtime configuration of the crate that does the work.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -24,25 +25,58 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Parses the process's arguments, with negative numbers taken as values
-    /// in every subcommand: `--lr -1` then reaches --lr's own check, whose
-    /// message names the flag and the number, where clap alone took `-1` for
-    /// a flag ("unexpected argument '-1' found").
+    /// Parses the process's arguments, a flag's negative value included:
+    /// `--lr -1` then reaches --lr's own check, whose message names the flag
+    /// and the number, where clap alone took `-1` for a flag ("unexpected
+    /// argument '-1' found").
     pub fn parse_args() -> Cli {
-        let matches = allow_negative_numbers(Cli::command()).try_get_matches().unwrap_or_else(|err| exit_with(err));
+        let args = join_negative_values(std::env::args_os());
+        let matches = Cli::command().try_get_matches_from(args).unwrap_or_else(|err| exit_with(err));
         Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
     }
 }
 
+/// `--flag -1` as `--flag=-1`, likewise `-5s`, `-.5`, `-1e-3` and `-inf`:
+/// clap reads a separate value that starts with `-` as a flag of its own,
+/// and its test for negative numbers misses exponents and infinities.
+fn join_negative_values(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut joined: Vec<OsString> = Vec::new();
+    for arg in args {
+        let flag = joined.last().and_then(|last| last.to_str()).filter(|last| takes_a_value(last));
+        match (flag, arg.to_str()) {
+            (Some(flag), Some(value)) if looks_negative(value) => {
+                let both = format!("{flag}={value}");
+                joined.pop();
+                joined.push(both.into());
+            }
+            _ => joined.push(arg),
+        }
+    }
+    joined
+}
+
+/// A long flag written without its value (`--lr`, not `--lr=0.1` nor `--`).
+fn takes_a_value(arg: &str) -> bool {
+    arg.len() > 2 && arg.starts_with("--") && !arg.contains('=')
+}
+
+/// A negative number, possibly with a unit (`-1`, `-0.5`, `-.5`, `-1e-3`, `-5s`, `-inf`).
+fn looks_negative(value: &str) -> bool {
+    value
+        .strip_prefix('-')
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit() || c == '.') || rest.parse::<f64>().is_ok())
+}
+
 /// Exits for a refused command line. A negative number that its flag's type
 /// cannot hold (a count, a duration) is reported as the flags' own checks
-/// report theirs, in one `lazyavg:` line that names the flag and the number,
-/// where clap said "invalid digit found in string"; any other error is clap's.
+/// report theirs, in one `lazyavg:` line that names the flag and the number
+/// (and with their status, 1), where clap said "invalid digit found in
+/// string"; any other error is clap's.
 fn exit_with(err: clap::Error) -> ! {
     match negative_value(&err) {
         Some((flag, value)) => {
             eprintln!("lazyavg: invalid {flag}: must not be negative, got {value}");
-            std::process::exit(err.exit_code())
+            std::process::exit(1)
         }
         None => err.exit(),
     }
@@ -59,15 +93,9 @@ fn negative_value(err: &clap::Error) -> Option<(&str, &str)> {
     else {
         return None;
     };
-    let negative =
-        value.strip_prefix('-').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit() || c == '.'));
     // clap names the argument with its value's name: "--workers <N>".
     let flag = arg.split_whitespace().next()?;
-    negative.then_some((flag, value.as_str()))
-}
-
-fn allow_negative_numbers(command: clap::Command) -> clap::Command {
-    command.allow_negative_numbers(true).mut_subcommands(allow_negative_numbers)
+    looks_negative(value).then_some((flag, value.as_str()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,4 +304,26 @@ fn watch_interval(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{text} is shorter than {}", humantime::format_duration(MIN_WATCH)));
     }
     Ok(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(args: &[&str]) -> Vec<String> {
+        join_negative_values(args.iter().map(OsString::from)).into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn negative_values_are_joined_to_their_flag() {
+        for value in ["-1", "-0.5", "-.5", "-1e-3", "-5s", "-inf"] {
+            assert_eq!(joined(&["lazyavg", "train", "--lr", value]), ["lazyavg", "train", &format!("--lr={value}")]);
+        }
+        // Flags, values given with `=`, the end of options and positionals stay as they are.
+        for args in
+            [&["train", "--lr", "--hidden"][..], &["train", "--lr=-1", "-2"], &["merge", "--", "-1"], &["x", "-h"]]
+        {
+            assert_eq!(joined(args), args);
+        }
+    }
 }

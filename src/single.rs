@@ -68,7 +68,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let (split, verification) = dataset::load_dir(&args.data.data_dir, args.verify)?;
     verification.log();
     let (model, mut trainer) = start(args, &config, split.train.input_shape())?;
-    info!(architecture = %model, parameters = trainer.network().len(), "training in one process");
     let samples: Vec<u32> = match args.part {
         Some(part) => part.indices(args.split_seed, split.train.len()),
         None => (0..split.train.len() as u32).collect(),
@@ -88,6 +87,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         None => "the training set".to_owned(),
     };
     config.check_batch_fits(samples.len(), &which)?;
+    info!(architecture = %model, parameters = trainer.network().len(), "training in one process");
     let mut rng = rng::stream(config.seed, Purpose::LocalOrder);
     let start = Instant::now();
     let mut order = samples.clone();

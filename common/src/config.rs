@@ -193,16 +193,19 @@ impl TrainSettings {
 }
 
 impl TrainConfig {
-    /// Refuses a batch larger than the `images` one replica trains on per
-    /// epoch (`which` says whose: "the training set", "a worker's shard of
-    /// …"): its epoch would be a single step, and train to nothing useful.
+    /// Refuses a batch as large as the `images` one replica trains on per
+    /// epoch, or larger (`which` says whose: "the training set", "a worker's
+    /// shard of …"): its epoch would be a single step, and train to nothing
+    /// useful.
     pub fn check_batch_fits(&self, images: usize, which: &str) -> Result<()> {
-        if self.batch_size > images {
+        // A batch of all the images makes each epoch one step too.
+        if self.batch_size >= images && images > 1 {
             return Err(Error::config(
                 "--batch-size",
                 format!(
-                    "{} is larger than {which}, {images} images: an epoch would be one step; give at most {images}",
-                    self.batch_size
+                    "{} is not smaller than {which}, {images} images: an epoch would be one step; give at most {}",
+                    self.batch_size,
+                    images - 1
                 ),
             ));
         }
@@ -278,10 +281,12 @@ mod tests {
         let err = big.check_batch_fits(60_000, "the training set").unwrap_err().to_string();
         assert_eq!(
             err,
-            "invalid --batch-size: 1000000 is larger than the training set, 60000 images: an epoch would be one step; \
-             give at most 60000"
+            "invalid --batch-size: 1000000 is not smaller than the training set, 60000 images: an epoch would be one \
+             step; give at most 59999"
         );
-        assert!(big.check_batch_fits(1_000_000, "the training set").is_ok());
+        assert!(big.check_batch_fits(1_000_001, "the training set").is_ok());
+        let whole = TrainConfig { batch_size: 60_000, ..TrainConfig::default() };
+        assert!(whole.check_batch_fits(60_000, "the training set").unwrap_err().to_string().contains("at most 59999"));
         assert!(bad(|c| c.lr = 0.0).starts_with("invalid --lr"));
         assert!(bad(|c| c.lr = f32::INFINITY).starts_with("invalid --lr"));
         assert!(bad(|c| c.momentum = -0.1).starts_with("invalid --momentum"));

@@ -50,7 +50,10 @@ impl LayerSpec {
             ("relu", []) => LayerSpec::Relu,
             ("flatten", []) => LayerSpec::Flatten,
             ("dense" | "linear", [units]) => LayerSpec::Dense { units: number(units, "width")? },
-            ("dense" | "linear", _) => return Err(format!("{text:?}: a dense layer needs a width, like dense 400")),
+            ("dense" | "linear", []) => return Err(format!("{text:?}: a dense layer needs a width, like dense 400")),
+            ("dense" | "linear", _) => {
+                return Err(format!("{text:?}: a dense layer takes one width, like dense 400 (a missing comma?)"));
+            }
             ("conv" | "conv2d", [channels, kernel, options @ ..]) => {
                 let [stride, padding] = options_of(options, [("stride", 1), ("pad", 0)])?;
                 LayerSpec::Conv2d {

@@ -171,12 +171,12 @@ pub struct Settings {
     pub min_workers: Option<usize>,
 
     /// Give up (exit non-zero) after training was paused this long for lack of workers [default: 5m].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub max_wait: Option<Duration>,
 
     /// Close a round without the workers that have not answered after this long, e.g. 10s, 500ms [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub round_timeout: Option<Duration>,
 
@@ -189,7 +189,7 @@ pub struct Settings {
     pub max_sessions: Option<usize>,
 
     /// Forget a Join that has not attached this long after it (or after its last dataset download), and close a session that has not sent Attach this long after it opened [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub attach_timeout: Option<Duration>,
 
@@ -207,7 +207,7 @@ pub struct Settings {
     pub metrics_bind: Option<SocketAddr>,
 
     /// With --metrics-bind: keep serving the metrics this long after the run ends, so that a scrape sees its final state (accuracy, lazyavg_run_active 0); a worker that joins meanwhile is told the run has completed [default: 15s, a common scrape interval].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub metrics_linger: Option<Duration>,
 

@@ -69,7 +69,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::align::Alignment;
+use crate::align::{AlignMethod, Alignment};
 use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
@@ -115,6 +115,9 @@ pub async fn run(
     config.model = ModelSettings::recorded(&model);
     let spec = RunSpec { train: config.train.clone(), model: model.clone(), epochs: config.epochs };
     let mlp = model.build()?;
+    if config.align == AlignMethod::Activations {
+        mlp.check_dense_only("--align activations")?;
+    }
     // The checkpoint first: a run that cannot resume leaves its directory as it was.
     let start = if config.resume {
         let out_dir = &config.out_dir;

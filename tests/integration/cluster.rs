@@ -510,7 +510,7 @@ fn a_batch_bigger_than_a_workers_shard_is_refused() {
     let proc = refused(&full);
     assert_error_line(
         &proc,
-        "invalid --batch-size: 20001 is larger than a worker's shard (60000 training images / 3 workers), 20000 images",
+        "invalid --batch-size: 20001 is not smaller than a worker's shard (60000 training images / 3 workers), 20000 images",
     );
 }
 

@@ -77,3 +77,26 @@ fn bad_convolutional_stacks_are_one_line_errors_naming_the_layer_and_the_numbers
         assert_error_line(&refused(&["--model", model], &mnist), needles);
     }
 }
+
+/// Activation matching takes dense layers only: a cluster asked to align a
+/// CNN by activations is refused before its workers start, not in its
+/// first round.
+#[test]
+fn a_cnn_cluster_refuses_to_align_by_activations_before_its_workers_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "coordinator", "--spawn-workers", "2", "--align", "activations"])
+        .args(["--model", TINY_CNN, "--data-dir"])
+        .arg(mnist_dir())
+        .arg("--out")
+        .arg(tmp.path().join("out"));
+    let mut proc = Proc::spawn("coordinator", cmd);
+    assert_ne!(proc.wait(EPOCH_TIMEOUT), 0, "{}", proc.dump());
+    let last = proc.lines().last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("lazyavg: ") && last.contains("--align activations takes networks of dense layers only"),
+        "{}",
+        proc.dump()
+    );
+    assert!(logged(&proc, "started local worker").is_empty(), "{}", proc.dump());
+}

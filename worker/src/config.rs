@@ -69,7 +69,7 @@ pub struct WorkerArgs {
     // The default lets workers start before their coordinator, yet makes a worker that
     // missed the end of its run exit; why 10 minutes: `give_up::DEFAULT_AFTER_JOINING`.
     /// Give up (exit 4) after failing to reach the coordinator for this long, e.g. 90s, or `never` [default: 10m once the worker has joined the run, never before it has].
-    #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION|never", value_parser = GiveUpAfter::parse, allow_hyphen_values = true)]
+    #[arg(long, env = "LAZYAVG_GIVE_UP_AFTER", value_name = "DURATION|never", value_parser = GiveUpAfter::parse)]
     pub give_up_after: Option<GiveUpAfter>,
 
     /// Testing: after each pull, idle for (F - 1) times the training time, to act as a worker F times slower.
