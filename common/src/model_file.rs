@@ -23,7 +23,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_bytes_atomic;
-use crate::params::{Layout, first_non_finite};
+use crate::params::{Layout, TensorLayout, first_non_finite};
 use crate::spec::ModelSpec;
 
 /// The widths of an MLP, `784-200-10` (every version writes it).
@@ -240,11 +240,6 @@ fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     }
     let spec = described_model(metadata.metadata().as_ref(), &tensors)?;
     let layout = spec.layout().map_err(|e| e.to_string())?;
-    // An untrusted description must not claim more values (4 bytes each)
-    // than the file holds, or the buffer below would not fit in memory.
-    if layout.len > bytes.len() / 4 {
-        return Err(format!("the model {spec} needs more values than the file's {} bytes hold", bytes.len()));
-    }
     let params = read_model_tensors(&tensors, &spec, &layout)?;
     if let Some(i) = first_non_finite(&params) {
         return Err(format!("parameter {i} is {}, not finite", params[i]));
@@ -269,7 +264,9 @@ fn from_bytes(bytes: &[u8]) -> std::result::Result<Parsed, String> {
 }
 
 /// The model's tensors, each checked against its entry of `layout`: a
-/// mismatch names the tensor, its layer and both shapes.
+/// mismatch names the tensor, its layer and both shapes. Every tensor is
+/// checked before the buffer is allocated, so an untrusted description
+/// cannot claim more values than the file holds.
 fn read_model_tensors(
     tensors: &SafeTensors<'_>,
     spec: &ModelSpec,
@@ -281,21 +278,10 @@ fn read_model_tensors(
         names.sort();
         return Err(format!("holds {} tensors {names:?}, but {spec} needs {}", tensors.len(), layout.tensors.len()));
     }
+    let views =
+        layout.tensors.iter().map(|t| Ok((t, checked_view(tensors, spec, t)?))).collect::<Result<Vec<_>, String>>()?;
     let mut params = vec![0.0f32; layout.len];
-    for t in &layout.tensors {
-        let name = &t.name;
-        let view = tensors.tensor(name).map_err(|_| format!("tensor {name} is missing"))?;
-        if view.dtype() != Dtype::F32 {
-            return Err(format!("tensor {name} has dtype {:?}, expected F32", view.dtype()));
-        }
-        if view.shape() != t.shape.as_slice() {
-            let layer = format!("layer {} ({})", t.layer + 1, spec.layers[t.layer]);
-            return Err(format!(
-                "tensor {name} has shape {:?}, but {layer} of {spec} needs {:?}",
-                view.shape(),
-                t.shape
-            ));
-        }
+    for (t, view) in views {
         for (dst, src) in params[t.range.clone()].iter_mut().zip(view.data().chunks_exact(4)) {
             *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
         }
@@ -303,9 +289,44 @@ fn read_model_tensors(
     Ok(params)
 }
 
+/// The file's tensor for `t`, if it has `t`'s name, dtype F32 and shape.
+fn checked_view<'a>(
+    tensors: &SafeTensors<'a>,
+    spec: &ModelSpec,
+    t: &TensorLayout,
+) -> std::result::Result<TensorView<'a>, String> {
+    let name = &t.name;
+    let view = tensors.tensor(name).map_err(|_| format!("tensor {name} is missing"))?;
+    if view.dtype() != Dtype::F32 {
+        return Err(format!("tensor {name} has dtype {:?}, expected F32", view.dtype()));
+    }
+    if view.shape() != t.shape.as_slice() {
+        let layer = format!("layer {} ({})", t.layer + 1, spec.layers[t.layer]);
+        return Err(format!("tensor {name} has shape {:?}, but {layer} of {spec} needs {:?}", view.shape(), t.shape));
+    }
+    Ok(view)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A description wider than the file's tensors names the tensor and
+    /// both shapes, as a narrower one does, and allocates nothing for it.
+    #[test]
+    fn a_description_wider_than_the_tensors_names_the_tensor() {
+        let file = ModelSpec::from_widths(&[784, 64, 10]).unwrap();
+        let params = file.build().unwrap().init(1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        save(&path, &file, &params).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(8).position(|w| w == b"dense 64").expect("the description in the header");
+        let mut wider = bytes.clone();
+        wider[at..at + 8].copy_from_slice(b"dense 65");
+        let err = from_bytes(&wider).unwrap_err();
+        assert_eq!(err, "tensor 0.weight has shape [64, 784], but layer 1 (dense 65) of 784-65-10 needs [65, 784]");
+    }
 
     #[test]
     fn round_trip_is_exact_with_pytorch_names() {

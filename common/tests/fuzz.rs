@@ -325,7 +325,9 @@ fn model_file_with_an_overflowing_or_oversized_architecture_is_refused() {
         let path = dir.path().join("model.safetensors");
         std::fs::write(&path, bytes).unwrap();
         let err = model_file::load(&path).unwrap_err().to_string();
-        let refused = err.contains("needs more values than the file") || err.contains("parameters");
+        // Too many parameters for any buffer, or tensors that do not match
+        // the description (checked before anything is allocated for it).
+        let refused = err.contains("parameters") || err.contains("tensor");
         assert!(refused, "{text}: {err}");
     }
 }
