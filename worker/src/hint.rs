@@ -13,7 +13,9 @@ use crate::error::Error;
 
 /// The likely cause of `err`, a failure to reach the coordinator that the
 /// worker retries, in words for the log; `None` where the error says it all.
-pub fn likely_cause(err: &Error) -> Option<&'static str> {
+/// A worker that has `joined` had the address right: nothing listening
+/// there then means the coordinator stopped.
+pub fn likely_cause(err: &Error, joined: bool) -> Option<&'static str> {
     if let Error::Refused { status, .. } = err
         && status.code() == Code::Unavailable
     {
@@ -23,6 +25,9 @@ pub fn likely_cause(err: &Error) -> Option<&'static str> {
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
             match io.kind() {
+                ErrorKind::ConnectionRefused if joined => {
+                    return Some("nothing listens at that address any more: the coordinator stopped or is restarting");
+                }
                 ErrorKind::ConnectionRefused => {
                     return Some(
                         "nothing listens at that address: is the coordinator running, and do --coordinator's \
@@ -78,15 +83,19 @@ mod tests {
             tls_key: None,
         };
         let err = crate::connect(&args.resolve().unwrap()).await.unwrap_err();
-        assert!(likely_cause(&err).is_some_and(|cause| cause.starts_with("nothing listens")), "{err:?}");
+        assert!(
+            likely_cause(&err, false).is_some_and(|cause| cause.starts_with("nothing listens at that address:")),
+            "{err:?}"
+        );
+        assert!(likely_cause(&err, true).is_some_and(|cause| cause.contains("the coordinator stopped")), "{err:?}");
     }
 
     #[test]
     fn an_unavailable_coordinator_is_starting_or_stopping() {
         let err = Error::Refused { call: "Join", status: tonic::Status::unavailable("shutting down") };
-        assert_eq!(likely_cause(&err), Some("the coordinator is starting or shutting down"));
+        assert_eq!(likely_cause(&err, false), Some("the coordinator is starting or shutting down"));
         let err = Error::Refused { call: "Join", status: tonic::Status::internal("?") };
-        assert_eq!(likely_cause(&err), None);
+        assert_eq!(likely_cause(&err, false), None);
     }
 
     #[test]

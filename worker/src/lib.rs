@@ -132,7 +132,7 @@ async fn work(config: &WorkerConfig, metrics: &WorkerMetrics) -> Result<()> {
             }
             Err(err) if err.is_retryable() => {
                 let error = error_chain(&err);
-                let cause = hint::likely_cause(&err);
+                let cause = hint::likely_cause(&err, joined);
                 let delay = backoff.next_delay();
                 let delay = config.give_up_after.pause(joined, backoff.failing_for(), delay);
                 let failing_for = backoff.failing_for();
