@@ -157,7 +157,7 @@ impl LayerSpec {
     }
 }
 
-/// A positive whole number, or an error naming `what`.
+/// A whole number, or an error naming `what` (zero is refused by the layer's shape check).
 fn number(text: &str, what: &str) -> Result<usize, String> {
     text.parse().map_err(|_| format!("{what} {text:?} is not a whole number"))
 }
