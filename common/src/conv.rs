@@ -32,21 +32,27 @@ pub struct Conv2dGeometry {
     pub padding: usize,
 }
 
+/// Fails naming the first of `sizes` that is zero: a layer's sizes must all
+/// be at least 1.
+pub(crate) fn all_positive(sizes: &[(&str, usize)]) -> Result<(), String> {
+    match sizes.iter().find(|(_, n)| *n == 0) {
+        Some((what, _)) => Err(format!("{what} must be at least 1, got 0")),
+        None => Ok(()),
+    }
+}
+
 impl Conv2dGeometry {
     /// Checks that every size is positive and that the kernel fits the
     /// padded input, with the numbers in the message.
     pub fn validate(&self) -> Result<(), String> {
-        let sizes = [
+        all_positive(&[
             ("input channels", self.in_channels),
             ("input height", self.in_height),
             ("input width", self.in_width),
             ("output channels", self.out_channels),
             ("kernel", self.kernel),
             ("stride", self.stride),
-        ];
-        if let Some((what, _)) = sizes.iter().find(|(_, n)| *n == 0) {
-            return Err(format!("{what} must be at least 1, got 0"));
-        }
+        ])?;
         let (height, width) = (self.in_height + 2 * self.padding, self.in_width + 2 * self.padding);
         if self.kernel > height.min(width) {
             return Err(format!(
@@ -232,16 +238,20 @@ mod tests {
     /// Stride 1 and 2, padding, non-square inputs, and (the last) kernel
     /// columns that read only padding.
     fn geometries() -> [Conv2dGeometry; 4] {
-        let g = |in_channels, in_height, in_width, out_channels, kernel, stride, padding| Conv2dGeometry {
-            in_channels,
-            in_height,
-            in_width,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-        };
         [g(1, 5, 5, 2, 3, 1, 0), g(2, 6, 5, 3, 3, 2, 1), g(3, 4, 4, 2, 2, 1, 2), g(1, 3, 1, 2, 3, 1, 1)]
+    }
+
+    /// A geometry from its sizes in field order.
+    fn g(
+        in_channels: usize,
+        in_height: usize,
+        in_width: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Conv2dGeometry {
+        Conv2dGeometry { in_channels, in_height, in_width, out_channels, kernel, stride, padding }
     }
 
     /// [`forward`], then each output channel's bias (which the network adds in its ReLU's pass).
@@ -376,52 +386,20 @@ mod tests {
 
     #[test]
     fn validation_names_the_numbers() {
-        let g = Conv2dGeometry {
-            in_channels: 1,
-            in_height: 4,
-            in_width: 4,
-            out_channels: 2,
-            kernel: 7,
-            stride: 1,
-            padding: 1,
-        };
-        assert_eq!(g.validate().unwrap_err(), "a 7×7 kernel does not fit a 4×4 input padded by 1 (6×6)");
-        let g = Conv2dGeometry { stride: 0, kernel: 3, ..g };
-        assert_eq!(g.validate().unwrap_err(), "stride must be at least 1, got 0");
+        let big_kernel = g(1, 4, 4, 2, 7, 1, 1);
+        assert_eq!(big_kernel.validate().unwrap_err(), "a 7×7 kernel does not fit a 4×4 input padded by 1 (6×6)");
+        let no_stride = Conv2dGeometry { stride: 0, kernel: 3, ..big_kernel };
+        assert_eq!(no_stride.validate().unwrap_err(), "stride must be at least 1, got 0");
     }
 
     #[test]
     fn output_sizes_are_pytorchs() {
-        // LeNet-5's first layer on MNIST, and the FedAvg CNN's second.
-        let g = Conv2dGeometry {
-            in_channels: 1,
-            in_height: 28,
-            in_width: 28,
-            out_channels: 6,
-            kernel: 5,
-            stride: 1,
-            padding: 2,
-        };
-        assert_eq!((g.out_height(), g.out_width(), g.weight_len()), (28, 28, 150));
-        let g = Conv2dGeometry {
-            in_channels: 32,
-            in_height: 14,
-            in_width: 14,
-            out_channels: 64,
-            kernel: 5,
-            stride: 1,
-            padding: 2,
-        };
-        assert_eq!((g.out_height(), g.out_width(), g.weight_len()), (14, 14, 51_200));
-        let g = Conv2dGeometry {
-            in_channels: 1,
-            in_height: 28,
-            in_width: 28,
-            out_channels: 1,
-            kernel: 3,
-            stride: 2,
-            padding: 0,
-        };
-        assert_eq!((g.out_height(), g.out_width()), (13, 13));
+        // LeNet-5's first layer on MNIST, the FedAvg CNN's second, a stride of 2.
+        let lenet = g(1, 28, 28, 6, 5, 1, 2);
+        assert_eq!((lenet.out_height(), lenet.out_width(), lenet.weight_len()), (28, 28, 150));
+        let cnn = g(32, 14, 14, 64, 5, 1, 2);
+        assert_eq!((cnn.out_height(), cnn.out_width(), cnn.weight_len()), (14, 14, 51_200));
+        let strided = g(1, 28, 28, 1, 3, 2, 0);
+        assert_eq!((strided.out_height(), strided.out_width()), (13, 13));
     }
 }

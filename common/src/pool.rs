@@ -10,6 +10,8 @@
 
 use ndarray::{ArrayView4, ArrayViewMut4, Axis};
 
+use crate::conv::all_positive;
+
 /// The shapes of one pooling: `channels × in_height × in_width` to
 /// `channels × out_height() × out_width()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,16 +27,13 @@ impl MaxPoolGeometry {
     /// Checks that every size is positive and that the window fits the
     /// input, with the numbers in the message.
     pub fn validate(&self) -> Result<(), String> {
-        let sizes = [
+        all_positive(&[
             ("channels", self.channels),
             ("input height", self.in_height),
             ("input width", self.in_width),
             ("kernel", self.kernel),
             ("stride", self.stride),
-        ];
-        if let Some((what, _)) = sizes.iter().find(|(_, n)| *n == 0) {
-            return Err(format!("{what} must be at least 1, got 0"));
-        }
+        ])?;
         if self.kernel > self.in_height.min(self.in_width) {
             return Err(format!(
                 "a {k}×{k} window does not fit a {h}×{w} input",

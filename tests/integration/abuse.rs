@@ -80,14 +80,14 @@ fn two_worker_run(
     args: &[&str],
     ready: &str,
     matches: impl Fn(&serde_json::Value) -> bool,
-) -> (tempfile::TempDir, std::path::PathBuf, Coordinator, Vec<Proc>) {
+) -> (tempfile::TempDir, Coordinator, Vec<Proc>) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     let args = [&["--workers", "2", "--epochs", "3"], args].concat();
     let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
     let workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
     wait_for_match(&mut coordinator.proc, ready, EVENT_TIMEOUT, matches);
-    (tmp, out, coordinator, workers)
+    (tmp, coordinator, workers)
 }
 
 /// The test's own async runtime, for its gRPC clients.
@@ -200,7 +200,7 @@ async fn flood(addr: &str) -> Flood {
 fn a_flood_of_joins_and_idle_sessions_leaves_the_coordinator_as_it_was() {
     let _heavy = heavy();
     let args = ["--attach-timeout", "2s"];
-    let (_tmp, out, mut coordinator, mut workers) = two_worker_run(&args, "worker joined", |l| l["workers"] == 2);
+    let (_tmp, mut coordinator, mut workers) = two_worker_run(&args, "worker joined", |l| l["workers"] == 2);
     let pid = coordinator.proc.pid();
     let watch = RssWatch::start(pid);
     let start = watch.start;
@@ -229,18 +229,10 @@ fn a_flood_of_joins_and_idle_sessions_leaves_the_coordinator_as_it_was() {
     assert_eq!(flood.late_attach, Code::FailedPrecondition, "a Join past its deadline was kept: {flood:?}");
     assert!(peak < start + 20 * MEBIBYTE, "grew from {start} to {peak} bytes");
 
-    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
-    expect_success(&mut procs);
+    assert_the_run_completes_as_usual(&mut coordinator, &mut workers);
     // One summary line per kind of refusal and 10 s, not one per client.
     let refusals = logged(&coordinator.proc, "refused a client");
     assert!((2..=20).contains(&refusals.len()), "{refusals:?}");
-    let epochs = epoch_metrics(&out);
-    assert_eq!(epochs.len(), 3, "{epochs:?}");
-    for epoch in &epochs {
-        assert_each_image_once(epoch, N_TRAIN);
-    }
-    let accuracy = f64_field(&epochs[2], "accuracy");
-    assert!(accuracy >= 0.96, "accuracy {accuracy}\n{}", coordinator.proc.dump());
 }
 
 /// What [`stalled_sessions`] got back.
@@ -303,7 +295,7 @@ fn sessions_that_never_read_nor_answer_are_dropped_at_the_round_deadline() {
     // From a steady state: an epoch trained, evaluated and checkpointed.
     let cap = SESSION_CAP.to_string();
     let args = ["--round-timeout", "1s", "--max-sessions", &cap];
-    let (_tmp, out, mut coordinator, mut workers) = two_worker_run(&args, "epoch done", |l| l["epoch"] == 1);
+    let (_tmp, mut coordinator, mut workers) = two_worker_run(&args, "epoch done", |l| l["epoch"] == 1);
     let pid = coordinator.proc.pid();
     let watch = RssWatch::start(pid);
     let start = watch.start;
@@ -350,9 +342,15 @@ fn sessions_that_never_read_nor_answer_are_dropped_at_the_round_deadline() {
     let bound = SESSION_CAP * model;
     assert!(peak < start + bound, "grew from {start} to {peak} bytes, more than {SESSION_CAP} models of {model} bytes");
 
+    assert_the_run_completes_as_usual(&mut coordinator, &mut workers);
+}
+
+/// The abused 2-worker run still completes its 3 epochs, each image trained
+/// once per epoch, to its usual accuracy.
+fn assert_the_run_completes_as_usual(coordinator: &mut Coordinator, workers: &mut [Proc]) {
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
     expect_success(&mut procs);
-    let epochs = epoch_metrics(&out);
+    let epochs = epoch_metrics(&coordinator.out);
     assert_eq!(epochs.len(), 3, "{epochs:?}");
     for epoch in &epochs {
         assert_each_image_once(epoch, N_TRAIN);
