@@ -150,10 +150,22 @@ impl LayerSpec {
         vec![(format!("{index}.weight"), weight), (format!("{index}.bias"), vec![bias])]
     }
 
-    /// Whether the layer maps each of its input's units to the same unit of
-    /// its output, so that a permutation of them passes it unchanged.
-    pub fn is_elementwise(&self) -> bool {
-        matches!(self, LayerSpec::Relu)
+    /// The units (a dense layer) or channels (a convolution) this layer's
+    /// weights make; `None` for layers without weights.
+    pub fn units(&self) -> Option<usize> {
+        match *self {
+            LayerSpec::Dense { units } => Some(units),
+            LayerSpec::Conv2d { channels, .. } => Some(channels),
+            LayerSpec::Relu | LayerSpec::MaxPool { .. } | LayerSpec::Flatten => None,
+        }
+    }
+
+    /// Whether unit (or channel) `c` of this layer's input is still unit (or
+    /// the block of positions of channel) `c` of its output, so that a
+    /// permutation of the units below passes it: ReLU acts on each value,
+    /// pooling on each channel's map, and a flatten keeps channel order.
+    pub fn passes_units_through(&self) -> bool {
+        matches!(self, LayerSpec::Relu | LayerSpec::MaxPool { .. } | LayerSpec::Flatten)
     }
 }
 

@@ -145,25 +145,30 @@ impl Network {
         self.spec.classes
     }
 
-    /// Which parts of the buffer each permutable group of units moves: every
-    /// dense layer's output units but the last's, through the elementwise
-    /// layers after it, up to the next layer with weights.
+    /// Which parts of the buffer each permutable group of units moves: the
+    /// output units of every dense layer and the output channels of every
+    /// convolution, except the last layer with weights (its outputs are
+    /// classes). A group moves its layer's weight rows and bias, and the
+    /// matching inputs of the next layer with weights: through ReLU and
+    /// pooling, which keep channels apart, and through a flatten, after which
+    /// channel `c` is the block of `height × width` inputs at `c` (CHW order).
     pub fn permutation_spec(&self) -> PermutationSpec {
-        let tensor = |name: String| self.layout.tensor(&name).expect("every dense layer has a weight and a bias");
+        let tensor =
+            |name: String| self.layout.tensor(&name).expect("every layer with weights has a weight and a bias");
         let axis =
             |t: &crate::params::TensorLayout, axis| TensorAxis { range: t.range.clone(), shape: t.shape.clone(), axis };
+        let with_weights: Vec<(usize, usize)> = (self.spec.layers.iter().enumerate())
+            .filter_map(|(i, layer)| layer.units().map(|units| (i, units)))
+            .collect();
         let mut groups = Vec::new();
-        for (i, layer) in self.spec.layers.iter().enumerate() {
-            let LayerSpec::Dense { units } = *layer else { continue };
-            // The next layer with weights, if only elementwise layers lie between.
-            let rest = &self.spec.layers[i + 1..];
-            let Some(next) = rest.iter().position(|l| !l.is_elementwise()).map(|n| i + 1 + n) else { continue };
-            if !matches!(self.spec.layers[next], LayerSpec::Dense { .. }) {
+        for pair in with_weights.windows(2) {
+            let ((i, units), (next, _)) = (pair[0], pair[1]);
+            if !self.spec.layers[i + 1..next].iter().all(LayerSpec::passes_units_through) {
                 continue;
             }
             let (weight, bias, above) =
                 (tensor(format!("{i}.weight")), tensor(format!("{i}.bias")), tensor(format!("{next}.weight")));
-            groups.push(Group { size: units, axes: vec![axis(weight, 0), axis(bias, 0), axis(above, 1)] });
+            groups.push(Group { size: units, axes: vec![axis(weight, 0), axis(bias, 0), inputs_axis(above, units)] });
         }
         PermutationSpec { groups, len: self.layout.len }
     }
@@ -422,6 +427,17 @@ fn stage_of(layer: &LayerSpec, i: usize, input: Shape, layout: &Layout) -> Optio
 
 #[path = "model_inspect.rs"]
 mod inspect;
+
+/// The next layer's weight `above` (`[out, in, ...]`) along the inputs that
+/// `units` units (or channels) below feed: axis 1 as it is, or, where the
+/// units were flattened maps, `[out, units, height × width]`.
+fn inputs_axis(above: &crate::params::TensorLayout, units: usize) -> TensorAxis {
+    let shape = match above.shape[1] == units {
+        true => above.shape.clone(),
+        false => vec![above.shape[0], units, above.shape[1] / units],
+    };
+    TensorAxis { range: above.range.clone(), shape, axis: 1 }
+}
 
 #[cfg(test)]
 #[path = "model_tests.rs"]

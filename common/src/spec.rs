@@ -8,9 +8,10 @@
 //! A kind is one variant of [`LayerSpec`] and one arm in each of its methods:
 //! how it is written ([`LayerSpec::parse`], `Display`), the shape it gives
 //! ([`LayerSpec::output_shape`], which refuses an input it cannot take), the
-//! tensors it owns ([`LayerSpec::tensors`]) and whether it carries its input's
-//! units through unchanged, so that a permutation of them passes it
-//! ([`LayerSpec::is_elementwise`]); then its forward and backward pass in
+//! tensors it owns ([`LayerSpec::tensors`]), the units its weights make
+//! ([`LayerSpec::units`]) and whether it carries its input's units through
+//! unchanged, so that a permutation of them passes it
+//! ([`LayerSpec::passes_units_through`]); then its forward and backward pass in
 //! [`crate::model`]. Nothing outside `common` names a kind of layer.
 
 use std::fmt;

@@ -52,9 +52,10 @@ fn a_small_cnn_trains_in_one_process_and_numpy_reads_its_file() {
 }
 
 #[test]
-fn a_small_cnn_trains_in_the_cluster() {
+fn a_small_cnn_trains_in_the_cluster_aligned_by_weights() {
     let _heavy = heavy();
-    let run = run_cluster(2, &["--epochs", "1", "--model", TINY_CNN], "info");
+    // Aligned by weights: the channels of its convolution are matched too.
+    let run = run_cluster(2, &["--epochs", "1", "--model", TINY_CNN, "--align", "weights"], "info");
     let accuracy = logged_accuracy(&run.coordinator.proc, "training complete");
     assert!(accuracy > 0.9, "one epoch of the tiny CNN on 2 workers reached only {accuracy}");
     assert_numpy_agrees(&run.coordinator.out.join("model.safetensors"), accuracy);

@@ -12,7 +12,7 @@ use lazyavg_common::matching::{Permutation, apply};
 use lazyavg_common::model::Workspace;
 use lazyavg_common::model_file;
 use lazyavg_common::rng::StreamRng;
-use lazyavg_common::spec::ModelSpec;
+use lazyavg_common::spec::{InputShape, ModelSpec};
 use rand::SeedableRng;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -144,6 +144,31 @@ fn a_pytorch_file_merges_with_its_permuted_copy_into_itself() {
     assert_eq!((merged_arch, &merged), (arch, &params), "the merge of a model and its permutation is the model");
     assert_eq!(rows[3].1, rows[0].1, "{rows:?}");
     assert_eq!(rows[1].1, rows[0].1, "a permuted model scores the same: {rows:?}");
+}
+
+/// Weight matching moves a convolution's channels too, through its pooling
+/// and the flatten into the dense layer above: a CNN and a copy with every
+/// channel and unit reordered merge into the CNN itself.
+#[test]
+fn a_cnn_merges_with_its_channel_permuted_copy_into_itself() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layers = "conv 4 5x5 stride 2 pad 1, relu, maxpool 2, conv 6 3x3, relu, flatten, dense 12, relu, dense 10";
+    let input = InputShape { channels: 1, height: 28, width: 28 };
+    let arch = ModelSpec { input, layers: ModelSpec::parse_layers(layers).unwrap(), classes: 10 };
+    let net = arch.build().unwrap();
+    let params = net.init(5);
+    let spec = net.permutation_spec();
+    assert_eq!(spec.sizes(), [4, 6, 12]);
+    let mut shuffled = params.clone();
+    apply(&spec, &Permutation::random(&spec, &mut StreamRng::seed_from_u64(6)), &mut shuffled).unwrap();
+    let (first, copy) = (tmp.path().join("cnn.safetensors"), tmp.path().join("copy.safetensors"));
+    model_file::save(&first, &arch, &params).unwrap();
+    model_file::save(&copy, &arch, &shuffled).unwrap();
+    let out = tmp.path().join("merged.safetensors");
+    let rows = table(&merge(&[&first, &copy], &["--match", "weights"], &out));
+    let (merged_arch, merged) = model_file::load(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((merged_arch, &merged), (arch, &params), "the merge of a CNN and its permutation is the CNN");
+    assert_eq!(rows[1].1, rows[0].1, "a permuted CNN scores the same: {rows:?}");
 }
 
 #[test]

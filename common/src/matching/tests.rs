@@ -28,12 +28,16 @@ fn model(widths: &[usize], seed: u64) -> (Network, Vec<f32>) {
 /// Random images, mostly black like MNIST's: sparse inputs vary a unit's
 /// input from image to image more than dense ones, so fewer units are dead.
 fn images(inputs: usize, count: usize, seed: u64) -> Dataset {
+    random_images(1, inputs, count, seed)
+}
+
+fn random_images(rows: usize, cols: usize, count: usize, seed: u64) -> Dataset {
     let mut rng = StreamRng::seed_from_u64(seed);
-    let pixels = (0..count * inputs)
+    let pixels = (0..count * rows * cols)
         .map(|_| if rng.random_range(0..4) == 0 { rng.random_range(0..256) as u8 } else { 0 })
         .collect();
     let labels = (0..count).map(|_| rng.random_range(0..4) as u8).collect();
-    Dataset::new(Images { count, rows: 1, cols: inputs, pixels }, labels, "random").unwrap()
+    Dataset::new(Images { count, rows, cols, pixels }, labels, "random").unwrap()
 }
 
 fn permuted(spec: &PermutationSpec, perm: &Permutation, params: &[f32]) -> Vec<f32> {
@@ -227,4 +231,53 @@ fn merge_many_stops_at_a_fixed_point_of_aligning_each_input_to_the_others() {
     // And the result is the weighted average of the inputs so aligned.
     let inputs_aligned: Vec<Input<'_>> = aligned.iter().map(|params| Input { name: "m", arch, params }).collect();
     assert_eq!(merge(&spec, &inputs_aligned, &weights, &none).unwrap().params, merged.params);
+}
+
+/// A small CNN on 8×8 images whose groups meet every case: conv to conv
+/// through a pool, conv to dense through a flatten, dense to dense.
+const CNN: &str = "conv 4 3x3 pad 1, relu, maxpool 2, conv 6 3x3, relu, flatten, dense 5, relu, dense 4";
+
+fn cnn(seed: u64) -> (Network, Vec<f32>) {
+    let input = crate::spec::InputShape { channels: 1, height: 8, width: 8 };
+    let arch = ModelSpec { input, layers: ModelSpec::parse_layers(CNN).unwrap(), classes: 4 };
+    let net = arch.build().unwrap();
+    let mut params = net.init(seed);
+    let mut rng = StreamRng::seed_from_u64(seed);
+    for t in net.layout().tensors.iter().filter(|t| t.name.ends_with(".bias")) {
+        for b in &mut params[t.range.clone()] {
+            *b = (0.1 + rng.sample::<f64, _>(StandardNormal) * 0.05) as f32;
+        }
+    }
+    (net, params)
+}
+
+#[test]
+fn a_cnn_permutes_channels_through_pools_and_flattens() {
+    let (net, params) = cnn(1);
+    let spec = net.permutation_spec();
+    assert_eq!(spec.sizes(), [4, 6, 5]);
+    let perm = Permutation::random(&spec, &mut StreamRng::seed_from_u64(2));
+    assert!((0..3).all(|g| perm.group(g).iter().enumerate().any(|(i, &j)| i as u32 != j)));
+    let moved = permuted(&spec, &perm, &params);
+    let data = random_images(8, 8, 40, 3);
+    let mut ws = Workspace::new(&net, 16);
+    let (before, after) = (net.evaluate(&params, &data, &mut ws), net.evaluate(&moved, &data, &mut ws));
+    assert!((before.loss - after.loss).abs() < 1e-5 * before.loss, "{before:?} vs {after:?}");
+    assert_eq!(before.accuracy, after.accuracy);
+    // A channel and its copy agree on every weight: the moved model is the
+    // same network, not merely one with the same loss.
+    assert_eq!(permuted(&spec, &perm.inverse(), &moved), params);
+}
+
+#[test]
+fn weight_matching_recovers_a_hidden_permutation_of_a_cnn() {
+    for seed in 0..3 {
+        let (net, params) = cnn(10 + seed);
+        let spec = net.permutation_spec();
+        let perm = Permutation::random(&spec, &mut StreamRng::seed_from_u64(20 + seed));
+        let moved = permuted(&spec, &perm, &params);
+        let found = match_weights(&spec, &params, &moved, seed, 50).unwrap();
+        assert_eq!(found, perm.inverse(), "seed {seed}");
+        assert!(match_weights(&spec, &params, &params, seed, 50).unwrap().is_identity());
+    }
 }
