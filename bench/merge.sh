@@ -9,8 +9,10 @@
 # + REPAIR, ensemble) are reduced to
 # medians over the seeds. Writes OUT/merge.md (also printed) and OUT/runs.jsonl.
 #   cargo build --release && bench/merge.sh
-# Settings: BIN, DATA, OUT, SEEDS ("1 2 3"), EPOCHS (5), HIDDEN (200,200),
-# and extra `lazyavg merge` flags as arguments (e.g. --reference first).
+# Settings: BIN, DATA, OUT, SEEDS ("1 2 3"), EPOCHS (5), MODEL (the MLP of
+# HIDDEN, 200,200; or a preset or stack: lenet5), METHODS ("weights
+# activations"; a CNN takes "weights", and then no REPAIR), and extra `lazyavg
+# merge` flags as arguments (e.g. --reference first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,13 @@ OUT=${OUT:-runs/merge-$(date -u +%Y%m%dT%H%M%SZ)}
 SEEDS=${SEEDS:-1 2 3}
 EPOCHS=${EPOCHS:-5}
 HIDDEN=${HIDDEN:-200,200}
+MODEL=${MODEL:-mlp}
+METHODS=${METHODS:-weights activations}
+ARCH=(--hidden "$HIDDEN")
+[[ "$MODEL" != mlp ]] && ARCH=(--model "$MODEL")
+# REPAIR resets units' activation statistics: dense layers only, like activation matching.
+REPAIR=()
+[[ "$METHODS" == *activations* ]] && REPAIR=(--repair)
 mkdir -p "$OUT"
 : >"$OUT/runs.jsonl"
 
@@ -28,7 +37,7 @@ train() {
     local name=$1 seed=$2
     shift 2
     [[ -f "$OUT/$name.safetensors" ]] && return
-    "$BIN" --log-format json train --data-dir "$DATA" --hidden "$HIDDEN" --epochs "$EPOCHS" --seed "$seed" \
+    "$BIN" --log-format json train --data-dir "$DATA" "${ARCH[@]}" --epochs "$EPOCHS" --seed "$seed" \
         --save "$OUT/$name.safetensors" "$@" 2>"$OUT/$name.log"
 }
 
@@ -38,8 +47,7 @@ merge() {
     shift 3
     local name="$scenario-s$seed-$method"
     "$BIN" --log-format json merge "$@" --match "$method" --data-dir "$DATA" --seed "$seed" \
-        --repair \
-        --out "$OUT/$name.safetensors" "${EXTRA[@]}" >"$OUT/$name.md" 2>"$OUT/$name.log"
+        "${REPAIR[@]}" --out "$OUT/$name.safetensors" "${EXTRA[@]}" >"$OUT/$name.md" 2>"$OUT/$name.log"
     python3 - "$scenario" "$seed" "$method" "$OUT/$name.md" "$OUT/$name.log" >>"$OUT/runs.jsonl" <<'PY'
 import json, sys
 scenario, seed, method, table, log = sys.argv[1:]
@@ -61,7 +69,7 @@ for s in $SEEDS; do
     for k in 1 2 3 4; do
         train "quarter$k-s$s" $((10 * s + k)) --part "$k/4" --split-seed "$s"
     done
-    for method in weights activations; do
+    for method in $METHODS; do
         merge separate "$s" "$method" "$OUT/half1-s$s.safetensors" "$OUT/half2-s$s.safetensors"
         merge shared "$s" "$method" "$OUT/half1-s$s.safetensors" "$OUT/half2-shared-s$s.safetensors"
         merge quarters "$s" "$method" "$OUT"/quarter{1,2,3,4}-s$s.safetensors
@@ -76,16 +84,17 @@ for scenario in ["separate", "shared", "quarters"]:
 PY
 done
 
-python3 - "$OUT/runs.jsonl" "$SEEDS" "$EPOCHS" "$HIDDEN" >"$OUT/merge.md" <<'PY'
+python3 - "$OUT/runs.jsonl" "$SEEDS" "$EPOCHS" "$HIDDEN" "$MODEL" "$METHODS" >"$OUT/merge.md" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
-seeds, epochs, hidden = sys.argv[2].split(), sys.argv[3], sys.argv[4]
+seeds, epochs, hidden, model, methods = sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6].split()
 med = statistics.median
 def row(label, records):
     acc = [r["accuracy"] for r in records]
     loss = [r["loss"] for r in records]
     return f"| {label} | {med(acc):.2f}% | {min(acc):.2f}–{max(acc):.2f} | {med(loss):.4f} |"
-print(f"784-{hidden.replace(',', '-')}-10, {epochs} epochs per net, medians over seeds {', '.join(seeds)}.\n")
+name = f"784-{hidden.replace(',', '-')}-10" if model == "mlp" else model
+print(f"{name}, {epochs} epochs per net, medians over seeds {', '.join(seeds)}.\n")
 for scenario, title in [("separate", "Two nets, different inits, one half each"),
                         ("shared", "Two nets, one shared init, one half each"),
                         ("quarters", "Four nets, different inits, one quarter each")]:
@@ -103,12 +112,13 @@ for scenario, title in [("separate", "Two nets, different inits, one half each")
     print(row("worse input", [min(v, key=lambda r: r["accuracy"]) for v in by_input.values()]))
     print(row("one net on all 60,000", [r for r in rs if r["method"] == "-"]))
     print(row("naive average", [r for r in weights if r["model"] == "naive average"]))
-    for method in ["weights", "activations"]:
+    for method in methods:
         merged = [r for r in rs if r["method"] == method and r["model"].startswith("merged")]
         print(row(f"{method}-matched", [r for r in merged if not r["model"].endswith("REPAIR")]))
-        print(row(f"{method}-matched + REPAIR", [r for r in merged if r["model"].endswith("REPAIR")]))
+        if "activations" in methods:
+            print(row(f"{method}-matched + REPAIR", [r for r in merged if r["model"].endswith("REPAIR")]))
     print(row("ensemble (mean of softmax)", [r for r in weights if r["model"] == "ensemble of the inputs"]))
-    times = {m: med([r["match_seconds"] for r in rs if r["method"] == m]) for m in ["weights", "activations"]}
-    print(f"\nMatching time (median): weights {1e3 * times['weights']:.0f} ms, activations {1e3 * times['activations']:.0f} ms.\n")
+    times = ", ".join(f"{m} {1e3 * med([r['match_seconds'] for r in rs if r['method'] == m]):.0f} ms" for m in methods)
+    print(f"\nMatching time (median): {times}.\n")
 PY
 cat "$OUT/merge.md"

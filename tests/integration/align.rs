@@ -53,6 +53,20 @@ fn independent_models_synced_once_an_epoch_are_aligned_and_their_momentum_follow
     assert!(accuracy > 0.9, "accuracy {accuracy}\n{}", coordinator.proc.dump());
 }
 
+/// Workers that start from one init and sync every two steps never drift
+/// into another order of units: matching each contribution to the round's
+/// start must find that, dead units included, and send no `Realign`.
+#[test]
+fn a_shared_init_aligned_by_activations_is_never_reordered() {
+    let _heavy = heavy();
+    let args = [&SMALL[..], &["--epochs", "1", "--sync-every", "2", "--align", "activations"]];
+    let run = run_cluster(2, &args.concat(), DEBUG_LOG);
+    let aligned = logged(&run.coordinator.proc, "contributions aligned");
+    assert!(aligned.len() >= 10, "{} rounds\n{}", aligned.len(), run.coordinator.proc.dump());
+    let reordering = aligned.iter().filter(|l| u64_field(l, "realigned") > 0).count();
+    assert_eq!(reordering, 0, "{reordering} of {} rounds reordered a worker", aligned.len());
+}
+
 #[test]
 fn align_none_gives_the_same_bits_as_no_flag() {
     let _heavy = heavy();

@@ -15,6 +15,14 @@ use super::assignment;
 use super::permutation::Permutation;
 use super::spec::PermutationSpec;
 
+/// Added to every unit's score for staying where it is, so that a tie keeps
+/// the order: dead units correlate 0 with everything, and without it a
+/// model matched with itself came back with its dead units swapped (under
+/// `--align activations`, a `Realign` nearly every round although nothing
+/// moved). Far below any correlation difference that means something, so
+/// it decides nothing else.
+const STAY_BONUS: f64 = 1e-6;
+
 /// The permutation of the other model's units that maximises the summed
 /// correlation with the reference's, per group. `reference[g]` and `other[g]`
 /// are group `g`'s activations, `[units, samples]` row-major, over the same
@@ -44,7 +52,10 @@ pub fn match_activations(
                 )));
             }
         }
-        let scores = correlations(&reference[g], &other[g], n, samples);
+        let mut scores = correlations(&reference[g], &other[g], n, samples);
+        for i in 0..n {
+            scores[i * n + i] += STAY_BONUS;
+        }
         perm.set_group(g, assignment::maximise(&scores, n)?);
     }
     Ok(perm)
@@ -52,7 +63,7 @@ pub fn match_activations(
 
 /// The `n × n` Pearson correlations between the rows of `a` and of `b`
 /// (`[n, samples]` each). A unit that never varies on these images (a dead
-/// ReLU) correlates 0 with everything, so it is paired wherever it costs least.
+/// ReLU) correlates 0 with everything: only [`STAY_BONUS`] keeps it in place.
 fn correlations(a: &[f32], b: &[f32], n: usize, samples: usize) -> Vec<f64> {
     let (za, zb) = (standardised(a, samples), standardised(b, samples));
     let mut product = vec![0.0f32; n * n];

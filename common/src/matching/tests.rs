@@ -141,6 +141,24 @@ fn matching_a_model_with_itself_is_the_identity() {
     assert!(aligner.align(&params, &params).unwrap().is_identity());
 }
 
+/// Dead units tie with every unit of the other model: they stay where they
+/// are rather than swap, so matching a model with itself moves nothing.
+#[test]
+fn activation_matching_leaves_dead_units_in_place() {
+    let (mlp, mut params) = model(&WIDTHS, 6);
+    let data = images(INPUTS, 100, 7);
+    let layer = &mlp.layout().layers[0];
+    for unit in [2, 5, 9] {
+        params[layer.bias.start + unit] = -1e3;
+    }
+    let indices: Vec<u32> = (0..100).collect();
+    let acts = mlp.hidden_activations(&params, &data, &indices, &mut Workspace::new(&mlp, 64));
+    let dead = acts[0].chunks_exact(100).filter(|row| row.iter().all(|&v| v == 0.0)).count();
+    assert!(dead >= 3, "only {dead} dead units");
+    let aligner = ActivationAlignment { mlp, data: &data, indices };
+    assert!(aligner.align(&params, &params).unwrap().is_identity());
+}
+
 #[test]
 fn merging_a_model_with_its_permutation_gives_the_model_back() {
     let (mlp, params) = model(&WIDTHS, 8);
