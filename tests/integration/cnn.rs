@@ -61,6 +61,20 @@ fn a_small_cnn_trains_in_the_cluster_aligned_by_weights() {
     assert_numpy_agrees(&run.coordinator.out.join("model.safetensors"), accuracy);
 }
 
+/// Checkpoints, `--resume`, a robust rule and an outer optimiser know
+/// nothing of layers: a CNN run killed and resumed finishes as an MLP's does,
+/// and its file is the CNN.
+#[test]
+fn a_cnn_run_with_a_robust_rule_and_an_outer_optimiser_resumes_after_a_kill() {
+    let _heavy = heavy();
+    let flags = ["--model", TINY_CNN, "--aggregate", "median", "--outer-optimizer", "nesterov"];
+    let (_tmp, out) = crate::faults::sigkill_and_resume_completes_the_run(&flags);
+    let (spec, _) = model_file::load(&out.join("model.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec.layers_text(), TINY_CNN);
+    let last = epoch_metrics(&out).pop().expect("an epoch record");
+    assert!(f64_field(&last, "accuracy") > 0.9, "{last}");
+}
+
 #[test]
 fn bad_convolutional_stacks_are_one_line_errors_naming_the_layer_and_the_numbers() {
     let mnist = mnist_dir();

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -255,10 +255,19 @@ fn a_killed_and_restarted_worker_rejoins_with_the_current_weights() {
 #[test]
 fn coordinator_sigkill_and_resume_completes_the_run() {
     let _heavy = heavy();
+    sigkill_and_resume_completes_the_run(&[]);
+}
+
+/// A 3-epoch run of 2 workers with `flags`, its coordinator SIGKILLed after
+/// the first checkpoint and resumed: it resumes from that checkpoint's
+/// weights and finishes with each image used once per epoch. Returns the
+/// temporary directory and the run directory in it.
+pub fn sigkill_and_resume_completes_the_run(flags: &[&str]) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     let bind = reserve_port();
-    let mut first = start_coordinator(&out, &bind, &["--workers", "2", "--epochs", "3"], "info");
+    let args = [&["--workers", "2", "--epochs", "3"], flags].concat();
+    let mut first = start_coordinator(&out, &bind, &args, "info");
     let mut workers = start_workers("worker", 2, &bind, tmp.path(), "info");
     wait_for_match(&mut first.proc, "checkpoint written", EVENT_TIMEOUT, |l| l["epoch"] == 1);
     first.proc.signal("KILL");
@@ -301,6 +310,7 @@ fn coordinator_sigkill_and_resume_completes_the_run() {
         assert_each_image_once(epoch, N_TRAIN);
     }
     assert!(out.join("model.safetensors").is_file(), "no model.safetensors");
+    (tmp, out)
 }
 
 /// A checkpoint write cut short by a kill (inside the window where the newest
