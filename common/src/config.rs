@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::matching::AlignMethod;
 use crate::optim::Sgd;
 use crate::spec::ModelSpec;
 
@@ -14,6 +15,10 @@ pub struct RunSpec {
     pub train: TrainConfig,
     pub model: ModelSpec,
     pub epochs: usize,
+    /// How each worker matches its contribution to the round's start (`--align`).
+    pub align: AlignMethod,
+    /// `--align activations`: training images the units are compared on.
+    pub align_images: usize,
 }
 
 /// How every worker trains. Defaults were chosen by measurement (docs/tuning.md).

@@ -15,13 +15,13 @@ use lazyavg_proto::auth::{TOKEN_ENV, TOKEN_FILE_ENV, Token};
 use lazyavg_proto::tls::ServerTls;
 use serde::{Deserialize, Serialize};
 
-use crate::align::AlignMethod;
 use crate::error::{Error, Result};
 pub use crate::init::Init;
 use crate::registry::Limits;
 use crate::round::Aggregate;
 use crate::sync_every::EPOCH_SAMPLES;
 pub use crate::sync_every::SyncEvery;
+use lazyavg_common::matching::AlignMethod;
 
 /// Port the coordinator listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7070;

@@ -9,7 +9,6 @@ use lazyavg_common::fetch::{self, FetchOptions};
 use lazyavg_common::spec::InputShape;
 use tracing::info;
 
-use crate::align::AlignMethod;
 use crate::config::CoordinatorConfig;
 use crate::error::Result;
 use crate::service::DatasetOffer;
@@ -19,8 +18,6 @@ use crate::service::DatasetOffer;
 pub struct Prepared {
     pub offer: DatasetOffer,
     pub test: Arc<Dataset>,
-    /// The training set itself, kept only for `--align activations`.
-    pub train: Option<Arc<Dataset>>,
     pub n_train: usize,
     /// The shape of one training image.
     pub input: InputShape,
@@ -48,6 +45,5 @@ pub fn prepare(config: &CoordinatorConfig) -> Result<Prepared> {
         input: split.train.input_shape(),
         offer: DatasetOffer { sha256, images: split.train.len() as u64, blob: blob.into() },
         test: Arc::new(split.test),
-        train: (config.align == AlignMethod::Activations).then(|| Arc::new(split.train)),
     })
 }

@@ -86,10 +86,9 @@ impl From<&RoundError> for Status {
             RoundError::Stale { .. } | RoundError::Future { .. } => Status::out_of_range(message),
             RoundError::NonFinite { .. } | RoundError::Chunk(_) => Status::invalid_argument(message),
             RoundError::NotInRound(_) | RoundError::Duplicate(_) => Status::failed_precondition(message),
-            RoundError::Empty { .. }
-            | RoundError::Tainted { .. }
-            | RoundError::Diverged { .. }
-            | RoundError::Align { .. } => Status::internal(message),
+            RoundError::Empty { .. } | RoundError::Tainted { .. } | RoundError::Diverged { .. } => {
+                Status::internal(message)
+            }
         }
     }
 }

@@ -8,7 +8,6 @@
 //! - [`schedule`]: the epoch's permutation and shards (pure).
 //! - [`round`]: one averaging round as a state machine (pure).
 //! - [`aggregate`]: the rules that combine a round's contributions, one unit each.
-//! - [`align`]: matching a contribution's hidden units to the reference (`--align`).
 //! - [`sync_every`]: the sync interval, K minibatches or an epoch.
 //! - [`init`]: shared or independent starting weights (`--init`).
 //! - [`registry`]: joined workers and their sessions (pure).
@@ -26,7 +25,6 @@
 //! - [`ending`]: the run's end told to the workers that missed its Stop (`--end-grace`).
 
 pub mod aggregate;
-pub mod align;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -53,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use lazyavg_common::config::{ModelSettings, RunSpec};
 use lazyavg_common::idx::NUM_CLASSES;
+use lazyavg_common::matching::AlignMethod;
 use lazyavg_common::model_file;
 use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::auth::RequireToken;
@@ -69,7 +68,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::align::{AlignMethod, Alignment};
 use crate::checkpoint::Checkpoint;
 pub use crate::config::{CoordinatorConfig, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
@@ -113,7 +111,13 @@ pub async fn run(
     let model = config.model.resolve(data.input, NUM_CLASSES)?;
     // config.toml records the model in full, not the flags that chose it.
     config.model = ModelSettings::recorded(&model);
-    let spec = RunSpec { train: config.train.clone(), model: model.clone(), epochs: config.epochs };
+    let spec = RunSpec {
+        train: config.train.clone(),
+        model: model.clone(),
+        epochs: config.epochs,
+        align: config.align,
+        align_images: config.align_images,
+    };
     let mlp = model.build()?;
     if config.align == AlignMethod::Activations {
         mlp.check_dense_only("--align activations")?;
@@ -204,7 +208,6 @@ pub async fn run(
 
     let metrics_linger = config.metrics_bind.map(|_| config.metrics_linger);
     let end_grace = config.end_grace;
-    let alignment = Alignment::for_run(config.align, &mlp, config.train.seed, data.train, config.align_images);
     let mut outputs: Vec<Box<dyn Observer>> = vec![
         Box::new(observe::log::Log),
         Box::new(progress::EpochProgress::default()),
@@ -227,8 +230,7 @@ pub async fn run(
         (events_tx, events),
         shutdown,
         Observers::new(outputs),
-    )
-    .aligning(alignment);
+    );
     let mut server_ended = false;
     let result = tokio::select! {
         result = driver.run() => result,

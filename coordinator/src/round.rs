@@ -6,21 +6,17 @@
 //! ONE running f64 sum, O(model) memory whatever the number of workers. Each
 //! worker's weight is the number of samples the coordinator's own shard table
 //! says it trained this round, never what the worker claims.
-//!
-//! With an [`Aligner`] (`--align`), each contribution is instead assembled
-//! whole, its hidden units matched to the round's reference and reordered,
-//! and only then handed to the aggregator; the reorderings are kept for the
-//! workers, whose momentum must follow.
+//! Under `--align` the workers match their own contributions to the round's
+//! start before sending them (`lazyavg_common::matching::contribution`): the
+//! round only counts, from their reports, whose units moved.
 
 use std::collections::BTreeMap;
 
-use lazyavg_common::matching::Permutation;
 use lazyavg_proto::chunks::{ChunkCursor, decode_into, first_non_finite};
 use lazyavg_proto::{ProtoError, pb};
 
 pub use crate::aggregate::Aggregate;
 use crate::aggregate::{Aggregator, WeightedMean};
-use crate::align::Aligner;
 
 pub type WorkerId = u64;
 
@@ -39,8 +35,6 @@ pub enum RoundError {
     NonFinite { worker: WorkerId, index: usize },
     #[error(transparent)]
     Chunk(#[from] ProtoError),
-    #[error("cannot match the hidden units of worker {worker}'s weights: {problem}")]
-    Align { worker: WorkerId, problem: String },
     #[error("no worker contributed to epoch {epoch} round {round}")]
     Empty { epoch: u64, round: u64 },
     #[error("epoch {epoch} round {round} must be redone: a worker left after part of its weights were summed")]
@@ -66,6 +60,9 @@ struct Part {
     state: State,
     loss_sum: f64,
     train_seconds: f64,
+    /// `--align`: the worker's report said matching moved units, and took this long.
+    realigned: bool,
+    align_seconds: f64,
     reported: bool,
 }
 
@@ -80,9 +77,9 @@ pub struct RoundSummary {
     pub loss_sum: f64,
     /// Mean over contributors of the seconds they spent training this round.
     pub mean_train_seconds: f64,
-    /// `--align`: the contributors whose units were reordered, and how.
-    pub realigned: BTreeMap<WorkerId, Permutation>,
-    /// `--align`: seconds spent matching units this round.
+    /// `--align`: how many contributors reported that matching moved units.
+    pub realigned: usize,
+    /// `--align`: the contributors' seconds spent matching, summed.
     pub align_seconds: f64,
 }
 
@@ -92,14 +89,7 @@ pub struct Round {
     epoch: u64,
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
-    len: usize,
     aggregator: Box<dyn Aggregator>,
-    /// `--align`: matches each whole contribution before it is aggregated.
-    aligner: Option<Aligner>,
-    /// `--align`: contributions being assembled, until complete.
-    staged: BTreeMap<WorkerId, Vec<f32>>,
-    /// `--align`: the reordering each complete contribution went through.
-    realigned: BTreeMap<WorkerId, Permutation>,
     /// One chunk's values, decoded once for the aggregator.
     scratch: Vec<f32>,
     tainted: bool,
@@ -139,31 +129,14 @@ impl Round {
                     state: State::Waiting,
                     loss_sum: 0.0,
                     train_seconds: 0.0,
+                    realigned: false,
+                    align_seconds: 0.0,
                     reported: false,
                 };
                 (id, part)
             })
             .collect();
-        Round {
-            epoch,
-            round,
-            parts,
-            len,
-            aggregator,
-            aligner: None,
-            staged: BTreeMap::new(),
-            realigned: BTreeMap::new(),
-            scratch: Vec::new(),
-            tainted: false,
-            non_finite: Vec::new(),
-        }
-    }
-
-    /// This round with each contribution aligned by `aligner` before it is
-    /// aggregated.
-    pub fn aligning(mut self, aligner: Aligner) -> Self {
-        self.aligner = Some(aligner);
-        self
+        Round { epoch, round, parts, aggregator, scratch: Vec::new(), tainted: false, non_finite: Vec::new() }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -219,6 +192,8 @@ impl Round {
         part.reported = true;
         part.loss_sum = if report.loss_sum.is_finite() { report.loss_sum } else { 0.0 };
         part.train_seconds = if report.train_seconds.is_finite() { report.train_seconds.max(0.0) } else { 0.0 };
+        part.realigned = report.realigned;
+        part.align_seconds = if report.align_seconds.is_finite() { report.align_seconds.max(0.0) } else { 0.0 };
         Ok(())
     }
 
@@ -240,55 +215,18 @@ impl Round {
             return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
         let samples = part.weight;
-        let complete = part.cursor.is_complete();
-        part.state = if complete { State::Complete } else { State::Receiving };
-        let Some(aligner) = self.aligner.as_mut() else {
-            self.scratch.resize(range.len(), 0.0);
-            decode_into(&mut self.scratch, &chunk.data);
-            self.aggregator.add(worker, samples, range, &self.scratch);
-            return Ok(());
-        };
-        let len = self.len;
-        let staged = self.staged.entry(worker).or_insert_with(|| vec![0.0; len]);
-        decode_into(&mut staged[range], &chunk.data);
-        if !complete {
-            return Ok(());
-        }
-        let mut whole = self.staged.remove(&worker).unwrap_or_default();
-        match aligner.align(&mut whole) {
-            Ok(perm) => {
-                self.aggregator.add(worker, samples, 0..len, &whole);
-                if !perm.is_identity() {
-                    self.realigned.insert(worker, perm);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // None of it reached the aggregator, so the round stays sound;
-                // like a non-finite contribution, it is named so that a redo
-                // for another cause goes on without it.
-                if let Some(part) = self.parts.get_mut(&worker) {
-                    part.state = State::Excluded;
-                }
-                self.non_finite.push(worker);
-                self.forget(worker, State::Receiving);
-                Err(RoundError::Align { worker, problem: e.to_string() })
-            }
-        }
+        part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
+        self.scratch.resize(range.len(), 0.0);
+        decode_into(&mut self.scratch, &chunk.data);
+        self.aggregator.add(worker, samples, range, &self.scratch);
+        Ok(())
     }
 
     /// Drops what a worker contributed, its state having been `previous`.
     /// An aggregator that cannot give back a partly added contribution (a
-    /// running sum) is spoiled by it. Aligned contributions reach the
-    /// aggregator only once complete.
+    /// running sum) is spoiled by it.
     fn forget(&mut self, worker: WorkerId, previous: State) {
-        self.staged.remove(&worker);
-        self.realigned.remove(&worker);
-        let added = match previous {
-            State::Complete => true,
-            State::Receiving => self.aligner.is_none(),
-            State::Waiting | State::Excluded => false,
-        };
+        let added = matches!(previous, State::Complete | State::Receiving);
         if !self.aggregator.forget(worker) {
             self.tainted |= added;
         }
@@ -330,8 +268,7 @@ impl Round {
         for id in partial {
             self.forget(id, State::Receiving);
         }
-        let align_seconds = self.aligner.as_ref().map_or(0.0, |a| a.spent().as_secs_f64());
-        let Round { epoch, round, parts, mut aggregator, tainted, non_finite, realigned, .. } = self;
+        let Round { epoch, round, parts, mut aggregator, tainted, non_finite, .. } = self;
         let done: Vec<(WorkerId, u64)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
@@ -355,9 +292,9 @@ impl Round {
             samples,
             loss_sum: done.iter().map(|(id, _)| parts[id].loss_sum).sum(),
             mean_train_seconds: done.iter().map(|(id, _)| parts[id].train_seconds).sum::<f64>() / done.len() as f64,
+            realigned: done.iter().filter(|(id, _)| parts[id].realigned).count(),
+            align_seconds: done.iter().map(|(id, _)| parts[id].align_seconds).sum(),
             contributors: done,
-            realigned,
-            align_seconds,
         };
         (Ok(summary), aggregator)
     }
@@ -521,102 +458,6 @@ mod tests {
         send(&mut median, 2, &[4.0]).unwrap();
         let summary = median.finish(&mut out).0.unwrap();
         assert_eq!((out, summary.contributors), ([4.0], vec![(2, 1)]));
-    }
-
-    mod aligned {
-        use lazyavg_common::matching::{PermutationSpec, apply};
-        use lazyavg_common::model::Network;
-        use lazyavg_common::rng::StreamRng;
-        use lazyavg_common::spec::ModelSpec;
-        use rand::SeedableRng;
-
-        use super::*;
-        use crate::align::{AlignMethod, Alignment};
-
-        /// A small MLP's weights, and a round over workers 1 and 2 aligned to them.
-        fn setup(seed: u64) -> (Network, PermutationSpec, Vec<f32>, Alignment) {
-            let mlp = ModelSpec::from_widths(&[6, 8, 5, 3]).unwrap().build().unwrap();
-            let spec = mlp.permutation_spec();
-            let reference = mlp.init(seed);
-            let alignment = Alignment::for_run(AlignMethod::Weights, &mlp, seed, None, 0).unwrap();
-            (mlp, spec, reference, alignment)
-        }
-
-        #[test]
-        fn a_permuted_copy_of_the_reference_is_put_back_exactly_and_its_reordering_kept() {
-            let (_, spec, reference, alignment) = setup(3);
-            let p = Permutation::random(&spec, &mut StreamRng::seed_from_u64(9));
-            assert!(!p.is_identity());
-            let mut shuffled = reference.clone();
-            apply(&spec, &p, &mut shuffled).unwrap();
-            let len = reference.len();
-            let mut round = Round::new(1, 0, &[(1, 3), (2, 1)], len, Vec::new()).aligning(alignment.start(&reference));
-            send(&mut round, 1, &shuffled).unwrap();
-            send(&mut round, 2, &reference).unwrap();
-            let mut out = vec![0.0; len];
-            let summary = round.finish(&mut out).0.unwrap();
-            assert_eq!(out, reference, "both contributions are the reference once aligned");
-            assert_eq!(summary.realigned.keys().copied().collect::<Vec<_>>(), [1], "worker 2 was already in order");
-            let q = &summary.realigned[&1];
-            assert_eq!(q, &p.inverse(), "the reordering that undoes the shuffle");
-            // What the worker does with its momentum: the same reordering.
-            let mut momentum = shuffled.clone();
-            apply(&spec, q, &mut momentum).unwrap();
-            assert_eq!(momentum, reference);
-        }
-
-        #[test]
-        fn a_contribution_left_half_sent_is_dropped_without_spoiling_the_mean() {
-            let (_, spec, reference, alignment) = setup(4);
-            // The first 8 values of worker 1, then it leaves.
-            let len = reference.len();
-            let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], len, Vec::new()).aligning(alignment.start(&reference));
-            let chunk = weight_chunks(1, 0, &reference).next().unwrap();
-            let half = pb::WeightsChunk { data: chunk.data.slice(..8 * 4), total: len as u64, ..chunk };
-            round.accept(1, &half).unwrap();
-            round.exclude(1);
-            let mut other = reference.clone();
-            apply(&spec, &Permutation::random(&spec, &mut StreamRng::seed_from_u64(5)), &mut other).unwrap();
-            send(&mut round, 2, &other).unwrap();
-            let mut out = vec![0.0; len];
-            let summary = round.finish(&mut out).0.unwrap();
-            assert_eq!(summary.contributors, vec![(2, 1)]);
-            assert_eq!(out, reference);
-            assert_eq!(summary.realigned.len(), 1);
-        }
-
-        #[test]
-        fn a_contribution_that_cannot_be_matched_is_left_out_without_spoiling_the_round() {
-            let (_, _, reference, alignment) = setup(7);
-            let len = reference.len();
-            let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], len, Vec::new()).aligning(alignment.start(&reference));
-            // Finite, but so large that the similarity of its units overflows.
-            let huge: Vec<f32> = reference.iter().map(|v| v.signum() * 3e38).collect();
-            let err = send(&mut round, 1, &huge).unwrap_err();
-            assert!(matches!(err, RoundError::Align { worker: 1, .. }), "{err}");
-            send(&mut round, 2, &reference).unwrap();
-            let mut out = vec![0.0; len];
-            let summary = round.finish(&mut out).0.expect("the round closes with the other worker");
-            assert_eq!(summary.contributors, vec![(2, 1)]);
-            assert_eq!(out, reference);
-        }
-
-        #[test]
-        fn robust_rules_take_aligned_contributions_too() {
-            let (_, spec, reference, alignment) = setup(6);
-            let len = reference.len();
-            let ids: Vec<(WorkerId, u64)> = (1..=3).map(|id| (id, 1)).collect();
-            let mut round =
-                Round::aggregating(1, 0, &ids, len, Aggregate::Median).aligning(alignment.start(&reference));
-            for id in 1..=3 {
-                let mut shuffled = reference.clone();
-                apply(&spec, &Permutation::random(&spec, &mut StreamRng::seed_from_u64(id)), &mut shuffled).unwrap();
-                send(&mut round, id, &shuffled).unwrap();
-            }
-            let mut out = vec![0.0; len];
-            assert_eq!(round.finish(&mut out).0.unwrap().realigned.len(), 3);
-            assert_eq!(out, reference);
-        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lazyavg_common::config::{LrSchedule, RunSpec, TrainConfig};
-use lazyavg_common::matching::{Permutation, PermutationSpec};
+use lazyavg_common::matching::AlignMethod;
 use lazyavg_common::spec::{InputShape, LayerSpec, ModelSpec};
 use lazyavg_common::status::{RunStatus, WorkerState, WorkerStatus};
 
@@ -24,6 +24,8 @@ impl From<&RunSpec> for pb::RunConfig {
             epochs: spec.epochs as u32,
             lr_scale: t.lr_scale,
             warmup_epochs: t.warmup_epochs,
+            align: spec.align.to_string(),
+            align_images: spec.align_images as u32,
         }
     }
 }
@@ -48,7 +50,9 @@ impl TryFrom<pb::RunConfig> for RunSpec {
             seed: c.seed,
         };
         train.validate().map_err(|e| ProtoError::Config(e.to_string()))?;
-        Ok(RunSpec { train, model, epochs: c.epochs as usize })
+        let align = AlignMethod::parse(&c.align)
+            .ok_or_else(|| ProtoError::Config(format!("unknown --align method {:?}", c.align)))?;
+        Ok(RunSpec { train, model, epochs: c.epochs as usize, align, align_images: c.align_images as usize })
     }
 }
 
@@ -151,29 +155,6 @@ pub fn decode_indices(bytes: &[u8]) -> Result<Vec<u32>, ProtoError> {
     Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
-/// `--align`: tells a worker the reordering `perm` (of a model laid out as
-/// `spec`) that its contribution to `epoch`/`round` went through.
-pub fn realign_message(epoch: u64, round: u64, spec: &PermutationSpec, perm: &Permutation) -> pb::Realign {
-    let groups = (0..spec.groups.len()).map(|g| pb::UnitOrder { units: perm.group(g).to_vec() }).collect();
-    pb::Realign { epoch, round, groups }
-}
-
-/// The inverse of [`realign_message`], checked against the worker's own
-/// model: one reordering of the right size per group of `spec`.
-pub fn decode_realign(msg: pb::Realign, spec: &PermutationSpec) -> Result<Permutation, ProtoError> {
-    let sizes: Vec<usize> = msg.groups.iter().map(|g| g.units.len()).collect();
-    if sizes != spec.sizes() {
-        return Err(ProtoError::Config(format!(
-            "realign for epoch {} round {}: groups of {sizes:?} units, but this model's groups have {:?}",
-            msg.epoch,
-            msg.round,
-            spec.sizes()
-        )));
-    }
-    Permutation::new(msg.groups.into_iter().map(|g| g.units).collect())
-        .map_err(|e| ProtoError::Config(format!("realign for epoch {} round {}: {e}", msg.epoch, msg.round)))
-}
-
 impl From<&RunStatus> for pb::RunStatus {
     fn from(status: &RunStatus) -> Self {
         let seconds = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
@@ -255,7 +236,7 @@ mod tests {
         let train = TrainConfig { lr: 0.1, lr_scale: 2.0, ..TrainConfig::default() };
         let layers = ModelSpec::parse_layers("dense 30, relu, dense 20, relu, dense 10").unwrap();
         let model = ModelSpec { input: InputShape { channels: 1, height: 28, width: 28 }, layers, classes: 10 };
-        let spec = RunSpec { model, train, epochs: 3 };
+        let spec = RunSpec { model, train, epochs: 3, align: AlignMethod::Activations, align_images: 500 };
         let back = RunSpec::try_from(pb::RunConfig::from(&spec)).unwrap();
         assert_eq!(back, spec);
     }
@@ -263,8 +244,15 @@ mod tests {
     #[test]
     fn nonsense_run_config_is_refused() {
         let train = TrainConfig::default();
-        let spec = RunSpec { model: ModelSpec::from_widths(&[784, 200, 10]).unwrap(), train, epochs: 3 };
+        let model = ModelSpec::from_widths(&[784, 200, 10]).unwrap();
+        let spec = RunSpec { model, train, epochs: 3, align: AlignMethod::None, align_images: 0 };
         let mut msg = pb::RunConfig::from(&spec);
+        msg.align = "sideways".into();
+        assert_eq!(
+            RunSpec::try_from(msg.clone()).unwrap_err().to_string(),
+            "invalid run configuration: unknown --align method \"sideways\""
+        );
+        msg.align = "none".into();
         msg.batch_size = 0;
         assert!(RunSpec::try_from(msg.clone()).is_err());
         msg.batch_size = 32;
@@ -297,21 +285,6 @@ mod tests {
         let back: Vec<u32> = msgs.iter().flat_map(|m| decode_indices(&m.indices).unwrap()).collect();
         assert_eq!(back, indices);
         assert_eq!(shard_messages(1, &[], false).len(), 1);
-    }
-
-    #[test]
-    fn a_realign_round_trips_and_one_that_does_not_fit_the_model_is_refused() {
-        let spec = ModelSpec::from_widths(&[4, 3, 5, 2]).unwrap().build().unwrap().permutation_spec();
-        let perm = Permutation::new(vec![vec![2, 0, 1], vec![4, 3, 2, 1, 0]]).unwrap();
-        let msg = realign_message(2, 7, &spec, &perm);
-        assert_eq!((msg.epoch, msg.round, msg.groups.len()), (2, 7, 2));
-        assert_eq!(decode_realign(msg.clone(), &spec).unwrap(), perm);
-        let mut short = msg.clone();
-        short.groups.pop();
-        assert!(decode_realign(short, &spec).unwrap_err().to_string().contains("[3]"));
-        let mut twice = msg;
-        twice.groups[0].units = vec![0, 0, 1];
-        assert!(decode_realign(twice, &spec).unwrap_err().to_string().contains("round 7"));
     }
 
     #[test]

@@ -631,8 +631,7 @@ impl TestSession {
     }
 
     async fn report(&self, pull: &pb::PullWeights) {
-        let report =
-            pb::RoundReport { epoch: pull.epoch, round: pull.round, loss_sum: 0.0, samples: 0, train_seconds: 0.0 };
+        let report = pb::RoundReport { epoch: pull.epoch, round: pull.round, ..Default::default() };
         self.send(Reply::Report(report)).await;
     }
 
@@ -687,7 +686,7 @@ async fn misbehave(addr: &str, real_worker: u32) -> ClientLog {
     let mut client = connect(addr).await;
 
     // Refusals before any session.
-    // A worker of the release before (protocol 2 knew no Realign) is told why.
+    // A worker of the release before (protocol 4: the coordinator aligned contributions) is told why.
     let old = lazyavg_proto::PROTOCOL_VERSION - 1;
     let err = join(&mut client, old, "test-client").await.expect_err("the previous protocol was accepted");
     let speaks = format!("worker speaks protocol version {old}, this coordinator speaks {}", old + 1);

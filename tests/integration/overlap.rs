@@ -119,8 +119,7 @@ async fn contribute_once_and_leave(addr: &str) -> (u64, [pb::PullWeights; 2]) {
             other => panic!("waiting for a pull, got {other:?}"),
         }
     };
-    let report =
-        pb::RoundReport { epoch: pull.epoch, round: pull.round, loss_sum: 0.0, samples: 0, train_seconds: 0.0 };
+    let report = pb::RoundReport { epoch: pull.epoch, round: pull.round, ..Default::default() };
     send(Reply::Report(report)).await.expect("the request stream is open");
     for chunk in weight_chunks(pull.epoch, pull.round, &weights) {
         send(Reply::Weights(chunk)).await.expect("the request stream is open");

@@ -16,11 +16,12 @@ use std::time::Instant;
 
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
-use lazyavg_common::matching::{self, Permutation, PermutationSpec};
+use lazyavg_common::matching::ContributionAligner;
 use lazyavg_common::train::{Progress, Trainer};
 use lazyavg_proto::chunks::{decode_into, decode_values};
 use lazyavg_proto::convert::decode_indices;
 use lazyavg_proto::{ProtoError, pb};
+use tracing::debug;
 
 use crate::error::{Error, Result};
 
@@ -38,8 +39,15 @@ pub struct Replica {
     /// Minibatches trained since sending `sent`, while its average is awaited.
     awaiting: Option<usize>,
     slot: Arc<AverageSlot>,
-    /// Which units of the model may be reordered (`--align`).
-    spec: PermutationSpec,
+    /// `--align`: matches the weights trained for a round to its start.
+    aligner: Option<ContributionAligner>,
+    /// `--align`: the round's start, which the trained weights are matched
+    /// to; empty without `--align`.
+    start: Vec<f32>,
+    /// `--align`: `start` holds the reference the coordinator sent (an
+    /// `--init independent` worker's first round), not the weights the
+    /// round began from.
+    start_given: bool,
 }
 
 /// How an average was applied.
@@ -129,7 +137,8 @@ impl Replica {
             .into());
         }
         let mlp = spec.model.build()?;
-        let units = mlp.permutation_spec();
+        let aligner = ContributionAligner::for_run(spec.align, &mlp, spec.train.seed, &data, spec.align_images);
+        let start = if aligner.is_some() { vec![0.0; mlp.len()] } else { Vec::new() };
         let params = vec![0.0; mlp.len()];
         let sent = Arc::new(params.clone());
         let trainer = Trainer::with_params(&spec.train, mlp, params)?;
@@ -142,7 +151,9 @@ impl Replica {
             sent,
             awaiting: None,
             slot: Arc::default(),
-            spec: units,
+            aligner,
+            start,
+            start_given: false,
         })
     }
 
@@ -158,20 +169,23 @@ impl Replica {
         self.trainer.params()
     }
 
-    /// Which units of the model may be reordered (to decode a `Realign`).
-    pub fn units(&self) -> &PermutationSpec {
-        &self.spec
+    /// `--align` with `--init independent`: writes one chunk of the
+    /// coordinator's weights, which the next round's contribution is matched
+    /// to instead of the weights it starts from. Call
+    /// [`Replica::reference_received`] after the last chunk.
+    pub fn receive_reference(&mut self, range: Range<usize>, data: &[u8]) -> Result<()> {
+        let Some(start) = self.start.get_mut(range.clone()) else {
+            return Err(Error::Protocol(ProtoError::Config(format!(
+                "reference weights for positions {range:?}, but this run does not align (--align none)"
+            ))));
+        };
+        decode_into(start, data);
+        Ok(())
     }
 
-    /// `--align`: the coordinator reordered this replica's last contribution
-    /// by `perm` before averaging; the momentum, still in this replica's own
-    /// unit order, follows, so it goes on pushing each unit the way it did.
-    pub fn realign(&mut self, perm: &Permutation) -> Result<()> {
-        let momentum = self.trainer.momentum_mut();
-        if !momentum.is_empty() {
-            matching::apply(&self.spec, perm, momentum)?;
-        }
-        Ok(())
+    /// The last chunk of the reference went in through [`Replica::receive_reference`].
+    pub fn reference_received(&mut self) {
+        self.start_given = true;
     }
 
     /// Where the session leaves an average for this replica while it trains.
@@ -260,9 +274,12 @@ impl Replica {
             ))));
         }
         let started = Instant::now();
+        if self.aligner.is_some() && !self.start_given {
+            self.start.copy_from_slice(self.trainer.params());
+        }
         let epoch_index = (pull.epoch as usize).saturating_sub(1);
         let progress = Progress::in_epoch(epoch_index, self.epochs, from, self.shard.len());
-        let Replica { trainer, data, shard, sent, awaiting, slot, .. } = self;
+        let Replica { trainer, data, shard, sent, awaiting, slot, .. } = &mut *self;
         let mut applying = 0.0;
         let stats = trainer.train_with(data, &shard[from..until], progress, |params| {
             if let Some(average) = slot.take() {
@@ -275,14 +292,42 @@ impl Replica {
                 *steps += 1;
             }
         });
+        // Time in SGD steps, not in applying an average.
+        let train_seconds = (started.elapsed().as_secs_f64() - applying).max(0.0);
+        let (realigned, align_seconds) = self.align_to_start()?;
+        if self.aligner.is_some() {
+            let (epoch, round, align_ms) = (pull.epoch, pull.round, align_seconds * 1e3);
+            debug!(epoch, round, realigned, align_ms, "contribution aligned to the round's start (--align)");
+        }
         Ok(pb::RoundReport {
             epoch: pull.epoch,
             round: pull.round,
             loss_sum: stats.loss_sum,
             samples: stats.samples as u64,
-            // Time in SGD steps, not in applying an average.
-            train_seconds: (started.elapsed().as_secs_f64() - applying).max(0.0),
+            train_seconds,
+            realigned,
+            align_seconds,
         })
+    }
+
+    /// `--align`: reorders the trained weights' hidden units to match the
+    /// round's start, and the momentum's alike, so that it goes on pushing
+    /// each unit as before. Returns whether any unit moved, and the seconds
+    /// it took.
+    fn align_to_start(&mut self) -> Result<(bool, f64)> {
+        let Some(aligner) = &self.aligner else { return Ok((false, 0.0)) };
+        let started = Instant::now();
+        self.start_given = false;
+        let perm = aligner.find(&self.start, self.trainer.params())?;
+        let moved = !perm.is_identity();
+        if moved {
+            aligner.reorder(&perm, self.trainer.params_mut())?;
+            let momentum = self.trainer.momentum_mut();
+            if !momentum.is_empty() {
+                aligner.reorder(&perm, momentum)?;
+            }
+        }
+        Ok((moved, started.elapsed().as_secs_f64()))
     }
 }
 
@@ -290,51 +335,64 @@ impl Replica {
 mod tests {
     use lazyavg_common::config::TrainConfig;
     use lazyavg_common::idx::Images;
+    use lazyavg_common::matching::{self, AlignMethod, Permutation};
     use lazyavg_common::rng::StreamRng;
     use lazyavg_proto::convert::encode_indices;
     use rand::{RngExt, SeedableRng};
 
     use super::*;
 
+    /// `--align weights` on a replica trained from a reordering of the
+    /// reference it was sent (an `--init independent` worker's first round):
+    /// its contribution comes back in the reference's order, and so does its
+    /// momentum, so the next round trains on as the unpermuted replica does.
     #[test]
-    fn a_replica_whose_units_and_momentum_were_reordered_trains_on_as_the_same_model() {
+    fn a_contribution_is_aligned_to_the_reference_and_the_momentum_follows() {
         let mut rng = StreamRng::seed_from_u64(4);
         let pixels: Vec<u8> = (0..64 * 6).map(|_| rng.random_range(0..256) as u8).collect();
         let labels: Vec<u8> = (0..64).map(|_| rng.random_range(0..10) as u8).collect();
         let data = Arc::new(Dataset::new(Images { count: 64, rows: 2, cols: 3, pixels }, labels, "toy").unwrap());
         let train = TrainConfig { batch_size: 8, momentum: 0.9, ..TrainConfig::default() };
-        let model = lazyavg_common::spec::ModelSpec::from_widths(&[6, 7, 5, 10]).unwrap();
-        let spec = RunSpec { model, train, epochs: 1 };
+        let model = lazyavg_common::spec::ModelSpec::from_widths(&[6, 12, 10, 10]).unwrap();
+        let spec = RunSpec { model, train, epochs: 1, align: AlignMethod::Weights, align_images: 0 };
         let shard =
             pb::AssignShard { epoch: 1, indices: encode_indices(&(0..64).collect::<Vec<_>>()).into(), extend: false };
-        let pull =
-            |from, until| pb::PullWeights { epoch: 1, round: 1, train_from: from, train_until: until, after_round: 0 };
-        let start = spec.model.build().unwrap().init_with(&mut rng);
-        let replica = || {
+        let pull = |round, from, until| pb::PullWeights {
+            epoch: 1,
+            round,
+            train_from: from,
+            train_until: until,
+            after_round: 0,
+        };
+        let net = spec.model.build().unwrap();
+        let start = net.init_with(&mut rng);
+        let units = net.permutation_spec();
+        let perm = Permutation::random(&units, &mut rng);
+        let mut moved = start.clone();
+        matching::apply(&units, &perm, &mut moved).unwrap();
+        let bytes: Vec<u8> = start.iter().flat_map(|v| v.to_le_bytes()).collect();
+
+        let replica = |from: &[f32]| {
             let mut r = Replica::new(&spec, Arc::clone(&data)).unwrap();
             r.assign(&shard).unwrap();
-            r.apply(&start, false);
-            r.train(&pull(0, 32)).unwrap();
+            r.apply(from, false);
             r
         };
-        let perm = Permutation::random(replica().units(), &mut rng);
-        let run = |realign: bool| {
-            let (mut a, mut b) = (replica(), replica());
-            // What --align does to b: the coordinator reorders its weights, the worker its momentum.
-            let mut moved = b.params().to_vec();
-            matching::apply(b.units(), &perm, &mut moved).unwrap();
-            b.apply(&moved, false);
-            if realign {
-                b.realign(&perm).unwrap();
-            }
-            a.train(&pull(32, 64)).unwrap();
-            b.train(&pull(32, 64)).unwrap();
-            let mut expected = a.params().to_vec();
-            matching::apply(a.units(), &perm, &mut expected).unwrap();
-            expected.iter().zip(b.params()).map(|(e, v)| (e - v).abs()).fold(0.0f32, f32::max)
+        let (mut plain, mut permuted) = (replica(&start), replica(&moved));
+        permuted.receive_reference(0..start.len(), &bytes).unwrap();
+        permuted.reference_received();
+        let gap = |a: &Replica, b: &Replica| {
+            a.params().iter().zip(b.params()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
         };
-        assert!(run(true) < 1e-5, "reordered momentum: {}", run(true));
-        assert!(run(false) > 1e-3, "momentum left in the old order pushes the wrong units: {}", run(false));
+        assert!(gap(&plain, &permuted) > 1e-2, "the two start in different orders");
+        let (first, second) = (plain.train(&pull(1, 0, 32)).unwrap(), permuted.train(&pull(1, 0, 32)).unwrap());
+        assert_eq!((first.realigned, second.realigned), (false, true));
+        assert!(gap(&plain, &permuted) < 1e-5, "aligned to the reference: {}", gap(&plain, &permuted));
+        // The next round starts from these weights: nothing moves, and the
+        // momentum, reordered with them, pushes the same units.
+        let (first, second) = (plain.train(&pull(2, 32, 64)).unwrap(), permuted.train(&pull(2, 32, 64)).unwrap());
+        assert_eq!((first.realigned, second.realigned), (false, false));
+        assert!(gap(&plain, &permuted) < 1e-5, "momentum followed: {}", gap(&plain, &permuted));
     }
 
     #[test]

@@ -18,7 +18,6 @@ use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
 use lazyavg_proto::chunks::{ChunkCursor, decode_into, weight_chunks};
-use lazyavg_proto::convert::decode_realign;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{ProtoError, pb};
@@ -110,8 +109,6 @@ struct Chained {
 enum Deferred {
     Shard(pb::AssignShard),
     Pull(pb::PullWeights),
-    /// `--align`: the reordering of the last contribution, for the momentum.
-    Realign(pb::Realign),
     /// An average that replaces the weights (not a correction), assembled.
     Replace {
         epoch: u64,
@@ -151,6 +148,8 @@ struct Session {
     /// Epoch and round of the weights last sent, until their average comes.
     sent: Option<(u64, u64)>,
     incoming: Option<Incoming>,
+    /// `--align` with `--init independent`: the reference whose chunks are arriving.
+    incoming_reference: Option<ChunkCursor>,
     /// Seconds spent in SGD steps in this session.
     train_seconds: f64,
     /// `--metrics-bind`'s handles, and the minibatch size to count steps by.
@@ -185,6 +184,7 @@ impl Session {
             deferred: VecDeque::new(),
             sent: None,
             incoming: None,
+            incoming_reference: None,
             train_seconds: 0.0,
             metrics,
             pulls_chained: 0,
@@ -209,8 +209,7 @@ impl Session {
             Command::Pull(pull) if self.lift_wait(&pull) => self.flush().await?,
             Command::Pull(pull) if self.busy() => self.queue(pull),
             Command::Pull(pull) => self.start(pull),
-            Command::Realign(realign) if self.busy() => self.deferred.push_back(Deferred::Realign(realign)),
-            Command::Realign(realign) => self.realign(realign)?,
+            Command::Reference(chunk) => self.reference(chunk)?,
             Command::Average(chunk) => self.average(chunk).await?,
             Command::Rejected(rejected) => {
                 warn!(code = rejected.code, error = rejected.message, "the coordinator refused a message")
@@ -360,7 +359,6 @@ impl Session {
                 None => break,
                 Some(Deferred::Shard(shard)) => self.replica().assign(&shard)?,
                 Some(Deferred::Pull(pull)) => self.start(pull),
-                Some(Deferred::Realign(realign)) => self.realign(realign)?,
                 Some(Deferred::Replace { epoch, round, average }) => {
                     self.replica().apply(&average, false);
                     self.slot.recycle(average);
@@ -455,14 +453,28 @@ impl Session {
         self.flush().await
     }
 
-    /// Reorders the momentum's units as the coordinator reordered the
-    /// contribution (it comes right before that round's average).
-    fn realign(&mut self, realign: pb::Realign) -> Result<()> {
-        let (epoch, round) = (realign.epoch, realign.round);
-        let replica = self.replica();
-        let perm = decode_realign(realign, replica.units())?;
-        replica.realign(&perm)?;
-        debug!(epoch, round, "momentum reordered as the contribution was (--align)");
+    /// `--align` with `--init independent`: one chunk of the coordinator's
+    /// weights, sent right after attaching, which the first contribution is
+    /// matched to (the weights this worker starts from are its own).
+    fn reference(&mut self, chunk: pb::WeightsChunk) -> Result<()> {
+        let mut cursor = match self.incoming_reference.take() {
+            Some(cursor) if chunk.offset > 0 => cursor,
+            _ => ChunkCursor::new(chunk.epoch, chunk.round, self.len),
+        };
+        let range = cursor.advance(&chunk)?;
+        let Some(replica) = self.replica.as_mut() else {
+            let problem = "reference weights came while a pull trains".to_owned();
+            return Err(
+                ProtoError::Chunk { epoch: chunk.epoch, round: chunk.round, offset: chunk.offset, problem }.into()
+            );
+        };
+        replica.receive_reference(range, &chunk.data)?;
+        if cursor.is_complete() {
+            replica.reference_received();
+            debug!("the coordinator's weights received as the first round's reference (--align)");
+        } else {
+            self.incoming_reference = Some(cursor);
+        }
         Ok(())
     }
 

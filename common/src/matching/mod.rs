@@ -17,9 +17,11 @@
 //! - [`activation`]: activation matching, correlations over images.
 //! - [`merge`](mod@merge): the [`Align`] seam and the N-model weighted average.
 //! - [`repair`](mod@repair): REPAIR, resetting merged units' statistics.
+//! - [`contribution`]: `--align`, a worker's contribution matched to its round's start.
 
 pub mod activation;
 pub mod assignment;
+pub mod contribution;
 pub mod merge;
 pub mod permutation;
 pub mod repair;
@@ -27,6 +29,7 @@ pub mod spec;
 pub mod weight;
 
 pub use activation::match_activations;
+pub use contribution::{AlignMethod, ContributionAligner};
 pub use merge::{ActivationAlignment, Align, Input, Merged, NoAlignment, WeightAlignment, merge, merge_many};
 pub use permutation::{Permutation, apply};
 pub use repair::repair;

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use lazyavg_common::matching::AlignMethod;
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::convert::shard_messages;
 use lazyavg_proto::pb;
@@ -55,6 +56,9 @@ impl Driver {
                 );
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
+                    if self.config.align != AlignMethod::None {
+                        self.send_reference(id);
+                    }
                     let start = independent_start(&self.mlp, self.config.train.seed, id);
                     self.send_weights(&[id], &weight_chunks(0, 0, &start).collect::<Vec<_>>());
                 } else {
@@ -268,7 +272,6 @@ fn rejection_reason(err: &RoundError) -> &'static str {
         RoundError::Duplicate(_) => "duplicate",
         RoundError::NonFinite { .. } => "non_finite",
         RoundError::Chunk(_) => "malformed",
-        RoundError::Align { .. } => "unalignable",
         RoundError::Empty { .. } | RoundError::Tainted { .. } | RoundError::Diverged { .. } => "other",
     }
 }

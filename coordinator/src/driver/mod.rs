@@ -32,7 +32,6 @@ use tracing::info;
 
 use self::closing::{ClosingEpoch, close_done};
 use crate::aggregate::Aggregator;
-use crate::align::Alignment;
 use crate::checkpoint::Checkpoint;
 use crate::config::CoordinatorConfig;
 use crate::ending::Departed;
@@ -103,8 +102,6 @@ pub struct Driver {
     params: Vec<f32>,
     /// The `--aggregate` rule, kept from round to round for its buffers.
     aggregator: Option<Box<dyn Aggregator>>,
-    /// `--align`: how contributions are matched to the weights last sent.
-    alignment: Option<Alignment>,
     /// `params` as weight chunks, made once per version: every worker sent
     /// them shares one copy, however many attach or lag.
     params_chunks: Option<Vec<pb::WeightsChunk>>,
@@ -164,7 +161,6 @@ impl Driver {
             test,
             n_train,
             aggregator: None,
-            alignment: None,
             average: vec![0.0; start.params.len()],
             outer,
             params: start.params,
@@ -185,12 +181,6 @@ impl Driver {
             closing: None,
             departed: Departed::default(),
         }
-    }
-
-    /// This driver with `--align`'s matching of contributions (`None`: off).
-    pub fn aligning(mut self, alignment: Option<Alignment>) -> Self {
-        self.alignment = alignment;
-        self
     }
 
     /// Waits for the configured number of workers, trains every epoch, then

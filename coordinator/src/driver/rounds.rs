@@ -21,8 +21,8 @@
 
 use std::time::Instant;
 
+use lazyavg_common::matching::AlignMethod;
 use lazyavg_proto::chunks::weight_chunks;
-use lazyavg_proto::convert::realign_message;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
@@ -108,9 +108,6 @@ impl Driver {
         let len = self.params.len();
         let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator());
         let mut open = Round::with(epoch, round, weights, len, aggregator);
-        if let Some(alignment) = &self.alignment {
-            open = open.aligning(alignment.start(&self.params));
-        }
         let head_start = self.pipeline.since.take();
         let ahead = self.config.overlap && !std::mem::take(&mut self.pipeline.suspended);
         // Workers sent no averages (they have never answered) first get the
@@ -204,7 +201,7 @@ impl Driver {
             }
         }
         self.version = (epoch, round);
-        self.realign(&summary);
+        self.log_alignment(&summary);
         self.push_average();
         let seconds = started.elapsed().as_secs_f64();
         self.after_round(&summary, seconds)?;
@@ -282,26 +279,19 @@ impl Driver {
         self.observers.emit(&RunEvent::RoundCompleted(&RoundDone::new(summary, seconds, &self.params)))
     }
 
-    /// `--align`: tells each worker whose contribution was reordered how,
-    /// before the average, so that its momentum follows.
-    fn realign(&mut self, summary: &RoundSummary) {
-        let Some(alignment) = &self.alignment else { return };
+    /// `--align`: what the workers said of matching their contributions.
+    fn log_alignment(&self, summary: &RoundSummary) {
+        if self.config.align == AlignMethod::None {
+            return;
+        }
         debug!(
             epoch = summary.epoch,
             round = summary.round,
             align_ms = summary.align_seconds * 1e3,
-            realigned = summary.realigned.len(),
+            realigned = summary.realigned,
             contributors = summary.contributors.len(),
             "contributions aligned"
         );
-        let messages: Vec<(WorkerId, pb::Realign)> = summary
-            .realigned
-            .iter()
-            .map(|(&id, perm)| (id, realign_message(summary.epoch, summary.round, alignment.spec(), perm)))
-            .collect();
-        for (id, message) in messages {
-            self.send(id, Command::Realign(message));
-        }
     }
 
     /// Sends the current parameters to every live worker that has answered
@@ -323,6 +313,17 @@ impl Driver {
         let chunks =
             self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect()).clone();
         self.send_weights(to, &chunks);
+    }
+
+    /// `--align` with `--init independent`: the current parameters, which
+    /// worker `id`'s first contribution is matched to while it starts from
+    /// weights of its own (in small messages: it has not answered a pull).
+    pub(super) fn send_reference(&mut self, id: WorkerId) {
+        let (epoch, round) = self.version;
+        let chunks = self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect());
+        for chunk in push::small(chunks) {
+            self.send(id, Command::Reference(chunk));
+        }
     }
 
     /// Sends `chunks` (weights tagged with the current version) to `to`: to

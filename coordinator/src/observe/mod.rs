@@ -26,8 +26,8 @@ use crate::round::{RoundError, RoundSummary, WorkerId};
 
 /// Every label a refused worker message is counted under: the exporter
 /// serves each from the start (at 0), so that a rate sees the first refusal.
-pub const REJECTION_REASONS: [&str; 9] =
-    ["stale", "future", "not_in_round", "duplicate", "non_finite", "malformed", "unalignable", "no_round", "other"];
+pub const REJECTION_REASONS: [&str; 8] =
+    ["stale", "future", "not_in_round", "duplicate", "non_finite", "malformed", "no_round", "other"];
 
 /// One step of a run, as the outputs see it. Borrowed: an event costs
 /// nothing to emit, whoever is watching.
