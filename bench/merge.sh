@@ -11,8 +11,8 @@
 #   cargo build --release && bench/merge.sh
 # Settings: BIN, DATA, OUT, SEEDS ("1 2 3"), EPOCHS (5), MODEL (the MLP of
 # HIDDEN, 200,200; or a preset or stack: lenet5), METHODS ("weights
-# activations"; a CNN takes "weights", and then no REPAIR), and extra `lazyavg
-# merge` flags as arguments (e.g. --reference first).
+# activations"; a CNN takes "weights"), and extra `lazyavg merge` flags as
+# arguments (e.g. --reference first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,9 +26,6 @@ MODEL=${MODEL:-mlp}
 METHODS=${METHODS:-weights activations}
 ARCH=(--hidden "$HIDDEN")
 [[ "$MODEL" != mlp ]] && ARCH=(--model "$MODEL")
-# REPAIR resets units' activation statistics: dense layers only, like activation matching.
-REPAIR=()
-[[ "$METHODS" == *activations* ]] && REPAIR=(--repair)
 mkdir -p "$OUT"
 : >"$OUT/runs.jsonl"
 
@@ -47,7 +44,7 @@ merge() {
     shift 3
     local name="$scenario-s$seed-$method"
     "$BIN" --log-format json merge "$@" --match "$method" --data-dir "$DATA" --seed "$seed" \
-        "${REPAIR[@]}" --out "$OUT/$name.safetensors" "${EXTRA[@]}" >"$OUT/$name.md" 2>"$OUT/$name.log"
+        --repair --out "$OUT/$name.safetensors" "${EXTRA[@]}" >"$OUT/$name.md" 2>"$OUT/$name.log"
     python3 - "$scenario" "$seed" "$method" "$OUT/$name.md" "$OUT/$name.log" >>"$OUT/runs.jsonl" <<'PY'
 import json, sys
 scenario, seed, method, table, log = sys.argv[1:]
@@ -115,8 +112,7 @@ for scenario, title in [("separate", "Two nets, different inits, one half each")
     for method in methods:
         merged = [r for r in rs if r["method"] == method and r["model"].startswith("merged")]
         print(row(f"{method}-matched", [r for r in merged if not r["model"].endswith("REPAIR")]))
-        if "activations" in methods:
-            print(row(f"{method}-matched + REPAIR", [r for r in merged if r["model"].endswith("REPAIR")]))
+        print(row(f"{method}-matched + REPAIR", [r for r in merged if r["model"].endswith("REPAIR")]))
     print(row("ensemble (mean of softmax)", [r for r in weights if r["model"] == "ensemble of the inputs"]))
     times = ", ".join(f"{m} {1e3 * med([r['match_seconds'] for r in rs if r['method'] == m]):.0f} ms" for m in methods)
     print(f"\nMatching time (median): {times}.\n")

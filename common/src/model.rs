@@ -427,6 +427,7 @@ fn stage_of(layer: &LayerSpec, i: usize, input: Shape, layout: &Layout) -> Optio
 
 #[path = "model_inspect.rs"]
 mod inspect;
+pub use inspect::UnitStats;
 
 /// The next layer's weight `above` (`[out, in, ...]`) along the inputs that
 /// `units` units (or channels) below feed: axis 1 as it is, or, where the

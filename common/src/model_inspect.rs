@@ -1,9 +1,28 @@
 //! Looking inside a network rather than training it: every hidden layer's
-//! activations (for unit matching) and the ensemble of several models (what a
-//! merge aims at). These may allocate; training never calls them.
+//! activations (for unit matching), every unit's pre-activation statistics
+//! (for REPAIR) and the ensemble of several models (what a merge aims at).
+//! These may allocate; training never calls them.
 
-use super::{Evaluation, Network, Workspace, log_sum_exp};
+use std::ops::Range;
+
+use super::{Evaluation, Network, Workspace, log_sum_exp, relu_in_place};
 use crate::dataset::Dataset;
+use crate::stage::Input;
+
+/// A stage's running sums: `(Σ v, Σ v²)` per output unit, and how many
+/// values each unit has counted.
+type Tally = (Vec<(f64, f64)>, usize);
+
+/// One layer with weights, seen from its output units: where its weight and
+/// bias live, and each unit's pre-activation statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitStats {
+    pub weight: Range<usize>,
+    pub bias: Range<usize>,
+    /// `(mean, std)` per unit: a dense unit's value, or a convolution
+    /// channel's values at every position, over the samples.
+    pub stats: Vec<(f64, f64)>,
+}
 
 impl Network {
     /// Every hidden layer's post-ReLU output for the samples at `indices` of
@@ -33,6 +52,58 @@ impl Network {
             start += b;
         }
         out
+    }
+
+    /// Every layer with weights, from the input upwards, with the mean and
+    /// standard deviation of each output unit's pre-activation (before its
+    /// ReLU) over the samples at `indices` of `data`, in batches of the
+    /// workspace's capacity.
+    pub fn preactivation_stats(
+        &self,
+        params: &[f32],
+        data: &Dataset,
+        indices: &[u32],
+        ws: &mut Workspace,
+    ) -> Vec<UnitStats> {
+        let mut sums: Vec<Option<Tally>> = (self.stages.iter())
+            .map(|stage| stage.parameters().map(|(_, bias)| (vec![(0.0, 0.0); bias.len()], 0)))
+            .collect();
+        for batch in indices.chunks(ws.capacity) {
+            let b = ws.load_batch(data, batch);
+            for (l, stage) in self.stages.iter().enumerate() {
+                let (inputs, outputs) = ws.activations.split_at_mut(l + 1);
+                let input = Input { values: &inputs[l], b, batch_major: l == 0 };
+                stage.forward(params, input, &mut outputs[0], &mut ws.scratch[l], false);
+                let output = &mut outputs[0][..stage.outputs() * b];
+                if let Some((units, counted)) = sums[l].as_mut() {
+                    let per_unit = output.len() / units.len();
+                    for ((sum, squares), values) in units.iter_mut().zip(output.chunks_exact(per_unit)) {
+                        for &v in values {
+                            *sum += f64::from(v);
+                            *squares += f64::from(v) * f64::from(v);
+                        }
+                    }
+                    *counted += per_unit;
+                }
+                if self.relu[l] {
+                    relu_in_place(output);
+                }
+            }
+        }
+        (self.stages.iter().zip(sums))
+            .filter_map(|(stage, sums)| {
+                let ((weight, bias), (units, counted)) = (stage.parameters()?, sums?);
+                let n = counted.max(1) as f64;
+                let stats = units
+                    .into_iter()
+                    .map(|(sum, squares)| {
+                        let mean = sum / n;
+                        (mean, (squares / n - mean * mean).max(0.0).sqrt())
+                    })
+                    .collect();
+                Some(UnitStats { weight, bias, stats })
+            })
+            .collect()
     }
 
     /// Mean loss and accuracy over `data` of the ensemble of `models` (each a
