@@ -118,7 +118,6 @@ impl Stage {
         }
     }
 
-    /// Writes the stage's output for `input` (`[outputs, B]`), through a ReLU if `relu`.
     /// The ranges of the stage's weight and bias; `None` for a pooling. Its
     /// output units (a dense layer's outputs, a convolution's channels) are
     /// the bias's entries, each with its block of the weight.
@@ -130,6 +129,7 @@ impl Stage {
         }
     }
 
+    /// Writes the stage's output for `input` (`[outputs, B]`), through a ReLU if `relu`.
     pub fn forward(&self, params: &[f32], input: Input<'_>, output: &mut [f32], scratch: &mut Scratch, relu: bool) {
         let output = &mut output[..self.outputs() * input.b];
         match self {

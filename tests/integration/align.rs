@@ -90,3 +90,15 @@ fn align_none_gives_the_same_bits_as_no_flag() {
     assert!(plain_rounds.len() > 100, "{} rounds", plain_rounds.len());
     assert_eq!(digests(&plain_rounds), digests(&none_rounds), "some round's average differs");
 }
+
+/// Diverged weights cannot be matched: under `--align` the workers send them
+/// unmatched, and the run ends as it does without alignment, with its cause,
+/// instead of losing its workers to a matching error.
+#[test]
+fn a_diverged_run_aligned_by_weights_ends_with_its_cause() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let args = ["--spawn-workers", "2", "--epochs", "1", "--hidden", "32", "--lr", "1e4", "--align", "weights"];
+    let mut coordinator = spawn_local_run(&tmp.path().join("out"), &args, &tmp.path().join("cache"));
+    expect_exit(&mut coordinator, 1, "training diverged: no usable weights in epoch 1");
+}

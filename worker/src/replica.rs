@@ -17,6 +17,7 @@ use std::time::Instant;
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::matching::ContributionAligner;
+use lazyavg_common::params::first_non_finite;
 use lazyavg_common::train::{Progress, Trainer};
 use lazyavg_proto::chunks::{decode_into, decode_values};
 use lazyavg_proto::convert::decode_indices;
@@ -221,10 +222,12 @@ impl Replica {
 
     /// The last chunk of an average went in through [`Replica::receive`].
     pub fn received(&mut self, correction: bool) -> Applied {
-        match self.awaiting.take() {
+        let applied = match self.awaiting.take() {
             Some(steps) if correction && steps > 0 => Applied::Corrected { steps },
             _ => Applied::Replaced,
-        }
+        };
+        self.replaced_by(applied);
+        applied
     }
 
     /// Applies a whole average: a correction if `correction`, else a replacement.
@@ -232,7 +235,19 @@ impl Replica {
         if !correction {
             self.awaiting = None;
         }
-        apply(self.trainer.params_mut(), average, &self.sent, &mut self.awaiting)
+        let applied = apply(self.trainer.params_mut(), average, &self.sent, &mut self.awaiting);
+        self.replaced_by(applied);
+        applied
+    }
+
+    /// `--align`: weights that replaced the ones a reference was sent for
+    /// (a worker that joined while a round ran gets that round's average
+    /// first) are the next round's start, and the reference is stale. The
+    /// reference itself comes after the weights it goes with.
+    fn replaced_by(&mut self, applied: Applied) {
+        if applied == Applied::Replaced {
+            self.start_given = false;
+        }
     }
 
     /// Applies an average left in the slot that training finished too soon to take.
@@ -318,6 +333,11 @@ impl Replica {
         let Some(aligner) = &self.aligner else { return Ok((false, 0.0)) };
         let started = Instant::now();
         self.start_given = false;
+        // Diverged weights cannot be matched (their scores are not finite);
+        // sent as they are, the coordinator's non-finite handling takes them.
+        if first_non_finite(self.trainer.params()).is_some() {
+            return Ok((false, 0.0));
+        }
         let perm = aligner.find(&self.start, self.trainer.params())?;
         let moved = !perm.is_identity();
         if moved {
@@ -346,6 +366,7 @@ mod tests {
     /// reference it was sent (an `--init independent` worker's first round):
     /// its contribution comes back in the reference's order, and so does its
     /// momentum, so the next round trains on as the unpermuted replica does.
+    /// A reference that later weights replaced is dropped.
     #[test]
     fn a_contribution_is_aligned_to_the_reference_and_the_momentum_follows() {
         let mut rng = StreamRng::seed_from_u64(4);
@@ -385,8 +406,17 @@ mod tests {
             a.params().iter().zip(b.params()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
         };
         assert!(gap(&plain, &permuted) > 1e-2, "the two start in different orders");
+        // A reference that weights sent after it replaced is stale (a worker
+        // that joined while a round ran): the round starts from those weights.
+        let mut late = replica(&moved);
+        let moved_bytes: Vec<u8> = moved.iter().flat_map(|v| v.to_le_bytes()).collect();
+        late.receive_reference(0..moved.len(), &moved_bytes).unwrap();
+        late.reference_received();
+        late.apply(&start, false);
+        assert!(!late.train(&pull(1, 0, 32)).unwrap().realigned, "matched to a stale reference");
         let (first, second) = (plain.train(&pull(1, 0, 32)).unwrap(), permuted.train(&pull(1, 0, 32)).unwrap());
         assert_eq!((first.realigned, second.realigned), (false, true));
+        assert_eq!(late.params(), plain.params(), "trained from the same weights in the same order");
         assert!(gap(&plain, &permuted) < 1e-5, "aligned to the reference: {}", gap(&plain, &permuted));
         // The next round starts from these weights: nothing moves, and the
         // momentum, reordered with them, pushes the same units.

@@ -56,11 +56,12 @@ impl Driver {
                 );
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
+                    let start = independent_start(&self.mlp, self.config.train.seed, id);
+                    self.send_weights(&[id], &weight_chunks(0, 0, &start).collect::<Vec<_>>());
+                    // After the start: weights that replace a reference make it stale.
                     if self.config.align != AlignMethod::None {
                         self.send_reference(id);
                     }
-                    let start = independent_start(&self.mlp, self.config.train.seed, id);
-                    self.send_weights(&[id], &weight_chunks(0, 0, &start).collect::<Vec<_>>());
                 } else {
                     self.send_params(&[id]);
                 }
