@@ -150,7 +150,7 @@ pub struct Settings {
     #[arg(long, value_name = "M")]
     pub outer_momentum: Option<f32>,
 
-    /// How rounds combine the weights: mean (sample-weighted), median or trimmed-mean [default: mean].
+    /// How rounds combine the weights: mean (sample-weighted, exact), or a rule robust to hostile workers on the updates: median, trimmed-mean or centered-clip [default: mean].
     #[arg(long, value_name = "RULE")]
     pub aggregate: Option<Aggregate>,
 

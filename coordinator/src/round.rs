@@ -93,6 +93,9 @@ pub struct Round {
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
     len: usize,
+    /// The weights every participant started the round from: the origin of
+    /// the updates robust rules compare.
+    start: Vec<f32>,
     aggregator: Box<dyn Aggregator>,
     /// `--align`: matches each whole contribution before it is aggregated.
     aligner: Option<Aligner>,
@@ -109,26 +112,29 @@ pub struct Round {
 
 impl Round {
     /// A mean round over `participants` (worker, samples trained since the
-    /// last sync) for a model of `len` parameters, adding into `sum` (cleared
-    /// and resized here).
+    /// last sync) for a model of `len` parameters started from zeros, adding
+    /// into `sum` (cleared and resized here).
     pub fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, sum: Vec<f64>) -> Self {
-        Self::with(epoch, round, participants, len, Box::new(WeightedMean::reusing(sum)))
+        Self::with(epoch, round, participants, &vec![0.0; len], Box::new(WeightedMean::reusing(sum)))
     }
 
-    /// A round combining contributions by `rule`.
+    /// A round combining contributions by `rule`, for a model of `len`
+    /// parameters started from zeros.
     pub fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-        Self::with(epoch, round, participants, len, rule.aggregator())
+        Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator())
     }
 
     /// A round combining contributions with `aggregator`, reset here (so the
-    /// one a finished round gave back can be reused).
+    /// one a finished round gave back can be reused), for workers that all
+    /// started from `start` (the weights last broadcast).
     pub fn with(
         epoch: u64,
         round: u64,
         participants: &[(WorkerId, u64)],
-        len: usize,
+        start: &[f32],
         mut aggregator: Box<dyn Aggregator>,
     ) -> Self {
+        let len = start.len();
         aggregator.reset(len);
         let parts = participants
             .iter()
@@ -149,6 +155,7 @@ impl Round {
             round,
             parts,
             len,
+            start: start.to_vec(),
             aggregator,
             aligner: None,
             staged: BTreeMap::new(),
@@ -331,7 +338,7 @@ impl Round {
             self.forget(id, State::Receiving);
         }
         let align_seconds = self.aligner.as_ref().map_or(0.0, |a| a.spent().as_secs_f64());
-        let Round { epoch, round, parts, mut aggregator, tainted, non_finite, realigned, .. } = self;
+        let Round { epoch, round, parts, start, mut aggregator, tainted, non_finite, realigned, .. } = self;
         let done: Vec<(WorkerId, u64)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
@@ -348,7 +355,7 @@ impl Round {
         if let Some(err) = failure {
             return (Err(err), aggregator);
         }
-        aggregator.finish(&done, out);
+        aggregator.finish(&start, &done, out);
         let summary = RoundSummary {
             epoch,
             round,
@@ -472,7 +479,7 @@ mod tests {
     fn median_and_trimmed_mean_resist_one_hostile_worker() {
         let honest = [[1.0f32, -2.0], [1.2, -2.2], [0.8, -1.8], [1.1, -2.1]];
         let hostile = [1e30f32, 1e30];
-        for rule in [Aggregate::Median, Aggregate::TrimmedMean] {
+        for rule in [Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip] {
             let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
             let mut round = Round::aggregating(1, 0, &ids, 2, rule);
             for (id, w) in (1..=4).zip(honest.iter()) {

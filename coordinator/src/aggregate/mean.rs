@@ -44,7 +44,9 @@ impl Aggregator for WeightedMean {
         false
     }
 
-    fn finish(&mut self, contributors: &[(WorkerId, u64)], out: &mut [f32]) {
+    /// The mean of the weights themselves, not of updates: bit for bit what
+    /// it has always been.
+    fn finish(&mut self, _start: &[f32], contributors: &[(WorkerId, u64)], out: &mut [f32]) {
         let samples: u64 = contributors.iter().map(|&(_, s)| s).sum();
         let scale = 1.0 / samples as f64;
         for (o, &s) in out.iter_mut().zip(&self.sum) {
@@ -65,13 +67,13 @@ mod tests {
         mean.add(1, 3, 0..3, &[1.0, 2.0, 4.0]);
         mean.add(2, 1, 0..1, &[5.0]);
         let mut out = [0.0; 3];
-        mean.finish(&[(1, 3), (2, 1)], &mut out);
+        mean.finish(&[0.0; 3], &[(1, 3), (2, 1)], &mut out);
         assert_eq!(out, [2.0, 2.5, 5.0]);
         assert!(!mean.forget(1), "a running sum cannot give a contribution back");
         mean.reset(2);
         mean.add(1, 2, 0..2, &[1.0, -1.0]);
         let mut out = [0.0; 2];
-        mean.finish(&[(1, 2)], &mut out);
+        mean.finish(&[0.0; 2], &[(1, 2)], &mut out);
         assert_eq!(out, [1.0, -1.0]);
     }
 }

@@ -105,9 +105,8 @@ impl Driver {
         weights: &[(WorkerId, u64)],
     ) -> Result<Option<RoundSummary>> {
         let started = Instant::now();
-        let len = self.params.len();
         let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator());
-        let mut open = Round::with(epoch, round, weights, len, aggregator);
+        let mut open = Round::with(epoch, round, weights, &self.params, aggregator);
         if let Some(alignment) = &self.alignment {
             open = open.aligning(alignment.start(&self.params));
         }
