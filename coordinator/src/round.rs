@@ -21,6 +21,7 @@ use lazyavg_proto::{ProtoError, pb};
 pub use crate::aggregate::Aggregate;
 use crate::aggregate::{Aggregator, WeightedMean};
 use crate::align::Aligner;
+use crate::screen::{self, UpdateNorm};
 
 pub type WorkerId = u64;
 
@@ -67,6 +68,8 @@ struct Part {
     loss_sum: f64,
     train_seconds: f64,
     reported: bool,
+    /// ‖w − start‖² of what has arrived.
+    update_sq: f64,
 }
 
 /// What a finished round produced besides the average itself.
@@ -84,6 +87,11 @@ pub struct RoundSummary {
     pub realigned: BTreeMap<WorkerId, Permutation>,
     /// `--align`: seconds spent matching units this round.
     pub align_seconds: f64,
+    /// Every complete contribution's update norm relative to the median
+    /// (outliers left out included).
+    pub updates: Vec<UpdateNorm>,
+    /// Outliers left out of the combination (see [`Round::dropping_outliers`]).
+    pub dropped: Vec<WorkerId>,
 }
 
 /// An open round.
@@ -108,6 +116,8 @@ pub struct Round {
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
     non_finite: Vec<WorkerId>,
+    /// Leave outliers out (see [`screen`]).
+    drop_outliers: bool,
 }
 
 impl Round {
@@ -121,7 +131,7 @@ impl Round {
     /// A round combining contributions by `rule`, for a model of `len`
     /// parameters started from zeros.
     pub fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-        Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator())
+        Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator(false))
     }
 
     /// A round combining contributions with `aggregator`, reset here (so the
@@ -146,6 +156,7 @@ impl Round {
                     loss_sum: 0.0,
                     train_seconds: 0.0,
                     reported: false,
+                    update_sq: 0.0,
                 };
                 (id, part)
             })
@@ -163,7 +174,16 @@ impl Round {
             scratch: Vec::new(),
             tainted: false,
             non_finite: Vec::new(),
+            drop_outliers: false,
         }
+    }
+
+    /// This round leaving out of its combination each complete contribution
+    /// whose update norm is [`screen::OUTLIER_FACTOR`] times the median or
+    /// more. The aggregator must be able to forget a whole contribution.
+    pub fn dropping_outliers(mut self) -> Self {
+        self.drop_outliers = true;
+        self
     }
 
     /// This round with each contribution aligned by `aligner` before it is
@@ -252,6 +272,10 @@ impl Round {
         let Some(aligner) = self.aligner.as_mut() else {
             self.scratch.resize(range.len(), 0.0);
             decode_into(&mut self.scratch, &chunk.data);
+            let sq = screen::squared_distance(&self.scratch, &self.start[range.clone()]);
+            if let Some(part) = self.parts.get_mut(&worker) {
+                part.update_sq += sq;
+            }
             self.aggregator.add(worker, samples, range, &self.scratch);
             return Ok(());
         };
@@ -264,6 +288,10 @@ impl Round {
         let mut whole = self.staged.remove(&worker).unwrap_or_default();
         match aligner.align(&mut whole) {
             Ok(perm) => {
+                // The update is taken after alignment, from the same reference.
+                if let Some(part) = self.parts.get_mut(&worker) {
+                    part.update_sq = screen::squared_distance(&whole, &self.start);
+                }
                 self.aggregator.add(worker, samples, 0..len, &whole);
                 if !perm.is_identity() {
                     self.realigned.insert(worker, perm);
@@ -337,6 +365,23 @@ impl Round {
         for id in partial {
             self.forget(id, State::Receiving);
         }
+        let norms: Vec<(WorkerId, f64)> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.state == State::Complete)
+            .map(|(&id, p)| (id, p.update_sq.sqrt()))
+            .collect();
+        let updates = screen::relative(&norms);
+        let mut dropped = Vec::new();
+        if self.drop_outliers {
+            for outlier in updates.iter().filter(|u| u.is_outlier()) {
+                if let Some(part) = self.parts.get_mut(&outlier.worker) {
+                    part.state = State::Excluded;
+                }
+                self.forget(outlier.worker, State::Complete);
+                dropped.push(outlier.worker);
+            }
+        }
         let align_seconds = self.aligner.as_ref().map_or(0.0, |a| a.spent().as_secs_f64());
         let Round { epoch, round, parts, start, mut aggregator, tainted, non_finite, realigned, .. } = self;
         let done: Vec<(WorkerId, u64)> =
@@ -365,6 +410,8 @@ impl Round {
             contributors: done,
             realigned,
             align_seconds,
+            updates,
+            dropped,
         };
         (Ok(summary), aggregator)
     }
@@ -497,6 +544,35 @@ mod tests {
         let mut out = [0.0];
         mean.finish(&mut out).0.unwrap();
         assert!(out[0] > 1e29, "the plain mean follows the outlier");
+    }
+
+    #[test]
+    fn a_scaled_contribution_is_named_and_left_out_when_asked() {
+        let start = [1.0f32, -1.0];
+        let honest = [[1.1f32, -0.9], [1.12, -0.92], [1.08, -0.88], [1.1, -0.9]];
+        let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
+        let rules = [Aggregate::Mean, Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip];
+        for (rule, drop) in rules.map(|r| (r, true)).into_iter().chain([(Aggregate::Mean, false)]) {
+            let mut round = Round::with(1, 0, &ids, &start, rule.aggregator(drop));
+            if drop {
+                round = round.dropping_outliers();
+            }
+            for (id, w) in (1..=4).zip(honest.iter()) {
+                send(&mut round, id, w).unwrap();
+            }
+            send(&mut round, 5, &start.map(|w| 100.0 * w)).unwrap();
+            let mut out = [0.0; 2];
+            let summary = round.finish(&mut out).0.unwrap();
+            let named: Vec<WorkerId> = summary.updates.iter().filter(|u| u.is_outlier()).map(|u| u.worker).collect();
+            assert_eq!(named, [5], "{rule:?}: {:?}", summary.updates);
+            if drop {
+                assert_eq!(summary.dropped, [5]);
+                assert_eq!(summary.contributors.len(), 4);
+                assert!((out[0] - 1.1).abs() < 0.02 && (out[1] + 0.9).abs() < 0.02, "{rule:?}: {out:?}");
+            } else {
+                assert!(summary.dropped.is_empty() && out[0] > 10.0, "the plain mean follows it: {out:?}");
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::ops::Range;
 
 pub use clip::CenteredClip;
 pub use coordinatewise::{Coordinatewise, Median, Statistic, TrimmedMean};
-pub use mean::WeightedMean;
+pub use mean::{UpdateMean, WeightedMean};
 pub use whole::{UpdateRule, Whole};
 
 use crate::round::WorkerId;
@@ -63,9 +63,12 @@ pub enum Aggregate {
 }
 
 impl Aggregate {
-    /// The unit that implements this rule: the one place the flag is branched on.
-    pub fn aggregator(self) -> Box<dyn Aggregator> {
+    /// The unit that implements this rule: the one place the flag is branched
+    /// on. With `drop_outliers`, a round may leave a whole contribution out
+    /// at its end: the mean then keeps them whole too.
+    pub fn aggregator(self, drop_outliers: bool) -> Box<dyn Aggregator> {
         match self {
+            Aggregate::Mean if drop_outliers => Box::new(Whole::new(UpdateMean)),
             Aggregate::Mean => Box::new(WeightedMean::default()),
             Aggregate::Median => Box::new(Whole::new(Coordinatewise::new(Median))),
             Aggregate::TrimmedMean => Box::new(Whole::new(Coordinatewise::new(TrimmedMean))),
