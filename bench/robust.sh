@@ -48,14 +48,15 @@ run() {
     done
     wait "$coordinator" || true
     python3 -c 'import json,sys
-last = None
+error = "?"
 for l in open(sys.argv[1]):
     try: r = json.loads(l)
-    except ValueError: continue
-    last = r
+    except ValueError:
+        error = l.strip()[len("lazyavg: "):]
+        continue
     if r.get("message") == "training complete":
         print("%.4f" % r["accuracy"]); sys.exit()
-print("ended: %s" % (last or {}).get("message", "?"))' "$dir/coordinator.log"
+print("ended: %s" % error.split(":")[0].replace("|", "/"))' "$dir/coordinator.log"
 }
 
 echo "| rule | workers | hostile | attack | flags | accuracy by seed ($EPOCHS epochs) | median |"

@@ -215,7 +215,8 @@ impl Driver {
 
     /// Says who was far from the others in a finished round: each
     /// contribution's update norm at debug level, a warning for an outlier
-    /// (at the start of its streak, then every `WARN_EVERY` rounds).
+    /// (at the start of its streak, then every `WARN_EVERY` rounds); retires
+    /// the outliers left out for the rest of the epoch.
     fn screened(&mut self, summary: &RoundSummary) {
         let name = |id: WorkerId| self.workers.get(&id).map_or("?", |w| w.name.as_str());
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -242,6 +243,12 @@ impl Driver {
                 left_out = summary.dropped.contains(&update.worker),
                 "worker's update is far from the others' (its norm over the median's)"
             );
+        }
+        // Left out, it would be asked for the same range again: like a worker
+        // whose weights were not finite, it trains no more of this epoch and
+        // the others take its images.
+        for &id in &summary.dropped {
+            self.retire_for_epoch(id);
         }
     }
 
