@@ -53,8 +53,7 @@ pub fn squared_distance(values: &[f32], start: &[f32]) -> f64 {
 /// How often a worker that stays an outlier is warned about again, in rounds.
 pub const WARN_EVERY: u64 = 100;
 
-/// A round in which a worker was an outlier: what a run that diverges later
-/// names as its likely cause.
+/// A worker's first round as an outlier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outlier {
     pub worker: WorkerId,
@@ -63,12 +62,12 @@ pub struct Outlier {
     pub round: u64,
 }
 
-/// The outliers of a run's rounds so far: each worker's streak of rounds as
-/// one, and the latest.
+/// The outliers of a run's rounds so far: each worker's current streak of
+/// rounds as one, and its rounds as one in all since its first.
 #[derive(Debug, Default)]
 pub struct OutlierRecord {
     streaks: std::collections::BTreeMap<WorkerId, u64>,
-    latest: Option<Outlier>,
+    totals: std::collections::BTreeMap<WorkerId, (u64, Outlier)>,
 }
 
 impl OutlierRecord {
@@ -87,14 +86,20 @@ impl OutlierRecord {
             if *streak % WARN_EVERY == 1 {
                 due.push((*update, *streak));
             }
-            self.latest = Some(Outlier { worker: update.worker, ratio: update.ratio, epoch, round });
+            let first = Outlier { worker: update.worker, ratio: update.ratio, epoch, round };
+            self.totals.entry(update.worker).or_insert((0, first)).0 += 1;
         }
         due
     }
 
-    /// The latest round with an outlier.
-    pub fn latest(&self) -> Option<&Outlier> {
-        self.latest.as_ref()
+    /// The likely cause of a divergence: the worker that was an outlier in
+    /// the most rounds (the earliest of those tied), and its first such
+    /// round. Once a hostile worker has blown the average up, honest
+    /// workers' updates from it can be outliers too, but in fewer rounds.
+    pub fn likely_cause(&self) -> Option<&Outlier> {
+        let most =
+            self.totals.values().max_by(|(a, x), (b, y)| a.cmp(b).then((y.epoch, y.round).cmp(&(x.epoch, x.round))));
+        most.map(|(_, first)| first)
     }
 }
 
@@ -123,12 +128,23 @@ mod tests {
         let mut record = OutlierRecord::default();
         let honest = relative(&[(1, 1.0), (2, 1.0), (3, 1.0)]);
         let attacked = relative(&[(1, 1.0), (2, 1.0), (3, 50.0)]);
-        assert!(record.round(1, 0, &honest).is_empty() && record.latest().is_none());
+        assert!(record.round(1, 0, &honest).is_empty() && record.likely_cause().is_none());
         let warned: Vec<u64> = (1..=201).filter(|&r| !record.round(1, r, &attacked).is_empty()).collect();
         assert_eq!(warned, [1, 101, 201]);
-        assert_eq!(record.latest(), Some(&Outlier { worker: 3, ratio: 50.0, epoch: 1, round: 201 }));
         record.round(2, 0, &honest);
         assert_eq!(record.round(2, 1, &attacked)[0].1, 1, "a new streak after an honest round");
+    }
+
+    #[test]
+    fn the_likely_cause_is_the_worker_most_often_an_outlier() {
+        let mut record = OutlierRecord::default();
+        assert!(record.likely_cause().is_none());
+        for round in 1..=5 {
+            record.round(1, round, &relative(&[(1, 1.0), (2, 1.0), (3, 50.0)]));
+        }
+        // Blown up by worker 3, the others' updates are huge too at the end.
+        record.round(1, 6, &relative(&[(1, 1e9), (2, 1.0), (3, 1.0)]));
+        assert_eq!(record.likely_cause(), Some(&Outlier { worker: 3, ratio: 50.0, epoch: 1, round: 1 }));
     }
 
     #[test]

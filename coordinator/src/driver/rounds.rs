@@ -253,9 +253,9 @@ impl Driver {
     }
 
     /// The error of a run whose round had no usable weights: it names the
-    /// worker whose updates were far from the others' if one was lately.
+    /// worker whose updates were far from the others' if there was one.
     fn diverged(&self, cause: RoundError) -> Error {
-        match self.outliers.latest() {
+        match self.outliers.likely_cause() {
             Some(o) => Error::DivergedAfterOutlier {
                 cause,
                 name: self.workers.get(&o.worker).map_or_else(|| format!("#{}", o.worker), |w| w.name.clone()),
