@@ -47,7 +47,7 @@ run() {
         pids+=($!)
     done
     wait "$coordinator" || true
-    python3 -c 'import json,sys
+    python3 -c 'import json, re, sys
 error = "?"
 for l in open(sys.argv[1]):
     try: r = json.loads(l)
@@ -56,7 +56,8 @@ for l in open(sys.argv[1]):
         continue
     if r.get("message") == "training complete":
         print("%.4f" % r["accuracy"]); sys.exit()
-print("ended: %s" % error.split(":")[0].replace("|", "/"))' "$dir/coordinator.log"
+named = re.search(r"after worker (\S+) sent", error)
+print("ended: " + error.split(":")[0] + (" (names %s)" % named.group(1) if named else ""))' "$dir/coordinator.log"
 }
 
 echo "| rule | workers | hostile | attack | flags | accuracy by seed ($EPOCHS epochs) | median |"
