@@ -15,12 +15,44 @@ BENCH=${BENCH:-target/release/lazyavg-bench}
 DATA=${DATA:-../shared/data/mnist}
 EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-1 2 3}
-CASES=${CASES:-"centered-clip 5 0 -
+CASES=${CASES:-"mean 5 0 -
+centered-clip 5 0 -
 centered-clip 5 1 scale
 median 5 0 -
 median 5 1 scale
 trimmed-mean 5 0 -
-trimmed-mean 5 1 scale"}
+trimmed-mean 5 1 scale
+mean 5 1 scale --drop-outliers
+mean 5 1 scale
+mean 4 0 -
+centered-clip 4 0 -
+centered-clip 4 1 scale
+median 4 0 -
+median 4 1 scale
+trimmed-mean 4 0 -
+trimmed-mean 4 1 scale
+centered-clip 5 1 noise
+median 5 1 noise
+trimmed-mean 5 1 noise
+centered-clip 5 1 signflip
+median 5 1 signflip
+trimmed-mean 5 1 signflip
+mean 7 0 -
+centered-clip 7 0 -
+centered-clip 7 2 scale
+median 7 0 -
+median 7 2 scale
+trimmed-mean 7 0 -
+trimmed-mean 7 2 scale
+mean 5 1 noise
+mean 2 0 -
+centered-clip 2 0 -
+median 2 0 -
+trimmed-mean 2 0 -
+mean 8 0 -
+centered-clip 8 0 -
+median 8 0 -
+trimmed-mean 8 0 -"}
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT

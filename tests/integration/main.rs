@@ -35,7 +35,8 @@
 //!   sessions that never attach, sessions that never read): refused or
 //!   forgotten, its memory bounded, the run unharmed.
 //! - `robust`: a hostile client that scales its weights: centered clipping
-//!   holds and names it; the plain mean diverges and names it.
+//!   and `--drop-outliers` hold and name it; the plain mean diverges and
+//!   names it.
 
 mod abuse;
 mod align;
