@@ -3,7 +3,8 @@
 # average + push, measured at the coordinator, with workers that train nothing)
 # on loopback, the weights moved per second, and the coordinator's peak RSS.
 #   cargo build --release && bench/rounds.sh
-# Settings: BIN, DATA, ROUNDS (300).
+# Settings: BIN, DATA, ROUNDS (300), FLAGS (more coordinator flags, e.g.
+# "--aggregate centered-clip").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ trap 'rm -rf "$work"' EXIT
 # One row: $1 workers, $2 hidden widths, $3 rounds.
 row() {
     LAZYAVG_CACHE_DIR="$work/cache" "$BIN" --log-format json coordinator --spawn-workers "$1" --hidden "$2" \
-        --bench-rounds "$3" --bind 127.0.0.1:0 --data-dir "$DATA" --out "$work/out-$1-$2" 2>"$work/log" || {
+        --bench-rounds "$3" ${FLAGS:-} --bind 127.0.0.1:0 --data-dir "$DATA" --out "$work/out-$1-$2" 2>"$work/log" || {
         cat "$work/log" >&2
         exit 1
     }

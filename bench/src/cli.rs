@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use lazyavg_worker::ConnectArgs;
+
+use crate::hostile::Attack;
 
 /// Benchmarks of lazyavg that drive its binary from outside, as a user would.
 #[derive(Debug, Parser)]
@@ -26,6 +29,32 @@ pub enum Command {
     ///
     /// Example: lazyavg-bench scaling --workers 1,2,4 --seeds 1,2,3 -- --epochs 5 --sync-every 8
     Scaling(ScalingArgs),
+    /// A hostile client for tests and benchmarks: joins a run like a worker and answers every pull with an attack.
+    ///
+    /// It speaks the protocol with the worker's own connection code, trains nothing, and sends values
+    /// built from the averages it received: finite, of the right length, on time. It exits 0 when
+    /// the coordinator stops the run.
+    ///
+    /// Example: lazyavg-bench hostile --coordinator http://127.0.0.1:7070 --attack scale
+    Hostile(HostileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostileArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// The attack: scale (100 × the last average), noise (uniform ±1e6) or signflip (w̄ − 10·Δ).
+    #[arg(long, value_enum, default_value = "scale")]
+    pub attack: Attack,
+
+    /// Name it joins under (the coordinator's warnings name it).
+    #[arg(long, default_value = "hostile")]
+    pub name: String,
+
+    /// Seed of the noise attack's values.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]

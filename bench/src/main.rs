@@ -6,9 +6,11 @@
 //! - `cli`: the flags.
 //! - `scaling`: the scaling sweep: runs, table, JSON report.
 //! - `chart`: the sweep's SVG chart (plotters).
+//! - `hostile`: a client that joins a run and attacks every round.
 
 mod chart;
 mod cli;
+mod hostile;
 mod scaling;
 
 use std::io::Write;
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
     telemetry::init(telemetry::LogFormat::Plain, std::io::stderr);
     let result = match cli.command {
         Command::Scaling(args) => scaling::run(&args),
+        Command::Hostile(args) => hostile::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

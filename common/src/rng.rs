@@ -44,6 +44,9 @@ pub enum Purpose {
     MatchingOrder,
     /// The training images that activation matching and REPAIR run on.
     MatchingImages,
+    /// The values a hostile test client (`lazyavg-bench hostile --attack
+    /// noise`) sends instead of weights.
+    HostileNoise,
 }
 
 impl Purpose {
@@ -60,6 +63,7 @@ impl Purpose {
             Purpose::Split => ("split", 0),
             Purpose::MatchingOrder => ("matching-order", 0),
             Purpose::MatchingImages => ("matching-images", 0),
+            Purpose::HostileNoise => ("hostile-noise", 0),
         }
     }
 }

@@ -150,9 +150,14 @@ pub struct Settings {
     #[arg(long, value_name = "M")]
     pub outer_momentum: Option<f32>,
 
-    /// How rounds combine the weights: mean (sample-weighted), median or trimmed-mean [default: mean].
+    /// How rounds combine the weights: mean (sample-weighted, exact), or a rule robust to hostile workers on the updates: median, trimmed-mean or centered-clip [default: mean].
     #[arg(long, value_name = "RULE")]
     pub aggregate: Option<Aggregate>,
+
+    /// With --aggregate mean: leave out of each round a contribution whose update (weights minus the round's start) is 10 times the median update's norm or more, as non-finite ones are; the mean then keeps every contribution whole, a model copy per worker (the robust rules always leave such outliers out).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_outliers: bool,
 
     /// Before a contribution is averaged, match its hidden units to the weights last broadcast: none, weights (weight matching) or activations (on --align-images training images) [default: none].
     #[arg(long, value_name = "METHOD")]
@@ -295,6 +300,8 @@ pub struct CoordinatorConfig {
     /// The settings `outer` was made from (recorded in config.toml).
     pub outer_settings: (OuterRule, f32, f32),
     pub aggregate: Aggregate,
+    /// Rounds leave out outliers (`--drop-outliers`, and always with a robust rule).
+    pub drop_outliers: bool,
     pub align: AlignMethod,
     pub align_images: usize,
     pub init: Init,
@@ -489,6 +496,7 @@ impl Settings {
             outer: OuterOptimizer::new(outer_settings.0, outer_settings.1, outer_settings.2)?,
             outer_settings,
             aggregate: self.aggregate.unwrap_or_default(),
+            drop_outliers: self.drop_outliers || self.aggregate.is_some_and(|a| a != Aggregate::Mean),
             align,
             align_images,
             init: self.init.unwrap_or_default(),
@@ -559,6 +567,7 @@ impl CoordinatorConfig {
             outer_lr: Some(self.outer_settings.1),
             outer_momentum: Some(self.outer_settings.2),
             aggregate: Some(self.aggregate),
+            drop_outliers: self.drop_outliers,
             align: Some(self.align),
             align_images: Some(self.align_images),
             init: Some(self.init),

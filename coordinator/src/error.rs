@@ -44,6 +44,12 @@ pub enum Error {
         "{cause}; the peak learning rate was {peak_lr} (--lr times the --lr-scaling factor): lower --lr or --lr-scaling"
     )]
     Diverged { cause: RoundError, peak_lr: f32 },
+    #[error(
+        "{cause}, after worker {name} sent an update {ratio:.0}× the median update's norm in epoch {epoch} round {round}: \
+         its contributions, far from the others', are the likely cause, not the learning rate; leave such \
+         contributions out (--drop-outliers, or a robust --aggregate) or keep that worker out"
+    )]
+    DivergedAfterOutlier { cause: RoundError, name: String, ratio: f64, epoch: u64, round: u64 },
     #[error("stopped by {0} before training finished")]
     Interrupted(&'static str),
     #[error("only {alive} of the {min} workers needed (--min-workers) after waiting {}; giving up", humantime::format_duration(*waited))]

@@ -8,6 +8,7 @@
 //! - [`schedule`]: the epoch's permutation and shards (pure).
 //! - [`round`]: one averaging round as a state machine (pure).
 //! - [`aggregate`]: the rules that combine a round's contributions, one unit each.
+//! - [`screen`]: each contribution's update norm against the median: who is far from the others.
 //! - [`sync_every`]: the sync interval, K minibatches or an epoch.
 //! - [`init`]: shared or independent starting weights (`--init`).
 //! - [`registry`]: joined workers and their sessions (pure).
@@ -41,6 +42,7 @@ pub mod registry;
 pub mod round;
 pub mod run_dir;
 pub mod schedule;
+pub mod screen;
 pub mod service;
 pub mod spawn;
 pub mod sync_every;

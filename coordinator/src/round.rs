@@ -17,6 +17,7 @@ use lazyavg_proto::{ProtoError, pb};
 
 pub use crate::aggregate::Aggregate;
 use crate::aggregate::{Aggregator, WeightedMean};
+use crate::screen::{self, UpdateNorm};
 
 pub type WorkerId = u64;
 
@@ -64,6 +65,8 @@ struct Part {
     realigned: bool,
     align_seconds: f64,
     reported: bool,
+    /// ‖w − start‖² of what has arrived.
+    update_sq: f64,
 }
 
 /// What a finished round produced besides the average itself.
@@ -81,6 +84,11 @@ pub struct RoundSummary {
     pub realigned: usize,
     /// `--align`: the contributors' seconds spent matching, summed.
     pub align_seconds: f64,
+    /// Every complete contribution's update norm relative to the median
+    /// (outliers left out included).
+    pub updates: Vec<UpdateNorm>,
+    /// Outliers left out of the combination (see [`Round::dropping_outliers`]).
+    pub dropped: Vec<WorkerId>,
 }
 
 /// An open round.
@@ -89,36 +97,44 @@ pub struct Round {
     epoch: u64,
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
+    /// The weights every participant started the round from: the origin of
+    /// the updates robust rules compare.
+    start: Vec<f32>,
     aggregator: Box<dyn Aggregator>,
     /// One chunk's values, decoded once for the aggregator.
     scratch: Vec<f32>,
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
     non_finite: Vec<WorkerId>,
+    /// Leave outliers out (see [`screen`]).
+    drop_outliers: bool,
 }
 
 impl Round {
     /// A mean round over `participants` (worker, samples trained since the
-    /// last sync) for a model of `len` parameters, adding into `sum` (cleared
-    /// and resized here).
+    /// last sync) for a model of `len` parameters started from zeros, adding
+    /// into `sum` (cleared and resized here).
     pub fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, sum: Vec<f64>) -> Self {
-        Self::with(epoch, round, participants, len, Box::new(WeightedMean::reusing(sum)))
+        Self::with(epoch, round, participants, &vec![0.0; len], Box::new(WeightedMean::reusing(sum)))
     }
 
-    /// A round combining contributions by `rule`.
+    /// A round combining contributions by `rule`, for a model of `len`
+    /// parameters started from zeros.
     pub fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-        Self::with(epoch, round, participants, len, rule.aggregator())
+        Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator(false))
     }
 
     /// A round combining contributions with `aggregator`, reset here (so the
-    /// one a finished round gave back can be reused).
+    /// one a finished round gave back can be reused), for workers that all
+    /// started from `start` (the weights last broadcast).
     pub fn with(
         epoch: u64,
         round: u64,
         participants: &[(WorkerId, u64)],
-        len: usize,
+        start: &[f32],
         mut aggregator: Box<dyn Aggregator>,
     ) -> Self {
+        let len = start.len();
         aggregator.reset(len);
         let parts = participants
             .iter()
@@ -132,11 +148,30 @@ impl Round {
                     realigned: false,
                     align_seconds: 0.0,
                     reported: false,
+                    update_sq: 0.0,
                 };
                 (id, part)
             })
             .collect();
-        Round { epoch, round, parts, aggregator, scratch: Vec::new(), tainted: false, non_finite: Vec::new() }
+        Round {
+            epoch,
+            round,
+            parts,
+            start: start.to_vec(),
+            aggregator,
+            scratch: Vec::new(),
+            tainted: false,
+            non_finite: Vec::new(),
+            drop_outliers: false,
+        }
+    }
+
+    /// This round leaving out of its combination each complete contribution
+    /// whose update norm is [`screen::OUTLIER_FACTOR`] times the median or
+    /// more. The aggregator must be able to forget a whole contribution.
+    pub fn dropping_outliers(mut self) -> Self {
+        self.drop_outliers = true;
+        self
     }
 
     pub fn epoch(&self) -> u64 {
@@ -218,6 +253,11 @@ impl Round {
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
         self.scratch.resize(range.len(), 0.0);
         decode_into(&mut self.scratch, &chunk.data);
+        // Under --align the worker matched its weights to this same start before sending.
+        let sq = screen::squared_distance(&self.scratch, &self.start[range.clone()]);
+        if let Some(part) = self.parts.get_mut(&worker) {
+            part.update_sq += sq;
+        }
         self.aggregator.add(worker, samples, range, &self.scratch);
         Ok(())
     }
@@ -268,7 +308,24 @@ impl Round {
         for id in partial {
             self.forget(id, State::Receiving);
         }
-        let Round { epoch, round, parts, mut aggregator, tainted, non_finite, .. } = self;
+        let norms: Vec<(WorkerId, f64)> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.state == State::Complete)
+            .map(|(&id, p)| (id, p.update_sq.sqrt()))
+            .collect();
+        let updates = screen::relative(&norms);
+        let mut dropped = Vec::new();
+        if self.drop_outliers {
+            for outlier in updates.iter().filter(|u| u.is_outlier()) {
+                if let Some(part) = self.parts.get_mut(&outlier.worker) {
+                    part.state = State::Excluded;
+                }
+                self.forget(outlier.worker, State::Complete);
+                dropped.push(outlier.worker);
+            }
+        }
+        let Round { epoch, round, parts, start, mut aggregator, tainted, non_finite, .. } = self;
         let done: Vec<(WorkerId, u64)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
@@ -285,7 +342,7 @@ impl Round {
         if let Some(err) = failure {
             return (Err(err), aggregator);
         }
-        aggregator.finish(&done, out);
+        aggregator.finish(&start, &done, out);
         let summary = RoundSummary {
             epoch,
             round,
@@ -295,6 +352,8 @@ impl Round {
             realigned: done.iter().filter(|(id, _)| parts[id].realigned).count(),
             align_seconds: done.iter().map(|(id, _)| parts[id].align_seconds).sum(),
             contributors: done,
+            updates,
+            dropped,
         };
         (Ok(summary), aggregator)
     }
@@ -409,7 +468,7 @@ mod tests {
     fn median_and_trimmed_mean_resist_one_hostile_worker() {
         let honest = [[1.0f32, -2.0], [1.2, -2.2], [0.8, -1.8], [1.1, -2.1]];
         let hostile = [1e30f32, 1e30];
-        for rule in [Aggregate::Median, Aggregate::TrimmedMean] {
+        for rule in [Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip] {
             let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
             let mut round = Round::aggregating(1, 0, &ids, 2, rule);
             for (id, w) in (1..=4).zip(honest.iter()) {
@@ -427,6 +486,35 @@ mod tests {
         let mut out = [0.0];
         mean.finish(&mut out).0.unwrap();
         assert!(out[0] > 1e29, "the plain mean follows the outlier");
+    }
+
+    #[test]
+    fn a_scaled_contribution_is_named_and_left_out_when_asked() {
+        let start = [1.0f32, -1.0];
+        let honest = [[1.1f32, -0.9], [1.12, -0.92], [1.08, -0.88], [1.1, -0.9]];
+        let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
+        let rules = [Aggregate::Mean, Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip];
+        for (rule, drop) in rules.map(|r| (r, true)).into_iter().chain([(Aggregate::Mean, false)]) {
+            let mut round = Round::with(1, 0, &ids, &start, rule.aggregator(drop));
+            if drop {
+                round = round.dropping_outliers();
+            }
+            for (id, w) in (1..=4).zip(honest.iter()) {
+                send(&mut round, id, w).unwrap();
+            }
+            send(&mut round, 5, &start.map(|w| 100.0 * w)).unwrap();
+            let mut out = [0.0; 2];
+            let summary = round.finish(&mut out).0.unwrap();
+            let named: Vec<WorkerId> = summary.updates.iter().filter(|u| u.is_outlier()).map(|u| u.worker).collect();
+            assert_eq!(named, [5], "{rule:?}: {:?}", summary.updates);
+            if drop {
+                assert_eq!(summary.dropped, [5]);
+                assert_eq!(summary.contributors.len(), 4);
+                assert!((out[0] - 1.1).abs() < 0.02 && (out[1] + 0.9).abs() < 0.02, "{rule:?}: {out:?}");
+            } else {
+                assert!(summary.dropped.is_empty() && out[0] > 10.0, "the plain mean follows it: {out:?}");
+            }
+        }
     }
 
     #[test]

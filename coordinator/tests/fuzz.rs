@@ -255,7 +255,7 @@ proptest! {
             .prop_flat_map(|len| (Just(len), prop::collection::vec(op(len), 0..24))),
         weights in prop::collection::vec(0u64..1000, 3),
         nan_at in prop::option::of(any::<Index>()),
-        rule in prop_oneof![Just(Aggregate::Mean), Just(Aggregate::Median), Just(Aggregate::TrimmedMean)],
+        rule in prop_oneof![Just(Aggregate::Mean), Just(Aggregate::Median), Just(Aggregate::TrimmedMean), Just(Aggregate::CenteredClip)],
     ) {
         let participants: Vec<(WorkerId, u64)> = (1..=3).zip(weights).collect();
         let mut round = Round::aggregating(EPOCH, ROUND, &participants, len, rule);
@@ -317,7 +317,12 @@ proptest! {
         len in param_len(),
         workers in prop::collection::vec((any::<u64>(), 1u64..1000), 1..4),
         picks in prop::collection::vec(any::<Index>(), 12),
-        rule in prop_oneof![2 => Just(Aggregate::Mean), 1 => Just(Aggregate::Median), 1 => Just(Aggregate::TrimmedMean)],
+        rule in prop_oneof![
+            2 => Just(Aggregate::Mean),
+            1 => Just(Aggregate::Median),
+            1 => Just(Aggregate::TrimmedMean),
+            1 => Just(Aggregate::CenteredClip),
+        ],
     ) {
         let participants: Vec<(WorkerId, u64)> =
             workers.iter().enumerate().map(|(i, &(_, weight))| (10 + i as WorkerId, weight)).collect();

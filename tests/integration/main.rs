@@ -34,6 +34,9 @@
 //! - `abuse`: clients that try to exhaust the coordinator (floods of Joins,
 //!   sessions that never attach, sessions that never read): refused or
 //!   forgotten, its memory bounded, the run unharmed.
+//! - `robust`: a hostile client that scales its weights: centered clipping
+//!   and `--drop-outliers` hold and name it; the plain mean diverges and
+//!   names it.
 
 mod abuse;
 mod align;
@@ -50,6 +53,7 @@ mod metrics;
 mod model;
 mod netns;
 mod overlap;
+mod robust;
 mod scaling;
 mod status;
 mod support;

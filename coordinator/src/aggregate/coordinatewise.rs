@@ -1,13 +1,13 @@
-//! Robust rules: every contribution kept whole, O(workers × model), then one
-//! statistic per coordinate that ignores sample counts. That is the price of
-//! a model that one broken or hostile worker cannot drag away.
+//! Coordinate-wise rules: one statistic per coordinate of the updates that
+//! ignores sample counts. Both statistics here are translation-equivariant,
+//! so on updates they give what they gave on weights (up to rounding): a
+//! minority of outliers never wins a coordinate, but a large one still picks
+//! the honest value on its side in every coordinate, every round (see
+//! [`super::CenteredClip`], which bounds that).
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Range;
 
-use super::Aggregator;
-use crate::round::WorkerId;
+use super::UpdateRule;
 
 /// A statistic of one coordinate's values across workers.
 pub trait Statistic: fmt::Debug + Send {
@@ -48,44 +48,24 @@ impl Statistic for TrimmedMean {
     }
 }
 
-/// Keeps every contribution whole and applies `S` coordinate by coordinate.
+/// Applies `S` coordinate by coordinate.
 #[derive(Debug)]
 pub struct Coordinatewise<S> {
     statistic: S,
-    len: usize,
-    values: BTreeMap<WorkerId, Vec<f32>>,
 }
 
 impl<S: Statistic> Coordinatewise<S> {
     pub fn new(statistic: S) -> Self {
-        Coordinatewise { statistic, len: 0, values: BTreeMap::new() }
+        Coordinatewise { statistic }
     }
 }
 
-impl<S: Statistic> Aggregator for Coordinatewise<S> {
-    fn reset(&mut self, len: usize) {
-        self.len = len;
-        self.values.clear();
-    }
-
-    fn add(&mut self, worker: WorkerId, _samples: u64, range: Range<usize>, values: &[f32]) {
-        let len = self.len;
-        let buffer = self.values.entry(worker).or_insert_with(|| vec![0.0; len]);
-        buffer[range].copy_from_slice(values);
-    }
-
-    fn forget(&mut self, worker: WorkerId) -> bool {
-        self.values.remove(&worker);
-        true
-    }
-
-    fn finish(&mut self, contributors: &[(WorkerId, u64)], out: &mut [f32]) {
-        let inputs: Vec<&[f32]> =
-            contributors.iter().filter_map(|(id, _)| self.values.get(id)).map(Vec::as_slice).collect();
-        let mut column = vec![0.0f32; inputs.len()];
+impl<S: Statistic> UpdateRule for Coordinatewise<S> {
+    fn combine(&self, updates: &[&[f32]], _samples: &[u64], out: &mut [f32]) {
+        let mut column = vec![0.0f32; updates.len()];
         for (i, o) in out.iter_mut().enumerate() {
-            for (c, input) in column.iter_mut().zip(&inputs) {
-                *c = input[i];
+            for (c, update) in column.iter_mut().zip(updates) {
+                *c = update[i];
             }
             column.sort_unstable_by(f32::total_cmp);
             *o = self.statistic.of(&column);
@@ -106,18 +86,9 @@ mod tests {
     }
 
     #[test]
-    fn only_the_named_contributors_count_and_a_forgotten_one_is_gone() {
-        let mut median = Coordinatewise::new(Median);
-        median.reset(2);
-        median.add(1, 5, 0..2, &[1.0, 10.0]);
-        median.add(2, 5, 0..1, &[3.0]);
-        median.add(2, 5, 1..2, &[30.0]);
-        median.add(3, 5, 0..2, &[1e9, 1e9]);
-        assert!(median.forget(3));
+    fn each_coordinate_is_taken_on_its_own() {
         let mut out = [0.0; 2];
-        median.finish(&[(1, 5), (2, 5), (3, 5)], &mut out);
+        Coordinatewise::new(Median).combine(&[&[1.0, 30.0], &[2.0, 10.0], &[9.0, 20.0]], &[1, 1, 1], &mut out);
         assert_eq!(out, [2.0, 20.0]);
-        median.finish(&[(2, 5)], &mut out);
-        assert_eq!(out, [3.0, 30.0]);
     }
 }

@@ -4,17 +4,21 @@
 //! A round feeds an aggregator decoded values, position range by position
 //! range, as chunks arrive (or a whole contribution at once, once it was
 //! aligned): so the mean keeps one running f64 sum, O(model) whatever the
-//! number of workers, while a rule that needs every contribution whole keeps
-//! them itself.
+//! number of workers, while the robust rules keep every contribution whole
+//! ([`Whole`]) and combine the updates relative to the round's start.
 
+mod clip;
 mod coordinatewise;
 mod mean;
+mod whole;
 
 use std::fmt;
 use std::ops::Range;
 
+pub use clip::CenteredClip;
 pub use coordinatewise::{Coordinatewise, Median, Statistic, TrimmedMean};
-pub use mean::WeightedMean;
+pub use mean::{UpdateMean, WeightedMean};
+pub use whole::{UpdateRule, Whole};
 
 use crate::round::WorkerId;
 
@@ -33,8 +37,10 @@ pub trait Aggregator: fmt::Debug + Send {
 
     /// Writes the combination of the complete contributions of `contributors`
     /// (worker, samples) into `out`; called once, with at least one
-    /// contributor and a positive sample total.
-    fn finish(&mut self, contributors: &[(WorkerId, u64)], out: &mut [f32]);
+    /// contributor and a positive sample total. `start` is what every
+    /// contributor started the round from (the weights last broadcast), the
+    /// origin of the updates that robust rules compare.
+    fn finish(&mut self, start: &[f32], contributors: &[(WorkerId, u64)], out: &mut [f32]);
 }
 
 /// How a round combines the workers' weights (`--aggregate`).
@@ -44,20 +50,29 @@ pub enum Aggregate {
     /// Sample-weighted mean: the exact lazy-aggregation update, O(model) memory.
     #[default]
     Mean,
-    /// Coordinate-wise median: a minority of bad workers cannot move it far.
+    /// Coordinate-wise median of the updates: a minority of bad workers
+    /// never wins a coordinate, but can tilt each one.
     Median,
-    /// Coordinate-wise mean after dropping the largest and smallest fifth (at
-    /// least one each from 3 workers on).
+    /// Coordinate-wise mean of the updates after dropping the largest and
+    /// smallest fifth (at least one each from 3 workers on).
     TrimmedMean,
+    /// Centered clipping of the updates around their median, by their median
+    /// distance from it: the bias a minority can add stays a fraction of the
+    /// honest updates' spread.
+    CenteredClip,
 }
 
 impl Aggregate {
-    /// The unit that implements this rule: the one place the flag is branched on.
-    pub fn aggregator(self) -> Box<dyn Aggregator> {
+    /// The unit that implements this rule: the one place the flag is branched
+    /// on. With `drop_outliers`, a round may leave a whole contribution out
+    /// at its end: the mean then keeps them whole too.
+    pub fn aggregator(self, drop_outliers: bool) -> Box<dyn Aggregator> {
         match self {
+            Aggregate::Mean if drop_outliers => Box::new(Whole::new(UpdateMean)),
             Aggregate::Mean => Box::new(WeightedMean::default()),
-            Aggregate::Median => Box::new(Coordinatewise::new(Median)),
-            Aggregate::TrimmedMean => Box::new(Coordinatewise::new(TrimmedMean)),
+            Aggregate::Median => Box::new(Whole::new(Coordinatewise::new(Median))),
+            Aggregate::TrimmedMean => Box::new(Whole::new(Coordinatewise::new(TrimmedMean))),
+            Aggregate::CenteredClip => Box::new(Whole::new(CenteredClip)),
         }
     }
 }

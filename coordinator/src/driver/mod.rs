@@ -40,6 +40,7 @@ use crate::metrics::EpochRecord;
 use crate::observe::{Observers, RunEvent};
 use crate::round::WorkerId;
 use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
+use crate::screen::OutlierRecord;
 use crate::service::{Event, Leash, Outbox, command};
 
 /// How long the coordinator waits, at the end, for workers to close their sessions.
@@ -102,6 +103,9 @@ pub struct Driver {
     params: Vec<f32>,
     /// The `--aggregate` rule, kept from round to round for its buffers.
     aggregator: Option<Box<dyn Aggregator>>,
+    /// Which workers' updates were far from the others', for warnings and
+    /// for naming the likely cause of a divergence.
+    outliers: OutlierRecord,
     /// `params` as weight chunks, made once per version: every worker sent
     /// them shares one copy, however many attach or lag.
     params_chunks: Option<Vec<pb::WeightsChunk>>,
@@ -161,6 +165,7 @@ impl Driver {
             test,
             n_train,
             aggregator: None,
+            outliers: OutlierRecord::default(),
             average: vec![0.0; start.params.len()],
             outer,
             params: start.params,

@@ -105,9 +105,12 @@ impl Driver {
         weights: &[(WorkerId, u64)],
     ) -> Result<Option<RoundSummary>> {
         let started = Instant::now();
-        let len = self.params.len();
-        let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator());
-        let mut open = Round::with(epoch, round, weights, len, aggregator);
+        let drop_outliers = self.config.drop_outliers;
+        let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers));
+        let mut open = Round::with(epoch, round, weights, &self.params, aggregator);
+        if drop_outliers {
+            open = open.dropping_outliers();
+        }
         let head_start = self.pipeline.since.take();
         let ahead = self.config.overlap && !std::mem::take(&mut self.pipeline.suspended);
         // Workers sent no averages (they have never answered) first get the
@@ -172,9 +175,7 @@ impl Driver {
         self.aggregator = Some(aggregator);
         let summary = match result {
             Ok(summary) => summary,
-            Err(cause @ RoundError::Diverged { .. }) => {
-                return Err(Error::Diverged { cause, peak_lr: self.config.train.peak_lr() });
-            }
+            Err(cause @ RoundError::Diverged { .. }) => return Err(self.diverged(cause)),
             Err(err) => {
                 self.observers.notify(&RunEvent::RoundAbandoned { epoch, round, error: &err });
                 // They would send the same weights again; the next average resets them.
@@ -189,6 +190,7 @@ impl Driver {
                 return Ok(None);
             }
         };
+        self.screened(&summary);
         self.outer.step(&mut self.params, &self.average);
         self.params_chunks = None;
         self.drop_lost_ahead(plan, &summary);
@@ -206,6 +208,60 @@ impl Driver {
         let seconds = started.elapsed().as_secs_f64();
         self.after_round(&summary, seconds)?;
         Ok(Some(summary))
+    }
+
+    /// Says who was far from the others in a finished round: each
+    /// contribution's update norm at debug level, a warning for an outlier
+    /// (at the start of its streak, then every `WARN_EVERY` rounds); retires
+    /// the outliers left out for the rest of the epoch.
+    fn screened(&mut self, summary: &RoundSummary) {
+        let name = |id: WorkerId| self.workers.get(&id).map_or("?", |w| w.name.as_str());
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for update in &summary.updates {
+                debug!(
+                    epoch = summary.epoch,
+                    round = summary.round,
+                    worker = update.worker,
+                    name = name(update.worker),
+                    update_norm = update.norm,
+                    ratio_to_median = update.ratio,
+                    "contribution's update"
+                );
+            }
+        }
+        for (update, rounds) in self.outliers.round(summary.epoch, summary.round, &summary.updates) {
+            warn!(
+                epoch = summary.epoch,
+                round = summary.round,
+                worker = update.worker,
+                name = name(update.worker),
+                ratio_to_median = update.ratio,
+                rounds,
+                left_out = summary.dropped.contains(&update.worker),
+                "worker's update is far from the others' (its norm over the median's)"
+            );
+        }
+        // Left out, it would be asked for the same range again: like a worker
+        // whose weights were not finite, it trains no more of this epoch and
+        // the others take its images.
+        for &id in &summary.dropped {
+            self.retire_for_epoch(id);
+        }
+    }
+
+    /// The error of a run whose round had no usable weights: it names the
+    /// worker whose updates were far from the others' if there was one.
+    fn diverged(&self, cause: RoundError) -> Error {
+        match self.outliers.likely_cause() {
+            Some(o) => Error::DivergedAfterOutlier {
+                cause,
+                name: self.workers.get(&o.worker).map_or_else(|| format!("#{}", o.worker), |w| w.name.clone()),
+                ratio: o.ratio,
+                epoch: o.epoch,
+                round: o.round,
+            },
+            None => Error::Diverged { cause, peak_lr: self.config.train.peak_lr() },
+        }
     }
 
     /// Feeds an event to the open round; with `ahead` (`--overlap`), a worker

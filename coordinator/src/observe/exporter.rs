@@ -56,6 +56,8 @@ struct RunMetrics {
     workers_connected: Gauge,
     worker_last_contribution: Family<WorkerLabels, FloatGauge>,
     worker_samples_per_second: Family<WorkerLabels, FloatGauge>,
+    worker_update_ratio: Family<WorkerLabels, FloatGauge>,
+    worker_outlier_rounds: Family<WorkerLabels, Counter>,
     contributions_rejected: Family<ReasonLabels, Counter>,
     checkpoints_written: Counter,
     last_round_timestamp: FloatGauge,
@@ -119,6 +121,18 @@ impl RunMetrics {
                 "The worker's samples in its last round over the time since its contribution before",
                 Family::default(),
             ),
+            worker_update_ratio: metric(
+                r,
+                "worker_update_ratio",
+                "Norm of the worker's last update (its weights minus the round's start) over the round's median",
+                Family::default(),
+            ),
+            worker_outlier_rounds: metric(
+                r,
+                "worker_outlier_rounds",
+                "Rounds in which the worker's update was 10 times the median's norm or more",
+                Family::default(),
+            ),
             contributions_rejected: metric(
                 r,
                 "contributions_rejected",
@@ -159,6 +173,7 @@ impl RunMetrics {
             if !names.values().any(|name| *name == oldest.worker) {
                 self.worker_samples.remove(&oldest);
                 self.worker_last_contribution.remove(&oldest);
+                self.worker_outlier_rounds.remove(&oldest);
             }
         }
     }
@@ -214,6 +229,7 @@ impl Observer for Exporter {
             RunEvent::WorkerLeft { id, workers, .. } => {
                 let labels = self.labels(id);
                 m.worker_samples_per_second.remove(&labels);
+                m.worker_update_ratio.remove(&labels);
                 self.names.remove(&id);
                 m.forget_beyond_gone_kept(&mut self.gone, &self.names, labels);
                 self.last_contribution.remove(&id);
@@ -252,6 +268,13 @@ impl Observer for Exporter {
                         self.metrics.worker_samples_per_second.get_or_create(&labels).set(samples as f64 / since);
                     }
                 }
+                for update in &done.summary.updates {
+                    let labels = self.labels(update.worker);
+                    self.metrics.worker_update_ratio.get_or_create(&labels).set(update.ratio);
+                    if update.is_outlier() {
+                        self.metrics.worker_outlier_rounds.get_or_create(&labels).inc();
+                    }
+                }
             }
             RunEvent::RoundAbandoned { .. } => {
                 m.rounds_abandoned.inc();
@@ -279,6 +302,7 @@ mod tests {
     use super::*;
     use crate::observe::RoundDone;
     use crate::round::RoundSummary;
+    use crate::screen::UpdateNorm;
 
     fn joined(id: WorkerId, name: &str) -> RunEvent<'_> {
         RunEvent::WorkerJoined { id, name, address: "127.0.0.1:1", workers: 1 }
@@ -301,6 +325,11 @@ mod tests {
                 mean_train_seconds: 0.1,
                 realigned: Default::default(),
                 align_seconds: 0.0,
+                updates: vec![
+                    UpdateNorm { worker: 1, norm: 1.0, ratio: 1.0 },
+                    UpdateNorm { worker: id, norm: 50.0, ratio: 50.0 },
+                ],
+                dropped: Vec::new(),
             };
             exporter.observe(&RunEvent::RoundCompleted(&RoundDone::new(&summary, 0.5, &[]))).unwrap();
             let left = RunEvent::WorkerLeft {
@@ -321,6 +350,9 @@ mod tests {
         assert_eq!(series("lazyavg_worker_samples_total"), GONE_KEPT + 1, "{text}");
         assert_eq!(series("lazyavg_worker_last_contribution_timestamp_seconds"), GONE_KEPT + 1, "{text}");
         assert_eq!(series("lazyavg_worker_samples_per_second"), 1, "{text}");
+        assert_eq!(series("lazyavg_worker_update_ratio"), 1, "{text}");
+        assert_eq!(series("lazyavg_worker_outlier_rounds_total"), GONE_KEPT, "the gone outliers kept, {text}");
+        assert!(text.contains("lazyavg_worker_update_ratio{worker=\"live\"} 1.0"), "{text}");
         assert!(
             text.contains("worker=\"live\"") && text.contains("worker=\"w100\"") && !text.contains("worker=\"w68\"")
         );

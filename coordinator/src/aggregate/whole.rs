@@ -1,0 +1,102 @@
+//! The robust rules' common part: every contribution kept whole, O(workers ×
+//! model), and combined at the end of the round as updates Δᵢ = wᵢ − w̄
+//! relative to the weights w̄ the round started from, the result being
+//! w̄ + rule(Δ). Working on updates keeps the numbers the rule compares
+//! learning-rate-sized, and lets a rule bound an update's norm (a weight
+//! vector's norm says nothing about how far a worker strayed).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+
+use super::Aggregator;
+use crate::round::WorkerId;
+
+/// A rule over the whole updates of one round.
+pub trait UpdateRule: fmt::Debug + Send {
+    /// Writes the combination of `updates` (at least one, each as long as
+    /// `out`), trained on `samples` respectively, into `out`.
+    fn combine(&self, updates: &[&[f32]], samples: &[u64], out: &mut [f32]);
+}
+
+/// Keeps every contribution whole and combines their updates by `R`.
+#[derive(Debug)]
+pub struct Whole<R> {
+    rule: R,
+    len: usize,
+    values: BTreeMap<WorkerId, Vec<f32>>,
+}
+
+impl<R: UpdateRule> Whole<R> {
+    pub fn new(rule: R) -> Self {
+        Whole { rule, len: 0, values: BTreeMap::new() }
+    }
+}
+
+impl<R: UpdateRule> Aggregator for Whole<R> {
+    fn reset(&mut self, len: usize) {
+        self.len = len;
+        self.values.clear();
+    }
+
+    fn add(&mut self, worker: WorkerId, _samples: u64, range: Range<usize>, values: &[f32]) {
+        let len = self.len;
+        let buffer = self.values.entry(worker).or_insert_with(|| vec![0.0; len]);
+        buffer[range].copy_from_slice(values);
+    }
+
+    fn forget(&mut self, worker: WorkerId) -> bool {
+        self.values.remove(&worker);
+        true
+    }
+
+    fn finish(&mut self, start: &[f32], contributors: &[(WorkerId, u64)], out: &mut [f32]) {
+        let mut samples = Vec::with_capacity(contributors.len());
+        for (id, s) in contributors {
+            if let Some(values) = self.values.get_mut(id) {
+                for (v, &w) in values.iter_mut().zip(start) {
+                    *v -= w;
+                }
+                samples.push(*s);
+            }
+        }
+        let updates: Vec<&[f32]> =
+            contributors.iter().filter_map(|(id, _)| self.values.get(id)).map(Vec::as_slice).collect();
+        self.rule.combine(&updates, &samples, out);
+        for (o, &w) in out.iter_mut().zip(start) {
+            *o += w;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Coordinatewise, Median};
+
+    #[test]
+    fn only_the_named_contributors_count_and_a_forgotten_one_is_gone() {
+        let mut median = Whole::new(Coordinatewise::new(Median));
+        median.reset(2);
+        median.add(1, 5, 0..2, &[1.0, 10.0]);
+        median.add(2, 5, 0..1, &[3.0]);
+        median.add(2, 5, 1..2, &[30.0]);
+        median.add(3, 5, 0..2, &[1e9, 1e9]);
+        assert!(median.forget(3));
+        let mut out = [0.0; 2];
+        median.finish(&[0.0, 0.0], &[(1, 5), (2, 5), (3, 5)], &mut out);
+        assert_eq!(out, [2.0, 20.0]);
+    }
+
+    #[test]
+    fn the_rule_sees_updates_and_the_start_is_added_back() {
+        let mut median = Whole::new(Coordinatewise::new(Median));
+        median.reset(2);
+        median.add(1, 1, 0..2, &[1.5, -2.0]);
+        median.add(2, 1, 0..2, &[0.5, -4.0]);
+        median.add(3, 1, 0..2, &[1.0, -3.5]);
+        let mut out = [0.0; 2];
+        median.finish(&[1.0, -3.0], &[(1, 1), (2, 1), (3, 1)], &mut out);
+        assert_eq!(out, [1.0, -3.5]);
+    }
+}

@@ -1,0 +1,154 @@
+//! Who is far from the others: each complete contribution's update norm
+//! ‖wᵢ − w̄‖ (w̄ the weights the round started from) relative to the median
+//! of the round's update norms. Honest workers' updates are of one size, the
+//! learning rate's; a scaled or random contribution is many times larger.
+//! Pure: the round measures, the driver logs, counts and may leave out.
+
+use crate::round::WorkerId;
+
+/// A contribution whose update norm is at least this many times the median
+/// is an outlier: warned about, and left out of the round by the robust
+/// rules and by the mean with `--drop-outliers`. Honest updates differ by
+/// well under 2× in norm; 10× leaves room for noisy ones and still catches
+/// a scaled copy of the weights or random values.
+pub const OUTLIER_FACTOR: f64 = 10.0;
+
+/// One contribution's update norm, and its ratio to the round's median.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateNorm {
+    pub worker: WorkerId,
+    pub norm: f64,
+    /// `norm` over the median norm (infinite when the median is 0 and the
+    /// norm is not; 1 when both are 0).
+    pub ratio: f64,
+}
+
+impl UpdateNorm {
+    pub fn is_outlier(&self) -> bool {
+        self.ratio >= OUTLIER_FACTOR
+    }
+}
+
+/// The ratios of `norms` (worker, norm) to their median (the upper middle
+/// one for an even count, so that with two workers neither is an outlier).
+pub fn relative(norms: &[(WorkerId, f64)]) -> Vec<UpdateNorm> {
+    let mut sorted: Vec<f64> = norms.iter().map(|&(_, n)| n).collect();
+    sorted.sort_unstable_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    norms
+        .iter()
+        .map(|&(worker, norm)| {
+            let ratio = if norm == 0.0 { if median == 0.0 { 1.0 } else { 0.0 } } else { norm / median };
+            UpdateNorm { worker, norm, ratio }
+        })
+        .collect()
+}
+
+/// Sum of squared differences of `values` from `start`, in f64: one chunk's
+/// share of a squared update norm.
+pub fn squared_distance(values: &[f32], start: &[f32]) -> f64 {
+    values.iter().zip(start).map(|(&v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum()
+}
+
+/// How often a worker that stays an outlier is warned about again, in rounds.
+pub const WARN_EVERY: u64 = 100;
+
+/// A worker's first round as an outlier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outlier {
+    pub worker: WorkerId,
+    pub ratio: f64,
+    pub epoch: u64,
+    pub round: u64,
+}
+
+/// The outliers of a run's rounds so far: each worker's current streak of
+/// rounds as one, and its rounds as one in all since its first.
+#[derive(Debug, Default)]
+pub struct OutlierRecord {
+    streaks: std::collections::BTreeMap<WorkerId, u64>,
+    totals: std::collections::BTreeMap<WorkerId, (u64, Outlier)>,
+}
+
+impl OutlierRecord {
+    /// Takes a round's update norms; returns the outliers to warn about now
+    /// (the first round of a streak, then every [`WARN_EVERY`]), with their
+    /// streaks.
+    pub fn round(&mut self, epoch: u64, round: u64, updates: &[UpdateNorm]) -> Vec<(UpdateNorm, u64)> {
+        let mut due = Vec::new();
+        for update in updates {
+            if !update.is_outlier() {
+                self.streaks.remove(&update.worker);
+                continue;
+            }
+            let streak = self.streaks.entry(update.worker).or_default();
+            *streak += 1;
+            if *streak % WARN_EVERY == 1 {
+                due.push((*update, *streak));
+            }
+            let first = Outlier { worker: update.worker, ratio: update.ratio, epoch, round };
+            self.totals.entry(update.worker).or_insert((0, first)).0 += 1;
+        }
+        due
+    }
+
+    /// The likely cause of a divergence: the worker that was an outlier in
+    /// the most rounds (the earliest of those tied), and its first such
+    /// round. Once a hostile worker has blown the average up, honest
+    /// workers' updates from it can be outliers too, but in fewer rounds.
+    pub fn likely_cause(&self) -> Option<&Outlier> {
+        let most =
+            self.totals.values().max_by(|(a, x), (b, y)| a.cmp(b).then((y.epoch, y.round).cmp(&(x.epoch, x.round))));
+        most.map(|(_, first)| first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scaled_contribution_is_an_outlier_and_honest_ones_are_not() {
+        let norms = relative(&[(1, 1.0), (2, 1.2), (3, 0.9), (4, 1.1), (5, 99.0)]);
+        let outliers: Vec<WorkerId> = norms.iter().filter(|n| n.is_outlier()).map(|n| n.worker).collect();
+        assert_eq!(outliers, [5]);
+        assert!((norms[4].ratio - 90.0).abs() < 1e-9, "{:?}", norms[4]);
+    }
+
+    #[test]
+    fn two_workers_are_never_outliers_and_zero_updates_are_not_either() {
+        assert!(relative(&[(1, 1.0), (2, 1e9)]).iter().all(|n| !n.is_outlier()));
+        assert!(relative(&[(1, 0.0), (2, 0.0), (3, 0.0)]).iter().all(|n| n.ratio == 1.0));
+        let moved = relative(&[(1, 0.0), (2, 0.0), (3, 2.0)]);
+        assert!(moved[2].is_outlier() && moved[2].ratio.is_infinite());
+    }
+
+    #[test]
+    fn a_streak_is_warned_about_at_its_start_and_then_every_hundred_rounds() {
+        let mut record = OutlierRecord::default();
+        let honest = relative(&[(1, 1.0), (2, 1.0), (3, 1.0)]);
+        let attacked = relative(&[(1, 1.0), (2, 1.0), (3, 50.0)]);
+        assert!(record.round(1, 0, &honest).is_empty() && record.likely_cause().is_none());
+        let warned: Vec<u64> = (1..=201).filter(|&r| !record.round(1, r, &attacked).is_empty()).collect();
+        assert_eq!(warned, [1, 101, 201]);
+        record.round(2, 0, &honest);
+        assert_eq!(record.round(2, 1, &attacked)[0].1, 1, "a new streak after an honest round");
+    }
+
+    #[test]
+    fn the_likely_cause_is_the_worker_most_often_an_outlier() {
+        let mut record = OutlierRecord::default();
+        assert!(record.likely_cause().is_none());
+        for round in 1..=5 {
+            record.round(1, round, &relative(&[(1, 1.0), (2, 1.0), (3, 50.0)]));
+        }
+        // Blown up by worker 3, the others' updates are huge too at the end.
+        record.round(1, 6, &relative(&[(1, 1e9), (2, 1.0), (3, 1.0)]));
+        assert_eq!(record.likely_cause(), Some(&Outlier { worker: 3, ratio: 50.0, epoch: 1, round: 1 }));
+    }
+
+    #[test]
+    fn squared_distance_is_over_the_pairs() {
+        assert_eq!(squared_distance(&[1.0, 2.0], &[0.0, 4.0]), 5.0);
+    }
+}

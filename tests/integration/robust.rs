@@ -1,0 +1,84 @@
+//! `lazyavg-bench hostile --attack scale`, a client that joins like a worker
+//! and answers every pull with 100 × the last average, as one of 5 workers
+//! of a small run: with centered clipping (the rule README recommends) the
+//! run ends within 1 pp of the same run without it, and the coordinator's
+//! warning names the client; so does the mean with `--drop-outliers`;
+//! without it, the run diverges, and its error names the client instead of
+//! the learning rate.
+
+use std::process::Command;
+
+use crate::harness::*;
+use crate::support::*;
+
+/// A small run: one epoch of a narrow MLP among 5 workers.
+const SMALL: [&str; 6] = ["--workers", "5", "--epochs", "1", "--hidden", "32"];
+
+/// The warning that names a worker far from the others.
+const FAR: &str = "worker's update is far from the others' (its norm over the median's)";
+
+/// Starts a run of 5 with `args`, `hostile` of them scaling attackers
+/// (named hostile-1, …) and the rest real workers.
+fn five(hostile: usize, args: &[&str]) -> (tempfile::TempDir, Coordinator, Vec<Proc>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let args = [&SMALL[..], args].concat();
+    let coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
+    let mut procs = start_workers("worker", 5 - hostile, &coordinator.addr, tmp.path(), "info");
+    for i in 1..=hostile {
+        let name = format!("hostile-{i}");
+        let mut cmd = Command::new(lazyavg_bench());
+        cmd.args(["hostile", "--attack", "scale", "--name", &name, "--coordinator"])
+            .arg(format!("http://{}", coordinator.addr));
+        procs.push(Proc::spawn(&name, cmd));
+    }
+    (tmp, coordinator, procs)
+}
+
+/// Waits for the whole run to succeed; its final test accuracy.
+fn final_accuracy(coordinator: &mut Coordinator, procs: &mut [Proc]) -> f64 {
+    let mut all: Vec<&mut Proc> = procs.iter_mut().collect();
+    all.push(&mut coordinator.proc);
+    expect_success(&mut all);
+    let done = logged(&coordinator.proc, "training complete");
+    f64_field(done.first().unwrap_or_else(|| panic!("no end\n{}", coordinator.proc.dump())), "accuracy")
+}
+
+/// With `args`, one scaling client among 5 leaves the final accuracy within
+/// 1 pp of the same run without it, and a warning names it as left out;
+/// without it, no worker is named.
+fn holds_against_one_scaling_worker(args: &[&str]) {
+    let (_fair_dir, mut fair, mut workers) = five(0, args);
+    let fault_free = final_accuracy(&mut fair, &mut workers);
+    let (_dir, mut attacked, mut procs) = five(1, args);
+    let accuracy = final_accuracy(&mut attacked, &mut procs);
+    assert!(accuracy >= fault_free - 0.01, "{args:?}: {accuracy} under attack, {fault_free} without");
+    let warned = logged(&attacked.proc, FAR);
+    assert!(
+        warned
+            .iter()
+            .any(|l| l["name"] == "hostile-1" && l["left_out"] == true && f64_field(l, "ratio_to_median") > 10.0),
+        "{}",
+        attacked.proc.dump()
+    );
+    assert!(logged(&fair.proc, FAR).is_empty(), "no honest worker is an outlier\n{}", fair.proc.dump());
+}
+
+#[test]
+fn one_scaling_worker_among_five_barely_moves_centered_clipping_and_is_named() {
+    let _heavy = heavy();
+    holds_against_one_scaling_worker(&["--aggregate", "centered-clip"]);
+}
+
+#[test]
+fn the_mean_leaves_a_scaling_worker_out_when_asked() {
+    let _heavy = heavy();
+    holds_against_one_scaling_worker(&["--drop-outliers"]);
+}
+
+#[test]
+fn the_mean_diverges_under_a_scaling_worker_and_names_it() {
+    let _heavy = heavy();
+    let (_dir, mut coordinator, _procs) = five(1, &[]);
+    expect_exit(&mut coordinator.proc, 1, "after worker hostile-1 sent an update");
+    assert!(!last_line(&coordinator.proc).contains("lower --lr"), "{}", coordinator.proc.dump());
+}
