@@ -33,7 +33,9 @@ pub const MAX_WORKER_NAME_BYTES: usize = 256;
 /// Version of the protocol in `lazyavg.proto`; Join refuses any other.
 /// 3: the coordinator may send `Realign` (`--align`).
 /// 4: `RunConfig.model`, a model's description, replaces its `widths`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: the dataset blob may hold rank-4 images (magic 2052, several
+///    channels), which a version-4 worker would refuse mid-download.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The most payload bytes one message carries (weights, dataset, indices).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

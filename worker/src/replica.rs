@@ -119,15 +119,10 @@ impl Replica {
     /// A replica of the run's model, with placeholder weights until the
     /// coordinator sends the current ones.
     pub fn new(spec: &RunSpec, data: Arc<Dataset>) -> Result<Self> {
-        if data.image_len() != spec.model.input.len() {
-            return Err(ProtoError::Config(format!(
-                "the model takes {} inputs ({}) but the dataset's images have {} pixels",
-                spec.model.input.len(),
-                spec.model.input,
-                data.image_len()
-            ))
-            .into());
-        }
+        // The coordinator checked this against its own copy; a worker checks
+        // again what it holds, so a stale cache or a mixed release fails here
+        // and not in the middle of a batch.
+        spec.model.check_data(data.input_shape(), data.label_count())?;
         let mlp = spec.model.build()?;
         let units = mlp.permutation_spec();
         let params = vec![0.0; mlp.len()];
@@ -291,6 +286,7 @@ mod tests {
     use lazyavg_common::config::TrainConfig;
     use lazyavg_common::idx::Images;
     use lazyavg_common::rng::StreamRng;
+    use lazyavg_common::spec::InputShape;
     use lazyavg_proto::convert::encode_indices;
     use rand::{RngExt, SeedableRng};
 
@@ -301,7 +297,14 @@ mod tests {
         let mut rng = StreamRng::seed_from_u64(4);
         let pixels: Vec<u8> = (0..64 * 6).map(|_| rng.random_range(0..256) as u8).collect();
         let labels: Vec<u8> = (0..64).map(|_| rng.random_range(0..10) as u8).collect();
-        let data = Arc::new(Dataset::new(Images { count: 64, rows: 2, cols: 3, pixels }, labels, "toy").unwrap());
+        let data = Arc::new(
+            Dataset::new(
+                Images { count: 64, shape: InputShape { channels: 1, height: 2, width: 3 }, pixels },
+                labels,
+                "toy",
+            )
+            .unwrap(),
+        );
         let train = TrainConfig { batch_size: 8, momentum: 0.9, ..TrainConfig::default() };
         let model = lazyavg_common::spec::ModelSpec::from_widths(&[6, 7, 5, 10]).unwrap();
         let spec = RunSpec { model, train, epochs: 1 };

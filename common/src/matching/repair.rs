@@ -95,7 +95,7 @@ fn preactivation_stats(mlp: &Network, params: &[f32], data: &Dataset, indices: &
 mod tests {
     use super::*;
     use crate::idx::Images;
-    use crate::spec::ModelSpec;
+    use crate::spec::{InputShape, ModelSpec};
     use rand::{RngExt, SeedableRng};
 
     use crate::rng::StreamRng;
@@ -107,7 +107,12 @@ mod tests {
         let mut rng = StreamRng::seed_from_u64(3);
         let pixels = (0..300 * 20).map(|_| rng.random_range(0..256) as u8).collect();
         let labels = (0..300).map(|_| rng.random_range(0..4) as u8).collect();
-        let data = Dataset::new(Images { count: 300, rows: 4, cols: 5, pixels }, labels, "random").unwrap();
+        let data = Dataset::new(
+            Images { count: 300, shape: InputShape { channels: 1, height: 4, width: 5 }, pixels },
+            labels,
+            "random",
+        )
+        .unwrap();
         let indices: Vec<u32> = (0..300).collect();
         let mut merged: Vec<f32> = a.iter().zip(&b).map(|(x, y)| 0.25 * x + 0.75 * y).collect();
         let before = preactivation_stats(&mlp, &merged, &data, &indices);

@@ -4,7 +4,7 @@ use super::*;
 use crate::dataset::Dataset;
 use crate::idx::Images;
 use crate::model::{Network, Workspace};
-use crate::spec::ModelSpec;
+use crate::spec::{InputShape, ModelSpec};
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
@@ -33,7 +33,7 @@ fn images(inputs: usize, count: usize, seed: u64) -> Dataset {
         .map(|_| if rng.random_range(0..4) == 0 { rng.random_range(0..256) as u8 } else { 0 })
         .collect();
     let labels = (0..count).map(|_| rng.random_range(0..4) as u8).collect();
-    Dataset::new(Images { count, rows: 1, cols: inputs, pixels }, labels, "random").unwrap()
+    Dataset::new(Images { count, shape: InputShape::flat(inputs), pixels }, labels, "random").unwrap()
 }
 
 fn permuted(spec: &PermutationSpec, perm: &Permutation, params: &[f32]) -> Vec<f32> {
