@@ -293,6 +293,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_replica_refuses_a_dataset_its_model_cannot_take() {
+        let grey = InputShape { channels: 1, height: 2, width: 2 };
+        let model = lazyavg_common::spec::ModelSpec::mlp(grey, &[3], 5);
+        let spec = RunSpec { model, train: TrainConfig::default(), epochs: 1 };
+        let refusal = |shape: InputShape, label: u8| {
+            let images = Images { count: 1, shape, pixels: vec![0; shape.len()] };
+            let data = Arc::new(Dataset::new(images, vec![label], "toy").unwrap());
+            Replica::new(&spec, data).err().map(|e| e.to_string())
+        };
+        assert_eq!(refusal(grey, 4), None);
+        let colour = InputShape { channels: 3, height: 2, width: 2 };
+        let err = refusal(colour, 0).expect("another shape is refused");
+        assert!(err.contains("model expects 1x2x2 inputs, the data has 3x2x2 images"), "{err}");
+        let err = refusal(grey, 7).expect("a label beyond the outputs is refused");
+        assert!(err.contains("model has 5 outputs, the data's labels go up to 7"), "{err}");
+    }
+
+    #[test]
     fn a_replica_whose_units_and_momentum_were_reordered_trains_on_as_the_same_model() {
         let mut rng = StreamRng::seed_from_u64(4);
         let pixels: Vec<u8> = (0..64 * 6).map(|_| rng.random_range(0..256) as u8).collect();
