@@ -73,6 +73,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.epochs > 0, "invalid --epochs: must be at least 1");
     let (split, verification) = dataset::load_dir(&args.data.data_dir, args.verify)?;
     verification.log();
+    let input = split.train.input_shape();
+    info!(train = split.train.len(), test = split.test.len(), %input, classes = split.label_count(), "data loaded");
     let (model, mut trainer) = start(args, &config, &split)?;
     let samples: Vec<u32> = match args.part {
         Some(part) => part.indices(args.split_seed, split.train.len()),

@@ -88,6 +88,8 @@ fn a_named_cnn_trains_on_colour_images_of_five_classes_in_one_process() {
     assert_eq!(proc.wait(EPOCH_TIMEOUT), 0, "{}", proc.dump());
     let accuracy = last_accuracy(&proc, "epoch done");
     assert!(accuracy >= 0.9, "the FedAvg CNN reached only {accuracy} on the colour set\n{}", proc.dump());
+    let loaded = wait_for_line(&mut proc, "data loaded", EPOCH_TIMEOUT);
+    assert_eq!((loaded["input"].as_str(), u64_field(&loaded, "classes")), (Some("3x8x8"), CLASSES as u64), "{loaded}");
     assert_model_file_fits_the_data(&model);
 }
 
