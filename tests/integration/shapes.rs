@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use lazyavg_common::dataset::{DataFile, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
 use lazyavg_common::idx::{self, CHANNEL_IMAGES_MAGIC, LABELS_MAGIC};
@@ -63,6 +64,17 @@ fn colour_data() -> (tempfile::TempDir, PathBuf) {
     (tmp, data)
 }
 
+/// A coordinator with two local workers training `model` on `data` into `out`.
+fn local_run(data: &Path, out: &Path, model: &str) -> Command {
+    let mut cmd = lazyavg();
+    cmd.args(["--log-format", "json", "coordinator", "--spawn-workers", "2", "--bind", "127.0.0.1:0"])
+        .args(["--model", model, "--data-dir"])
+        .arg(data)
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
 /// The accuracy of the last line of `proc` logging `message`.
 fn last_accuracy(proc: &Proc, message: &str) -> f64 {
     let line = wait_until(&format!("the {message:?} log line"), std::time::Duration::from_secs(5), || {
@@ -98,15 +110,8 @@ fn a_two_worker_cluster_ships_colour_images_in_their_shape_and_trains_on_them() 
     let _heavy = heavy();
     let (tmp, data) = colour_data();
     let (out, cache) = (tmp.path().join("out"), tmp.path().join("cache"));
-    let mut cmd = lazyavg();
-    cmd.args(["--log-format", "json", "coordinator", "--spawn-workers", "2", "--bind", "127.0.0.1:0"])
-        .args(["--model", "conv 8 3x3 pad 1, relu, maxpool 2, flatten, dense 5"])
-        .args(RUN)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .env("LAZYAVG_CACHE_DIR", &cache);
+    let mut cmd = local_run(&data, &out, "conv 8 3x3 pad 1, relu, maxpool 2, flatten, dense 5");
+    cmd.args(RUN).env("LAZYAVG_CACHE_DIR", &cache);
     let mut proc = Proc::spawn("coordinator", cmd);
     expect_success(&mut [&mut proc]);
     let accuracy = last_accuracy(&proc, "training complete");
@@ -144,14 +149,10 @@ fn a_stack_with_fewer_outputs_than_classes_is_refused_by_train_and_by_the_coordi
         &refused(&["--classes", "4"], &data),
         &["invalid --classes: is 4, but the data's labels go up to 4"],
     );
-    let mut cmd = lazyavg();
-    cmd.args(["--log-format", "json", "coordinator", "--spawn-workers", "2", "--bind", "127.0.0.1:0"])
-        .args(["--model", stack, "--data-dir"])
-        .arg(&data)
-        .arg("--out")
-        .arg(tmp.path().join("out"));
-    let mut proc = Proc::spawn("coordinator", cmd);
+    let out = tmp.path().join("out");
+    let mut proc = Proc::spawn("coordinator", local_run(&data, &out, stack));
     expect_exit_within(&mut proc, EPOCH_TIMEOUT, 1, "model has 3 outputs, the data's labels go up to 4");
     assert!(logged(&proc, "listening").is_empty(), "it served before refusing\n{}", proc.dump());
     assert!(logged(&proc, "started local worker").is_empty(), "a worker started\n{}", proc.dump());
+    assert!(!out.exists(), "the refused run created its output directory");
 }
