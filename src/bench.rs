@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use lazyavg_common::config::TrainConfig;
 use lazyavg_common::dataset::{self, Dataset};
-use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::matmul::{self, Matrix};
 use lazyavg_common::rng::{self, Purpose};
 use lazyavg_common::spec::ModelSpec;
@@ -53,7 +52,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     let per_repetition = Duration::from_secs_f64(args.seconds / REPETITIONS as f64);
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
     let base = TrainConfig::default();
-    let arch = args.model.resolve(split.train.input_shape(), NUM_CLASSES)?;
+    let arch = args.model.resolve(split.train.input_shape(), split.label_count())?;
     let flop_per_sample = arch.build()?.train_flop_per_sample() as f64;
     let mut workloads = Vec::with_capacity(BATCH_SIZES.len() + 1);
     for batch_size in BATCH_SIZES {

@@ -71,6 +71,9 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     // First, since it refuses mismatched inputs before the data is read.
     let naive = merge(&spec, &inputs, &weights, &NoAlignment { spec: spec.clone() })?;
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
+    mlp.spec()
+        .check_data(split.train.input_shape(), split.label_count())
+        .with_context(|| format!("{} and --data-dir {}", inputs[0].name, args.data.data_dir.display()))?;
     let start = Instant::now();
     let aligner: Box<dyn Align + '_> = match args.matching {
         Matching::None => Box::new(NoAlignment { spec: spec.clone() }),

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lazyavg_common::config::{ModelSettings, TrainConfig};
-use lazyavg_common::dataset;
-use lazyavg_common::idx::NUM_CLASSES;
+use lazyavg_common::dataset::{self, DataSplit};
 use lazyavg_common::model_file;
 use lazyavg_common::rng::{self, Purpose};
 use lazyavg_common::spec::{InputShape, ModelSpec};
@@ -19,16 +18,17 @@ use crate::cli::TrainArgs;
 
 /// The model and a trainer for it: from `--resume`'s file, else from the
 /// model flags with weights drawn from the seed.
-fn start(args: &TrainArgs, config: &TrainConfig, input: InputShape) -> anyhow::Result<(ModelSpec, Trainer)> {
+fn start(args: &TrainArgs, config: &TrainConfig, split: &DataSplit) -> anyhow::Result<(ModelSpec, Trainer)> {
+    let (input, label_count) = (split.train.input_shape(), split.label_count());
     match &args.resume {
         Some(path) => {
-            let (model, params) = resumed(path, &args.hyper.model, input)?;
+            let (model, params) = resumed(path, &args.hyper.model, input, label_count)?;
             info!(path = %path.display(), "starting from the weights of a model file");
             let trainer = Trainer::with_params(config, model.build()?, params)?;
             Ok((model, trainer))
         }
         None => {
-            let model = args.hyper.model.resolve(input, NUM_CLASSES)?;
+            let model = args.hyper.model.resolve(input, label_count)?;
             let trainer = Trainer::new(config, &model)?;
             Ok((model, trainer))
         }
@@ -36,23 +36,29 @@ fn start(args: &TrainArgs, config: &TrainConfig, input: InputShape) -> anyhow::R
 }
 
 /// `--resume FILE`: the model the file describes and its weights, checked
-/// against the data's images and classes and against `--model`/`--hidden`
-/// when given. A flat input recorded by earlier versions takes the data's shape.
-fn resumed(path: &Path, settings: &ModelSettings, input: InputShape) -> anyhow::Result<(ModelSpec, Vec<f32>)> {
+/// against the data's images and labels and against `--model`/`--hidden`/
+/// `--classes` when given. A flat input recorded by earlier versions takes
+/// the data's shape.
+fn resumed(
+    path: &Path,
+    settings: &ModelSettings,
+    input: InputShape,
+    label_count: usize,
+) -> anyhow::Result<(ModelSpec, Vec<f32>)> {
     let (mut model, params) = model_file::load(path)?;
-    let for_data = ModelSpec { input, ..model.clone() };
-    anyhow::ensure!(
-        model.same_network(&for_data) && model.classes == NUM_CLASSES,
-        "invalid --resume: {} holds a model of {} inputs and {} classes, but the data has {}x{} pixels and {NUM_CLASSES} classes",
-        path.display(),
-        model.input.len(),
-        model.classes,
-        input.height,
-        input.width
-    );
+    model.check_data(input, label_count).with_context(|| format!("invalid --resume {}", path.display()))?;
     model.input = input;
+    if let Some(given) = settings.classes {
+        anyhow::ensure!(
+            given == model.classes,
+            "invalid --resume: {} holds a model of {} classes but --classes is {given}",
+            path.display(),
+            model.classes
+        );
+    }
     if settings.model.is_some() || settings.hidden.is_some() {
-        let wanted = settings.resolve(input, NUM_CLASSES)?;
+        // The file's class count stands for the labels': a named model takes it.
+        let wanted = settings.resolve(input, model.classes)?;
         anyhow::ensure!(
             wanted.same_network(&model),
             "invalid --resume: {} holds a {model} model but --model/--hidden make a {wanted}",
@@ -67,7 +73,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.epochs > 0, "invalid --epochs: must be at least 1");
     let (split, verification) = dataset::load_dir(&args.data.data_dir, args.verify)?;
     verification.log();
-    let (model, mut trainer) = start(args, &config, split.train.input_shape())?;
+    let input = split.train.input_shape();
+    info!(train = split.train.len(), test = split.test.len(), %input, classes = split.label_count(), "data loaded");
+    let (model, mut trainer) = start(args, &config, &split)?;
     let samples: Vec<u32> = match args.part {
         Some(part) => part.indices(args.split_seed, split.train.len()),
         None => (0..split.train.len() as u32).collect(),

@@ -1,5 +1,9 @@
 //! Datasets in memory, and loading the four MNIST-layout IDX files from a directory.
 //!
+//! The images' shape comes from the files' headers (one channel of rows ×
+//! columns, or channels × rows × columns) and the class count from the
+//! labels, so Fashion-MNIST, EMNIST or a converted colour set load as MNIST does.
+//!
 //! Images stay u8 (one contiguous buffer, 47 MB for MNIST's training set);
 //! a minibatch is converted to f32 in [0, 1] only when it is used.
 
@@ -11,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::idx::{self, Images};
+use crate::spec::InputShape;
 
 /// One of the four files of an MNIST-layout directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +44,10 @@ pub const TEST_LABELS: DataFile = DataFile {
 };
 pub const DATA_FILES: [DataFile; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
 
-/// Labelled images: `len()` images of `rows × cols` pixels.
+/// Labelled images: `len()` images of `input_shape()` pixels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataset {
-    pub rows: usize,
-    pub cols: usize,
+    shape: InputShape,
     pixels: Vec<u8>,
     labels: Vec<u8>,
 }
@@ -58,7 +62,7 @@ impl Dataset {
                 images: images.count,
             });
         }
-        Ok(Dataset { rows: images.rows, cols: images.cols, pixels: images.pixels, labels })
+        Ok(Dataset { shape: images.shape, pixels: images.pixels, labels })
     }
 
     pub fn len(&self) -> usize {
@@ -71,12 +75,17 @@ impl Dataset {
 
     /// Pixels per image: the model's input width.
     pub fn image_len(&self) -> usize {
-        self.rows * self.cols
+        self.shape.len()
     }
 
-    /// The shape of one image as a model's input: one channel of `rows × cols`.
-    pub fn input_shape(&self) -> crate::spec::InputShape {
-        crate::spec::InputShape { channels: 1, height: self.rows, width: self.cols }
+    /// The shape of one image as a model's input, channels × rows × columns.
+    pub fn input_shape(&self) -> InputShape {
+        self.shape
+    }
+
+    /// The classes the labels need: the highest label + 1 (0 for no images).
+    pub fn label_count(&self) -> usize {
+        self.labels.iter().max().map_or(0, |&l| usize::from(l) + 1)
     }
 
     pub fn labels(&self) -> &[u8] {
@@ -124,25 +133,18 @@ impl Dataset {
     /// The dataset as one byte blob (the images IDX file followed by the labels
     /// IDX file), the form in which the coordinator ships it to workers.
     pub fn to_blob(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.pixels.len() + 8 + self.labels.len());
-        let n = self.len() as u32;
-        idx::encode_into(&mut out, idx::IMAGES_MAGIC, &[n, self.rows as u32, self.cols as u32], &self.pixels);
-        idx::encode_into(&mut out, idx::LABELS_MAGIC, &[n], &self.labels);
+        let mut out = Vec::with_capacity(20 + self.pixels.len() + 8 + self.labels.len());
+        idx::encode_images_into(&mut out, self.len(), self.shape, &self.pixels);
+        idx::encode_into(&mut out, idx::LABELS_MAGIC, &[self.len() as u32], &self.labels);
         out
     }
 
     /// Parses a blob made by [`Dataset::to_blob`], with the IDX checks.
     pub fn from_blob(name: &str, mut blob: Vec<u8>) -> Result<Self> {
-        if blob.len() < 16 {
-            return Err(Error::idx(name, format!("{} bytes is too short for a dataset blob", blob.len())));
+        let images_len = idx::images_header(name, &blob)?.file_len;
+        if images_len > blob.len() {
+            return Err(Error::idx(name, format!("images of {images_len} bytes do not fit in {} bytes", blob.len())));
         }
-        let dim = |i: usize| u32::from_be_bytes([blob[i], blob[i + 1], blob[i + 2], blob[i + 3]]) as usize;
-        let images_len = dim(4)
-            .checked_mul(dim(8))
-            .and_then(|n| n.checked_mul(dim(12)))
-            .and_then(|n| n.checked_add(16))
-            .filter(|&n| n <= blob.len())
-            .ok_or_else(|| Error::idx(name, format!("image header does not fit in {} bytes", blob.len())))?;
         let labels = blob.split_off(images_len);
         let images = idx::parse_images(name, blob)?;
         let labels = idx::parse_labels(name, labels)?;
@@ -162,6 +164,14 @@ pub struct DataSplit {
     pub test: Dataset,
 }
 
+impl DataSplit {
+    /// The classes the labels of both sets need: a test label the training
+    /// set lacks still needs its output.
+    pub fn label_count(&self) -> usize {
+        self.train.label_count().max(self.test.label_count())
+    }
+}
+
 /// What `--verify` concluded about a directory's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
@@ -175,14 +185,14 @@ pub enum Verification {
     /// same layout (e.g. Fashion-MNIST), whose hashes we cannot know.
     UnknownDataset,
     /// Not asked for, of files that are not MNIST's shape (their sizes, as
-    /// train, test, rows, cols): the one case where hashing is not needed to
-    /// see that the data is not MNIST. Files of MNIST's exact shape
+    /// train, test, image): the one case where hashing is not needed to see
+    /// that the data is not MNIST. Files of MNIST's exact shape
     /// (Fashion-MNIST's too) are not told apart without `--verify`.
-    SkippedNotMnist { train: usize, test: usize, rows: usize, cols: usize },
+    SkippedNotMnist { train: usize, test: usize, image: InputShape },
 }
 
-/// MNIST's shape: training images, test images, rows, columns.
-const MNIST_SHAPE: (usize, usize, usize, usize) = (60_000, 10_000, 28, 28);
+/// MNIST's shape: training images, test images, one image.
+const MNIST_SHAPE: (usize, usize, InputShape) = (60_000, 10_000, InputShape { channels: 1, height: 28, width: 28 });
 
 impl Verification {
     /// Says in one log line what the check found.
@@ -194,11 +204,10 @@ impl Verification {
             Verification::UnknownDataset => {
                 tracing::warn!("hash check skipped: these files are not MNIST and the directory has no SHA256SUMS")
             }
-            &Verification::SkippedNotMnist { train, test, rows, cols } => tracing::info!(
+            &Verification::SkippedNotMnist { train, test, image } => tracing::info!(
                 train,
                 test,
-                rows,
-                cols,
+                %image,
                 "these files are not MNIST; no hash check was made (--verify checks them against the directory's SHA256SUMS)"
             ),
         }
@@ -249,17 +258,17 @@ pub fn load_dir(dir: &Path, verify: bool) -> Result<(DataSplit, Verification)> {
         idx::parse_labels(TEST_LABELS.name, test_labels)?,
         TEST_LABELS.name,
     )?;
-    let shape = (train.len(), test.len(), train.rows, train.cols);
+    let shape = (train.len(), test.len(), train.shape);
     let verification = match verification {
         Verification::Skipped if shape != MNIST_SHAPE => {
-            Verification::SkippedNotMnist { train: shape.0, test: shape.1, rows: shape.2, cols: shape.3 }
+            Verification::SkippedNotMnist { train: shape.0, test: shape.1, image: shape.2 }
         }
         verified => verified,
     };
-    if (train.rows, train.cols) != (test.rows, test.cols) {
+    if train.shape != test.shape {
         return Err(Error::idx(
             TEST_IMAGES.name,
-            format!("images are {}x{} but training images are {}x{}", test.rows, test.cols, train.rows, train.cols),
+            format!("images are {} but training images are {}", test.shape, train.shape),
         ));
     }
     Ok((DataSplit { train, test }, verification))
@@ -359,7 +368,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_dir(dir.path(), 5, 5);
         let (_, verification) = load_dir(dir.path(), false).unwrap();
-        assert_eq!(verification, Verification::SkippedNotMnist { train: 5, test: 3, rows: 4, cols: 4 });
+        let image = InputShape { channels: 1, height: 4, width: 4 };
+        assert_eq!(verification, Verification::SkippedNotMnist { train: 5, test: 3, image });
     }
 
     #[test]
@@ -402,9 +412,48 @@ mod tests {
         assert!(Dataset::from_blob("blob", vec![0; 20]).is_err());
     }
 
+    /// Writes a directory of rank-4 images of `train_shape` (training) and
+    /// `test_shape` (test), labelled `0..classes` in turn.
+    fn write_channel_dir(dir: &Path, train_shape: [u32; 3], test_shape: [u32; 3], classes: u8) {
+        let write = |file: &DataFile, labels: &DataFile, n: u32, [c, h, w]: [u32; 3]| {
+            let pixels: Vec<u8> = (0..n * c * h * w).map(|i| i as u8).collect();
+            let magic = idx::CHANNEL_IMAGES_MAGIC;
+            fs::write(dir.join(file.name), idx_bytes(magic, &[n, c, h, w], &pixels)).unwrap();
+            let lb: Vec<u8> = (0..n).map(|i| i as u8 % classes).collect();
+            fs::write(dir.join(labels.name), idx_bytes(idx::LABELS_MAGIC, &[n], &lb)).unwrap();
+        };
+        write(&TRAIN_IMAGES, &TRAIN_LABELS, 12, train_shape);
+        write(&TEST_IMAGES, &TEST_LABELS, 4, test_shape);
+    }
+
+    #[test]
+    fn loads_images_of_several_channels_and_counts_classes_from_the_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        write_channel_dir(dir.path(), [3, 2, 5], [3, 2, 5], 6);
+        let (split, verification) = load_dir(dir.path(), false).unwrap();
+        let shape = InputShape { channels: 3, height: 2, width: 5 };
+        assert_eq!((split.train.input_shape(), split.train.image_len()), (shape, 30));
+        assert_eq!(verification, Verification::SkippedNotMnist { train: 12, test: 4, image: shape });
+        // The test set holds labels 0..=3 only; the training set's 5 counts.
+        assert_eq!((split.train.label_count(), split.test.label_count(), split.label_count()), (6, 4, 6));
+        let back = Dataset::from_blob("blob", split.train.to_blob()).unwrap();
+        assert_eq!(back, split.train);
+        let (mut x, mut y) = (vec![0.0; 30], vec![0; 1]);
+        split.train.fill_batch([1].into_iter(), &mut x, &mut y);
+        assert_eq!(((x[0] * 255.0).round(), y[0]), (30.0, 1), "image 1 starts at pixel 30");
+    }
+
+    #[test]
+    fn test_images_of_another_shape_are_refused_with_both_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        write_channel_dir(dir.path(), [3, 2, 5], [1, 2, 5], 6);
+        let err = load_dir(dir.path(), false).unwrap_err().to_string();
+        assert_eq!(err, "t10k-images-idx3-ubyte: images are 1x2x5 but training images are 3x2x5");
+    }
+
     #[test]
     fn batches_are_scaled_to_unit_range() {
-        let images = Images { count: 2, rows: 1, cols: 2, pixels: vec![0, 255, 51, 102] };
+        let images = Images { count: 2, shape: InputShape::flat(2), pixels: vec![0, 255, 51, 102] };
         let ds = Dataset::new(images, vec![3, 4], "l").unwrap();
         let (mut x, mut y) = (vec![0.0; 4], vec![0; 2]);
         ds.fill_batch([1, 0].into_iter(), &mut x, &mut y);

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use crate::spec::InputShape;
+
 /// Errors from loading data, model files and configuration, and from the math
 /// when it is handed buffers of the wrong size.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,14 @@ pub enum Error {
     /// (`layer 3 (dense 0)`) or the part of the description.
     #[error("invalid model, {at}: {problem}")]
     Model { at: String, problem: String },
+
+    /// A model that cannot take a data set's images.
+    #[error("model expects {model} inputs, the data has {data} images")]
+    InputMismatch { model: InputShape, data: InputShape },
+
+    /// A model with no output for some of a data set's labels.
+    #[error("model has {outputs} outputs, the data's labels go up to {highest}")]
+    TooFewOutputs { outputs: usize, highest: usize },
 
     #[error("parameter buffer holds {actual} values but the architecture {architecture} needs {expected}")]
     ParamLength { architecture: String, expected: usize, actual: usize },

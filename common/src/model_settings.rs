@@ -1,6 +1,10 @@
-//! `--model` and `--hidden`, the same on `lazyavg train` and `lazyavg
-//! coordinator`: which model to train, turned into a [`ModelSpec`] once the
-//! data's shape and class count are known.
+//! `--model`, `--hidden` and `--classes`, the same on `lazyavg train` and
+//! `lazyavg coordinator`: which model to train, turned into a [`ModelSpec`]
+//! once the data's shape and labels are known.
+//!
+//! The data decides the input's shape; the class count is `--classes`, else
+//! the highest label + 1. A named model (`mlp`, `lenet5`, `cnn`) gets that
+//! many outputs; a stack of layers gives its own, which must cover the labels.
 //!
 //! In a config file, `model = "mlp"` (with `hidden = [200, 200]`) or a table
 //! of layers:
@@ -23,8 +27,8 @@ use crate::spec::{InputShape, LAYER_KINDS, LayerSpec, ModelSpec};
 /// The default MLP's hidden widths.
 pub const DEFAULT_HIDDEN: [usize; 2] = [200, 200];
 
-/// The named convolutional networks, for 10 classes (the last layer takes
-/// the data's class count): LeNet-5, and the CNN of the FedAvg paper
+/// The named convolutional networks, written for 10 classes (the last layer
+/// takes the data's class count): LeNet-5, and the CNN of the FedAvg paper
 /// (McMahan et al., 2017), 1,663,370 parameters on MNIST.
 const PRESETS: [(&str, &str); 2] = [
     (
@@ -93,12 +97,21 @@ pub struct ModelSettings {
     #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "W,W,..")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Vec<usize>>,
+
+    /// How many classes the model tells apart: the output count of mlp, lenet5 and cnn, which a stack of layers must give; for data whose labels do not show every class [default: the highest label + 1].
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
 }
 
 impl ModelSettings {
-    /// The checks that need no data: `--hidden`'s widths, a known name, and
-    /// no `--hidden` beside a stack that gives its widths itself.
+    /// The checks that need no data: `--hidden`'s widths, `--classes` above
+    /// 0, a known name, and no `--hidden` beside a stack that gives its
+    /// widths itself.
     pub fn check(&self) -> Result<()> {
+        if self.classes == Some(0) {
+            return Err(Error::config("--classes", "must be at least 1"));
+        }
         if let Some(hidden) = &self.hidden {
             if hidden.is_empty() {
                 return Err(Error::config("--hidden", "needs at least one layer width, e.g. 200,200"));
@@ -126,13 +139,29 @@ impl ModelSettings {
         }
     }
 
-    /// The model for samples of `input` and `classes` classes, validated.
-    pub fn resolve(&self, input: InputShape, classes: usize) -> Result<ModelSpec> {
+    /// The model for samples of `input` whose labels need `label_count`
+    /// classes (the highest label + 1), validated.
+    pub fn resolve(&self, input: InputShape, label_count: usize) -> Result<ModelSpec> {
         self.check()?;
+        if let Some(given) = self.classes.filter(|&given| given < label_count) {
+            return Err(Error::config(
+                "--classes",
+                format!("is {given}, but the data's labels go up to {}", label_count - 1),
+            ));
+        }
+        let classes = self.classes.unwrap_or(label_count);
         let spec = match &self.model {
             Some(ModelChoice::Stack(table)) => {
-                check_recorded(table, input, classes)?;
-                ModelSpec { input, layers: parse_layers(&table.layers)?, classes }
+                let spec = ModelSpec::from_layers(input, parse_layers(&table.layers)?)?;
+                check_recorded(table, &spec)?;
+                spec.check_data(input, label_count)?;
+                if let Some(given) = self.classes.filter(|&given| given != spec.classes) {
+                    return Err(Error::config(
+                        "--classes",
+                        format!("is {given}, but the model's last layer gives {} outputs", spec.classes),
+                    ));
+                }
+                spec
             }
             Some(ModelChoice::Named(name)) if name != "mlp" => {
                 let mut layers = preset(name).expect("check() knows the name");
@@ -152,7 +181,7 @@ impl ModelSettings {
     pub fn recorded(spec: &ModelSpec) -> Self {
         let layers = spec.layers.iter().map(ToString::to_string).collect();
         let table = StackTable { layers, input: Some(spec.input), classes: Some(spec.classes) };
-        ModelSettings { model: Some(ModelChoice::Stack(table)), hidden: None }
+        ModelSettings { model: Some(ModelChoice::Stack(table)), hidden: None, classes: None }
     }
 }
 
@@ -179,13 +208,15 @@ fn parse_layers(layers: &[String]) -> Result<Vec<LayerSpec>> {
         .collect()
 }
 
-/// A recorded input shape or class count must be the data's.
-fn check_recorded(table: &StackTable, input: InputShape, classes: usize) -> Result<()> {
-    if let Some(recorded) = table.input.filter(|&r| r != input) {
-        return Err(Error::model(0, "input", format!("the model takes {recorded} but the data's images are {input}")));
+/// A recorded input shape must be the data's (a stack takes the data's
+/// shape where none is recorded), and a recorded class count the stack's.
+fn check_recorded(table: &StackTable, spec: &ModelSpec) -> Result<()> {
+    if let Some(recorded) = table.input.filter(|&r| r != spec.input) {
+        return Err(Error::InputMismatch { model: recorded, data: spec.input });
     }
-    if let Some(recorded) = table.classes.filter(|&r| r != classes) {
-        return Err(Error::model(0, "classes", format!("the model has {recorded} but the data has {classes}")));
+    if let Some(recorded) = table.classes.filter(|&r| r != spec.classes) {
+        let problem = format!("records {recorded} classes but its last layer gives {} outputs", spec.classes);
+        return Err(Error::model(0, "classes", problem));
     }
     Ok(())
 }
@@ -197,14 +228,14 @@ mod tests {
     const MNIST: InputShape = InputShape { channels: 1, height: 28, width: 28 };
 
     fn stack(text: &str) -> ModelSettings {
-        ModelSettings { model: Some(text.parse().unwrap()), hidden: None }
+        ModelSettings { model: Some(text.parse().unwrap()), hidden: None, classes: None }
     }
 
     #[test]
     fn the_default_is_the_mlp_and_hidden_is_its_shorthand() {
         let spec = ModelSettings::default().resolve(MNIST, 10).unwrap();
         assert_eq!(spec.to_string(), "784-200-200-10");
-        let small = ModelSettings { model: Some("mlp".parse().unwrap()), hidden: Some(vec![64]) };
+        let small = ModelSettings { model: Some("mlp".parse().unwrap()), hidden: Some(vec![64]), classes: None };
         assert_eq!(small.resolve(MNIST, 10).unwrap().to_string(), "784-64-10");
         let custom = stack("dense 400, relu, dense 200, relu, dense 100, relu, dense 10");
         assert_eq!(custom.resolve(MNIST, 10).unwrap().to_string(), "784-400-200-100-10");
@@ -221,10 +252,7 @@ mod tests {
             err(stack("dense 400, gelu, dense 10")),
             format!("invalid model, layer 2 (gelu): unknown layer kind \"gelu\" in \"gelu\" (known: {LAYER_KINDS})")
         );
-        assert_eq!(
-            err(stack("dense 400, relu, dense 7")),
-            "invalid model, layer 3 (dense 7): gives 7 outputs but the data has 10 classes"
-        );
+        assert_eq!(err(stack("dense 400, relu, dense 7")), "model has 7 outputs, the data's labels go up to 9");
         assert!(
             err(stack("relu, dense 10"))
                 .starts_with("invalid model, layer 1 (relu): must follow a dense, conv or maxpool layer")
@@ -232,7 +260,7 @@ mod tests {
         let both = ModelSettings { hidden: Some(vec![5]), ..stack("dense 10") };
         assert!(err(both).starts_with("invalid --hidden: is the MLP's shorthand"));
         assert!(
-            err(ModelSettings { model: Some(ModelChoice::Named("resnet".into())), hidden: None })
+            err(ModelSettings { model: Some(ModelChoice::Named("resnet".into())), hidden: None, classes: None })
                 .starts_with("invalid --model: unknown model \"resnet\"")
         );
     }
@@ -248,9 +276,45 @@ mod tests {
         let other = InputShape { channels: 3, height: 32, width: 32 };
         assert_eq!(
             back.resolve(other, 10).unwrap_err().to_string(),
-            "invalid model, input: the model takes 1x28x28 but the data's images are 3x32x32"
+            "model expects 1x28x28 inputs, the data has 3x32x32 images"
+        );
+        assert_eq!(
+            back.resolve(MNIST, 47).unwrap_err().to_string(),
+            "model has 10 outputs, the data's labels go up to 46"
         );
         let named: ModelSettings = toml::from_str("model = \"mlp\"\nhidden = [64]\n").unwrap();
         assert_eq!(named.resolve(MNIST, 10).unwrap().to_string(), "784-64-10");
+    }
+
+    #[test]
+    fn named_models_take_the_class_count_from_the_labels_or_classes() {
+        let colour = InputShape { channels: 3, height: 32, width: 32 };
+        let cnn = stack("cnn").resolve(colour, 47).unwrap();
+        assert_eq!((cnn.input, cnn.classes, cnn.layers.last()), (colour, 47, Some(&LayerSpec::Dense { units: 47 })));
+        let wider = ModelSettings { classes: Some(12), ..stack("lenet5") };
+        assert_eq!(wider.resolve(MNIST, 10).unwrap().classes, 12);
+        assert_eq!(
+            ModelSettings { classes: Some(12), ..ModelSettings::default() }.resolve(MNIST, 5).unwrap().to_string(),
+            "784-200-200-12"
+        );
+    }
+
+    #[test]
+    fn a_stack_may_have_more_outputs_than_the_labels_show_and_classes_must_agree() {
+        let spec = stack("dense 10").resolve(MNIST, 5).unwrap();
+        assert_eq!(spec.classes, 10, "a subset without the higher labels still trains a 10-class model");
+        let err = |s: ModelSettings, labels| s.resolve(MNIST, labels).unwrap_err().to_string();
+        assert_eq!(
+            err(ModelSettings { classes: Some(12), ..stack("dense 10") }, 10),
+            "invalid --classes: is 12, but the model's last layer gives 10 outputs"
+        );
+        assert_eq!(
+            err(ModelSettings { classes: Some(10), ..stack("cnn") }, 47),
+            "invalid --classes: is 10, but the data's labels go up to 46"
+        );
+        assert_eq!(
+            err(ModelSettings { classes: Some(0), ..stack("cnn") }, 47),
+            "invalid --classes: must be at least 1"
+        );
     }
 }

@@ -39,7 +39,7 @@ fn reference_loss(net: &Network, params: &[f64], x: &[f64], labels: &[u8]) -> f6
 fn tiny_batch(rng: &mut StreamRng, b: usize, inputs: usize) -> Dataset {
     let pixels = (0..b * inputs).map(|_| rng.random()).collect();
     let labels = (0..b).map(|_| rng.random_range(0..2)).collect();
-    Dataset::new(Images { count: b, rows: 1, cols: inputs, pixels }, labels, "tiny").unwrap()
+    Dataset::new(Images { count: b, shape: InputShape::flat(inputs), pixels }, labels, "tiny").unwrap()
 }
 
 #[test]

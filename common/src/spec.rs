@@ -42,8 +42,10 @@ impl InputShape {
         self.channels * self.height * self.width
     }
 
+    /// Whether a dimension is 0; never overflows, so it may be asked of a
+    /// shape read from an untrusted header.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.channels == 0 || self.height == 0 || self.width == 0
     }
 }
 
@@ -109,11 +111,49 @@ impl ModelSpec {
         Ok(spec)
     }
 
+    /// A stack whose classes are what its last layer gives (a `[model]`
+    /// table's `dense 10`), checked as far as [`ModelSpec::check`] goes
+    /// before the class count.
+    pub fn from_layers(input: InputShape, layers: Vec<LayerSpec>) -> Result<Self> {
+        let mut spec = ModelSpec { input, layers, classes: 0 };
+        spec.classes = spec.shapes()?.last().map_or(0, Shape::len);
+        Ok(spec)
+    }
+
     /// Checks the stack and returns the shape after every layer: fails on no
     /// layers, a layer that cannot take its input, a zero width, an output
     /// that is not `classes` wide, or too many parameters. Errors name the
     /// layer (1-based, as written) and the numbers.
     pub fn check(&self) -> Result<Vec<Shape>> {
+        let shapes = self.shapes()?;
+        let (last, shape) = (self.layers.len(), shapes[shapes.len() - 1]);
+        if shape.len() != self.classes {
+            let layer = self.layers[last - 1].to_string();
+            let problem = format!("gives {} outputs but the model has {} classes", shape.len(), self.classes);
+            return Err(Error::model(last, &layer, problem));
+        }
+        self.check_size()?;
+        Ok(shapes)
+    }
+
+    /// Whether the model can train on and be tested with images of `input`
+    /// whose labels need `label_count` classes: the same shape (or, for a
+    /// flat input recorded by a file of widths, as many values) and an
+    /// output for every label. The errors name both shapes or counts.
+    pub fn check_data(&self, input: InputShape, label_count: usize) -> Result<()> {
+        let flat = self.input == InputShape::flat(self.input.len());
+        if self.input != input && !(flat && self.input.len() == input.len()) {
+            return Err(Error::InputMismatch { model: self.input, data: input });
+        }
+        if self.classes < label_count {
+            return Err(Error::TooFewOutputs { outputs: self.classes, highest: label_count - 1 });
+        }
+        Ok(())
+    }
+
+    /// The shape after every layer, each checked against its input; the
+    /// class count is not looked at.
+    fn shapes(&self) -> Result<Vec<Shape>> {
         if self.layers.is_empty() {
             return Err(Error::model(0, "model", "has no layers; give at least one, like dense 10"));
         }
@@ -126,13 +166,6 @@ impl ModelSpec {
             shape = layer.output_shape(shape).map_err(|problem| Error::model(i + 1, &layer.to_string(), problem))?;
             shapes.push(shape);
         }
-        let last = self.layers.len();
-        if shape.len() != self.classes {
-            let layer = self.layers[last - 1].to_string();
-            let problem = format!("gives {} outputs but the data has {} classes", shape.len(), self.classes);
-            return Err(Error::model(last, &layer, problem));
-        }
-        self.check_size()?;
         Ok(shapes)
     }
 

@@ -56,7 +56,7 @@ fn invalid_stacks_name_the_layer_and_the_numbers() {
     );
     assert_eq!(
         err(vec![LayerSpec::Dense { units: 5 }], 10),
-        "invalid model, layer 1 (dense 5): gives 5 outputs but the data has 10 classes"
+        "invalid model, layer 1 (dense 5): gives 5 outputs but the model has 10 classes"
     );
     let huge =
         vec![LayerSpec::Dense { units: 1 << 31 }, LayerSpec::Dense { units: 1 << 31 }, LayerSpec::Dense { units: 2 }];
@@ -107,4 +107,33 @@ fn only_dense_relu_stacks_print_as_widths() {
     let spec = ModelSpec { input: MNIST, layers: vec![LayerSpec::Dense { units: 10 }, LayerSpec::Relu], classes: 10 };
     assert_eq!(spec.mlp_widths(), None);
     assert_eq!(spec.to_string(), "1x28x28 → dense 10, relu → 10 classes");
+}
+
+#[test]
+fn a_stack_takes_its_class_count_from_its_last_layer() {
+    let colour = InputShape { channels: 3, height: 8, width: 8 };
+    let spec = ModelSpec::from_layers(colour, ModelSpec::parse_layers("conv 4 3x3, relu, flatten, dense 5").unwrap());
+    assert_eq!(spec.unwrap().classes, 5);
+    let err = ModelSpec::from_layers(colour, vec![]).unwrap_err().to_string();
+    assert!(err.contains("has no layers"), "{err}");
+}
+
+#[test]
+fn data_of_another_shape_or_with_more_classes_is_refused_naming_both() {
+    let spec = ModelSpec::mlp(MNIST, &[20], 10);
+    spec.check_data(MNIST, 10).unwrap();
+    spec.check_data(MNIST, 7).unwrap();
+    let colour = InputShape { channels: 3, height: 32, width: 32 };
+    assert_eq!(
+        spec.check_data(colour, 10).unwrap_err().to_string(),
+        "model expects 1x28x28 inputs, the data has 3x32x32 images"
+    );
+    assert_eq!(
+        spec.check_data(MNIST, 47).unwrap_err().to_string(),
+        "model has 10 outputs, the data's labels go up to 46"
+    );
+    let flat = ModelSpec::from_widths(&[784, 20, 10]).unwrap();
+    flat.check_data(MNIST, 10).expect("a file of widths takes any image of as many values");
+    let err = flat.check_data(InputShape::flat(783), 10).unwrap_err().to_string();
+    assert_eq!(err, "model expects 1x1x784 inputs, the data has 1x1x783 images");
 }

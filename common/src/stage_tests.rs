@@ -16,7 +16,7 @@ use crate::spec::{InputShape, ModelSpec};
 fn random_batch(rng: &mut StreamRng, b: usize, shape: InputShape, classes: u8) -> Dataset {
     let pixels = (0..b * shape.len()).map(|_| rng.random()).collect();
     let labels = (0..b).map(|_| rng.random_range(0..classes)).collect();
-    Dataset::new(Images { count: b, rows: 1, cols: shape.len(), pixels }, labels, "tiny").expect("a tiny batch")
+    Dataset::new(Images { count: b, shape, pixels }, labels, "tiny").expect("a tiny batch")
 }
 
 fn network(input: InputShape, layers: &str, classes: usize) -> Network {

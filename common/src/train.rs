@@ -163,6 +163,7 @@ mod tests {
     use super::*;
     use crate::idx::Images;
     use crate::rng::StreamRng;
+    use crate::spec::InputShape;
 
     /// The MLP 16-8-10 of the toy problems.
     fn toy_model() -> ModelSpec {
@@ -179,7 +180,8 @@ mod tests {
             labels.push(label);
             pixels.extend((0..16).map(|_| rng.random_range(0..128) + 127 * label));
         }
-        Dataset::new(Images { count: n, rows: 4, cols: 4, pixels }, labels, "toy").unwrap()
+        Dataset::new(Images { count: n, shape: InputShape { channels: 1, height: 4, width: 4 }, pixels }, labels, "toy")
+            .unwrap()
     }
 
     #[test]
@@ -255,7 +257,12 @@ mod tests {
             .flat_map(|&l| (0..784).map(move |i| ((i * 7 + l as usize * 31) % 256) as u8))
             .collect::<Vec<u8>>();
         let pixels: Vec<u8> = pixels.into_iter().map(|p| p.wrapping_add(rng.random_range(0..32))).collect();
-        let data = Dataset::new(Images { count: n, rows: 28, cols: 28, pixels }, labels, "synthetic").unwrap();
+        let data = Dataset::new(
+            Images { count: n, shape: InputShape { channels: 1, height: 28, width: 28 }, pixels },
+            labels,
+            "synthetic",
+        )
+        .unwrap();
         let config = TrainConfig::default();
         let mnist = crate::spec::InputShape { channels: 1, height: 28, width: 28 };
         let model = crate::config::ModelSettings::default().resolve(mnist, 10).unwrap();

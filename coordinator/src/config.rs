@@ -695,7 +695,7 @@ mod tests {
         let mnist = lazyavg_common::spec::InputShape { channels: 1, height: 28, width: 28 };
         let config = file.clone().overlay(&Settings::default()).unwrap().resolve_in(1, None).unwrap();
         assert_eq!(config.model.resolve(mnist, 10).unwrap().to_string(), "784-30-10");
-        let hidden = ModelSettings { hidden: Some(vec![8]), model: None };
+        let hidden = ModelSettings { hidden: Some(vec![8]), ..ModelSettings::default() };
         let flags =
             Settings { train: TrainSettings { model: hidden, ..TrainSettings::default() }, ..Settings::default() };
         let config = file.overlay(&flags).unwrap().resolve_in(1, None).unwrap();

@@ -21,6 +21,8 @@ pub struct Prepared {
     pub n_train: usize,
     /// The shape of one training image.
     pub input: InputShape,
+    /// The classes the labels of both sets need (the highest label + 1).
+    pub label_count: usize,
 }
 
 /// Loads the data directory, fetching MNIST into it first if a file is
@@ -39,10 +41,12 @@ pub fn prepare(config: &CoordinatorConfig) -> Result<Prepared> {
     verification.log();
     let blob = split.train.to_blob();
     let sha256 = dataset::sha256_hex(&blob);
-    info!(train = split.train.len(), test = split.test.len(), sha256, "data loaded");
+    let (input, label_count) = (split.train.input_shape(), split.label_count());
+    info!(train = split.train.len(), test = split.test.len(), %input, classes = label_count, sha256, "data loaded");
     Ok(Prepared {
         n_train: split.train.len(),
-        input: split.train.input_shape(),
+        input,
+        label_count,
         offer: DatasetOffer { sha256, images: split.train.len() as u64, blob: blob.into() },
         test: Arc::new(split.test),
     })

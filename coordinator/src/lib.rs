@@ -52,7 +52,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lazyavg_common::config::{ModelSettings, RunSpec};
-use lazyavg_common::idx::NUM_CLASSES;
 use lazyavg_common::matching::AlignMethod;
 use lazyavg_common::model_file;
 use lazyavg_common::telemetry::error_chain;
@@ -110,7 +109,7 @@ pub async fn run(
     let shard = data.n_train / config.workers;
     let which = format!("a worker's shard ({} training images / {} workers)", data.n_train, config.workers);
     config.train.check_batch_fits(shard, &which)?;
-    let model = config.model.resolve(data.input, NUM_CLASSES)?;
+    let model = config.model.resolve(data.input, data.label_count)?;
     // config.toml records the model in full, not the flags that chose it.
     config.model = ModelSettings::recorded(&model);
     let spec = RunSpec {

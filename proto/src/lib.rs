@@ -34,7 +34,9 @@ pub const MAX_WORKER_NAME_BYTES: usize = 256;
 /// 3: the coordinator may send `Realign` (`--align`).
 /// 4: `RunConfig.model`, a model's description, replaces its `widths`.
 /// 5: workers align their own contributions (`RunConfig.align`, `reference`
-///    weights); no more `Realign`.
+///    weights; no more `Realign`), and the dataset blob may hold rank-4
+///    images (magic 2052, several channels), which a version-4 worker would
+///    refuse mid-download.
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The most payload bytes one message carries (weights, dataset, indices).

@@ -577,6 +577,7 @@ fn nonsense_settings_are_refused_before_any_socket_opens() {
         (&["--workers", "-2"], "invalid --workers: must not be negative, got -2"),
         (&["--round-timeout", "-5s"], "invalid --round-timeout: must not be negative, got -5s"),
         (&["--hidden", "0"], "--hidden"),
+        (&["--classes", "0"], "invalid --classes: must be at least 1"),
         (&["--config", unknown], "sync_evry"),
         (&["--config", zero], "--sync-every"),
         (&["--sync-every", "4611686018427387904"], "--sync-every"),

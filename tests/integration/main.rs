@@ -22,6 +22,8 @@
 //!   of their files, of a PyTorch-style file, and the refusal of mismatched ones.
 //! - `model`: a custom stack of layers (`--model`) trained in a cluster, two
 //!   trained on halves and merged; bad stacks and mismatched files refused.
+//! - `shapes`: a generated set of 3×8×8 images in 5 classes (rank-4 IDX)
+//!   trained in one process and by two workers; models that do not fit it refused.
 //! - `overlap`: `--overlap`, training that goes on while a round is averaged.
 //! - `flags`: docs/flags.md against the binaries' `--help`; the hidden debugging knobs.
 //! - `scaling`: `lazyavg-bench scaling` (the bench crate) driving this `lazyavg`, end to end.
@@ -55,6 +57,7 @@ mod netns;
 mod overlap;
 mod robust;
 mod scaling;
+mod shapes;
 mod status;
 mod support;
 mod training;

@@ -128,15 +128,10 @@ impl Replica {
     /// A replica of the run's model, with placeholder weights until the
     /// coordinator sends the current ones.
     pub fn new(spec: &RunSpec, data: Arc<Dataset>) -> Result<Self> {
-        if data.image_len() != spec.model.input.len() {
-            return Err(ProtoError::Config(format!(
-                "the model takes {} inputs ({}) but the dataset's images have {} pixels",
-                spec.model.input.len(),
-                spec.model.input,
-                data.image_len()
-            ))
-            .into());
-        }
+        // The coordinator checked this against its own copy; a worker checks
+        // again what it holds, so a stale cache or a mixed release fails here
+        // and not in the middle of a batch.
+        spec.model.check_data(data.input_shape(), data.label_count())?;
         let mlp = spec.model.build()?;
         let aligner = ContributionAligner::for_run(spec.align, &mlp, spec.train.seed, &data, spec.align_images);
         let start = if aligner.is_some() { vec![0.0; mlp.len()] } else { Vec::new() };
@@ -357,10 +352,30 @@ mod tests {
     use lazyavg_common::idx::Images;
     use lazyavg_common::matching::{self, AlignMethod, Permutation};
     use lazyavg_common::rng::StreamRng;
+    use lazyavg_common::spec::InputShape;
     use lazyavg_proto::convert::encode_indices;
     use rand::{RngExt, SeedableRng};
 
     use super::*;
+
+    #[test]
+    fn a_replica_refuses_a_dataset_its_model_cannot_take() {
+        let grey = InputShape { channels: 1, height: 2, width: 2 };
+        let model = lazyavg_common::spec::ModelSpec::mlp(grey, &[3], 5);
+        let spec =
+            RunSpec { model, train: TrainConfig::default(), epochs: 1, align: AlignMethod::None, align_images: 0 };
+        let refusal = |shape: InputShape, label: u8| {
+            let images = Images { count: 1, shape, pixels: vec![0; shape.len()] };
+            let data = Arc::new(Dataset::new(images, vec![label], "toy").unwrap());
+            Replica::new(&spec, data).err().map(|e| e.to_string())
+        };
+        assert_eq!(refusal(grey, 4), None);
+        let colour = InputShape { channels: 3, height: 2, width: 2 };
+        let err = refusal(colour, 0).expect("another shape is refused");
+        assert!(err.contains("model expects 1x2x2 inputs, the data has 3x2x2 images"), "{err}");
+        let err = refusal(grey, 7).expect("a label beyond the outputs is refused");
+        assert!(err.contains("model has 5 outputs, the data's labels go up to 7"), "{err}");
+    }
 
     /// `--align weights` on a replica trained from a reordering of the
     /// reference it was sent (an `--init independent` worker's first round):
@@ -372,7 +387,14 @@ mod tests {
         let mut rng = StreamRng::seed_from_u64(4);
         let pixels: Vec<u8> = (0..64 * 6).map(|_| rng.random_range(0..256) as u8).collect();
         let labels: Vec<u8> = (0..64).map(|_| rng.random_range(0..10) as u8).collect();
-        let data = Arc::new(Dataset::new(Images { count: 64, rows: 2, cols: 3, pixels }, labels, "toy").unwrap());
+        let data = Arc::new(
+            Dataset::new(
+                Images { count: 64, shape: InputShape { channels: 1, height: 2, width: 3 }, pixels },
+                labels,
+                "toy",
+            )
+            .unwrap(),
+        );
         let train = TrainConfig { batch_size: 8, momentum: 0.9, ..TrainConfig::default() };
         let model = lazyavg_common::spec::ModelSpec::from_widths(&[6, 12, 10, 10]).unwrap();
         let spec = RunSpec { model, train, epochs: 1, align: AlignMethod::Weights, align_images: 0 };

@@ -85,7 +85,12 @@ mod tests {
         let mut rng = StreamRng::seed_from_u64(3);
         let pixels = (0..300 * rows * cols).map(|_| rng.random_range(0..256) as u8).collect();
         let labels = (0..300).map(|_| rng.random_range(0..4) as u8).collect();
-        let data = Dataset::new(Images { count: 300, rows, cols, pixels }, labels, "random").unwrap();
+        let data = Dataset::new(
+            Images { count: 300, shape: InputShape { channels: 1, height: rows, width: cols }, pixels },
+            labels,
+            "random",
+        )
+        .unwrap();
         let indices: Vec<u32> = (0..300).collect();
         let mut ws = Workspace::new(&net, 64);
         let mut stats = |params: &[f32]| net.preactivation_stats(params, &data, &indices, &mut ws);

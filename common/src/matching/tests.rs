@@ -4,7 +4,7 @@ use super::*;
 use crate::dataset::Dataset;
 use crate::idx::Images;
 use crate::model::{Network, Workspace};
-use crate::spec::ModelSpec;
+use crate::spec::{InputShape, ModelSpec};
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
@@ -37,7 +37,12 @@ fn random_images(rows: usize, cols: usize, count: usize, seed: u64) -> Dataset {
         .map(|_| if rng.random_range(0..4) == 0 { rng.random_range(0..256) as u8 } else { 0 })
         .collect();
     let labels = (0..count).map(|_| rng.random_range(0..4) as u8).collect();
-    Dataset::new(Images { count, rows, cols, pixels }, labels, "random").unwrap()
+    Dataset::new(
+        Images { count, shape: InputShape { channels: 1, height: rows, width: cols }, pixels },
+        labels,
+        "random",
+    )
+    .unwrap()
 }
 
 fn permuted(spec: &PermutationSpec, perm: &Permutation, params: &[f32]) -> Vec<f32> {
@@ -256,7 +261,7 @@ fn merge_many_stops_at_a_fixed_point_of_aligning_each_input_to_the_others() {
 const CNN: &str = "conv 4 3x3 pad 1, relu, maxpool 2, conv 6 3x3, relu, flatten, dense 5, relu, dense 4";
 
 fn cnn(seed: u64) -> (Network, Vec<f32>) {
-    let input = crate::spec::InputShape { channels: 1, height: 8, width: 8 };
+    let input = InputShape { channels: 1, height: 8, width: 8 };
     let arch = ModelSpec { input, layers: ModelSpec::parse_layers(CNN).unwrap(), classes: 4 };
     let net = arch.build().unwrap();
     let mut params = net.init(seed);
