@@ -53,6 +53,10 @@ pub fn squared_distance(values: &[f32], start: &[f32]) -> f64 {
 /// How often a worker that stays an outlier is warned about again, in rounds.
 pub const WARN_EVERY: u64 = 100;
 
+/// Rounds a worker must have been an outlier in, kept in the combination,
+/// before a divergence is blamed on it rather than on the learning rate.
+pub const BLAME_ROUNDS: u64 = 3;
+
 /// A worker's first round as an outlier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outlier {
@@ -71,10 +75,17 @@ pub struct OutlierRecord {
 }
 
 impl OutlierRecord {
-    /// Takes a round's update norms; returns the outliers to warn about now
-    /// (the first round of a streak, then every [`WARN_EVERY`]), with their
-    /// streaks.
-    pub fn round(&mut self, epoch: u64, round: u64, updates: &[UpdateNorm]) -> Vec<(UpdateNorm, u64)> {
+    /// Takes a round's update norms and the outliers it left out; returns
+    /// the outliers to warn about now (the first round of a streak, then
+    /// every [`WARN_EVERY`]), with their streaks. Only outliers kept in the
+    /// combination count towards blame: one left out cannot have harmed it.
+    pub fn round(
+        &mut self,
+        epoch: u64,
+        round: u64,
+        updates: &[UpdateNorm],
+        dropped: &[WorkerId],
+    ) -> Vec<(UpdateNorm, u64)> {
         let mut due = Vec::new();
         for update in updates {
             if !update.is_outlier() {
@@ -86,20 +97,25 @@ impl OutlierRecord {
             if *streak % WARN_EVERY == 1 {
                 due.push((*update, *streak));
             }
-            let first = Outlier { worker: update.worker, ratio: update.ratio, epoch, round };
-            self.totals.entry(update.worker).or_insert((0, first)).0 += 1;
+            if !dropped.contains(&update.worker) {
+                let first = Outlier { worker: update.worker, ratio: update.ratio, epoch, round };
+                self.totals.entry(update.worker).or_insert((0, first)).0 += 1;
+            }
         }
         due
     }
 
-    /// The likely cause of a divergence: the worker that was an outlier in
-    /// the most rounds (the earliest of those tied), and its first such
-    /// round. Once a hostile worker has blown the average up, honest
-    /// workers' updates from it can be outliers too, but in fewer rounds.
+    /// The likely cause of a divergence: the worker that was an outlier,
+    /// kept in, in the most rounds (the earliest of those tied), if at least
+    /// [`BLAME_ROUNDS`], and its first such round. Once a hostile worker has
+    /// blown the average up, honest workers' updates from it can be outliers
+    /// too, but in fewer rounds; and as a too-high learning rate blows up,
+    /// honest workers cross the cut one after another for a round or two
+    /// before the weights stop being finite, which must not be blamed on them.
     pub fn likely_cause(&self) -> Option<&Outlier> {
         let most =
             self.totals.values().max_by(|(a, x), (b, y)| a.cmp(b).then((y.epoch, y.round).cmp(&(x.epoch, x.round))));
-        most.map(|(_, first)| first)
+        most.filter(|(rounds, _)| *rounds >= BLAME_ROUNDS).map(|(_, first)| first)
     }
 }
 
@@ -128,11 +144,11 @@ mod tests {
         let mut record = OutlierRecord::default();
         let honest = relative(&[(1, 1.0), (2, 1.0), (3, 1.0)]);
         let attacked = relative(&[(1, 1.0), (2, 1.0), (3, 50.0)]);
-        assert!(record.round(1, 0, &honest).is_empty() && record.likely_cause().is_none());
-        let warned: Vec<u64> = (1..=201).filter(|&r| !record.round(1, r, &attacked).is_empty()).collect();
+        assert!(record.round(1, 0, &honest, &[]).is_empty() && record.likely_cause().is_none());
+        let warned: Vec<u64> = (1..=201).filter(|&r| !record.round(1, r, &attacked, &[]).is_empty()).collect();
         assert_eq!(warned, [1, 101, 201]);
-        record.round(2, 0, &honest);
-        assert_eq!(record.round(2, 1, &attacked)[0].1, 1, "a new streak after an honest round");
+        record.round(2, 0, &honest, &[]);
+        assert_eq!(record.round(2, 1, &attacked, &[])[0].1, 1, "a new streak after an honest round");
     }
 
     #[test]
@@ -140,11 +156,27 @@ mod tests {
         let mut record = OutlierRecord::default();
         assert!(record.likely_cause().is_none());
         for round in 1..=5 {
-            record.round(1, round, &relative(&[(1, 1.0), (2, 1.0), (3, 50.0)]));
+            record.round(1, round, &relative(&[(1, 1.0), (2, 1.0), (3, 50.0)]), &[]);
         }
         // Blown up by worker 3, the others' updates are huge too at the end.
-        record.round(1, 6, &relative(&[(1, 1e9), (2, 1.0), (3, 1.0)]));
+        record.round(1, 6, &relative(&[(1, 1e9), (2, 1.0), (3, 1.0)]), &[]);
         assert_eq!(record.likely_cause(), Some(&Outlier { worker: 3, ratio: 50.0, epoch: 1, round: 1 }));
+    }
+
+    /// A learning rate too high makes honest workers cross the cut for a
+    /// round or two before the run diverges: not enough to blame one. Nor
+    /// is a worker whose outlying contributions were left out.
+    #[test]
+    fn a_brief_or_left_out_outlier_is_not_blamed() {
+        let mut record = OutlierRecord::default();
+        for round in 1..BLAME_ROUNDS {
+            record.round(1, round, &relative(&[(1, 1.0), (2, 1.0), (3, 1.0), (4, 50.0)]), &[]);
+        }
+        assert!(record.likely_cause().is_none(), "{} rounds", BLAME_ROUNDS - 1);
+        for round in BLAME_ROUNDS..BLAME_ROUNDS + 10 {
+            record.round(1, round, &relative(&[(1, 1.0), (2, 1.0), (3, 50.0), (4, 1.0)]), &[3]);
+        }
+        assert!(record.likely_cause().is_none(), "worker 3 was always left out");
     }
 
     #[test]

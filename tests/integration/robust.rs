@@ -82,3 +82,15 @@ fn the_mean_diverges_under_a_scaling_worker_and_names_it() {
     expect_exit(&mut coordinator.proc, 1, "after worker hostile-1 sent an update");
     assert!(!last_line(&coordinator.proc).contains("lower --lr"), "{}", coordinator.proc.dump());
 }
+
+/// A learning rate far too high makes honest workers' updates cross the
+/// outlier cut for a round or two before the run diverges: the run ends
+/// blaming the learning rate, not one of them.
+#[test]
+fn a_fault_free_run_with_a_learning_rate_too_high_blames_the_learning_rate() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let args = ["--spawn-workers", "4", "--epochs", "1", "--hidden", "32", "--lr", "120"];
+    let mut coordinator = spawn_local_run(&tmp.path().join("out"), &args, &tmp.path().join("cache"));
+    expect_exit(&mut coordinator, 1, "lower --lr or --lr-scaling");
+}

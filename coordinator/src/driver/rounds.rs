@@ -229,7 +229,7 @@ impl Driver {
                 );
             }
         }
-        for (update, rounds) in self.outliers.round(summary.epoch, summary.round, &summary.updates) {
+        for (update, rounds) in self.outliers.round(summary.epoch, summary.round, &summary.updates, &summary.dropped) {
             warn!(
                 epoch = summary.epoch,
                 round = summary.round,
