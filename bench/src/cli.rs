@@ -44,9 +44,13 @@ pub struct HostileArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
 
-    /// The attack: scale (100 × the last average), noise (uniform ±1e6) or signflip (w̄ − 10·Δ).
+    /// The attack: scale (F × the last average), noise (uniform ±F) or signflip (w̄ − F·Δ).
     #[arg(long, value_enum, default_value = "scale")]
     pub attack: Attack,
+
+    /// F, the attack's size [default: 100 for scale, 1e6 for noise, 10 for signflip].
+    #[arg(long, value_name = "F")]
+    pub factor: Option<f32>,
 
     /// Name it joins under (the coordinator's warnings name it).
     #[arg(long, default_value = "hostile")]

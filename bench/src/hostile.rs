@@ -19,15 +19,15 @@ use tracing::info;
 
 use crate::cli::HostileArgs;
 
-/// What the client sends instead of its weights.
+/// What the client sends instead of its weights; F is `--factor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Attack {
-    /// 100 × the last average received (the scaling attack).
+    /// F × the last average received (the scaling attack; F = 100 by default).
     Scale,
-    /// Uniform random values in ±1e6.
+    /// Uniform random values in ±F (1e6 by default).
     Noise,
-    /// The last average minus 10 × the last round's update: the update the
-    /// others made together, flipped and scaled (w̄ − 10·Δ).
+    /// The last average minus F × the last round's update: the update the
+    /// others made together, flipped and scaled (w̄ − F·Δ; F = 10 by default).
     Signflip,
 }
 
@@ -54,13 +54,23 @@ impl Incoming {
 }
 
 impl Attack {
-    /// The values to send instead of weights, from what the client has seen.
-    fn values(self, seen: &Seen, noise: &mut StreamRng) -> Vec<f32> {
+    /// The attack's factor when `--factor` is not given.
+    pub fn default_factor(self) -> f32 {
         match self {
-            Attack::Scale => seen.last.iter().map(|w| 100.0 * w).collect(),
-            Attack::Noise => seen.last.iter().map(|_| noise.random_range(-1e6f32..1e6)).collect(),
+            Attack::Scale => 100.0,
+            Attack::Noise => 1e6,
+            Attack::Signflip => 10.0,
+        }
+    }
+
+    /// The values to send instead of weights, from what the client has
+    /// seen, the attack sized by `factor`.
+    fn values(self, factor: f32, seen: &Seen, noise: &mut StreamRng) -> Vec<f32> {
+        match self {
+            Attack::Scale => seen.last.iter().map(|w| factor * w).collect(),
+            Attack::Noise => seen.last.iter().map(|_| noise.random_range(-factor..factor)).collect(),
             Attack::Signflip if seen.before.len() != seen.last.len() => seen.last.clone(),
-            Attack::Signflip => seen.last.iter().zip(&seen.before).map(|(w, b)| w - 10.0 * (w - b)).collect(),
+            Attack::Signflip => seen.last.iter().zip(&seen.before).map(|(w, b)| w - factor * (w - b)).collect(),
         }
     }
 }
@@ -69,6 +79,10 @@ impl Attack {
 /// coordinator stops the run or the session ends.
 pub fn run(args: &HostileArgs) -> Result<()> {
     let connection = args.connect.resolve().context("--coordinator")?;
+    let factor = args.factor.unwrap_or_else(|| args.attack.default_factor());
+    if !(factor.is_finite() && factor > 0.0) {
+        bail!("invalid --factor: must be positive and finite, got {factor}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     runtime.block_on(async {
         let mut client = lazyavg_worker::connect(&connection).await?;
@@ -81,7 +95,7 @@ pub fn run(args: &HostileArgs) -> Result<()> {
         };
         send(Reply::Attach(pb::Attach { worker_id: id })).await?;
         let mut inbound = client.session(ReceiverStream::new(replies)).await.context("Session")?.into_inner();
-        info!(worker = id, name = args.name, attack = ?args.attack, "joined the run");
+        info!(worker = id, name = args.name, attack = ?args.attack, factor, "joined the run");
         let mut noise = rng::stream(args.seed, Purpose::HostileNoise);
         let mut seen = Seen::default();
         let mut incoming: Option<Incoming> = None;
@@ -108,7 +122,7 @@ pub fn run(args: &HostileArgs) -> Result<()> {
                     let report =
                         pb::RoundReport { epoch: pull.epoch, round: pull.round, samples, ..Default::default() };
                     send(Reply::Report(report)).await?;
-                    let values = args.attack.values(&seen, &mut noise);
+                    let values = args.attack.values(factor, &seen, &mut noise);
                     for chunk in weight_chunks(pull.epoch, pull.round, &values) {
                         send(Reply::Weights(chunk)).await?;
                     }
@@ -132,11 +146,15 @@ mod tests {
     fn each_attack_is_built_from_the_averages_seen() {
         let seen = Seen { last: vec![1.0, -2.0], before: vec![0.5, -1.0] };
         let mut noise = rng::stream(1, Purpose::HostileNoise);
-        assert_eq!(Attack::Scale.values(&seen, &mut noise), [100.0, -200.0]);
-        assert_eq!(Attack::Signflip.values(&seen, &mut noise), [-4.0, 8.0]);
+        let values =
+            |attack: Attack, seen: &Seen, noise: &mut StreamRng| attack.values(attack.default_factor(), seen, noise);
+        assert_eq!(values(Attack::Scale, &seen, &mut noise), [100.0, -200.0]);
+        assert_eq!(values(Attack::Signflip, &seen, &mut noise), [-4.0, 8.0]);
+        assert_eq!(Attack::Signflip.values(3.0, &seen, &mut noise), [-0.5, 1.0]);
         let first = Seen { last: vec![1.0], before: Vec::new() };
-        assert_eq!(Attack::Signflip.values(&first, &mut noise), [1.0], "no update seen yet");
-        let random = Attack::Noise.values(&seen, &mut noise);
+        assert_eq!(values(Attack::Signflip, &first, &mut noise), [1.0], "no update seen yet");
+        let random = values(Attack::Noise, &seen, &mut noise);
         assert!(random.iter().all(|v| v.abs() <= 1e6) && random[0] != random[1]);
+        assert!(Attack::Noise.values(0.5, &seen, &mut noise).iter().all(|v| v.abs() <= 0.5));
     }
 }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 pub use crate::init::Init;
 use crate::registry::Limits;
 use crate::round::Aggregate;
+use crate::screen::DEFAULT_OUTLIER_FACTOR;
 use crate::sync_every::EPOCH_SAMPLES;
 pub use crate::sync_every::SyncEvery;
 use lazyavg_common::matching::AlignMethod;
@@ -158,6 +159,10 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop_outliers: bool,
+
+    /// A contribution whose update norm is F times the round's median or more is an outlier: warned about, counted in the metrics, and left out by the rules that keep contributions whole; inf turns the screen off [default: 10].
+    #[arg(long, value_name = "F")]
+    pub outlier_factor: Option<f64>,
 
     /// Before a contribution is averaged, match its hidden units to the weights last broadcast: none, weights (weight matching) or activations (on --align-images training images) [default: none].
     #[arg(long, value_name = "METHOD")]
@@ -300,8 +305,11 @@ pub struct CoordinatorConfig {
     /// The settings `outer` was made from (recorded in config.toml).
     pub outer_settings: (OuterRule, f32, f32),
     pub aggregate: Aggregate,
-    /// Rounds leave out outliers (`--drop-outliers`, and always with a robust rule).
+    /// Rounds leave out outliers (`--drop-outliers`, and always with a rule
+    /// that keeps contributions whole).
     pub drop_outliers: bool,
+    /// `--outlier-factor`: infinite when the screen is off.
+    pub outlier_factor: f64,
     pub align: AlignMethod,
     pub align_images: usize,
     pub init: Init,
@@ -391,6 +399,14 @@ impl Settings {
     /// [`TOKEN_ENV`], so that tests do not depend on the environment.
     fn resolve_in(&self, spawn_workers: usize, env_token: Option<&str>) -> Result<CoordinatorConfig> {
         let mut train = self.train.resolve()?;
+        let aggregate = self.aggregate.unwrap_or_default();
+        if self.drop_outliers && aggregate == Aggregate::NormClip {
+            return Err(Error::Config(
+                "--drop-outliers is for --aggregate mean: norm-clip streams each contribution into its sum and \
+                 bounds it instead of leaving it out"
+                    .into(),
+            ));
+        }
         if spawn_workers > 0 && (self.tls_cert.is_some() || self.tls_client_ca.is_some()) {
             return Err(Error::Config(
                 "--spawn-workers starts its workers on this machine over plain loopback; TLS is for workers \
@@ -495,8 +511,16 @@ impl Settings {
             overlap: self.overlap,
             outer: OuterOptimizer::new(outer_settings.0, outer_settings.1, outer_settings.2)?,
             outer_settings,
-            aggregate: self.aggregate.unwrap_or_default(),
-            drop_outliers: self.drop_outliers || self.aggregate.is_some_and(|a| a != Aggregate::Mean),
+            aggregate,
+            drop_outliers: self.drop_outliers || aggregate.leaves_out_outliers(),
+            outlier_factor: match self.outlier_factor.unwrap_or(DEFAULT_OUTLIER_FACTOR) {
+                f if f > 1.0 => f,
+                f => {
+                    return Err(Error::Config(format!(
+                        "invalid --outlier-factor: must be above 1 (inf turns the screen off), got {f}"
+                    )));
+                }
+            },
             align,
             align_images,
             init: self.init.unwrap_or_default(),
@@ -568,6 +592,7 @@ impl CoordinatorConfig {
             outer_momentum: Some(self.outer_settings.2),
             aggregate: Some(self.aggregate),
             drop_outliers: self.drop_outliers,
+            outlier_factor: Some(self.outlier_factor),
             align: Some(self.align),
             align_images: Some(self.align_images),
             init: Some(self.init),

@@ -106,6 +106,8 @@ pub struct Round {
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
     non_finite: Vec<WorkerId>,
+    /// An update norm this many times the median's makes an outlier.
+    outlier_factor: f64,
     /// Leave outliers out (see [`screen`]).
     drop_outliers: bool,
 }
@@ -135,7 +137,7 @@ impl Round {
         mut aggregator: Box<dyn Aggregator>,
     ) -> Self {
         let len = start.len();
-        aggregator.reset(len);
+        aggregator.reset(start);
         let parts = participants
             .iter()
             .map(|&(id, weight)| {
@@ -162,13 +164,20 @@ impl Round {
             scratch: Vec::new(),
             tainted: false,
             non_finite: Vec::new(),
+            outlier_factor: screen::DEFAULT_OUTLIER_FACTOR,
             drop_outliers: false,
         }
     }
 
-    /// This round leaving out of its combination each complete contribution
-    /// whose update norm is [`screen::OUTLIER_FACTOR`] times the median or
-    /// more. The aggregator must be able to forget a whole contribution.
+    /// This round calling an outlier a contribution whose update norm is
+    /// `factor` times the median or more (`--outlier-factor`; infinite: none).
+    pub fn outliers_at(mut self, factor: f64) -> Self {
+        self.outlier_factor = factor;
+        self
+    }
+
+    /// This round leaving its outliers out of its combination. The
+    /// aggregator must be able to forget a whole contribution.
     pub fn dropping_outliers(mut self) -> Self {
         self.drop_outliers = true;
         self
@@ -258,7 +267,7 @@ impl Round {
         if let Some(part) = self.parts.get_mut(&worker) {
             part.update_sq += sq;
         }
-        self.aggregator.add(worker, samples, range, &self.scratch);
+        self.aggregator.add(worker, samples, range.clone(), &self.scratch, &self.start[range]);
         Ok(())
     }
 
@@ -314,10 +323,10 @@ impl Round {
             .filter(|(_, p)| p.state == State::Complete)
             .map(|(&id, p)| (id, p.update_sq.sqrt()))
             .collect();
-        let updates = screen::relative(&norms);
+        let updates = screen::relative(&norms, self.outlier_factor);
         let mut dropped = Vec::new();
         if self.drop_outliers {
-            for outlier in updates.iter().filter(|u| u.is_outlier()) {
+            for outlier in updates.iter().filter(|u| u.outlier) {
                 if let Some(part) = self.parts.get_mut(&outlier.worker) {
                     part.state = State::Excluded;
                 }
@@ -505,7 +514,7 @@ mod tests {
             send(&mut round, 5, &start.map(|w| 100.0 * w)).unwrap();
             let mut out = [0.0; 2];
             let summary = round.finish(&mut out).0.unwrap();
-            let named: Vec<WorkerId> = summary.updates.iter().filter(|u| u.is_outlier()).map(|u| u.worker).collect();
+            let named: Vec<WorkerId> = summary.updates.iter().filter(|u| u.outlier).map(|u| u.worker).collect();
             assert_eq!(named, [5], "{rule:?}: {:?}", summary.updates);
             if drop {
                 assert_eq!(summary.dropped, [5]);
@@ -515,6 +524,36 @@ mod tests {
                 assert!(summary.dropped.is_empty() && out[0] > 10.0, "the plain mean follows it: {out:?}");
             }
         }
+    }
+
+    #[test]
+    fn norm_clipping_names_a_scaled_contribution_and_bounds_it_without_leaving_it_out() {
+        let start = [1.0f32, -1.0];
+        let honest = [[1.1f32, -0.9], [1.12, -0.92], [1.08, -0.88], [1.1, -0.9]];
+        let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
+        let mut aggregator = Aggregate::NormClip.aggregator(false);
+        let mut out = [0.0; 2];
+        for round in 0..2 {
+            let mut open = Round::with(1, round, &ids, &start, aggregator);
+            for (id, w) in (1..=4).zip(honest.iter()) {
+                send(&mut open, id, w).unwrap();
+            }
+            // The first round sets the bound, twice its median update norm.
+            let fifth = if round == 0 { honest[0] } else { start.map(|w| 100.0 * w) };
+            send(&mut open, 5, &fifth).unwrap();
+            let (summary, back) = open.finish(&mut out);
+            aggregator = back;
+            let summary = summary.unwrap();
+            assert!(summary.dropped.is_empty() && summary.contributors.len() == 5);
+            let named: Vec<WorkerId> = summary.updates.iter().filter(|u| u.outlier).map(|u| u.worker).collect();
+            assert_eq!(named, if round == 0 { vec![] } else { vec![5] });
+        }
+        // The honest four add 4 · (0.1, 0.1) over 5 workers; the ×100 one at
+        // most τ = 2 · 0.1·√2 in norm (the first round's median), over 5.
+        let bias = ((out[0] - 1.08).powi(2) + (out[1] + 0.92).powi(2)).sqrt();
+        let tau = 2.0 * 0.1 * 2f32.sqrt();
+        assert!(bias <= tau / 5.0 + 1e-4, "{out:?}: bias {bias}");
+        assert!(bias > tau / 5.0 - 1e-3, "its budget is spent: {out:?}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! and answers every pull with 100 × the last average, as one of 5 workers
 //! of a small run: with centered clipping (the rule README recommends) the
 //! run ends within 1 pp of the same run without it, and the coordinator's
-//! warning names the client; so does the mean with `--drop-outliers`;
+//! warning names the client; so do norm clipping and the mean with
+//! `--drop-outliers`;
 //! without it, the run diverges, and its error names the client instead of
 //! the learning rate.
 
@@ -44,9 +45,9 @@ fn final_accuracy(coordinator: &mut Coordinator, procs: &mut [Proc]) -> f64 {
 }
 
 /// With `args`, one scaling client among 5 leaves the final accuracy within
-/// 1 pp of the same run without it, and a warning names it as left out;
-/// without it, no worker is named.
-fn holds_against_one_scaling_worker(args: &[&str]) {
+/// 1 pp of the same run without it, and a warning names it (as left out of
+/// the rounds, or kept in them bounded); without it, no worker is named.
+fn holds_against_one_scaling_worker(args: &[&str], left_out: bool) {
     let (_fair_dir, mut fair, mut workers) = five(0, args);
     let fault_free = final_accuracy(&mut fair, &mut workers);
     let (_dir, mut attacked, mut procs) = five(1, args);
@@ -56,7 +57,7 @@ fn holds_against_one_scaling_worker(args: &[&str]) {
     assert!(
         warned
             .iter()
-            .any(|l| l["name"] == "hostile-1" && l["left_out"] == true && f64_field(l, "ratio_to_median") > 10.0),
+            .any(|l| l["name"] == "hostile-1" && l["left_out"] == left_out && f64_field(l, "ratio_to_median") > 10.0),
         "{}",
         attacked.proc.dump()
     );
@@ -66,13 +67,22 @@ fn holds_against_one_scaling_worker(args: &[&str]) {
 #[test]
 fn one_scaling_worker_among_five_barely_moves_centered_clipping_and_is_named() {
     let _heavy = heavy();
-    holds_against_one_scaling_worker(&["--aggregate", "centered-clip"]);
+    holds_against_one_scaling_worker(&["--aggregate", "centered-clip"], true);
+}
+
+/// Norm clipping streams each contribution into its sum: the scaling
+/// client is kept in every round, each time adding no more than twice an
+/// honest update.
+#[test]
+fn one_scaling_worker_among_five_is_bounded_by_norm_clipping_and_named() {
+    let _heavy = heavy();
+    holds_against_one_scaling_worker(&["--aggregate", "norm-clip"], false);
 }
 
 #[test]
 fn the_mean_leaves_a_scaling_worker_out_when_asked() {
     let _heavy = heavy();
-    holds_against_one_scaling_worker(&["--drop-outliers"]);
+    holds_against_one_scaling_worker(&["--drop-outliers"], true);
 }
 
 #[test]

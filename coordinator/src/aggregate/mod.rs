@@ -2,14 +2,15 @@
 //! [`Aggregator`], chosen once from `--aggregate` by [`Aggregate::aggregator`].
 //!
 //! A round feeds an aggregator decoded values, position range by position
-//! range, as chunks arrive (or a whole contribution at once, once it was
-//! aligned): so the mean keeps one running f64 sum, O(model) whatever the
-//! number of workers, while the robust rules keep every contribution whole
-//! ([`Whole`]) and combine the updates relative to the round's start.
+//! range, as chunks arrive: so the mean and norm clipping keep one running
+//! f64 sum, O(model) whatever the number of workers, while the other robust
+//! rules keep every contribution whole ([`Whole`]) and combine the updates
+//! relative to the round's start.
 
 mod clip;
 mod coordinatewise;
 mod mean;
+mod norm_clip;
 mod whole;
 
 use std::fmt;
@@ -18,18 +19,21 @@ use std::ops::Range;
 pub use clip::CenteredClip;
 pub use coordinatewise::{Coordinatewise, Median, Statistic, TrimmedMean};
 pub use mean::{UpdateMean, WeightedMean};
+pub use norm_clip::NormClip;
 pub use whole::{UpdateRule, Whole};
 
 use crate::round::WorkerId;
 
 /// One rule for combining the workers' weights into a round's result.
 pub trait Aggregator: fmt::Debug + Send {
-    /// Starts a new round for a model of `len` parameters, keeping buffers.
-    fn reset(&mut self, len: usize);
+    /// Starts a new round from `start` (the weights last broadcast, which
+    /// every contributor started from), keeping buffers.
+    fn reset(&mut self, start: &[f32]);
 
     /// Takes positions `range` of `worker`'s contribution, trained on
-    /// `samples` (the coordinator's count). Each position of a worker comes once.
-    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32]);
+    /// `samples` (the coordinator's count); `start` is the round's start at
+    /// those positions. Each position of a worker comes once.
+    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32], start: &[f32]);
 
     /// Drops everything `worker` added. Returns false when that cannot be
     /// undone (a running sum): the round is then spoiled if anything was added.
@@ -60,6 +64,10 @@ pub enum Aggregate {
     /// distance from it: the bias a minority can add stays a fraction of the
     /// honest updates' spread.
     CenteredClip,
+    /// The mean of the updates, each clipped as it streams in to twice the
+    /// last round's median update norm: O(model) memory like the mean, and
+    /// no contribution moves the average by more than that.
+    NormClip,
 }
 
 impl Aggregate {
@@ -73,6 +81,19 @@ impl Aggregate {
             Aggregate::Median => Box::new(Whole::new(Coordinatewise::new(Median))),
             Aggregate::TrimmedMean => Box::new(Whole::new(Coordinatewise::new(TrimmedMean))),
             Aggregate::CenteredClip => Box::new(Whole::new(CenteredClip)),
+            Aggregate::NormClip => Box::new(NormClip::default()),
         }
+    }
+
+    /// Whether the rule keeps contributions whole and so leaves outliers out
+    /// of a round; a streamed rule (the mean, norm clipping) has summed them.
+    pub fn leaves_out_outliers(self) -> bool {
+        matches!(self, Aggregate::Median | Aggregate::TrimmedMean | Aggregate::CenteredClip)
+    }
+
+    /// Whether the rule is robust while streaming: it keeps an outlier in
+    /// the round, bounded, having summed it before its norm was known.
+    pub fn bounds_outliers(self) -> bool {
+        matches!(self, Aggregate::NormClip)
     }
 }

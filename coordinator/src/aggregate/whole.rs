@@ -25,28 +25,35 @@ pub struct Whole<R> {
     rule: R,
     len: usize,
     values: BTreeMap<WorkerId, Vec<f32>>,
+    /// Buffers of earlier rounds' contributions, reused by the next ones.
+    spare: Vec<Vec<f32>>,
 }
 
 impl<R: UpdateRule> Whole<R> {
     pub fn new(rule: R) -> Self {
-        Whole { rule, len: 0, values: BTreeMap::new() }
+        Whole { rule, len: 0, values: BTreeMap::new(), spare: Vec::new() }
     }
 }
 
 impl<R: UpdateRule> Aggregator for Whole<R> {
-    fn reset(&mut self, len: usize) {
-        self.len = len;
-        self.values.clear();
+    fn reset(&mut self, start: &[f32]) {
+        self.len = start.len();
+        self.spare.extend(std::mem::take(&mut self.values).into_values());
     }
 
-    fn add(&mut self, worker: WorkerId, _samples: u64, range: Range<usize>, values: &[f32]) {
-        let len = self.len;
-        let buffer = self.values.entry(worker).or_insert_with(|| vec![0.0; len]);
+    fn add(&mut self, worker: WorkerId, _samples: u64, range: Range<usize>, values: &[f32], _start: &[f32]) {
+        let Whole { len, values: contributions, spare, .. } = self;
+        let buffer = contributions.entry(worker).or_insert_with(|| {
+            // Every position is written before the round combines it.
+            let mut buffer = spare.pop().unwrap_or_default();
+            buffer.resize(*len, 0.0);
+            buffer
+        });
         buffer[range].copy_from_slice(values);
     }
 
     fn forget(&mut self, worker: WorkerId) -> bool {
-        self.values.remove(&worker);
+        self.spare.extend(self.values.remove(&worker));
         true
     }
 
@@ -77,11 +84,11 @@ mod tests {
     #[test]
     fn only_the_named_contributors_count_and_a_forgotten_one_is_gone() {
         let mut median = Whole::new(Coordinatewise::new(Median));
-        median.reset(2);
-        median.add(1, 5, 0..2, &[1.0, 10.0]);
-        median.add(2, 5, 0..1, &[3.0]);
-        median.add(2, 5, 1..2, &[30.0]);
-        median.add(3, 5, 0..2, &[1e9, 1e9]);
+        median.reset(&[0.0; 2]);
+        median.add(1, 5, 0..2, &[1.0, 10.0], &[0.0; 2]);
+        median.add(2, 5, 0..1, &[3.0], &[0.0]);
+        median.add(2, 5, 1..2, &[30.0], &[0.0]);
+        median.add(3, 5, 0..2, &[1e9, 1e9], &[0.0; 2]);
         assert!(median.forget(3));
         let mut out = [0.0; 2];
         median.finish(&[0.0, 0.0], &[(1, 5), (2, 5), (3, 5)], &mut out);
@@ -90,13 +97,17 @@ mod tests {
 
     #[test]
     fn the_rule_sees_updates_and_the_start_is_added_back() {
+        let start = [1.0, -3.0];
         let mut median = Whole::new(Coordinatewise::new(Median));
-        median.reset(2);
-        median.add(1, 1, 0..2, &[1.5, -2.0]);
-        median.add(2, 1, 0..2, &[0.5, -4.0]);
-        median.add(3, 1, 0..2, &[1.0, -3.5]);
-        let mut out = [0.0; 2];
-        median.finish(&[1.0, -3.0], &[(1, 1), (2, 1), (3, 1)], &mut out);
-        assert_eq!(out, [1.0, -3.5]);
+        for round in 0..2 {
+            median.reset(&start);
+            median.add(1, 1, 0..2, &[1.5, -2.0], &start);
+            median.add(2, 1, 0..2, &[0.5, -4.0], &start);
+            median.add(3, 1, 0..2, &[1.0, -3.5], &start);
+            let mut out = [0.0; 2];
+            median.finish(&start, &[(1, 1), (2, 1), (3, 1)], &mut out);
+            assert_eq!(out, [1.0, -3.5], "round {round}");
+        }
+        assert!(median.spare.is_empty(), "the second round reused the first one's buffers");
     }
 }

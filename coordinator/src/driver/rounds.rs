@@ -35,6 +35,7 @@ use crate::observe::{RoundDone, RunEvent};
 use crate::push;
 use crate::round::{Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::PullPlan;
+use crate::screen::RETIRE_STREAK;
 use crate::service::Event;
 
 /// `--overlap`: how many pulls a worker has queued after the one it trains.
@@ -107,7 +108,8 @@ impl Driver {
         let started = Instant::now();
         let drop_outliers = self.config.drop_outliers;
         let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers));
-        let mut open = Round::with(epoch, round, weights, &self.params, aggregator);
+        let mut open =
+            Round::with(epoch, round, weights, &self.params, aggregator).outliers_at(self.config.outlier_factor);
         if drop_outliers {
             open = open.dropping_outliers();
         }
@@ -212,8 +214,10 @@ impl Driver {
 
     /// Says who was far from the others in a finished round: each
     /// contribution's update norm at debug level, a warning for an outlier
-    /// (at the start of its streak, then every `WARN_EVERY` rounds); retires
-    /// the outliers left out for the rest of the epoch.
+    /// (at the start of its streak, then every `WARN_EVERY` rounds, and in
+    /// each epoch); an outlier left out redoes its images, and one left out
+    /// (or kept in bounded) `RETIRE_STREAK` rounds in a row is retired for
+    /// the rest of the epoch.
     fn screened(&mut self, summary: &RoundSummary) {
         let name = |id: WorkerId| self.workers.get(&id).map_or("?", |w| w.name.as_str());
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -241,11 +245,20 @@ impl Driver {
                 "worker's update is far from the others' (its norm over the median's)"
             );
         }
-        // Left out, it would be asked for the same range again: like a worker
-        // whose weights were not finite, it trains no more of this epoch and
-        // the others take its images.
-        for &id in &summary.dropped {
-            self.retire_for_epoch(id);
+        // Left out, its weights are replaced by the average: it trains the
+        // same images again. Left out again, it would be asked for them
+        // again and again: like a worker whose weights were not finite, it
+        // trains no more of this epoch and the others take its images. So
+        // does one a streamed robust rule kept in, bounded, round after round.
+        let bounded = self.config.aggregate.bounds_outliers();
+        for update in summary.updates.iter().filter(|u| u.outlier) {
+            let id = update.worker;
+            let left_out = summary.dropped.contains(&id);
+            if (left_out || bounded) && self.outliers.streak(id) >= RETIRE_STREAK {
+                self.retire_for_epoch(id);
+            } else if left_out && let Some(shard) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
+                shard.trained = shard.done;
+            }
         }
     }
 

@@ -271,7 +271,7 @@ impl Observer for Exporter {
                 for update in &done.summary.updates {
                     let labels = self.labels(update.worker);
                     self.metrics.worker_update_ratio.get_or_create(&labels).set(update.ratio);
-                    if update.is_outlier() {
+                    if update.outlier {
                         self.metrics.worker_outlier_rounds.get_or_create(&labels).inc();
                     }
                 }
@@ -326,8 +326,8 @@ mod tests {
                 realigned: Default::default(),
                 align_seconds: 0.0,
                 updates: vec![
-                    UpdateNorm { worker: 1, norm: 1.0, ratio: 1.0 },
-                    UpdateNorm { worker: id, norm: 50.0, ratio: 50.0 },
+                    UpdateNorm { worker: 1, norm: 1.0, ratio: 1.0, outlier: false },
+                    UpdateNorm { worker: id, norm: 50.0, ratio: 50.0, outlier: true },
                 ],
                 dropped: Vec::new(),
             };
