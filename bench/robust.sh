@@ -5,7 +5,8 @@
 # run ended; then the median over seeds of each configuration.
 #   cargo build --release -p lazyavg -p lazyavg-bench && bench/robust.sh
 # Settings: BIN, BENCH, DATA, EPOCHS (10), SEEDS (1 2 3), and CASES, lines of
-# "RULE N H ATTACK [coordinator flags]" (H = 0: the fault-free run).
+# "RULE N H ATTACK[:FACTOR] [coordinator flags]" (H = 0: the fault-free run;
+# FACTOR is the client's --factor, e.g. signflip:5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -73,9 +74,11 @@ run() {
             2>"$dir/worker-$i.log" &
         pids+=($!)
     done
+    local size=()
+    [[ $attack == *:* ]] && size=(--factor "${attack#*:}")
     for i in $(seq "$h"); do
-        "$BENCH" hostile --coordinator "http://$addr" --attack "$attack" --name "hostile-$i" --seed "$i" \
-            2>"$dir/hostile-$i.log" &
+        "$BENCH" hostile --coordinator "http://$addr" --attack "${attack%%:*}" "${size[@]}" --name "hostile-$i" \
+            --seed "$i" 2>"$dir/hostile-$i.log" &
         pids+=($!)
     done
     wait "$coordinator" || true

@@ -151,11 +151,11 @@ pub struct Settings {
     #[arg(long, value_name = "M")]
     pub outer_momentum: Option<f32>,
 
-    /// How rounds combine the weights: mean (sample-weighted, exact), or a rule robust to hostile workers on the updates: median, trimmed-mean or centered-clip [default: mean].
+    /// How rounds combine the weights: mean (sample-weighted, exact), or a rule robust to hostile workers on the updates: median, trimmed-mean, centered-clip, or norm-clip (streamed like the mean, O(model) memory) [default: mean].
     #[arg(long, value_name = "RULE")]
     pub aggregate: Option<Aggregate>,
 
-    /// With --aggregate mean: leave out of each round a contribution whose update (weights minus the round's start) is 10 times the median update's norm or more, as non-finite ones are; the mean then keeps every contribution whole, a model copy per worker (the robust rules always leave such outliers out).
+    /// With --aggregate mean: leave out of each round a contribution whose update (weights minus the round's start) is --outlier-factor times the median update's norm or more, as non-finite ones are; the mean then keeps every contribution whole, a model copy per worker (median, trimmed-mean and centered-clip always leave such outliers out).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop_outliers: bool,

@@ -16,7 +16,7 @@ use lazyavg_proto::chunks::{ChunkCursor, decode_into, first_non_finite};
 use lazyavg_proto::{ProtoError, pb};
 
 pub use crate::aggregate::Aggregate;
-use crate::aggregate::{Aggregator, WeightedMean};
+use crate::aggregate::Aggregator;
 use crate::screen::{self, UpdateNorm};
 
 pub type WorkerId = u64;
@@ -113,19 +113,6 @@ pub struct Round {
 }
 
 impl Round {
-    /// A mean round over `participants` (worker, samples trained since the
-    /// last sync) for a model of `len` parameters started from zeros, adding
-    /// into `sum` (cleared and resized here).
-    pub fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, sum: Vec<f64>) -> Self {
-        Self::with(epoch, round, participants, &vec![0.0; len], Box::new(WeightedMean::reusing(sum)))
-    }
-
-    /// A round combining contributions by `rule`, for a model of `len`
-    /// parameters started from zeros.
-    pub fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-        Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator(false))
-    }
-
     /// A round combining contributions with `aggregator`, reset here (so the
     /// one a finished round gave back can be reused), for workers that all
     /// started from `start` (the weights last broadcast).
@@ -373,6 +360,20 @@ mod tests {
     use super::*;
     use lazyavg_proto::chunks::{VALUES_PER_CHUNK, weight_chunks};
 
+    impl Round {
+        /// A mean round over `participants` (worker, samples trained since
+        /// the last sync) for a model of `len` parameters started from zeros.
+        fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize) -> Self {
+            Self::aggregating(epoch, round, participants, len, Aggregate::Mean)
+        }
+
+        /// A round combining contributions by `rule`, for a model of `len`
+        /// parameters started from zeros.
+        fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
+            Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator(false))
+        }
+    }
+
     fn send(round: &mut Round, worker: WorkerId, params: &[f32]) -> Result<(), RoundError> {
         for chunk in weight_chunks(round.epoch, round.round, params) {
             round.accept(worker, &chunk)?;
@@ -382,7 +383,7 @@ mod tests {
 
     #[test]
     fn average_is_weighted_by_coordinator_counts() {
-        let mut round = Round::new(1, 0, &[(1, 30), (2, 10)], 3, Vec::new());
+        let mut round = Round::new(1, 0, &[(1, 30), (2, 10)], 3);
         send(&mut round, 1, &[1.0, 2.0, -4.0]).unwrap();
         assert!(!round.is_complete());
         assert!(round.has_sent(1) && !round.has_sent(2) && !round.has_sent(3));
@@ -400,7 +401,7 @@ mod tests {
         let a: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.11).cos()).collect();
         let run = |first: (WorkerId, &[f32]), second: (WorkerId, &[f32])| {
-            let mut round = Round::new(1, 0, &[(1, 7), (2, 9)], 1000, Vec::new());
+            let mut round = Round::new(1, 0, &[(1, 7), (2, 9)], 1000);
             send(&mut round, first.0, first.1).unwrap();
             send(&mut round, second.0, second.1).unwrap();
             let mut out = vec![0.0; 1000];
@@ -412,7 +413,7 @@ mod tests {
 
     #[test]
     fn stale_future_duplicate_and_strangers_are_refused() {
-        let mut round = Round::new(2, 5, &[(1, 1)], 2, Vec::new());
+        let mut round = Round::new(2, 5, &[(1, 1)], 2);
         let chunk = |epoch, r| weight_chunks(epoch, r, &[1.0, 1.0]).next().unwrap();
         assert!(matches!(round.accept(1, &chunk(2, 4)), Err(RoundError::Stale { .. })));
         assert!(matches!(round.accept(1, &chunk(1, 9)), Err(RoundError::Stale { .. })));
@@ -427,14 +428,14 @@ mod tests {
 
     #[test]
     fn wrong_length_is_refused() {
-        let mut round = Round::new(1, 0, &[(1, 1)], 3, Vec::new());
+        let mut round = Round::new(1, 0, &[(1, 1)], 3);
         let err = send(&mut round, 1, &[1.0, 2.0]).unwrap_err();
         assert!(err.to_string().contains("declares 2 values but the model has 3"), "{err}");
     }
 
     #[test]
     fn non_finite_worker_is_excluded_and_the_rest_averaged() {
-        let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], 2, Vec::new());
+        let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], 2);
         assert_eq!(send(&mut round, 1, &[1.0, f32::NAN]), Err(RoundError::NonFinite { worker: 1, index: 1 }));
         send(&mut round, 2, &[3.0, 4.0]).unwrap();
         assert!(round.is_complete());
@@ -445,12 +446,12 @@ mod tests {
 
     #[test]
     fn a_round_with_only_non_finite_weights_has_diverged() {
-        let mut round = Round::new(1, 4, &[(1, 1), (2, 1)], 2, Vec::new());
+        let mut round = Round::new(1, 4, &[(1, 1), (2, 1)], 2);
         assert!(send(&mut round, 1, &[f32::INFINITY, 0.0]).is_err());
         assert!(send(&mut round, 2, &[0.0, f32::NAN]).is_err());
         assert!(round.is_complete());
         assert_eq!(round.finish(&mut [0.0; 2]).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 4 });
-        let mut silent = Round::new(1, 5, &[(1, 1)], 2, Vec::new());
+        let mut silent = Round::new(1, 5, &[(1, 1)], 2);
         silent.exclude(1);
         assert_eq!(silent.finish(&mut [0.0; 2]).0.unwrap_err(), RoundError::Empty { epoch: 1, round: 5 });
     }
@@ -458,7 +459,7 @@ mod tests {
     #[test]
     fn a_half_summed_contribution_taints_the_round() {
         let len = VALUES_PER_CHUNK + 1;
-        let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], len, Vec::new());
+        let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], len);
         let mut bad = vec![0.5f32; len];
         bad[len - 1] = f32::INFINITY;
         assert!(send(&mut round, 1, &bad).is_err());
@@ -468,7 +469,7 @@ mod tests {
         assert!(matches!(round.finish(&mut out).0, Err(RoundError::Tainted { .. })));
 
         // When no worker is left with usable weights, a redo cannot help.
-        let mut round = Round::new(1, 1, &[(1, 1)], len, Vec::new());
+        let mut round = Round::new(1, 1, &[(1, 1)], len);
         assert!(send(&mut round, 1, &bad).is_err());
         assert_eq!(round.finish(&mut out).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 1 });
     }
@@ -572,7 +573,7 @@ mod tests {
 
     #[test]
     fn a_complete_contribution_of_a_worker_that_left_is_discarded() {
-        let mut mean = Round::new(1, 0, &[(1, 1), (2, 1)], 1, Vec::new());
+        let mut mean = Round::new(1, 0, &[(1, 1), (2, 1)], 1);
         send(&mut mean, 1, &[2.0]).unwrap();
         mean.exclude(1);
         assert!(!mean.has_sent(1), "an excluded worker's weights do not count");
@@ -589,7 +590,7 @@ mod tests {
 
     #[test]
     fn excluded_workers_do_not_block_completion() {
-        let mut round = Round::new(1, 0, &[(1, 2), (2, 2)], 1, Vec::new());
+        let mut round = Round::new(1, 0, &[(1, 2), (2, 2)], 1);
         send(&mut round, 1, &[2.0]).unwrap();
         assert_eq!(round.missing(), vec![2]);
         round.exclude(2);

@@ -255,10 +255,10 @@ proptest! {
             .prop_flat_map(|len| (Just(len), prop::collection::vec(op(len), 0..24))),
         weights in prop::collection::vec(0u64..1000, 3),
         nan_at in prop::option::of(any::<Index>()),
-        rule in prop_oneof![Just(Aggregate::Mean), Just(Aggregate::Median), Just(Aggregate::TrimmedMean), Just(Aggregate::CenteredClip)],
+        rule in prop_oneof![Just(Aggregate::Mean), Just(Aggregate::Median), Just(Aggregate::TrimmedMean), Just(Aggregate::CenteredClip), Just(Aggregate::NormClip)],
     ) {
         let participants: Vec<(WorkerId, u64)> = (1..=3).zip(weights).collect();
-        let mut round = Round::aggregating(EPOCH, ROUND, &participants, len, rule);
+        let mut round = Round::with(EPOCH, ROUND, &participants, &vec![0.0; len], rule.aggregator(false));
         // Worker 2's real weights hold a non-finite value when `nan_at` is set.
         let real: Vec<Vec<pb::WeightsChunk>> = (1..=3u64)
             .map(|w| {
@@ -332,10 +332,7 @@ proptest! {
             .zip(&vectors)
             .map(|(&(id, _), v)| (id, weight_chunks(EPOCH, ROUND, v).collect()))
             .collect();
-        let mut round = match rule {
-            Aggregate::Mean => Round::new(EPOCH, ROUND, &participants, len, vec![7.0; 3]),
-            rule => Round::aggregating(EPOCH, ROUND, &participants, len, rule),
-        };
+        let mut round = Round::with(EPOCH, ROUND, &participants, &vec![0.0; len], rule.aggregator(false));
         // Each worker's chunks in order; the workers interleaved at random.
         let mut step = 0;
         loop {
@@ -381,7 +378,7 @@ proptest! {
         let mut poisoned = params(len, 2);
         let at = at.index(len);
         poisoned[at] = bad;
-        let mut round = Round::new(EPOCH, ROUND, &participants, len, Vec::new());
+        let mut round = Round::with(EPOCH, ROUND, &participants, &vec![0.0; len], Aggregate::Mean.aggregator(false));
         let mut refused = None;
         for chunk in weight_chunks(EPOCH, ROUND, &poisoned) {
             if let Err(e) = round.accept(2, &chunk) {

@@ -13,19 +13,6 @@ pub struct WeightedMean {
     sum: Vec<f64>,
 }
 
-impl WeightedMean {
-    /// A mean that adds into `sum` (cleared at [`Aggregator::reset`]), so
-    /// rounds need not reallocate it.
-    pub fn reusing(sum: Vec<f64>) -> Self {
-        WeightedMean { sum }
-    }
-
-    /// Gives the sum buffer back for reuse.
-    pub fn into_buffer(self) -> Vec<f64> {
-        self.sum
-    }
-}
-
 impl Aggregator for WeightedMean {
     fn reset(&mut self, start: &[f32]) {
         self.sum.clear();
@@ -85,7 +72,7 @@ mod tests {
 
     #[test]
     fn chunks_in_any_order_give_the_weighted_mean_and_a_reset_clears_it() {
-        let mut mean = WeightedMean::reusing(vec![7.0; 5]);
+        let mut mean = WeightedMean { sum: vec![7.0; 5] };
         mean.reset(&[0.0; 3]);
         mean.add(2, 1, 1..3, &[4.0, 8.0], &[0.0; 2]);
         mean.add(1, 3, 0..3, &[1.0, 2.0, 4.0], &[0.0; 3]);
