@@ -39,6 +39,9 @@ const DEFAULT_END_GRACE: Duration = Duration::from_secs(15);
 /// Off by default: a cut-off relative to the other workers can drop a healthy
 /// worker that the OS merely descheduled, which changes a seeded run's numbers.
 const DEFAULT_STRAGGLER_FACTOR: f64 = 0.0;
+/// The smallest `--outlier-factor`: honest updates of one round differ by up
+/// to about 2× in norm, so a lower cut would leave honest workers out.
+const MIN_OUTLIER_FACTOR: f64 = 2.0;
 
 /// Outer step settings for `--outer-optimizer sgd|nesterov`. DiLoCo's lr 0.7
 /// and momentum 0.9 assume hundreds of local steps per round; at K = 16 with
@@ -160,7 +163,7 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop_outliers: bool,
 
-    /// A contribution whose update norm is F times the round's median or more is an outlier: warned about, counted in the metrics, and left out by the rules that keep contributions whole; inf turns the screen off [default: 10].
+    /// A contribution whose update norm is F times the round's median or more is an outlier: warned about, counted in the metrics, left out by the rules that keep contributions whole, and its worker trains no more of that epoch; at least 2; inf turns the screen off [default: 10].
     #[arg(long, value_name = "F")]
     pub outlier_factor: Option<f64>,
 
@@ -400,6 +403,18 @@ impl Settings {
     fn resolve_in(&self, spawn_workers: usize, env_token: Option<&str>) -> Result<CoordinatorConfig> {
         let mut train = self.train.resolve()?;
         let aggregate = self.aggregate.unwrap_or_default();
+        let outlier_factor = self.outlier_factor.unwrap_or(DEFAULT_OUTLIER_FACTOR);
+        if outlier_factor.is_nan() || outlier_factor < MIN_OUTLIER_FACTOR {
+            return Err(Error::Config(format!(
+                "invalid --outlier-factor: must be at least {MIN_OUTLIER_FACTOR} (honest updates differ by up to \
+                 about 2×; inf turns the screen off), got {outlier_factor}"
+            )));
+        }
+        if self.drop_outliers && outlier_factor == f64::INFINITY {
+            return Err(Error::Config(
+                "--drop-outliers with --outlier-factor inf would leave nothing out: drop one of them".into(),
+            ));
+        }
         if self.drop_outliers && aggregate == Aggregate::NormClip {
             return Err(Error::Config(
                 "--drop-outliers is for --aggregate mean: norm-clip streams each contribution into its sum and \
@@ -513,14 +528,7 @@ impl Settings {
             outer_settings,
             aggregate,
             drop_outliers: self.drop_outliers || aggregate.leaves_out_outliers(),
-            outlier_factor: match self.outlier_factor.unwrap_or(DEFAULT_OUTLIER_FACTOR) {
-                f if f > 1.0 => f,
-                f => {
-                    return Err(Error::Config(format!(
-                        "invalid --outlier-factor: must be above 1 (inf turns the screen off), got {f}"
-                    )));
-                }
-            },
+            outlier_factor,
             align,
             align_images,
             init: self.init.unwrap_or_default(),
@@ -591,7 +599,9 @@ impl CoordinatorConfig {
             outer_lr: Some(self.outer_settings.1),
             outer_momentum: Some(self.outer_settings.2),
             aggregate: Some(self.aggregate),
-            drop_outliers: self.drop_outliers,
+            // The flag as given: the rules that leave outliers out always
+            // do, and a resume may switch to one that does not.
+            drop_outliers: self.drop_outliers && self.aggregate == Aggregate::Mean,
             outlier_factor: Some(self.outlier_factor),
             align: Some(self.align),
             align_images: Some(self.align_images),

@@ -4,7 +4,7 @@
 //! learning rate's; a scaled or random contribution is many times larger.
 //! Pure: the round measures, the driver logs, counts and may leave out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::round::WorkerId;
 
@@ -53,12 +53,6 @@ pub fn squared_distance(values: &[f32], start: &[f32]) -> f64 {
 /// How often a worker that stays an outlier is warned about again, in rounds.
 pub const WARN_EVERY: u64 = 100;
 
-/// Rounds in a row a worker must have been left out of before it trains no
-/// more of its epoch: after one, it trains the same images again, so that
-/// an honest worker thrown off for a round (a learning rate on the edge of
-/// stability) goes on, while a hostile one costs the others one round.
-pub const RETIRE_STREAK: u64 = 2;
-
 /// Rounds a worker must have been an outlier in, kept in the combination,
 /// before a divergence is blamed on it rather than on the learning rate.
 pub const BLAME_ROUNDS: u64 = 3;
@@ -72,14 +66,25 @@ pub struct Outlier {
     pub round: u64,
 }
 
+/// A worker's record as an outlier kept in the combination.
+#[derive(Debug, Clone, PartialEq)]
+struct KeptIn {
+    rounds: u64,
+    first: Outlier,
+    /// It was one in its first round as a contributor.
+    from_its_first_round: bool,
+}
+
 /// The outliers of a run's rounds so far: each worker's current streak of
 /// rounds as one, the epoch of its latest round as one, and its rounds as
-/// one in all since its first.
+/// one kept in since its first.
 #[derive(Debug, Default)]
 pub struct OutlierRecord {
+    /// Workers that have contributed to a round.
+    contributors: BTreeSet<WorkerId>,
     streaks: BTreeMap<WorkerId, u64>,
     latest_epoch: BTreeMap<WorkerId, u64>,
-    totals: BTreeMap<WorkerId, (u64, Outlier)>,
+    kept_in: BTreeMap<WorkerId, KeptIn>,
 }
 
 impl OutlierRecord {
@@ -98,6 +103,7 @@ impl OutlierRecord {
     ) -> Vec<(UpdateNorm, u64)> {
         let mut due = Vec::new();
         for update in updates {
+            let first_round = self.contributors.insert(update.worker);
             if !update.outlier {
                 self.streaks.remove(&update.worker);
                 continue;
@@ -110,28 +116,36 @@ impl OutlierRecord {
             }
             if !dropped.contains(&update.worker) {
                 let first = Outlier { worker: update.worker, ratio: update.ratio, epoch, round };
-                self.totals.entry(update.worker).or_insert((0, first)).0 += 1;
+                let record = self.kept_in.entry(update.worker).or_insert(KeptIn {
+                    rounds: 0,
+                    first,
+                    from_its_first_round: first_round,
+                });
+                record.rounds += 1;
             }
         }
         due
     }
 
-    /// The rounds in a row `worker` has been an outlier in, up to the last.
-    pub fn streak(&self, worker: WorkerId) -> u64 {
-        self.streaks.get(&worker).copied().unwrap_or(0)
-    }
-
-    /// The likely cause of a divergence: the worker that was an outlier,
-    /// kept in, in the most rounds (the earliest of those tied), if at least
-    /// [`BLAME_ROUNDS`], and its first such round. Once a hostile worker has
-    /// blown the average up, honest workers' updates from it can be outliers
-    /// too, but in fewer rounds; and as a too-high learning rate blows up,
-    /// honest workers cross the cut one after another for a round or two
-    /// before the weights stop being finite, which must not be blamed on them.
+    /// The likely cause of a divergence: of the workers that were outliers
+    /// kept in, either from their first round as contributors or in at least
+    /// [`BLAME_ROUNDS`] rounds, the one in the most rounds (the earliest of
+    /// those tied), and its first such round.
+    ///
+    /// A hostile worker attacks from its first round, and once it has blown
+    /// the average up, honest workers' updates from it can be outliers too,
+    /// but never from their first round. As a too-high learning rate blows
+    /// up, honest workers cross the cut one after another for a round or two
+    /// (never in their first round: they all start alike) before the weights
+    /// stop being finite, which must not be blamed on them.
     pub fn likely_cause(&self) -> Option<&Outlier> {
-        let most =
-            self.totals.values().max_by(|(a, x), (b, y)| a.cmp(b).then((y.epoch, y.round).cmp(&(x.epoch, x.round))));
-        most.filter(|(rounds, _)| *rounds >= BLAME_ROUNDS).map(|(_, first)| first)
+        self.kept_in
+            .values()
+            .filter(|k| k.from_its_first_round || k.rounds >= BLAME_ROUNDS)
+            .max_by(|x, y| {
+                x.rounds.cmp(&y.rounds).then((y.first.epoch, y.first.round).cmp(&(x.first.epoch, x.first.round)))
+            })
+            .map(|k| &k.first)
     }
 }
 
@@ -187,6 +201,7 @@ mod tests {
     #[test]
     fn a_brief_or_left_out_outlier_is_not_blamed() {
         let mut record = OutlierRecord::default();
+        record.round(1, 0, &relative(&[(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0)], 10.0), &[]);
         for round in 1..BLAME_ROUNDS {
             record.round(1, round, &relative(&[(1, 1.0), (2, 1.0), (3, 1.0), (4, 50.0)], 10.0), &[]);
         }
@@ -195,6 +210,22 @@ mod tests {
             record.round(1, round, &relative(&[(1, 1.0), (2, 1.0), (3, 50.0), (4, 1.0)], 10.0), &[3]);
         }
         assert!(record.likely_cause().is_none(), "worker 3 was always left out");
+    }
+
+    /// A hostile worker blows the mean up in its first round; honest ones,
+    /// training from the blown-up average, are outliers in the next.
+    #[test]
+    fn an_outlier_from_its_first_round_is_blamed_at_once() {
+        let mut record = OutlierRecord::default();
+        record.round(1, 1, &relative(&[(1, 1.0), (2, 1.0), (3, 800.0)], 10.0), &[]);
+        record.round(1, 2, &relative(&[(1, 2000.0), (2, 1.0), (3, 1.0)], 10.0), &[]);
+        assert_eq!(record.likely_cause(), Some(&Outlier { worker: 3, ratio: 800.0, epoch: 1, round: 1 }));
+        let mut late = OutlierRecord::default();
+        late.round(1, 1, &relative(&[(1, 1.0), (2, 1.0), (3, 1.0)], 10.0), &[]);
+        late.round(1, 2, &relative(&[(1, 1.0), (2, 1.0), (3, 800.0), (4, 1.0)], 10.0), &[]);
+        assert_eq!(late.likely_cause().map(|o| o.worker), None, "worker 3 started like the others");
+        late.round(1, 3, &relative(&[(1, 1.0), (2, 1.0), (3, 1.0), (5, 900.0)], 10.0), &[]);
+        assert_eq!(late.likely_cause().map(|o| o.worker), Some(5), "a worker that joined attacking");
     }
 
     #[test]

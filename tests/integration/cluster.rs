@@ -583,7 +583,8 @@ fn nonsense_settings_are_refused_before_any_socket_opens() {
         (&["--sync-every", "4611686018427387904"], "--sync-every"),
         (&["--workers", "1", "--min-workers", "3"], "--min-workers"),
         (&["--spawn-workers", "100000"], "--spawn-workers"),
-        (&["--outlier-factor", "1"], "invalid --outlier-factor: must be above 1 (inf turns the screen off), got 1"),
+        (&["--outlier-factor", "1.5"], "invalid --outlier-factor: must be at least 2 (honest updates differ"),
+        (&["--drop-outliers", "--outlier-factor", "inf"], "would leave nothing out"),
         (&["--outlier-factor", "nan"], "invalid --outlier-factor"),
         (&["--aggregate", "norm-clip", "--drop-outliers"], "--drop-outliers is for --aggregate mean"),
     ] {

@@ -61,6 +61,8 @@ fn holds_against_one_scaling_worker(args: &[&str], left_out: bool) {
         "{}",
         attacked.proc.dump()
     );
+    let retired = logged(&attacked.proc, "worker's update was an outlier; it trains no more of this epoch");
+    assert!(retired.iter().all(|l| l["name"] == "hostile-1") && !retired.is_empty(), "{}", attacked.proc.dump());
     assert!(logged(&fair.proc, FAR).is_empty(), "no honest worker is an outlier\n{}", fair.proc.dump());
 }
 

@@ -12,8 +12,8 @@
 //! mean would.
 //!
 //! τ is [`CLIP_FACTOR`] times the median update norm of the last finished
-//! round (honest updates vary by well under that from one round to the
-//! next), and in a run's first round, with nothing to go by,
+//! round (the lower middle one for an even count), and in a process's first
+//! round, with nothing to go by (a resumed run starts afresh),
 //! [`FIRST_ROUND_FACTOR`] times the norm of the starting weights.
 
 use std::collections::BTreeMap;
@@ -22,9 +22,10 @@ use std::ops::Range;
 use super::Aggregator;
 use crate::round::WorkerId;
 
-/// τ over the last round's median update norm: the honest updates of one
-/// round vary by well under 2× from the last one's median, so they are
-/// added whole, while a hostile one adds at most twice an honest update.
+/// τ over the last round's median update norm: in a fault-free 5-worker
+/// run 99% of the honest updates were within 1.9× the last round's median
+/// (the largest 2.4×), so they are added whole, while a hostile one adds at
+/// most twice an honest update.
 pub const CLIP_FACTOR: f64 = 2.0;
 
 /// τ over the norm of the starting weights in the first round: an update
@@ -54,10 +55,11 @@ pub struct NormClip {
     last_median: Option<f64>,
 }
 
-/// The median of `values` (the upper middle one for an even count).
-fn median(mut values: Vec<f64>) -> Option<f64> {
+/// The median of `values`, the lower middle one for an even count: with
+/// two workers, one of them hostile, τ then follows the smaller update.
+fn lower_median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_unstable_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
+    values.get(values.len().saturating_sub(1) / 2).copied()
 }
 
 impl Aggregator for NormClip {
@@ -106,7 +108,7 @@ impl Aggregator for NormClip {
             *o = (f64::from(w) + sum * scale) as f32;
         }
         let norms = contributors.iter().filter_map(|(id, _)| self.budgets.get(id)).map(|b| b.seen.sqrt()).collect();
-        self.last_median = median(norms).or(self.last_median);
+        self.last_median = lower_median(norms).or(self.last_median);
     }
 }
 
@@ -174,5 +176,8 @@ mod tests {
         round(&mut rule, &start, &[(1, 1, vec![3.0, 4.0]), (2, 1, vec![0.0, 1.0]), (3, 1, vec![60.0, 80.0])], 1);
         rule.reset(&start);
         assert_eq!(rule.threshold, 2.0 * 5.0, "twice the median of 1, 5 and 100");
+        round(&mut rule, &start, &[(1, 1, vec![3.0, 4.0]), (2, 1, vec![60.0, 80.0])], 2);
+        rule.reset(&start);
+        assert_eq!(rule.threshold, 2.0 * 5.0, "of two updates, the smaller sets the bound");
     }
 }

@@ -35,7 +35,6 @@ use crate::observe::{RoundDone, RunEvent};
 use crate::push;
 use crate::round::{Round, RoundError, RoundSummary, WorkerId};
 use crate::schedule::PullPlan;
-use crate::screen::RETIRE_STREAK;
 use crate::service::Event;
 
 /// `--overlap`: how many pulls a worker has queued after the one it trains.
@@ -215,8 +214,7 @@ impl Driver {
     /// Says who was far from the others in a finished round: each
     /// contribution's update norm at debug level, a warning for an outlier
     /// (at the start of its streak, then every `WARN_EVERY` rounds, and in
-    /// each epoch); an outlier left out redoes its images, and one left out
-    /// (or kept in bounded) `RETIRE_STREAK` rounds in a row is retired for
+    /// each epoch); an outlier left out (or kept in bounded) is retired for
     /// the rest of the epoch.
     fn screened(&mut self, summary: &RoundSummary) {
         let name = |id: WorkerId| self.workers.get(&id).map_or("?", |w| w.name.as_str());
@@ -245,19 +243,25 @@ impl Driver {
                 "worker's update is far from the others' (its norm over the median's)"
             );
         }
-        // Left out, its weights are replaced by the average: it trains the
-        // same images again. Left out again, it would be asked for them
-        // again and again: like a worker whose weights were not finite, it
-        // trains no more of this epoch and the others take its images. So
-        // does one a streamed robust rule kept in, bounded, round after round.
+        // Left out, it would be asked for the same range again and again (a
+        // worker that redid it could lag the others and end an epoch alone):
+        // like a worker whose weights were not finite, it trains no more of
+        // this epoch and the others take its images. So does one that a
+        // streamed robust rule kept in, bounded.
         let bounded = self.config.aggregate.bounds_outliers();
         for update in summary.updates.iter().filter(|u| u.outlier) {
             let id = update.worker;
-            let left_out = summary.dropped.contains(&id);
-            if (left_out || bounded) && self.outliers.streak(id) >= RETIRE_STREAK {
+            if summary.dropped.contains(&id) || bounded {
+                let name = self.workers.get(&id).map_or("?", |w| w.name.as_str());
+                let (epoch, round) = (summary.epoch, summary.round);
+                warn!(
+                    epoch,
+                    round,
+                    worker = id,
+                    name,
+                    "worker's update was an outlier; it trains no more of this epoch"
+                );
                 self.retire_for_epoch(id);
-            } else if left_out && let Some(shard) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
-                shard.trained = shard.done;
             }
         }
     }
