@@ -58,7 +58,8 @@ pub enum Aggregate {
     /// never wins a coordinate, but can tilt each one.
     Median,
     /// Coordinate-wise mean of the updates after dropping the largest and
-    /// smallest fifth (at least one each from 3 workers on).
+    /// smallest values, as many as under a third of the workers (at least
+    /// one each from 3 workers on).
     TrimmedMean,
     /// Centered clipping of the updates around their median, by their median
     /// distance from it: the bias a minority can add stays a fraction of the
