@@ -129,7 +129,7 @@ pub struct TrainSettings {
     #[arg(long, value_name = "B")]
     pub batch_size: Option<usize>,
 
-    /// Peak learning rate of SGD [default: 0.05].
+    /// Peak learning rate of SGD [default: 0.05; lenet5: 0.025].
     #[arg(long, value_name = "LR")]
     pub lr: Option<f32>,
 
@@ -274,7 +274,7 @@ mod tests {
 
     /// Each preset's batch size, lr and schedule, as docs/tuning.md chose them.
     const PRESET_DEFAULTS: [(&str, usize, f32, LrSchedule); 2] =
-        [("lenet5", 32, 0.05, LrSchedule::Cosine), ("cnn", 32, 0.05, LrSchedule::Cosine)];
+        [("lenet5", 32, 0.025, LrSchedule::Cosine), ("cnn", 32, 0.05, LrSchedule::Cosine)];
 
     #[test]
     fn defaults_are_valid_and_nonsense_names_the_flag() {

@@ -49,7 +49,7 @@ const PRESETS: [Preset; 2] = [
         name: "lenet5",
         layers: "conv 6 5x5 pad 2, relu, maxpool 2, conv 16 5x5, relu, maxpool 2, flatten, dense 120, relu, dense 84, relu, dense 10",
         batch_size: 32,
-        lr: 0.05,
+        lr: 0.025,
         schedule: LrSchedule::Cosine,
     },
     Preset {
