@@ -71,7 +71,8 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
     let (choices, batch_sizes) = match (&args.model.model, &args.model.hidden) {
         (None, None) => {
-            let named = |name: &str| ModelSettings { model: Some(ModelChoice::Named(name.into())), ..args.model.clone() };
+            let named =
+                |name: &str| ModelSettings { model: Some(ModelChoice::Named(name.into())), ..args.model.clone() };
             (MODELS.map(named).to_vec(), &MODELS_BATCH_SIZES[..])
         }
         _ => (vec![args.model.clone()], &BATCH_SIZES[..]),

@@ -206,7 +206,9 @@ impl ModelSettings {
             _ => None,
         };
         match preset {
-            Some(p) => TrainConfig { batch_size: p.batch_size, lr: p.lr, schedule: p.schedule, ..TrainConfig::default() },
+            Some(p) => {
+                TrainConfig { batch_size: p.batch_size, lr: p.lr, schedule: p.schedule, ..TrainConfig::default() }
+            }
             None => TrainConfig::default(),
         }
     }

@@ -736,7 +736,8 @@ mod tests {
         let config = file.clone().overlay(&Settings::default()).unwrap().resolve_in(2, None).unwrap();
         assert_eq!((config.train.lr, config.train.peak_lr()), (0.025, 0.025 * 2f32.sqrt()));
         assert_eq!(config.to_settings().resolve_in(0, None).unwrap().train.lr, 0.025, "a run records its rate");
-        let flags = Settings { train: TrainSettings { lr: Some(0.01), ..TrainSettings::default() }, ..Settings::default() };
+        let flags =
+            Settings { train: TrainSettings { lr: Some(0.01), ..TrainSettings::default() }, ..Settings::default() };
         assert_eq!(file.overlay(&flags).unwrap().resolve_in(2, None).unwrap().train.lr, 0.01);
         assert_eq!(Settings::default().resolve_in(2, None).unwrap().train.lr, 0.05, "the MLP's");
     }
