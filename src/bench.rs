@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use lazyavg_common::config::{ModelChoice, ModelSettings, TrainConfig};
-use lazyavg_common::dataset::{self, Dataset};
+use lazyavg_common::dataset::{self, DataSplit, Dataset};
 use lazyavg_common::matmul::{self, Matrix};
 use lazyavg_common::rng::{self, Purpose};
 use lazyavg_common::spec::ModelSpec;
@@ -69,25 +69,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     );
     let per_repetition = Duration::from_secs_f64(args.seconds / REPETITIONS as f64);
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
-    let (choices, batch_sizes) = match (&args.model.model, &args.model.hidden) {
-        (None, None) => {
-            let named =
-                |name: &str| ModelSettings { model: Some(ModelChoice::Named(name.into())), ..args.model.clone() };
-            (MODELS.map(named).to_vec(), &MODELS_BATCH_SIZES[..])
-        }
-        _ => (vec![args.model.clone()], &BATCH_SIZES[..]),
-    };
-    let mut models = Vec::with_capacity(choices.len());
-    for settings in choices {
-        let spec = settings.resolve(split.train.input_shape(), split.label_count())?;
-        let flop_per_sample = spec.build()?.train_flop_per_sample() as f64;
-        let name = match &settings.model {
-            Some(ModelChoice::Named(name)) => name.clone(),
-            Some(ModelChoice::Stack(_)) => "stack".to_owned(),
-            None => "mlp".to_owned(),
-        };
-        models.push(Model { name, spec, flop_per_sample, defaults: settings.train_defaults() });
-    }
+    let (models, batch_sizes) = chosen(&args.model, &split)?;
     let mut workloads = Vec::with_capacity(models.len() * batch_sizes.len() + 1);
     let mut measured = Vec::with_capacity(workloads.capacity());
     for model in &models {
@@ -121,6 +103,31 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     });
     print_table(&models, per_repetition, &rows);
     Ok(())
+}
+
+/// The models to measure and their batch sizes: [`MODELS`] at
+/// [`MODELS_BATCH_SIZES`] unless `settings` name one (`--model`, `--hidden`),
+/// which is then measured at [`BATCH_SIZES`].
+fn chosen(settings: &ModelSettings, split: &DataSplit) -> anyhow::Result<(Vec<Model>, &'static [usize])> {
+    let (choices, batch_sizes) = match (&settings.model, &settings.hidden) {
+        (None, None) => {
+            let named = |name: &str| ModelSettings { model: Some(ModelChoice::Named(name.into())), ..settings.clone() };
+            (MODELS.map(named).to_vec(), &MODELS_BATCH_SIZES[..])
+        }
+        _ => (vec![settings.clone()], &BATCH_SIZES[..]),
+    };
+    let mut models = Vec::with_capacity(choices.len());
+    for choice in choices {
+        let spec = choice.resolve(split.train.input_shape(), split.label_count())?;
+        let flop_per_sample = spec.build()?.train_flop_per_sample() as f64;
+        let name = match &choice.model {
+            Some(ModelChoice::Named(name)) => name.clone(),
+            Some(ModelChoice::Stack(_)) => "stack".to_owned(),
+            None => "mlp".to_owned(),
+        };
+        models.push(Model { name, spec, flop_per_sample, defaults: choice.train_defaults() });
+    }
+    Ok((models, batch_sizes))
 }
 
 /// Training steps of `config` on `data`: each call trains about
