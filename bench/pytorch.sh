@@ -30,9 +30,9 @@ trap 'rm -f "$rows"' EXIT
 for round in $(seq "$ROUNDS"); do
     for model in $MODELS; do
         echo "round $round/$ROUNDS: $model" >&2
-        # `| train, batch 32 | 1,234 | ...` rows become JSON lines like pytorch.py's.
+        # `| lenet5, batch 32 | 1,234 | ...` rows become JSON lines like pytorch.py's.
         "$BIN" bench train --data-dir "$DATA" --model "$model" --seconds "$ROW_SECONDS" 2>/dev/null |
-            sed -n "s/^| train, batch \([0-9]*\) | \([0-9,]*\) |.*/{\"lazyavg\": true, \"model\": \"$model\", \"batch\": \1, \"samples_per_s\": \"\2\"}/p" >>"$rows"
+            sed -n "s/^| [^|,]*, batch \([0-9]*\) | \([0-9,]*\) |.*/{\"lazyavg\": true, \"model\": \"$model\", \"batch\": \1, \"samples_per_s\": \"\2\"}/p" >>"$rows"
         # shellcheck disable=SC2086 # BATCHES is a list
         OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$VENV/bin/python" bench/pytorch.py "$DATA" "$model" "$ROW_SECONDS" $BATCHES >>"$rows"
     done

@@ -1,15 +1,16 @@
-//! `lazyavg bench train`: how fast one thread trains a model (`--model`, the
-//! default MLP unless told), and how that compares with the best the same
-//! matrix-product backend does on one thread. The gap says how much a faster kernel could still win, and the
-//! samples/s are the unit that cluster throughput is measured against.
+//! `lazyavg bench train`: how fast one thread trains each named model (`mlp`,
+//! `lenet5`, `cnn`, or the one `--model`), and how that compares with the best
+//! the same matrix-product backend does on one thread. The gap says how much a
+//! faster kernel could still win, and the samples/s are the unit that cluster
+//! throughput is measured against.
 //!
 //! Everything runs on the calling thread: training and the ceiling both call
 //! [`matmul::matmul`], which runs the `gemm` crate without parallelism.
 
 use std::time::{Duration, Instant};
 
-use lazyavg_common::config::TrainConfig;
-use lazyavg_common::dataset::{self, Dataset};
+use lazyavg_common::config::{ModelChoice, ModelSettings, TrainConfig};
+use lazyavg_common::dataset::{self, DataSplit, Dataset};
 use lazyavg_common::matmul::{self, Matrix};
 use lazyavg_common::rng::{self, Purpose};
 use lazyavg_common::spec::ModelSpec;
@@ -19,7 +20,12 @@ use tracing::info;
 
 use crate::cli::BenchTrainArgs;
 
-/// Batch sizes measured, one table row each.
+/// The models measured when no `--model` (or `--hidden`) names one.
+const MODELS: [&str; 3] = ["mlp", "lenet5", "cnn"];
+/// Batch sizes of each of [`MODELS`]: the sizes their defaults use.
+const MODELS_BATCH_SIZES: [usize; 2] = [32, 64];
+/// Batch sizes of the one model named, one table row each: up to where the
+/// MLP reaches the ceiling.
 const BATCH_SIZES: [usize; 4] = [32, 64, 128, 256];
 /// Timed repetitions per row; the median is reported so that one preempted
 /// repetition does not move the figure.
@@ -33,10 +39,22 @@ const MAX_SECONDS: f64 = 3600.0;
 /// Samples trained between two clock reads (rounded to whole batches).
 const CHUNK_SAMPLES: usize = 1024;
 
+/// One model to measure.
+struct Model {
+    /// Its name in the table: `--model`'s name, or `stack`.
+    name: String,
+    spec: ModelSpec,
+    flop_per_sample: f64,
+    /// Its training defaults; each row sets the batch size.
+    defaults: TrainConfig,
+}
+
 /// One measured row of the table.
 struct Row {
     label: String,
-    samples_per_s: f64,
+    /// None for the ceiling when several models are measured: it has a rate
+    /// in samples per second only for one model's FLOP per sample.
+    samples_per_s: Option<f64>,
     gflop_per_s: f64,
 }
 
@@ -51,33 +69,65 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     );
     let per_repetition = Duration::from_secs_f64(args.seconds / REPETITIONS as f64);
     let (split, _) = dataset::load_dir(&args.data.data_dir, false)?;
-    let base = TrainConfig::default();
-    let arch = args.model.resolve(split.train.input_shape(), split.label_count())?;
-    let flop_per_sample = arch.build()?.train_flop_per_sample() as f64;
-    let mut workloads = Vec::with_capacity(BATCH_SIZES.len() + 1);
-    for batch_size in BATCH_SIZES {
-        workloads.push(training(TrainConfig { batch_size, ..base.clone() }, &arch, &split.train)?);
+    let (models, batch_sizes) = chosen(&args.model, &split)?;
+    let mut workloads = Vec::with_capacity(models.len() * batch_sizes.len() + 1);
+    let mut measured = Vec::with_capacity(workloads.capacity());
+    for model in &models {
+        for &batch_size in batch_sizes {
+            let config = TrainConfig { batch_size, ..model.defaults.clone() };
+            workloads.push(training(config, &model.spec, &split.train)?);
+            measured.push((model, batch_size));
+        }
     }
     workloads.push(matmul(CEILING_SIZE));
     info!(rows = workloads.len(), seconds_per_row = args.seconds, "benchmarking on one thread");
     let rates = median_rates(per_repetition, &mut workloads);
-    let (ceiling, training_rates) = rates.split_last().expect("the ceiling is measured last");
-    let mut rows: Vec<Row> = BATCH_SIZES
+    let (&ceiling, training_rates) = rates.split_last().expect("the ceiling is measured last");
+    let mut rows: Vec<Row> = measured
         .iter()
         .zip(training_rates)
-        .map(|(batch_size, &samples_per_s)| Row {
-            label: format!("train, batch {batch_size}"),
-            samples_per_s,
-            gflop_per_s: samples_per_s * flop_per_sample / 1e9,
+        .map(|((model, batch_size), &samples_per_s)| Row {
+            label: format!("{}, batch {batch_size}", model.name),
+            samples_per_s: Some(samples_per_s),
+            gflop_per_s: samples_per_s * model.flop_per_sample / 1e9,
         })
         .collect();
+    let one_model = match &models[..] {
+        [model] => Some(model.flop_per_sample),
+        _ => None,
+    };
     rows.push(Row {
         label: format!("ceiling: {CEILING_SIZE}×{CEILING_SIZE} f32 matmul (gemm)"),
-        samples_per_s: ceiling / flop_per_sample,
+        samples_per_s: one_model.map(|flop_per_sample| ceiling / flop_per_sample),
         gflop_per_s: ceiling / 1e9,
     });
-    print_table(&arch, flop_per_sample, per_repetition, &rows);
+    print_table(&models, per_repetition, &rows);
     Ok(())
+}
+
+/// The models to measure and their batch sizes: [`MODELS`] at
+/// [`MODELS_BATCH_SIZES`] unless `settings` name one (`--model`, `--hidden`),
+/// which is then measured at [`BATCH_SIZES`].
+fn chosen(settings: &ModelSettings, split: &DataSplit) -> anyhow::Result<(Vec<Model>, &'static [usize])> {
+    let (choices, batch_sizes) = match (&settings.model, &settings.hidden) {
+        (None, None) => {
+            let named = |name: &str| ModelSettings { model: Some(ModelChoice::Named(name.into())), ..settings.clone() };
+            (MODELS.map(named).to_vec(), &MODELS_BATCH_SIZES[..])
+        }
+        _ => (vec![settings.clone()], &BATCH_SIZES[..]),
+    };
+    let mut models = Vec::with_capacity(choices.len());
+    for choice in choices {
+        let spec = choice.resolve(split.train.input_shape(), split.label_count())?;
+        let flop_per_sample = spec.build()?.train_flop_per_sample() as f64;
+        let name = match &choice.model {
+            Some(ModelChoice::Named(name)) => name.clone(),
+            Some(ModelChoice::Stack(_)) => "stack".to_owned(),
+            None => "mlp".to_owned(),
+        };
+        models.push(Model { name, spec, flop_per_sample, defaults: choice.train_defaults() });
+    }
+    Ok((models, batch_sizes))
 }
 
 /// Training steps of `config` on `data`: each call trains about
@@ -149,20 +199,24 @@ fn rate_for(duration: Duration, work: &mut Workload<'_>) -> f64 {
 }
 
 /// The Markdown table on stdout, ready to paste into the README.
-fn print_table(arch: &ModelSpec, flop_per_sample: f64, per_repetition: Duration, rows: &[Row]) {
+fn print_table(models: &[Model], per_repetition: Duration, rows: &[Row]) {
     let ceiling = rows.last().map_or(f64::NAN, |r| r.gflop_per_s);
     println!(
-        "One thread, {arch} ({flop_per_sample:.0} FLOP per training sample); each row is the \
-         median of {REPETITIONS} repetitions of {:.2} s, rows interleaved, after a warm-up round:\n",
+        "One thread; each row is the median of {REPETITIONS} repetitions of {:.2} s, rows interleaved, after a \
+         warm-up round. FLOP per training sample (2 per multiply-add of the forward pass, the weight gradients and \
+         the input gradients, a convolution's like a dense layer's):\n",
         per_repetition.as_secs_f64()
     );
-    println!("| what | samples/s | GFLOP/s | share of ceiling |");
+    for model in models {
+        println!("- {}: {}, {} FLOP", model.name, model.spec, thousands(model.flop_per_sample));
+    }
+    println!("\n| what | samples/s | GFLOP/s | share of ceiling |");
     println!("|---|---:|---:|---:|");
     for row in rows {
         println!(
             "| {} | {} | {:.1} | {:.0}% |",
             row.label,
-            thousands(row.samples_per_s),
+            row.samples_per_s.map_or_else(|| "—".to_owned(), thousands),
             row.gflop_per_s,
             100.0 * row.gflop_per_s / ceiling
         );

@@ -124,7 +124,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Single-thread training throughput per batch size against the matrix-product ceiling.
+    /// Single-thread training throughput against the matrix-product ceiling: mlp, lenet5 and cnn at batch 32 and 64, or one --model at 32 to 256.
     Train(BenchTrainArgs),
 }
 
@@ -290,7 +290,7 @@ pub struct BenchTrainArgs {
     #[command(flatten)]
     pub model: ModelSettings,
 
-    /// Seconds of measurement per batch size (plus a fifth more of warm-up).
+    /// Seconds of measurement per row (plus a fifth more of warm-up).
     #[arg(long, default_value_t = 3.0, value_name = "S")]
     pub seconds: f64,
 }

@@ -129,7 +129,7 @@ pub struct TrainSettings {
     #[arg(long, value_name = "B")]
     pub batch_size: Option<usize>,
 
-    /// Peak learning rate of SGD [default: 0.05].
+    /// Peak learning rate of SGD [default: 0.05; lenet5: 0.025].
     #[arg(long, value_name = "LR")]
     pub lr: Option<f32>,
 
@@ -159,11 +159,11 @@ pub struct TrainSettings {
 }
 
 impl TrainSettings {
-    /// The defaults with every given setting applied, validated.
+    /// The model's defaults with every given setting applied, validated.
     pub fn resolve(&self) -> Result<TrainConfig> {
-        let d = TrainConfig::default();
-        let momentum = self.momentum.unwrap_or(d.momentum);
         self.model.check()?;
+        let d = self.model.train_defaults();
+        let momentum = self.momentum.unwrap_or(d.momentum);
         let config = TrainConfig {
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             lr: self.lr.unwrap_or(d.lr),
@@ -272,6 +272,10 @@ pub use crate::model_settings::{ModelChoice, ModelSettings};
 mod tests {
     use super::*;
 
+    /// Each preset's batch size, lr and schedule, as docs/tuning.md chose them.
+    const PRESET_DEFAULTS: [(&str, usize, f32, LrSchedule); 2] =
+        [("lenet5", 32, 0.025, LrSchedule::Cosine), ("cnn", 32, 0.05, LrSchedule::Cosine)];
+
     #[test]
     fn defaults_are_valid_and_nonsense_names_the_flag() {
         TrainConfig::default().validate().unwrap();
@@ -309,6 +313,44 @@ mod tests {
             ..TrainSettings::default()
         };
         assert!(bad.resolve().unwrap_err().to_string().starts_with("invalid --hidden"));
+    }
+
+    #[test]
+    fn a_preset_trains_with_its_own_defaults_unless_a_flag_or_key_says_otherwise() {
+        let named = |name: &str| ModelSettings { model: Some(name.parse().unwrap()), ..ModelSettings::default() };
+        let resolved = |settings: TrainSettings| settings.resolve().unwrap();
+        // The MLP's, by name or not, and a stack's, are the defaults runs were pinned with.
+        let mlp = TrainConfig {
+            batch_size: 32,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            nesterov: true,
+            schedule: LrSchedule::Cosine,
+            warmup_epochs: 1.0,
+            lr_scale: 1.0,
+            seed: 1,
+        };
+        assert_eq!(TrainConfig::default(), mlp);
+        for model in [ModelSettings::default(), named("mlp"), named("dense 10")] {
+            assert_eq!(resolved(TrainSettings { model, ..TrainSettings::default() }), mlp);
+        }
+        for (name, batch_size, lr, schedule) in PRESET_DEFAULTS {
+            let own = resolved(TrainSettings { model: named(name), ..TrainSettings::default() });
+            assert_eq!(own, TrainConfig { batch_size, lr, schedule, ..mlp.clone() }, "{name}");
+            let flags = TrainSettings {
+                model: named(name),
+                lr: Some(0.3),
+                batch_size: Some(7),
+                schedule: Some(LrSchedule::Constant),
+                ..TrainSettings::default()
+            };
+            let given = resolved(flags);
+            assert_eq!((given.lr, given.batch_size, given.schedule), (0.3, 7, LrSchedule::Constant), "{name}");
+            // A config file's keys are settings like flags.
+            let file: TrainSettings = toml::from_str(&format!("model = \"{name}\"\nlr = 0.2\n")).unwrap();
+            assert_eq!(resolved(file), TrainConfig { lr: 0.2, ..own }, "{name}");
+        }
     }
 
     #[test]

@@ -21,24 +21,44 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{LrSchedule, TrainConfig};
 use crate::error::{Error, Result};
 use crate::spec::{InputShape, LAYER_KINDS, LayerSpec, ModelSpec};
 
 /// The default MLP's hidden widths.
 pub const DEFAULT_HIDDEN: [usize; 2] = [200, 200];
 
-/// The named convolutional networks, written for 10 classes (the last layer
-/// takes the data's class count): LeNet-5, and the CNN of the FedAvg paper
-/// (McMahan et al., 2017), 1,663,370 parameters on MNIST.
-const PRESETS: [(&str, &str); 2] = [
-    (
-        "lenet5",
-        "conv 6 5x5 pad 2, relu, maxpool 2, conv 16 5x5, relu, maxpool 2, flatten, dense 120, relu, dense 84, relu, dense 10",
-    ),
-    (
-        "cnn",
-        "conv 32 5x5 pad 2, relu, maxpool 2, conv 64 5x5 pad 2, relu, maxpool 2, flatten, dense 512, relu, dense 10",
-    ),
+/// A named convolutional network and what it trains with by default.
+struct Preset {
+    name: &'static str,
+    /// Its layers, written for 10 classes (the last layer takes the data's
+    /// class count).
+    layers: &'static str,
+    /// Its defaults where no flag or config key says otherwise: the MLP's
+    /// ([`TrainConfig::default`]) but for these three, which differ between
+    /// networks most (docs/tuning.md has the sweeps they were chosen by).
+    batch_size: usize,
+    lr: f32,
+    schedule: LrSchedule,
+}
+
+/// LeNet-5, and the CNN of the FedAvg paper (McMahan et al., 2017), 1,663,370
+/// parameters on MNIST.
+const PRESETS: [Preset; 2] = [
+    Preset {
+        name: "lenet5",
+        layers: "conv 6 5x5 pad 2, relu, maxpool 2, conv 16 5x5, relu, maxpool 2, flatten, dense 120, relu, dense 84, relu, dense 10",
+        batch_size: 32,
+        lr: 0.025,
+        schedule: LrSchedule::Cosine,
+    },
+    Preset {
+        name: "cnn",
+        layers: "conv 32 5x5 pad 2, relu, maxpool 2, conv 64 5x5 pad 2, relu, maxpool 2, flatten, dense 512, relu, dense 10",
+        batch_size: 32,
+        lr: 0.05,
+        schedule: LrSchedule::Cosine,
+    },
 ];
 
 /// The names `--model` knows.
@@ -126,7 +146,7 @@ impl ModelSettings {
         match &self.model {
             None => Ok(()),
             Some(ModelChoice::Named(name)) if name == "mlp" => Ok(()),
-            Some(ModelChoice::Named(name)) if preset(name).is_none() => Err(Error::config(
+            Some(ModelChoice::Named(name)) if find_preset(name).is_none() => Err(Error::config(
                 "--model",
                 format!("unknown model {name:?}: give one of {NAMES}, or a stack of layers ({LAYER_KINDS})"),
             )),
@@ -177,6 +197,22 @@ impl ModelSettings {
         Ok(spec)
     }
 
+    /// What the chosen model trains with where no flag or config key says
+    /// otherwise: a named network's own defaults, else (the MLP, a stack of
+    /// layers) [`TrainConfig::default`].
+    pub fn train_defaults(&self) -> TrainConfig {
+        let preset = match &self.model {
+            Some(ModelChoice::Named(name)) => find_preset(name),
+            _ => None,
+        };
+        match preset {
+            Some(p) => {
+                TrainConfig { batch_size: p.batch_size, lr: p.lr, schedule: p.schedule, ..TrainConfig::default() }
+            }
+            None => TrainConfig::default(),
+        }
+    }
+
     /// The settings that describe `spec` in full, for a run's `config.toml`.
     pub fn recorded(spec: &ModelSpec) -> Self {
         let layers = spec.layers.iter().map(ToString::to_string).collect();
@@ -185,10 +221,14 @@ impl ModelSettings {
     }
 }
 
+/// The named network `name`, if there is one.
+fn find_preset(name: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|preset| preset.name == name)
+}
+
 /// The layers of the named network `name`, if there is one.
 fn preset(name: &str) -> Option<Vec<LayerSpec>> {
-    let (_, layers) = PRESETS.iter().find(|(known, _)| *known == name)?;
-    Some(ModelSpec::parse_layers(layers).expect("the presets parse"))
+    Some(ModelSpec::parse_layers(find_preset(name)?.layers).expect("the presets parse"))
 }
 
 /// Whether `word` alone is a layer (`relu`, `flatten`): a one-layer stack, not a name.

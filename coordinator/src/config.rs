@@ -738,6 +738,21 @@ mod tests {
     }
 
     #[test]
+    fn a_named_model_in_a_file_brings_its_defaults_and_flags_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "model = \"lenet5\"\n").unwrap();
+        let file = Settings::from_file(&path).unwrap();
+        let config = file.clone().overlay(&Settings::default()).unwrap().resolve_in(2, None).unwrap();
+        assert_eq!((config.train.lr, config.train.peak_lr()), (0.025, 0.025 * 2f32.sqrt()));
+        assert_eq!(config.to_settings().resolve_in(0, None).unwrap().train.lr, 0.025, "a run records its rate");
+        let flags =
+            Settings { train: TrainSettings { lr: Some(0.01), ..TrainSettings::default() }, ..Settings::default() };
+        assert_eq!(file.overlay(&flags).unwrap().resolve_in(2, None).unwrap().train.lr, 0.01);
+        assert_eq!(Settings::default().resolve_in(2, None).unwrap().train.lr, 0.05, "the MLP's");
+    }
+
+    #[test]
     fn the_cluster_size_sets_the_learning_rate_scale_and_the_outer_step() {
         let resolve = |settings: Settings, n: usize| settings.resolve_in(n, None).unwrap();
         let two = resolve(Settings::default(), 2);

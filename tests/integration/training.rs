@@ -161,21 +161,34 @@ fn unverified_data_that_is_not_mnist_is_noted_once() {
 }
 
 #[test]
-fn bench_train_prints_a_markdown_table() {
+fn bench_train_prints_a_markdown_table_per_model_or_for_one() {
     let _heavy = heavy();
-    let out = lazyavg()
-        .args(["bench", "train", "--seconds", "0.05", "--data-dir"])
-        .arg(mnist_dir())
-        .output()
-        .expect("running lazyavg");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();
-    assert_eq!(rows.len(), 6, "a header, four batch sizes and the ceiling:\n{stdout}");
-    for (row, label) in rows[1..].iter().zip(["batch 32", "batch 64", "batch 128", "batch 256", "ceiling"]) {
-        assert!(row.contains(label), "{row:?} should be about {label}");
-        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-        let gflop: f64 = cells[2].parse().unwrap_or_else(|e| panic!("GFLOP/s cell of {row:?}: {e}"));
-        assert!(gflop > 0.0, "{row}");
-    }
+    let table = |extra: &[&str]| {
+        let out = lazyavg()
+            .args(["bench", "train", "--seconds", "0.05", "--data-dir"])
+            .arg(mnist_dir())
+            .args(extra)
+            .output()
+            .expect("running lazyavg");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let check = |stdout: &str, labels: &[&str]| {
+        let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(rows.len(), labels.len() + 1, "a header and {labels:?}:\n{stdout}");
+        for (row, label) in rows[1..].iter().zip(labels) {
+            assert!(row.starts_with(&format!("| {label}")), "{row:?} should be about {label}");
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            let gflop: f64 = cells[2].parse().unwrap_or_else(|e| panic!("GFLOP/s cell of {row:?}: {e}"));
+            assert!(gflop > 0.0, "{row}");
+        }
+    };
+    let every = table(&[]);
+    let models = ["mlp, batch 32", "mlp, batch 64", "lenet5, batch 32", "lenet5, batch 64", "cnn, batch 32"];
+    check(&every, &[&models[..], &["cnn, batch 64", "ceiling"]].concat());
+    assert!(every.contains("- cnn: 1x28x28 → conv 32 5x5 pad 2") && every.contains("72,384,512 FLOP"), "{every}");
+    let one = table(&["--model", "mlp"]);
+    check(&one, &["mlp, batch 32", "mlp, batch 64", "mlp, batch 128", "mlp, batch 256", "ceiling"]);
+    assert!(one.contains("- mlp: 784-200-200-10, 879,200 FLOP"), "{one}");
 }
