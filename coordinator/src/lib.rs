@@ -171,6 +171,13 @@ pub async fn run(
     if !config.bind.ip().is_loopback() && config.token.is_none() && config.tls.is_none() {
         warn!(bind = %config.bind, "--insecure: no token is required; anyone who can reach this port can join the run");
     }
+    if config.aggregate != round::Aggregate::Mean && config.workers < 3 {
+        warn!(
+            workers = config.workers,
+            "--aggregate: a robust rule needs an honest majority, 3 workers or more; with fewer, no rule can tell \
+             an honest worker from a hostile one"
+        );
+    }
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
     // From here on `bind` is where workers connect: for port 0, the port the
