@@ -254,7 +254,7 @@ impl Round {
         if let Some(part) = self.parts.get_mut(&worker) {
             part.update_sq += sq;
         }
-        self.aggregator.add(worker, samples, range.clone(), &self.scratch, &self.start[range]);
+        self.aggregator.add(worker, samples, range.clone(), &self.scratch, &self.start[range], sq);
         Ok(())
     }
 

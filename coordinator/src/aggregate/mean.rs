@@ -19,7 +19,15 @@ impl Aggregator for WeightedMean {
         self.sum.resize(start.len(), 0.0);
     }
 
-    fn add(&mut self, _worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32], _start: &[f32]) {
+    fn add(
+        &mut self,
+        _worker: WorkerId,
+        samples: u64,
+        range: Range<usize>,
+        values: &[f32],
+        _start: &[f32],
+        _squared: f64,
+    ) {
         let weight = samples as f64;
         for (acc, &v) in self.sum[range].iter_mut().zip(values) {
             *acc += weight * f64::from(v);
@@ -74,15 +82,15 @@ mod tests {
     fn chunks_in_any_order_give_the_weighted_mean_and_a_reset_clears_it() {
         let mut mean = WeightedMean { sum: vec![7.0; 5] };
         mean.reset(&[0.0; 3]);
-        mean.add(2, 1, 1..3, &[4.0, 8.0], &[0.0; 2]);
-        mean.add(1, 3, 0..3, &[1.0, 2.0, 4.0], &[0.0; 3]);
-        mean.add(2, 1, 0..1, &[5.0], &[0.0]);
+        mean.add(2, 1, 1..3, &[4.0, 8.0], &[0.0; 2], 0.0);
+        mean.add(1, 3, 0..3, &[1.0, 2.0, 4.0], &[0.0; 3], 0.0);
+        mean.add(2, 1, 0..1, &[5.0], &[0.0], 0.0);
         let mut out = [0.0; 3];
         mean.finish(&[0.0; 3], &[(1, 3), (2, 1)], &mut out);
         assert_eq!(out, [2.0, 2.5, 5.0]);
         assert!(!mean.forget(1), "a running sum cannot give a contribution back");
         mean.reset(&[0.0; 2]);
-        mean.add(1, 2, 0..2, &[1.0, -1.0], &[0.0; 2]);
+        mean.add(1, 2, 0..2, &[1.0, -1.0], &[0.0; 2], 0.0);
         let mut out = [0.0; 2];
         mean.finish(&[0.0; 2], &[(1, 2)], &mut out);
         assert_eq!(out, [1.0, -1.0]);

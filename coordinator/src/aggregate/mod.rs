@@ -32,8 +32,9 @@ pub trait Aggregator: fmt::Debug + Send {
 
     /// Takes positions `range` of `worker`'s contribution, trained on
     /// `samples` (the coordinator's count); `start` is the round's start at
-    /// those positions. Each position of a worker comes once.
-    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32], start: &[f32]);
+    /// those positions, and `squared` is ‖values − start‖², which the round
+    /// measures for its screen anyway. Each position of a worker comes once.
+    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32], start: &[f32], squared: f64);
 
     /// Drops everything `worker` added. Returns false when that cannot be
     /// undone (a running sum): the round is then spoiled if anything was added.

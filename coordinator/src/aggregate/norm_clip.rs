@@ -73,9 +73,16 @@ impl Aggregator for NormClip {
         };
     }
 
-    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32], start: &[f32]) {
+    fn add(
+        &mut self,
+        worker: WorkerId,
+        samples: u64,
+        range: Range<usize>,
+        values: &[f32],
+        start: &[f32],
+        squared: f64,
+    ) {
         let budget = self.budgets.entry(worker).or_default();
-        let squared: f64 = values.iter().zip(start).map(|(&v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
         budget.seen += squared;
         let left = (self.threshold * self.threshold - budget.spent).max(0.0);
         let share = if squared <= left {
@@ -115,6 +122,7 @@ impl Aggregator for NormClip {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::screen::squared_distance;
 
     fn norm(values: &[f32]) -> f64 {
         values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt()
@@ -131,7 +139,8 @@ mod tests {
         for (id, samples, values) in contributions {
             for offset in (0..start.len()).step_by(chunk) {
                 let range = offset..(offset + chunk).min(start.len());
-                rule.add(*id, *samples, range.clone(), &values[range.clone()], &start[range]);
+                let (values, start) = (&values[range.clone()], &start[range.clone()]);
+                rule.add(*id, *samples, range, values, start, squared_distance(values, start));
             }
         }
         let mut out = vec![0.0; start.len()];

@@ -41,7 +41,15 @@ impl<R: UpdateRule> Aggregator for Whole<R> {
         self.spare.extend(std::mem::take(&mut self.values).into_values());
     }
 
-    fn add(&mut self, worker: WorkerId, _samples: u64, range: Range<usize>, values: &[f32], _start: &[f32]) {
+    fn add(
+        &mut self,
+        worker: WorkerId,
+        _samples: u64,
+        range: Range<usize>,
+        values: &[f32],
+        _start: &[f32],
+        _squared: f64,
+    ) {
         let Whole { len, values: contributions, spare, .. } = self;
         let buffer = contributions.entry(worker).or_insert_with(|| {
             // Every position is written before the round combines it.
@@ -85,10 +93,10 @@ mod tests {
     fn only_the_named_contributors_count_and_a_forgotten_one_is_gone() {
         let mut median = Whole::new(Coordinatewise::new(Median));
         median.reset(&[0.0; 2]);
-        median.add(1, 5, 0..2, &[1.0, 10.0], &[0.0; 2]);
-        median.add(2, 5, 0..1, &[3.0], &[0.0]);
-        median.add(2, 5, 1..2, &[30.0], &[0.0]);
-        median.add(3, 5, 0..2, &[1e9, 1e9], &[0.0; 2]);
+        median.add(1, 5, 0..2, &[1.0, 10.0], &[0.0; 2], 0.0);
+        median.add(2, 5, 0..1, &[3.0], &[0.0], 0.0);
+        median.add(2, 5, 1..2, &[30.0], &[0.0], 0.0);
+        median.add(3, 5, 0..2, &[1e9, 1e9], &[0.0; 2], 0.0);
         assert!(median.forget(3));
         let mut out = [0.0; 2];
         median.finish(&[0.0, 0.0], &[(1, 5), (2, 5), (3, 5)], &mut out);
@@ -101,9 +109,9 @@ mod tests {
         let mut median = Whole::new(Coordinatewise::new(Median));
         for round in 0..2 {
             median.reset(&start);
-            median.add(1, 1, 0..2, &[1.5, -2.0], &start);
-            median.add(2, 1, 0..2, &[0.5, -4.0], &start);
-            median.add(3, 1, 0..2, &[1.0, -3.5], &start);
+            median.add(1, 1, 0..2, &[1.5, -2.0], &start, 0.0);
+            median.add(2, 1, 0..2, &[0.5, -4.0], &start, 0.0);
+            median.add(3, 1, 0..2, &[1.0, -3.5], &start, 0.0);
             let mut out = [0.0; 2];
             median.finish(&start, &[(1, 1), (2, 1), (3, 1)], &mut out);
             assert_eq!(out, [1.0, -3.5], "round {round}");
