@@ -8,7 +8,7 @@
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use lazyavg_common::rng::{self, Purpose, StreamRng};
-use lazyavg_proto::chunks::{ChunkCursor, decode_into, weight_chunks};
+use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, weight_chunks};
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{PROTOCOL_VERSION, pb};
@@ -47,7 +47,7 @@ struct Incoming {
 
 impl Incoming {
     /// The average whose first chunk is `first`.
-    fn new(first: &pb::WeightsChunk) -> Self {
+    fn new(first: &Chunk) -> Self {
         let total = first.total as usize;
         Incoming { cursor: ChunkCursor::new(first.epoch, first.round, total), values: vec![0.0; total] }
     }
@@ -102,6 +102,7 @@ pub fn run(args: &HostileArgs) -> Result<()> {
         while let Some(message) = inbound.message().await.context("Session")? {
             match message.kind {
                 Some(Command::Average(chunk)) => {
+                    let chunk = Chunk::from(chunk);
                     let mut partial = match incoming.take() {
                         Some(partial) if chunk.offset > 0 => partial,
                         _ => Incoming::new(&chunk),
@@ -124,7 +125,7 @@ pub fn run(args: &HostileArgs) -> Result<()> {
                     send(Reply::Report(report)).await?;
                     let values = args.attack.values(factor, &seen, &mut noise);
                     for chunk in weight_chunks(pull.epoch, pull.round, &values) {
-                        send(Reply::Weights(chunk)).await?;
+                        send(Reply::Weights(chunk.into())).await?;
                     }
                 }
                 Some(Command::Stop(stop)) => {

@@ -8,7 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
-use lazyavg_proto::pb;
+use lazyavg_proto::chunks::Chunk;
 use serde_json::json;
 
 use lazyavg_common::telemetry::error_chain;
@@ -47,7 +47,7 @@ impl RoundDump {
     }
 
     /// Appends a chunk a worker sent.
-    fn chunk(&self, worker: WorkerId, chunk: &pb::WeightsChunk) -> Result<()> {
+    fn chunk(&self, worker: WorkerId, chunk: &Chunk) -> Result<()> {
         if !self.active() {
             return Ok(());
         }

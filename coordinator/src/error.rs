@@ -81,20 +81,3 @@ impl From<&RegistryError> for Status {
         }
     }
 }
-
-impl From<&RoundError> for Status {
-    /// Stale and future rounds are OUT_OF_RANGE; malformed or non-finite
-    /// weights INVALID_ARGUMENT; contributions from the wrong worker or twice
-    /// FAILED_PRECONDITION.
-    fn from(err: &RoundError) -> Self {
-        let message = err.to_string();
-        match err {
-            RoundError::Stale { .. } | RoundError::Future { .. } => Status::out_of_range(message),
-            RoundError::NonFinite { .. } | RoundError::Chunk(_) => Status::invalid_argument(message),
-            RoundError::NotInRound(_) | RoundError::Duplicate(_) => Status::failed_precondition(message),
-            RoundError::Empty { .. } | RoundError::Tainted { .. } | RoundError::Diverged { .. } => {
-                Status::internal(message)
-            }
-        }
-    }
-}

@@ -27,10 +27,12 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod command;
 pub mod config;
 pub mod data;
 pub mod driver;
 pub mod dump;
+pub mod edge;
 pub mod ending;
 pub mod error;
 pub mod init;

@@ -13,7 +13,7 @@
 //! a default 2-worker round: 2.0 ms with them, 3.0 to 3.7 ms in slices, on
 //! a shared 2-core machine under load, so only roughly).
 
-use lazyavg_proto::pb;
+use lazyavg_proto::chunks::Chunk;
 
 /// The most weight bytes in one message to a session that has not answered
 /// yet. A multiple of 4 (whole f32 values).
@@ -21,12 +21,12 @@ pub const SMALL_MESSAGE_BYTES: usize = 64 << 10;
 
 /// `chunks` (weights as the wire cuts them) in messages of at most
 /// [`SMALL_MESSAGE_BYTES`], slices of the same buffers.
-pub fn small(chunks: &[pb::WeightsChunk]) -> Vec<pb::WeightsChunk> {
+pub fn small(chunks: &[Chunk]) -> Vec<Chunk> {
     let mut sliced = Vec::new();
     for chunk in chunks {
         for start in (0..chunk.data.len()).step_by(SMALL_MESSAGE_BYTES) {
             let end = (start + SMALL_MESSAGE_BYTES).min(chunk.data.len());
-            sliced.push(pb::WeightsChunk {
+            sliced.push(Chunk {
                 offset: chunk.offset + (start / 4) as u64,
                 data: chunk.data.slice(start..end),
                 ..chunk.clone()
@@ -52,7 +52,7 @@ mod tests {
     fn the_slices_put_back_together_are_the_parameters() {
         // Past one wire chunk (1 MiB), with a ragged last slice.
         let params: Vec<f32> = (0..300_001).map(|i| i as f32 * 0.5 - 7.0).collect();
-        let chunks: Vec<pb::WeightsChunk> = weight_chunks(2, 5, &params).collect();
+        let chunks: Vec<Chunk> = weight_chunks(2, 5, &params).collect();
         let sliced = small(&chunks);
         assert_eq!(sliced.len(), messages(params.len()));
         let mut cursor = ChunkCursor::new(2, 5, params.len());
@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn the_slices_share_the_chunks_buffers() {
         let params = vec![1.0f32; 3 * SMALL_MESSAGE_BYTES / 4];
-        let chunks: Vec<pb::WeightsChunk> = weight_chunks(0, 0, &params).collect();
+        let chunks: Vec<Chunk> = weight_chunks(0, 0, &params).collect();
         let sliced = small(&chunks);
         assert_eq!(sliced.len(), 3);
         assert_eq!(sliced[0].data.as_ptr(), chunks[0].data.as_ptr());

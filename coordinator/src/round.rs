@@ -12,8 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use lazyavg_proto::chunks::{ChunkCursor, decode_into, first_non_finite};
-use lazyavg_proto::{ProtoError, pb};
+use lazyavg_proto::ProtoError;
+use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, first_non_finite};
+use lazyavg_proto::message::Report;
 
 pub use crate::aggregate::Aggregate;
 use crate::aggregate::Aggregator;
@@ -214,7 +215,7 @@ impl Round {
     }
 
     /// Takes a worker's report on its training for this round.
-    pub fn report(&mut self, worker: WorkerId, report: &pb::RoundReport) -> Result<(), RoundError> {
+    pub fn report(&mut self, worker: WorkerId, report: &Report) -> Result<(), RoundError> {
         self.check_round(report.epoch, report.round)?;
         let part = self.part(worker)?;
         if part.reported {
@@ -231,7 +232,7 @@ impl Round {
     /// Adds one chunk of a worker's weights into the running sum. A chunk with
     /// a non-finite value excludes the worker from the round (and taints the
     /// round if some of its chunks were already summed).
-    pub fn accept(&mut self, worker: WorkerId, chunk: &pb::WeightsChunk) -> Result<(), RoundError> {
+    pub fn accept(&mut self, worker: WorkerId, chunk: &Chunk) -> Result<(), RoundError> {
         self.check_round(chunk.epoch, chunk.round)?;
         let part = self.part(worker)?;
         if part.state == State::Complete {

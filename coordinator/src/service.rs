@@ -9,21 +9,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
-use lazyavg_proto::pb::coordinator_message::Kind as Command;
+use lazyavg_proto::message::FromWorker;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, pb};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::edge::Mailbox;
 use crate::ending::RunEnd;
 use crate::observe::board::StatusView;
 use crate::observe::log::RefusalLog;
 use crate::registry::{Registry, RegistryError, printable};
 use crate::round::WorkerId;
 
-/// Messages to one worker's session; an `Err` ends it with that status.
-pub type Outbox = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 type Queue = mpsc::Receiver<Result<pb::CoordinatorMessage, Status>>;
 
 /// Held by the driver for as long as it keeps a worker: dropping it closes
@@ -38,10 +37,10 @@ pub struct Leash {
 /// What the service tells the driver.
 #[derive(Debug)]
 pub enum Event {
-    /// A worker opened its session from `address`; commands for it go to `outbox`.
-    Attached { id: WorkerId, name: String, address: String, outbox: Outbox, leash: Leash },
+    /// A worker opened its session from `address`; commands for it go to `mailbox`.
+    Attached { id: WorkerId, name: String, address: String, mailbox: Mailbox, leash: Leash },
     /// A worker sent a message on its session.
-    Message { id: WorkerId, reply: Reply },
+    Message { id: WorkerId, message: FromWorker },
     /// A worker's session ended.
     Detached { id: WorkerId, reason: String },
 }
@@ -266,7 +265,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let mut unattach = Unattach { shared: &self.shared, id: Some(id) };
         let (outbox, queue) = mpsc::channel(self.shared.outbox_capacity);
         let (leash, dropped) = oneshot::channel();
-        let attached = Event::Attached { id, name, address, outbox, leash: Leash { _held_by_the_driver: leash } };
+        let (mailbox, leash) = (Mailbox::new(outbox), Leash { _held_by_the_driver: leash });
+        let attached = Event::Attached { id, name, address, mailbox, leash };
         if self.shared.events.send(attached).await.is_err() {
             return Err(Status::unavailable("the coordinator is shutting down"));
         }
@@ -310,7 +310,8 @@ impl Session {
                     break "sent a second Attach".to_owned();
                 }
                 Ok(Some(pb::WorkerMessage { kind: Some(reply) })) => {
-                    if shared.events.send(Event::Message { id, reply }).await.is_err() {
+                    let Some(message) = FromWorker::from_pb(reply) else { continue };
+                    if shared.events.send(Event::Message { id, message }).await.is_err() {
                         return;
                     }
                 }
@@ -322,9 +323,4 @@ impl Session {
         shared.registry().detach(id);
         let _ = shared.events.send(Event::Detached { id, reason }).await;
     }
-}
-
-/// A command message.
-pub fn command(kind: Command) -> pb::CoordinatorMessage {
-    pb::CoordinatorMessage { kind: Some(kind) }
 }

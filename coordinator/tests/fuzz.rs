@@ -11,8 +11,8 @@ use lazyavg_common::spec::ModelSpec;
 use lazyavg_coordinator::checkpoint::{self, Checkpoint};
 use lazyavg_coordinator::round::{Aggregate, Round, RoundError, WorkerId};
 use lazyavg_proto::MAX_CHUNK_BYTES;
-use lazyavg_proto::chunks::{VALUES_PER_CHUNK, weight_chunks};
-use lazyavg_proto::pb;
+use lazyavg_proto::chunks::{Chunk, VALUES_PER_CHUNK, weight_chunks};
+use lazyavg_proto::message::Report;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -209,23 +209,22 @@ fn param_len() -> impl Strategy<Value = usize> {
 
 /// A chunk with fields near those of (`epoch`, `round`, `total`), or anything;
 /// data of any bit patterns (NaN and infinities included).
-fn chunk(epoch: u64, round: u64, total: u64) -> impl Strategy<Value = pb::WeightsChunk> {
+fn chunk(epoch: u64, round: u64, total: u64) -> impl Strategy<Value = Chunk> {
     let near = |v: u64| prop_oneof![3 => Just(v), 1 => Just(v.wrapping_add(1)), 1 => Just(v.wrapping_sub(1)), 1 => any::<u64>()];
     let data = prop_oneof![
         6 => prop::collection::vec(any::<u8>(), 0..40),
         1 => prop_oneof![Just(MAX_CHUNK_BYTES), Just(MAX_CHUNK_BYTES + 4), Just(MAX_CHUNK_BYTES - 3)]
             .prop_map(|n| vec![0x40; n]),
     ];
-    (near(epoch), near(round), prop_oneof![0..=total + 1, any::<u64>()], near(total), data).prop_map(
-        |(epoch, round, offset, total, data)| pb::WeightsChunk { epoch, round, offset, total, data: data.into() },
-    )
+    (near(epoch), near(round), prop_oneof![0..=total + 1, any::<u64>()], near(total), data)
+        .prop_map(|(epoch, round, offset, total, data)| Chunk { epoch, round, offset, total, data: data.into() })
 }
 
 /// What happens to an open round.
 #[derive(Debug, Clone)]
 enum Op {
     /// An arbitrary chunk from a worker (participant or not).
-    Chunk(WorkerId, pb::WeightsChunk),
+    Chunk(WorkerId, Chunk),
     /// The `Index`-th real chunk of a worker's weights (its own or another's).
     Real(WorkerId, WorkerId, Index),
     Report(WorkerId, u64, u64, f64, f64),
@@ -260,7 +259,7 @@ proptest! {
         let participants: Vec<(WorkerId, u64)> = (1..=3).zip(weights).collect();
         let mut round = Round::with(EPOCH, ROUND, &participants, &vec![0.0; len], rule.aggregator(false));
         // Worker 2's real weights hold a non-finite value when `nan_at` is set.
-        let real: Vec<Vec<pb::WeightsChunk>> = (1..=3u64)
+        let real: Vec<Vec<Chunk>> = (1..=3u64)
             .map(|w| {
                 let mut p = params(len, w);
                 if let (2, Some(i)) = (w, &nan_at) {
@@ -279,7 +278,7 @@ proptest! {
                     let _ = round.accept(*w, &chunks[i.index(chunks.len())]);
                 }
                 Op::Report(w, epoch, r, loss_sum, train_seconds) => {
-                    let report = pb::RoundReport {
+                    let report = Report {
                         epoch: *epoch,
                         round: *r,
                         loss_sum: *loss_sum,
@@ -327,7 +326,7 @@ proptest! {
         let participants: Vec<(WorkerId, u64)> =
             workers.iter().enumerate().map(|(i, &(_, weight))| (10 + i as WorkerId, weight)).collect();
         let vectors: Vec<Vec<f32>> = workers.iter().map(|&(seed, _)| params(len, seed)).collect();
-        let mut queues: Vec<(WorkerId, std::collections::VecDeque<pb::WeightsChunk>)> = participants
+        let mut queues: Vec<(WorkerId, std::collections::VecDeque<Chunk>)> = participants
             .iter()
             .zip(&vectors)
             .map(|(&(id, _), v)| (id, weight_chunks(EPOCH, ROUND, v).collect()))

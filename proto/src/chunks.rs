@@ -3,15 +3,48 @@
 
 use std::ops::Range;
 
+use bytes::Bytes;
+
 use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
+
+/// A piece of a parameter buffer as the code on either end sees it:
+/// `offset` and `total` count f32 values, `data` holds little-endian f32
+/// bytes (shared, not copied, from the message it came in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub epoch: u64,
+    pub round: u64,
+    pub offset: u64,
+    pub total: u64,
+    pub data: Bytes,
+}
+
+impl Chunk {
+    /// Whether this chunk ends its buffer.
+    pub fn is_last(&self) -> bool {
+        self.offset + (self.data.len() / 4) as u64 >= self.total
+    }
+}
+
+impl From<pb::WeightsChunk> for Chunk {
+    fn from(c: pb::WeightsChunk) -> Self {
+        Chunk { epoch: c.epoch, round: c.round, offset: c.offset, total: c.total, data: c.data }
+    }
+}
+
+impl From<Chunk> for pb::WeightsChunk {
+    fn from(c: Chunk) -> Self {
+        pb::WeightsChunk { epoch: c.epoch, round: c.round, offset: c.offset, total: c.total, data: c.data }
+    }
+}
 
 /// f32 values per full chunk.
 pub const VALUES_PER_CHUNK: usize = MAX_CHUNK_BYTES / 4;
 
 /// The chunks that carry `params` for `epoch` and `round`.
-pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<Item = pb::WeightsChunk> + '_ {
+pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<Item = Chunk> + '_ {
     let total = params.len() as u64;
-    params.chunks(VALUES_PER_CHUNK).enumerate().map(move |(i, values)| pb::WeightsChunk {
+    params.chunks(VALUES_PER_CHUNK).enumerate().map(move |(i, values)| Chunk {
         epoch,
         round,
         offset: (i * VALUES_PER_CHUNK) as u64,
@@ -70,7 +103,7 @@ impl ChunkCursor {
     }
 
     /// The range of values `chunk` covers, if it is the next one expected.
-    pub fn advance(&mut self, chunk: &pb::WeightsChunk) -> Result<Range<usize>, ProtoError> {
+    pub fn advance(&mut self, chunk: &Chunk) -> Result<Range<usize>, ProtoError> {
         let fail = |problem: String| ProtoError::Chunk {
             epoch: chunk.epoch,
             round: chunk.round,

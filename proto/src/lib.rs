@@ -8,6 +8,7 @@
 //! - [`tls`]: certificate files for TLS and mutual TLS.
 //! - [`convert`]: run configuration, shard indices and unit reorderings to and from protobuf.
 //! - [`chunks`]: parameter buffers cut into ≤ 1 MiB chunks and put back together.
+//! - [`message`]: a session's pulls and reports in domain terms.
 //! - [`transport`]: HTTP/2 window, frame and keepalive settings of both ends.
 //! - [`scrape`]: the `/metrics` HTTP endpoint both processes serve.
 //! - [`ending`]: Join refused because the run has completed.
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod chunks;
 pub mod convert;
 pub mod ending;
+pub mod message;
 pub mod scrape;
 pub mod tls;
 pub mod transport;

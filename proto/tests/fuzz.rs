@@ -3,8 +3,7 @@
 //! a valid sequence reassembles the exact buffer.
 
 use lazyavg_proto::MAX_CHUNK_BYTES;
-use lazyavg_proto::chunks::{ChunkCursor, VALUES_PER_CHUNK, decode_into, decode_values, weight_chunks};
-use lazyavg_proto::pb;
+use lazyavg_proto::chunks::{Chunk, ChunkCursor, VALUES_PER_CHUNK, decode_into, decode_values, weight_chunks};
 use proptest::prelude::*;
 
 /// Parameter counts of 1 to 3 chunks, clustered around the chunk boundaries.
@@ -47,11 +46,10 @@ fn data() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// A chunk with fields near those a cursor for (`epoch`, `round`, `total`) expects, or anything.
-fn chunk(epoch: u64, round: u64, total: u64) -> impl Strategy<Value = pb::WeightsChunk> {
+fn chunk(epoch: u64, round: u64, total: u64) -> impl Strategy<Value = Chunk> {
     let near = |v: u64| prop_oneof![3 => Just(v), 1 => Just(v.wrapping_add(1)), 1 => Just(v.wrapping_sub(1)), 1 => any::<u64>()];
-    (near(epoch), near(round), prop_oneof![0..=total + 2, any::<u64>()], near(total), data()).prop_map(
-        |(epoch, round, offset, total, data)| pb::WeightsChunk { epoch, round, offset, total, data: data.into() },
-    )
+    (near(epoch), near(round), prop_oneof![0..=total + 2, any::<u64>()], near(total), data())
+        .prop_map(|(epoch, round, offset, total, data)| Chunk { epoch, round, offset, total, data: data.into() })
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -77,7 +75,7 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
-fn apply(chunks: &mut Vec<pb::WeightsChunk>, edit: &Edit) {
+fn apply(chunks: &mut Vec<Chunk>, edit: &Edit) {
     if chunks.is_empty() {
         return;
     }
@@ -100,7 +98,7 @@ fn apply(chunks: &mut Vec<pb::WeightsChunk>, edit: &Edit) {
 
 /// Feeds `chunks` to a cursor as a receiver would; checks every accepted range.
 /// Returns the reassembled buffer if the cursor completed.
-fn receive(epoch: u64, round: u64, total: usize, chunks: &[pb::WeightsChunk]) -> Option<Vec<f32>> {
+fn receive(epoch: u64, round: u64, total: usize, chunks: &[Chunk]) -> Option<Vec<f32>> {
     let mut cursor = ChunkCursor::new(epoch, round, total);
     let mut out = vec![0.0f32; total];
     let mut next = 0;

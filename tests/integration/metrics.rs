@@ -92,7 +92,7 @@ fn scrapes_during_a_run_pass_promtool_and_agree_with_the_logs() {
     assert_eq!(value(&first, "lazyavg_run_active"), Some(1.0), "{first}");
     // Every refusal reason is served from the start, at 0 in a clean run, so that a rate sees the first one.
     let rejected = samples(&first, "lazyavg_contributions_rejected_total");
-    assert_eq!(rejected.len(), lazyavg_coordinator::observe::REJECTION_REASONS.len(), "{first}");
+    assert_eq!(rejected.len(), lazyavg_coordinator::command::RejectReason::ALL.len(), "{first}");
     assert!(rejected.iter().all(|(_, count)| *count == 0.0), "{first}");
     let openmetrics = scrape_as(&metrics, "application/openmetrics-text;version=1.0.0").expect("an OpenMetrics scrape");
     assert!(

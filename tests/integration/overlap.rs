@@ -122,7 +122,7 @@ async fn contribute_once_and_leave(addr: &str) -> (u64, [pb::PullWeights; 2]) {
     let report = pb::RoundReport { epoch: pull.epoch, round: pull.round, ..Default::default() };
     send(Reply::Report(report)).await.expect("the request stream is open");
     for chunk in weight_chunks(pull.epoch, pull.round, &weights) {
-        send(Reply::Weights(chunk)).await.expect("the request stream is open");
+        send(Reply::Weights(chunk.into())).await.expect("the request stream is open");
     }
     // Once they are all in, the next pull comes at once, ahead of the average.
     let next = tokio::time::timeout(EVENT_TIMEOUT, inbound.message()).await.expect("a command in time");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
-use lazyavg_proto::chunks::{ChunkCursor, decode_into, weight_chunks};
+use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, weight_chunks};
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{ProtoError, pb};
@@ -209,8 +209,8 @@ impl Session {
             Command::Pull(pull) if self.lift_wait(&pull) => self.flush().await?,
             Command::Pull(pull) if self.busy() => self.queue(pull),
             Command::Pull(pull) => self.start(pull),
-            Command::Reference(chunk) => self.reference(chunk)?,
-            Command::Average(chunk) => self.average(chunk).await?,
+            Command::Reference(chunk) => self.reference(chunk.into())?,
+            Command::Average(chunk) => self.average(chunk.into()).await?,
             Command::Rejected(rejected) => {
                 warn!(code = rejected.code, error = rejected.message, "the coordinator refused a message")
             }
@@ -378,7 +378,7 @@ impl Session {
         let Trained { pull, report } = trained;
         send(&self.outbox, Reply::Report(report)).await?;
         for chunk in weight_chunks(pull.epoch, pull.round, weights) {
-            send(&self.outbox, Reply::Weights(chunk)).await?;
+            send(&self.outbox, Reply::Weights(chunk.into())).await?;
         }
         Ok(())
     }
@@ -386,7 +386,7 @@ impl Session {
     /// Takes one chunk of an average. It goes straight into the model when
     /// it may (a correction with no pull training, or a replacement with
     /// nothing waiting to be sent), else into a staging buffer first.
-    async fn average(&mut self, chunk: pb::WeightsChunk) -> Result<()> {
+    async fn average(&mut self, chunk: Chunk) -> Result<()> {
         let mut incoming = match self.incoming.take() {
             Some(incoming) if chunk.offset > 0 => incoming,
             _ => {
@@ -456,7 +456,7 @@ impl Session {
     /// `--align` with `--init independent`: one chunk of the coordinator's
     /// weights, sent right after attaching, which the first contribution is
     /// matched to (the weights this worker starts from are its own).
-    fn reference(&mut self, chunk: pb::WeightsChunk) -> Result<()> {
+    fn reference(&mut self, chunk: Chunk) -> Result<()> {
         let mut cursor = match self.incoming_reference.take() {
             Some(cursor) if chunk.offset > 0 => cursor,
             _ => ChunkCursor::new(chunk.epoch, chunk.round, self.len),

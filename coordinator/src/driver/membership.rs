@@ -7,33 +7,30 @@ use std::time::Instant;
 
 use lazyavg_common::matching::AlignMethod;
 use lazyavg_proto::chunks::weight_chunks;
-use lazyavg_proto::convert::shard_messages;
-use lazyavg_proto::pb;
-use lazyavg_proto::pb::coordinator_message::Kind as Command;
-use lazyavg_proto::pb::worker_message::Kind as Reply;
-use tokio::sync::mpsc;
-use tonic::Status;
+use lazyavg_proto::message::FromWorker;
 use tracing::{info, warn};
 
 use super::{Driver, Worker};
+use crate::command::{Cmd, RejectReason, Rejection};
+use crate::edge::Undelivered;
 use crate::error::{Error, Result};
 use crate::init::{Init, independent_start};
 use crate::observe::RunEvent;
 use crate::round::{Round, RoundError, WorkerId};
 use crate::schedule::{ShardProgress, split_even};
-use crate::service::{Event, command};
+use crate::service::Event;
 
 impl Driver {
     /// Queues a command for a worker without ever waiting: a worker whose
     /// queue is full (its link stalled, or it cannot keep up) is dropped as
     /// if it had left, so one stuck worker never holds up the others.
-    pub(super) fn send(&self, id: WorkerId, kind: Command) {
+    pub(super) fn send(&self, id: WorkerId, cmd: Cmd) {
         let Some(worker) = self.workers.get(&id) else { return };
-        match worker.outbox.try_send(Ok(command(kind))) {
+        match worker.mailbox.send(cmd) {
             Ok(()) => {}
             // The session is closing; its Detached event follows.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Undelivered::Closed) => {}
+            Err(Undelivered::Full) => {
                 let reason = "fell behind: its queue of unsent commands is full".to_owned();
                 // Handled like a departure on the next turn of the event loop.
                 let _ = self.own_events.try_send(Event::Detached { id, reason });
@@ -43,7 +40,7 @@ impl Driver {
 
     pub(super) fn on_event(&mut self, event: Event, round: Option<&mut Round>) {
         match event {
-            Event::Attached { id, name, address, outbox, leash } => {
+            Event::Attached { id, name, address, mailbox, leash } => {
                 self.departed.returned(&name);
                 let joined_as = name.clone();
                 let name = self.unique_name(id, name);
@@ -52,7 +49,7 @@ impl Driver {
                 let first = self.workers.is_empty();
                 self.workers.insert(
                     id,
-                    Worker { name, joined_as, outbox, _leash: leash, answered: false, behind: false, shard: None },
+                    Worker { name, joined_as, mailbox, _leash: leash, answered: false, behind: false, shard: None },
                 );
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
@@ -87,7 +84,7 @@ impl Driver {
                     self.hand_over(&worker.name, shard);
                 }
             }
-            Event::Message { id, reply } => self.on_reply(id, reply, round),
+            Event::Message { id, message } => self.on_message(id, message, round),
         }
     }
 
@@ -102,44 +99,39 @@ impl Driver {
         unique
     }
 
-    pub(super) fn on_reply(&mut self, id: WorkerId, reply: Reply, round: Option<&mut Round>) {
+    pub(super) fn on_message(&mut self, id: WorkerId, message: FromWorker, round: Option<&mut Round>) {
         if let Some(worker) = self.workers.get_mut(&id) {
             worker.answered = true;
         }
         let Some(round) = round else {
-            let status = Status::out_of_range("no round is open");
-            return self.reject(id, "no_round", &status);
+            let rejection = Rejection { reason: RejectReason::NoRound, message: "no round is open".to_owned() };
+            return self.reject(id, rejection);
         };
-        let result = match &reply {
-            Reply::Report(report) => round.report(id, report),
-            Reply::Weights(chunk) => {
+        let result = match &message {
+            FromWorker::Report(report) => round.report(id, report),
+            FromWorker::Weights(chunk) => {
                 let accepted = round.accept(id, chunk);
                 if accepted.is_ok() {
                     self.observers.notify(&RunEvent::WeightsReceived { worker: id, chunk });
                 }
                 accepted
             }
-            Reply::Attach(_) => Ok(()),
         };
-        if let Err(err) = result {
-            let status = Status::from(&err);
-            if let RoundError::Chunk(_) = err {
-                // A malformed message ends the session: the worker is broken or hostile.
-                round.exclude(id);
-                if let Some(worker) = self.workers.get(&id) {
-                    let _ = worker.outbox.try_send(Err(status.clone()));
-                }
-            }
-            self.reject(id, rejection_reason(&err), &status);
+        let Err(err) = result else { return };
+        let rejection = Rejection::from(&err);
+        if let RoundError::Chunk(_) = err {
+            // A malformed message ends the session: the worker is broken or hostile.
+            round.exclude(id);
+            self.send(id, Cmd::EndSession(rejection.clone()));
         }
+        self.reject(id, rejection);
     }
 
     /// Tells a worker its message was refused, and the outputs why.
-    pub(super) fn reject(&self, id: WorkerId, reason: &'static str, status: &Status) {
+    pub(super) fn reject(&self, id: WorkerId, rejection: Rejection) {
         let name = self.workers.get(&id).map(|w| w.name.as_str()).unwrap_or("?");
-        self.observers.notify(&RunEvent::ContributionRejected { worker: id, name, reason, status });
-        let rejected = pb::Rejected { code: status.code() as i32, message: status.message().to_owned() };
-        self.send(id, Command::Rejected(rejected));
+        self.observers.notify(&RunEvent::ContributionRejected { worker: id, name, rejection: &rejection });
+        self.send(id, Cmd::Reject(rejection));
     }
 
     /// Closes the round without the workers that missed its deadline. Their
@@ -219,9 +211,7 @@ impl Driver {
                 Some(shard) => shard.indices.extend_from_slice(&part),
                 None => worker.shard = Some(ShardProgress::new(part.clone())),
             }
-            for msg in shard_messages(epoch, &part, extend) {
-                self.send(id, Command::Shard(msg));
-            }
+            self.send(id, Cmd::Shard { epoch, images: part, extend });
         }
     }
 
@@ -243,9 +233,7 @@ impl Driver {
         while self.workers.len() < min {
             match tokio::time::timeout_at(deadline, self.next_event()).await {
                 // Workers answer the pulls they were sent ahead meanwhile.
-                Ok(Ok(event @ Event::Message { reply: Reply::Weights(_) | Reply::Report(_), .. }))
-                    if self.config.overlap =>
-                {
+                Ok(Ok(event @ Event::Message { .. })) if self.config.overlap => {
                     self.pipeline.held.push(event);
                 }
                 Ok(event) => self.on_event(event?, None),
@@ -260,19 +248,5 @@ impl Driver {
             "enough workers again; training resumed"
         );
         Ok(())
-    }
-}
-
-/// The short label of a refusal, for the `reason` of rejected contributions:
-/// one of [`crate::observe::REJECTION_REASONS`].
-fn rejection_reason(err: &RoundError) -> &'static str {
-    match err {
-        RoundError::Stale { .. } => "stale",
-        RoundError::Future { .. } => "future",
-        RoundError::NotInRound(_) => "not_in_round",
-        RoundError::Duplicate(_) => "duplicate",
-        RoundError::NonFinite { .. } => "non_finite",
-        RoundError::Chunk(_) => "malformed",
-        RoundError::Empty { .. } | RoundError::Tainted { .. } | RoundError::Diverged { .. } => "other",
     }
 }

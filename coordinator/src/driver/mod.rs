@@ -24,16 +24,16 @@ use lazyavg_common::dataset::Dataset;
 use lazyavg_common::model::{Evaluation, Network};
 use lazyavg_common::outer::OuterOptimizer;
 use lazyavg_common::telemetry::error_chain;
-use lazyavg_proto::convert::shard_messages;
-use lazyavg_proto::pb;
-use lazyavg_proto::pb::coordinator_message::Kind as Command;
+use lazyavg_proto::chunks::Chunk;
 use tokio::sync::mpsc;
 use tracing::info;
 
 use self::closing::{ClosingEpoch, close_done};
 use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
+use crate::command::Cmd;
 use crate::config::CoordinatorConfig;
+use crate::edge::Mailbox;
 use crate::ending::Departed;
 use crate::error::{Error, Result};
 use crate::metrics::EpochRecord;
@@ -41,7 +41,7 @@ use crate::observe::{Observers, RunEvent};
 use crate::round::WorkerId;
 use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
 use crate::screen::OutlierRecord;
-use crate::service::{Event, Leash, Outbox, command};
+use crate::service::{Event, Leash};
 
 /// How long the coordinator waits, at the end, for workers to close their sessions.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -60,7 +60,7 @@ struct Worker {
     /// The name it joined with (`name` may add its id): what it will join
     /// with again, if it missed the run's end (see [`Departed`]).
     joined_as: String,
-    outbox: Outbox,
+    mailbox: Mailbox,
     /// Its session lasts as long as the driver keeps the worker.
     _leash: Leash,
     /// Whether it has answered a pull on this session: one that never has
@@ -108,7 +108,7 @@ pub struct Driver {
     outliers: OutlierRecord,
     /// `params` as weight chunks, made once per version: every worker sent
     /// them shares one copy, however many attach or lag.
-    params_chunks: Option<Vec<pb::WeightsChunk>>,
+    params_chunks: Option<Vec<Chunk>>,
     /// The last round's combined weights, before the outer step.
     average: Vec<f32>,
     outer: OuterOptimizer,
@@ -201,8 +201,7 @@ impl Driver {
         let resumable = self.config.restartable && matches!(result, Err(Error::Interrupted(_)));
         self.observers.notify(&RunEvent::RunEnded { completed });
         for worker in self.workers.values() {
-            let stop = command(Command::Stop(pb::Stop { reason: reason.clone(), completed, resumable }));
-            let _ = worker.outbox.try_send(Ok(stop));
+            let _ = worker.mailbox.send(Cmd::Stop { reason: reason.clone(), completed, resumable });
         }
         self.wait_for_sessions_to_close().await;
         let departed = std::mem::take(&mut self.departed).into_names();
@@ -352,9 +351,7 @@ impl Driver {
         let shards = split_even(&order, self.workers.len());
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for (id, shard) in ids.into_iter().zip(shards) {
-            for msg in shard_messages(epoch, &shard, false) {
-                self.send(id, Command::Shard(msg));
-            }
+            self.send(id, Cmd::Shard { epoch, images: shard.clone(), extend: false });
             if let Some(worker) = self.workers.get_mut(&id) {
                 worker.shard = Some(ShardProgress::new(shard));
             }

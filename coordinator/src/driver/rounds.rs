@@ -22,14 +22,13 @@
 use std::time::Instant;
 
 use lazyavg_common::matching::AlignMethod;
-use lazyavg_proto::chunks::weight_chunks;
-use lazyavg_proto::pb;
-use lazyavg_proto::pb::coordinator_message::Kind as Command;
-use lazyavg_proto::pb::worker_message::Kind as Reply;
+use lazyavg_proto::chunks::{Chunk, weight_chunks};
+use lazyavg_proto::message::{FromWorker, Pull};
 use tracing::{debug, info, warn};
 
 use super::Driver;
 use super::deadline::RoundDeadline;
+use crate::command::Cmd;
 use crate::error::{Error, Result};
 use crate::observe::{RoundDone, RunEvent};
 use crate::push;
@@ -133,14 +132,7 @@ impl Driver {
                 PullPlan::Send { train_from } | PullPlan::Release { train_from } => train_from,
                 PullPlan::Ahead => continue,
             };
-            let pull = pb::PullWeights {
-                epoch,
-                round,
-                train_from: train_from as u64,
-                train_until: until as u64,
-                after_round: 0,
-            };
-            self.send(id, Command::Pull(pull));
+            self.send(id, Cmd::Pull(Pull { epoch, round, from: train_from, until, after_round: 0 }));
         }
         let workers: Vec<WorkerId> = plan.iter().map(|p| p.0).collect();
         self.observers.notify(&RunEvent::RoundStarted { epoch, round, workers: &workers });
@@ -292,7 +284,7 @@ impl Driver {
         plan: &[(WorkerId, usize, usize)],
     ) {
         let weights_from = match &event {
-            Event::Message { id, reply: Reply::Weights(_) } => Some(*id),
+            Event::Message { id, message: FromWorker::Weights(_) } => Some(*id),
             _ => None,
         };
         self.on_event(event, Some(open));
@@ -313,14 +305,7 @@ impl Driver {
             self.pipeline.since.get_or_insert_with(tokio::time::Instant::now);
         }
         for (round, from, until) in pulls {
-            let pull = pb::PullWeights {
-                epoch,
-                round,
-                train_from: from as u64,
-                train_until: until as u64,
-                after_round: round - 1,
-            };
-            self.send(id, Command::Pull(pull));
+            self.send(id, Cmd::Pull(Pull { epoch, round, from, until, after_round: round - 1 }));
         }
     }
 
@@ -395,14 +380,14 @@ impl Driver {
         let (epoch, round) = self.version;
         let chunks = self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect());
         for chunk in push::small(chunks) {
-            self.send(id, Command::Reference(chunk));
+            self.send(id, Cmd::Reference(chunk));
         }
     }
 
     /// Sends `chunks` (weights tagged with the current version) to `to`: to
     /// a worker that has not answered a pull yet in small messages (see
     /// [`crate::push`]), slices of the same buffers.
-    pub(super) fn send_weights(&mut self, to: &[WorkerId], chunks: &[pb::WeightsChunk]) {
+    pub(super) fn send_weights(&mut self, to: &[WorkerId], chunks: &[Chunk]) {
         let (epoch, round) = self.version;
         let this_epoch = (epoch == self.epoch).then_some(round);
         let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
@@ -412,7 +397,7 @@ impl Driver {
             let answered = self.workers.get(&id).is_some_and(|w| w.answered);
             let messages = if answered { chunks } else { sliced.get_or_insert_with(|| push::small(chunks)) };
             for chunk in messages.iter() {
-                self.send(id, Command::Average(chunk.clone()));
+                self.send(id, Cmd::Weights(chunk.clone()));
             }
             // It continues from these weights: whatever it trained since is
             // gone, but for a pull sent ahead (--overlap).

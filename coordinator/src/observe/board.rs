@@ -151,7 +151,7 @@ impl Observer for StatusBoard {
             RunEvent::WeightsReceived { worker, chunk } => {
                 if let Some(entry) = board.entry(worker) {
                     entry.answering = true;
-                    if chunk.offset + (chunk.data.len() / 4) as u64 >= chunk.total {
+                    if chunk.is_last() {
                         entry.round_trip = entry.pulled.take().map(|pulled| now - pulled);
                         entry.answering = false;
                     }

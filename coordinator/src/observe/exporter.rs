@@ -20,7 +20,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
 use super::board::GONE_KEPT;
-use super::{Observer, REJECTION_REASONS, RunEvent};
+use super::{Observer, RunEvent};
+use crate::command::RejectReason;
 use crate::error::Result;
 use crate::round::WorkerId;
 
@@ -148,7 +149,7 @@ impl RunMetrics {
             ),
             run_active: metric(r, "run_active", "1 while the run trains, 0 once it has ended", Gauge::default()),
         };
-        for reason in REJECTION_REASONS {
+        for reason in RejectReason::ALL.map(RejectReason::label) {
             drop(metrics.contributions_rejected.get_or_create(&ReasonLabels { reason }));
         }
         metrics
@@ -248,8 +249,8 @@ impl Observer for Exporter {
             RunEvent::WeightsSent { bytes } => {
                 m.weights_sent_bytes.inc_by(bytes);
             }
-            RunEvent::ContributionRejected { reason, .. } => {
-                m.contributions_rejected.get_or_create(&ReasonLabels { reason }).inc();
+            RunEvent::ContributionRejected { rejection, .. } => {
+                m.contributions_rejected.get_or_create(&ReasonLabels { reason: rejection.reason.label() }).inc();
             }
             RunEvent::RoundCompleted(done) => {
                 let now = (Instant::now(), unix_now());

@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use super::{Observer, RunEvent};
+use crate::edge;
 use crate::error::Result;
 
 /// Writes the log lines; holds nothing.
@@ -23,8 +24,9 @@ impl Observer for Log {
             RunEvent::WorkerLeft { id, name, reason, epoch, trained, remaining, .. } => {
                 info!(worker = id, name, reason, epoch, trained, remaining, "worker left");
             }
-            RunEvent::ContributionRejected { worker, name, status, .. } => {
-                warn!(worker, name, code = ?status.code(), error = status.message(), "refused a worker message");
+            RunEvent::ContributionRejected { worker, name, rejection } => {
+                let (reason, code) = (rejection.reason.label(), edge::code(rejection.reason));
+                warn!(worker, name, reason, ?code, error = rejection.message, "refused a worker message");
             }
             RunEvent::RoundCompleted(done) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {

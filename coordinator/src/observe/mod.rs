@@ -15,19 +15,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use lazyavg_common::telemetry::error_chain;
-use lazyavg_proto::pb;
-use tonic::Status;
+use lazyavg_proto::chunks::Chunk;
 use tracing::warn;
 
 use crate::checkpoint::Checkpoint;
+use crate::command::Rejection;
 use crate::error::{Error, Result};
 use crate::metrics::EpochRecord;
 use crate::round::{RoundError, RoundSummary, WorkerId};
-
-/// Every label a refused worker message is counted under: the exporter
-/// serves each from the start (at 0), so that a rate sees the first refusal.
-pub const REJECTION_REASONS: [&str; 8] =
-    ["stale", "future", "not_in_round", "duplicate", "non_finite", "malformed", "no_round", "other"];
 
 /// One step of a run, as the outputs see it. Borrowed: an event costs
 /// nothing to emit, whoever is watching.
@@ -71,19 +66,17 @@ pub enum RunEvent<'a> {
     /// A chunk of a worker's weights was taken into the open round.
     WeightsReceived {
         worker: WorkerId,
-        chunk: &'a pb::WeightsChunk,
+        chunk: &'a Chunk,
     },
     /// Parameters went out to workers (averages, or the model to a newcomer).
     WeightsSent {
         bytes: u64,
     },
-    /// A worker's message was refused; `reason` is one of
-    /// [`REJECTION_REASONS`].
+    /// A worker's message was refused.
     ContributionRejected {
         worker: WorkerId,
         name: &'a str,
-        reason: &'static str,
-        status: &'a Status,
+        rejection: &'a Rejection,
     },
     /// A round's average is made and pushed.
     RoundCompleted(&'a RoundDone<'a>),
