@@ -34,6 +34,7 @@ pub mod driver;
 pub mod dump;
 pub mod edge;
 pub mod ending;
+pub mod epoch;
 pub mod error;
 pub mod init;
 pub mod metrics;

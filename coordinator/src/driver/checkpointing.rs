@@ -13,19 +13,14 @@ impl Driver {
     /// On the way out mid-epoch (signal, too few workers): records the epoch's
     /// untrained images with the current average, so `--resume` goes on from here.
     pub(super) fn checkpoint_mid_epoch(&self) {
-        if self.epoch < self.first_epoch {
+        // Before training started, the last checkpoint still says it all.
+        if self.training_started.is_none() {
             return;
         }
-        let mut remaining: Vec<u32> = self.orphans.clone();
-        for shard in self.workers.values().filter_map(|w| w.shard.as_ref()) {
-            remaining.extend_from_slice(&shard.indices[shard.done..]);
-        }
-        if let Some(pending) = &self.resume_remaining {
-            remaining.extend_from_slice(pending);
-        }
+        let epoch = self.epoch.epoch();
         // An empty list means every image was averaged in: the epoch is complete.
-        let checkpoint = self.snapshot(self.epoch, remaining);
-        let fault = self.config.checkpoint_fault(self.epoch);
+        let checkpoint = self.snapshot(epoch, self.epoch.remaining());
+        let fault = self.config.checkpoint_fault(epoch);
         write_checkpoint(&self.config.out_dir, self.mlp.spec(), &checkpoint, fault, &self.observers);
     }
 

@@ -1,16 +1,22 @@
-//! When a round stops waiting for its workers. Pure apart from reading the clock.
+//! When a round stops waiting for its workers. Pure: the caller passes the
+//! current time in, so the rule is tested with explicit instants.
 
+use std::ops::{Add, Sub};
 use std::time::Duration;
 
-use tokio::time::Instant;
+/// A point in time: the driver's clock (`tokio::time::Instant`), or in
+/// tests a plain `Duration` since an arbitrary origin.
+pub(super) trait Moment: Copy + Ord + Add<Duration, Output = Self> + Sub<Output = Duration> {}
+
+impl<T: Copy + Ord + Add<Duration, Output = T> + Sub<Output = Duration>> Moment for T {}
 
 /// When a round stops waiting: at `--round-timeout` at the latest, and once
 /// half the workers have sent their weights, after `--straggler-factor` times
 /// the time that took (but at least [`MIN_GRACE`] more). A worker that is
 /// merely slow then costs the others one such wait per epoch, not one per round.
-pub(super) struct RoundDeadline {
-    started: Instant,
-    at: Instant,
+pub(super) struct RoundDeadline<T> {
+    started: T,
+    at: T,
     factor: f64,
     quorum: usize,
     tightened: bool,
@@ -20,37 +26,37 @@ pub(super) struct RoundDeadline {
 /// noise on a busy machine does not drop healthy workers.
 const MIN_GRACE: Duration = Duration::from_millis(20);
 
-impl RoundDeadline {
-    pub(super) fn new(timeout: Duration, factor: f64, participants: usize) -> Self {
-        let started = Instant::now();
+impl<T: Moment> RoundDeadline<T> {
+    /// A round of `participants` that starts `now`.
+    pub(super) fn new(now: T, timeout: Duration, factor: f64, participants: usize) -> Self {
         let quorum = participants.div_ceil(2);
-        RoundDeadline { started, at: started + timeout, factor, quorum, tightened: factor <= 0.0 || participants < 2 }
+        RoundDeadline { started: now, at: now + timeout, factor, quorum, tightened: factor <= 0.0 || participants < 2 }
     }
 
-    pub(super) fn at(&self) -> Instant {
+    pub(super) fn at(&self) -> T {
         self.at
     }
 
     /// `--overlap`: some pulls of the round went out ahead, at `since`. The
     /// quorum's pace is measured from there, or workers that started early
-    /// would make the others look slow. The hard timeout still runs from now.
-    pub(super) fn head_start(&mut self, since: Instant) {
+    /// would make the others look slow. The hard timeout still runs from the
+    /// round's start.
+    pub(super) fn head_start(&mut self, since: T) {
         self.started = self.started.min(since);
     }
 
-    /// Waits `timeout` more from now: at a deadline no worker had answered
+    /// Waits `timeout` more from `now`: at a deadline no worker had answered
     /// by, when dropping them all would leave nothing to average.
-    pub(super) fn extend(&mut self, timeout: Duration) {
-        self.at = Instant::now() + timeout;
+    pub(super) fn extend(&mut self, now: T, timeout: Duration) {
+        self.at = now + timeout;
     }
 
-    /// Tightens the deadline once `completed` contributions reach the quorum.
-    pub(super) fn progress(&mut self, completed: usize) {
+    /// Tightens the deadline once `completed` contributions reach the quorum at `now`.
+    pub(super) fn progress(&mut self, now: T, completed: usize) {
         if self.tightened || completed < self.quorum {
             return;
         }
         self.tightened = true;
-        let now = Instant::now();
         let grace = (now - self.started).mul_f64((self.factor - 1.0).max(0.0)).max(MIN_GRACE);
         self.at = self.at.min(now + grace);
     }
@@ -58,70 +64,70 @@ impl RoundDeadline {
 
 #[cfg(test)]
 mod tests {
-    use tokio::time::advance;
-
     use super::*;
 
-    // On tokio's paused clock: time moves only by `advance`, so every deadline is exact.
+    // Instants are durations since the round's start (`T0`): every deadline is exact.
+    const T0: Duration = Duration::ZERO;
 
-    #[tokio::test(start_paused = true)]
-    async fn the_deadline_tightens_once_half_have_answered() {
-        let mut d = RoundDeadline::new(Duration::from_secs(10), 3.0, 4);
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn the_deadline_tightens_once_half_have_answered() {
+        let mut d = RoundDeadline::new(T0, secs(10), 3.0, 4);
         let hard = d.at();
-        assert_eq!(hard, Instant::now() + Duration::from_secs(10));
-        advance(Duration::from_millis(100)).await;
-        d.progress(1);
+        assert_eq!(hard, T0 + secs(10));
+        d.progress(ms(100), 1);
         assert_eq!(d.at(), hard, "one of four is not yet half");
-        d.progress(2);
+        d.progress(ms(100), 2);
         // Half took 100 ms: the rest get (3 - 1) times that.
-        assert_eq!(d.at(), Instant::now() + Duration::from_millis(200));
+        assert_eq!(d.at(), ms(100) + ms(200));
         let tightened = d.at();
-        advance(Duration::from_millis(50)).await;
-        d.progress(3);
+        d.progress(ms(150), 3);
         assert_eq!(d.at(), tightened, "tightened once");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_quick_quorum_still_leaves_the_least_grace() {
-        let mut d = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
-        advance(Duration::from_millis(1)).await;
-        d.progress(1);
-        assert_eq!(d.at(), Instant::now() + MIN_GRACE);
+    #[test]
+    fn a_quick_quorum_still_leaves_the_least_grace() {
+        let mut d = RoundDeadline::new(T0, secs(10), 3.0, 2);
+        d.progress(ms(1), 1);
+        assert_eq!(d.at(), ms(1) + MIN_GRACE);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_head_start_counts_towards_the_quorum_pace_not_the_timeout() {
-        let since = Instant::now();
-        advance(Duration::from_secs(1)).await;
-        let mut early = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
+    #[test]
+    fn a_head_start_counts_towards_the_quorum_pace_not_the_timeout() {
+        let since = T0;
+        let start = secs(1);
+        let mut early = RoundDeadline::new(start, secs(10), 3.0, 2);
         let hard = early.at();
         early.head_start(since);
         assert_eq!(early.at(), hard, "the timeout runs from the round's start");
-        early.progress(1);
+        early.progress(start, 1);
         // One second since the pulls went out: the other gets two more.
-        assert_eq!(early.at(), Instant::now() + Duration::from_secs(2));
-        let mut late = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
-        late.head_start(Instant::now() + Duration::from_secs(5));
-        advance(Duration::from_millis(100)).await;
-        late.progress(1);
-        assert_eq!(late.at(), Instant::now() + Duration::from_millis(200), "a later `since` changes nothing");
+        assert_eq!(early.at(), start + secs(2));
+        let mut late = RoundDeadline::new(start, secs(10), 3.0, 2);
+        late.head_start(start + secs(5));
+        late.progress(start + ms(100), 1);
+        assert_eq!(late.at(), start + ms(100) + ms(200), "a later `since` changes nothing");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn extending_waits_the_timeout_from_now() {
-        let mut d = RoundDeadline::new(Duration::from_secs(10), 3.0, 2);
-        advance(Duration::from_secs(10)).await;
-        d.extend(Duration::from_secs(4));
-        assert_eq!(d.at(), Instant::now() + Duration::from_secs(4));
+    #[test]
+    fn extending_waits_the_timeout_from_now() {
+        let mut d = RoundDeadline::new(T0, secs(10), 3.0, 2);
+        d.extend(secs(10), secs(4));
+        assert_eq!(d.at(), secs(14));
     }
 
     #[test]
     fn factor_zero_and_single_workers_keep_the_timeout() {
-        for mut d in
-            [RoundDeadline::new(Duration::from_secs(10), 0.0, 4), RoundDeadline::new(Duration::from_secs(10), 3.0, 1)]
-        {
+        for mut d in [RoundDeadline::new(T0, secs(10), 0.0, 4), RoundDeadline::new(T0, secs(10), 3.0, 1)] {
             let hard = d.at();
-            d.progress(4);
+            d.progress(ms(50), 4);
             assert_eq!(d.at(), hard);
         }
     }

@@ -13,11 +13,12 @@ use tracing::{info, warn};
 use super::{Driver, Worker};
 use crate::command::{Cmd, RejectReason, Rejection};
 use crate::edge::Undelivered;
+use crate::epoch::{Handover, Outgoing};
 use crate::error::{Error, Result};
 use crate::init::{Init, independent_start};
 use crate::observe::RunEvent;
 use crate::round::{Round, RoundError, WorkerId};
-use crate::schedule::{ShardProgress, split_even};
+use crate::schedule::ShardProgress;
 use crate::service::Event;
 
 impl Driver {
@@ -47,10 +48,8 @@ impl Driver {
                 let workers = self.workers.len() + 1;
                 self.observers.notify(&RunEvent::WorkerJoined { id, name: &name, address: &address, workers });
                 let first = self.workers.is_empty();
-                self.workers.insert(
-                    id,
-                    Worker { name, joined_as, mailbox, _leash: leash, answered: false, behind: false, shard: None },
-                );
+                self.workers
+                    .insert(id, Worker { name, joined_as, mailbox, _leash: leash, answered: false, behind: false });
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
                     let start = independent_start(&self.mlp, self.config.train.seed, id);
@@ -66,13 +65,13 @@ impl Driver {
             Event::Detached { id, reason } => {
                 let Some(worker) = self.workers.remove(&id) else { return };
                 self.departed.left(&worker.joined_as);
-                let remaining = worker.shard.as_ref().map_or(0, ShardProgress::remaining);
-                let trained = self.ledger.by_worker().get(&worker.name).copied().unwrap_or(0);
+                let remaining = self.epoch.shard(id).map_or(0, ShardProgress::remaining);
+                let trained = self.epoch.ledger().by_worker().get(&worker.name).copied().unwrap_or(0);
                 self.observers.notify(&RunEvent::WorkerLeft {
                     id,
                     name: &worker.name,
                     reason: &reason,
-                    epoch: self.epoch,
+                    epoch: self.epoch.epoch(),
                     trained,
                     remaining,
                     workers: self.workers.len(),
@@ -80,9 +79,7 @@ impl Driver {
                 if let Some(round) = round {
                     round.exclude(id);
                 }
-                if let Some(shard) = worker.shard {
-                    self.hand_over(&worker.name, shard);
-                }
+                self.hand_over(id, &worker.name);
             }
             Event::Message { id, message } => self.on_message(id, message, round),
         }
@@ -165,53 +162,30 @@ impl Driver {
     /// untrained images to the others; the worker keeps its session and gets
     /// a shard again from the next epoch.
     pub(super) fn retire_for_epoch(&mut self, id: WorkerId) {
-        let Some(worker) = self.workers.get_mut(&id) else { return };
-        if let Some(shard) = worker.shard.take() {
-            let name = worker.name.clone();
-            self.hand_over(&name, shard);
-        }
+        let Some(name) = self.workers.get(&id).map(|w| w.name.clone()) else { return };
+        self.hand_over(id, &name);
     }
 
-    /// Gives the untrained rest of a shard whose worker left (or lags) to the
-    /// others, split evenly, so every image of the epoch is still used once.
-    pub(super) fn hand_over(&mut self, name: &str, shard: ShardProgress) {
-        let rest = &shard.indices[shard.done..];
-        if rest.is_empty() {
-            return;
-        }
-        let heirs: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.shard.is_some()).map(|(&id, _)| id).collect();
-        if heirs.is_empty() {
-            info!(name, images = rest.len(), "no worker can take these images yet; keeping them for the next to join");
-            self.orphans.extend_from_slice(rest);
-            return;
-        }
-        self.deal(&heirs, rest);
-        info!(name, images = rest.len(), workers = heirs.len(), "handed the worker's untrained images to the others");
-    }
-
-    /// Deals images orphaned by departed workers to the live workers.
-    pub(super) fn adopt_orphans(&mut self) {
-        if self.orphans.is_empty() || self.workers.is_empty() {
-            return;
-        }
-        let orphans = std::mem::take(&mut self.orphans);
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        self.deal(&ids, &orphans);
-        info!(images = orphans.len(), workers = ids.len(), "dealt orphaned images to the live workers");
-    }
-
-    /// Splits `images` evenly over `ids` for this epoch: each worker's shard
-    /// grows by its part (or starts with it), and the worker is told so.
-    fn deal(&mut self, ids: &[WorkerId], images: &[u32]) {
-        let epoch = self.epoch;
-        for (&id, part) in ids.iter().zip(split_even(images, ids.len())) {
-            let Some(worker) = self.workers.get_mut(&id) else { continue };
-            let extend = worker.shard.is_some();
-            match worker.shard.as_mut() {
-                Some(shard) => shard.indices.extend_from_slice(&part),
-                None => worker.shard = Some(ShardProgress::new(part.clone())),
+    /// Gives the untrained rest of the shard of `id` (named `name`), which
+    /// left or lags, to the others (see [`crate::epoch::EpochState::hand_over`]).
+    fn hand_over(&mut self, id: WorkerId, name: &str) {
+        let (handover, dealt) = self.epoch.hand_over(id);
+        self.dispatch(dealt);
+        match handover {
+            Handover::Nothing => {}
+            Handover::Heirs { images, heirs } => {
+                info!(name, images, workers = heirs, "handed the worker's untrained images to the others");
             }
-            self.send(id, Cmd::Shard { epoch, images: part, extend });
+            Handover::Orphaned { images } => {
+                info!(name, images, "no worker can take these images yet; keeping them for the next to join");
+            }
+        }
+    }
+
+    /// Sends each worker its commands.
+    pub(super) fn dispatch(&self, commands: Outgoing) {
+        for (id, cmd) in commands {
+            self.send(id, cmd);
         }
     }
 

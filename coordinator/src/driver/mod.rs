@@ -35,11 +35,11 @@ use crate::command::Cmd;
 use crate::config::CoordinatorConfig;
 use crate::edge::Mailbox;
 use crate::ending::Departed;
+use crate::epoch::EpochState;
 use crate::error::{Error, Result};
 use crate::metrics::EpochRecord;
 use crate::observe::{Observers, RunEvent};
 use crate::round::WorkerId;
-use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
 use crate::screen::OutlierRecord;
 use crate::service::{Event, Leash};
 
@@ -70,9 +70,6 @@ struct Worker {
     answered: bool,
     /// An average went out that it was not sent.
     behind: bool,
-    /// This epoch's shard; `None` for a worker that joined mid-epoch (until
-    /// it adopts orphaned images or the next epoch starts).
-    shard: Option<ShardProgress>,
 }
 
 /// How a run ended.
@@ -114,16 +111,12 @@ pub struct Driver {
     outer: OuterOptimizer,
     /// Epoch and round the current parameters come from (0, 0 before the first round).
     version: (u64, u64),
-    /// The epoch being trained (0 before the first).
-    epoch: u64,
     /// The epoch to start from (after `--resume`, the checkpoint's).
     first_epoch: u64,
-    /// After `--resume` mid-epoch: the images the first epoch still needs.
-    resume_remaining: Option<Vec<u32>>,
-    /// What the epoch has trained so far.
-    ledger: EpochLedger,
-    /// Images of this epoch whose worker left when no other could take them.
-    orphans: Vec<u32>,
+    /// The epoch being trained (before the first, the one before it; after
+    /// `--resume` mid-epoch, the checkpoint's, owing what it owed): its
+    /// shards, orphans and ledger.
+    epoch: EpochState,
     events: mpsc::Receiver<Event>,
     /// For events the driver raises itself (a worker to drop).
     own_events: mpsc::Sender<Event>,
@@ -154,9 +147,12 @@ impl Driver {
         observers: Observers,
     ) -> Self {
         let (first_epoch, remaining) = start.next_epoch();
-        let resume_remaining = remaining.map(<[u32]>::to_vec);
         // Mid-epoch, the weights are those of the checkpoint's last round.
-        let version = if resume_remaining.is_some() { (first_epoch, start.round) } else { (first_epoch - 1, 0) };
+        let version = if remaining.is_some() { (first_epoch, start.round) } else { (first_epoch - 1, 0) };
+        let epoch = match remaining {
+            Some(owed) => EpochState::resumed(first_epoch, n_train, owed.to_vec()),
+            None => EpochState::before(first_epoch - 1),
+        };
         let mut outer = config.outer.clone();
         outer.restore(start.outer_velocity);
         Driver {
@@ -171,11 +167,8 @@ impl Driver {
             params: start.params,
             params_chunks: None,
             version,
-            epoch: first_epoch - 1,
             first_epoch,
-            resume_remaining,
-            ledger: EpochLedger::default(),
-            orphans: Vec::new(),
+            epoch,
             own_events: events.0,
             events: events.1,
             shutdown,
@@ -283,19 +276,13 @@ impl Driver {
         self.ensure_min_workers().await?;
         let started = Instant::now();
         let training_started = *self.training_started.get_or_insert(started);
-        self.epoch = epoch;
         // A resumed epoch numbers its rounds on from the checkpoint's.
-        let mut round = match self.resume_remaining.take() {
-            Some(remaining) => {
-                info!(epoch, images = remaining.len(), "resuming the epoch's untrained images");
-                self.ledger = EpochLedger::new(self.n_train);
-                self.orphans = remaining;
-                self.version.1
-            }
-            None => {
-                self.assign_shards(epoch);
-                0
-            }
+        let mut round = if self.epoch.epoch() == epoch {
+            info!(epoch, images = self.epoch.remaining().len(), "resuming the epoch's untrained images");
+            self.version.1
+        } else {
+            self.deal_epoch(epoch);
+            0
         };
         let samples_per_round = self.config.samples_per_round();
         let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
@@ -303,18 +290,18 @@ impl Driver {
         let mut tally = EpochTally::default();
         loop {
             self.ensure_min_workers().await?;
-            self.adopt_orphans();
-            let plan: Vec<(WorkerId, usize, usize)> = self
-                .workers
-                .iter()
-                .filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.done, s.next_until(samples_per_round))))
-                .filter(|&(_, from, until)| until > from)
-                .collect();
-            if plan.is_empty() && self.orphans.is_empty() {
-                break;
+            let live: Vec<WorkerId> = self.workers.keys().copied().collect();
+            let (images, adopted) = self.epoch.adopt_orphans(&live);
+            if images > 0 {
+                info!(images, workers = live.len(), "dealt orphaned images to the live workers");
+                self.dispatch(adopted);
             }
+            let plan = self.epoch.plan_round(samples_per_round);
             if plan.is_empty() {
-                continue;
+                if self.epoch.has_orphans() {
+                    continue;
+                }
+                break;
             }
             round += 1;
             if let Some(summary) = self.run_round(epoch, round, &plan).await? {
@@ -333,34 +320,25 @@ impl Driver {
             test_loss: f64::NAN,
             accuracy: f64::NAN,
             samples: tally.samples,
-            distinct_images: self.ledger.distinct(),
-            repeated_images: self.ledger.repeated(),
+            distinct_images: self.epoch.ledger().distinct(),
+            repeated_images: self.epoch.ledger().repeated(),
             seconds,
             elapsed: f64::NAN,
             samples_per_s: tally.samples as f64 / seconds,
             sync_share: (1.0 - tally.train_seconds / seconds).clamp(0.0, 1.0),
             workers: self.workers.len(),
-            samples_by_worker: self.ledger.by_worker().clone(),
+            samples_by_worker: self.epoch.ledger().by_worker().clone(),
         };
         self.close_epoch(record, training_started).await
     }
 
     /// Draws the epoch's permutation and sends every live worker its shard.
-    fn assign_shards(&mut self, epoch: u64) {
-        let order = epoch_permutation(self.config.train.seed, epoch, self.n_train);
-        let shards = split_even(&order, self.workers.len());
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for (id, shard) in ids.into_iter().zip(shards) {
-            self.send(id, Cmd::Shard { epoch, images: shard.clone(), extend: false });
-            if let Some(worker) = self.workers.get_mut(&id) {
-                worker.shard = Some(ShardProgress::new(shard));
-            }
-        }
-        self.ledger = EpochLedger::new(self.n_train);
-        self.orphans.clear();
-        let shards: Vec<(WorkerId, &[u32])> =
-            self.workers.iter().filter_map(|(&id, w)| w.shard.as_ref().map(|s| (id, s.indices.as_slice()))).collect();
-        self.observers.notify(&RunEvent::ShardsDealt { epoch, shards: &shards });
+    fn deal_epoch(&mut self, epoch: u64) {
+        let live: Vec<WorkerId> = self.workers.keys().copied().collect();
+        let (state, shards) = EpochState::dealt(epoch, self.config.train.seed, self.n_train, &live);
+        self.epoch = state;
+        self.dispatch(shards);
+        self.observers.notify(&RunEvent::ShardsDealt { epoch, shards: &self.epoch.shards() });
     }
 
     /// Test loss and accuracy of the current average, off the async runtime.

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::Driver;
 use super::deadline::RoundDeadline;
 use crate::command::Cmd;
+use crate::epoch::Planned;
 use crate::error::{Error, Result};
 use crate::observe::{RoundDone, RunEvent};
 use crate::push;
@@ -58,8 +59,8 @@ impl Driver {
     /// its weights and receives the average (equal weights): the cost of
     /// synchronisation alone, measured here at the coordinator.
     pub(super) async fn bench_rounds(&mut self, rounds: usize) -> Result<()> {
-        let plan: Vec<(WorkerId, usize, usize)> = self.workers.keys().map(|&id| (id, 0, 0)).collect();
-        let weights: Vec<(WorkerId, u64)> = plan.iter().map(|&(id, _, _)| (id, 1)).collect();
+        let plan: Vec<Planned> = self.workers.keys().map(|&worker| Planned { worker, from: 0, until: 0 }).collect();
+        let weights: Vec<(WorkerId, u64)> = plan.iter().map(|p| (p.worker, 1)).collect();
         let mut seconds = Vec::with_capacity(rounds);
         for round in 1..=rounds as u64 {
             let started = Instant::now();
@@ -85,13 +86,8 @@ impl Driver {
 
     /// One pull–average–push round over `plan` (worker, from, until). Returns
     /// `None` when the round had to be abandoned (it is then redone).
-    pub(super) async fn run_round(
-        &mut self,
-        epoch: u64,
-        round: u64,
-        plan: &[(WorkerId, usize, usize)],
-    ) -> Result<Option<RoundSummary>> {
-        let weights: Vec<(WorkerId, u64)> = plan.iter().map(|&(id, from, until)| (id, (until - from) as u64)).collect();
+    pub(super) async fn run_round(&mut self, epoch: u64, round: u64, plan: &[Planned]) -> Result<Option<RoundSummary>> {
+        let weights: Vec<(WorkerId, u64)> = plan.iter().map(|p| (p.worker, (p.until - p.from) as u64)).collect();
         self.exchange(epoch, round, plan, &weights).await
     }
 
@@ -100,7 +96,7 @@ impl Driver {
         &mut self,
         epoch: u64,
         round: u64,
-        plan: &[(WorkerId, usize, usize)],
+        plan: &[Planned],
         weights: &[(WorkerId, u64)],
     ) -> Result<Option<RoundSummary>> {
         let started = Instant::now();
@@ -117,14 +113,14 @@ impl Driver {
         // current weights, one copy for all of them.
         let behind: Vec<WorkerId> = plan
             .iter()
-            .filter(|&&(id, ..)| self.workers.get_mut(&id).is_some_and(|w| std::mem::take(&mut w.behind)))
-            .map(|&(id, ..)| id)
+            .filter(|p| self.workers.get_mut(&p.worker).is_some_and(|w| std::mem::take(&mut w.behind)))
+            .map(|p| p.worker)
             .collect();
         self.send_params(&behind);
-        for &(id, from, until) in plan {
+        for &Planned { worker: id, from, until } in plan {
             // After an abandoned round a worker still holds what it trained for
             // it (no average came since): it is asked only for the rest.
-            let pull = match self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
+            let pull = match self.epoch.shard_mut(id) {
                 Some(shard) => shard.pull(round, from, until),
                 None => PullPlan::Send { train_from: from },
             };
@@ -134,9 +130,10 @@ impl Driver {
             };
             self.send(id, Cmd::Pull(Pull { epoch, round, from: train_from, until, after_round: 0 }));
         }
-        let workers: Vec<WorkerId> = plan.iter().map(|p| p.0).collect();
+        let workers: Vec<WorkerId> = plan.iter().map(|p| p.worker).collect();
         self.observers.notify(&RunEvent::RoundStarted { epoch, round, workers: &workers });
-        let mut deadline = RoundDeadline::new(self.config.round_timeout, self.config.straggler_factor, plan.len());
+        let now = tokio::time::Instant::now();
+        let mut deadline = RoundDeadline::new(now, self.config.round_timeout, self.config.straggler_factor, plan.len());
         if let Some(since) = head_start {
             deadline.head_start(since);
         }
@@ -158,7 +155,7 @@ impl Driver {
                         timeout_s = self.config.round_timeout.as_secs_f64(),
                         "no worker has answered the round by its deadline; waiting on"
                     );
-                    deadline.extend(self.config.round_timeout);
+                    deadline.extend(tokio::time::Instant::now(), self.config.round_timeout);
                 }
                 Err(_) => self.drop_stragglers(&mut open),
             }
@@ -188,12 +185,9 @@ impl Driver {
         self.params_chunks = None;
         self.drop_lost_ahead(plan, &summary);
         for &(id, _) in &summary.contributors {
-            let Some(&(_, from, until)) = plan.iter().find(|p| p.0 == id) else { continue };
-            let Some(worker) = self.workers.get_mut(&id) else { continue };
-            if let Some(shard) = worker.shard.as_mut() {
-                self.ledger.record(&worker.name, &shard.indices[from..until]);
-                shard.done = until;
-            }
+            let Some(p) = plan.iter().find(|p| p.worker == id) else { continue };
+            let Some(worker) = self.workers.get(&id) else { continue };
+            self.epoch.record(id, &worker.name, p.from, p.until);
         }
         self.version = (epoch, round);
         self.log_alignment(&summary);
@@ -279,16 +273,16 @@ impl Driver {
         &mut self,
         event: Event,
         open: &mut Round,
-        deadline: &mut RoundDeadline,
+        deadline: &mut RoundDeadline<tokio::time::Instant>,
         ahead: bool,
-        plan: &[(WorkerId, usize, usize)],
+        plan: &[Planned],
     ) {
         let weights_from = match &event {
             Event::Message { id, message: FromWorker::Weights(_) } => Some(*id),
             _ => None,
         };
         self.on_event(event, Some(open));
-        deadline.progress(open.completed());
+        deadline.progress(tokio::time::Instant::now(), open.completed());
         if let Some(id) = weights_from.filter(|&id| ahead && open.has_sent(id)) {
             self.pull_ahead(id, open.epoch(), open.round(), plan);
         }
@@ -296,10 +290,10 @@ impl Driver {
 
     /// `--overlap`: sends `id`, whose weights for `round` are all in, its
     /// pulls for the next rounds, continuing its shard from where `plan` ended it.
-    fn pull_ahead(&mut self, id: WorkerId, epoch: u64, round: u64, plan: &[(WorkerId, usize, usize)]) {
-        let Some(&(_, _, until)) = plan.iter().find(|p| p.0 == id) else { return };
+    fn pull_ahead(&mut self, id: WorkerId, epoch: u64, round: u64, plan: &[Planned]) {
+        let Some(until) = plan.iter().find(|p| p.worker == id).map(|p| p.until) else { return };
         let samples = self.config.samples_per_round();
-        let Some(shard) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) else { return };
+        let Some(shard) = self.epoch.shard_mut(id) else { return };
         let pulls = shard.pull_ahead(round, until, samples, PULLS_AHEAD);
         if !pulls.is_empty() {
             self.pipeline.since.get_or_insert_with(tokio::time::Instant::now);
@@ -313,13 +307,13 @@ impl Driver {
     /// (they were not finite) while pulls of its went ahead: what it trains
     /// for those no longer adds up, so the rest of its shard goes to the others
     /// and it waits for the next epoch, as a straggler does.
-    fn drop_lost_ahead(&mut self, plan: &[(WorkerId, usize, usize)], summary: &RoundSummary) {
-        for &(id, _, _) in plan {
+    fn drop_lost_ahead(&mut self, plan: &[Planned], summary: &RoundSummary) {
+        for &Planned { worker: id, .. } in plan {
             if summary.contributors.iter().any(|&(c, _)| c == id) {
                 continue;
             }
             let Some(worker) = self.workers.get(&id) else { continue };
-            if worker.shard.as_ref().is_none_or(|s| s.ahead.is_empty()) {
+            if self.epoch.shard(id).is_none_or(|s| s.ahead.is_empty()) {
                 continue;
             }
             warn!(
@@ -389,7 +383,7 @@ impl Driver {
     /// [`crate::push`]), slices of the same buffers.
     pub(super) fn send_weights(&mut self, to: &[WorkerId], chunks: &[Chunk]) {
         let (epoch, round) = self.version;
-        let this_epoch = (epoch == self.epoch).then_some(round);
+        let this_epoch = (epoch == self.epoch.epoch()).then_some(round);
         let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
         self.observers.notify(&RunEvent::WeightsSent { bytes: (bytes * to.len()) as u64 });
         let mut sliced = None;
@@ -401,7 +395,7 @@ impl Driver {
             }
             // It continues from these weights: whatever it trained since is
             // gone, but for a pull sent ahead (--overlap).
-            if let Some(shard) = self.workers.get_mut(&id).and_then(|w| w.shard.as_mut()) {
+            if let Some(shard) = self.epoch.shard_mut(id) {
                 shard.average_sent(this_epoch);
             }
         }

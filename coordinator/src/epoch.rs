@@ -1,0 +1,192 @@
+//! What is left of an epoch, and who trains it. Pure: no I/O, no clock, no
+//! session. The driver feeds it the epoch's membership changes and the
+//! rounds' results, and sends the [`Cmd`]s it returns.
+//!
+//! One type owns every image the epoch still owes: the live workers' shards
+//! (each with how far it is averaged), the images of workers that left when
+//! no other could take them (orphans), and, after `--resume`, the images the
+//! checkpoint still owed, which are orphans of a new process. So a
+//! checkpoint, a departure and a round plan all read one source.
+
+use std::collections::BTreeMap;
+
+use crate::command::Cmd;
+use crate::round::WorkerId;
+use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
+
+/// Commands for workers, in the order they go out.
+pub type Outgoing = Vec<(WorkerId, Cmd)>;
+
+/// One worker's range of a round: positions `from..until` of its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub worker: WorkerId,
+    pub from: usize,
+    pub until: usize,
+}
+
+/// Where the untrained rest of a worker's shard went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// It had nothing left (or no shard).
+    Nothing,
+    /// `images` were split among `heirs` workers.
+    Heirs { images: usize, heirs: usize },
+    /// No worker holds a shard: `images` wait for the next to join.
+    Orphaned { images: usize },
+}
+
+/// The epoch being trained.
+#[derive(Debug, Default)]
+pub struct EpochState {
+    epoch: u64,
+    shards: BTreeMap<WorkerId, ShardProgress>,
+    /// Images whose worker left when no other could take them.
+    orphans: Vec<u32>,
+    ledger: EpochLedger,
+}
+
+impl EpochState {
+    /// Before epoch `epoch + 1` starts: nothing owed.
+    pub fn before(epoch: u64) -> Self {
+        EpochState { epoch, ..EpochState::default() }
+    }
+
+    /// Epoch `epoch` after `--resume`, owing `remaining` of its `n_images`:
+    /// they are dealt to the workers of its first round.
+    pub fn resumed(epoch: u64, n_images: usize, remaining: Vec<u32>) -> Self {
+        EpochState { epoch, shards: BTreeMap::new(), orphans: remaining, ledger: EpochLedger::new(n_images) }
+    }
+
+    /// Epoch `epoch` of a run seeded with `seed`: its permutation of the
+    /// `n_images` cut into one shard per worker of `workers`.
+    pub fn dealt(epoch: u64, seed: u64, n_images: usize, workers: &[WorkerId]) -> (Self, Outgoing) {
+        let order = epoch_permutation(seed, epoch, n_images);
+        let mut shards = BTreeMap::new();
+        let mut out = Outgoing::new();
+        for (&id, images) in workers.iter().zip(split_even(&order, workers.len())) {
+            out.push((id, Cmd::Shard { epoch, images: images.clone(), extend: false }));
+            shards.insert(id, ShardProgress::new(images));
+        }
+        let state = EpochState { epoch, shards, orphans: Vec::new(), ledger: EpochLedger::new(n_images) };
+        (state, out)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The worker's shard of this epoch; `None` for one that joined mid-epoch
+    /// (until it adopts orphans) or was retired for the rest of it.
+    pub fn shard(&self, worker: WorkerId) -> Option<&ShardProgress> {
+        self.shards.get(&worker)
+    }
+
+    pub fn shard_mut(&mut self, worker: WorkerId) -> Option<&mut ShardProgress> {
+        self.shards.get_mut(&worker)
+    }
+
+    /// Every shard's images, by worker.
+    pub fn shards(&self) -> Vec<(WorkerId, &[u32])> {
+        self.shards.iter().map(|(&id, s)| (id, s.indices.as_slice())).collect()
+    }
+
+    /// What the epoch has averaged so far.
+    pub fn ledger(&self) -> &EpochLedger {
+        &self.ledger
+    }
+
+    /// Whether images wait for a worker to take them.
+    pub fn has_orphans(&self) -> bool {
+        !self.orphans.is_empty()
+    }
+
+    /// The next round: each worker with images left trains its next
+    /// `samples_per_round` (or the range a pull sent ahead covers). An
+    /// empty plan with no orphans ends the epoch.
+    pub fn plan_round(&self, samples_per_round: usize) -> Vec<Planned> {
+        self.shards
+            .iter()
+            .map(|(&worker, s)| Planned { worker, from: s.done, until: s.next_until(samples_per_round) })
+            .filter(|p| p.until > p.from)
+            .collect()
+    }
+
+    /// Deals the orphans evenly to the `live` workers (nothing without
+    /// any), before a round is planned. Returns how many there were.
+    pub fn adopt_orphans(&mut self, live: &[WorkerId]) -> (usize, Outgoing) {
+        if self.orphans.is_empty() || live.is_empty() {
+            return (0, Outgoing::new());
+        }
+        let orphans = std::mem::take(&mut self.orphans);
+        (orphans.len(), self.deal(live, &orphans))
+    }
+
+    /// Takes `worker`'s shard (it left, lags, or sent what cannot be used)
+    /// and splits its untrained rest evenly among the other shard holders,
+    /// so every image of the epoch is still trained once; with none, the
+    /// rest waits for the next worker to join. The worker gets a shard again
+    /// next epoch.
+    pub fn hand_over(&mut self, worker: WorkerId) -> (Handover, Outgoing) {
+        let Some(shard) = self.shards.remove(&worker) else { return (Handover::Nothing, Outgoing::new()) };
+        let rest = &shard.indices[shard.done..];
+        if rest.is_empty() {
+            return (Handover::Nothing, Outgoing::new());
+        }
+        let heirs: Vec<WorkerId> = self.shards.keys().copied().collect();
+        if heirs.is_empty() {
+            self.orphans.extend_from_slice(rest);
+            return (Handover::Orphaned { images: rest.len() }, Outgoing::new());
+        }
+        let out = self.deal(&heirs, rest);
+        (Handover::Heirs { images: rest.len(), heirs: heirs.len() }, out)
+    }
+
+    /// Records that `worker` (named `name` in the metrics) trained positions
+    /// `from..until` of its shard and they entered the average. Anything but
+    /// the range that continues its shard (a retired worker's, a range
+    /// recorded already) is refused, so no image counts twice.
+    pub fn record(&mut self, worker: WorkerId, name: &str, from: usize, until: usize) -> bool {
+        let Some(shard) = self.shards.get_mut(&worker) else { return false };
+        if from != shard.done || until <= from || until > shard.indices.len() {
+            return false;
+        }
+        self.ledger.record(name, &shard.indices[from..until]);
+        shard.done = until;
+        true
+    }
+
+    /// Every image the epoch still owes: the orphans and each shard's
+    /// unaveraged rest (for a checkpoint; empty when the epoch is complete).
+    pub fn remaining(&self) -> Vec<u32> {
+        let mut remaining = self.orphans.clone();
+        for shard in self.shards.values() {
+            remaining.extend_from_slice(&shard.indices[shard.done..]);
+        }
+        remaining
+    }
+
+    /// Splits `images` evenly over `workers`: each one's shard grows by its
+    /// part (or starts with it), and the worker is told so.
+    fn deal(&mut self, workers: &[WorkerId], images: &[u32]) -> Outgoing {
+        let epoch = self.epoch;
+        let mut out = Outgoing::new();
+        for (&id, part) in workers.iter().zip(split_even(images, workers.len())) {
+            let extend = match self.shards.get_mut(&id) {
+                Some(shard) => {
+                    shard.indices.extend_from_slice(&part);
+                    true
+                }
+                None => {
+                    self.shards.insert(id, ShardProgress::new(part.clone()));
+                    false
+                }
+            };
+            out.push((id, Cmd::Shard { epoch, images: part, extend }));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
