@@ -8,11 +8,16 @@
 //! handles workers coming and going, `checkpointing` writes checkpoints, and
 //! `deadline` decides when a round stops waiting.
 
+mod bench;
+mod broadcast;
 mod checkpointing;
 mod closing;
 mod deadline;
+mod epochs;
 mod membership;
+mod overlap;
 mod rounds;
+mod screening;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -37,7 +42,6 @@ use crate::edge::Mailbox;
 use crate::ending::Departed;
 use crate::epoch::EpochState;
 use crate::error::{Error, Result};
-use crate::metrics::EpochRecord;
 use crate::observe::{Observers, RunEvent};
 use crate::round::WorkerId;
 use crate::screen::OutlierRecord;
@@ -83,15 +87,6 @@ pub struct RunSummary {
     pub untold: Vec<String>,
 }
 
-/// What an epoch's rounds added up to.
-#[derive(Debug, Default)]
-struct EpochTally {
-    rounds: u64,
-    samples: u64,
-    loss_sum: f64,
-    train_seconds: f64,
-}
-
 pub struct Driver {
     config: CoordinatorConfig,
     mlp: Network,
@@ -125,7 +120,7 @@ pub struct Driver {
     /// Every output of the run (logs, progress, files, metrics), fed events.
     observers: Observers,
     /// `--overlap`: pulls sent ahead, from one round to the next.
-    pipeline: rounds::Pipeline,
+    pipeline: overlap::Pipeline,
     /// When the first epoch of this process began training (for `elapsed`).
     training_started: Option<Instant>,
     /// The last epoch, evaluated and checkpointed while the next one trains.
@@ -174,7 +169,7 @@ impl Driver {
             shutdown,
             workers: BTreeMap::new(),
             observers,
-            pipeline: rounds::Pipeline::default(),
+            pipeline: overlap::Pipeline::default(),
             training_started: None,
             closing: None,
             departed: Departed::default(),
@@ -269,76 +264,6 @@ impl Driver {
                 closed = close_done(&mut self.closing) => closed?,
             };
         }
-    }
-
-    /// Trains epoch `epoch` and starts its close.
-    async fn run_epoch(&mut self, epoch: u64) -> Result<()> {
-        self.ensure_min_workers().await?;
-        let started = Instant::now();
-        let training_started = *self.training_started.get_or_insert(started);
-        // A resumed epoch numbers its rounds on from the checkpoint's.
-        let mut round = if self.epoch.epoch() == epoch {
-            info!(epoch, images = self.epoch.remaining().len(), "resuming the epoch's untrained images");
-            self.version.1
-        } else {
-            self.deal_epoch(epoch);
-            0
-        };
-        let samples_per_round = self.config.samples_per_round();
-        let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
-        self.observers.notify(&RunEvent::EpochStarted { epoch, rounds: total_rounds });
-        let mut tally = EpochTally::default();
-        loop {
-            self.ensure_min_workers().await?;
-            let live: Vec<WorkerId> = self.workers.keys().copied().collect();
-            let (images, adopted) = self.epoch.adopt_orphans(&live);
-            if images > 0 {
-                info!(images, workers = live.len(), "dealt orphaned images to the live workers");
-                self.dispatch(adopted);
-            }
-            let plan = self.epoch.plan_round(samples_per_round);
-            if plan.is_empty() {
-                if self.epoch.has_orphans() {
-                    continue;
-                }
-                break;
-            }
-            round += 1;
-            if let Some(summary) = self.run_round(epoch, round, &plan).await? {
-                tally.rounds += 1;
-                tally.samples += summary.samples;
-                tally.loss_sum += summary.loss_sum;
-                tally.train_seconds += summary.mean_train_seconds;
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        let record = EpochRecord {
-            kind: "epoch",
-            epoch,
-            rounds: tally.rounds,
-            train_loss: tally.loss_sum / tally.samples.max(1) as f64,
-            test_loss: f64::NAN,
-            accuracy: f64::NAN,
-            samples: tally.samples,
-            distinct_images: self.epoch.ledger().distinct(),
-            repeated_images: self.epoch.ledger().repeated(),
-            seconds,
-            elapsed: f64::NAN,
-            samples_per_s: tally.samples as f64 / seconds,
-            sync_share: (1.0 - tally.train_seconds / seconds).clamp(0.0, 1.0),
-            workers: self.workers.len(),
-            samples_by_worker: self.epoch.ledger().by_worker().clone(),
-        };
-        self.close_epoch(record, training_started).await
-    }
-
-    /// Draws the epoch's permutation and sends every live worker its shard.
-    fn deal_epoch(&mut self, epoch: u64) {
-        let live: Vec<WorkerId> = self.workers.keys().copied().collect();
-        let (state, shards) = EpochState::dealt(epoch, self.config.train.seed, self.n_train, &live);
-        self.epoch = state;
-        self.dispatch(shards);
-        self.observers.notify(&RunEvent::ShardsDealt { epoch, shards: &self.epoch.shards() });
     }
 
     /// Test loss and accuracy of the current average, off the async runtime.

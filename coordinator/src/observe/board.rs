@@ -60,6 +60,20 @@ impl Board {
     fn entry(&mut self, id: WorkerId) -> Option<&mut Entry> {
         self.workers.iter_mut().find(|(w, e)| *w == id && !e.gone).map(|(_, e)| e)
     }
+
+    /// Marks worker `id` gone, keeping only the [`GONE_KEPT`] latest gone.
+    fn left(&mut self, id: WorkerId) {
+        if let Some(entry) = self.entry(id) {
+            entry.gone = true;
+        }
+        let gone = self.workers.iter().filter(|(_, e)| e.gone).count();
+        let mut forget = gone.saturating_sub(GONE_KEPT);
+        self.workers.retain(|(_, e)| {
+            let drop = e.gone && forget > 0;
+            forget -= usize::from(drop);
+            !drop
+        });
+    }
 }
 
 /// The observer that keeps the board.
@@ -126,18 +140,7 @@ impl Observer for StatusBoard {
                     round_trip: None,
                 },
             )),
-            RunEvent::WorkerLeft { id, .. } => {
-                if let Some(entry) = board.entry(id) {
-                    entry.gone = true;
-                }
-                let gone = board.workers.iter().filter(|(_, e)| e.gone).count();
-                let mut forget = gone.saturating_sub(GONE_KEPT);
-                board.workers.retain(|(_, e)| {
-                    let drop = e.gone && forget > 0;
-                    forget -= usize::from(drop);
-                    !drop
-                });
-            }
+            RunEvent::WorkerLeft { id, .. } => board.left(id),
             RunEvent::EpochStarted { epoch, .. } => board.epoch = epoch,
             RunEvent::RoundStarted { round, workers, .. } => {
                 board.round = round;

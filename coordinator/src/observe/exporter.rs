@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
 use super::board::GONE_KEPT;
-use super::{Observer, RunEvent};
+use super::{Observer, RoundDone, RunEvent};
 use crate::command::RejectReason;
 use crate::error::Result;
 use crate::round::WorkerId;
@@ -39,6 +39,76 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// The series of each worker, labelled by its name.
+#[derive(Debug)]
+struct WorkerSeries {
+    samples: Family<WorkerLabels, Counter>,
+    last_contribution: Family<WorkerLabels, FloatGauge>,
+    samples_per_second: Family<WorkerLabels, FloatGauge>,
+    update_ratio: Family<WorkerLabels, FloatGauge>,
+    outlier_rounds: Family<WorkerLabels, Counter>,
+}
+
+impl WorkerSeries {
+    fn register(r: &mut Registry) -> Self {
+        WorkerSeries {
+            samples: metric(r, "worker_samples", "Samples averaged in, by worker", Family::default()),
+            last_contribution: metric(
+                r,
+                "worker_last_contribution_timestamp_seconds",
+                "Unix time of the worker's last weights in an average",
+                Family::default(),
+            ),
+            samples_per_second: metric(
+                r,
+                "worker_samples_per_second",
+                "The worker's samples in its last round over the time since its contribution before",
+                Family::default(),
+            ),
+            update_ratio: metric(
+                r,
+                "worker_update_ratio",
+                "Norm of the worker's last update (its weights minus the round's start) over the round's median",
+                Family::default(),
+            ),
+            outlier_rounds: metric(
+                r,
+                "worker_outlier_rounds",
+                "Rounds in which the worker's update was 10 times the median's norm or more",
+                Family::default(),
+            ),
+        }
+    }
+
+    /// Records a round's contributions, made `now` (monotonic, Unix
+    /// seconds); `last` holds when each worker's weights were last in an
+    /// average.
+    fn round_completed(
+        &self,
+        done: &RoundDone<'_>,
+        now: (Instant, f64),
+        labels: impl Fn(WorkerId) -> WorkerLabels,
+        last: &mut HashMap<WorkerId, Instant>,
+    ) {
+        for &(id, samples) in &done.summary.contributors {
+            let labels = labels(id);
+            self.samples.get_or_create(&labels).inc_by(samples);
+            self.last_contribution.get_or_create(&labels).set(now.1);
+            let since = last.insert(id, now.0).map_or(done.seconds, |t| (now.0 - t).as_secs_f64());
+            if since > 0.0 {
+                self.samples_per_second.get_or_create(&labels).set(samples as f64 / since);
+            }
+        }
+        for update in &done.summary.updates {
+            let labels = labels(update.worker);
+            self.update_ratio.get_or_create(&labels).set(update.ratio);
+            if update.outlier {
+                self.outlier_rounds.get_or_create(&labels).inc();
+            }
+        }
+    }
+}
+
 /// Every metric of a run.
 #[derive(Debug)]
 struct RunMetrics {
@@ -50,15 +120,11 @@ struct RunMetrics {
     test_loss: FloatGauge,
     train_loss: FloatGauge,
     samples: Counter,
-    worker_samples: Family<WorkerLabels, Counter>,
     round_duration: Histogram,
     weights_received_bytes: Counter,
     weights_sent_bytes: Counter,
     workers_connected: Gauge,
-    worker_last_contribution: Family<WorkerLabels, FloatGauge>,
-    worker_samples_per_second: Family<WorkerLabels, FloatGauge>,
-    worker_update_ratio: Family<WorkerLabels, FloatGauge>,
-    worker_outlier_rounds: Family<WorkerLabels, Counter>,
+    worker: WorkerSeries,
     contributions_rejected: Family<ReasonLabels, Counter>,
     checkpoints_written: Counter,
     last_round_timestamp: FloatGauge,
@@ -90,7 +156,6 @@ impl RunMetrics {
                 FloatGauge::default(),
             ),
             samples: metric(r, "samples", "Samples trained and averaged in", Counter::default()),
-            worker_samples: metric(r, "worker_samples", "Samples averaged in, by worker", Family::default()),
             round_duration: metric(
                 r,
                 "round_duration_seconds",
@@ -110,30 +175,6 @@ impl RunMetrics {
                 Counter::default(),
             ),
             workers_connected: metric(r, "workers_connected", "Workers with an open session", Gauge::default()),
-            worker_last_contribution: metric(
-                r,
-                "worker_last_contribution_timestamp_seconds",
-                "Unix time of the worker's last weights in an average",
-                Family::default(),
-            ),
-            worker_samples_per_second: metric(
-                r,
-                "worker_samples_per_second",
-                "The worker's samples in its last round over the time since its contribution before",
-                Family::default(),
-            ),
-            worker_update_ratio: metric(
-                r,
-                "worker_update_ratio",
-                "Norm of the worker's last update (its weights minus the round's start) over the round's median",
-                Family::default(),
-            ),
-            worker_outlier_rounds: metric(
-                r,
-                "worker_outlier_rounds",
-                "Rounds in which the worker's update was 10 times the median's norm or more",
-                Family::default(),
-            ),
             contributions_rejected: metric(
                 r,
                 "contributions_rejected",
@@ -148,11 +189,18 @@ impl RunMetrics {
                 FloatGauge::default(),
             ),
             run_active: metric(r, "run_active", "1 while the run trains, 0 once it has ended", Gauge::default()),
+            worker: WorkerSeries::register(r),
         };
-        for reason in RejectReason::ALL.map(RejectReason::label) {
-            drop(metrics.contributions_rejected.get_or_create(&ReasonLabels { reason }));
-        }
+        metrics.serve_every_rejection_reason();
         metrics
+    }
+
+    /// Serves each refusal reason's count from the start (at 0), so that a
+    /// rate sees the first refusal.
+    fn serve_every_rejection_reason(&self) {
+        for reason in RejectReason::ALL.map(RejectReason::label) {
+            drop(self.contributions_rejected.get_or_create(&ReasonLabels { reason }));
+        }
     }
 }
 
@@ -172,9 +220,9 @@ impl RunMetrics {
         while gone.len() > GONE_KEPT {
             let Some(oldest) = gone.pop_front() else { break };
             if !names.values().any(|name| *name == oldest.worker) {
-                self.worker_samples.remove(&oldest);
-                self.worker_last_contribution.remove(&oldest);
-                self.worker_outlier_rounds.remove(&oldest);
+                self.worker.samples.remove(&oldest);
+                self.worker.last_contribution.remove(&oldest);
+                self.worker.outlier_rounds.remove(&oldest);
             }
         }
     }
@@ -209,8 +257,26 @@ impl Exporter {
     }
 
     fn labels(&self, id: WorkerId) -> WorkerLabels {
-        WorkerLabels { worker: self.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")) }
+        labels_of(&self.names, id)
     }
+
+    /// Drops a departed worker's live series (rate, ratio) and, beyond the
+    /// latest gone, its kept ones; `workers` are left connected.
+    fn worker_left(&mut self, id: WorkerId, workers: usize) {
+        let labels = self.labels(id);
+        let m = &self.metrics;
+        m.worker.samples_per_second.remove(&labels);
+        m.worker.update_ratio.remove(&labels);
+        self.names.remove(&id);
+        m.forget_beyond_gone_kept(&mut self.gone, &self.names, labels);
+        self.last_contribution.remove(&id);
+        m.workers_connected.set(workers as i64);
+    }
+}
+
+/// The labels of worker `id`, by its name in `names` (`#id` if unknown).
+fn labels_of(names: &HashMap<WorkerId, String>, id: WorkerId) -> WorkerLabels {
+    WorkerLabels { worker: names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")) }
 }
 
 fn unix_now() -> f64 {
@@ -219,7 +285,8 @@ fn unix_now() -> f64 {
 
 impl Observer for Exporter {
     fn observe(&mut self, event: &RunEvent<'_>) -> Result<()> {
-        let _whole = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let registry = std::sync::Arc::clone(&self.registry);
+        let _whole = registry.lock().unwrap_or_else(PoisonError::into_inner);
         let m = &self.metrics;
         match *event {
             RunEvent::WorkerJoined { id, name, workers, .. } => {
@@ -227,15 +294,7 @@ impl Observer for Exporter {
                 self.names.insert(id, name.to_owned());
                 m.workers_connected.set(workers as i64);
             }
-            RunEvent::WorkerLeft { id, workers, .. } => {
-                let labels = self.labels(id);
-                m.worker_samples_per_second.remove(&labels);
-                m.worker_update_ratio.remove(&labels);
-                self.names.remove(&id);
-                m.forget_beyond_gone_kept(&mut self.gone, &self.names, labels);
-                self.last_contribution.remove(&id);
-                self.metrics.workers_connected.set(workers as i64);
-            }
+            RunEvent::WorkerLeft { id, workers, .. } => self.worker_left(id, workers),
             RunEvent::EpochStarted { epoch, .. } => {
                 m.epoch.set(epoch as i64);
                 m.run_active.set(1);
@@ -259,23 +318,8 @@ impl Observer for Exporter {
                 m.train_loss.set(done.train_loss());
                 m.round_duration.observe(done.seconds);
                 m.last_round_timestamp.set(now.1);
-                for &(id, samples) in &done.summary.contributors {
-                    let labels = self.labels(id);
-                    self.metrics.worker_samples.get_or_create(&labels).inc_by(samples);
-                    self.metrics.worker_last_contribution.get_or_create(&labels).set(now.1);
-                    let since =
-                        self.last_contribution.insert(id, now.0).map_or(done.seconds, |t| (now.0 - t).as_secs_f64());
-                    if since > 0.0 {
-                        self.metrics.worker_samples_per_second.get_or_create(&labels).set(samples as f64 / since);
-                    }
-                }
-                for update in &done.summary.updates {
-                    let labels = self.labels(update.worker);
-                    self.metrics.worker_update_ratio.get_or_create(&labels).set(update.ratio);
-                    if update.outlier {
-                        self.metrics.worker_outlier_rounds.get_or_create(&labels).inc();
-                    }
-                }
+                let names = &self.names;
+                m.worker.round_completed(done, now, |id| labels_of(names, id), &mut self.last_contribution);
             }
             RunEvent::RoundAbandoned { .. } => {
                 m.rounds_abandoned.inc();

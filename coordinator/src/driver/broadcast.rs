@@ -1,0 +1,68 @@
+//! Weights going out: each round's average to the workers that answer,
+//! the current model to newcomers and to workers behind, and the
+//! `--align` reference. One encoding per version, shared by every send.
+
+use lazyavg_proto::chunks::{Chunk, weight_chunks};
+
+use super::Driver;
+use crate::command::Cmd;
+use crate::observe::RunEvent;
+use crate::push;
+use crate::round::WorkerId;
+
+impl Driver {
+    /// Sends the current parameters to every live worker that has answered
+    /// a pull; the others get them with their next pull.
+    pub(super) fn push_average(&mut self) {
+        let mut ids = Vec::with_capacity(self.workers.len());
+        for (&id, worker) in &mut self.workers {
+            if worker.answered {
+                ids.push(id);
+            } else {
+                worker.behind = true;
+            }
+        }
+        self.send_params(&ids);
+    }
+
+    pub(super) fn send_params(&mut self, to: &[WorkerId]) {
+        let (epoch, round) = self.version;
+        let chunks =
+            self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect()).clone();
+        self.send_weights(to, &chunks);
+    }
+
+    /// `--align` with `--init independent`: the current parameters, which
+    /// worker `id`'s first contribution is matched to while it starts from
+    /// weights of its own (in small messages: it has not answered a pull).
+    pub(super) fn send_reference(&mut self, id: WorkerId) {
+        let (epoch, round) = self.version;
+        let chunks = self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect());
+        for chunk in push::small(chunks) {
+            self.send(id, Cmd::Reference(chunk));
+        }
+    }
+
+    /// Sends `chunks` (weights tagged with the current version) to `to`: to
+    /// a worker that has not answered a pull yet in small messages (see
+    /// [`crate::push`]), slices of the same buffers.
+    pub(super) fn send_weights(&mut self, to: &[WorkerId], chunks: &[Chunk]) {
+        let (epoch, round) = self.version;
+        let this_epoch = (epoch == self.epoch.epoch()).then_some(round);
+        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+        self.observers.notify(&RunEvent::WeightsSent { bytes: (bytes * to.len()) as u64 });
+        let mut sliced = None;
+        for &id in to {
+            let answered = self.workers.get(&id).is_some_and(|w| w.answered);
+            let messages = if answered { chunks } else { sliced.get_or_insert_with(|| push::small(chunks)) };
+            for chunk in messages.iter() {
+                self.send(id, Cmd::Weights(chunk.clone()));
+            }
+            // It continues from these weights: whatever it trained since is
+            // gone, but for a pull sent ahead (--overlap).
+            if let Some(shard) = self.epoch.shard_mut(id) {
+                shard.average_sent(this_epoch);
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! What the driver makes of a finished round's update norms: warnings for
+//! outliers, retirement of the ones a rule left out or bounded, and the
+//! error that names the likely cause of a divergence.
+
+use tracing::{debug, warn};
+
+use super::Driver;
+use crate::error::Error;
+use crate::round::{RoundError, RoundSummary, WorkerId};
+
+impl Driver {
+    /// Says who was far from the others in a finished round: each
+    /// contribution's update norm at debug level, a warning for an outlier
+    /// (at the start of its streak, then every `WARN_EVERY` rounds, and in
+    /// each epoch); an outlier left out (or kept in bounded) is retired for
+    /// the rest of the epoch.
+    pub(super) fn screened(&mut self, summary: &RoundSummary) {
+        let name = |id: WorkerId| self.workers.get(&id).map_or("?", |w| w.name.as_str());
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for update in &summary.updates {
+                debug!(
+                    epoch = summary.epoch,
+                    round = summary.round,
+                    worker = update.worker,
+                    name = name(update.worker),
+                    update_norm = update.norm,
+                    ratio_to_median = update.ratio,
+                    "contribution's update"
+                );
+            }
+        }
+        for (update, rounds) in self.outliers.round(summary.epoch, summary.round, &summary.updates, &summary.dropped) {
+            warn!(
+                epoch = summary.epoch,
+                round = summary.round,
+                worker = update.worker,
+                name = name(update.worker),
+                ratio_to_median = update.ratio,
+                rounds,
+                left_out = summary.dropped.contains(&update.worker),
+                "worker's update is far from the others' (its norm over the median's)"
+            );
+        }
+        // Left out, it would be asked for the same range again and again (a
+        // worker that redid it could lag the others and end an epoch alone):
+        // like a worker whose weights were not finite, it trains no more of
+        // this epoch and the others take its images. So does one that a
+        // streamed robust rule kept in, bounded.
+        let bounded = self.config.aggregate.bounds_outliers();
+        for update in summary.updates.iter().filter(|u| u.outlier) {
+            let id = update.worker;
+            if summary.dropped.contains(&id) || bounded {
+                let name = self.workers.get(&id).map_or("?", |w| w.name.as_str());
+                let (epoch, round) = (summary.epoch, summary.round);
+                warn!(
+                    epoch,
+                    round,
+                    worker = id,
+                    name,
+                    "worker's update was an outlier; it trains no more of this epoch"
+                );
+                self.retire_for_epoch(id);
+            }
+        }
+    }
+
+    /// The error of a run whose round had no usable weights: it names the
+    /// worker whose updates were far from the others' if there was one.
+    pub(super) fn diverged(&self, cause: RoundError) -> Error {
+        match self.outliers.likely_cause() {
+            Some(o) => Error::DivergedAfterOutlier {
+                cause,
+                name: self.workers.get(&o.worker).map_or_else(|| format!("#{}", o.worker), |w| w.name.clone()),
+                ratio: o.ratio,
+                epoch: o.epoch,
+                round: o.round,
+            },
+            None => Error::Diverged { cause, peak_lr: self.config.train.peak_lr() },
+        }
+    }
+}
