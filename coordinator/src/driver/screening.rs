@@ -16,23 +16,25 @@ impl Driver {
     /// the rest of the epoch.
     pub(super) fn screened(&mut self, summary: &RoundSummary) {
         let name = |id: WorkerId| self.workers.get(&id).map_or("?", |w| w.name.as_str());
+        let (epoch, round) = (summary.epoch, summary.round);
         if tracing::enabled!(tracing::Level::DEBUG) {
-            for update in &summary.updates {
+            for u in &summary.updates {
+                let (worker, update_norm, ratio_to_median) = (u.worker, u.norm, u.ratio);
                 debug!(
-                    epoch = summary.epoch,
-                    round = summary.round,
-                    worker = update.worker,
-                    name = name(update.worker),
-                    update_norm = update.norm,
-                    ratio_to_median = update.ratio,
+                    epoch,
+                    round,
+                    worker,
+                    name = name(worker),
+                    update_norm,
+                    ratio_to_median,
                     "contribution's update"
                 );
             }
         }
-        for (update, rounds) in self.outliers.round(summary.epoch, summary.round, &summary.updates, &summary.dropped) {
+        for (update, rounds) in self.outliers.round(epoch, round, &summary.updates, &summary.dropped) {
             warn!(
-                epoch = summary.epoch,
-                round = summary.round,
+                epoch,
+                round,
                 worker = update.worker,
                 name = name(update.worker),
                 ratio_to_median = update.ratio,
