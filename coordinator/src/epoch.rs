@@ -10,9 +10,11 @@
 
 use std::collections::BTreeMap;
 
+use lazyavg_proto::message::Pull;
+
 use crate::command::Cmd;
 use crate::round::WorkerId;
-use crate::schedule::{EpochLedger, ShardProgress, epoch_permutation, split_even};
+use crate::schedule::{EpochLedger, PullPlan, ShardProgress, epoch_permutation, split_even};
 
 /// Commands for workers, in the order they go out.
 pub type Outgoing = Vec<(WorkerId, Cmd)>;
@@ -78,12 +80,18 @@ impl EpochState {
 
     /// The worker's shard of this epoch; `None` for one that joined mid-epoch
     /// (until it adopts orphans) or was retired for the rest of it.
-    pub fn shard(&self, worker: WorkerId) -> Option<&ShardProgress> {
+    fn shard(&self, worker: WorkerId) -> Option<&ShardProgress> {
         self.shards.get(&worker)
     }
 
-    pub fn shard_mut(&mut self, worker: WorkerId) -> Option<&mut ShardProgress> {
-        self.shards.get_mut(&worker)
+    /// The images of `worker`'s shard not yet averaged in.
+    pub fn untrained(&self, worker: WorkerId) -> usize {
+        self.shard(worker).map_or(0, ShardProgress::remaining)
+    }
+
+    /// Whether `worker` trains pulls sent ahead (`--overlap`).
+    pub fn has_pulls_ahead(&self, worker: WorkerId) -> bool {
+        self.shard(worker).is_some_and(|s| !s.ahead.is_empty())
     }
 
     /// Every shard's images, by worker.
@@ -140,6 +148,57 @@ impl EpochState {
         }
         let out = self.deal(&heirs, rest);
         (Handover::Heirs { images: rest.len(), heirs: heirs.len() }, out)
+    }
+
+    /// The pulls that open round `round` of `plan`. A worker that still
+    /// holds what it trained for an abandoned round (no average came since)
+    /// is asked only for the rest; one whose pull went ahead (`--overlap`)
+    /// is sent nothing, or, if the round its pull waited for was abandoned,
+    /// the same pull again without the wait.
+    pub fn pulls(&mut self, round: u64, plan: &[Planned]) -> Outgoing {
+        let epoch = self.epoch;
+        let mut out = Outgoing::new();
+        for &Planned { worker, from, until } in plan {
+            let pull = match self.shards.get_mut(&worker) {
+                Some(shard) => shard.pull(round, from, until),
+                None => PullPlan::Send { train_from: from },
+            };
+            let from = match pull {
+                PullPlan::Send { train_from } | PullPlan::Release { train_from } => train_from,
+                PullPlan::Ahead => continue,
+            };
+            out.push((worker, Cmd::Pull(Pull { epoch, round, from, until, after_round: 0 })));
+        }
+        out
+    }
+
+    /// `--overlap`: once `worker`'s weights for `round` (planned up to
+    /// `until`) are in, the pulls that keep `depth` queued after it, of
+    /// `samples_per_round` positions each, while its shard has any left.
+    pub fn pulls_ahead(
+        &mut self,
+        worker: WorkerId,
+        round: u64,
+        until: usize,
+        samples_per_round: usize,
+        depth: usize,
+    ) -> Outgoing {
+        let epoch = self.epoch;
+        let Some(shard) = self.shards.get_mut(&worker) else { return Outgoing::new() };
+        let pulls = shard.pull_ahead(round, until, samples_per_round, depth);
+        let pull =
+            |(round, from, until): (u64, usize, usize)| Pull { epoch, round, from, until, after_round: round - 1 };
+        pulls.into_iter().map(|p| (worker, Cmd::Pull(pull(p)))).collect()
+    }
+
+    /// `worker` was sent the weights of `version` (epoch, round). It goes on
+    /// from them: what it trained since is gone, unless it trains pulls sent
+    /// ahead, which it keeps (applying the average as a correction).
+    pub fn weights_sent(&mut self, worker: WorkerId, version: (u64, u64)) {
+        let this_epoch = (version.0 == self.epoch).then_some(version.1);
+        if let Some(shard) = self.shards.get_mut(&worker) {
+            shard.average_sent(this_epoch);
+        }
     }
 
     /// Records that `worker` (named `name` in the metrics) trained positions

@@ -306,11 +306,8 @@ impl Session {
                 }
             };
             match message {
-                Ok(Some(pb::WorkerMessage { kind: Some(Reply::Attach(_)) })) => {
-                    break "sent a second Attach".to_owned();
-                }
                 Ok(Some(pb::WorkerMessage { kind: Some(reply) })) => {
-                    let Some(message) = FromWorker::from_pb(reply) else { continue };
+                    let Some(message) = FromWorker::from_pb(reply) else { break "sent a second Attach".to_owned() };
                     if shared.events.send(Event::Message { id, message }).await.is_err() {
                         return;
                     }

@@ -47,8 +47,6 @@ impl Driver {
     /// a worker that has not answered a pull yet in small messages (see
     /// [`crate::push`]), slices of the same buffers.
     pub(super) fn send_weights(&mut self, to: &[WorkerId], chunks: &[Chunk]) {
-        let (epoch, round) = self.version;
-        let this_epoch = (epoch == self.epoch.epoch()).then_some(round);
         let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
         self.observers.notify(&RunEvent::WeightsSent { bytes: (bytes * to.len()) as u64 });
         let mut sliced = None;
@@ -60,9 +58,7 @@ impl Driver {
             }
             // It continues from these weights: whatever it trained since is
             // gone, but for a pull sent ahead (--overlap).
-            if let Some(shard) = self.epoch.shard_mut(id) {
-                shard.average_sent(this_epoch);
-            }
+            self.epoch.weights_sent(id, self.version);
         }
     }
 }

@@ -18,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::init::{Init, independent_start};
 use crate::observe::RunEvent;
 use crate::round::{Round, RoundError, WorkerId};
-use crate::schedule::ShardProgress;
 use crate::service::Event;
 
 impl Driver {
@@ -65,7 +64,7 @@ impl Driver {
             Event::Detached { id, reason } => {
                 let Some(worker) = self.workers.remove(&id) else { return };
                 self.departed.left(&worker.joined_as);
-                let remaining = self.epoch.shard(id).map_or(0, ShardProgress::remaining);
+                let remaining = self.epoch.untrained(id);
                 let trained = self.epoch.ledger().by_worker().get(&worker.name).copied().unwrap_or(0);
                 self.observers.notify(&RunEvent::WorkerLeft {
                     id,
@@ -126,7 +125,7 @@ impl Driver {
 
     /// Tells a worker its message was refused, and the outputs why.
     pub(super) fn reject(&self, id: WorkerId, rejection: Rejection) {
-        let name = self.workers.get(&id).map(|w| w.name.as_str()).unwrap_or("?");
+        let name = self.name(id);
         self.observers.notify(&RunEvent::ContributionRejected { worker: id, name, rejection: &rejection });
         self.send(id, Cmd::Reject(rejection));
     }

@@ -266,6 +266,11 @@ impl Driver {
         }
     }
 
+    /// The name of live worker `id` in logs and metrics ("?" once it has left).
+    fn name(&self, id: WorkerId) -> &str {
+        name_in(&self.workers, id)
+    }
+
     /// Test loss and accuracy of the current average, off the async runtime.
     async fn evaluate(&self) -> Evaluation {
         let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), self.params.clone());
@@ -273,4 +278,9 @@ impl Driver {
             .await
             .expect("evaluation does not panic")
     }
+}
+
+/// The name of worker `id` among `workers` ("?" if it is not one of them).
+fn name_in(workers: &BTreeMap<WorkerId, Worker>, id: WorkerId) -> &str {
+    workers.get(&id).map_or("?", |w| w.name.as_str())
 }

@@ -16,11 +16,9 @@
 //! to pulls ahead that come while training is paused for lack of workers are
 //! held for the round after the pause.
 
-use lazyavg_proto::message::Pull;
 use tracing::warn;
 
 use super::Driver;
-use crate::command::Cmd;
 use crate::epoch::Planned;
 use crate::round::{RoundSummary, WorkerId};
 use crate::service::Event;
@@ -45,17 +43,14 @@ pub(super) struct Pipeline {
 impl Driver {
     /// `--overlap`: sends `id`, whose weights for `round` are all in, its
     /// pulls for the next rounds, continuing its shard from where `plan` ended it.
-    pub(super) fn pull_ahead(&mut self, id: WorkerId, epoch: u64, round: u64, plan: &[Planned]) {
+    pub(super) fn pull_ahead(&mut self, id: WorkerId, round: u64, plan: &[Planned]) {
         let Some(until) = plan.iter().find(|p| p.worker == id).map(|p| p.until) else { return };
         let samples = self.config.samples_per_round();
-        let Some(shard) = self.epoch.shard_mut(id) else { return };
-        let pulls = shard.pull_ahead(round, until, samples, PULLS_AHEAD);
+        let pulls = self.epoch.pulls_ahead(id, round, until, samples, PULLS_AHEAD);
         if !pulls.is_empty() {
             self.pipeline.since.get_or_insert_with(tokio::time::Instant::now);
         }
-        for (round, from, until) in pulls {
-            self.send(id, Cmd::Pull(Pull { epoch, round, from, until, after_round: round - 1 }));
-        }
+        self.dispatch(pulls);
     }
 
     /// `--overlap`: a worker of the round whose weights are not in its average
@@ -68,7 +63,7 @@ impl Driver {
                 continue;
             }
             let Some(worker) = self.workers.get(&id) else { continue };
-            if self.epoch.shard(id).is_none_or(|s| s.ahead.is_empty()) {
+            if !self.epoch.has_pulls_ahead(id) {
                 continue;
             }
             warn!(

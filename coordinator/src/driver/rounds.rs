@@ -6,18 +6,16 @@
 use std::time::Instant;
 
 use lazyavg_common::matching::AlignMethod;
-use lazyavg_proto::message::{FromWorker, Pull};
+use lazyavg_proto::message::FromWorker;
 use tokio::time::Instant as Clock;
 use tracing::{debug, warn};
 
 use super::Driver;
 use super::deadline::RoundDeadline;
-use crate::command::Cmd;
 use crate::epoch::Planned;
 use crate::error::Result;
 use crate::observe::{RoundDone, RunEvent};
 use crate::round::{Round, RoundError, RoundSummary, WorkerId};
-use crate::schedule::PullPlan;
 use crate::service::Event;
 
 impl Driver {
@@ -74,19 +72,8 @@ impl Driver {
             .map(|p| p.worker)
             .collect();
         self.send_params(&behind);
-        for &Planned { worker: id, from, until } in plan {
-            // After an abandoned round a worker still holds what it trained for
-            // it (no average came since): it is asked only for the rest.
-            let pull = match self.epoch.shard_mut(id) {
-                Some(shard) => shard.pull(round, from, until),
-                None => PullPlan::Send { train_from: from },
-            };
-            let train_from = match pull {
-                PullPlan::Send { train_from } | PullPlan::Release { train_from } => train_from,
-                PullPlan::Ahead => continue,
-            };
-            self.send(id, Cmd::Pull(Pull { epoch, round, from: train_from, until, after_round: 0 }));
-        }
+        let pulls = self.epoch.pulls(round, plan);
+        self.dispatch(pulls);
         let workers: Vec<WorkerId> = plan.iter().map(|p| p.worker).collect();
         self.observers.notify(&RunEvent::RoundStarted { epoch, round, workers: &workers });
         open
@@ -172,7 +159,7 @@ impl Driver {
         self.on_event(event, Some(open));
         deadline.progress(Clock::now(), open.completed());
         if let Some(id) = weights_from.filter(|&id| ahead && open.has_sent(id)) {
-            self.pull_ahead(id, open.epoch(), open.round(), plan);
+            self.pull_ahead(id, open.round(), plan);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use tracing::{debug, warn};
 
-use super::Driver;
+use super::{Driver, name_in};
 use crate::error::Error;
 use crate::round::{RoundError, RoundSummary, WorkerId};
 
@@ -15,7 +15,8 @@ impl Driver {
     /// each epoch); an outlier left out (or kept in bounded) is retired for
     /// the rest of the epoch.
     pub(super) fn screened(&mut self, summary: &RoundSummary) {
-        let name = |id: WorkerId| self.workers.get(&id).map_or("?", |w| w.name.as_str());
+        let workers = &self.workers;
+        let name = |id: WorkerId| name_in(workers, id);
         let (epoch, round) = (summary.epoch, summary.round);
         if tracing::enabled!(tracing::Level::DEBUG) {
             for u in &summary.updates {
@@ -49,20 +50,16 @@ impl Driver {
         // this epoch and the others take its images. So does one that a
         // streamed robust rule kept in, bounded.
         let bounded = self.config.aggregate.bounds_outliers();
-        for update in summary.updates.iter().filter(|u| u.outlier) {
-            let id = update.worker;
-            if summary.dropped.contains(&id) || bounded {
-                let name = self.workers.get(&id).map_or("?", |w| w.name.as_str());
-                let (epoch, round) = (summary.epoch, summary.round);
-                warn!(
-                    epoch,
-                    round,
-                    worker = id,
-                    name,
-                    "worker's update was an outlier; it trains no more of this epoch"
-                );
-                self.retire_for_epoch(id);
-            }
+        let retired: Vec<WorkerId> = summary
+            .updates
+            .iter()
+            .filter(|u| u.outlier && (bounded || summary.dropped.contains(&u.worker)))
+            .map(|u| u.worker)
+            .collect();
+        for id in retired {
+            let name = self.name(id);
+            warn!(epoch, round, worker = id, name, "worker's update was an outlier; it trains no more of this epoch");
+            self.retire_for_epoch(id);
         }
     }
 

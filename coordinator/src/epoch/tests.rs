@@ -2,6 +2,7 @@
 //! and that the epoch still trains every image exactly once.
 
 use super::*;
+use lazyavg_proto::message::Pull;
 
 const IMAGES: usize = 12;
 const SEED: u64 = 7;
@@ -28,7 +29,8 @@ fn train_round(state: &mut EpochState, live: &[WorkerId]) -> (Vec<Planned>, Outg
 /// Trains rounds over `live` until the epoch is over; no commands may be
 /// needed on the way.
 fn train_to_the_end(state: &mut EpochState, live: &[WorkerId]) {
-    loop {
+    // Every round averages at least one image in.
+    for _ in 0..=IMAGES {
         let (plan, out) = train_round(state, live);
         assert_eq!(out, Outgoing::new());
         if plan.is_empty() {
@@ -36,6 +38,11 @@ fn train_to_the_end(state: &mut EpochState, live: &[WorkerId]) {
             return;
         }
     }
+    panic!("the epoch never ended");
+}
+
+fn pull(epoch: u64, round: u64, from: usize, until: usize, after_round: u64) -> Cmd {
+    Cmd::Pull(Pull { epoch, round, from, until, after_round })
 }
 
 fn assert_every_image_once(state: &EpochState, images: usize) {
@@ -151,7 +158,7 @@ fn a_resume_deals_what_the_checkpoint_owed_and_nothing_else() {
 }
 
 #[test]
-fn a_checkpoint_mid_epoch_owes_the_orphans_and_each_shards_rest() {
+fn a_checkpoint_mid_epoch_owes_each_shards_rest() {
     let (mut state, _) = EpochState::dealt(1, SEED, IMAGES, &[1, 2]);
     train_round(&mut state, &[1, 2]);
     let expected: Vec<u32> = rest(&state, 1).into_iter().chain(rest(&state, 2)).collect();
@@ -164,7 +171,7 @@ fn a_checkpoint_mid_epoch_owes_the_orphans_and_each_shards_rest() {
 }
 
 #[test]
-fn stale_and_duplicate_contributions_count_nothing() {
+fn duplicate_and_retired_workers_contributions_count_nothing() {
     let (mut state, _) = EpochState::dealt(1, SEED, IMAGES, &[1, 2]);
     let p = state.plan_round(PER_ROUND)[0];
     assert!(state.record(p.worker, "w", p.from, p.until));
@@ -176,4 +183,50 @@ fn stale_and_duplicate_contributions_count_nothing() {
     assert!(!state.record(1, "w", PER_ROUND + 1, PER_ROUND + 2), "a range that skips images");
     assert_eq!(state.ledger().distinct(), PER_ROUND as u64);
     assert_eq!(state.ledger().repeated(), 0);
+}
+
+#[test]
+fn a_worker_with_nothing_left_or_no_shard_hands_nothing_over() {
+    let (mut state, _) = EpochState::dealt(1, SEED, 4, &[1, 2]);
+    assert!(state.record(1, "w1", 0, 2), "worker 1's whole shard");
+    assert_eq!(state.hand_over(1), (Handover::Nothing, Outgoing::new()));
+    assert_eq!(state.hand_over(9), (Handover::Nothing, Outgoing::new()), "no such shard");
+    assert_eq!(state.untrained(2), 2);
+}
+
+#[test]
+fn a_round_pulls_each_planned_range_and_its_redo_only_the_rest() {
+    let (mut state, _) = EpochState::dealt(1, SEED, IMAGES, &[1, 2]);
+    let plan = state.plan_round(PER_ROUND);
+    assert_eq!(state.pulls(1, &plan), vec![(1, pull(1, 1, 0, 2, 0)), (2, pull(1, 1, 0, 2, 0))]);
+    // Round 1 is abandoned: nothing is recorded and no average goes out.
+    // Its redo asks for an empty range: the workers hold what they trained.
+    let redo = state.plan_round(PER_ROUND);
+    assert_eq!(redo, plan);
+    assert_eq!(state.pulls(2, &redo), vec![(1, pull(1, 2, 2, 2, 0)), (2, pull(1, 2, 2, 2, 0))]);
+    // Once an average is sent, what they trained since it is gone.
+    state.weights_sent(1, (1, 2));
+    assert_eq!(state.pulls(3, &redo), vec![(1, pull(1, 3, 0, 2, 0)), (2, pull(1, 3, 2, 2, 0))]);
+}
+
+#[test]
+fn pulls_sent_ahead_go_once_and_an_abandoned_round_releases_them() {
+    let (mut state, _) = EpochState::dealt(1, SEED, IMAGES, &[1]);
+    let plan = state.plan_round(PER_ROUND);
+    assert_eq!(state.pulls(1, &plan), vec![(1, pull(1, 1, 0, 2, 0))]);
+    // Its weights for round 1 are in: two pulls go ahead, each after the round before.
+    let ahead = state.pulls_ahead(1, 1, 2, PER_ROUND, 2);
+    assert_eq!(ahead, vec![(1, pull(1, 2, 2, 4, 1)), (1, pull(1, 3, 4, 6, 2))]);
+    assert!(state.has_pulls_ahead(1));
+    assert!(state.record(1, "w1", 0, 2));
+    state.weights_sent(1, (1, 1));
+    let plan = state.plan_round(PER_ROUND);
+    assert_eq!(plan, vec![Planned { worker: 1, from: 2, until: 4 }]);
+    assert_eq!(state.pulls(2, &plan), Outgoing::new(), "round 2's pull went ahead, and the average it waits for");
+    // Round 2 is abandoned: its redo (round 3) re-sends the pull that waited
+    // for it, without the wait; the weights then count for both ranges.
+    let plan = state.plan_round(PER_ROUND);
+    assert_eq!(plan, vec![Planned { worker: 1, from: 2, until: 6 }]);
+    assert_eq!(state.pulls(3, &plan), vec![(1, pull(1, 3, 4, 6, 0))]);
+    assert!(!state.has_pulls_ahead(1));
 }

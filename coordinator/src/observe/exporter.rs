@@ -238,8 +238,14 @@ fn metric<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, me
 /// changes whole under the registry's lock.
 #[derive(Debug)]
 pub struct Exporter {
-    metrics: RunMetrics,
     registry: SharedRegistry,
+    series: Series,
+}
+
+/// The metrics and what updating them needs to remember.
+#[derive(Debug)]
+struct Series {
+    metrics: RunMetrics,
     /// Live workers' names: rounds name their contributors by id.
     names: HashMap<WorkerId, String>,
     /// When each worker's weights were last in an average.
@@ -253,9 +259,13 @@ impl Exporter {
     /// Registers the run's metrics in `registry` (give it the `lazyavg` prefix).
     pub fn new(registry: SharedRegistry) -> Self {
         let metrics = RunMetrics::register(&mut registry.lock().unwrap_or_else(PoisonError::into_inner));
-        Exporter { metrics, registry, names: HashMap::new(), last_contribution: HashMap::new(), gone: VecDeque::new() }
+        let series =
+            Series { metrics, names: HashMap::new(), last_contribution: HashMap::new(), gone: VecDeque::new() };
+        Exporter { registry, series }
     }
+}
 
+impl Series {
     fn labels(&self, id: WorkerId) -> WorkerLabels {
         labels_of(&self.names, id)
     }
@@ -285,8 +295,14 @@ fn unix_now() -> f64 {
 
 impl Observer for Exporter {
     fn observe(&mut self, event: &RunEvent<'_>) -> Result<()> {
-        let registry = std::sync::Arc::clone(&self.registry);
-        let _whole = registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let _whole = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        self.series.observe(event);
+        Ok(())
+    }
+}
+
+impl Series {
+    fn observe(&mut self, event: &RunEvent<'_>) {
         let m = &self.metrics;
         match *event {
             RunEvent::WorkerJoined { id, name, workers, .. } => {
@@ -336,7 +352,6 @@ impl Observer for Exporter {
             }
             RunEvent::ShardsDealt { .. } | RunEvent::CheckpointFailed { .. } => {}
         }
-        Ok(())
     }
 }
 

@@ -25,8 +25,8 @@ impl Observer for Log {
                 info!(worker = id, name, reason, epoch, trained, remaining, "worker left");
             }
             RunEvent::ContributionRejected { worker, name, rejection } => {
-                let (reason, code) = (rejection.reason.label(), edge::code(rejection.reason));
-                warn!(worker, name, reason, ?code, error = rejection.message, "refused a worker message");
+                let code = edge::code(rejection.reason);
+                warn!(worker, name, ?code, error = rejection.message, "refused a worker message");
             }
             RunEvent::RoundCompleted(done) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
