@@ -33,7 +33,7 @@ use tracing::info;
 use self::closing::{ClosingEpoch, close_done};
 use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
-use crate::config::CoordinatorConfig;
+use crate::config::DriverConfig;
 use crate::ending::Departed;
 use crate::error::{Error, Result};
 use crate::metrics::EpochRecord;
@@ -96,7 +96,7 @@ struct EpochTally {
 }
 
 pub struct Driver {
-    config: CoordinatorConfig,
+    config: DriverConfig,
     mlp: Network,
     test: Arc<Dataset>,
     n_train: usize,
@@ -144,7 +144,7 @@ pub struct Driver {
 impl Driver {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        config: CoordinatorConfig,
+        config: DriverConfig,
         mlp: Network,
         start: Checkpoint,
         test: Arc<Dataset>,
@@ -157,7 +157,7 @@ impl Driver {
         let resume_remaining = remaining.map(<[u32]>::to_vec);
         // Mid-epoch, the weights are those of the checkpoint's last round.
         let version = if resume_remaining.is_some() { (first_epoch, start.round) } else { (first_epoch - 1, 0) };
-        let mut outer = config.outer.clone();
+        let mut outer = OuterOptimizer::new(config.outer);
         outer.restore(start.outer_velocity);
         Driver {
             config,
