@@ -16,50 +16,53 @@ use crate::checkpoint::{Fault, InjectedFault};
 use crate::round::Aggregate;
 use crate::sync_every::EPOCH_SAMPLES;
 
-/// What [`crate::driver::Driver`] runs by.
+/// What [`crate::driver::Driver`] runs by, grouped by what it decides:
+/// who trains and for how long, what a round does, where the run stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriverConfig {
-    /// How workers train: the seed deals the epochs, the peak rate names a divergence.
-    pub train: TrainConfig,
     /// The workers to wait for before training.
     pub workers: usize,
-    /// With the batch size, the samples between two rounds.
-    pub sync_every: SyncEvery,
+    /// Training pauses below this many workers...
+    pub min_workers: usize,
+    /// ...for this long at most.
+    pub max_wait: Duration,
+    /// How workers train: the seed deals the epochs, the peak rate names a divergence.
+    pub train: TrainConfig,
+    /// Where workers start.
+    pub init: Init,
     /// The last epoch to train.
     pub epochs: usize,
+    /// `--bench-rounds`: time this many rounds instead of training.
+    pub bench_rounds: usize,
+
+    /// With the batch size, the samples between two rounds.
+    pub sync_every: SyncEvery,
+    /// `--overlap`: each worker's next pull goes out before the round's average.
+    pub overlap: bool,
     /// How long a round waits for a silent worker.
     pub round_timeout: Duration,
     /// `--straggler-factor`: 0 waits for every worker up to `round_timeout`.
     pub straggler_factor: f64,
-    /// `--overlap`: each worker's next pull goes out before the round's average.
-    pub overlap: bool,
-    /// The outer step, built into an optimiser when the driver starts.
-    pub outer: OuterSettings,
-    /// How a round combines its contributions.
-    pub aggregate: Aggregate,
-    /// Rounds leave out outliers.
-    pub drop_outliers: bool,
-    /// `--outlier-factor`: infinite when the screen is off.
-    pub outlier_factor: f64,
     /// How contributions are matched to the last broadcast.
     pub align: AlignMethod,
-    /// Where workers start.
-    pub init: Init,
-    /// Training pauses below this many workers.
-    pub min_workers: usize,
-    /// How long it may stay paused.
-    pub max_wait: Duration,
+    /// `--outlier-factor`: infinite when the screen is off.
+    pub outlier_factor: f64,
+    /// Rounds leave out outliers.
+    pub drop_outliers: bool,
+    /// How a round combines its contributions.
+    pub aggregate: Aggregate,
+    /// The outer step, built into an optimiser when the driver starts.
+    pub outer: OuterSettings,
+
     /// Where workers connect (for port 0, the port the OS chose): named
     /// while the run waits for them.
     pub bind: SocketAddr,
     /// The run directory, where checkpoints go.
     pub out_dir: PathBuf,
-    /// `--bench-rounds`: time this many rounds instead of training.
-    pub bench_rounds: usize,
-    /// Workers stopped by a signal are told the run goes on after a restart.
-    pub restartable: bool,
     /// `--inject-checkpoint-fault` (tests only).
     pub checkpoint_faults: Vec<InjectedFault>,
+    /// Workers stopped by a signal are told the run goes on after a restart.
+    pub restartable: bool,
 }
 
 impl CoordinatorConfig {
@@ -67,26 +70,26 @@ impl CoordinatorConfig {
     /// `bind` and whose directory is `out_dir`.
     pub fn driver(&self, bind: SocketAddr, out_dir: PathBuf) -> DriverConfig {
         DriverConfig {
-            train: self.train.clone(),
             workers: self.workers,
-            sync_every: self.sync_every,
-            epochs: self.epochs,
-            round_timeout: self.round_timeout,
-            straggler_factor: self.straggler_factor,
-            overlap: self.overlap,
-            outer: self.outer,
-            aggregate: self.aggregate,
-            drop_outliers: self.drop_outliers,
-            outlier_factor: self.outlier_factor,
-            align: self.align,
-            init: self.init,
             min_workers: self.min_workers,
             max_wait: self.max_wait,
+            train: self.train.clone(),
+            init: self.init,
+            epochs: self.epochs,
+            bench_rounds: self.bench_rounds,
+            sync_every: self.sync_every,
+            overlap: self.overlap,
+            round_timeout: self.round_timeout,
+            straggler_factor: self.straggler_factor,
+            align: self.align,
+            outlier_factor: self.outlier_factor,
+            drop_outliers: self.drop_outliers,
+            aggregate: self.aggregate,
+            outer: self.outer,
             bind,
             out_dir,
-            bench_rounds: self.bench_rounds,
-            restartable: self.restartable,
             checkpoint_faults: self.checkpoint_faults.clone(),
+            restartable: self.restartable,
         }
     }
 }
