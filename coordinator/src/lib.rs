@@ -25,6 +25,7 @@
 //!   [`observe::health`]: the outputs — what the run writes, shows and serves.
 //! - [`spawn`]: local workers for one-machine runs.
 //! - [`ending`]: the run's end told to the workers that missed its Stop (`--end-grace`).
+//! - `server`: the gRPC server from start to close, and `/metrics`.
 //! - [`signal`]: SIGINT and SIGTERM, listened for in one place.
 
 pub mod aggregate;
@@ -46,6 +47,7 @@ pub mod round;
 pub mod run_dir;
 pub mod schedule;
 pub mod screen;
+mod server;
 pub mod service;
 pub mod signal;
 pub mod spawn;

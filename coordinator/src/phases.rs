@@ -13,21 +13,9 @@ use lazyavg_common::config::{ModelSettings, RunSpec};
 use lazyavg_common::matching::AlignMethod;
 use lazyavg_common::model::Network;
 use lazyavg_common::model_file;
-use lazyavg_common::telemetry::error_chain;
-use lazyavg_proto::auth::RequireToken;
 use lazyavg_proto::pb;
-use lazyavg_proto::pb::coordinator_server::CoordinatorServer;
-use lazyavg_proto::scrape;
-use lazyavg_proto::transport::{
-    CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME, MAX_MESSAGE_BYTES, STREAM_WINDOW,
-};
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
-use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, Checkpoint};
@@ -38,10 +26,10 @@ use crate::error::{Error, Result};
 use crate::observe::board::StatusBoard;
 use crate::observe::exporter::Exporter;
 use crate::observe::health::Health;
-use crate::observe::log::REFUSAL_LOG_INTERVAL;
 use crate::observe::{self, Observer, Observers};
-use crate::service::{CoordinatorService, Event, Shared};
-use crate::{data, dump, metrics, progress, push, registry, round, run_dir, signal};
+use crate::server::{Server, outbox_capacity, serve_metrics};
+use crate::service::{Event, Shared};
+use crate::{data, dump, metrics, progress, registry, round, run_dir, signal};
 
 /// Runs a whole training run on an already bound `listener` (tests bind port
 /// 0) until it completes or `shutdown` resolves. A new run (not `resume`)
@@ -143,19 +131,6 @@ fn resume_from(out_dir: &Path, mlp: &Network, n_train: usize, epochs: usize) -> 
     Ok(checkpoint)
 }
 
-/// The gRPC server's task: it returns when told to stop, or when it fails.
-type ServerTask = JoinHandle<std::result::Result<(), tonic::transport::Error>>;
-
-/// The gRPC server, while it runs, and what its handlers share with the driver.
-struct Server {
-    shared: Arc<Shared>,
-    task: ServerTask,
-    /// `task` has returned (it failed), and is not awaited again.
-    ended: bool,
-    stop: oneshot::Sender<()>,
-    refusals_flusher: JoinHandle<()>,
-}
-
 /// What the driver takes over from [`serve`]: the service's events, the
 /// outputs the service answers from, and where workers connect (for port 0,
 /// the port the OS chose).
@@ -177,20 +152,17 @@ async fn serve(
     let (events_tx, events) = mpsc::channel(1024);
     let board = StatusBoard::default();
     let shared = share(config, prepared, events_tx.clone(), &board);
-    let refusals_flusher = tokio::spawn(flush_refusals(Arc::clone(&shared)));
     warn_of_risks(config, secrets);
     // config.toml keeps the port as given, so a run repeated from it (or a
     // --spawn-workers run resumed) takes a free port again.
     let addr = listener.local_addr().map_err(|e| Error::io("listener", e))?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (task, health_reporter) = spawn_server(listener, secrets, Arc::clone(&shared), stopped)?;
+    let (server, health_reporter) = Server::start(listener, secrets, shared)?;
     // SERVING before "listening" is logged: whoever waits for that line may probe at once.
     let health = Health::serving(health_reporter).await;
     let out_dir = &prepared.out_dir;
     run_dir::write_address(out_dir, addr, secrets.tls.is_some())?;
     let mlp = &prepared.mlp;
     info!(%addr, architecture = %mlp.spec(), parameters = mlp.len(), out = %out_dir.display(), "listening");
-    let server = Server { shared, task, ended: false, stop, refusals_flusher };
     Ok((server, Wiring { events: (events_tx, events), health, board, addr }))
 }
 
@@ -230,44 +202,6 @@ fn warn_of_risks(config: &CoordinatorConfig, secrets: &Secrets) {
     }
 }
 
-/// Spawns the gRPC server, serving until `stopped`: the coordinator's
-/// service behind the token check, and the standard health service, whose
-/// reporter it returns.
-fn spawn_server(
-    listener: TcpListener,
-    secrets: &Secrets,
-    shared: Arc<Shared>,
-    stopped: oneshot::Receiver<()>,
-) -> Result<(ServerTask, HealthReporter)> {
-    let service = CoordinatorServer::new(CoordinatorService::new(shared))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let service = InterceptedService::new(service, RequireToken(secrets.token.clone()));
-    // Without TCP_NODELAY a small message waits for the peer's delayed ACK (~40 ms):
-    // that stalled every round behind a weights transfer.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_INTERVAL));
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &secrets.tls {
-        builder = builder.tls_config(tls.config())?;
-        info!(mutual = tls.requires_client_certificates(), "TLS on");
-    }
-    let task = tokio::spawn(
-        builder
-            .max_frame_size(Some(MAX_FRAME))
-            .initial_stream_window_size(Some(STREAM_WINDOW))
-            .initial_connection_window_size(Some(CONNECTION_WINDOW))
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .add_service(service)
-            .add_service(health_service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }),
-    );
-    Ok((task, health_reporter))
-}
-
 /// Trains: the driver runs the run to its end, unless the server fails first.
 async fn drive(
     config: &CoordinatorConfig,
@@ -292,16 +226,7 @@ async fn drive(
     );
     tokio::select! {
         result = driver.run() => result,
-        // The server ends only when told to (`Server::close`): before that it
-        // failed, and the workers cannot reach the run any more.
-        served = &mut server.task => {
-            server.ended = true;
-            Err(match served {
-                Ok(Err(err)) => Error::Serve(err),
-                Ok(Ok(())) => Error::ServerStopped("it returned".into()),
-                Err(join) => Error::ServerStopped(join.to_string()),
-            })
-        }
+        err = server.failed() => Err(err),
     }
 }
 
@@ -366,31 +291,6 @@ async fn finish(
     result
 }
 
-impl Server {
-    /// Stops the server, giving the workers' sessions (told to stop) a
-    /// moment to close cleanly, then logs the refusals not logged yet.
-    async fn close(self) {
-        let _ = self.stop.send(());
-        if !self.ended
-            && let Ok(Ok(Err(err))) = tokio::time::timeout(Duration::from_secs(2), self.task).await
-        {
-            warn!(error = %error_chain(&err), "the gRPC server failed while closing");
-        }
-        self.refusals_flusher.abort();
-        self.shared.refusals().flush(Instant::now(), true);
-    }
-}
-
-/// Writes the refusals counted since their kind's last log line, every
-/// [`REFUSAL_LOG_INTERVAL`]: a burst that stops is then still counted.
-async fn flush_refusals(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(REFUSAL_LOG_INTERVAL);
-    loop {
-        tick.tick().await;
-        shared.refusals().flush(Instant::now(), false);
-    }
-}
-
 /// Keeps the gRPC server up after a completed run, refusing Joins as
 /// completed, for the longer of the metrics' linger and the end's grace
 /// (which ends once every worker that missed the Stop has been told): such
@@ -431,33 +331,4 @@ async fn linger(end: &RunEnd, metrics_linger: Option<Duration>, end_grace: Durat
             "workers that missed the run's end were not told; they give up after their --give-up-after"
         );
     }
-}
-
-/// Binds `--metrics-bind` and serves the run's metrics there until `stop`;
-/// returns the exporter that keeps them current.
-async fn serve_metrics(bind: SocketAddr, stop: oneshot::Receiver<()>) -> Result<Exporter> {
-    let listener = TcpListener::bind(bind).await.map_err(|source| Error::Bind { addr: bind, source })?;
-    let addr = listener.local_addr().map_err(|e| Error::io("metrics listener", e))?;
-    let registry = Arc::new(Mutex::new(Registry::with_prefix("lazyavg")));
-    let exporter = Exporter::new(Arc::clone(&registry));
-    if !addr.ip().is_loopback() {
-        warn!(%addr, "metrics are served without a token or TLS to anyone who can reach this address");
-    }
-    info!(%addr, "serving metrics");
-    tokio::spawn(async move {
-        if let Err(e) = scrape::serve(listener, registry, async {
-            let _ = stop.await;
-        })
-        .await
-        {
-            warn!(error = %e, "the metrics server failed; the run goes on without it");
-        }
-    });
-    Ok(exporter)
-}
-
-/// Commands queued per worker before it counts as fallen behind: a few
-/// rounds' worth of averages, however many messages the model takes.
-fn outbox_capacity(parameters: usize) -> usize {
-    4 * push::messages(parameters) + 64
 }
