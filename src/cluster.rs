@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lazyavg_common::telemetry::LogFormat;
+use lazyavg_coordinator::signal::interrupted;
 use lazyavg_coordinator::spawn::LocalWorkers;
-use lazyavg_coordinator::{Settings, Shutdown, checkpoint, run_dir};
+use lazyavg_coordinator::{Launch, Secrets, Settings, Shutdown, checkpoint, run_dir};
 use tokio::net::TcpListener;
 
 use crate::cli::CoordinatorArgs;
@@ -39,22 +40,24 @@ const OWN_ERROR_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let (file, resume) = starting_settings(&args)?;
-    let mut config = file.overlay(&args.settings)?.resolve(args.spawn_workers)?;
-    config.resume = resume;
-    config.restartable = args.resume_existing;
-    config.checkpoint_faults = args.inject_checkpoint_fault.clone();
-    if !config.resume {
-        // Before anything listens or starts; `run` checks again for its other callers.
-        run_dir::ensure_no_results(&config.out_dir, config.restartable)?;
-    }
+    let launch = Launch {
+        spawn_workers: args.spawn_workers,
+        resume,
+        restartable: args.resume_existing,
+        checkpoint_faults: args.inject_checkpoint_fault.clone(),
+    };
+    let config = file.overlay(&args.settings)?.resolve(&launch)?;
+    let secrets = Secrets::load(&config)?;
+    // Before anything listens or starts; `run` checks again for its other callers.
+    run_dir::check_out(&config)?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| lazyavg_coordinator::Error::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let shutdown: Shutdown = Box::pin(shutdown_signal(false));
-    let token = config.token.clone();
+    let shutdown: Shutdown = Box::pin(interrupted());
+    let token = secrets.token.clone();
     let (serving_tx, serving) = tokio::sync::oneshot::channel();
-    let run = lazyavg_coordinator::run(config, listener, shutdown, Some(serving_tx));
+    let run = lazyavg_coordinator::run(config, secrets, listener, shutdown, Some(serving_tx));
     if args.spawn_workers == 0 {
         run.await?;
         return Ok(());
@@ -127,15 +130,6 @@ fn dialable(addr: SocketAddr) -> SocketAddr {
 /// Resolves with the name of the first of SIGINT and SIGTERM (and, with
 /// `watch_stdin`, of standard input closing: the parent is gone).
 async fn shutdown_signal(watch_stdin: bool) -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
     let parent_gone = async {
         if !watch_stdin {
             return std::future::pending::<()>().await;
@@ -145,9 +139,8 @@ async fn shutdown_signal(watch_stdin: bool) -> &'static str {
         while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await.is_ok_and(|n| n > 0) {}
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = terminate => "SIGTERM",
-        _ = parent_gone => "the coordinator exiting (standard input closed)",
+        signal = interrupted() => signal,
+        () = parent_gone => "the coordinator exiting (standard input closed)",
     }
 }
 

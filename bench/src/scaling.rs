@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, bail, ensure};
-use lazyavg_coordinator::config::timestamped_run_dir;
-use lazyavg_coordinator::run_dir;
+use lazyavg_coordinator::run_dir::{self, timestamped_run_dir};
 use serde_json::{Value, json};
 use tracing::info;
 

@@ -22,16 +22,17 @@ pub enum OuterRule {
     Nesterov,
 }
 
-/// The outer optimiser with its state (the velocity, kept by the coordinator).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OuterOptimizer {
+/// The outer step as configured, validated: plain values that a
+/// configuration holds and records. The optimiser, which adds the velocity,
+/// is built from them where the rounds are made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OuterSettings {
     rule: OuterRule,
     lr: f32,
     momentum: f32,
-    velocity: Vec<f32>,
 }
 
-impl OuterOptimizer {
+impl OuterSettings {
     /// `lr` positive and finite, `momentum` in [0, 1); both unused by `Avg`.
     pub fn new(rule: OuterRule, lr: f32, momentum: f32) -> Result<Self> {
         if !(lr > 0.0 && lr.is_finite()) {
@@ -40,7 +41,33 @@ impl OuterOptimizer {
         if !(0.0..1.0).contains(&momentum) {
             return Err(Error::config("--outer-momentum", format!("must be in [0, 1), got {momentum}")));
         }
-        Ok(OuterOptimizer { rule, lr, momentum, velocity: Vec::new() })
+        Ok(OuterSettings { rule, lr, momentum })
+    }
+
+    pub fn rule(&self) -> OuterRule {
+        self.rule
+    }
+
+    pub fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    pub fn momentum(&self) -> f32 {
+        self.momentum
+    }
+}
+
+/// The outer optimiser with its state (the velocity, kept by the coordinator).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OuterOptimizer {
+    settings: OuterSettings,
+    velocity: Vec<f32>,
+}
+
+impl OuterOptimizer {
+    /// A new optimiser, without velocity until its first step.
+    pub fn new(settings: OuterSettings) -> Self {
+        OuterOptimizer { settings, velocity: Vec::new() }
     }
 
     /// The velocity, empty until the first step of a rule that keeps one.
@@ -55,14 +82,15 @@ impl OuterOptimizer {
 
     /// Moves `params`, the weights before the round, given the round's `average`.
     pub fn step(&mut self, params: &mut [f32], average: &[f32]) {
-        if self.rule == OuterRule::Avg {
+        let OuterSettings { rule, lr, momentum: mu } = self.settings;
+        if rule == OuterRule::Avg {
             params.copy_from_slice(average);
             return;
         }
         if self.velocity.len() != params.len() {
             self.velocity = vec![0.0; params.len()];
         }
-        let (lr, mu, nesterov) = (self.lr, self.momentum, self.rule == OuterRule::Nesterov);
+        let nesterov = rule == OuterRule::Nesterov;
         for ((w, &avg), v) in params.iter_mut().zip(average).zip(self.velocity.iter_mut()) {
             let delta = *w - avg;
             *v = mu * *v + delta;
@@ -77,7 +105,7 @@ mod tests {
 
     #[test]
     fn avg_is_exactly_the_average() {
-        let mut outer = OuterOptimizer::new(OuterRule::Avg, 0.7, 0.9).unwrap();
+        let mut outer = OuterOptimizer::new(OuterSettings::new(OuterRule::Avg, 0.7, 0.9).unwrap());
         let mut w = vec![1.0, 2.0];
         outer.step(&mut w, &[0.1, 0.3]);
         assert_eq!(w, vec![0.1, 0.3]);
@@ -85,7 +113,7 @@ mod tests {
 
     #[test]
     fn sgd_with_lr_one_and_no_momentum_is_the_average() {
-        let mut outer = OuterOptimizer::new(OuterRule::Sgd, 1.0, 0.0).unwrap();
+        let mut outer = OuterOptimizer::new(OuterSettings::new(OuterRule::Sgd, 1.0, 0.0).unwrap());
         let mut w = vec![1.0, 2.0];
         outer.step(&mut w, &[0.5, 1.5]);
         assert_eq!(w, vec![0.5, 1.5]);
@@ -93,7 +121,7 @@ mod tests {
 
     #[test]
     fn nesterov_accumulates_momentum_across_rounds() {
-        let mut outer = OuterOptimizer::new(OuterRule::Nesterov, 0.5, 0.5).unwrap();
+        let mut outer = OuterOptimizer::new(OuterSettings::new(OuterRule::Nesterov, 0.5, 0.5).unwrap());
         let mut w = vec![1.0];
         outer.step(&mut w, &[0.0]); // Δ = 1, v = 1, w = 1 − 0.5·(1 + 0.5) = 0.25
         assert!((w[0] - 0.25).abs() < 1e-7, "{w:?}");
@@ -103,7 +131,7 @@ mod tests {
 
     #[test]
     fn nonsense_is_refused_by_flag() {
-        assert!(OuterOptimizer::new(OuterRule::Sgd, 0.0, 0.0).unwrap_err().to_string().contains("--outer-lr"));
-        assert!(OuterOptimizer::new(OuterRule::Sgd, 1.0, 1.0).unwrap_err().to_string().contains("--outer-momentum"));
+        assert!(OuterSettings::new(OuterRule::Sgd, 0.0, 0.0).unwrap_err().to_string().contains("--outer-lr"));
+        assert!(OuterSettings::new(OuterRule::Sgd, 1.0, 1.0).unwrap_err().to_string().contains("--outer-momentum"));
     }
 }

@@ -8,7 +8,7 @@ use lazyavg_common::fsutil;
 use tracing::info;
 
 use crate::checkpoint;
-use crate::config::CoordinatorConfig;
+use crate::config::{CoordinatorConfig, Settings};
 use crate::error::{Error, Result};
 
 /// The resolved configuration; with `--resume`, the base of the settings.
@@ -49,17 +49,42 @@ fn records_an_epoch(metrics: &Path) -> bool {
 /// temporary files a killed coordinator may leave behind.
 const WRITTEN_ATOMICALLY: [&str; 5] = [CONFIG_FILE, METRICS_FILE, MODEL_FILE, ADDRESS_FILE, checkpoint::CURRENT];
 
-/// Creates the run directory, removes what a killed coordinator left half
-/// written there, and records the resolved configuration in it.
-pub fn prepare(config: &CoordinatorConfig) -> Result<PathBuf> {
-    let dir = config.out_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    for removed in fsutil::remove_stale_temporaries(&dir, &WRITTEN_ATOMICALLY)? {
+/// `runs/<prefix><UTC timestamp>`, e.g. `runs/2026-11-28T10-15-00Z`: where
+/// a run's files go unless told otherwise. A second run started in the same
+/// second gets `-2` (then `-3`, …) rather than the first one's directory.
+pub fn timestamped_run_dir(prefix: &str) -> PathBuf {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
+    let base = PathBuf::from("runs").join(format!("{prefix}{stamp}"));
+    let (mut dir, mut n) = (base.clone(), 1);
+    while dir.exists() {
+        n += 1;
+        dir = base.with_file_name(format!("{prefix}{stamp}-{n}"));
+    }
+    dir
+}
+
+/// Refuses, before anything listens, a new run whose `--out` holds an
+/// earlier run's results (see [`ensure_no_results`]); a run without `--out`
+/// gets a directory of its own.
+pub fn check_out(config: &CoordinatorConfig) -> Result<()> {
+    match &config.out {
+        Some(dir) if !config.resume => ensure_no_results(dir, config.restartable),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the run directory `dir`, removes what a killed coordinator left
+/// half written there, and records `settings` in it, with `dir` as their
+/// `out`: a run resumed from them continues here.
+pub fn prepare(dir: &Path, settings: Settings) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for removed in fsutil::remove_stale_temporaries(dir, &WRITTEN_ATOMICALLY)? {
         info!(file = %removed.display(), "removed the temporary file of a write that never completed");
     }
-    let toml = toml::to_string(&config.to_settings()).map_err(|e| Error::Config(e.to_string()))?;
+    let settings = Settings { out: Some(dir.to_path_buf()), ..settings };
+    let toml = toml::to_string(&settings).map_err(|e| Error::Config(e.to_string()))?;
     fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), toml.as_bytes())?;
-    Ok(dir)
+    Ok(())
 }
 
 /// Writes [`ADDRESS_FILE`]: the URL of `addr` as a client on this machine

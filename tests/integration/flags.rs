@@ -21,7 +21,7 @@ fn docs_flags_md_is_what_the_binaries_print() {
          Generated, do not edit: after changing a flag, regenerate it with\n\n    {REGENERATE}\n\n\
          Without `LAZYAVG_BLESS=1` that test fails while this file is out of date. Debugging and test \
          knobs are hidden from `--help`, so not listed here; their doc comments in \
-         `coordinator/src/config.rs` and `worker/src/config.rs` say what they do and why they are hidden.\n"
+         `coordinator/src/config/settings.rs` and `worker/src/config.rs` say what they do and why they are hidden.\n"
     );
     for (name, binary) in [("lazyavg", lazyavg), ("lazyavg-bench", lazyavg_bench())] {
         reference(&binary, &[name.to_owned()], &mut doc);

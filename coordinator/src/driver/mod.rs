@@ -37,7 +37,7 @@ use self::closing::{ClosingEpoch, close_done};
 use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
 use crate::command::Cmd;
-use crate::config::CoordinatorConfig;
+use crate::config::DriverConfig;
 use crate::edge::Mailbox;
 use crate::ending::Departed;
 use crate::epoch::EpochState;
@@ -88,7 +88,7 @@ pub struct RunSummary {
 }
 
 pub struct Driver {
-    config: CoordinatorConfig,
+    config: DriverConfig,
     mlp: Network,
     test: Arc<Dataset>,
     n_train: usize,
@@ -132,7 +132,7 @@ pub struct Driver {
 impl Driver {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        config: CoordinatorConfig,
+        config: DriverConfig,
         mlp: Network,
         start: Checkpoint,
         test: Arc<Dataset>,
@@ -148,7 +148,7 @@ impl Driver {
             Some(owed) => EpochState::resumed(first_epoch, n_train, owed.to_vec()),
             None => EpochState::before(first_epoch - 1),
         };
-        let mut outer = config.outer.clone();
+        let mut outer = OuterOptimizer::new(config.outer);
         outer.restore(start.outer_velocity);
         Driver {
             config,
