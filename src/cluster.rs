@@ -50,6 +50,7 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
     let secrets = Secrets::load(&config)?;
     // Before anything listens or starts; `run` checks again for its other callers.
     run_dir::check_out(&config)?;
+    let prepared = lazyavg_coordinator::prepare(&config).await?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| lazyavg_coordinator::Error::Bind { addr: config.bind, source })?;
@@ -57,7 +58,7 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
     let shutdown: Shutdown = Box::pin(interrupted());
     let token = secrets.token.clone();
     let (serving_tx, serving) = tokio::sync::oneshot::channel();
-    let run = lazyavg_coordinator::run(config, secrets, listener, shutdown, Some(serving_tx));
+    let run = lazyavg_coordinator::run(config, secrets, prepared, listener, shutdown, Some(serving_tx));
     if args.spawn_workers == 0 {
         run.await?;
         return Ok(());

@@ -4,7 +4,7 @@
 //! every epoch it evaluates the average on the test set.
 //!
 //! # Layout
-//! - `phases`: [`run`], phase by phase: prepare, serve, drive, finish.
+//! - `phases`: a run, phase by phase: [`prepare`] (before anything listens), then [`run`]: serve, drive, finish.
 //! - [`config`]: flags and config file, merged and validated, then the secrets they name.
 //! - [`schedule`]: the epoch's permutation and shards (pure).
 //! - [`round`]: one averaging round as a state machine (pure).
@@ -59,4 +59,4 @@ pub mod sync_every;
 pub use crate::config::{CoordinatorConfig, Launch, Secrets, Settings};
 pub use crate::driver::{RunSummary, Shutdown};
 pub use crate::error::{Error, Result};
-pub use crate::phases::run;
+pub use crate::phases::{Prepared, prepare, run};

@@ -1,8 +1,9 @@
-//! A run, phase by phase: [`run`] prepares it (the data, the model, where
-//! training starts, the run directory), serves it (the gRPC server that
-//! workers join), drives it (the training loop, while the server runs) and
-//! finishes it (the model saved, the workers that missed the end told, the
-//! server closed).
+//! A run, phase by phase: [`prepare`] checks it before anything listens
+//! (the data against the model, the checkpoint it resumes), then [`run`]
+//! makes its directory, serves it (the gRPC server that workers join),
+//! drives it (the training loop, while the server runs) and finishes it
+//! (the model saved, the workers that missed the end told, the server
+//! closed).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{CoordinatorConfig, Secrets};
+use crate::config::{CoordinatorConfig, Secrets, Settings};
 use crate::driver::{self, RunSummary, Shutdown};
 use crate::ending::RunEnd;
 use crate::error::{Error, Result};
@@ -31,27 +32,28 @@ use crate::server::{Server, outbox_capacity, serve_metrics};
 use crate::service::{Event, Shared};
 use crate::{data, dump, metrics, progress, registry, round, run_dir, signal};
 
-/// Runs a whole training run on an already bound `listener` (tests bind port
-/// 0) until it completes or `shutdown` resolves. A new run (not `resume`)
-/// refuses an `out` that holds an earlier run's results. `serving`, if
-/// given, is told once the run's data and checks have passed and workers can
-/// join: `--spawn-workers` starts its workers then, so that a run refused by
-/// its own checks fails before any worker starts.
+/// Runs a whole training run, `prepared`, on an already bound `listener`
+/// (tests bind port 0) until it completes or `shutdown` resolves. A new run
+/// (not `resume`) refuses an `out` that holds an earlier run's results.
+/// `serving`, if given, is told once workers can join: `--spawn-workers`
+/// starts its workers then.
 pub async fn run(
     config: CoordinatorConfig,
     secrets: Secrets,
+    prepared: Prepared,
     listener: TcpListener,
     shutdown: Shutdown,
     serving: Option<oneshot::Sender<()>>,
 ) -> Result<RunSummary> {
     let started = Instant::now();
     run_dir::check_out(&config)?;
+    let Prepared { ready: prepared, start } = prepared;
+    run_dir::prepare(&prepared.out_dir, prepared.recorded.clone())?;
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     let exporter = match config.metrics_bind {
         Some(bind) => Some(serve_metrics(bind, metrics_stopped).await?),
         None => None,
     };
-    let (prepared, start) = prepare(&config).await?;
     let (mut server, wiring) = serve(&config, &secrets, &prepared, listener).await?;
     if let Some(serving) = serving {
         let _ = serving.send(());
@@ -62,20 +64,30 @@ pub async fn run(
     result
 }
 
-/// What a run readies before it listens.
-struct Prepared {
-    /// The run directory, made, with the run's config.toml in it.
+/// What a run readies, and checks, before it listens.
+pub struct Prepared {
+    ready: Ready,
+    /// Where training starts: the model's initial weights, or the checkpoint resumed.
+    start: Checkpoint,
+}
+
+/// What the run's phases share.
+struct Ready {
+    /// The run directory (made by [`run`]).
     out_dir: PathBuf,
+    /// What its config.toml records.
+    recorded: Settings,
     data: data::Prepared,
     /// What every worker is told to train.
     spec: RunSpec,
     mlp: Network,
 }
 
-/// Loads the data, builds the model, finds where training starts and makes
-/// the run directory, in that order: a run refused by its data, its model or
-/// its checkpoint leaves its directory as it was.
-async fn prepare(config: &CoordinatorConfig) -> Result<(Prepared, Checkpoint)> {
+/// Loads the data, builds the model and finds where training starts,
+/// writing nothing: a run refused by its data (a shape or class count the
+/// model does not take), its model or its checkpoint fails here, before
+/// any socket opens, and leaves its directory as it was.
+pub async fn prepare(config: &CoordinatorConfig) -> Result<Prepared> {
     let data = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || data::prepare(&config)).await.expect("data loading does not panic")?
@@ -106,8 +118,7 @@ async fn prepare(config: &CoordinatorConfig) -> Result<(Prepared, Checkpoint)> {
     let mut recorded = config.to_settings();
     // config.toml records the model in full, not the flags that chose it.
     recorded.train.model = ModelSettings::recorded(&model);
-    run_dir::prepare(&out_dir, recorded)?;
-    Ok((Prepared { out_dir, data, spec, mlp }, start))
+    Ok(Prepared { ready: Ready { out_dir, recorded, data, spec, mlp }, start })
 }
 
 /// The checkpoint in `out_dir`, checked against the model and the `n_train`
@@ -146,7 +157,7 @@ struct Wiring {
 async fn serve(
     config: &CoordinatorConfig,
     secrets: &Secrets,
-    prepared: &Prepared,
+    prepared: &Ready,
     listener: TcpListener,
 ) -> Result<(Server, Wiring)> {
     let (events_tx, events) = mpsc::channel(1024);
@@ -169,7 +180,7 @@ async fn serve(
 /// The state the service's handlers share, the driver's event channel among it.
 fn share(
     config: &CoordinatorConfig,
-    prepared: &Prepared,
+    prepared: &Ready,
     events: mpsc::Sender<Event>,
     board: &StatusBoard,
 ) -> Arc<Shared> {
@@ -205,7 +216,7 @@ fn warn_of_risks(config: &CoordinatorConfig, secrets: &Secrets) {
 /// Trains: the driver runs the run to its end, unless the server fails first.
 async fn drive(
     config: &CoordinatorConfig,
-    prepared: &Prepared,
+    prepared: &Ready,
     start: Checkpoint,
     wiring: Wiring,
     exporter: Option<Exporter>,
@@ -260,7 +271,7 @@ fn outputs(
 /// then on, saves its model and lingers (see [`linger`]); then the server closes.
 async fn finish(
     config: &CoordinatorConfig,
-    prepared: &Prepared,
+    prepared: &Ready,
     server: Server,
     result: Result<RunSummary>,
     started: Instant,

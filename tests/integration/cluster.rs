@@ -595,7 +595,7 @@ fn nonsense_settings_are_refused_before_any_socket_opens() {
             .collect();
         let proc = refused(&full);
         assert_error_line(&proc, needle);
-        // The socket is bound before the data is loaded and before "listening".
+        // Refused before the data is loaded, and so before anything listens.
         for message in ["listening", "data loaded"] {
             assert!(logged(&proc, message).is_empty(), "{message:?} was logged\n{}", proc.dump());
         }

@@ -156,3 +156,23 @@ fn a_stack_with_fewer_outputs_than_classes_is_refused_by_train_and_by_the_coordi
     assert!(logged(&proc, "started local worker").is_empty(), "a worker started\n{}", proc.dump());
     assert!(!out.exists(), "the refused run created its output directory");
 }
+
+/// The data is checked against the model before the coordinator binds its
+/// port: given a port this test holds, a coordinator that bound first would
+/// fail with "address in use" instead of naming the shapes.
+#[test]
+fn data_the_model_cannot_take_is_refused_before_any_socket_opens() {
+    let (tmp, data) = colour_data();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let bind = held.local_addr().expect("the held port").to_string();
+    let out = tmp.path().join("out");
+    let mut cmd = lazyavg();
+    let stack = "conv 4 3x3, relu, flatten, dense 3";
+    cmd.args(["--log-format", "json", "coordinator", "--model", stack, "--bind", &bind, "--data-dir"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out);
+    let mut proc = Proc::spawn("coordinator", cmd);
+    expect_exit_within(&mut proc, EPOCH_TIMEOUT, 1, "model has 3 outputs, the data's labels go up to 4");
+    assert!(!out.exists(), "the refused run created its output directory");
+}
