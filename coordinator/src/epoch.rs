@@ -8,7 +8,7 @@
 //! checkpoint still owed, which are orphans of a new process. So a
 //! checkpoint, a departure and a round plan all read one source.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use lazyavg_proto::message::Pull;
 
@@ -45,6 +45,8 @@ pub struct EpochState {
     shards: BTreeMap<WorkerId, ShardProgress>,
     /// Images whose worker left when no other could take them.
     orphans: Vec<u32>,
+    /// Live workers this epoch no longer trusts with images (see [`Self::exclude`]).
+    excluded: BTreeSet<WorkerId>,
     ledger: EpochLedger,
 }
 
@@ -57,7 +59,7 @@ impl EpochState {
     /// Epoch `epoch` after `--resume`, owing `remaining` of its `n_images`:
     /// they are dealt to the workers of its first round.
     pub fn resumed(epoch: u64, n_images: usize, remaining: Vec<u32>) -> Self {
-        EpochState { epoch, shards: BTreeMap::new(), orphans: remaining, ledger: EpochLedger::new(n_images) }
+        EpochState { epoch, orphans: remaining, ledger: EpochLedger::new(n_images), ..EpochState::default() }
     }
 
     /// Epoch `epoch` of a run seeded with `seed`: its permutation of the
@@ -70,7 +72,7 @@ impl EpochState {
             out.push((id, Cmd::Shard { epoch, images: images.clone(), extend: false }));
             shards.insert(id, ShardProgress::new(images));
         }
-        let state = EpochState { epoch, shards, orphans: Vec::new(), ledger: EpochLedger::new(n_images) };
+        let state = EpochState { epoch, shards, ledger: EpochLedger::new(n_images), ..EpochState::default() };
         (state, out)
     }
 
@@ -120,14 +122,35 @@ impl EpochState {
             .collect()
     }
 
-    /// Deals the orphans evenly to the `live` workers (nothing without
-    /// any), before a round is planned. Returns how many there were.
+    /// Deals the orphans evenly to the `live` workers the epoch trusts
+    /// (nothing without any), before a round is planned. Returns how many
+    /// there were.
     pub fn adopt_orphans(&mut self, live: &[WorkerId]) -> (usize, Outgoing) {
-        if self.orphans.is_empty() || live.is_empty() {
+        let heirs = self.trusted(live);
+        if self.orphans.is_empty() || heirs.is_empty() {
             return (0, Outgoing::new());
         }
         let orphans = std::mem::take(&mut self.orphans);
-        (orphans.len(), self.deal(live, &orphans))
+        (orphans.len(), self.deal(&heirs, &orphans))
+    }
+
+    /// How many orphaned images wait for a worker while none of the `live`
+    /// ones may take them (0 when none wait, or some may).
+    pub fn images_without_heir(&self, live: &[WorkerId]) -> usize {
+        if self.trusted(live).is_empty() { self.orphans.len() } else { 0 }
+    }
+
+    fn trusted(&self, live: &[WorkerId]) -> Vec<WorkerId> {
+        live.iter().copied().filter(|id| !self.excluded.contains(id)).collect()
+    }
+
+    /// Like [`Self::hand_over`], for a worker whose contribution could not
+    /// be used (an outlier, non-finite weights): besides its shard, it
+    /// takes no orphaned images for the rest of the epoch. Were it the last
+    /// worker left, it would otherwise train the epoch alone.
+    pub fn exclude(&mut self, worker: WorkerId) -> (Handover, Outgoing) {
+        self.excluded.insert(worker);
+        self.hand_over(worker)
     }
 
     /// Takes `worker`'s shard (it left, lags, or sent what cannot be used)

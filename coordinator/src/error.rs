@@ -54,6 +54,12 @@ pub enum Error {
     Interrupted(&'static str),
     #[error("only {alive} of the {min} workers needed (--min-workers) after waiting {}; giving up", humantime::format_duration(*waited))]
     TooFewWorkers { alive: usize, min: usize, waited: std::time::Duration },
+    #[error(
+        "{images} images of the epoch have no worker to train them: the workers connected were excluded from it \
+         (their updates were outliers or not finite) and no other joined within {} (--max-wait); giving up",
+        humantime::format_duration(*waited)
+    )]
+    NoWorkerForOrphans { images: usize, waited: std::time::Duration },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

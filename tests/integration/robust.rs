@@ -8,12 +8,16 @@
 //! the learning rate.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::harness::*;
 use crate::support::*;
 
 /// A small run: one epoch of a narrow MLP among 5 workers.
 const SMALL: [&str; 6] = ["--workers", "5", "--epochs", "1", "--hidden", "32"];
+
+/// How long a test waits for a step of the run.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The warning that names a worker far from the others.
 const FAR: &str = "worker's update is far from the others' (its norm over the median's)";
@@ -105,4 +109,54 @@ fn a_fault_free_run_with_a_learning_rate_too_high_blames_the_learning_rate() {
     let args = ["--spawn-workers", "4", "--epochs", "1", "--hidden", "32", "--lr", "120"];
     let mut coordinator = spawn_local_run(&tmp.path().join("out"), &args, &tmp.path().join("cache"));
     expect_exit(&mut coordinator, 1, "lower --lr or --lr-scaling");
+}
+
+/// A worker left out of the epoch as an outlier takes none of the images of
+/// honest workers that leave after it: were it the last one connected, it
+/// would train the rest of the epoch alone. The images wait for another
+/// worker, who trains them, and the epoch still trains every image once.
+#[test]
+fn an_outlier_left_alone_gets_no_orphaned_images_they_wait_for_a_newcomer() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let args = ["--workers", "3", "--epochs", "1", "--hidden", "32", "--aggregate", "median", "--min-workers", "1"];
+    let mut coordinator = start_coordinator(&out, "127.0.0.1:0", &args, "info");
+    let url = format!("http://{}", coordinator.addr);
+    // Slowed, so that the epoch is far from over when they are killed.
+    let mut honest: Vec<Proc> = (1..=2)
+        .map(|i| {
+            let mut cmd = worker_command(&url, &tmp.path().join(format!("cache-{i}")), "info");
+            cmd.args(["--debug-slowdown", "5", "--name", &format!("honest-{i}")]);
+            Proc::spawn(&format!("honest-{i}"), cmd)
+        })
+        .collect();
+    let mut cmd = Command::new(lazyavg_bench());
+    cmd.args(["hostile", "--attack", "scale", "--name", "hostile-1", "--coordinator", &url]);
+    let mut hostile = Proc::spawn("hostile-1", cmd);
+
+    let retired = wait_for_line(
+        &mut coordinator.proc,
+        "worker's update was an outlier; it trains no more of this epoch",
+        EVENT_TIMEOUT,
+    );
+    assert_eq!(retired["name"], "hostile-1", "{retired}");
+    for worker in &mut honest {
+        worker.signal("KILL");
+    }
+    let waiting = wait_for_line(
+        &mut coordinator.proc,
+        "orphaned images wait for a worker: those connected were excluded from this epoch; training paused",
+        EVENT_TIMEOUT,
+    );
+    let mut cmd = worker_command(&url, &tmp.path().join("cache-new"), "info");
+    let mut newcomer = Proc::spawn("newcomer", {
+        cmd.args(["--name", "newcomer"]);
+        cmd
+    });
+    expect_success(&mut [&mut coordinator.proc, &mut newcomer, &mut hostile]);
+    let epochs = epoch_metrics(&out);
+    assert_each_image_once(&epochs[0], N_TRAIN);
+    assert_eq!(samples_of(&epochs[0], "hostile-1"), 0, "{}", epochs[0]);
+    assert_eq!(samples_of(&epochs[0], "newcomer"), u64_field(&waiting, "images"), "{}", epochs[0]);
 }

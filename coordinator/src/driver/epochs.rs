@@ -11,7 +11,7 @@ use crate::epoch::EpochState;
 use crate::error::Result;
 use crate::metrics::EpochRecord;
 use crate::observe::RunEvent;
-use crate::round::{RoundSummary, WorkerId};
+use crate::round::RoundSummary;
 
 /// What an epoch's rounds added up to.
 #[derive(Debug, Default)]
@@ -55,7 +55,7 @@ impl Driver {
 
     /// Draws the epoch's permutation and sends every live worker its shard.
     fn deal_epoch(&mut self, epoch: u64) {
-        let live: Vec<WorkerId> = self.workers.keys().copied().collect();
+        let live = self.live();
         let (state, shards) = EpochState::dealt(epoch, self.config.train.seed, self.n_train, &live);
         self.epoch = state;
         self.dispatch(shards);
@@ -69,7 +69,7 @@ impl Driver {
         let mut tally = EpochTally::default();
         loop {
             self.ensure_min_workers().await?;
-            let live: Vec<WorkerId> = self.workers.keys().copied().collect();
+            let live = self.live();
             let (images, adopted) = self.epoch.adopt_orphans(&live);
             if images > 0 {
                 info!(images, workers = live.len(), "dealt orphaned images to the live workers");

@@ -160,15 +160,30 @@ impl Driver {
     /// Takes a live worker's shard for the rest of the epoch and hands its
     /// untrained images to the others; the worker keeps its session and gets
     /// a shard again from the next epoch.
-    pub(super) fn retire_for_epoch(&mut self, id: WorkerId) {
+    fn retire_for_epoch(&mut self, id: WorkerId) {
         let Some(name) = self.workers.get(&id).map(|w| w.name.clone()) else { return };
-        self.hand_over(id, &name);
+        let handover = self.epoch.hand_over(id);
+        self.handed_over(&name, handover);
+    }
+
+    /// Retires a worker whose contribution could not be used (an outlier,
+    /// non-finite weights) for the epoch: it takes no orphaned images either
+    /// (see [`crate::epoch::EpochState::exclude`]).
+    pub(super) fn exclude_for_epoch(&mut self, id: WorkerId) {
+        let Some(name) = self.workers.get(&id).map(|w| w.name.clone()) else { return };
+        let handover = self.epoch.exclude(id);
+        self.handed_over(&name, handover);
     }
 
     /// Gives the untrained rest of the shard of `id` (named `name`), which
-    /// left or lags, to the others (see [`crate::epoch::EpochState::hand_over`]).
+    /// left, to the others (see [`crate::epoch::EpochState::hand_over`]).
     fn hand_over(&mut self, id: WorkerId, name: &str) {
-        let (handover, dealt) = self.epoch.hand_over(id);
+        let handover = self.epoch.hand_over(id);
+        self.handed_over(name, handover);
+    }
+
+    /// Sends what a handover dealt, and logs where the images went.
+    fn handed_over(&mut self, name: &str, (handover, dealt): (Handover, Outgoing)) {
         self.dispatch(dealt);
         match handover {
             Handover::Nothing => {}
@@ -188,31 +203,34 @@ impl Driver {
         }
     }
 
-    /// Pauses training while fewer than `--min-workers` are connected; fails
-    /// after `--max-wait` without enough of them.
+    /// Pauses training while fewer than `--min-workers` are connected, or
+    /// while orphaned images wait and only workers the epoch excluded are
+    /// connected (see [`Self::exclude_for_epoch`]); fails after `--max-wait`.
     pub(super) async fn ensure_min_workers(&mut self) -> Result<()> {
-        let min = self.config.min_workers;
-        if self.workers.len() >= min {
+        if self.may_train() {
             return Ok(());
         }
         let waited = Instant::now();
-        warn!(
-            alive = self.workers.len(),
-            min_workers = min,
-            max_wait_s = self.config.max_wait.as_secs_f64(),
-            "too few workers; training paused"
-        );
+        let (alive, min, max_wait_s) =
+            (self.workers.len(), self.config.min_workers, self.config.max_wait.as_secs_f64());
+        match self.epoch.images_without_heir(&self.live()) {
+            0 => warn!(alive, min_workers = min, max_wait_s, "too few workers; training paused"),
+            images => warn!(
+                images,
+                alive,
+                max_wait_s,
+                "orphaned images wait for a worker: those connected were excluded from this epoch; training paused"
+            ),
+        }
         let deadline = tokio::time::Instant::now() + self.config.max_wait;
-        while self.workers.len() < min {
+        while !self.may_train() {
             match tokio::time::timeout_at(deadline, self.next_event()).await {
                 // Workers answer the pulls they were sent ahead meanwhile.
                 Ok(Ok(event @ Event::Message { .. })) if self.config.overlap => {
                     self.pipeline.held.push(event);
                 }
                 Ok(event) => self.on_event(event?, None),
-                Err(_) => {
-                    return Err(Error::TooFewWorkers { alive: self.workers.len(), min, waited: self.config.max_wait });
-                }
+                Err(_) => return Err(self.paused_too_long()),
             }
         }
         info!(
@@ -221,5 +239,24 @@ impl Driver {
             "enough workers again; training resumed"
         );
         Ok(())
+    }
+
+    /// The live workers, by id.
+    pub(super) fn live(&self) -> Vec<WorkerId> {
+        self.workers.keys().copied().collect()
+    }
+
+    /// Whether enough workers are connected, and one may take any orphans.
+    fn may_train(&self) -> bool {
+        self.workers.len() >= self.config.min_workers && self.epoch.images_without_heir(&self.live()) == 0
+    }
+
+    /// The error of a pause that lasted `--max-wait`.
+    fn paused_too_long(&self) -> Error {
+        let (alive, min, waited) = (self.workers.len(), self.config.min_workers, self.config.max_wait);
+        match self.epoch.images_without_heir(&self.live()) {
+            images if images > 0 && alive >= min => Error::NoWorkerForOrphans { images, waited },
+            _ => Error::TooFewWorkers { alive, min, waited },
+        }
     }
 }

@@ -72,7 +72,7 @@ impl Driver {
                 round = summary.round,
                 "worker's weights missed the average while pulls of its went ahead; it trains no more of this epoch"
             );
-            self.retire_for_epoch(id);
+            self.exclude_for_epoch(id);
         }
     }
 }

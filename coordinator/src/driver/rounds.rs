@@ -134,7 +134,7 @@ impl Driver {
                         worker = id,
                         epoch, round, "worker's weights are not finite; it trains no more of this epoch"
                     );
-                    self.retire_for_epoch(id);
+                    self.exclude_for_epoch(id);
                 }
                 self.pipeline.suspended = true;
                 Ok(None)

@@ -59,7 +59,7 @@ impl Driver {
         for id in retired {
             let name = self.name(id);
             warn!(epoch, round, worker = id, name, "worker's update was an outlier; it trains no more of this epoch");
-            self.retire_for_epoch(id);
+            self.exclude_for_epoch(id);
         }
     }
 

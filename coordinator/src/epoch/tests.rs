@@ -230,3 +230,36 @@ fn pulls_sent_ahead_go_once_and_an_abandoned_round_releases_them() {
     assert_eq!(state.pulls(3, &plan), vec![(1, pull(1, 3, 4, 6, 0))]);
     assert!(!state.has_pulls_ahead(1));
 }
+
+#[test]
+fn an_excluded_worker_takes_no_orphans_and_they_wait_for_a_newcomer() {
+    let (mut state, _) = EpochState::dealt(1, SEED, IMAGES, &[1, 2]);
+    train_round(&mut state, &[1, 2]);
+    // Worker 2's update was an outlier: its rest goes to worker 1.
+    let rest2 = rest(&state, 2);
+    assert_eq!(
+        state.exclude(2),
+        (Handover::Heirs { images: rest2.len(), heirs: 1 }, vec![(1, shard(1, &rest2, true))])
+    );
+    // The honest worker leaves: its images are orphaned, and the excluded
+    // worker, still connected, may not take them.
+    let owed = rest(&state, 1);
+    assert_eq!(state.hand_over(1).0, Handover::Orphaned { images: owed.len() });
+    assert_eq!(state.adopt_orphans(&[2]), (0, Outgoing::new()));
+    assert_eq!(state.images_without_heir(&[2]), owed.len());
+    // A newcomer takes them all.
+    assert_eq!(state.images_without_heir(&[2, 3]), 0);
+    assert_eq!(state.adopt_orphans(&[2, 3]), (owed.len(), vec![(3, shard(1, &owed, false))]));
+    train_to_the_end(&mut state, &[2, 3]);
+    assert_every_image_once(&state, IMAGES);
+    assert_eq!(state.ledger().by_worker()["w2"], PER_ROUND as u64, "only its first round");
+}
+
+#[test]
+fn a_straggler_retired_for_the_epoch_may_still_take_orphans() {
+    let (mut state, _) = EpochState::dealt(1, SEED, IMAGES, &[1, 2]);
+    state.hand_over(2);
+    state.hand_over(1);
+    assert_eq!(state.images_without_heir(&[2]), 0, "a slow worker is not an untrusted one");
+    assert_eq!(state.adopt_orphans(&[2]).0, IMAGES);
+}
