@@ -46,16 +46,21 @@ pub async fn coordinator(args: CoordinatorArgs, log_format: LogFormat) -> anyhow
         restartable: args.resume_existing,
         checkpoint_faults: args.inject_checkpoint_fault.clone(),
     };
+    // Listening for signals from the start: one while the data loads (or
+    // downloads) stops the command as one during training does.
+    let mut shutdown: Shutdown = Box::pin(interrupted());
     let config = file.overlay(&args.settings)?.resolve(&launch)?;
     let secrets = Secrets::load(&config)?;
     // Before anything listens or starts; `run` checks again for its other callers.
     run_dir::check_out(&config)?;
-    let prepared = lazyavg_coordinator::prepare(&config).await?;
+    let prepared = tokio::select! {
+        prepared = lazyavg_coordinator::prepare(&config) => prepared?,
+        signal = &mut shutdown => return Err(lazyavg_coordinator::Error::Interrupted(signal).into()),
+    };
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| lazyavg_coordinator::Error::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let shutdown: Shutdown = Box::pin(interrupted());
     let token = secrets.token.clone();
     let (serving_tx, serving) = tokio::sync::oneshot::channel();
     let run = lazyavg_coordinator::run(config, secrets, prepared, listener, shutdown, Some(serving_tx));
@@ -128,10 +133,12 @@ fn dialable(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() { SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())) } else { addr }
 }
 
-/// Resolves with the name of the first of SIGINT and SIGTERM (and, with
-/// `watch_stdin`, of standard input closing: the parent is gone).
-async fn shutdown_signal(watch_stdin: bool) -> &'static str {
-    let parent_gone = async {
+/// Resolves with the name of the first of SIGINT and SIGTERM (listened for
+/// from this call on) and, with `watch_stdin`, of standard input closing:
+/// the parent is gone.
+fn shutdown_signal(watch_stdin: bool) -> impl Future<Output = &'static str> {
+    let interrupted = interrupted();
+    let parent_gone = async move {
         if !watch_stdin {
             return std::future::pending::<()>().await;
         }
@@ -139,9 +146,11 @@ async fn shutdown_signal(watch_stdin: bool) -> &'static str {
         let mut buf = [0u8; 64];
         while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await.is_ok_and(|n| n > 0) {}
     };
-    tokio::select! {
-        signal = interrupted() => signal,
-        () = parent_gone => "the coordinator exiting (standard input closed)",
+    async move {
+        tokio::select! {
+            signal = interrupted => signal,
+            () = parent_gone => "the coordinator exiting (standard input closed)",
+        }
     }
 }
 
