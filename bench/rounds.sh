@@ -3,6 +3,9 @@
 # average + push, measured at the coordinator, with workers that train nothing)
 # on loopback, the weights moved per second, and the coordinator's peak RSS.
 #   cargo build --release && bench/rounds.sh
+# Rows: 2, 8 and 20 workers of the default MLP (199,210 parameters), and the
+# 20M-parameter model (--hidden 5000,3216) at 2 and 8 workers with ROUNDS/10
+# rounds (at least 20).
 # Settings: BIN, DATA, ROUNDS (300), FLAGS (more coordinator flags, e.g.
 # "--aggregate centered-clip").
 set -euo pipefail
@@ -38,4 +41,7 @@ echo "| workers | hidden | parameters | median ms | mean ms | GB/s of weights mo
 echo "|---:|---|---:|---:|---:|---:|---:|"
 row 2 200,200 "$ROUNDS"
 row 8 200,200 "$ROUNDS"
-row 2 5000,3216 $((ROUNDS / 10 > 20 ? ROUNDS / 10 : 20))
+row 20 200,200 "$ROUNDS"
+big=$((ROUNDS / 10 > 20 ? ROUNDS / 10 : 20))
+row 2 5000,3216 "$big"
+row 8 5000,3216 "$big"
