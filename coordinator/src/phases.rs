@@ -146,11 +146,20 @@ fn resume_from(out_dir: &Path, mlp: &Network, n_train: usize, epochs: usize) -> 
 /// outputs the service answers from, and where workers connect (for port 0,
 /// the port the OS chose).
 struct Wiring {
-    events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+    events: mpsc::Receiver<Event>,
     health: Health,
     board: StatusBoard,
     addr: SocketAddr,
 }
+
+/// How many events of the service (most of them weight chunks, up to 1 MiB
+/// each) may wait for the driver. Each holds its session's receive buffer,
+/// so this bounds what the coordinator holds beyond its own buffers: at
+/// 1024 it held most of a round's contributions of a 20M-parameter model
+/// from 8 workers (docs/performance.md, "Where a round's time and memory
+/// go"). A session whose events wait stops reading its stream, and HTTP/2
+/// flow control makes its worker wait.
+const EVENT_QUEUE: usize = 64;
 
 /// Starts the gRPC server on `listener`, and reports it SERVING: from here
 /// on, workers can join.
@@ -160,7 +169,7 @@ async fn serve(
     prepared: &Ready,
     listener: TcpListener,
 ) -> Result<(Server, Wiring)> {
-    let (events_tx, events) = mpsc::channel(1024);
+    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
     let board = StatusBoard::default();
     let shared = share(config, prepared, events_tx.clone(), &board);
     warn_of_risks(config, secrets);
@@ -174,7 +183,7 @@ async fn serve(
     run_dir::write_address(out_dir, addr, secrets.tls.is_some())?;
     let mlp = &prepared.mlp;
     info!(%addr, architecture = %mlp.spec(), parameters = mlp.len(), out = %out_dir.display(), "listening");
-    Ok((server, Wiring { events: (events_tx, events), health, board, addr }))
+    Ok((server, Wiring { events, health, board, addr }))
 }
 
 /// The state the service's handlers share, the driver's event channel among it.

@@ -45,10 +45,28 @@ pub fn relative(norms: &[(WorkerId, f64)], factor: f64) -> Vec<UpdateNorm> {
 }
 
 /// Sum of squared differences of `values` from `start`, in f64: one chunk's
-/// share of a squared update norm.
+/// share of a squared update norm. Summed in [`LANES`] partial sums, which
+/// the compiler keeps in vector registers: one running sum is a chain of
+/// dependent additions that cannot be vectorised, and cost more than the
+/// average itself (docs/performance.md, "Where a round's time and memory go").
 pub fn squared_distance(values: &[f32], start: &[f32]) -> f64 {
-    values.iter().zip(start).map(|(&v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum()
+    let len = values.len().min(start.len());
+    let (values, start) = (&values[..len], &start[..len]);
+    let (v_lanes, v_tail) = values.as_chunks::<LANES>();
+    let (s_lanes, s_tail) = start.as_chunks::<LANES>();
+    let mut sums = [0.0f64; LANES];
+    for (v, s) in v_lanes.iter().zip(s_lanes) {
+        for lane in 0..LANES {
+            let d = f64::from(v[lane]) - f64::from(s[lane]);
+            sums[lane] += d * d;
+        }
+    }
+    let tail: f64 = v_tail.iter().zip(s_tail).map(|(&v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
+    sums.iter().sum::<f64>() + tail
 }
+
+/// Partial sums of [`squared_distance`]: two AVX-512 registers of f64.
+const LANES: usize = 16;
 
 /// How often a worker that stays an outlier is warned about again, in rounds.
 pub const WARN_EVERY: u64 = 100;
@@ -152,6 +170,17 @@ impl OutlierRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_squared_distance_in_lanes_is_the_plain_sum_up_to_rounding() {
+        for len in [0, 1, 15, 16, 17, 1000, 4099] {
+            let values: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            let start: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f64 = values.iter().zip(&start).map(|(&v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
+            let lanes = squared_distance(&values, &start);
+            assert!((lanes - plain).abs() <= 1e-12 * plain.max(1.0), "{len}: {lanes} vs {plain}");
+        }
+    }
 
     #[test]
     fn a_scaled_contribution_is_an_outlier_and_honest_ones_are_not() {

@@ -33,7 +33,7 @@ impl Driver {
             Err(Undelivered::Full) => {
                 let reason = "fell behind: its queue of unsent commands is full".to_owned();
                 // Handled like a departure on the next turn of the event loop.
-                let _ = self.own_events.try_send(Event::Detached { id, reason });
+                let _ = self.raise.send(Event::Detached { id, reason });
             }
         }
     }
@@ -152,7 +152,7 @@ impl Driver {
             if !answered {
                 let reason = "never answered a pull (--round-timeout)".to_owned();
                 // Handled like a departure on the next turn of the event loop.
-                let _ = self.own_events.try_send(Event::Detached { id, reason });
+                let _ = self.raise.send(Event::Detached { id, reason });
             }
         }
     }

@@ -113,8 +113,11 @@ pub struct Driver {
     /// shards, orphans and ledger.
     epoch: EpochState,
     events: mpsc::Receiver<Event>,
-    /// For events the driver raises itself (a worker to drop).
-    own_events: mpsc::Sender<Event>,
+    /// Events the driver raises itself (a worker to drop), taken before the
+    /// service's: apart from them, so that a full queue of weight chunks
+    /// never loses one.
+    raise: mpsc::UnboundedSender<Event>,
+    raised: mpsc::UnboundedReceiver<Event>,
     shutdown: Shutdown,
     workers: BTreeMap<WorkerId, Worker>,
     /// Every output of the run (logs, progress, files, metrics), fed events.
@@ -137,7 +140,7 @@ impl Driver {
         start: Checkpoint,
         test: Arc<Dataset>,
         n_train: usize,
-        events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+        events: mpsc::Receiver<Event>,
         shutdown: Shutdown,
         observers: Observers,
     ) -> Self {
@@ -150,6 +153,7 @@ impl Driver {
         };
         let mut outer = OuterOptimizer::new(config.outer);
         outer.restore(start.outer_velocity);
+        let (raise, raised) = mpsc::unbounded_channel();
         Driver {
             config,
             mlp,
@@ -164,8 +168,9 @@ impl Driver {
             version,
             first_epoch,
             epoch,
-            own_events: events.0,
-            events: events.1,
+            events,
+            raise,
+            raised,
             shutdown,
             workers: BTreeMap::new(),
             observers,
@@ -257,6 +262,8 @@ impl Driver {
     async fn next_event(&mut self) -> Result<Event> {
         loop {
             tokio::select! {
+                biased;
+                Some(event) = self.raised.recv() => return Ok(event),
                 event = self.events.recv() => {
                     return Ok(event.expect("the service holds a sender while the driver runs"));
                 }
