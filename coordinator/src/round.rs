@@ -92,6 +92,24 @@ pub struct RoundSummary {
     pub dropped: Vec<WorkerId>,
 }
 
+/// What a finished round leaves to the next: its rule's buffers, the
+/// start's and the decoding scratch, so that no round allocates a buffer
+/// of the model's size (at 20M parameters a fresh 80 MB start every round
+/// cost a tenth of the coordinator's CPU in page faults; docs/performance.md).
+#[derive(Debug)]
+pub struct RoundBuffers {
+    aggregator: Box<dyn Aggregator>,
+    start: Vec<f32>,
+    scratch: Vec<f32>,
+}
+
+impl From<Box<dyn Aggregator>> for RoundBuffers {
+    /// The buffers of a first round, combining by `aggregator`.
+    fn from(aggregator: Box<dyn Aggregator>) -> Self {
+        RoundBuffers { aggregator, start: Vec::new(), scratch: Vec::new() }
+    }
+}
+
 /// An open round.
 #[derive(Debug)]
 pub struct Round {
@@ -114,18 +132,21 @@ pub struct Round {
 }
 
 impl Round {
-    /// A round combining contributions with `aggregator`, reset here (so the
-    /// one a finished round gave back can be reused), for workers that all
-    /// started from `start` (the weights last broadcast).
+    /// A round combining contributions with the aggregator of `buffers`,
+    /// reset here (so the buffers a finished round gave back can be reused),
+    /// for workers that all started from `start` (the weights last broadcast).
     pub fn with(
         epoch: u64,
         round: u64,
         participants: &[(WorkerId, u64)],
         start: &[f32],
-        mut aggregator: Box<dyn Aggregator>,
+        buffers: RoundBuffers,
     ) -> Self {
+        let RoundBuffers { mut aggregator, start: mut own_start, scratch } = buffers;
         let len = start.len();
         aggregator.reset(start);
+        own_start.clear();
+        own_start.extend_from_slice(start);
         let parts = participants
             .iter()
             .map(|&(id, weight)| {
@@ -147,9 +168,9 @@ impl Round {
             epoch,
             round,
             parts,
-            start: start.to_vec(),
+            start: own_start,
             aggregator,
-            scratch: Vec::new(),
+            scratch,
             tainted: false,
             non_finite: Vec::new(),
             outlier_factor: screen::DEFAULT_OUTLIER_FACTOR,
@@ -294,10 +315,10 @@ impl Round {
     }
 
     /// Writes the combined weights into `out` and returns the summary and the
-    /// aggregator for reuse. Call when [`is_complete`](Self::is_complete) (or
+    /// buffers for reuse. Call when [`is_complete`](Self::is_complete) (or
     /// at the round's deadline, after excluding the missing workers); only
     /// complete contributions count.
-    pub fn finish(mut self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Box<dyn Aggregator>) {
+    pub fn finish(mut self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, RoundBuffers) {
         // A worker caught mid-transfer has part of its weights in the
         // aggregator: one that cannot forget them (a sum) is spoiled.
         let partial: Vec<WorkerId> =
@@ -322,7 +343,7 @@ impl Round {
                 dropped.push(outlier.worker);
             }
         }
-        let Round { epoch, round, parts, start, mut aggregator, tainted, non_finite, .. } = self;
+        let Round { epoch, round, parts, start, mut aggregator, scratch, tainted, non_finite, .. } = self;
         let done: Vec<(WorkerId, u64)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
@@ -336,10 +357,13 @@ impl Round {
         } else {
             None
         };
-        if let Some(err) = failure {
-            return (Err(err), aggregator);
+        if failure.is_none() {
+            aggregator.finish(&start, &done, out);
         }
-        aggregator.finish(&start, &done, out);
+        let buffers = RoundBuffers { aggregator, start, scratch };
+        if let Some(err) = failure {
+            return (Err(err), buffers);
+        }
         let summary = RoundSummary {
             epoch,
             round,
@@ -352,7 +376,7 @@ impl Round {
             updates,
             dropped,
         };
-        (Ok(summary), aggregator)
+        (Ok(summary), buffers)
     }
 }
 
@@ -371,7 +395,7 @@ mod tests {
         /// A round combining contributions by `rule`, for a model of `len`
         /// parameters started from zeros.
         fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-            Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator(false))
+            Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator(false).into())
         }
     }
 
@@ -506,7 +530,7 @@ mod tests {
         let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
         let rules = [Aggregate::Mean, Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip];
         for (rule, drop) in rules.map(|r| (r, true)).into_iter().chain([(Aggregate::Mean, false)]) {
-            let mut round = Round::with(1, 0, &ids, &start, rule.aggregator(drop));
+            let mut round = Round::with(1, 0, &ids, &start, rule.aggregator(drop).into());
             if drop {
                 round = round.dropping_outliers();
             }
@@ -529,14 +553,27 @@ mod tests {
     }
 
     #[test]
+    fn a_round_reuses_the_start_buffer_the_last_one_gave_back() {
+        let start = vec![0.5f32; 1000];
+        let first = Round::with(1, 1, &[(1, 1)], &start, Aggregate::Mean.aggregator(false).into());
+        let buffer = first.start.as_ptr();
+        // Even a round that failed (nobody sent anything) gives its buffers back.
+        let (result, buffers) = first.finish(&mut [0.0; 1000]);
+        assert!(result.is_err());
+        let second = Round::with(1, 2, &[(1, 1)], &[0.25; 1000], buffers);
+        assert_eq!(second.start.as_ptr(), buffer);
+        assert_eq!(second.start, [0.25; 1000]);
+    }
+
+    #[test]
     fn norm_clipping_names_a_scaled_contribution_and_bounds_it_without_leaving_it_out() {
         let start = [1.0f32, -1.0];
         let honest = [[1.1f32, -0.9], [1.12, -0.92], [1.08, -0.88], [1.1, -0.9]];
         let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
-        let mut aggregator = Aggregate::NormClip.aggregator(false);
+        let mut buffers = Aggregate::NormClip.aggregator(false).into();
         let mut out = [0.0; 2];
         for round in 0..2 {
-            let mut open = Round::with(1, round, &ids, &start, aggregator);
+            let mut open = Round::with(1, round, &ids, &start, buffers);
             for (id, w) in (1..=4).zip(honest.iter()) {
                 send(&mut open, id, w).unwrap();
             }
@@ -544,7 +581,7 @@ mod tests {
             let fifth = if round == 0 { honest[0] } else { start.map(|w| 100.0 * w) };
             send(&mut open, 5, &fifth).unwrap();
             let (summary, back) = open.finish(&mut out);
-            aggregator = back;
+            buffers = back;
             let summary = summary.unwrap();
             assert!(summary.dropped.is_empty() && summary.contributors.len() == 5);
             let named: Vec<WorkerId> = summary.updates.iter().filter(|u| u.outlier).map(|u| u.worker).collect();

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use self::closing::{ClosingEpoch, close_done};
-use crate::aggregate::Aggregator;
+
 use crate::checkpoint::Checkpoint;
 use crate::command::Cmd;
 use crate::config::DriverConfig;
@@ -43,7 +43,7 @@ use crate::ending::Departed;
 use crate::epoch::EpochState;
 use crate::error::{Error, Result};
 use crate::observe::{Observers, RunEvent};
-use crate::round::WorkerId;
+use crate::round::{RoundBuffers, WorkerId};
 use crate::screen::OutlierRecord;
 use crate::service::{Event, Leash};
 
@@ -94,7 +94,7 @@ pub struct Driver {
     n_train: usize,
     params: Vec<f32>,
     /// The `--aggregate` rule, kept from round to round for its buffers.
-    aggregator: Option<Box<dyn Aggregator>>,
+    round_buffers: Option<RoundBuffers>,
     /// Which workers' updates were far from the others', for warnings and
     /// for naming the likely cause of a divergence.
     outliers: OutlierRecord,
@@ -159,7 +159,7 @@ impl Driver {
             mlp,
             test,
             n_train,
-            aggregator: None,
+            round_buffers: None,
             outliers: OutlierRecord::default(),
             average: vec![0.0; start.params.len()],
             outer,

@@ -60,9 +60,10 @@ impl Driver {
     /// have never answered) first get the current weights, one copy for all.
     fn open_round(&mut self, epoch: u64, round: u64, plan: &[Planned], weights: &[(WorkerId, u64)]) -> Round {
         let drop_outliers = self.config.drop_outliers;
-        let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers));
+        let buffers =
+            self.round_buffers.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers).into());
         let mut open =
-            Round::with(epoch, round, weights, &self.params, aggregator).outliers_at(self.config.outlier_factor);
+            Round::with(epoch, round, weights, &self.params, buffers).outliers_at(self.config.outlier_factor);
         if drop_outliers {
             open = open.dropping_outliers();
         }
@@ -121,8 +122,8 @@ impl Driver {
     fn combine(&mut self, open: Round) -> Result<Option<RoundSummary>> {
         let (epoch, round) = (open.epoch(), open.round());
         let non_finite = open.non_finite().to_vec();
-        let (result, aggregator) = open.finish(&mut self.average);
-        self.aggregator = Some(aggregator);
+        let (result, buffers) = open.finish(&mut self.average);
+        self.round_buffers = Some(buffers);
         match result {
             Ok(summary) => Ok(Some(summary)),
             Err(cause @ RoundError::Diverged { .. }) => Err(self.diverged(cause)),
