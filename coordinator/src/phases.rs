@@ -47,13 +47,14 @@ pub async fn run(
 ) -> Result<RunSummary> {
     let started = Instant::now();
     run_dir::check_out(&config)?;
-    let Prepared { ready: prepared, start } = prepared;
-    run_dir::prepare(&prepared.out_dir, prepared.recorded.clone())?;
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     let exporter = match config.metrics_bind {
         Some(bind) => Some(serve_metrics(bind, metrics_stopped).await?),
         None => None,
     };
+    // Once every port is bound: a run that cannot listen writes nothing.
+    let Prepared { ready: prepared, start } = prepared;
+    run_dir::prepare(&prepared.out_dir, prepared.recorded.clone())?;
     let (mut server, wiring) = serve(&config, &secrets, &prepared, listener).await?;
     if let Some(serving) = serving {
         let _ = serving.send(());

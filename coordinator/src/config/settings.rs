@@ -86,7 +86,7 @@ pub struct Settings {
     #[arg(long, value_name = "M")]
     pub min_workers: Option<usize>,
 
-    /// Give up (exit non-zero) after training was paused this long for lack of workers [default: 5m].
+    /// Give up (exit non-zero) after training was paused this long for lack of workers (or of one trusted with the images of workers that left) [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub max_wait: Option<Duration>,

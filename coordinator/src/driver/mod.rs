@@ -34,7 +34,6 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use self::closing::{ClosingEpoch, close_done};
-
 use crate::checkpoint::Checkpoint;
 use crate::command::Cmd;
 use crate::config::DriverConfig;
@@ -206,6 +205,12 @@ impl Driver {
     /// Exiting at once could reset the connections before the Stop arrives,
     /// and a worker that never hears it keeps trying to reconnect.
     async fn wait_for_sessions_to_close(&mut self) {
+        // Workers the driver itself dropped are gone already.
+        while let Ok(event) = self.raised.try_recv() {
+            if let Event::Detached { id, .. } = event {
+                self.workers.remove(&id);
+            }
+        }
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while !self.workers.is_empty() {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
