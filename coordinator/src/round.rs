@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use lazyavg_proto::ProtoError;
-use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, first_non_finite};
+use lazyavg_proto::chunks::{Chunk, ChunkCursor, Values};
 use lazyavg_proto::message::Report;
 
 pub use crate::aggregate::Aggregate;
@@ -92,21 +92,20 @@ pub struct RoundSummary {
     pub dropped: Vec<WorkerId>,
 }
 
-/// What a finished round leaves to the next: its rule's buffers, the
-/// start's and the decoding scratch, so that no round allocates a buffer
+/// What a finished round leaves to the next: its rule's buffers and the
+/// start's, so that no round allocates a buffer
 /// of the model's size (at 20M parameters a fresh 80 MB start every round
 /// cost a tenth of the coordinator's CPU in page faults; docs/performance.md).
 #[derive(Debug)]
 pub struct RoundBuffers {
     aggregator: Box<dyn Aggregator>,
     start: Vec<f32>,
-    scratch: Vec<f32>,
 }
 
 impl From<Box<dyn Aggregator>> for RoundBuffers {
     /// The buffers of a first round, combining by `aggregator`.
     fn from(aggregator: Box<dyn Aggregator>) -> Self {
-        RoundBuffers { aggregator, start: Vec::new(), scratch: Vec::new() }
+        RoundBuffers { aggregator, start: Vec::new() }
     }
 }
 
@@ -120,8 +119,6 @@ pub struct Round {
     /// the updates robust rules compare.
     start: Vec<f32>,
     aggregator: Box<dyn Aggregator>,
-    /// One chunk's values, decoded once for the aggregator.
-    scratch: Vec<f32>,
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
     non_finite: Vec<WorkerId>,
@@ -142,7 +139,7 @@ impl Round {
         start: &[f32],
         buffers: RoundBuffers,
     ) -> Self {
-        let RoundBuffers { mut aggregator, start: mut own_start, scratch } = buffers;
+        let RoundBuffers { mut aggregator, start: mut own_start } = buffers;
         let len = start.len();
         aggregator.reset(start);
         own_start.clear();
@@ -170,7 +167,6 @@ impl Round {
             parts,
             start: own_start,
             aggregator,
-            scratch,
             tainted: false,
             non_finite: Vec::new(),
             outlier_factor: screen::DEFAULT_OUTLIER_FACTOR,
@@ -228,8 +224,10 @@ impl Round {
         }
     }
 
-    fn part(&mut self, worker: WorkerId) -> Result<&mut Part, RoundError> {
-        match self.parts.get_mut(&worker) {
+    /// A participant still in the round (a function of the parts alone, so
+    /// that the rest of the round can be read while it is borrowed).
+    fn part(parts: &mut BTreeMap<WorkerId, Part>, worker: WorkerId) -> Result<&mut Part, RoundError> {
+        match parts.get_mut(&worker) {
             Some(p) if p.state != State::Excluded => Ok(p),
             _ => Err(RoundError::NotInRound(worker)),
         }
@@ -238,7 +236,7 @@ impl Round {
     /// Takes a worker's report on its training for this round.
     pub fn report(&mut self, worker: WorkerId, report: &Report) -> Result<(), RoundError> {
         self.check_round(report.epoch, report.round)?;
-        let part = self.part(worker)?;
+        let part = Self::part(&mut self.parts, worker)?;
         if part.reported {
             return Err(RoundError::Duplicate(worker));
         }
@@ -255,28 +253,28 @@ impl Round {
     /// round if some of its chunks were already summed).
     pub fn accept(&mut self, worker: WorkerId, chunk: &Chunk) -> Result<(), RoundError> {
         self.check_round(chunk.epoch, chunk.round)?;
-        let part = self.part(worker)?;
+        let part = Self::part(&mut self.parts, worker)?;
         if part.state == State::Complete {
             return Err(RoundError::Duplicate(worker));
         }
         let range = part.cursor.advance(chunk)?;
-        if let Some(bad) = first_non_finite(&chunk.data) {
+        let values = Values::new(&chunk.data);
+        // One pass over the chunk's bytes measures the update and checks
+        // every value (the distance is finite exactly when they all are).
+        // Under --align the worker matched its weights to this same start.
+        let squared = screen::squared_distance(values, &self.start[range.clone()]);
+        if !squared.is_finite() {
             let previous = part.state;
             part.state = State::Excluded;
             self.non_finite.push(worker);
             self.forget(worker, previous);
-            return Err(RoundError::NonFinite { worker, index: range.start + bad });
+            let index = range.start + values.first_non_finite().unwrap_or(0);
+            return Err(RoundError::NonFinite { worker, index });
         }
-        let samples = part.weight;
+        part.update_sq += squared;
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
-        self.scratch.resize(range.len(), 0.0);
-        decode_into(&mut self.scratch, &chunk.data);
-        // Under --align the worker matched its weights to this same start before sending.
-        let sq = screen::squared_distance(&self.scratch, &self.start[range.clone()]);
-        if let Some(part) = self.parts.get_mut(&worker) {
-            part.update_sq += sq;
-        }
-        self.aggregator.add(worker, samples, range.clone(), &self.scratch, &self.start[range], sq);
+        let samples = part.weight;
+        self.aggregator.add(worker, samples, range.clone(), values, &self.start[range], squared);
         Ok(())
     }
 
@@ -343,7 +341,7 @@ impl Round {
                 dropped.push(outlier.worker);
             }
         }
-        let Round { epoch, round, parts, start, mut aggregator, scratch, tainted, non_finite, .. } = self;
+        let Round { epoch, round, parts, start, mut aggregator, tainted, non_finite, .. } = self;
         let done: Vec<(WorkerId, u64)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
@@ -360,7 +358,7 @@ impl Round {
         if failure.is_none() {
             aggregator.finish(&start, &done, out);
         }
-        let buffers = RoundBuffers { aggregator, start, scratch };
+        let buffers = RoundBuffers { aggregator, start };
         if let Some(err) = failure {
             return (Err(err), buffers);
         }

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use lazyavg_proto::chunks::Values;
+
 use crate::round::WorkerId;
 
 /// The default of `--outlier-factor`: a contribution whose update norm is at
@@ -45,23 +47,24 @@ pub fn relative(norms: &[(WorkerId, f64)], factor: f64) -> Vec<UpdateNorm> {
 }
 
 /// Sum of squared differences of `values` from `start`, in f64: one chunk's
-/// share of a squared update norm. Summed in [`LANES`] partial sums, which
+/// share of a squared update norm, read straight from the chunk's bytes.
+/// It is finite exactly when every value is (the start always is, and no
+/// square of a difference of two finite f32 overflows f64), which makes it
+/// the round's finiteness check too. Summed in [`LANES`] partial sums, which
 /// the compiler keeps in vector registers: one running sum is a chain of
 /// dependent additions that cannot be vectorised, and cost more than the
 /// average itself (docs/performance.md, "Where a round's time and memory go").
-pub fn squared_distance(values: &[f32], start: &[f32]) -> f64 {
-    let len = values.len().min(start.len());
-    let (values, start) = (&values[..len], &start[..len]);
-    let (v_lanes, v_tail) = values.as_chunks::<LANES>();
+pub fn squared_distance(values: Values<'_>, start: &[f32]) -> f64 {
+    let (blocks, tail) = values.blocks::<LANES>();
     let (s_lanes, s_tail) = start.as_chunks::<LANES>();
     let mut sums = [0.0f64; LANES];
-    for (v, s) in v_lanes.iter().zip(s_lanes) {
+    for (v, s) in blocks.zip(s_lanes) {
         for lane in 0..LANES {
             let d = f64::from(v[lane]) - f64::from(s[lane]);
             sums[lane] += d * d;
         }
     }
-    let tail: f64 = v_tail.iter().zip(s_tail).map(|(&v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
+    let tail: f64 = tail.iter().zip(s_tail).map(|(v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
     sums.iter().sum::<f64>() + tail
 }
 
@@ -169,7 +172,13 @@ impl OutlierRecord {
 
 #[cfg(test)]
 mod tests {
+    use lazyavg_proto::chunks::encode_values;
+
     use super::*;
+
+    fn distance(values: &[f32], start: &[f32]) -> f64 {
+        squared_distance(Values::new(&encode_values(values)), start)
+    }
 
     #[test]
     fn the_squared_distance_in_lanes_is_the_plain_sum_up_to_rounding() {
@@ -177,7 +186,7 @@ mod tests {
             let values: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
             let start: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
             let plain: f64 = values.iter().zip(&start).map(|(&v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
-            let lanes = squared_distance(&values, &start);
+            let lanes = distance(&values, &start);
             assert!((lanes - plain).abs() <= 1e-12 * plain.max(1.0), "{len}: {lanes} vs {plain}");
         }
     }
@@ -259,6 +268,18 @@ mod tests {
 
     #[test]
     fn squared_distance_is_over_the_pairs() {
-        assert_eq!(squared_distance(&[1.0, 2.0], &[0.0, 4.0]), 5.0);
+        assert_eq!(distance(&[1.0, 2.0], &[0.0, 4.0]), 5.0);
+    }
+
+    #[test]
+    fn the_squared_distance_is_finite_exactly_when_every_value_is() {
+        let extreme = [f32::MAX, -f32::MAX, f32::MIN_POSITIVE];
+        assert!(distance(&[f32::MAX; 40], &[-f32::MAX; 40]).is_finite());
+        assert!(distance(&extreme, &[-f32::MAX, f32::MAX, 0.0]).is_finite());
+        for (i, bad) in [(0, f32::NAN), (17, f32::INFINITY), (39, f32::NEG_INFINITY)] {
+            let mut values = [1.0f32; 40];
+            values[i] = bad;
+            assert!(!distance(&values, &[0.0; 40]).is_finite(), "{bad} at {i}");
+        }
     }
 }

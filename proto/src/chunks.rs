@@ -57,9 +57,61 @@ pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<It
 /// first). Fixed-size byte arrays (not 4-byte slices) let the compiler make
 /// this a plain copy on little-endian machines, and the decoders below
 /// vector loops.
-fn encode_values(values: &[f32]) -> bytes::Bytes {
+pub fn encode_values(values: &[f32]) -> bytes::Bytes {
     let words: Vec<[u8; 4]> = values.iter().map(|v| v.to_le_bytes()).collect();
     words.into_flattened().into()
+}
+
+/// A chunk's f32 values read in place from its little-endian bytes, so that
+/// a receiver checks, measures and sums them without decoding a copy first
+/// (each pass over a 1 MiB chunk is memory traffic; docs/performance.md).
+/// A ragged tail is not part of it (lengths are checked by [`ChunkCursor`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Values<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Values<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Values { bytes: bytes.as_chunks::<4>().0.as_flattened() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 4
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = f32> + 'a {
+        decode_values(self.bytes)
+    }
+
+    /// The values in blocks of `N` (which a loop over can keep in `N`
+    /// vector lanes), and the fewer than `N` left over.
+    pub fn blocks<const N: usize>(&self) -> (impl Iterator<Item = [f32; N]> + 'a, Values<'a>) {
+        let whole = self.len() / N * N * 4;
+        let (blocks, rest) = self.bytes.split_at(whole);
+        let blocks = blocks.chunks_exact(N * 4).map(|block| {
+            let mut values = [0.0f32; N];
+            for (v, b) in values.iter_mut().zip(block.as_chunks::<4>().0) {
+                *v = f32::from_le_bytes(*b);
+            }
+            values
+        });
+        (blocks, Values { bytes: rest })
+    }
+
+    /// Writes the values into `dst` (as long as they are).
+    pub fn decode_into(&self, dst: &mut [f32]) {
+        decode_into(dst, self.bytes);
+    }
+
+    /// The index of the first value that is not finite, if any.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        first_non_finite(self.bytes)
+    }
 }
 
 /// Decodes little-endian f32 bytes (length checked by [`ChunkCursor`]; a
@@ -154,6 +206,21 @@ mod tests {
         assert_eq!(first_non_finite(&bytes(&values)), Some(3));
         values[0] = f32::NEG_INFINITY;
         assert_eq!(first_non_finite(&bytes(&values)), Some(0));
+    }
+
+    #[test]
+    fn values_read_in_place_come_in_blocks_then_a_tail_and_ignore_a_ragged_end() {
+        for len in [0, 3, 16, 17, 35] {
+            let original: Vec<f32> = (0..len).map(|i| i as f32 - 7.5).collect();
+            let mut bytes = encode_values(&original).to_vec();
+            bytes.extend_from_slice(&[0xff, 0xff]);
+            let values = Values::new(&bytes);
+            assert_eq!(values.len(), len);
+            let (blocks, tail) = values.blocks::<16>();
+            let read: Vec<f32> = blocks.flatten().chain(tail.iter()).collect();
+            assert_eq!(read, original, "{len} values");
+            assert_eq!(tail.len(), len % 16);
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use std::ops::Range;
 
+use lazyavg_proto::chunks::Values;
+
 use super::{Aggregator, UpdateRule};
 use crate::round::WorkerId;
 
@@ -24,12 +26,12 @@ impl Aggregator for WeightedMean {
         _worker: WorkerId,
         samples: u64,
         range: Range<usize>,
-        values: &[f32],
+        values: Values<'_>,
         _start: &[f32],
         _squared: f64,
     ) {
         let weight = samples as f64;
-        for (acc, &v) in self.sum[range].iter_mut().zip(values) {
+        for (acc, v) in self.sum[range].iter_mut().zip(values.iter()) {
             *acc += weight * f64::from(v);
         }
     }
@@ -70,6 +72,7 @@ impl UpdateRule for UpdateMean {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lazyavg_proto::chunks::encode_values as le;
 
     #[test]
     fn the_update_mean_weighs_by_samples() {
@@ -82,15 +85,15 @@ mod tests {
     fn chunks_in_any_order_give_the_weighted_mean_and_a_reset_clears_it() {
         let mut mean = WeightedMean { sum: vec![7.0; 5] };
         mean.reset(&[0.0; 3]);
-        mean.add(2, 1, 1..3, &[4.0, 8.0], &[0.0; 2], 0.0);
-        mean.add(1, 3, 0..3, &[1.0, 2.0, 4.0], &[0.0; 3], 0.0);
-        mean.add(2, 1, 0..1, &[5.0], &[0.0], 0.0);
+        mean.add(2, 1, 1..3, Values::new(&le(&[4.0, 8.0])), &[0.0; 2], 0.0);
+        mean.add(1, 3, 0..3, Values::new(&le(&[1.0, 2.0, 4.0])), &[0.0; 3], 0.0);
+        mean.add(2, 1, 0..1, Values::new(&le(&[5.0])), &[0.0], 0.0);
         let mut out = [0.0; 3];
         mean.finish(&[0.0; 3], &[(1, 3), (2, 1)], &mut out);
         assert_eq!(out, [2.0, 2.5, 5.0]);
         assert!(!mean.forget(1), "a running sum cannot give a contribution back");
         mean.reset(&[0.0; 2]);
-        mean.add(1, 2, 0..2, &[1.0, -1.0], &[0.0; 2], 0.0);
+        mean.add(1, 2, 0..2, Values::new(&le(&[1.0, -1.0])), &[0.0; 2], 0.0);
         let mut out = [0.0; 2];
         mean.finish(&[0.0; 2], &[(1, 2)], &mut out);
         assert_eq!(out, [1.0, -1.0]);

@@ -22,6 +22,8 @@ pub use mean::{UpdateMean, WeightedMean};
 pub use norm_clip::NormClip;
 pub use whole::{UpdateRule, Whole};
 
+use lazyavg_proto::chunks::Values;
+
 use crate::round::WorkerId;
 
 /// One rule for combining the workers' weights into a round's result.
@@ -31,10 +33,11 @@ pub trait Aggregator: fmt::Debug + Send {
     fn reset(&mut self, start: &[f32]);
 
     /// Takes positions `range` of `worker`'s contribution, trained on
-    /// `samples` (the coordinator's count); `start` is the round's start at
-    /// those positions, and `squared` is ‖values − start‖², which the round
-    /// measures for its screen anyway. Each position of a worker comes once.
-    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: &[f32], start: &[f32], squared: f64);
+    /// `samples` (the coordinator's count), read in place from the chunk
+    /// that brought them; `start` is the round's start at those positions,
+    /// and `squared` is ‖values − start‖², which the round measures for its
+    /// screen anyway. Each position of a worker comes once.
+    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: Values<'_>, start: &[f32], squared: f64);
 
     /// Drops everything `worker` added. Returns false when that cannot be
     /// undone (a running sum): the round is then spoiled if anything was added.

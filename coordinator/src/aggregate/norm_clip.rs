@@ -19,6 +19,8 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use lazyavg_proto::chunks::Values;
+
 use super::Aggregator;
 use crate::round::WorkerId;
 
@@ -78,7 +80,7 @@ impl Aggregator for NormClip {
         worker: WorkerId,
         samples: u64,
         range: Range<usize>,
-        values: &[f32],
+        values: Values<'_>,
         start: &[f32],
         squared: f64,
     ) {
@@ -96,7 +98,7 @@ impl Aggregator for NormClip {
             return;
         }
         let weight = samples as f64 * share;
-        for ((acc, &v), &s) in self.sum[range].iter_mut().zip(values).zip(start) {
+        for ((acc, v), &s) in self.sum[range].iter_mut().zip(values.iter()).zip(start) {
             *acc += weight * (f64::from(v) - f64::from(s));
         }
     }
@@ -122,6 +124,7 @@ impl Aggregator for NormClip {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lazyavg_proto::chunks::encode_values as le;
     use crate::screen::squared_distance;
 
     fn norm(values: &[f32]) -> f64 {
@@ -139,7 +142,8 @@ mod tests {
         for (id, samples, values) in contributions {
             for offset in (0..start.len()).step_by(chunk) {
                 let range = offset..(offset + chunk).min(start.len());
-                let (values, start) = (&values[range.clone()], &start[range.clone()]);
+                let bytes = le(&values[range.clone()]);
+                let (values, start) = (Values::new(&bytes), &start[range.clone()]);
                 rule.add(*id, *samples, range, values, start, squared_distance(values, start));
             }
         }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
+use lazyavg_proto::chunks::Values;
+
 use super::Aggregator;
 use crate::round::WorkerId;
 
@@ -46,7 +48,7 @@ impl<R: UpdateRule> Aggregator for Whole<R> {
         worker: WorkerId,
         _samples: u64,
         range: Range<usize>,
-        values: &[f32],
+        values: Values<'_>,
         _start: &[f32],
         _squared: f64,
     ) {
@@ -57,7 +59,7 @@ impl<R: UpdateRule> Aggregator for Whole<R> {
             buffer.resize(*len, 0.0);
             buffer
         });
-        buffer[range].copy_from_slice(values);
+        values.decode_into(&mut buffer[range]);
     }
 
     fn forget(&mut self, worker: WorkerId) -> bool {
@@ -87,16 +89,17 @@ impl<R: UpdateRule> Aggregator for Whole<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lazyavg_proto::chunks::encode_values as le;
     use crate::aggregate::{Coordinatewise, Median};
 
     #[test]
     fn only_the_named_contributors_count_and_a_forgotten_one_is_gone() {
         let mut median = Whole::new(Coordinatewise::new(Median));
         median.reset(&[0.0; 2]);
-        median.add(1, 5, 0..2, &[1.0, 10.0], &[0.0; 2], 0.0);
-        median.add(2, 5, 0..1, &[3.0], &[0.0], 0.0);
-        median.add(2, 5, 1..2, &[30.0], &[0.0], 0.0);
-        median.add(3, 5, 0..2, &[1e9, 1e9], &[0.0; 2], 0.0);
+        median.add(1, 5, 0..2, Values::new(&le(&[1.0, 10.0])), &[0.0; 2], 0.0);
+        median.add(2, 5, 0..1, Values::new(&le(&[3.0])), &[0.0], 0.0);
+        median.add(2, 5, 1..2, Values::new(&le(&[30.0])), &[0.0], 0.0);
+        median.add(3, 5, 0..2, Values::new(&le(&[1e9, 1e9])), &[0.0; 2], 0.0);
         assert!(median.forget(3));
         let mut out = [0.0; 2];
         median.finish(&[0.0, 0.0], &[(1, 5), (2, 5), (3, 5)], &mut out);
@@ -109,9 +112,9 @@ mod tests {
         let mut median = Whole::new(Coordinatewise::new(Median));
         for round in 0..2 {
             median.reset(&start);
-            median.add(1, 1, 0..2, &[1.5, -2.0], &start, 0.0);
-            median.add(2, 1, 0..2, &[0.5, -4.0], &start, 0.0);
-            median.add(3, 1, 0..2, &[1.0, -3.5], &start, 0.0);
+            median.add(1, 1, 0..2, Values::new(&le(&[1.5, -2.0])), &start, 0.0);
+            median.add(2, 1, 0..2, Values::new(&le(&[0.5, -4.0])), &start, 0.0);
+            median.add(3, 1, 0..2, Values::new(&le(&[1.0, -3.5])), &start, 0.0);
             let mut out = [0.0; 2];
             median.finish(&start, &[(1, 1), (2, 1), (3, 1)], &mut out);
             assert_eq!(out, [1.0, -3.5], "round {round}");
