@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
 
@@ -41,16 +41,32 @@ impl From<Chunk> for pb::WeightsChunk {
 /// f32 values per full chunk.
 pub const VALUES_PER_CHUNK: usize = MAX_CHUNK_BYTES / 4;
 
-/// The chunks that carry `params` for `epoch` and `round`.
-pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<Item = Chunk> + '_ {
-    let total = params.len() as u64;
-    params.chunks(VALUES_PER_CHUNK).enumerate().map(move |(i, values)| Chunk {
+/// The chunks that carry `params` for `epoch` and `round`: the buffer
+/// encoded once, each chunk a slice of it.
+pub fn weight_chunks(epoch: u64, round: u64, params: &[f32]) -> impl Iterator<Item = Chunk> {
+    encoded_chunks(epoch, round, encode_values(params))
+}
+
+/// The chunks that carry weights already encoded as little-endian f32
+/// bytes: slices of `encoded`, not copies.
+pub fn encoded_chunks(epoch: u64, round: u64, encoded: Bytes) -> impl Iterator<Item = Chunk> {
+    let total = (encoded.len() / 4) as u64;
+    (0..encoded.len()).step_by(MAX_CHUNK_BYTES).map(move |start| Chunk {
         epoch,
         round,
-        offset: (i * VALUES_PER_CHUNK) as u64,
+        offset: (start / 4) as u64,
         total,
-        data: encode_values(values),
+        data: encoded.slice(start..(start + MAX_CHUNK_BYTES).min(encoded.len())),
     })
+}
+
+/// Encodes `values` as little-endian f32 bytes into `buffer`, reusing its
+/// allocation (only bytes it never held are zeroed first).
+pub fn encode_into(values: &[f32], buffer: &mut BytesMut) {
+    buffer.resize(values.len() * 4, 0);
+    for (bytes, v) in buffer.as_chunks_mut::<4>().0.iter_mut().zip(values) {
+        *bytes = v.to_le_bytes();
+    }
 }
 
 /// Little-endian f32 bytes, collected straight into one buffer (no zeroing
@@ -101,6 +117,11 @@ impl<'a> Values<'a> {
             values
         });
         (blocks, Values { bytes: rest })
+    }
+
+    /// The values at positions `range`.
+    pub fn get(&self, range: Range<usize>) -> Values<'a> {
+        Values { bytes: &self.bytes[range.start * 4..range.end * 4] }
     }
 
     /// Writes the values into `dst` (as long as they are).
@@ -220,6 +241,25 @@ mod tests {
             let read: Vec<f32> = blocks.flatten().chain(tail.iter()).collect();
             assert_eq!(read, original, "{len} values");
             assert_eq!(tail.len(), len % 16);
+        }
+    }
+
+    #[test]
+    fn values_encoded_into_a_reused_buffer_read_back_and_slice_into_chunks() {
+        let mut buffer = BytesMut::new();
+        for len in [VALUES_PER_CHUNK + 5, 3] {
+            let original: Vec<f32> = (0..len).map(|i| i as f32 * -0.5).collect();
+            encode_into(&original, &mut buffer);
+            let encoded = std::mem::take(&mut buffer).freeze();
+            let values = Values::new(&encoded);
+            assert_eq!(values.get(1..3).iter().collect::<Vec<_>>(), original[1..3]);
+            let chunks: Vec<Chunk> = encoded_chunks(4, 2, encoded.clone()).collect();
+            assert_eq!(chunks.len(), len.div_ceil(VALUES_PER_CHUNK));
+            assert!(chunks.last().is_some_and(Chunk::is_last));
+            let read: Vec<f32> = chunks.iter().flat_map(|c| Values::new(&c.data).iter().collect::<Vec<_>>()).collect();
+            assert_eq!(read, original);
+            drop(chunks);
+            buffer = encoded.try_into_mut().expect("the chunks were the only other owners");
         }
     }
 

@@ -14,12 +14,13 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use bytes::Bytes;
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::matching::ContributionAligner;
 use lazyavg_common::params::first_non_finite;
 use lazyavg_common::train::{Progress, Trainer};
-use lazyavg_proto::chunks::{decode_into, decode_values};
+use lazyavg_proto::chunks::{Values, decode_into, decode_values, encode_into};
 use lazyavg_proto::convert::decode_indices;
 use lazyavg_proto::{ProtoError, pb};
 use tracing::debug;
@@ -33,10 +34,11 @@ pub struct Replica {
     epochs: usize,
     epoch: u64,
     shard: Vec<u32>,
-    /// The weights as last sent (valid while `awaiting` is set). Shared
-    /// with the session, which encodes them for the coordinator while this
-    /// replica already trains on.
-    sent: Arc<Vec<f32>>,
+    /// The weights as last sent, encoded once as the little-endian bytes
+    /// that go on the wire (valid while `awaiting` is set). The session
+    /// sends slices of them while this replica already trains on; their
+    /// allocation is reused once the session has let go of them.
+    sent: Bytes,
     /// Minibatches trained since sending `sent`, while its average is awaited.
     awaiting: Option<usize>,
     slot: Arc<AverageSlot>,
@@ -103,15 +105,15 @@ impl AverageSlot {
 
 /// `w ← avg + (w − sent)`: the average, plus what this replica trained since
 /// it sent `sent`.
-pub fn correct(w: &mut [f32], average: impl IntoIterator<Item = f32>, sent: &[f32]) {
-    for ((w, avg), &sent) in w.iter_mut().zip(average).zip(sent) {
+pub fn correct(w: &mut [f32], average: impl IntoIterator<Item = f32>, sent: Values<'_>) {
+    for ((w, avg), sent) in w.iter_mut().zip(average).zip(sent.iter()) {
         *w = avg + (*w - sent);
     }
 }
 
 /// Applies a whole average to `params`: a correction when one is awaited
 /// (`awaiting`, taken) and a step was trained since sending, else a copy.
-fn apply(params: &mut [f32], average: &[f32], sent: &[f32], awaiting: &mut Option<usize>) -> Applied {
+fn apply(params: &mut [f32], average: &[f32], sent: Values<'_>, awaiting: &mut Option<usize>) -> Applied {
     match awaiting.take() {
         Some(steps) if steps > 0 => {
             correct(params, average.iter().copied(), sent);
@@ -136,7 +138,6 @@ impl Replica {
         let aligner = ContributionAligner::for_run(spec.align, &mlp, spec.train.seed, &data, spec.align_images);
         let start = if aligner.is_some() { vec![0.0; mlp.len()] } else { Vec::new() };
         let params = vec![0.0; mlp.len()];
-        let sent = Arc::new(params.clone());
         let trainer = Trainer::with_params(&spec.train, mlp, params)?;
         Ok(Replica {
             trainer,
@@ -144,7 +145,7 @@ impl Replica {
             epochs: spec.epochs,
             epoch: 0,
             shard: Vec::new(),
-            sent,
+            sent: Bytes::new(),
             awaiting: None,
             slot: Arc::default(),
             aligner,
@@ -189,13 +190,16 @@ impl Replica {
         Arc::clone(&self.slot)
     }
 
-    /// Takes a snapshot of the weights to send: their average will be
-    /// applied as a correction of whatever is trained until it comes. The
-    /// buffer is reused once the previous snapshot has been sent.
-    pub fn snapshot_to_send(&mut self) -> Arc<Vec<f32>> {
-        Arc::make_mut(&mut self.sent).copy_from_slice(self.trainer.params());
+    /// Takes a snapshot of the weights to send, encoded for the wire: their
+    /// average will be applied as a correction of whatever is trained until
+    /// it comes. The buffer is reused once the previous snapshot has been
+    /// sent (else a new one is allocated).
+    pub fn snapshot_to_send(&mut self) -> Bytes {
+        let mut buffer = std::mem::take(&mut self.sent).try_into_mut().unwrap_or_default();
+        encode_into(self.trainer.params(), &mut buffer);
+        self.sent = buffer.freeze();
         self.awaiting = Some(0);
-        Arc::clone(&self.sent)
+        self.sent.clone()
     }
 
     /// Whether the average of the weights last sent is still to be applied.
@@ -210,7 +214,7 @@ impl Replica {
     pub fn receive(&mut self, range: Range<usize>, data: &[u8], correction: bool) {
         let params = &mut self.trainer.params_mut()[range.clone()];
         match self.awaiting {
-            Some(steps) if correction && steps > 0 => correct(params, decode_values(data), &self.sent[range]),
+            Some(steps) if correction && steps > 0 => correct(params, decode_values(data), Values::new(&self.sent).get(range)),
             _ => decode_into(params, data),
         }
     }
@@ -230,7 +234,7 @@ impl Replica {
         if !correction {
             self.awaiting = None;
         }
-        let applied = apply(self.trainer.params_mut(), average, &self.sent, &mut self.awaiting);
+        let applied = apply(self.trainer.params_mut(), average, Values::new(&self.sent), &mut self.awaiting);
         self.replaced_by(applied);
         applied
     }
@@ -294,7 +298,7 @@ impl Replica {
         let stats = trainer.train_with(data, &shard[from..until], progress, |params| {
             if let Some(average) = slot.take() {
                 let started = Instant::now();
-                apply(params, &average, sent, awaiting);
+                apply(params, &average, Values::new(sent), awaiting);
                 slot.recycle(average);
                 applying += started.elapsed().as_secs_f64();
             }
@@ -353,6 +357,7 @@ mod tests {
     use lazyavg_common::matching::{self, AlignMethod, Permutation};
     use lazyavg_common::rng::StreamRng;
     use lazyavg_common::spec::InputShape;
+    use lazyavg_proto::chunks::encode_values;
     use lazyavg_proto::convert::encode_indices;
     use rand::{RngExt, SeedableRng};
 
@@ -452,7 +457,7 @@ mod tests {
         let sent = [1.0f32, 2.0, -3.0, 0.5];
         let mut w = [1.5f32, 2.0, -2.0, 0.25];
         let average = [0.0f32, 1.0, -1.0, 1.0];
-        correct(&mut w, average, &sent);
+        correct(&mut w, average, Values::new(&encode_values(&sent)));
         assert_eq!(w, [0.5, 1.0, 0.0, 0.75]);
     }
 
@@ -462,13 +467,15 @@ mod tests {
         let average = [-0.0f32, 1.0e-30, f32::MAX, 3.0];
         let sent = [5.0f32, -1.0, 2.0, 7.0];
         let mut w = sent;
+        let encoded = encode_values(&sent);
+        let sent = Values::new(&encoded);
         let mut awaiting = Some(0);
-        assert_eq!(apply(&mut w, &average, &sent, &mut awaiting), Applied::Replaced);
+        assert_eq!(apply(&mut w, &average, sent, &mut awaiting), Applied::Replaced);
         assert!(w.iter().zip(&average).all(|(a, b)| a.to_bits() == b.to_bits()), "{w:?}");
         assert_eq!(awaiting, None, "the awaited average was applied");
         // Not awaited (another round's average): a copy even after steps.
         let mut w = [9.0f32; 4];
-        assert_eq!(apply(&mut w, &average, &sent, &mut None), Applied::Replaced);
+        assert_eq!(apply(&mut w, &average, sent, &mut None), Applied::Replaced);
         assert_eq!(w.map(f32::to_bits), average.map(f32::to_bits));
     }
 
@@ -479,14 +486,16 @@ mod tests {
         let average: Vec<f32> = (0..10).map(|i| 1.0 - i as f32 * 0.5).collect();
         let expected: Vec<f32> = average.iter().map(|a| a + 0.125).collect();
 
+        let encoded = encode_values(&sent);
+        let sent = Values::new(&encoded);
         let mut whole = trained.clone();
-        let applied = apply(&mut whole, &average, &sent, &mut Some(3));
+        let applied = apply(&mut whole, &average, sent, &mut Some(3));
         assert_eq!((applied, &whole), (Applied::Corrected { steps: 3 }, &expected));
 
         let bytes: Vec<u8> = average.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut chunked = trained.clone();
         for (range, data) in [(0..4, &bytes[..16]), (4..10, &bytes[16..])] {
-            correct(&mut chunked[range.clone()], decode_values(data), &sent[range]);
+            correct(&mut chunked[range.clone()], decode_values(data), sent.get(range));
         }
         assert_eq!(chunked, expected);
     }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
-use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, weight_chunks};
+use bytes::Bytes;
+use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, encoded_chunks};
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{ProtoError, pb};
@@ -101,7 +102,7 @@ struct Trained {
 #[derive(Debug)]
 struct Chained {
     trained: Trained,
-    weights: Arc<Vec<f32>>,
+    weights: Bytes,
 }
 
 /// A command that waits until the pull in progress is answered.
@@ -312,7 +313,7 @@ impl Session {
         self.account(&trained.report);
         self.pulls_chained += 1;
         self.sent = Some((trained.pull.epoch, trained.pull.round));
-        self.send_weights(trained, &weights).await
+        self.send_weights(trained, weights).await
     }
 
     /// Adds a trained pull to the session's training time and span.
@@ -368,16 +369,16 @@ impl Session {
             }
         }
         match outgoing {
-            Some((trained, weights)) => self.send_weights(trained, &weights).await,
+            Some((trained, weights)) => self.send_weights(trained, weights).await,
             None => Ok(()),
         }
     }
 
     /// Sends the report and the weights of a trained pull.
-    async fn send_weights(&self, trained: Trained, weights: &[f32]) -> Result<()> {
+    async fn send_weights(&self, trained: Trained, weights: Bytes) -> Result<()> {
         let Trained { pull, report } = trained;
         send(&self.outbox, Reply::Report(report)).await?;
-        for chunk in weight_chunks(pull.epoch, pull.round, weights) {
+        for chunk in encoded_chunks(pull.epoch, pull.round, weights) {
             send(&self.outbox, Reply::Weights(chunk.into())).await?;
         }
         Ok(())
