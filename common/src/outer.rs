@@ -80,18 +80,20 @@ impl OuterOptimizer {
         self.velocity = velocity;
     }
 
-    /// Moves `params`, the weights before the round, given the round's `average`.
-    pub fn step(&mut self, params: &mut [f32], average: &[f32]) {
+    /// Moves `params`, the weights before the round, given the round's
+    /// `average`. The plain average takes the average's buffer (a swap, not
+    /// a copy of the model), leaving `average` as scratch for the next round.
+    pub fn step(&mut self, params: &mut Vec<f32>, average: &mut Vec<f32>) {
         let OuterSettings { rule, lr, momentum: mu } = self.settings;
         if rule == OuterRule::Avg {
-            params.copy_from_slice(average);
+            std::mem::swap(params, average);
             return;
         }
         if self.velocity.len() != params.len() {
             self.velocity = vec![0.0; params.len()];
         }
         let nesterov = rule == OuterRule::Nesterov;
-        for ((w, &avg), v) in params.iter_mut().zip(average).zip(self.velocity.iter_mut()) {
+        for ((w, &avg), v) in params.iter_mut().zip(average.iter()).zip(self.velocity.iter_mut()) {
             let delta = *w - avg;
             *v = mu * *v + delta;
             *w -= lr * if nesterov { delta + mu * *v } else { *v };
@@ -107,7 +109,7 @@ mod tests {
     fn avg_is_exactly_the_average() {
         let mut outer = OuterOptimizer::new(OuterSettings::new(OuterRule::Avg, 0.7, 0.9).unwrap());
         let mut w = vec![1.0, 2.0];
-        outer.step(&mut w, &[0.1, 0.3]);
+        outer.step(&mut w, &mut vec![0.1, 0.3]);
         assert_eq!(w, vec![0.1, 0.3]);
     }
 
@@ -115,7 +117,7 @@ mod tests {
     fn sgd_with_lr_one_and_no_momentum_is_the_average() {
         let mut outer = OuterOptimizer::new(OuterSettings::new(OuterRule::Sgd, 1.0, 0.0).unwrap());
         let mut w = vec![1.0, 2.0];
-        outer.step(&mut w, &[0.5, 1.5]);
+        outer.step(&mut w, &mut vec![0.5, 1.5]);
         assert_eq!(w, vec![0.5, 1.5]);
     }
 
@@ -123,9 +125,9 @@ mod tests {
     fn nesterov_accumulates_momentum_across_rounds() {
         let mut outer = OuterOptimizer::new(OuterSettings::new(OuterRule::Nesterov, 0.5, 0.5).unwrap());
         let mut w = vec![1.0];
-        outer.step(&mut w, &[0.0]); // Δ = 1, v = 1, w = 1 − 0.5·(1 + 0.5) = 0.25
+        outer.step(&mut w, &mut vec![0.0]); // Δ = 1, v = 1, w = 1 − 0.5·(1 + 0.5) = 0.25
         assert!((w[0] - 0.25).abs() < 1e-7, "{w:?}");
-        outer.step(&mut w, &[0.25]); // Δ = 0, v = 0.5, w = 0.25 − 0.5·0.25 = 0.125
+        outer.step(&mut w, &mut vec![0.25]); // Δ = 0, v = 0.5, w = 0.25 − 0.5·0.25 = 0.125
         assert!((w[0] - 0.125).abs() < 1e-7, "{w:?}");
     }
 

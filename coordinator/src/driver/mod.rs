@@ -100,7 +100,8 @@ pub struct Driver {
     /// `params` as weight chunks, made once per version: every worker sent
     /// them shares one copy, however many attach or lag.
     params_chunks: Option<Vec<Chunk>>,
-    /// The last round's combined weights, before the outer step.
+    /// Where a round writes its combined weights, for the outer step (which
+    /// may swap it with `params`: its contents between rounds mean nothing).
     average: Vec<f32>,
     outer: OuterOptimizer,
     /// Epoch and round the current parameters come from (0, 0 before the first round).

@@ -41,7 +41,7 @@ impl Driver {
         self.collect(&mut open, plan, ahead, head_start).await?;
         let Some(summary) = self.combine(open)? else { return Ok(None) };
         self.screened(&summary);
-        self.outer.step(&mut self.params, &self.average);
+        self.outer.step(&mut self.params, &mut self.average);
         self.params_chunks = None;
         self.drop_lost_ahead(plan, &summary);
         for &(id, _) in &summary.contributors {
