@@ -11,6 +11,7 @@
 //! round only counts, from their reports, whose units moved.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use lazyavg_proto::ProtoError;
 use lazyavg_proto::chunks::{Chunk, ChunkCursor, Values};
@@ -92,23 +93,6 @@ pub struct RoundSummary {
     pub dropped: Vec<WorkerId>,
 }
 
-/// What a finished round leaves to the next: its rule's buffers and the
-/// start's, so that no round allocates a buffer
-/// of the model's size (at 20M parameters a fresh 80 MB start every round
-/// cost a tenth of the coordinator's CPU in page faults; docs/performance.md).
-#[derive(Debug)]
-pub struct RoundBuffers {
-    aggregator: Box<dyn Aggregator>,
-    start: Vec<f32>,
-}
-
-impl From<Box<dyn Aggregator>> for RoundBuffers {
-    /// The buffers of a first round, combining by `aggregator`.
-    fn from(aggregator: Box<dyn Aggregator>) -> Self {
-        RoundBuffers { aggregator, start: Vec::new() }
-    }
-}
-
 /// An open round.
 #[derive(Debug)]
 pub struct Round {
@@ -116,8 +100,9 @@ pub struct Round {
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
     /// The weights every participant started the round from: the origin of
-    /// the updates robust rules compare.
-    start: Vec<f32>,
+    /// the updates robust rules compare. Shared with the driver, which does
+    /// not change them while the round is open: no model-sized copy per round.
+    start: Arc<Vec<f32>>,
     aggregator: Box<dyn Aggregator>,
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
@@ -129,21 +114,20 @@ pub struct Round {
 }
 
 impl Round {
-    /// A round combining contributions with the aggregator of `buffers`,
-    /// reset here (so the buffers a finished round gave back can be reused),
-    /// for workers that all started from `start` (the weights last broadcast).
+    /// A round combining contributions by `aggregator`, reset here (so the
+    /// one a finished round gave back is reused with its buffers: at 20M
+    /// parameters a fresh one each round cost a tenth of the coordinator's
+    /// CPU in page faults; docs/performance.md), for workers that all started
+    /// from `start` (the weights last broadcast).
     pub fn with(
         epoch: u64,
         round: u64,
         participants: &[(WorkerId, u64)],
-        start: &[f32],
-        buffers: RoundBuffers,
+        start: Arc<Vec<f32>>,
+        mut aggregator: Box<dyn Aggregator>,
     ) -> Self {
-        let RoundBuffers { mut aggregator, start: mut own_start } = buffers;
         let len = start.len();
-        aggregator.reset(start);
-        own_start.clear();
-        own_start.extend_from_slice(start);
+        aggregator.reset(&start);
         let parts = participants
             .iter()
             .map(|&(id, weight)| {
@@ -165,7 +149,7 @@ impl Round {
             epoch,
             round,
             parts,
-            start: own_start,
+            start,
             aggregator,
             tainted: false,
             non_finite: Vec::new(),
@@ -316,7 +300,7 @@ impl Round {
     /// buffers for reuse. Call when [`is_complete`](Self::is_complete) (or
     /// at the round's deadline, after excluding the missing workers); only
     /// complete contributions count.
-    pub fn finish(mut self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, RoundBuffers) {
+    pub fn finish(mut self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Box<dyn Aggregator>) {
         // A worker caught mid-transfer has part of its weights in the
         // aggregator: one that cannot forget them (a sum) is spoiled.
         let partial: Vec<WorkerId> =
@@ -358,9 +342,9 @@ impl Round {
         if failure.is_none() {
             aggregator.finish(&start, &done, out);
         }
-        let buffers = RoundBuffers { aggregator, start };
+        drop(start);
         if let Some(err) = failure {
-            return (Err(err), buffers);
+            return (Err(err), aggregator);
         }
         let summary = RoundSummary {
             epoch,
@@ -374,7 +358,7 @@ impl Round {
             updates,
             dropped,
         };
-        (Ok(summary), buffers)
+        (Ok(summary), aggregator)
     }
 }
 
@@ -393,7 +377,7 @@ mod tests {
         /// A round combining contributions by `rule`, for a model of `len`
         /// parameters started from zeros.
         fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-            Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator(false).into())
+            Self::with(epoch, round, participants, Arc::new(vec![0.0; len]), rule.aggregator(false))
         }
     }
 
@@ -528,7 +512,7 @@ mod tests {
         let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
         let rules = [Aggregate::Mean, Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip];
         for (rule, drop) in rules.map(|r| (r, true)).into_iter().chain([(Aggregate::Mean, false)]) {
-            let mut round = Round::with(1, 0, &ids, &start, rule.aggregator(drop).into());
+            let mut round = Round::with(1, 0, &ids, Arc::new(start.to_vec()), rule.aggregator(drop));
             if drop {
                 round = round.dropping_outliers();
             }
@@ -551,16 +535,18 @@ mod tests {
     }
 
     #[test]
-    fn a_round_reuses_the_start_buffer_the_last_one_gave_back() {
-        let start = vec![0.5f32; 1000];
-        let first = Round::with(1, 1, &[(1, 1)], &start, Aggregate::Mean.aggregator(false).into());
-        let buffer = first.start.as_ptr();
-        // Even a round that failed (nobody sent anything) gives its buffers back.
-        let (result, buffers) = first.finish(&mut [0.0; 1000]);
+    fn a_round_shares_its_start_and_lets_go_of_it_when_it_finishes() {
+        let mut start = Arc::new(vec![0.5f32; 1000]);
+        let first = Round::with(1, 1, &[(1, 1)], Arc::clone(&start), Aggregate::Mean.aggregator(false));
+        assert_eq!(Arc::strong_count(&start), 2, "the round holds no copy of its own");
+        // Even a round that failed (nobody sent anything) gives its aggregator back.
+        let (result, aggregator) = first.finish(&mut [0.0; 1000]);
         assert!(result.is_err());
-        let second = Round::with(1, 2, &[(1, 1)], &[0.25; 1000], buffers);
-        assert_eq!(second.start.as_ptr(), buffer);
-        assert_eq!(second.start, [0.25; 1000]);
+        assert!(Arc::get_mut(&mut start).is_some(), "the weights can be stepped in place");
+        let mut second = Round::with(1, 2, &[(1, 1)], start, aggregator);
+        send(&mut second, 1, &[2.0; 1000]).unwrap();
+        let mut out = [0.0; 1000];
+        assert!(second.finish(&mut out).0.is_ok() && out == [2.0; 1000]);
     }
 
     #[test]
@@ -568,10 +554,10 @@ mod tests {
         let start = [1.0f32, -1.0];
         let honest = [[1.1f32, -0.9], [1.12, -0.92], [1.08, -0.88], [1.1, -0.9]];
         let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
-        let mut buffers = Aggregate::NormClip.aggregator(false).into();
+        let mut aggregator = Aggregate::NormClip.aggregator(false);
         let mut out = [0.0; 2];
         for round in 0..2 {
-            let mut open = Round::with(1, round, &ids, &start, buffers);
+            let mut open = Round::with(1, round, &ids, Arc::new(start.to_vec()), aggregator);
             for (id, w) in (1..=4).zip(honest.iter()) {
                 send(&mut open, id, w).unwrap();
             }
@@ -579,7 +565,7 @@ mod tests {
             let fifth = if round == 0 { honest[0] } else { start.map(|w| 100.0 * w) };
             send(&mut open, 5, &fifth).unwrap();
             let (summary, back) = open.finish(&mut out);
-            buffers = back;
+            aggregator = back;
             let summary = summary.unwrap();
             assert!(summary.dropped.is_empty() && summary.contributors.len() == 5);
             let named: Vec<WorkerId> = summary.updates.iter().filter(|u| u.outlier).map(|u| u.worker).collect();

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use lazyavg_common::model_file;
 use lazyavg_common::spec::ModelSpec;
@@ -257,7 +258,7 @@ proptest! {
         rule in prop_oneof![Just(Aggregate::Mean), Just(Aggregate::Median), Just(Aggregate::TrimmedMean), Just(Aggregate::CenteredClip), Just(Aggregate::NormClip)],
     ) {
         let participants: Vec<(WorkerId, u64)> = (1..=3).zip(weights).collect();
-        let mut round = Round::with(EPOCH, ROUND, &participants, &vec![0.0; len], rule.aggregator(false).into());
+        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), rule.aggregator(false));
         // Worker 2's real weights hold a non-finite value when `nan_at` is set.
         let real: Vec<Vec<Chunk>> = (1..=3u64)
             .map(|w| {
@@ -331,7 +332,7 @@ proptest! {
             .zip(&vectors)
             .map(|(&(id, _), v)| (id, weight_chunks(EPOCH, ROUND, v).collect()))
             .collect();
-        let mut round = Round::with(EPOCH, ROUND, &participants, &vec![0.0; len], rule.aggregator(false).into());
+        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), rule.aggregator(false));
         // Each worker's chunks in order; the workers interleaved at random.
         let mut step = 0;
         loop {
@@ -377,7 +378,7 @@ proptest! {
         let mut poisoned = params(len, 2);
         let at = at.index(len);
         poisoned[at] = bad;
-        let mut round = Round::with(EPOCH, ROUND, &participants, &vec![0.0; len], Aggregate::Mean.aggregator(false).into());
+        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), Aggregate::Mean.aggregator(false));
         let mut refused = None;
         for chunk in weight_chunks(EPOCH, ROUND, &poisoned) {
             if let Err(e) = round.accept(2, &chunk) {

@@ -214,7 +214,9 @@ impl Replica {
     pub fn receive(&mut self, range: Range<usize>, data: &[u8], correction: bool) {
         let params = &mut self.trainer.params_mut()[range.clone()];
         match self.awaiting {
-            Some(steps) if correction && steps > 0 => correct(params, decode_values(data), Values::new(&self.sent).get(range)),
+            Some(steps) if correction && steps > 0 => {
+                correct(params, decode_values(data), Values::new(&self.sent).get(range))
+            }
             _ => decode_into(params, data),
         }
     }

@@ -14,10 +14,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
-use bytes::Bytes;
 use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, encoded_chunks};
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;

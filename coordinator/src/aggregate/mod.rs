@@ -37,7 +37,15 @@ pub trait Aggregator: fmt::Debug + Send {
     /// that brought them; `start` is the round's start at those positions,
     /// and `squared` is ‖values − start‖², which the round measures for its
     /// screen anyway. Each position of a worker comes once.
-    fn add(&mut self, worker: WorkerId, samples: u64, range: Range<usize>, values: Values<'_>, start: &[f32], squared: f64);
+    fn add(
+        &mut self,
+        worker: WorkerId,
+        samples: u64,
+        range: Range<usize>,
+        values: Values<'_>,
+        start: &[f32],
+        squared: f64,
+    );
 
     /// Drops everything `worker` added. Returns false when that cannot be
     /// undone (a running sum): the round is then spoiled if anything was added.

@@ -124,8 +124,8 @@ impl Aggregator for NormClip {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lazyavg_proto::chunks::encode_values as le;
     use crate::screen::squared_distance;
+    use lazyavg_proto::chunks::encode_values as le;
 
     fn norm(values: &[f32]) -> f64 {
         values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt()

@@ -89,8 +89,8 @@ impl<R: UpdateRule> Aggregator for Whole<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lazyavg_proto::chunks::encode_values as le;
     use crate::aggregate::{Coordinatewise, Median};
+    use lazyavg_proto::chunks::encode_values as le;
 
     #[test]
     fn only_the_named_contributors_count_and_a_forgotten_one_is_gone() {

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use self::closing::{ClosingEpoch, close_done};
+use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
 use crate::command::Cmd;
 use crate::config::DriverConfig;
@@ -42,7 +43,7 @@ use crate::ending::Departed;
 use crate::epoch::EpochState;
 use crate::error::{Error, Result};
 use crate::observe::{Observers, RunEvent};
-use crate::round::{RoundBuffers, WorkerId};
+use crate::round::WorkerId;
 use crate::screen::OutlierRecord;
 use crate::service::{Event, Leash};
 
@@ -91,9 +92,12 @@ pub struct Driver {
     mlp: Network,
     test: Arc<Dataset>,
     n_train: usize,
-    params: Vec<f32>,
+    /// The current weights, shared with the open round (its start) and an
+    /// evaluation instead of copied: changed only between rounds, in place
+    /// once those have let go (else copied on write).
+    params: Arc<Vec<f32>>,
     /// The `--aggregate` rule, kept from round to round for its buffers.
-    round_buffers: Option<RoundBuffers>,
+    aggregator: Option<Box<dyn Aggregator>>,
     /// Which workers' updates were far from the others', for warnings and
     /// for naming the likely cause of a divergence.
     outliers: OutlierRecord,
@@ -159,11 +163,11 @@ impl Driver {
             mlp,
             test,
             n_train,
-            round_buffers: None,
+            aggregator: None,
             outliers: OutlierRecord::default(),
             average: vec![0.0; start.params.len()],
             outer,
-            params: start.params,
+            params: Arc::new(start.params),
             params_chunks: None,
             version,
             first_epoch,
@@ -246,7 +250,7 @@ impl Driver {
         if self.config.bench_rounds > 0 {
             self.bench_rounds(self.config.bench_rounds).await?;
             let last = self.evaluate().await;
-            return Ok(RunSummary { epochs: 0, last, params: self.params.clone(), untold: Vec::new() });
+            return Ok(RunSummary { epochs: 0, last, params: self.params.to_vec(), untold: Vec::new() });
         }
         for epoch in self.first_epoch..=self.config.epochs as u64 {
             if let Err(err) = self.run_epoch(epoch).await {
@@ -260,7 +264,7 @@ impl Driver {
             Some(last) => last,
             None => self.evaluate().await,
         };
-        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.clone(), untold: Vec::new() })
+        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.to_vec(), untold: Vec::new() })
     }
 
     /// The next event from the service, taking in an epoch's close that
@@ -286,7 +290,7 @@ impl Driver {
 
     /// Test loss and accuracy of the current average, off the async runtime.
     async fn evaluate(&self) -> Evaluation {
-        let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), self.params.clone());
+        let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), Arc::clone(&self.params));
         tokio::task::spawn_blocking(move || closing::evaluate(&mlp, &test, &params))
             .await
             .expect("evaluation does not panic")

@@ -3,6 +3,7 @@
 //! them, push the average and record it. (`--overlap`'s pulls ahead are in
 //! `overlap`, the outlier screen in `screening`, the pushes in `broadcast`.)
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use lazyavg_common::matching::AlignMethod;
@@ -41,7 +42,7 @@ impl Driver {
         self.collect(&mut open, plan, ahead, head_start).await?;
         let Some(summary) = self.combine(open)? else { return Ok(None) };
         self.screened(&summary);
-        self.outer.step(&mut self.params, &mut self.average);
+        self.outer.step(Arc::make_mut(&mut self.params), &mut self.average);
         self.params_chunks = None;
         self.drop_lost_ahead(plan, &summary);
         for &(id, _) in &summary.contributors {
@@ -60,10 +61,9 @@ impl Driver {
     /// have never answered) first get the current weights, one copy for all.
     fn open_round(&mut self, epoch: u64, round: u64, plan: &[Planned], weights: &[(WorkerId, u64)]) -> Round {
         let drop_outliers = self.config.drop_outliers;
-        let buffers =
-            self.round_buffers.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers).into());
-        let mut open =
-            Round::with(epoch, round, weights, &self.params, buffers).outliers_at(self.config.outlier_factor);
+        let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers));
+        let mut open = Round::with(epoch, round, weights, Arc::clone(&self.params), aggregator)
+            .outliers_at(self.config.outlier_factor);
         if drop_outliers {
             open = open.dropping_outliers();
         }
@@ -122,8 +122,8 @@ impl Driver {
     fn combine(&mut self, open: Round) -> Result<Option<RoundSummary>> {
         let (epoch, round) = (open.epoch(), open.round());
         let non_finite = open.non_finite().to_vec();
-        let (result, buffers) = open.finish(&mut self.average);
-        self.round_buffers = Some(buffers);
+        let (result, aggregator) = open.finish(&mut self.average);
+        self.aggregator = Some(aggregator);
         match result {
             Ok(summary) => Ok(Some(summary)),
             Err(cause @ RoundError::Diverged { .. }) => Err(self.diverged(cause)),
