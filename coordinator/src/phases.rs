@@ -158,9 +158,10 @@ struct Wiring {
 /// so this bounds what the coordinator holds beyond its own buffers: at
 /// 1024 it held most of a round's contributions of a 20M-parameter model
 /// from 8 workers (docs/performance.md, "Where a round's time and memory
-/// go"). A session whose events wait stops reading its stream, and HTTP/2
-/// flow control makes its worker wait.
-const EVENT_QUEUE: usize = 64;
+/// go"); at 64, 8 workers' chunks of that model still held 110 MB more than
+/// at 16, which rounds as fast within the noise. A session whose events wait
+/// stops reading its stream, and HTTP/2 flow control makes its worker wait.
+const EVENT_QUEUE: usize = 16;
 
 /// Starts the gRPC server on `listener`, and reports it SERVING: from here
 /// on, workers can join.
