@@ -81,9 +81,11 @@ impl OuterOptimizer {
     }
 
     /// Moves `params`, the weights before the round, given the round's
-    /// `average`. The plain average takes the average's buffer (a swap, not
-    /// a copy of the model), leaving `average` as scratch for the next round.
+    /// `average` (as long). The plain average takes the average's buffer (a
+    /// swap, not a copy of the model), leaving the old weights in `average`,
+    /// scratch for the next round; the other rules leave `average` as it is.
     pub fn step(&mut self, params: &mut Vec<f32>, average: &mut Vec<f32>) {
+        debug_assert_eq!(params.len(), average.len(), "the weights and their average");
         let OuterSettings { rule, lr, momentum: mu } = self.settings;
         if rule == OuterRule::Avg {
             std::mem::swap(params, average);

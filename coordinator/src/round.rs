@@ -244,16 +244,17 @@ impl Round {
         let range = part.cursor.advance(chunk)?;
         let values = Values::new(&chunk.data);
         // One pass over the chunk's bytes measures the update and checks
-        // every value (the distance is finite exactly when they all are).
+        // every value: from a finite start the distance is finite exactly
+        // when they all are, so only then are they searched. (A start that
+        // overflowed makes every distance infinite, not the values bad.)
         // Under --align the worker matched its weights to this same start.
         let squared = screen::squared_distance(values, &self.start[range.clone()]);
-        if !squared.is_finite() {
+        if let Some(bad) = values.first_non_finite().filter(|_| !squared.is_finite()) {
             let previous = part.state;
             part.state = State::Excluded;
             self.non_finite.push(worker);
             self.forget(worker, previous);
-            let index = range.start + values.first_non_finite().unwrap_or(0);
-            return Err(RoundError::NonFinite { worker, index });
+            return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
         part.update_sq += squared;
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
@@ -532,6 +533,17 @@ mod tests {
                 assert!(summary.dropped.is_empty() && out[0] > 10.0, "the plain mean follows it: {out:?}");
             }
         }
+    }
+
+    #[test]
+    fn finite_values_are_taken_even_from_a_start_that_overflowed() {
+        let start = Arc::new(vec![f32::INFINITY, 1.0]);
+        let mut round = Round::with(1, 0, &[(1, 1), (2, 1)], start, Aggregate::Mean.aggregator(false));
+        send(&mut round, 1, &[1.0, 2.0]).unwrap();
+        assert_eq!(send(&mut round, 2, &[3.0, f32::NAN]), Err(RoundError::NonFinite { worker: 2, index: 1 }));
+        let mut out = [0.0; 2];
+        let summary = round.finish(&mut out).0.unwrap();
+        assert_eq!((summary.contributors, out), (vec![(1, 1)], [1.0, 2.0]));
     }
 
     #[test]

@@ -47,14 +47,15 @@ pub fn relative(norms: &[(WorkerId, f64)], factor: f64) -> Vec<UpdateNorm> {
 }
 
 /// Sum of squared differences of `values` from `start`, in f64: one chunk's
-/// share of a squared update norm, read straight from the chunk's bytes.
-/// It is finite exactly when every value is (the start always is, and no
-/// square of a difference of two finite f32 overflows f64), which makes it
-/// the round's finiteness check too. Summed in [`LANES`] partial sums, which
+/// share of a squared update norm, read straight from the chunk's bytes
+/// (as many as `start` holds). From a finite start it is finite exactly
+/// when every value is (no square of a difference of two finite f32
+/// overflows f64), which makes it the round's finiteness check too. Summed in [`LANES`] partial sums, which
 /// the compiler keeps in vector registers: one running sum is a chain of
 /// dependent additions that cannot be vectorised, and cost more than the
 /// average itself (docs/performance.md, "Where a round's time and memory go").
 pub fn squared_distance(values: Values<'_>, start: &[f32]) -> f64 {
+    debug_assert_eq!(values.len(), start.len(), "a chunk's values and their start");
     let (blocks, tail) = values.blocks::<LANES>();
     let (s_lanes, s_tail) = start.as_chunks::<LANES>();
     let mut sums = [0.0f64; LANES];

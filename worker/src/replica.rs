@@ -106,6 +106,7 @@ impl AverageSlot {
 /// `w ← avg + (w − sent)`: the average, plus what this replica trained since
 /// it sent `sent`.
 pub fn correct(w: &mut [f32], average: impl IntoIterator<Item = f32>, sent: Values<'_>) {
+    debug_assert_eq!(w.len(), sent.len(), "a correction needs the weights sent at every position");
     for ((w, avg), sent) in w.iter_mut().zip(average).zip(sent.iter()) {
         *w = avg + (*w - sent);
     }
@@ -382,6 +383,29 @@ mod tests {
         assert!(err.contains("model expects 1x2x2 inputs, the data has 3x2x2 images"), "{err}");
         let err = refusal(grey, 7).expect("a label beyond the outputs is refused");
         assert!(err.contains("model has 5 outputs, the data's labels go up to 7"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_reuses_its_buffer_once_the_session_lets_go_of_the_last_one() {
+        let grey = InputShape { channels: 1, height: 2, width: 2 };
+        let model = lazyavg_common::spec::ModelSpec::mlp(grey, &[3], 5);
+        let spec =
+            RunSpec { model, train: TrainConfig::default(), epochs: 1, align: AlignMethod::None, align_images: 0 };
+        let images = Images { count: 1, shape: grey, pixels: vec![0; grey.len()] };
+        let mut replica = Replica::new(&spec, Arc::new(Dataset::new(images, vec![0], "toy").unwrap())).unwrap();
+        let weights: Vec<f32> = (0..replica.params().len()).map(|i| i as f32 * 0.5).collect();
+        replica.apply(&weights, false);
+        let decoded = |bytes: &Bytes| Values::new(bytes).iter().collect::<Vec<_>>();
+        let first = replica.snapshot_to_send();
+        assert_eq!(decoded(&first), weights);
+        let second = replica.snapshot_to_send();
+        assert_ne!(second.as_ptr(), first.as_ptr(), "the session still holds the first: a new buffer");
+        drop(first);
+        let buffer = second.as_ptr();
+        drop(second);
+        let third = replica.snapshot_to_send();
+        assert_eq!(third.as_ptr(), buffer, "let go of: the same buffer again");
+        assert_eq!(decoded(&third), weights);
     }
 
     /// `--align weights` on a replica trained from a reordering of the

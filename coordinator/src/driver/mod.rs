@@ -92,9 +92,9 @@ pub struct Driver {
     mlp: Network,
     test: Arc<Dataset>,
     n_train: usize,
-    /// The current weights, shared with the open round (its start) and an
-    /// evaluation instead of copied: changed only between rounds, in place
-    /// once those have let go (else copied on write).
+    /// The current weights, shared with the open round (its start) and
+    /// [`Driver::evaluate`] instead of copied: changed only between rounds,
+    /// in place once those have let go (else copied on write).
     params: Arc<Vec<f32>>,
     /// The `--aggregate` rule, kept from round to round for its buffers.
     aggregator: Option<Box<dyn Aggregator>>,
