@@ -249,7 +249,7 @@ impl Round {
         // overflowed makes every distance infinite, not the values bad.)
         // Under --align the worker matched its weights to this same start.
         let squared = screen::squared_distance(values, &self.start[range.clone()]);
-        if let Some(bad) = values.first_non_finite().filter(|_| !squared.is_finite()) {
+        if let Some(bad) = (!squared.is_finite()).then(|| values.first_non_finite()).flatten() {
             let previous = part.state;
             part.state = State::Excluded;
             self.non_finite.push(worker);
