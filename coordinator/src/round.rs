@@ -1,9 +1,12 @@
 //! One averaging round as a state machine: who is expected, what has arrived,
 //! and how the contributions are combined. Pure: no I/O, no clock.
 //!
-//! Each chunk is decoded once and handed to the round's [`Aggregator`]
+//! Each chunk is read in place and handed to the round's [`Aggregator`]
 //! (`--aggregate`, see [`crate::aggregate`]); with the default mean that is
-//! ONE running f64 sum, O(model) memory whatever the number of workers. Each
+//! ONE running f64 sum, O(model) memory whatever the number of workers, and
+//! only over the positions some but not all workers have sent: the round
+//! tells the aggregator how far every worker still in it has come, and the
+//! mean writes those positions into the average at once. Each
 //! worker's weight is the number of samples the coordinator's own shard table
 //! says it trained this round, never what the worker claims.
 //! Under `--align` the workers match their own contributions to the round's
@@ -93,6 +96,22 @@ pub struct RoundSummary {
     pub dropped: Vec<WorkerId>,
 }
 
+/// The rule a round combines by and the buffer it writes the result into,
+/// handed from each round to the next with their memory.
+#[derive(Debug)]
+pub struct Combiner {
+    pub aggregator: Box<dyn Aggregator>,
+    /// The last finished round's result (written as the round goes, where
+    /// the rule can).
+    pub average: Vec<f32>,
+}
+
+impl From<Box<dyn Aggregator>> for Combiner {
+    fn from(aggregator: Box<dyn Aggregator>) -> Self {
+        Combiner { aggregator, average: Vec::new() }
+    }
+}
+
 /// An open round.
 #[derive(Debug)]
 pub struct Round {
@@ -103,7 +122,7 @@ pub struct Round {
     /// the updates robust rules compare. Shared with the driver, which does
     /// not change them while the round is open: no model-sized copy per round.
     start: Arc<Vec<f32>>,
-    aggregator: Box<dyn Aggregator>,
+    combiner: Combiner,
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
     non_finite: Vec<WorkerId>,
@@ -114,7 +133,7 @@ pub struct Round {
 }
 
 impl Round {
-    /// A round combining contributions by `aggregator`, reset here (so the
+    /// A round combining contributions by `combiner`, reset here (so the
     /// one a finished round gave back is reused with its buffers: at 20M
     /// parameters a fresh one each round cost a tenth of the coordinator's
     /// CPU in page faults; docs/performance.md), for workers that all started
@@ -124,10 +143,11 @@ impl Round {
         round: u64,
         participants: &[(WorkerId, u64)],
         start: Arc<Vec<f32>>,
-        mut aggregator: Box<dyn Aggregator>,
+        mut combiner: Combiner,
     ) -> Self {
         let len = start.len();
-        aggregator.reset(&start);
+        combiner.aggregator.reset(&start);
+        combiner.average.resize(len, 0.0);
         let parts = participants
             .iter()
             .map(|&(id, weight)| {
@@ -150,7 +170,7 @@ impl Round {
             round,
             parts,
             start,
-            aggregator,
+            combiner,
             tainted: false,
             non_finite: Vec::new(),
             outlier_factor: screen::DEFAULT_OUTLIER_FACTOR,
@@ -259,8 +279,24 @@ impl Round {
         part.update_sq += squared;
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
         let samples = part.weight;
-        self.aggregator.add(worker, samples, range.clone(), values, &self.start[range], squared);
+        self.combiner.aggregator.add(worker, samples, range.clone(), values, &self.start[range], squared);
+        self.settle();
         Ok(())
+    }
+
+    /// Tells the aggregator how far every worker still in the round has
+    /// sent (its weights come in order), and their samples: positions no
+    /// later contribution can change. A worker that leaves after all spoils
+    /// the round (its part cannot be taken out of the sum), so what the
+    /// aggregator finished early stands exactly when the round does.
+    fn settle(&mut self) {
+        if self.tainted {
+            return;
+        }
+        let in_round = || self.parts.values().filter(|p| p.state != State::Excluded);
+        let Some(upto) = in_round().map(|p| p.cursor.received()).min() else { return };
+        let samples = in_round().map(|p| p.weight).sum();
+        self.combiner.aggregator.settle(upto, samples, &mut self.combiner.average);
     }
 
     /// Drops what a worker contributed, its state having been `previous`.
@@ -268,7 +304,7 @@ impl Round {
     /// running sum) is spoiled by it.
     fn forget(&mut self, worker: WorkerId, previous: State) {
         let added = matches!(previous, State::Complete | State::Receiving);
-        if !self.aggregator.forget(worker) {
+        if !self.combiner.aggregator.forget(worker) {
             self.tainted |= added;
         }
     }
@@ -283,6 +319,8 @@ impl Round {
         if previous != State::Excluded {
             part.state = State::Excluded;
             self.forget(worker, previous);
+            // The others' positions may now be all there is.
+            self.settle();
         }
     }
 
@@ -297,11 +335,11 @@ impl Round {
         self.parts.values().all(|p| matches!(p.state, State::Complete | State::Excluded))
     }
 
-    /// Writes the combined weights into `out` and returns the summary and the
-    /// buffers for reuse. Call when [`is_complete`](Self::is_complete) (or
-    /// at the round's deadline, after excluding the missing workers); only
-    /// complete contributions count.
-    pub fn finish(mut self, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Box<dyn Aggregator>) {
+    /// Combines the contributions into the combiner's `average` and returns
+    /// the summary and the combiner, for reuse. Call when
+    /// [`is_complete`](Self::is_complete) (or at the round's deadline, after
+    /// excluding the missing workers); only complete contributions count.
+    pub fn finish(mut self) -> (Result<RoundSummary, RoundError>, Combiner) {
         // A worker caught mid-transfer has part of its weights in the
         // aggregator: one that cannot forget them (a sum) is spoiled.
         let partial: Vec<WorkerId> =
@@ -326,7 +364,7 @@ impl Round {
                 dropped.push(outlier.worker);
             }
         }
-        let Round { epoch, round, parts, start, mut aggregator, tainted, non_finite, .. } = self;
+        let Round { epoch, round, parts, start, mut combiner, tainted, non_finite, .. } = self;
         let done: Vec<(WorkerId, u64)> =
             parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
@@ -341,11 +379,11 @@ impl Round {
             None
         };
         if failure.is_none() {
-            aggregator.finish(&start, &done, out);
+            combiner.aggregator.finish(&start, &done, &mut combiner.average);
         }
         drop(start);
         if let Some(err) = failure {
-            return (Err(err), aggregator);
+            return (Err(err), combiner);
         }
         let summary = RoundSummary {
             epoch,
@@ -359,7 +397,7 @@ impl Round {
             updates,
             dropped,
         };
-        (Ok(summary), aggregator)
+        (Ok(summary), combiner)
     }
 }
 
@@ -378,8 +416,18 @@ mod tests {
         /// A round combining contributions by `rule`, for a model of `len`
         /// parameters started from zeros.
         fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-            Self::with(epoch, round, participants, Arc::new(vec![0.0; len]), rule.aggregator(false))
+            Self::with(epoch, round, participants, Arc::new(vec![0.0; len]), rule.aggregator(false).into())
         }
+    }
+
+    /// Finishes `round`, copying its average into `out` (the driver takes
+    /// the combiner's buffer instead).
+    fn finish_into(round: Round, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Combiner) {
+        let (result, combiner) = round.finish();
+        if result.is_ok() {
+            out.copy_from_slice(&combiner.average);
+        }
+        (result, combiner)
     }
 
     fn send(round: &mut Round, worker: WorkerId, params: &[f32]) -> Result<(), RoundError> {
@@ -398,7 +446,7 @@ mod tests {
         send(&mut round, 2, &[5.0, 2.0, 4.0]).unwrap();
         assert!(round.is_complete() && round.has_sent(2));
         let mut avg = [0.0; 3];
-        let summary = round.finish(&mut avg).0.unwrap();
+        let summary = finish_into(round, &mut avg).0.unwrap();
         assert_eq!(avg, [2.0, 2.0, -2.0]);
         assert_eq!(summary.samples, 40);
         assert_eq!(summary.contributors, vec![(1, 30), (2, 10)]);
@@ -413,7 +461,7 @@ mod tests {
             send(&mut round, first.0, first.1).unwrap();
             send(&mut round, second.0, second.1).unwrap();
             let mut out = vec![0.0; 1000];
-            round.finish(&mut out).0.unwrap();
+            finish_into(round, &mut out).0.unwrap();
             out
         };
         assert_eq!(run((1, &a), (2, &b)), run((2, &b), (1, &a)));
@@ -430,7 +478,7 @@ mod tests {
         round.accept(1, &chunk(2, 5)).unwrap();
         assert_eq!(round.accept(1, &chunk(2, 5)), Err(RoundError::Duplicate(1)));
         let mut out = [0.0; 2];
-        assert_eq!(round.finish(&mut out).0.unwrap().samples, 1);
+        assert_eq!(finish_into(round, &mut out).0.unwrap().samples, 1);
         assert_eq!(out, [1.0, 1.0]);
     }
 
@@ -448,7 +496,7 @@ mod tests {
         send(&mut round, 2, &[3.0, 4.0]).unwrap();
         assert!(round.is_complete());
         let mut out = [0.0; 2];
-        let summary = round.finish(&mut out).0.unwrap();
+        let summary = finish_into(round, &mut out).0.unwrap();
         assert_eq!((out, summary.contributors), ([3.0, 4.0], vec![(2, 1)]));
     }
 
@@ -458,10 +506,10 @@ mod tests {
         assert!(send(&mut round, 1, &[f32::INFINITY, 0.0]).is_err());
         assert!(send(&mut round, 2, &[0.0, f32::NAN]).is_err());
         assert!(round.is_complete());
-        assert_eq!(round.finish(&mut [0.0; 2]).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 4 });
+        assert_eq!(finish_into(round, &mut [0.0; 2]).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 4 });
         let mut silent = Round::new(1, 5, &[(1, 1)], 2);
         silent.exclude(1);
-        assert_eq!(silent.finish(&mut [0.0; 2]).0.unwrap_err(), RoundError::Empty { epoch: 1, round: 5 });
+        assert_eq!(finish_into(silent, &mut [0.0; 2]).0.unwrap_err(), RoundError::Empty { epoch: 1, round: 5 });
     }
 
     #[test]
@@ -474,12 +522,12 @@ mod tests {
         send(&mut round, 2, &vec![1.0; len]).unwrap();
         assert_eq!(round.non_finite(), [1], "named, so a redo can go on without it");
         let mut out = vec![0.0; len];
-        assert!(matches!(round.finish(&mut out).0, Err(RoundError::Tainted { .. })));
+        assert!(matches!(finish_into(round, &mut out).0, Err(RoundError::Tainted { .. })));
 
         // When no worker is left with usable weights, a redo cannot help.
         let mut round = Round::new(1, 1, &[(1, 1)], len);
         assert!(send(&mut round, 1, &bad).is_err());
-        assert_eq!(round.finish(&mut out).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 1 });
+        assert_eq!(finish_into(round, &mut out).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 1 });
     }
 
     #[test]
@@ -494,7 +542,7 @@ mod tests {
             }
             send(&mut round, 5, &hostile).unwrap();
             let mut out = [0.0; 2];
-            round.finish(&mut out).0.unwrap();
+            finish_into(round, &mut out).0.unwrap();
             // Each coordinate stays within what the honest workers sent.
             assert!((0.8..=1.2).contains(&out[0]) && (-2.2..=-1.8).contains(&out[1]), "{rule:?}: {out:?}");
         }
@@ -502,7 +550,7 @@ mod tests {
         send(&mut mean, 1, &[1.0]).unwrap();
         send(&mut mean, 2, &[1e30]).unwrap();
         let mut out = [0.0];
-        mean.finish(&mut out).0.unwrap();
+        finish_into(mean, &mut out).0.unwrap();
         assert!(out[0] > 1e29, "the plain mean follows the outlier");
     }
 
@@ -513,7 +561,7 @@ mod tests {
         let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
         let rules = [Aggregate::Mean, Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip];
         for (rule, drop) in rules.map(|r| (r, true)).into_iter().chain([(Aggregate::Mean, false)]) {
-            let mut round = Round::with(1, 0, &ids, Arc::new(start.to_vec()), rule.aggregator(drop));
+            let mut round = Round::with(1, 0, &ids, Arc::new(start.to_vec()), rule.aggregator(drop).into());
             if drop {
                 round = round.dropping_outliers();
             }
@@ -522,7 +570,7 @@ mod tests {
             }
             send(&mut round, 5, &start.map(|w| 100.0 * w)).unwrap();
             let mut out = [0.0; 2];
-            let summary = round.finish(&mut out).0.unwrap();
+            let summary = finish_into(round, &mut out).0.unwrap();
             let named: Vec<WorkerId> = summary.updates.iter().filter(|u| u.outlier).map(|u| u.worker).collect();
             assert_eq!(named, [5], "{rule:?}: {:?}", summary.updates);
             if drop {
@@ -538,27 +586,27 @@ mod tests {
     #[test]
     fn finite_values_are_taken_even_from_a_start_that_overflowed() {
         let start = Arc::new(vec![f32::INFINITY, 1.0]);
-        let mut round = Round::with(1, 0, &[(1, 1), (2, 1)], start, Aggregate::Mean.aggregator(false));
+        let mut round = Round::with(1, 0, &[(1, 1), (2, 1)], start, Aggregate::Mean.aggregator(false).into());
         send(&mut round, 1, &[1.0, 2.0]).unwrap();
         assert_eq!(send(&mut round, 2, &[3.0, f32::NAN]), Err(RoundError::NonFinite { worker: 2, index: 1 }));
         let mut out = [0.0; 2];
-        let summary = round.finish(&mut out).0.unwrap();
+        let summary = finish_into(round, &mut out).0.unwrap();
         assert_eq!((summary.contributors, out), (vec![(1, 1)], [1.0, 2.0]));
     }
 
     #[test]
     fn a_round_shares_its_start_and_lets_go_of_it_when_it_finishes() {
         let mut start = Arc::new(vec![0.5f32; 1000]);
-        let first = Round::with(1, 1, &[(1, 1)], Arc::clone(&start), Aggregate::Mean.aggregator(false));
+        let first = Round::with(1, 1, &[(1, 1)], Arc::clone(&start), Aggregate::Mean.aggregator(false).into());
         assert_eq!(Arc::strong_count(&start), 2, "the round holds no copy of its own");
         // Even a round that failed (nobody sent anything) gives its aggregator back.
-        let (result, aggregator) = first.finish(&mut [0.0; 1000]);
+        let (result, aggregator) = finish_into(first, &mut [0.0; 1000]);
         assert!(result.is_err());
         assert!(Arc::get_mut(&mut start).is_some(), "the weights can be stepped in place");
         let mut second = Round::with(1, 2, &[(1, 1)], start, aggregator);
         send(&mut second, 1, &[2.0; 1000]).unwrap();
         let mut out = [0.0; 1000];
-        assert!(second.finish(&mut out).0.is_ok() && out == [2.0; 1000]);
+        assert!(finish_into(second, &mut out).0.is_ok() && out == [2.0; 1000]);
     }
 
     #[test]
@@ -566,7 +614,7 @@ mod tests {
         let start = [1.0f32, -1.0];
         let honest = [[1.1f32, -0.9], [1.12, -0.92], [1.08, -0.88], [1.1, -0.9]];
         let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
-        let mut aggregator = Aggregate::NormClip.aggregator(false);
+        let mut aggregator: Combiner = Aggregate::NormClip.aggregator(false).into();
         let mut out = [0.0; 2];
         for round in 0..2 {
             let mut open = Round::with(1, round, &ids, Arc::new(start.to_vec()), aggregator);
@@ -576,7 +624,7 @@ mod tests {
             // The first round sets the bound, twice its median update norm.
             let fifth = if round == 0 { honest[0] } else { start.map(|w| 100.0 * w) };
             send(&mut open, 5, &fifth).unwrap();
-            let (summary, back) = open.finish(&mut out);
+            let (summary, back) = finish_into(open, &mut out);
             aggregator = back;
             let summary = summary.unwrap();
             assert!(summary.dropped.is_empty() && summary.contributors.len() == 5);
@@ -601,7 +649,7 @@ mod tests {
         send(&mut round, 2, &vec![1.0; len]).unwrap();
         send(&mut round, 3, &vec![3.0; len]).unwrap();
         let mut out = vec![0.0; len];
-        round.finish(&mut out).0.unwrap();
+        finish_into(round, &mut out).0.unwrap();
         assert!(out.iter().all(|&v| v == 2.0));
     }
 
@@ -613,12 +661,12 @@ mod tests {
         assert!(!mean.has_sent(1), "an excluded worker's weights do not count");
         send(&mut mean, 2, &[4.0]).unwrap();
         let mut out = [0.0];
-        assert!(matches!(mean.finish(&mut out).0, Err(RoundError::Tainted { .. })));
+        assert!(matches!(finish_into(mean, &mut out).0, Err(RoundError::Tainted { .. })));
         let mut median = Round::aggregating(1, 0, &[(1, 1), (2, 1)], 1, Aggregate::Median);
         send(&mut median, 1, &[2.0]).unwrap();
         median.exclude(1);
         send(&mut median, 2, &[4.0]).unwrap();
-        let summary = median.finish(&mut out).0.unwrap();
+        let summary = finish_into(median, &mut out).0.unwrap();
         assert_eq!((out, summary.contributors), ([4.0], vec![(2, 1)]));
     }
 
@@ -630,7 +678,7 @@ mod tests {
         round.exclude(2);
         assert!(round.is_complete());
         let mut out = [0.0];
-        round.finish(&mut out).0.unwrap();
+        finish_into(round, &mut out).0.unwrap();
         assert_eq!(out, [2.0]);
     }
 }

@@ -258,7 +258,7 @@ proptest! {
         rule in prop_oneof![Just(Aggregate::Mean), Just(Aggregate::Median), Just(Aggregate::TrimmedMean), Just(Aggregate::CenteredClip), Just(Aggregate::NormClip)],
     ) {
         let participants: Vec<(WorkerId, u64)> = (1..=3).zip(weights).collect();
-        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), rule.aggregator(false));
+        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), rule.aggregator(false).into());
         // Worker 2's real weights hold a non-finite value when `nan_at` is set.
         let real: Vec<Vec<Chunk>> = (1..=3u64)
             .map(|w| {
@@ -299,8 +299,8 @@ proptest! {
             round.exclude(w);
         }
         prop_assert!(round.is_complete());
-        let mut out = vec![f32::NAN; len];
-        let (result, _) = round.finish(&mut out);
+        let (result, combiner) = round.finish();
+        let out = combiner.average;
         if let Ok(summary) = result {
             prop_assert!(summary.samples > 0);
             prop_assert!(summary.contributors.iter().all(|(w, _)| (1..=3).contains(w)));
@@ -332,7 +332,7 @@ proptest! {
             .zip(&vectors)
             .map(|(&(id, _), v)| (id, weight_chunks(EPOCH, ROUND, v).collect()))
             .collect();
-        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), rule.aggregator(false));
+        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), rule.aggregator(false).into());
         // Each worker's chunks in order; the workers interleaved at random.
         let mut step = 0;
         loop {
@@ -349,8 +349,8 @@ proptest! {
             prop_assert!(round.accept(queues[q].0, &chunk).is_err());
         }
         prop_assert!(round.is_complete());
-        let mut out = vec![0.0f32; len];
-        let summary = round.finish(&mut out).0.unwrap();
+        let (summary, combiner) = round.finish();
+        let (summary, out) = (summary.unwrap(), combiner.average);
         let samples: u64 = participants.iter().map(|p| p.1).sum();
         prop_assert_eq!(summary.samples, samples);
         prop_assert_eq!(&summary.contributors, &participants);
@@ -378,7 +378,7 @@ proptest! {
         let mut poisoned = params(len, 2);
         let at = at.index(len);
         poisoned[at] = bad;
-        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), Aggregate::Mean.aggregator(false));
+        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), Aggregate::Mean.aggregator(false).into());
         let mut refused = None;
         for chunk in weight_chunks(EPOCH, ROUND, &poisoned) {
             if let Err(e) = round.accept(2, &chunk) {
@@ -391,8 +391,9 @@ proptest! {
             round.accept(1, &chunk).unwrap();
         }
         prop_assert!(round.is_complete());
-        let mut out = vec![0.0f32; len];
-        match round.finish(&mut out).0 {
+        let (result, combiner) = round.finish();
+        let out = combiner.average;
+        match result {
             Ok(summary) => {
                 prop_assert!(at < VALUES_PER_CHUNK, "only a first-chunk failure leaves the round clean");
                 prop_assert_eq!(summary.contributors, vec![(1, 3)]);

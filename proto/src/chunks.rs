@@ -2,6 +2,7 @@
 //! [`MAX_CHUNK_BYTES`] bytes, checked and reassembled in order.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -58,6 +59,35 @@ pub fn encoded_chunks(epoch: u64, round: u64, encoded: Bytes) -> impl Iterator<I
         total,
         data: encoded.slice(start..(start + MAX_CHUNK_BYTES).min(encoded.len())),
     })
+}
+
+/// The little-endian f32 bytes of `params`, sharing their memory where the
+/// machine is little-endian (its f32 values are those bytes): a model's
+/// encoding costs no copy, and at 20M parameters no second 80 MB buffer for
+/// as long as any send holds it. The bytes keep `params` alive, so whoever
+/// changes them in place (`Arc::make_mut`) while a send still holds them
+/// gets a copy instead. A big-endian machine encodes a copy.
+pub fn shared_values(params: Arc<Vec<f32>>) -> Bytes {
+    #[cfg(target_endian = "little")]
+    {
+        Bytes::from_owner(LittleEndianF32(params))
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        encode_values(&params)
+    }
+}
+
+/// f32 values viewed as their bytes, which on a little-endian machine are
+/// their wire encoding.
+#[cfg(target_endian = "little")]
+struct LittleEndianF32(Arc<Vec<f32>>);
+
+#[cfg(target_endian = "little")]
+impl AsRef<[u8]> for LittleEndianF32 {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(self.0.as_slice())
+    }
 }
 
 /// Encodes `values` as little-endian f32 bytes into `buffer`, reusing its
@@ -210,6 +240,11 @@ impl ChunkCursor {
     pub fn is_complete(&self) -> bool {
         self.next == self.total
     }
+
+    /// How many values have arrived: positions `0..received()`.
+    pub fn received(&self) -> usize {
+        self.next
+    }
 }
 
 #[cfg(test)]
@@ -227,6 +262,20 @@ mod tests {
         assert_eq!(first_non_finite(&bytes(&values)), Some(3));
         values[0] = f32::NEG_INFINITY;
         assert_eq!(first_non_finite(&bytes(&values)), Some(0));
+    }
+
+    #[test]
+    fn shared_values_are_the_encoding_and_keep_the_parameters_alive() {
+        let params: Vec<f32> = (0..1001).map(|i| i as f32 * -0.25 + 3.0).collect();
+        let mut shared = Arc::new(params.clone());
+        let bytes = shared_values(Arc::clone(&shared));
+        assert_eq!(bytes, encode_values(&params));
+        if cfg!(target_endian = "little") {
+            assert_eq!(bytes.as_ptr(), shared.as_ptr().cast::<u8>(), "no copy");
+        }
+        // Changing the parameters while the bytes are held changes a copy.
+        Arc::make_mut(&mut shared)[0] = 9.0;
+        assert_eq!(bytes, encode_values(&params));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! How a round combines its contributions: one small unit per rule behind
 //! [`Aggregator`], chosen once from `--aggregate` by [`Aggregate::aggregator`].
 //!
-//! A round feeds an aggregator decoded values, position range by position
-//! range, as chunks arrive: so the mean and norm clipping keep one running
-//! f64 sum, O(model) whatever the number of workers, while the other robust
+//! A round feeds an aggregator values read in place, position range by
+//! position range, as chunks arrive: so the mean and norm clipping keep one
+//! running f64 sum, O(model) whatever the number of workers (the mean only
+//! over the positions some but not all workers have sent), while the other robust
 //! rules keep every contribution whole ([`Whole`]) and combine the updates
 //! relative to the round's start.
 
@@ -46,6 +47,15 @@ pub trait Aggregator: fmt::Debug + Send {
         start: &[f32],
         squared: f64,
     );
+
+    /// Positions `0..upto` have come from every worker still in the round,
+    /// which trained `samples` in all. A rule that cannot [`forget`]
+    /// (a running sum) may finish those positions into `out` now and let go
+    /// of what it kept for them: the round is spoiled anyway if one of those
+    /// workers leaves after all. `upto` only grows within a round.
+    ///
+    /// [`forget`]: Aggregator::forget
+    fn settle(&mut self, _upto: usize, _samples: u64, _out: &mut [f32]) {}
 
     /// Drops everything `worker` added. Returns false when that cannot be
     /// undone (a running sum): the round is then spoiled if anything was added.

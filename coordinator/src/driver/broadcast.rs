@@ -1,8 +1,11 @@
 //! Weights going out: each round's average to the workers that answer,
 //! the current model to newcomers and to workers behind, and the
-//! `--align` reference. One encoding per version, shared by every send.
+//! `--align` reference. One encoding per version, shared by every send: the
+//! parameters' own memory (`shared_values`), not a copy.
 
-use lazyavg_proto::chunks::{Chunk, weight_chunks};
+use std::sync::Arc;
+
+use lazyavg_proto::chunks::{Chunk, encoded_chunks, shared_values};
 
 use super::Driver;
 use crate::command::Cmd;
@@ -26,9 +29,7 @@ impl Driver {
     }
 
     pub(super) fn send_params(&mut self, to: &[WorkerId]) {
-        let (epoch, round) = self.version;
-        let chunks =
-            self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect()).clone();
+        let chunks = self.current_chunks().clone();
         self.send_weights(to, &chunks);
     }
 
@@ -36,11 +37,17 @@ impl Driver {
     /// worker `id`'s first contribution is matched to while it starts from
     /// weights of its own (in small messages: it has not answered a pull).
     pub(super) fn send_reference(&mut self, id: WorkerId) {
-        let (epoch, round) = self.version;
-        let chunks = self.params_chunks.get_or_insert_with(|| weight_chunks(epoch, round, &self.params).collect());
-        for chunk in push::small(chunks) {
+        for chunk in push::small(self.current_chunks()) {
             self.send(id, Cmd::Reference(chunk));
         }
+    }
+
+    /// The current parameters as the wire carries them, made once per version.
+    fn current_chunks(&mut self) -> &Vec<Chunk> {
+        let (epoch, round) = self.version;
+        let params = &self.params;
+        self.params_chunks
+            .get_or_insert_with(|| encoded_chunks(epoch, round, shared_values(Arc::clone(params))).collect())
     }
 
     /// Sends `chunks` (weights tagged with the current version) to `to`: to

@@ -34,7 +34,6 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use self::closing::{ClosingEpoch, close_done};
-use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
 use crate::command::Cmd;
 use crate::config::DriverConfig;
@@ -43,7 +42,7 @@ use crate::ending::Departed;
 use crate::epoch::EpochState;
 use crate::error::{Error, Result};
 use crate::observe::{Observers, RunEvent};
-use crate::round::WorkerId;
+use crate::round::{Combiner, WorkerId};
 use crate::screen::OutlierRecord;
 use crate::service::{Event, Leash};
 
@@ -96,17 +95,16 @@ pub struct Driver {
     /// [`Driver::evaluate`] instead of copied: changed only between rounds,
     /// in place once those have let go (else copied on write).
     params: Arc<Vec<f32>>,
-    /// The `--aggregate` rule, kept from round to round for its buffers.
-    aggregator: Option<Box<dyn Aggregator>>,
+    /// The `--aggregate` rule and the buffer a round writes its average
+    /// into (which the outer step may swap with `params`: its contents
+    /// between rounds mean nothing), kept from round to round for their memory.
+    combiner: Option<Combiner>,
     /// Which workers' updates were far from the others', for warnings and
     /// for naming the likely cause of a divergence.
     outliers: OutlierRecord,
-    /// `params` as weight chunks, made once per version: every worker sent
-    /// them shares one copy, however many attach or lag.
+    /// `params` as weight chunks, made once per version: views of `params`
+    /// itself, shared by every worker sent them, however many attach or lag.
     params_chunks: Option<Vec<Chunk>>,
-    /// Where a round writes its combined weights, for the outer step (which
-    /// may swap it with `params`: its contents between rounds mean nothing).
-    average: Vec<f32>,
     outer: OuterOptimizer,
     /// Epoch and round the current parameters come from (0, 0 before the first round).
     version: (u64, u64),
@@ -163,9 +161,8 @@ impl Driver {
             mlp,
             test,
             n_train,
-            aggregator: None,
+            combiner: None,
             outliers: OutlierRecord::default(),
-            average: vec![0.0; start.params.len()],
             outer,
             params: Arc::new(start.params),
             params_chunks: None,

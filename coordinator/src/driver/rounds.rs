@@ -42,8 +42,11 @@ impl Driver {
         self.collect(&mut open, plan, ahead, head_start).await?;
         let Some(summary) = self.combine(open)? else { return Ok(None) };
         self.screened(&summary);
-        self.outer.step(Arc::make_mut(&mut self.params), &mut self.average);
+        // The last version's chunks share the parameters' memory: let go of
+        // them first, so the step changes the parameters in place.
         self.params_chunks = None;
+        let average = &mut self.combiner.as_mut().expect("a finished round gives its combiner back").average;
+        self.outer.step(Arc::make_mut(&mut self.params), average);
         self.drop_lost_ahead(plan, &summary);
         for &(id, _) in &summary.contributors {
             let Some(p) = plan.iter().find(|p| p.worker == id) else { continue };
@@ -61,8 +64,8 @@ impl Driver {
     /// have never answered) first get the current weights, one copy for all.
     fn open_round(&mut self, epoch: u64, round: u64, plan: &[Planned], weights: &[(WorkerId, u64)]) -> Round {
         let drop_outliers = self.config.drop_outliers;
-        let aggregator = self.aggregator.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers));
-        let mut open = Round::with(epoch, round, weights, Arc::clone(&self.params), aggregator)
+        let combiner = self.combiner.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers).into());
+        let mut open = Round::with(epoch, round, weights, Arc::clone(&self.params), combiner)
             .outliers_at(self.config.outlier_factor);
         if drop_outliers {
             open = open.dropping_outliers();
@@ -116,14 +119,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Combines the round's contributions into `average`. `None`: the round
+    /// Combines the round's contributions into the combiner's average. `None`: the round
     /// is abandoned (to be redone), and workers whose weights were not finite
     /// train no more of the epoch; an error if no usable weights came.
     fn combine(&mut self, open: Round) -> Result<Option<RoundSummary>> {
         let (epoch, round) = (open.epoch(), open.round());
         let non_finite = open.non_finite().to_vec();
-        let (result, aggregator) = open.finish(&mut self.average);
-        self.aggregator = Some(aggregator);
+        let (result, combiner) = open.finish();
+        self.combiner = Some(combiner);
         match result {
             Ok(summary) => Ok(Some(summary)),
             Err(cause @ RoundError::Diverged { .. }) => Err(self.diverged(cause)),
