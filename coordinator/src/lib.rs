@@ -39,6 +39,7 @@ pub mod edge;
 pub mod ending;
 pub mod epoch;
 pub mod error;
+pub mod gate;
 pub mod init;
 pub mod metrics;
 pub mod observe;

@@ -24,6 +24,7 @@ use crate::config::{CoordinatorConfig, Secrets, Settings};
 use crate::driver::{self, RunSummary, Shutdown};
 use crate::ending::RunEnd;
 use crate::error::{Error, Result};
+use crate::gate::{self, Gate};
 use crate::observe::board::StatusBoard;
 use crate::observe::exporter::Exporter;
 use crate::observe::health::Health;
@@ -148,6 +149,7 @@ fn resume_from(out_dir: &Path, mlp: &Network, n_train: usize, epochs: usize) -> 
 /// the port the OS chose).
 struct Wiring {
     events: mpsc::Receiver<Event>,
+    frontier: gate::Publisher,
     health: Health,
     board: StatusBoard,
     addr: SocketAddr,
@@ -172,8 +174,9 @@ async fn serve(
     listener: TcpListener,
 ) -> Result<(Server, Wiring)> {
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let (frontier, gate) = gate::channel();
     let board = StatusBoard::default();
-    let shared = share(config, prepared, events_tx.clone(), &board);
+    let shared = share(config, prepared, events_tx.clone(), gate, &board);
     warn_of_risks(config, secrets);
     // config.toml keeps the port as given, so a run repeated from it (or a
     // --spawn-workers run resumed) takes a free port again.
@@ -185,7 +188,7 @@ async fn serve(
     run_dir::write_address(out_dir, addr, secrets.tls.is_some())?;
     let mlp = &prepared.mlp;
     info!(%addr, architecture = %mlp.spec(), parameters = mlp.len(), out = %out_dir.display(), "listening");
-    Ok((server, Wiring { events, health, board, addr }))
+    Ok((server, Wiring { events, frontier, health, board, addr }))
 }
 
 /// The state the service's handlers share, the driver's event channel among it.
@@ -193,6 +196,7 @@ fn share(
     config: &CoordinatorConfig,
     prepared: &Ready,
     events: mpsc::Sender<Event>,
+    gate: Gate,
     board: &StatusBoard,
 ) -> Arc<Shared> {
     let dataset = prepared.data.offer.clone();
@@ -202,6 +206,7 @@ fn share(
         dataset,
         registry: Mutex::new(registry),
         events,
+        gate,
         outbox_capacity: outbox_capacity(prepared.mlp.len()),
         attach_timeout: config.limits.attach_timeout,
         status: board.view(),
@@ -243,6 +248,7 @@ async fn drive(
         Arc::clone(&prepared.data.test),
         prepared.data.n_train,
         wiring.events,
+        wiring.frontier,
         shutdown,
         observers,
     );

@@ -22,6 +22,7 @@ use lazyavg_proto::message::Report;
 
 pub use crate::aggregate::Aggregate;
 use crate::aggregate::Aggregator;
+use crate::gate::{AHEAD, Frontier};
 use crate::screen::{self, UpdateNorm};
 
 pub type WorkerId = u64;
@@ -219,6 +220,30 @@ impl Round {
             .collect()
     }
 
+    /// How far every worker still in the round has sent (all of it when
+    /// none is left), for the sessions' gates ([`crate::gate`]).
+    pub fn frontier(&self) -> Frontier {
+        let upto = self.in_round().map(|p| p.cursor.received()).min().unwrap_or(self.start.len());
+        Frontier { epoch: self.epoch, round: self.round, upto }
+    }
+
+    /// The workers the round waits for while others wait for them at the
+    /// gate: still sending, and less than [`AHEAD`] values past the
+    /// frontier. Empty when no worker is held (each is either done or free
+    /// to send): then whoever is missing is merely slow.
+    pub fn holding_back(&self) -> Vec<WorkerId> {
+        let limit = self.frontier().upto + AHEAD;
+        let sending = || self.parts.iter().filter(|(_, p)| matches!(p.state, State::Waiting | State::Receiving));
+        if !sending().any(|(_, p)| p.cursor.received() >= limit) {
+            return Vec::new();
+        }
+        sending().filter(|(_, p)| p.cursor.received() < limit).map(|(&id, _)| id).collect()
+    }
+
+    fn in_round(&self) -> impl Iterator<Item = &Part> {
+        self.parts.values().filter(|p| p.state != State::Excluded)
+    }
+
     fn check_round(&self, epoch: u64, round: u64) -> Result<(), RoundError> {
         let (now_epoch, now_round) = (self.epoch, self.round);
         match (epoch, round).cmp(&(now_epoch, now_round)) {
@@ -293,9 +318,8 @@ impl Round {
         if self.tainted {
             return;
         }
-        let in_round = || self.parts.values().filter(|p| p.state != State::Excluded);
-        let Some(upto) = in_round().map(|p| p.cursor.received()).min() else { return };
-        let samples = in_round().map(|p| p.weight).sum();
+        let Some(upto) = self.in_round().map(|p| p.cursor.received()).min() else { return };
+        let samples = self.in_round().map(|p| p.weight).sum();
         self.combiner.aggregator.settle(upto, samples, &mut self.combiner.average);
     }
 
@@ -668,6 +692,40 @@ mod tests {
         send(&mut median, 2, &[4.0]).unwrap();
         let summary = finish_into(median, &mut out).0.unwrap();
         assert_eq!((out, summary.contributors), ([4.0], vec![(2, 1)]));
+    }
+
+    #[test]
+    fn the_frontier_is_the_slowest_worker_still_in_the_round_and_names_who_holds_the_others() {
+        let len = AHEAD + 3 * VALUES_PER_CHUNK;
+        let mut round = Round::new(1, 2, &[(1, 1), (2, 1), (3, 1)], len);
+        let chunks: Vec<Chunk> = weight_chunks(1, 2, &vec![1.0; len]).collect();
+        let upto = |round: &Round| round.frontier().upto;
+        assert_eq!(round.frontier(), Frontier { epoch: 1, round: 2, upto: 0 });
+        // 1 sends as far as the gate lets it, 2 one chunk, 3 nothing.
+        for chunk in &chunks[..AHEAD / VALUES_PER_CHUNK] {
+            round.accept(1, chunk).unwrap();
+        }
+        round.accept(2, &chunks[0]).unwrap();
+        assert_eq!(upto(&round), 0);
+        assert_eq!(round.holding_back(), [2, 3], "1 waits at the gate for them");
+        // Without 3, 1 is free again: nobody is held.
+        round.exclude(3);
+        assert_eq!(upto(&round), VALUES_PER_CHUNK);
+        assert!(round.holding_back().is_empty());
+        for chunk in &chunks[AHEAD / VALUES_PER_CHUNK..] {
+            round.accept(1, chunk).unwrap();
+        }
+        for chunk in &chunks[1..] {
+            round.accept(2, chunk).unwrap();
+        }
+        assert_eq!(upto(&round), len);
+        let mut out = vec![0.0; len];
+        finish_into(round, &mut out).0.unwrap();
+        assert!(out.iter().all(|&v| v == 1.0));
+        // With nobody left, everything is let through.
+        let mut empty = Round::new(1, 3, &[(1, 1)], 5);
+        empty.exclude(1);
+        assert_eq!(upto(&empty), 5);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::edge::Mailbox;
 use crate::ending::RunEnd;
+use crate::gate::Gate;
 use crate::observe::board::StatusView;
 use crate::observe::log::RefusalLog;
 use crate::registry::{Registry, RegistryError, printable};
@@ -61,6 +62,8 @@ pub struct Shared {
     /// A std mutex: held only for a map lookup, never across an await.
     pub registry: Mutex<Registry>,
     pub events: mpsc::Sender<Event>,
+    /// How far each session lets its worker's weights through (see [`crate::gate`]).
+    pub gate: Gate,
     /// Capacity of each session's command queue.
     pub outbox_capacity: usize,
     /// How long a new session may take to send its Attach.
@@ -272,7 +275,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         }
         unattach.id = None;
         let commands = Commands { queue: Arc::new(Mutex::new(queue)), _slot: Arc::new(slot) };
-        let session = Session { inbound, id, shared: Arc::clone(&self.shared), dropped };
+        let gate = self.shared.gate.clone();
+        let session = Session { inbound, id, shared: Arc::clone(&self.shared), dropped, gate };
         tokio::spawn(session.forward_replies(Arc::clone(&commands.queue), Arc::clone(&commands._slot)));
         Ok(Response::new(commands))
     }
@@ -285,29 +289,30 @@ struct Session {
     shared: Arc<Shared>,
     /// Resolves when the driver drops the worker (its [`Leash`]).
     dropped: oneshot::Receiver<()>,
+    gate: Gate,
 }
 
 impl Session {
     /// Passes a session's messages to the driver until the stream ends or
     /// the driver drops the worker, then reports the worker gone and forgets
-    /// its id. Holds the session's place (`_slot`) meanwhile.
+    /// its id. Weights wait at the gate while they are too far ahead of the
+    /// round's slowest worker. Holds the session's place (`_slot`) meanwhile.
     async fn forward_replies(mut self, queue: Arc<Mutex<Queue>>, _slot: Arc<SessionSlot>) {
         let (id, shared) = (self.id, Arc::clone(&self.shared));
         let reason = loop {
             let message = tokio::select! {
                 message = self.inbound.message() => message,
-                _ = &mut self.dropped => {
-                    // Nothing more will be sent; what is queued would wait
-                    // for a reader that may never come.
-                    let mut queue = lock(&queue);
-                    queue.close();
-                    while queue.try_recv().is_ok() {}
-                    break "dropped by the coordinator".to_owned();
-                }
+                _ = &mut self.dropped => break dropped(&queue),
             };
             match message {
                 Ok(Some(pb::WorkerMessage { kind: Some(reply) })) => {
                     let Some(message) = FromWorker::from_pb(reply) else { break "sent a second Attach".to_owned() };
+                    if let FromWorker::Weights(chunk) = &message {
+                        tokio::select! {
+                            () = self.gate.admit(chunk) => {}
+                            _ = &mut self.dropped => break dropped(&queue),
+                        }
+                    }
                     if shared.events.send(Event::Message { id, message }).await.is_err() {
                         return;
                     }
@@ -320,4 +325,14 @@ impl Session {
         shared.registry().detach(id);
         let _ = shared.events.send(Event::Detached { id, reason }).await;
     }
+}
+
+/// Empties the queue of a session the driver dropped and says why it ends:
+/// nothing more will be sent, and what is queued would wait for a reader
+/// that may never come.
+fn dropped(queue: &Mutex<Queue>) -> String {
+    let mut queue = lock(queue);
+    queue.close();
+    while queue.try_recv().is_ok() {}
+    "dropped by the coordinator".to_owned()
 }

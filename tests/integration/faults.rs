@@ -176,6 +176,37 @@ fn a_stopped_worker_is_left_behind_and_rejoins() {
     assert_eq!(samples_of(&epochs[2], &name), N_TRAIN / 2, "it trains its whole shard in epoch 3: {}", epochs[2]);
 }
 
+/// A model past the gate (`gate::AHEAD`, 1,048,576 values): a worker that
+/// never sends keeps the other waiting at the gate, so neither completes,
+/// and the round deadline drops the one holding it back (a deadline nobody
+/// had met by used to mean "all slow, wait on").
+#[test]
+fn a_silent_worker_that_holds_the_others_at_the_gate_is_dropped_at_the_deadline() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // 1,113,010 parameters in 5 chunks: the fifth waits for the slowest worker.
+    let args = ["--workers", "2", "--hidden", "1400", "--bench-rounds", "2", "--round-timeout", "1s"];
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
+    let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache"), "info");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let silent = runtime.block_on(async {
+        let mut client = connect(&coordinator.addr).await;
+        let id = join(&mut client, lazyavg_proto::PROTOCOL_VERSION, "silent").await.expect("Join");
+        let mut session = TestSession::open(&mut client, attach(id)).await.expect("attaching");
+        // It takes what it is sent and answers nothing, until it is dropped.
+        while let Ok(Some(_)) = session.recv().await {}
+        id
+    });
+    drop(runtime);
+    expect_success(&mut [&mut coordinator.proc, &mut worker]);
+    let missed =
+        about_worker(&coordinator.proc, "worker missed the round deadline; closing the round without it", silent);
+    assert_eq!(missed.len(), 1, "{}", coordinator.proc.dump());
+    let bench = logged(&coordinator.proc, "round benchmark");
+    assert_eq!(bench.len(), 1, "{}", coordinator.proc.dump());
+    assert_eq!(u64_field(&bench[0], "rounds"), 2, "{}", bench[0]);
+}
+
 #[test]
 fn a_killed_and_restarted_worker_rejoins_with_the_current_weights() {
     let _heavy = heavy();

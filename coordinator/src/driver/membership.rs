@@ -136,10 +136,10 @@ impl Driver {
     /// while the rest of their current shard goes to the others. A worker
     /// that has never answered a pull on its session is dropped instead: it
     /// may never read either, and each average queued for it is a model copy.
-    pub(super) fn drop_stragglers(&mut self, open: &mut Round) {
+    pub(super) fn drop_stragglers(&mut self, open: &mut Round, stragglers: Vec<WorkerId>) {
         let (epoch, round) = (open.epoch(), open.round());
         let timeout_s = self.config.round_timeout.as_secs_f64();
-        for id in open.missing() {
+        for id in stragglers {
             open.exclude(id);
             let Some((name, answered)) = self.workers.get(&id).map(|w| (w.name.clone(), w.answered)) else {
                 continue;

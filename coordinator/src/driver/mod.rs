@@ -41,6 +41,7 @@ use crate::edge::Mailbox;
 use crate::ending::Departed;
 use crate::epoch::EpochState;
 use crate::error::{Error, Result};
+use crate::gate;
 use crate::observe::{Observers, RunEvent};
 use crate::round::{Combiner, WorkerId};
 use crate::screen::OutlierRecord;
@@ -115,6 +116,8 @@ pub struct Driver {
     /// shards, orphans and ledger.
     epoch: EpochState,
     events: mpsc::Receiver<Event>,
+    /// The open round's frontier, for the sessions' gates.
+    frontier: gate::Publisher,
     /// Events the driver raises itself (a worker to drop), taken before the
     /// service's: apart from them, so that a full queue of weight chunks
     /// never loses one.
@@ -143,6 +146,7 @@ impl Driver {
         test: Arc<Dataset>,
         n_train: usize,
         events: mpsc::Receiver<Event>,
+        frontier: gate::Publisher,
         shutdown: Shutdown,
         observers: Observers,
     ) -> Self {
@@ -170,6 +174,7 @@ impl Driver {
             first_epoch,
             epoch,
             events,
+            frontier,
             raise,
             raised,
             shutdown,

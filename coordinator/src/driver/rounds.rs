@@ -15,6 +15,7 @@ use super::Driver;
 use super::deadline::RoundDeadline;
 use crate::epoch::Planned;
 use crate::error::Result;
+use crate::gate;
 use crate::observe::{RoundDone, RunEvent};
 use crate::round::{Round, RoundError, RoundSummary, WorkerId};
 use crate::service::Event;
@@ -40,6 +41,7 @@ impl Driver {
         let ahead = self.config.overlap && !std::mem::take(&mut self.pipeline.suspended);
         let mut open = self.open_round(epoch, round, plan, weights);
         self.collect(&mut open, plan, ahead, head_start).await?;
+        gate::publish(&self.frontier, None);
         let Some(summary) = self.combine(open)? else { return Ok(None) };
         self.screened(&summary);
         // The last version's chunks share the parameters' memory: let go of
@@ -76,6 +78,7 @@ impl Driver {
             .map(|p| p.worker)
             .collect();
         self.send_params(&behind);
+        gate::publish(&self.frontier, Some(open.frontier()));
         let pulls = self.epoch.pulls(round, plan);
         self.dispatch(pulls);
         let workers: Vec<WorkerId> = plan.iter().map(|p| p.worker).collect();
@@ -106,6 +109,11 @@ impl Driver {
         while !open.is_complete() {
             match tokio::time::timeout_at(deadline.at(), self.next_event()).await {
                 Ok(event) => self.take_event(event?, open, &mut deadline, ahead, plan),
+                // Others wait at the gate for them: they keep the round waiting.
+                Err(_) if open.completed() == 0 && !open.holding_back().is_empty() => {
+                    let slow = open.holding_back();
+                    self.drop_stragglers(open, slow);
+                }
                 // Slow, not gone: a worker that is gone is found by its
                 // connection's keepalive and leaves the round.
                 Err(_) if open.completed() == 0 => {
@@ -113,8 +121,12 @@ impl Driver {
                     warn!(epoch, round, timeout_s, "no worker has answered the round by its deadline; waiting on");
                     deadline.extend(Clock::now(), timeout);
                 }
-                Err(_) => self.drop_stragglers(open),
+                Err(_) => {
+                    let missing = open.missing();
+                    self.drop_stragglers(open, missing);
+                }
             }
+            gate::publish(&self.frontier, Some(open.frontier()));
         }
         Ok(())
     }
