@@ -227,17 +227,28 @@ impl Round {
         Frontier { epoch: self.epoch, round: self.round, upto }
     }
 
-    /// The workers the round waits for while others wait for them at the
-    /// gate: still sending, and less than [`AHEAD`] values past the
-    /// frontier. Empty when no worker is held (each is either done or free
-    /// to send): then whoever is missing is merely slow.
-    pub fn holding_back(&self) -> Vec<WorkerId> {
+    /// Workers the round is not waiting for: their weights are all in, or
+    /// they wait at the gate for slower ones (for the straggler deadline,
+    /// which otherwise could never see half the workers done early).
+    pub fn ready(&self) -> usize {
         let limit = self.frontier().upto + AHEAD;
+        self.parts
+            .values()
+            .filter(|p| p.state == State::Complete || (p.state == State::Receiving && p.cursor.received() >= limit))
+            .count()
+    }
+
+    /// The workers that keep others waiting at the gate: those at the
+    /// frontier (all of them silent when any is, so that leaving them out
+    /// spoils nothing). Empty when no worker is held: then whoever is
+    /// missing is merely slow.
+    pub fn holding_back(&self) -> Vec<WorkerId> {
+        let upto = self.frontier().upto;
         let sending = || self.parts.iter().filter(|(_, p)| matches!(p.state, State::Waiting | State::Receiving));
-        if !sending().any(|(_, p)| p.cursor.received() >= limit) {
+        if !sending().any(|(_, p)| p.cursor.received() >= upto + AHEAD) {
             return Vec::new();
         }
-        sending().filter(|(_, p)| p.cursor.received() < limit).map(|(&id, _)| id).collect()
+        sending().filter(|(_, p)| p.cursor.received() == upto).map(|(&id, _)| id).collect()
     }
 
     fn in_round(&self) -> impl Iterator<Item = &Part> {
@@ -313,11 +324,10 @@ impl Round {
     /// sent (its weights come in order), and their samples: positions no
     /// later contribution can change. A worker that leaves after all spoils
     /// the round (its part cannot be taken out of the sum), so what the
-    /// aggregator finished early stands exactly when the round does.
+    /// aggregator finished early stands exactly when the round does (a
+    /// spoiled round is settled on all the same, so that the aggregator's
+    /// memory stays bounded; its average is discarded).
     fn settle(&mut self) {
-        if self.tainted {
-            return;
-        }
         let Some(upto) = self.in_round().map(|p| p.cursor.received()).min() else { return };
         let samples = self.in_round().map(|p| p.weight).sum();
         self.combiner.aggregator.settle(upto, samples, &mut self.combiner.average);
@@ -707,7 +717,8 @@ mod tests {
         }
         round.accept(2, &chunks[0]).unwrap();
         assert_eq!(upto(&round), 0);
-        assert_eq!(round.holding_back(), [2, 3], "1 waits at the gate for them");
+        assert_eq!(round.ready(), 1, "1 waits at the gate");
+        assert_eq!(round.holding_back(), [3], "the silent one holds 1 back; 2 is sending");
         // Without 3, 1 is free again: nobody is held.
         round.exclude(3);
         assert_eq!(upto(&round), VALUES_PER_CHUNK);

@@ -12,8 +12,12 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/2 flow-control windows large enough that a whole default model
 /// (800 KB) is in flight without waiting for window updates: h2's 64 KiB
-/// default costs a round trip per 64 KiB of weights.
-pub const STREAM_WINDOW: u32 = 8 << 20;
+/// default costs a round trip per 64 KiB of weights. Not larger: a stream
+/// the coordinator paces (a worker far ahead of the others) holds up to a
+/// window of weights it has not read yet; 2 MiB instead of 8 took 14–28 MB
+/// off its peak with 2 workers of a 20M-parameter model and 56–82 MB with
+/// 8, rounds within the noise (docs/performance.md).
+pub const STREAM_WINDOW: u32 = 2 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Largest HTTP/2 frame accepted: a weights chunk travels in a few frames

@@ -207,6 +207,42 @@ fn a_silent_worker_that_holds_the_others_at_the_gate_is_dropped_at_the_deadline(
     assert_eq!(u64_field(&bench[0], "rounds"), 2, "{}", bench[0]);
 }
 
+/// `--straggler-factor` with a model past the gate: the worker waiting at
+/// the gate for a stopped one counts as done for the straggler deadline, so
+/// the stopped one is left behind at that deadline (a few rounds' time),
+/// not at `--round-timeout` (it could not be, while nobody could finish).
+#[test]
+fn a_stopped_worker_that_holds_the_other_at_the_gate_is_left_behind_at_the_straggler_deadline() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let args =
+        ["--workers", "2", "--epochs", "3", "--hidden", "1400", "--straggler-factor", "2", "--round-timeout", "60s"];
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
+    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
+    wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    let id = joined_id(&workers[1]);
+    let before = coordinator.proc.json_lines().len();
+    workers[1].signal("STOP");
+    let stopped = Instant::now();
+    wait_until("the stopped worker left behind", EVENT_TIMEOUT, || {
+        let lines = coordinator.proc.json_lines();
+        lines[before..]
+            .iter()
+            .any(|l| {
+                l["message"] == "worker missed the round deadline; closing the round without it" && l["worker"] == id
+            })
+            .then_some(())
+    });
+    let waited = stopped.elapsed();
+    workers[1].signal("CONT");
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();
+    expect_success(&mut procs);
+    assert!(
+        waited < Duration::from_secs(30),
+        "left behind after {waited:?}: at the round timeout, not the straggler deadline"
+    );
+}
+
 #[test]
 fn a_killed_and_restarted_worker_rejoins_with_the_current_weights() {
     let _heavy = heavy();

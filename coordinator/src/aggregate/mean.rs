@@ -16,11 +16,17 @@ use std::ops::Range;
 use lazyavg_proto::chunks::{VALUES_PER_CHUNK, Values};
 
 use super::{Aggregator, UpdateRule};
+use crate::gate::AHEAD;
 use crate::round::WorkerId;
 
 /// Positions per block of the running sum: one wire chunk's, so a chunk
 /// from a worker's encoder falls in one block.
 const BLOCK: usize = VALUES_PER_CHUNK;
+
+/// The most blocks kept for reuse: what a paced round needs (the gate's
+/// [`AHEAD`] and a chunk either side). A round that needed more (one
+/// spoiled, or with `--overlap`'s unpaced pulls ahead) gives the rest back.
+const SPARE_BLOCKS: usize = AHEAD / BLOCK + 2;
 
 #[derive(Debug, Default)]
 pub struct WeightedMean {
@@ -77,6 +83,7 @@ impl WeightedMean {
 impl Aggregator for WeightedMean {
     fn reset(&mut self, _start: &[f32]) {
         self.spare.extend(self.window.drain(..));
+        self.spare.truncate(SPARE_BLOCKS);
         self.first = 0;
         self.settled = 0;
     }
@@ -212,5 +219,18 @@ mod tests {
         let exact: Vec<f32> =
             a.iter().zip(&b).map(|(&x, &y)| ((3.0 * f64::from(x) + f64::from(y)) * 0.25) as f32).collect();
         assert_eq!(out, exact);
+    }
+
+    #[test]
+    fn a_round_that_needed_many_blocks_keeps_only_a_paced_round_s_for_the_next() {
+        let len = (SPARE_BLOCKS + 3) * BLOCK;
+        let bytes = le(&vec![1.0; len]);
+        let mut mean = WeightedMean::default();
+        mean.reset(&[]);
+        // One worker sent everything, the other nothing (a spoiled round).
+        mean.add(1, 1, 0..len, Values::new(&bytes), &[], 0.0);
+        assert_eq!(mean.window.len(), SPARE_BLOCKS + 3);
+        mean.reset(&[]);
+        assert_eq!((mean.window.len(), mean.spare.len()), (0, SPARE_BLOCKS));
     }
 }

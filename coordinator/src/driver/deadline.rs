@@ -11,7 +11,8 @@ pub(super) trait Moment: Copy + Ord + Add<Duration, Output = Self> + Sub<Output 
 impl<T: Copy + Ord + Add<Duration, Output = T> + Sub<Output = Duration>> Moment for T {}
 
 /// When a round stops waiting: at `--round-timeout` at the latest, and once
-/// half the workers have sent their weights, after `--straggler-factor` times
+/// half the workers have sent their weights (or wait at the gate for slower
+/// ones, see [`crate::gate`]), after `--straggler-factor` times
 /// the time that took (but at least [`MIN_GRACE`] more). A worker that is
 /// merely slow then costs the others one such wait per epoch, not one per round.
 pub(super) struct RoundDeadline<T> {
@@ -51,9 +52,10 @@ impl<T: Moment> RoundDeadline<T> {
         self.at = now + timeout;
     }
 
-    /// Tightens the deadline once `completed` contributions reach the quorum at `now`.
-    pub(super) fn progress(&mut self, now: T, completed: usize) {
-        if self.tightened || completed < self.quorum {
+    /// Tightens the deadline once `ready` workers (done, or waiting at the
+    /// gate for slower ones) reach the quorum at `now`.
+    pub(super) fn progress(&mut self, now: T, ready: usize) {
+        if self.tightened || ready < self.quorum {
             return;
         }
         self.tightened = true;

@@ -191,6 +191,9 @@ impl Driver {
     /// tells the workers to stop.
     pub async fn run(mut self) -> Result<RunSummary> {
         let result = self.train().await;
+        // A session holding weights at the gate does not read its stream,
+        // so would not see its worker close after the Stop.
+        gate::publish(&self.frontier, None);
         let (reason, completed) = match &result {
             Ok(_) => ("training complete".to_owned(), true),
             Err(e) => (format!("coordinator stopped: {}", error_chain(e)), false),

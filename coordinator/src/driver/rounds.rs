@@ -106,29 +106,37 @@ impl Driver {
                 self.take_event(event, open, &mut deadline, ahead, plan);
             }
         }
+        gate::publish(&self.frontier, Some(open.frontier()));
         while !open.is_complete() {
             match tokio::time::timeout_at(deadline.at(), self.next_event()).await {
                 Ok(event) => self.take_event(event?, open, &mut deadline, ahead, plan),
-                // Others wait at the gate for them: they keep the round waiting.
-                Err(_) if open.completed() == 0 && !open.holding_back().is_empty() => {
-                    let slow = open.holding_back();
-                    self.drop_stragglers(open, slow);
-                }
-                // Slow, not gone: a worker that is gone is found by its
-                // connection's keepalive and leaves the round.
-                Err(_) if open.completed() == 0 => {
-                    let (epoch, round, timeout_s) = (open.epoch(), open.round(), timeout.as_secs_f64());
-                    warn!(epoch, round, timeout_s, "no worker has answered the round by its deadline; waiting on");
-                    deadline.extend(Clock::now(), timeout);
-                }
-                Err(_) => {
-                    let missing = open.missing();
-                    self.drop_stragglers(open, missing);
-                }
+                Err(_) => self.deadline_passed(open, &mut deadline),
             }
             gate::publish(&self.frontier, Some(open.frontier()));
         }
         Ok(())
+    }
+
+    /// At a round's deadline: the workers that keep others waiting at the
+    /// gate are left out, and the rest get another `--round-timeout` (they
+    /// could not finish without them); with nobody held and nobody done,
+    /// all are slow and the round waits on (a worker that is gone is found
+    /// by its connection's keepalive and leaves the round); else the
+    /// workers still missing are left out.
+    fn deadline_passed(&mut self, open: &mut Round, deadline: &mut RoundDeadline<Clock>) {
+        let timeout = self.config.round_timeout;
+        let holding_back = open.holding_back();
+        if !holding_back.is_empty() {
+            self.drop_stragglers(open, holding_back);
+            deadline.extend(Clock::now(), timeout);
+        } else if open.completed() == 0 {
+            let (epoch, round, timeout_s) = (open.epoch(), open.round(), timeout.as_secs_f64());
+            warn!(epoch, round, timeout_s, "no worker has answered the round by its deadline; waiting on");
+            deadline.extend(Clock::now(), timeout);
+        } else {
+            let missing = open.missing();
+            self.drop_stragglers(open, missing);
+        }
     }
 
     /// Combines the round's contributions into the combiner's average. `None`: the round
@@ -173,7 +181,7 @@ impl Driver {
             _ => None,
         };
         self.on_event(event, Some(open));
-        deadline.progress(Clock::now(), open.completed());
+        deadline.progress(Clock::now(), open.ready());
         if let Some(id) = weights_from.filter(|&id| ahead && open.has_sent(id)) {
             self.pull_ahead(id, open.round(), plan);
         }
