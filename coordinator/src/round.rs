@@ -239,9 +239,10 @@ impl Round {
     }
 
     /// The workers that keep others waiting at the gate: those at the
-    /// frontier (all of them silent when any is, so that leaving them out
-    /// spoils nothing). Empty when no worker is held: then whoever is
-    /// missing is merely slow.
+    /// frontier. When the frontier is 0 they are silent and leaving them out
+    /// spoils nothing; past 0 they have sent part of their weights, and
+    /// leaving them out spoils the round (it is redone without them). Empty
+    /// when no worker is held: then whoever is missing is merely slow.
     pub fn holding_back(&self) -> Vec<WorkerId> {
         let upto = self.frontier().upto;
         let sending = || self.parts.iter().filter(|(_, p)| matches!(p.state, State::Waiting | State::Receiving));

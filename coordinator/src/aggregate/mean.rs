@@ -23,9 +23,12 @@ use crate::round::WorkerId;
 /// from a worker's encoder falls in one block.
 const BLOCK: usize = VALUES_PER_CHUNK;
 
-/// The most blocks kept for reuse: what a paced round needs (the gate's
-/// [`AHEAD`] and a chunk either side). A round that needed more (one
-/// spoiled, or with `--overlap`'s unpaced pulls ahead) gives the rest back.
+/// The blocks kept for reuse beyond what the last round needed: what a
+/// paced round needs (the gate's [`AHEAD`] and a chunk either side). A round
+/// that needed more keeps its blocks for the next (so `--overlap`, whose
+/// pulls ahead arrive unpaced, does not allocate them every round), and
+/// the round after a smaller one gives the rest back (so one spoiled round
+/// does not keep a sum of the whole model for good).
 const SPARE_BLOCKS: usize = AHEAD / BLOCK + 2;
 
 #[derive(Debug, Default)]
@@ -39,6 +42,8 @@ pub struct WeightedMean {
     settled: usize,
     /// Blocks let go by settling, zeroed again when taken.
     spare: Vec<Box<[f64]>>,
+    /// The most blocks the window held this round.
+    peak: usize,
 }
 
 impl WeightedMean {
@@ -56,6 +61,7 @@ impl WeightedMean {
             };
             self.window.push_back(block);
         }
+        self.peak = self.peak.max(self.window.len());
         &mut self.window[at]
     }
 
@@ -83,7 +89,7 @@ impl WeightedMean {
 impl Aggregator for WeightedMean {
     fn reset(&mut self, _start: &[f32]) {
         self.spare.extend(self.window.drain(..));
-        self.spare.truncate(SPARE_BLOCKS);
+        self.spare.truncate(SPARE_BLOCKS.max(std::mem::take(&mut self.peak)));
         self.first = 0;
         self.settled = 0;
     }
@@ -222,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn a_round_that_needed_many_blocks_keeps_only_a_paced_round_s_for_the_next() {
+    fn blocks_a_round_needed_are_kept_for_the_next_and_given_back_after_a_smaller_one() {
         let len = (SPARE_BLOCKS + 3) * BLOCK;
         let bytes = le(&vec![1.0; len]);
         let mut mean = WeightedMean::default();
@@ -230,6 +236,10 @@ mod tests {
         // One worker sent everything, the other nothing (a spoiled round).
         mean.add(1, 1, 0..len, Values::new(&bytes), &[], 0.0);
         assert_eq!(mean.window.len(), SPARE_BLOCKS + 3);
+        mean.reset(&[]);
+        assert_eq!((mean.window.len(), mean.spare.len()), (0, SPARE_BLOCKS + 3), "kept for a round like it");
+        // A round that needs one block: the next keeps a paced round's.
+        mean.add(1, 1, 0..BLOCK, Values::new(&bytes[..4 * BLOCK]), &[], 0.0);
         mean.reset(&[]);
         assert_eq!((mean.window.len(), mean.spare.len()), (0, SPARE_BLOCKS));
     }
