@@ -329,7 +329,8 @@ impl Round {
     /// spoiled round is settled on all the same, so that the aggregator's
     /// memory stays bounded; its average is discarded).
     fn settle(&mut self) {
-        let Some(upto) = self.in_round().map(|p| p.cursor.received()).min() else { return };
+        // With nobody left the samples are 0, and nothing is settled.
+        let upto = self.frontier().upto;
         let samples = self.in_round().map(|p| p.weight).sum();
         self.combiner.aggregator.settle(upto, samples, &mut self.combiner.average);
     }
