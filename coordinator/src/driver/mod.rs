@@ -81,7 +81,10 @@ struct Worker {
 pub struct RunSummary {
     pub epochs: u64,
     pub last: Evaluation,
-    pub params: Vec<f32>,
+    /// The final weights, shared rather than copied: at the end of a run a
+    /// copy would be the process's peak (a third model next to the weights
+    /// and the last average).
+    pub params: Arc<Vec<f32>>,
     /// The names of the workers that missed the Stop: gone before it, or
     /// that did not close their session after it.
     pub untold: Vec<String>,
@@ -255,7 +258,7 @@ impl Driver {
         if self.config.bench_rounds > 0 {
             self.bench_rounds(self.config.bench_rounds).await?;
             let last = self.evaluate().await;
-            return Ok(RunSummary { epochs: 0, last, params: self.params.to_vec(), untold: Vec::new() });
+            return Ok(RunSummary { epochs: 0, last, params: Arc::clone(&self.params), untold: Vec::new() });
         }
         for epoch in self.first_epoch..=self.config.epochs as u64 {
             if let Err(err) = self.run_epoch(epoch).await {
@@ -269,7 +272,7 @@ impl Driver {
             Some(last) => last,
             None => self.evaluate().await,
         };
-        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: self.params.to_vec(), untold: Vec::new() })
+        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: Arc::clone(&self.params), untold: Vec::new() })
     }
 
     /// The next event from the service, taking in an epoch's close that
