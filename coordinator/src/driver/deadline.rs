@@ -17,9 +17,13 @@ impl<T: Copy + Ord + Add<Duration, Output = T> + Sub<Output = Duration>> Moment 
 /// merely slow then costs the others one such wait per epoch, not one per round.
 pub(super) struct RoundDeadline<T> {
     started: T,
+    /// `--round-timeout` after the round's start, or after its last extension.
+    timeout_at: T,
     at: T,
     factor: f64,
     quorum: usize,
+    /// Whether `--straggler-factor` applies (a factor above 0, two workers or more).
+    straggler_rule: bool,
     tightened: bool,
 }
 
@@ -30,8 +34,9 @@ const MIN_GRACE: Duration = Duration::from_millis(20);
 impl<T: Moment> RoundDeadline<T> {
     /// A round of `participants` that starts `now`.
     pub(super) fn new(now: T, timeout: Duration, factor: f64, participants: usize) -> Self {
-        let quorum = participants.div_ceil(2);
-        RoundDeadline { started: now, at: now + timeout, factor, quorum, tightened: factor <= 0.0 || participants < 2 }
+        let straggler_rule = factor > 0.0 && participants >= 2;
+        let (quorum, at) = (participants.div_ceil(2), now + timeout);
+        RoundDeadline { started: now, timeout_at: at, at, factor, quorum, straggler_rule, tightened: false }
     }
 
     pub(super) fn at(&self) -> T {
@@ -46,16 +51,35 @@ impl<T: Moment> RoundDeadline<T> {
         self.started = self.started.min(since);
     }
 
-    /// Waits `timeout` more from `now`: at a deadline no worker had answered
-    /// by, when dropping them all would leave nothing to average.
+    /// Waits `timeout` more from `now` (at a deadline no worker had answered
+    /// by, when dropping them all would leave nothing to average; or after
+    /// leaving out the workers that held the others back), and the straggler
+    /// rule applies again at the next quorum, its pace still measured from
+    /// the round's start.
     pub(super) fn extend(&mut self, now: T, timeout: Duration) {
-        self.at = now + timeout;
+        self.timeout_at = now + timeout;
+        self.at = self.timeout_at;
+        self.tightened = false;
+    }
+
+    /// At a straggler deadline that passed with no worker done and none held
+    /// at the gate (the quorum counted workers held only for a moment):
+    /// waits for the round's timeout again, or for the next quorum, whichever
+    /// comes first; the quorum's pace then counts the time waited so far.
+    /// False at the timeout itself, which this does not move.
+    pub(super) fn back_to_timeout(&mut self, now: T) -> bool {
+        if !self.tightened || now >= self.timeout_at {
+            return false;
+        }
+        self.tightened = false;
+        self.at = self.timeout_at;
+        true
     }
 
     /// Tightens the deadline once `ready` workers (done, or waiting at the
     /// gate for slower ones) reach the quorum at `now`.
     pub(super) fn progress(&mut self, now: T, ready: usize) {
-        if self.tightened || ready < self.quorum {
+        if !self.straggler_rule || self.tightened || ready < self.quorum {
             return;
         }
         self.tightened = true;
@@ -123,6 +147,31 @@ mod tests {
         let mut d = RoundDeadline::new(T0, secs(10), 3.0, 2);
         d.extend(secs(10), secs(4));
         assert_eq!(d.at(), secs(14));
+    }
+
+    #[test]
+    fn extending_applies_the_straggler_rule_again_at_the_pace_since_the_start() {
+        let mut d = RoundDeadline::new(T0, secs(10), 3.0, 2);
+        d.progress(ms(100), 1);
+        d.extend(secs(1), secs(10));
+        assert_eq!(d.at(), secs(11));
+        d.progress(secs(2), 1);
+        assert_eq!(d.at(), secs(2) + secs(4), "twice the two seconds since the start");
+    }
+
+    #[test]
+    fn a_straggler_deadline_that_found_nobody_held_goes_back_to_the_timeout() {
+        let mut d = RoundDeadline::new(T0, secs(10), 3.0, 2);
+        assert!(!d.back_to_timeout(ms(100)), "not tightened: nothing to go back from");
+        d.progress(ms(100), 1);
+        assert_eq!(d.at(), ms(300));
+        assert!(d.back_to_timeout(ms(300)));
+        assert_eq!(d.at(), secs(10));
+        // The next quorum, later, allows for all the time since the start.
+        d.progress(secs(1), 1);
+        assert_eq!(d.at(), secs(3));
+        assert!(d.back_to_timeout(secs(3)));
+        assert!(!d.back_to_timeout(secs(10)), "the timeout itself stands");
     }
 
     #[test]

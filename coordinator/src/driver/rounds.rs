@@ -119,20 +119,26 @@ impl Driver {
 
     /// At a round's deadline: the workers that keep others waiting at the
     /// gate are left out, and the rest get another `--round-timeout` (they
-    /// could not finish without them); with nobody held and nobody done,
-    /// all are slow and the round waits on (a worker that is gone is found
-    /// by its connection's keepalive and leaves the round); else the
-    /// workers still missing are left out.
+    /// could not finish without them). With nobody held and nobody done, a
+    /// straggler deadline goes back to the timeout (its quorum counted
+    /// workers held only for a moment), and at the timeout all are slow and
+    /// the round waits on (a worker that is gone is found by its
+    /// connection's keepalive and leaves the round). Else the workers still
+    /// missing are left out.
     fn deadline_passed(&mut self, open: &mut Round, deadline: &mut RoundDeadline<Clock>) {
-        let timeout = self.config.round_timeout;
+        let (now, timeout) = (Clock::now(), self.config.round_timeout);
         let holding_back = open.holding_back();
         if !holding_back.is_empty() {
             self.drop_stragglers(open, holding_back);
-            deadline.extend(Clock::now(), timeout);
+            deadline.extend(now, timeout);
         } else if open.completed() == 0 {
-            let (epoch, round, timeout_s) = (open.epoch(), open.round(), timeout.as_secs_f64());
-            warn!(epoch, round, timeout_s, "no worker has answered the round by its deadline; waiting on");
-            deadline.extend(Clock::now(), timeout);
+            let (epoch, round) = (open.epoch(), open.round());
+            if deadline.back_to_timeout(now) {
+                debug!(epoch, round, "straggler deadline with no worker done or held; waiting for the next quorum");
+            } else {
+                warn!(epoch, round, timeout_s = timeout.as_secs_f64(), "no worker has answered the round by its deadline; waiting on");
+                deadline.extend(now, timeout);
+            }
         } else {
             let missing = open.missing();
             self.drop_stragglers(open, missing);
