@@ -42,10 +42,13 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Re
 /// (docs/performance.md). Call it before any other thread starts.
 pub fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: sets one of glibc's allocator parameters, before other
-    // threads exist to allocate meanwhile.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+    {
+        // SAFETY: sets one of glibc's allocator parameters, before other
+        // threads exist to allocate meanwhile.
+        let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+        if set == 0 {
+            tracing::debug!("glibc refused M_ARENA_MAX 1; the coordinator keeps an arena per thread");
+        }
     }
 }
 

@@ -51,15 +51,14 @@ impl<T: Moment> RoundDeadline<T> {
         self.started = self.started.min(since);
     }
 
-    /// Waits `timeout` more from `now` (at a deadline no worker had answered
-    /// by, when dropping them all would leave nothing to average; or after
-    /// leaving out the workers that held the others back), and the straggler
-    /// rule applies again at the next quorum, its pace still measured from
-    /// the round's start.
+    /// Waits `timeout` more from `now`: at a deadline no worker had answered
+    /// by, when dropping them all would leave nothing to average, or after
+    /// leaving out the workers that held the others back. A straggler rule
+    /// that fired stays spent: the workers the gate released need time to
+    /// send what it held back, which the quorum's pace does not measure.
     pub(super) fn extend(&mut self, now: T, timeout: Duration) {
         self.timeout_at = now + timeout;
         self.at = self.timeout_at;
-        self.tightened = false;
     }
 
     /// At a straggler deadline that passed with no worker done and none held
@@ -150,13 +149,13 @@ mod tests {
     }
 
     #[test]
-    fn extending_applies_the_straggler_rule_again_at_the_pace_since_the_start() {
+    fn extending_after_the_straggler_rule_fired_leaves_it_spent() {
         let mut d = RoundDeadline::new(T0, secs(10), 3.0, 2);
         d.progress(ms(100), 1);
-        d.extend(secs(1), secs(10));
-        assert_eq!(d.at(), secs(11));
-        d.progress(secs(2), 1);
-        assert_eq!(d.at(), secs(2) + secs(4), "twice the two seconds since the start");
+        d.extend(ms(300), secs(10));
+        d.progress(secs(1), 1);
+        assert_eq!(d.at(), ms(300) + secs(10), "the released workers get the whole timeout");
+        assert!(!d.back_to_timeout(ms(300) + secs(10)), "the timeout itself stands");
     }
 
     #[test]
