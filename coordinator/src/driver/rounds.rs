@@ -136,7 +136,12 @@ impl Driver {
             if deadline.back_to_timeout(now) {
                 debug!(epoch, round, "straggler deadline with no worker done or held; waiting for the next quorum");
             } else {
-                warn!(epoch, round, timeout_s = timeout.as_secs_f64(), "no worker has answered the round by its deadline; waiting on");
+                warn!(
+                    epoch,
+                    round,
+                    timeout_s = timeout.as_secs_f64(),
+                    "no worker has answered the round by its deadline; waiting on"
+                );
                 deadline.extend(now, timeout);
             }
         } else {
