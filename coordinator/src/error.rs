@@ -26,6 +26,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot keep the training set for workers to download in a temporary file in {}: set TMPDIR to a writable directory with room for {bytes} bytes",
+        dir.display()
+    )]
+    Spool {
+        dir: PathBuf,
+        bytes: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{} already holds a run ({file}): continue it with --resume {}, or choose another --out", dir.display(), dir.display())]
     RunExists { dir: PathBuf, file: &'static str },
     #[error("gRPC server failed")]

@@ -200,7 +200,7 @@ fn share(
     board: &StatusBoard,
 ) -> Arc<Shared> {
     let dataset = prepared.data.offer.clone();
-    let registry = registry::Registry::new(config.limits, dataset.blob.len() as u64);
+    let registry = registry::Registry::new(config.limits, dataset.len);
     Arc::new(Shared {
         run_config: pb::RunConfig::from(&prepared.spec),
         dataset,

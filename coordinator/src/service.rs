@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use lazyavg_proto::message::FromWorker;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, pb};
@@ -16,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::data::DatasetOffer;
 use crate::edge::Mailbox;
 use crate::ending::RunEnd;
 use crate::gate::Gate;
@@ -44,14 +44,6 @@ pub enum Event {
     Message { id: WorkerId, message: FromWorker },
     /// A worker's session ended.
     Detached { id: WorkerId, reason: String },
-}
-
-/// The training set as workers download it.
-#[derive(Debug, Clone)]
-pub struct DatasetOffer {
-    pub sha256: String,
-    pub blob: Bytes,
-    pub images: u64,
 }
 
 /// State shared by every request handler.
@@ -197,7 +189,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             config: Some(self.shared.run_config.clone()),
             dataset: Some(pb::DatasetInfo {
                 sha256: dataset.sha256.clone(),
-                bytes: dataset.blob.len() as u64,
+                bytes: dataset.len,
                 images: dataset.images,
             }),
         }))
@@ -217,7 +209,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 request.sha256, dataset.sha256
             )));
         }
-        let len = dataset.blob.len();
+        let len = dataset.len as usize;
         let start = usize::try_from(request.offset).ok().filter(|&o| o <= len).ok_or_else(|| {
             Status::out_of_range(format!("offset {} is past the dataset's {len} bytes", request.offset))
         })?;
@@ -227,16 +219,25 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .start_fetch(id, (len - start) as u64, Instant::now())
             .map_err(|e| self.shared.refuse("FetchDataset", &e))?;
         let slot = FetchSlot(Arc::clone(&self.shared), id);
-        let blob = dataset.blob.clone();
-        let chunks = (start..len).step_by(MAX_CHUNK_BYTES).map(move |offset| {
+        let dataset = dataset.clone();
+        let chunks = futures::stream::iter((start..len).step_by(MAX_CHUNK_BYTES)).then(move |offset| {
             // Each chunk keeps the Join alive; one whose reader stalled past
             // the deadline was forgotten, and its download ends here. The
             // download ends when the stream is dropped, complete or not.
-            slot.0.registry().fetch_progress(slot.1, Instant::now()).map_err(|e| Status::from(&e))?;
             let end = (offset + MAX_CHUNK_BYTES).min(len);
-            Ok(pb::DatasetChunk { offset: offset as u64, data: blob.slice(offset..end) })
+            let read = slot
+                .0
+                .registry()
+                .fetch_progress(slot.1, Instant::now())
+                .map(|()| dataset.read(offset as u64, end - offset));
+            async move {
+                let data = read.map_err(|e| Status::from(&e))?.await.map_err(|e| {
+                    Status::internal(format!("cannot read bytes {offset}..{end} of the dataset's spool file: {e}"))
+                })?;
+                Ok(pb::DatasetChunk { offset: offset as u64, data })
+            }
         });
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::RunStatus>, Status> {

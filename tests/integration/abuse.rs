@@ -198,26 +198,41 @@ async fn flood(addr: &str) -> Flood {
 }
 
 #[test]
-fn a_flood_of_joins_and_idle_sessions_leaves_the_coordinator_as_it_was() {
+fn floods_of_joins_and_idle_sessions_take_bounded_memory_that_the_next_flood_reuses() {
     let _heavy = heavy();
     let args = ["--attach-timeout", "2s"];
     // Measured from the end of the first epoch, when the rounds' own buffers
-    // are in place (they took 4.5–7.5 MB of the 8 allowed below when measured
-    // from the workers' joining), and long enough to outlast the flood.
-    let (_tmp, mut coordinator, mut workers) = two_worker_run("8", &args, "epoch done", |l| l["epoch"] == 1);
+    // are in place (they took 4.5–7.5 MB when measured from the workers'
+    // joining), and long enough to outlast three floods.
+    let (_tmp, mut coordinator, mut workers) = two_worker_run("16", &args, "epoch done", |l| l["epoch"] == 1);
     let pid = coordinator.proc.pid();
-    let watch = RssWatch::start(pid);
-    let start = watch.start;
+    let start = rss(pid);
     let runtime = runtime();
-    let flood = runtime.block_on(flood(&coordinator.addr));
+    let mut peaks = Vec::new();
+    for _ in 0..3 {
+        let watch = RssWatch::start(pid);
+        assert_refused_or_forgotten(&runtime.block_on(flood(&coordinator.addr)));
+        peaks.push(watch.peak());
+    }
     drop(runtime);
-    let peak = watch.peak();
-    let end = wait_until("the coordinator's memory back near its start", EVENT_TIMEOUT, || {
-        let now = read_rss(pid).unwrap_or_else(|| panic!("the coordinator exited\n{}", coordinator.proc.dump()));
-        (now < start + 8 * MEBIBYTE).then_some(now)
-    });
-    eprintln!("coordinator RSS: start {start}, peak {peak}, after {end} bytes; {flood:?}");
+    eprintln!("coordinator RSS: start {start}, each flood's peak {peaks:?} bytes");
 
+    // glibc keeps what a flood took in its per-thread arenas (measured: 10–16
+    // MB after the first flood, 13–22 after the second), but later floods
+    // reuse it (the third and four more added 0–2.4 MB): what clients can
+    // take is bounded, however often they try.
+    assert!(peaks.iter().all(|&peak| peak < start + 28 * MEBIBYTE), "grew from {start} to {peaks:?} bytes");
+    assert!(peaks[2] < peaks[1] + 4 * MEBIBYTE, "a third flood still grew the coordinator: {peaks:?} bytes");
+
+    assert_the_run_completes_as_usual(&mut coordinator, &mut workers, 16);
+    // One summary line per kind of refusal and 10 s, not one per client.
+    let refusals = logged(&coordinator.proc, "refused a client");
+    assert!((2..=30).contains(&refusals.len()), "{refusals:?}");
+}
+
+/// What the coordinator answers a [`flood`]: each kind refused or forgotten,
+/// with room kept for a worker joining right after it.
+fn assert_refused_or_forgotten(flood: &Flood) {
     assert_eq!(flood.long_names, [(Code::InvalidArgument, 10_000)], "{flood:?}");
     assert!(flood.long_name_message.contains("4096 bytes; the limit is 256"), "{flood:?}");
     // Past the default cap on pending Joins (64) the oldest pending one makes
@@ -231,12 +246,6 @@ fn a_flood_of_joins_and_idle_sessions_leaves_the_coordinator_as_it_was() {
     assert!((1..=62).contains(&closed), "{flood:?}");
     assert_eq!(closed + count(&flood.idle_sessions, Code::ResourceExhausted), 500, "{flood:?}");
     assert_eq!(flood.late_attach, Code::FailedPrecondition, "a Join past its deadline was kept: {flood:?}");
-    assert!(peak < start + 20 * MEBIBYTE, "grew from {start} to {peak} bytes");
-
-    assert_the_run_completes_as_usual(&mut coordinator, &mut workers, 8);
-    // One summary line per kind of refusal and 10 s, not one per client.
-    let refusals = logged(&coordinator.proc, "refused a client");
-    assert!((2..=20).contains(&refusals.len()), "{refusals:?}");
 }
 
 /// What [`stalled_sessions`] got back.

@@ -451,8 +451,13 @@ fn is_running_worker(pid: u64) -> bool {
 /// Runs `lazyavg --log-format json <args>`, expects it to fail promptly, and
 /// returns it (its output complete).
 fn refused(args: &[&str]) -> Proc {
+    refused_with_env(args, &[])
+}
+
+/// [`refused`] with environment variables `env` set.
+fn refused_with_env(args: &[&str], env: &[(&str, &Path)]) -> Proc {
     let mut cmd = lazyavg();
-    cmd.args(["--log-format", "json"]).args(args).env("RUST_LOG", "info");
+    cmd.args(["--log-format", "json"]).args(args).env("RUST_LOG", "info").envs(env.iter().copied());
     let mut proc = Proc::spawn(&format!("lazyavg {}", args.join(" ")), cmd);
     let code = proc.wait(Duration::from_secs(60));
     assert_ne!(code, 0, "{}", proc.dump());
@@ -491,6 +496,22 @@ fn a_data_dir_given_by_flag_that_lacks_the_files_is_refused_not_filled() {
     assert_error_line(&proc, &format!("run `lazyavg fetch-data --dir {typo_str}`"));
     assert!(logged(&proc, "data missing; fetching MNIST").is_empty(), "{}", proc.dump());
     assert!(!typo.exists(), "the mistyped directory was created");
+}
+
+/// The training set that workers download is kept in a temporary file: a
+/// `TMPDIR` that cannot hold it is refused naming the directory and the
+/// size, before any socket opens.
+#[test]
+fn a_tmpdir_that_cannot_hold_the_training_set_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (missing, out) = (tmp.path().join("no-such-tmp"), tmp.path().join("out"));
+    let (mnist, out_str) = (mnist_dir(), out.to_str().expect("UTF-8 path"));
+    let args =
+        ["coordinator", "--bind", "127.0.0.1:0", "--data-dir", mnist.to_str().expect("UTF-8 path"), "--out", out_str];
+    let proc = refused_with_env(&args, &[("TMPDIR", &missing)]);
+    assert_error_line(&proc, &format!("temporary file in {}: set TMPDIR", missing.display()));
+    assert_error_line(&proc, "room for 47100024 bytes");
+    assert!(!out.join("address").exists(), "it listened first\n{}", proc.dump());
 }
 
 /// A batch bigger than a worker's shard is refused once the data says how
