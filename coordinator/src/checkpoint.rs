@@ -10,8 +10,7 @@
 //! is kept beside the new one, and each is written atomically, so a crash at
 //! any moment leaves at least one intact.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use lazyavg_common::model_file::{self, Extras};
@@ -107,14 +106,11 @@ pub fn save_with_fault(dir: &Path, arch: &ModelSpec, checkpoint: &Checkpoint, fa
         (REMAINING_KEY.to_owned(), remaining.join(",")),
         (ROUND_KEY.to_owned(), checkpoint.round.to_string()),
     ]);
-    let tensors = if checkpoint.outer_velocity.is_empty() {
-        BTreeMap::new()
-    } else {
-        BTreeMap::from([(OUTER_VELOCITY.to_owned(), checkpoint.outer_velocity.clone())])
-    };
-    let bytes = model_file::to_bytes_with(arch, &checkpoint.params, &Extras { metadata, tensors })?;
+    let velocity =
+        (!checkpoint.outer_velocity.is_empty()).then_some((OUTER_VELOCITY, checkpoint.outer_velocity.as_slice()));
+    let encoded = model_file::encode(arch, &checkpoint.params, metadata, velocity)?;
     lazyavg_common::fsutil::write_atomic(&current, |file| {
-        file.write_all(&bytes)?;
+        encoded.write_to(file)?;
         match fault {
             None => Ok(()),
             Some(Fault::Fail) => Err(std::io::Error::other("injected fault (--inject-checkpoint-fault)")),
