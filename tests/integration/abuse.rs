@@ -337,7 +337,10 @@ fn sessions_that_never_read_nor_answer_are_dropped_at_the_round_deadline() {
     // Dropped at their first round's deadline (no average was queued for
     // them meanwhile, so none fell behind first).
     assert_eq!(reasons.len(), stalled.attached.len(), "{reasons:?}");
-    assert!(reasons.iter().all(|r| *r == "never answered a pull (--round-timeout)"), "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| *r == "has not answered a pull on this session by the --round-timeout deadline"),
+        "{reasons:?}"
+    );
 
     // The session cap, two of them the real workers'.
     assert!(!stalled.attached.is_empty() && stalled.attached.len() <= SESSION_CAP as usize - 2, "{stalled:?}");

@@ -145,6 +145,7 @@ fn a_stopped_worker_is_left_behind_and_rejoins() {
     // stop: the worker is left behind by the configured round timeout,
     // however long it was held.
     assert_eq!(missed["timeout_s"].as_f64(), Some(1.0), "{missed}");
+    assert_eq!(missed["deadline"], "--round-timeout", "{missed}");
     for round in &rounds {
         assert_eq!(u64_field(round, "contributors"), 1, "a round closed while it was stopped: {round}");
     }
@@ -224,15 +225,17 @@ fn a_stopped_worker_that_holds_the_other_at_the_gate_is_left_behind_at_the_strag
     let before = coordinator.proc.json_lines().len();
     workers[1].signal("STOP");
     let stopped = Instant::now();
-    wait_until("the stopped worker left behind", EVENT_TIMEOUT, || {
+    let missed = wait_until("the stopped worker left behind", EVENT_TIMEOUT, || {
         let lines = coordinator.proc.json_lines();
         lines[before..]
             .iter()
-            .any(|l| {
+            .find(|l| {
                 l["message"] == "worker missed the round deadline; closing the round without it" && l["worker"] == id
             })
-            .then_some(())
+            .cloned()
     });
+    assert_eq!(missed["deadline"], "--straggler-factor", "{missed}");
+    assert!(missed.get("timeout_s").is_none(), "a straggler deadline is not the round timeout: {missed}");
     let waited = stopped.elapsed();
     workers[1].signal("CONT");
     let mut procs: Vec<&mut Proc> = std::iter::once(&mut coordinator.proc).chain(workers.iter_mut()).collect();

@@ -27,6 +27,26 @@ pub(super) struct RoundDeadline<T> {
     tightened: bool,
 }
 
+/// Which limit a round's deadline was when it passed: named in the warning
+/// about each worker it leaves out, and in the reason of one it drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Limit {
+    /// `--round-timeout` after the round's start or its last extension.
+    RoundTimeout,
+    /// `--straggler-factor` times the time the quorum took.
+    StragglerFactor,
+}
+
+impl Limit {
+    /// The flag that sets the limit.
+    pub(super) fn flag(self) -> &'static str {
+        match self {
+            Limit::RoundTimeout => "--round-timeout",
+            Limit::StragglerFactor => "--straggler-factor",
+        }
+    }
+}
+
 /// The least extra time stragglers get after the quorum, so that scheduling
 /// noise on a busy machine does not drop healthy workers.
 const MIN_GRACE: Duration = Duration::from_millis(20);
@@ -75,6 +95,13 @@ impl<T: Moment> RoundDeadline<T> {
         true
     }
 
+    /// The limit that a deadline reached at `now` was, and how long after
+    /// the round's start (or its head start) it fell.
+    pub(super) fn passed(&self, now: T) -> (Limit, Duration) {
+        let limit = if self.tightened && now < self.timeout_at { Limit::StragglerFactor } else { Limit::RoundTimeout };
+        (limit, now - self.started)
+    }
+
     /// Tightens the deadline once `ready` workers (done, or waiting at the
     /// gate for slower ones) reach the quorum at `now`.
     pub(super) fn progress(&mut self, now: T, ready: usize) {
@@ -100,6 +127,16 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_passed_deadline_names_its_limit() {
+        let mut d = RoundDeadline::new(T0, secs(10), 3.0, 4);
+        assert_eq!(d.passed(secs(10)), (Limit::RoundTimeout, secs(10)));
+        d.progress(ms(100), 2);
+        assert_eq!(d.passed(d.at()), (Limit::StragglerFactor, ms(300)));
+        d.extend(ms(300), secs(10));
+        assert_eq!(d.passed(d.at()), (Limit::RoundTimeout, ms(10_300)), "an extension is a round timeout again");
     }
 
     #[test]

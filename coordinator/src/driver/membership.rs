@@ -3,13 +3,14 @@
 //! others, orphaned images dealt to newcomers, and the pause below
 //! `--min-workers`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lazyavg_common::matching::AlignMethod;
 use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::message::FromWorker;
 use tracing::{info, warn};
 
+use super::deadline::Limit;
 use super::{Driver, Worker};
 use crate::command::{Cmd, RejectReason, Rejection};
 use crate::edge::Undelivered;
@@ -130,15 +131,21 @@ impl Driver {
         self.send(id, Cmd::Reject(rejection));
     }
 
-    /// Closes the round without the workers that missed its deadline. Their
+    /// Closes the round without the workers that missed its deadline (`limit`,
+    /// `waited` after the round's start). Their
     /// late contributions will be refused as stale; they keep their session,
     /// receive every average, and get a shard again from the next epoch,
     /// while the rest of their current shard goes to the others. A worker
     /// that has never answered a pull on its session is dropped instead: it
     /// may never read either, and each average queued for it is a model copy.
-    pub(super) fn drop_stragglers(&mut self, open: &mut Round, stragglers: Vec<WorkerId>) {
+    pub(super) fn drop_stragglers(
+        &mut self,
+        open: &mut Round,
+        stragglers: Vec<WorkerId>,
+        (limit, waited): (Limit, Duration),
+    ) {
         let (epoch, round) = (open.epoch(), open.round());
-        let timeout_s = self.config.round_timeout.as_secs_f64();
+        let timeout_s = (limit == Limit::RoundTimeout).then(|| self.config.round_timeout.as_secs_f64());
         for id in stragglers {
             open.exclude(id);
             let Some((name, answered)) = self.workers.get(&id).map(|w| (w.name.clone(), w.answered)) else {
@@ -146,11 +153,17 @@ impl Driver {
             };
             warn!(
                 worker = id,
-                name, epoch, round, timeout_s, "worker missed the round deadline; closing the round without it"
+                name,
+                epoch,
+                round,
+                deadline = limit.flag(),
+                waited_s = waited.as_secs_f64(),
+                timeout_s,
+                "worker missed the round deadline; closing the round without it"
             );
             self.retire_for_epoch(id);
             if !answered {
-                let reason = "never answered a pull (--round-timeout)".to_owned();
+                let reason = format!("has not answered a pull on this session by the {} deadline", limit.flag());
                 // Handled like a departure on the next turn of the event loop.
                 let _ = self.raise.send(Event::Detached { id, reason });
             }

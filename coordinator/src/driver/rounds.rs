@@ -128,8 +128,9 @@ impl Driver {
     fn deadline_passed(&mut self, open: &mut Round, deadline: &mut RoundDeadline<Clock>) {
         let (now, timeout) = (Clock::now(), self.config.round_timeout);
         let holding_back = open.holding_back();
+        let passed = deadline.passed(now);
         if !holding_back.is_empty() {
-            self.drop_stragglers(open, holding_back);
+            self.drop_stragglers(open, holding_back, passed);
             deadline.extend(now, timeout);
         } else if open.completed() == 0 {
             let (epoch, round) = (open.epoch(), open.round());
@@ -146,7 +147,7 @@ impl Driver {
             }
         } else {
             let missing = open.missing();
-            self.drop_stragglers(open, missing);
+            self.drop_stragglers(open, missing, passed);
         }
     }
 
