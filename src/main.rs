@@ -32,7 +32,10 @@ fn main() -> ExitCode {
 
 fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()> {
     match command {
-        Command::Coordinator(args) => cluster::block_on(cluster::coordinator(*args, log_format)),
+        Command::Coordinator(args) => {
+            cluster::one_malloc_arena();
+            cluster::block_on(cluster::coordinator(*args, log_format))
+        }
         Command::Worker(args) => cluster::block_on(cluster::worker(args)),
         Command::Status(args) => cluster::block_on(status::run(args)),
         Command::FetchData(args) => {

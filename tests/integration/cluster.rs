@@ -514,6 +514,52 @@ fn a_tmpdir_that_cannot_hold_the_training_set_is_refused_naming_it() {
     assert!(!out.join("address").exists(), "it listened first\n{}", proc.dump());
 }
 
+/// A download cut short resumes from where it stopped, even inside a
+/// chunk: the parts received are the training set whose SHA-256 and size
+/// the Join named (the coordinator reads it back from its spool file at any
+/// offset), and an offset past the end is refused naming both numbers.
+#[test]
+fn a_dataset_download_cut_short_resumes_from_its_offset() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &["--workers", "1"], "info");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (blob, dataset, past_end) = runtime.block_on(async {
+        let mut client = crate::faults::connect(&coordinator.addr).await;
+        let request = lazyavg_proto::pb::JoinRequest {
+            protocol_version: lazyavg_proto::PROTOCOL_VERSION,
+            name: "resumer".to_owned(),
+        };
+        let reply = client.join(request).await.expect("Join").into_inner();
+        let dataset = reply.dataset.expect("the Join names the dataset");
+        let fetch = |offset: u64| lazyavg_proto::pb::FetchDatasetRequest {
+            worker_id: reply.worker_id,
+            sha256: dataset.sha256.clone(),
+            offset,
+        };
+        let mut blob: Vec<u8> = Vec::new();
+        let mut first = client.fetch_dataset(fetch(0)).await.expect("FetchDataset").into_inner();
+        for _ in 0..3 {
+            let chunk = first.message().await.expect("a chunk").expect("more than 3 chunks");
+            assert_eq!(chunk.offset, blob.len() as u64);
+            blob.extend_from_slice(&chunk.data);
+        }
+        drop(first);
+        // Cut inside the third chunk, as a connection lost mid-frame would.
+        blob.truncate(blob.len() - 1000);
+        let mut rest = client.fetch_dataset(fetch(blob.len() as u64)).await.expect("resuming").into_inner();
+        while let Some(chunk) = rest.message().await.expect("a chunk") {
+            assert_eq!(chunk.offset, blob.len() as u64, "a chunk that does not continue the download");
+            blob.extend_from_slice(&chunk.data);
+        }
+        let past_end = client.fetch_dataset(fetch(dataset.bytes + 1)).await.map(|_| ()).expect_err("past the end");
+        (blob, dataset, past_end)
+    });
+    assert_eq!(blob.len() as u64, dataset.bytes);
+    assert_eq!(lazyavg_common::dataset::sha256_hex(&blob), dataset.sha256);
+    assert_eq!(past_end.code(), tonic::Code::OutOfRange, "{past_end:?}");
+    assert!(past_end.message().contains(&dataset.bytes.to_string()), "{past_end:?}");
+}
+
 /// A batch bigger than a worker's shard is refused once the data says how
 /// big the shards are, naming the numbers.
 #[test]
