@@ -37,9 +37,10 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Re
 /// Gives the coordinator's process one malloc arena (glibc). Its memory is
 /// a few model-sized buffers and a stream of short-lived message buffers
 /// that the runtime's threads allocate and free; with an arena per thread,
-/// each keeps freed buffers of its own: 25 to 60 MB of the peak with a
-/// 20M-parameter model on 2 cores, at no measured cost in round time
-/// (docs/performance.md). Call it before any other thread starts.
+/// each keeps freed buffers of its own: 15 to 35 MiB of the peak with a
+/// 20M-parameter model on 2 cores, rounds as fast; a flood of clients
+/// takes less, and the next flood reuses it (docs/performance.md). Call it
+/// before any other thread starts.
 pub fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -218,10 +218,10 @@ fn floods_of_joins_and_idle_sessions_take_bounded_memory_that_the_next_flood_reu
     eprintln!("coordinator RSS: start {start}, each flood's peak {peaks:?} bytes");
 
     // glibc keeps what a flood took for later (measured with the
-    // coordinator's one arena: 4–12 MB after the first flood, 0–2.4 more
-    // after each of the next two, 8–11 MB in all after eight, the last three
-    // adding nothing): what clients can take is bounded, however often they
-    // try.
+    // coordinator's one arena: 4–11 MiB after the first flood, 0–2.4 more
+    // after each of the next two, 7–10 MiB in all after eight, the last
+    // three adding nothing): what clients can take is bounded, however
+    // often they try.
     assert!(peaks.iter().all(|&peak| peak < start + 28 * MEBIBYTE), "grew from {start} to {peaks:?} bytes");
     assert!(peaks[2] < peaks[1] + 4 * MEBIBYTE, "a third flood still grew the coordinator: {peaks:?} bytes");
 
