@@ -37,7 +37,7 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Re
 /// Gives the coordinator's process one malloc arena (glibc). Its memory is
 /// a few model-sized buffers and a stream of short-lived message buffers
 /// that the runtime's threads allocate and free; with an arena per thread,
-/// each keeps freed buffers of its own: 15 to 35 MiB of the peak with a
+/// each keeps freed buffers of its own: 10 to 40 MiB of the peak with a
 /// 20M-parameter model on 2 cores, rounds as fast; a flood of clients
 /// takes less, and the next flood reuses it (docs/performance.md). Call it
 /// before any other thread starts.

@@ -132,7 +132,7 @@ pub fn exists(dir: &Path) -> bool {
 }
 
 /// The newest intact checkpoint in `dir` for `arch`, falling back (with a
-/// warning) to the previous one when the newest is damaged.
+/// warning) to the previous one when the newest is damaged or missing.
 pub fn load(dir: &Path, arch: &ModelSpec) -> Result<Checkpoint> {
     let current = dir.join(CURRENT);
     match read(&current, arch) {
@@ -143,7 +143,12 @@ pub fn load(dir: &Path, arch: &ModelSpec) -> Result<Checkpoint> {
                 let (err, prev_err) = (error_chain(&err), error_chain(&prev_err));
                 Error::Config(format!("no usable checkpoint in {}: {err}; and {prev_err}", dir.display()))
             })?;
-            warn!(error = %error_chain(&err), fallback = %previous.display(), "latest checkpoint is damaged; resuming from the previous one");
+            if current.exists() {
+                warn!(error = %error_chain(&err), fallback = %previous.display(), "latest checkpoint is damaged; resuming from the previous one");
+            } else {
+                // Renamed to the previous one before the write that failed or was cut short.
+                warn!(missing = %current.display(), fallback = %previous.display(), "the latest checkpoint's write did not finish; resuming from the previous one");
+            }
             Ok(fallback)
         }
     }

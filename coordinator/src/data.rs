@@ -37,7 +37,9 @@ impl DatasetOffer {
         let dir = std::env::temp_dir();
         let spool_error = |source| Error::Spool { dir: dir.clone(), bytes: blob.len(), source };
         let mut file = tempfile::tempfile_in(&dir).map_err(spool_error)?;
-        file.write_all(blob).map_err(spool_error)?;
+        // Flushed, so that a filesystem that reports a lack of room late
+        // (NFS, quotas) refuses it now rather than a download mid-run.
+        file.write_all(blob).and_then(|()| file.sync_data()).map_err(spool_error)?;
         Ok(DatasetOffer { sha256: dataset::sha256_hex(blob), images, len: blob.len() as u64, spool: Arc::new(file) })
     }
 

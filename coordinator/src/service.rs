@@ -225,11 +225,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             // the deadline was forgotten, and its download ends here. The
             // download ends when the stream is dropped, complete or not.
             let end = (offset + MAX_CHUNK_BYTES).min(len);
-            let read = slot
-                .0
-                .registry()
-                .fetch_progress(slot.1, Instant::now())
-                .map(|()| dataset.read(offset as u64, end - offset));
+            let progress = slot.0.registry().fetch_progress(slot.1, Instant::now());
+            // Read outside the registry's lock, which every Join and Attach takes.
+            let read = progress.map(|()| dataset.read(offset as u64, end - offset));
             async move {
                 let data = read.map_err(|e| Status::from(&e))?.await.map_err(|e| {
                     Status::internal(format!("cannot read bytes {offset}..{end} of the dataset's spool file: {e}"))

@@ -517,7 +517,8 @@ fn a_tmpdir_that_cannot_hold_the_training_set_is_refused_naming_it() {
 /// A download cut short resumes from where it stopped, even inside a
 /// chunk: the parts received are the training set whose SHA-256 and size
 /// the Join named (the coordinator reads it back from its spool file at any
-/// offset), and an offset past the end is refused naming both numbers.
+/// offset); at the end there is nothing more, and past it the offset is
+/// refused naming the size.
 #[test]
 fn a_dataset_download_cut_short_resumes_from_its_offset() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -551,6 +552,8 @@ fn a_dataset_download_cut_short_resumes_from_its_offset() {
             assert_eq!(chunk.offset, blob.len() as u64, "a chunk that does not continue the download");
             blob.extend_from_slice(&chunk.data);
         }
+        let mut at_end = client.fetch_dataset(fetch(dataset.bytes)).await.expect("fetching at the end").into_inner();
+        assert!(at_end.message().await.expect("the end of the stream").is_none(), "a chunk past the last byte");
         let past_end = client.fetch_dataset(fetch(dataset.bytes + 1)).await.map(|_| ()).expect_err("past the end");
         (blob, dataset, past_end)
     });

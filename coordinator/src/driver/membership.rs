@@ -132,7 +132,8 @@ impl Driver {
     }
 
     /// Closes the round without the workers that missed its deadline (`limit`,
-    /// `waited` after the round's start). Their
+    /// `waited` after the round's start, or after the first of its pulls that
+    /// went out ahead under `--overlap`, across any extensions). Their
     /// late contributions will be refused as stale; they keep their session,
     /// receive every average, and get a shard again from the next epoch,
     /// while the rest of their current shard goes to the others. A worker
