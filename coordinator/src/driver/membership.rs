@@ -146,7 +146,7 @@ impl Driver {
         (limit, waited): (Limit, Duration),
     ) {
         let (epoch, round) = (open.epoch(), open.round());
-        let timeout_s = (limit == Limit::RoundTimeout).then(|| self.config.round_timeout.as_secs_f64());
+        let timeout_s = (limit == Limit::RoundTimeout).then_some(self.config.round_timeout.as_secs_f64());
         for id in stragglers {
             open.exclude(id);
             let Some((name, answered)) = self.workers.get(&id).map(|w| (w.name.clone(), w.answered)) else {
