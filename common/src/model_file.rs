@@ -372,9 +372,6 @@ mod tests {
         TensorView::new(Dtype::F32, shape, data)
     }
 
-    /// The file written a tensor at a time is the one `safetensors::serialize`
-    /// makes of the same tensors and metadata: the same header (parsed: the
-    /// crate's metadata order is a hash map's) and the same data bytes.
     /// Metadata maps built apart iterate in different orders; the files do not differ.
     #[test]
     fn the_same_model_and_metadata_make_the_same_bytes() {
@@ -385,6 +382,9 @@ mod tests {
         assert_eq!(encode(&arch, &params, metadata(), []).unwrap().to_vec(), first);
     }
 
+    /// The file written a tensor at a time is the one `safetensors::serialize`
+    /// makes of the same tensors and metadata: the same header (parsed: the
+    /// crate's metadata order is a hash map's) and the same data bytes.
     #[test]
     fn a_file_written_a_tensor_at_a_time_is_the_one_safetensors_serialises() {
         let arch = ModelSpec::from_widths(&[4, 3, 3, 3, 3, 3, 3, 2]).unwrap();
