@@ -18,6 +18,7 @@ use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Slice,
 
 use crate::matmul::{Matrix, matmul, matmul_transposed};
 use crate::model::row_sums;
+use crate::winograd;
 
 /// The shapes of one convolution: `in_channels × in_height × in_width`
 /// images to `out_channels × out_height() × out_width()`.
@@ -91,6 +92,12 @@ impl Conv2dGeometry {
     /// Floats of the columns buffer for a batch of `b`: `[patch, out_pixels · b]`.
     pub fn columns_len(&self, b: usize) -> usize {
         self.patch() * self.out_pixels() * b
+    }
+
+    /// Floats of the workspace [`forward`] and [`backward`] need for a batch
+    /// of `b`: im2col's columns, or Winograd's transformed tiles.
+    pub fn workspace_len(&self, b: usize) -> usize {
+        if winograd::suits(self) { winograd::workspace_len(self, b) } else { self.columns_len(b) }
     }
 
     /// The outputs `o` (along one axis of `out_len`) whose input
@@ -180,16 +187,21 @@ fn rows_of(values: &mut [f32], b: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((values.len() / b, b), values).expect("a span is whole rows of B")
 }
 
-/// The convolution of a batch without its bias: `output = W · columns`,
-/// `[(out_channels, out_y, out_x), B]`. Leaves the batch's columns in
-/// `columns` for [`backward`].
+/// The convolution of a batch without its bias, `[(out_channels, out_y,
+/// out_x), B]`: `output = W · columns`, or by Winograd's transforms where
+/// they are faster ([`winograd::suits`]). Leaves in `workspace` (of
+/// [`Conv2dGeometry::workspace_len`]) what [`backward`] needs.
 pub fn forward(
     geometry: &Conv2dGeometry,
     weight: &[f32],
     input: ArrayView4<'_, f32>,
-    columns: &mut [f32],
+    workspace: &mut [f32],
     output: &mut [f32],
 ) {
+    if winograd::suits(geometry) {
+        return winograd::forward(geometry, weight, input, workspace, output);
+    }
+    let columns = workspace;
     let b = input.len_of(Axis(3));
     let width = geometry.out_pixels() * b;
     im2col(geometry, input, columns);
@@ -201,17 +213,21 @@ pub fn forward(
 }
 
 /// The gradients of a batch from the output's gradient `output_grad`
-/// (`[(out_channels, out_y, out_x), B]`) and the columns that [`forward`]
+/// (`[(out_channels, out_y, out_x), B]`) and the workspace that [`forward`]
 /// left: the weight's and bias's are written, and the input's, when asked
 /// for, is written into `input_grad` (the first layer needs none). The
-/// columns are overwritten with their own gradient on the way.
+/// workspace is overwritten on the way.
 pub fn backward(
     geometry: &Conv2dGeometry,
     weight: &[f32],
-    (columns, output_grad): (&mut [f32], &[f32]),
+    (workspace, output_grad): (&mut [f32], &[f32]),
     (weight_grad, bias_grad): (&mut [f32], &mut [f32]),
     input_grad: Option<ArrayViewMut4<'_, f32>>,
 ) {
+    if winograd::suits(geometry) {
+        return winograd::backward(geometry, workspace, output_grad, (weight_grad, bias_grad), input_grad);
+    }
+    let columns = workspace;
     let b = output_grad.len() / (geometry.out_channels * geometry.out_pixels());
     let width = geometry.out_pixels() * b;
     let columns = &mut columns[..geometry.columns_len(b)];
@@ -237,8 +253,17 @@ mod tests {
 
     /// Stride 1 and 2, padding, non-square inputs, and (the last) kernel
     /// columns that read only padding.
-    fn geometries() -> [Conv2dGeometry; 4] {
-        [g(1, 5, 5, 2, 3, 1, 0), g(2, 6, 5, 3, 3, 2, 1), g(3, 4, 4, 2, 2, 1, 2), g(1, 3, 1, 2, 3, 1, 1)]
+    /// The last two run as Winograd: output blocks that overhang the image
+    /// (kernel 3, blocks of 6) and a 5×5 kernel with padding (blocks of 4).
+    fn geometries() -> [Conv2dGeometry; 6] {
+        [
+            g(1, 5, 5, 2, 3, 1, 0),
+            g(2, 6, 5, 3, 3, 2, 1),
+            g(3, 4, 4, 2, 2, 1, 2),
+            g(1, 3, 1, 2, 3, 1, 1),
+            g(16, 7, 9, 2, 3, 1, 0),
+            g(16, 5, 6, 3, 5, 1, 2),
+        ]
     }
 
     /// A geometry from its sizes in field order.
@@ -321,11 +346,13 @@ mod tests {
             let data = random(&mut rng, g.in_channels * g.in_height * g.in_width * b);
             for batch_major in [true, false] {
                 let input = input_view(&g, &data, b, batch_major);
-                let mut columns = vec![f32::NAN; g.columns_len(b)];
+                let mut columns = vec![f32::NAN; g.workspace_len(b)];
                 let mut output = vec![f32::NAN; g.out_channels * g.out_pixels() * b];
                 forward_with_bias(&g, (&weight, &bias), input, &mut columns, &mut output);
                 for (got, want) in output.iter().zip(reference(&g, &weight, &bias, input)) {
-                    assert!((f64::from(*got) - want).abs() < 1e-5, "{g:?}: {got} vs {want}");
+                    // Winograd rounds differently, within 1e-4 of the output's scale.
+                    let tolerance = if winograd::suits(&g) { 1e-4 } else { 1e-5 };
+                    assert!((f64::from(*got) - want).abs() < tolerance * (1.0 + want.abs()), "{g:?}: {got} vs {want}");
                 }
             }
         }
@@ -343,7 +370,7 @@ mod tests {
             let data = random(&mut rng, g.in_channels * g.in_height * g.in_width * b);
             let out_len = g.out_channels * g.out_pixels() * b;
             let upstream = random(&mut rng, out_len);
-            let mut columns = vec![0.0; g.columns_len(b)];
+            let mut columns = vec![0.0; g.workspace_len(b)];
             let mut output = vec![0.0; out_len];
             forward_with_bias(&g, (&weight, &bias), input_view(&g, &data, b, false), &mut columns, &mut output);
             let (mut weight_grad, mut bias_grad) = (vec![f32::NAN; g.weight_len()], vec![f32::NAN; g.out_channels]);

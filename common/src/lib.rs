@@ -14,6 +14,7 @@
 //! - [`matmul`]: the matrix product behind every layer.
 //! - `stage`: the network's passes, one per dense, convolution or pooling layer.
 //! - [`conv`]: the 2-D convolution's arithmetic (im2col and matrix products).
+//! - `winograd`: the same convolution by Winograd's transforms, for stride 1 and many channels.
 //! - [`pool`]: 2-D max pooling.
 //! - [`model_settings`]: `--model`, `--hidden` and the `[model]` table.
 //! - [`optim`]: SGD with momentum and weight decay, state kept apart.
@@ -52,5 +53,6 @@ mod stage;
 pub mod status;
 pub mod telemetry;
 pub mod train;
+mod winograd;
 
 pub use error::{Error, Result};

@@ -112,7 +112,7 @@ impl Stage {
         match self {
             Stage::Dense(_) => Scratch::default(),
             Stage::Conv { geometry, .. } => {
-                Scratch { columns: vec![0.0; geometry.columns_len(capacity)], argmax: Vec::new() }
+                Scratch { columns: vec![0.0; geometry.workspace_len(capacity)], argmax: Vec::new() }
             }
             Stage::MaxPool(geometry) => Scratch { columns: Vec::new(), argmax: vec![0; geometry.out_len() * capacity] },
         }
