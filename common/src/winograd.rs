@@ -223,7 +223,9 @@ fn transform(
         }
         for (j, coefficients) in l.values.iter().enumerate().take(rows) {
             let mut sum = [0.0f32; LANES];
-            for (x, &coefficient) in x.iter().zip(coefficients).take(inputs) {
+            // All 8 columns (those past `inputs` hold zeros), so that the
+            // loop unrolls with `x` in registers.
+            for (x, &coefficient) in x.iter().zip(coefficients) {
                 if coefficient != 0.0 {
                     for (sum, x) in sum.iter_mut().zip(x) {
                         *sum += coefficient * x;
