@@ -8,6 +8,7 @@
 //! where in its channel (`y · in_width + x`) its maximum was, which is all
 //! the backward pass needs.
 
+use multiversion::multiversion;
 use ndarray::{ArrayView4, ArrayViewMut4, Axis};
 
 use crate::conv::all_positive;
@@ -58,6 +59,11 @@ impl MaxPoolGeometry {
         self.channels * self.out_height() * self.out_width()
     }
 
+    /// Where input `[c, y, x, 0]` lies in a `[channels, in_height, in_width, b]` buffer.
+    fn offset(&self, c: usize, y: usize, x: usize, b: usize) -> usize {
+        ((c * self.in_height + y) * self.in_width + x) * b
+    }
+
     /// Every output position `(channel, oy, ox)` in output order.
     fn out_positions(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
         let (height, width) = (self.out_height(), self.out_width());
@@ -77,19 +83,36 @@ impl MaxPoolGeometry {
 pub fn forward(geometry: &MaxPoolGeometry, input: ArrayView4<'_, f32>, output: &mut [f32], argmax: &mut [u32]) {
     let b = input.len_of(Axis(3));
     let len = geometry.out_len() * b;
+    let contiguous = input.to_slice();
     let rows = output[..len].chunks_exact_mut(b).zip(argmax[..len].chunks_exact_mut(b));
     for ((c, oy, ox), (best, best_at)) in geometry.out_positions().zip(rows) {
         best.fill(f32::NEG_INFINITY);
         for (y, x) in geometry.window(oy, ox) {
             let at = (y * geometry.in_width + x) as u32;
-            for ((best, best_at), &v) in
-                best.iter_mut().zip(best_at.iter_mut()).zip(input.slice(ndarray::s![c, y, x, ..]))
-            {
-                if v > *best || v.is_nan() {
-                    (*best, *best_at) = (v, at);
+            match contiguous {
+                Some(all) => keep_larger(best, best_at, &all[geometry.offset(c, y, x, b)..][..b], at),
+                None => {
+                    for ((best, best_at), &v) in
+                        best.iter_mut().zip(best_at.iter_mut()).zip(input.slice(ndarray::s![c, y, x, ..]))
+                    {
+                        if v > *best || v.is_nan() {
+                            (*best, *best_at) = (v, at);
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+/// Where `at` wins, `best` becomes `values` and `best_at` `at`: written as
+/// selects, so that the samples are compared a register at a time.
+#[multiversion(targets("x86_64+avx2"))]
+fn keep_larger(best: &mut [f32], best_at: &mut [u32], values: &[f32], at: u32) {
+    for ((best, best_at), &v) in best.iter_mut().zip(best_at.iter_mut()).zip(values) {
+        let wins = v > *best || v.is_nan();
+        *best = if wins { v } else { *best };
+        *best_at = if wins { at } else { *best_at };
     }
 }
 
@@ -106,11 +129,15 @@ pub fn backward(
     let len = geometry.out_len() * b;
     input_grad.fill(0.0);
     let rows = output_grad[..len].chunks_exact(b).zip(argmax[..len].chunks_exact(b));
-    for ((c, _, _), (grads, at)) in geometry.out_positions().zip(rows) {
-        for (s, (&grad, &at)) in grads.iter().zip(at).enumerate() {
-            let (y, x) = (at as usize / geometry.in_width, at as usize % geometry.in_width);
-            input_grad[[c, y, x, s]] += grad;
-        }
+    // Each output's gradient and its maximum's input position `[c, y, x, s]`.
+    let targets = geometry.out_positions().zip(rows).flat_map(|((c, _, _), (grads, at))| {
+        grads.iter().zip(at).enumerate().map(move |(s, (&grad, &at))| {
+            ((c, at as usize / geometry.in_width, at as usize % geometry.in_width, s), grad)
+        })
+    });
+    match input_grad.as_slice_mut() {
+        Some(all) => targets.for_each(|((c, y, x, s), grad)| all[geometry.offset(c, y, x, b) + s] += grad),
+        None => targets.for_each(|(at, grad)| input_grad[at] += grad),
     }
 }
 
@@ -138,13 +165,23 @@ mod tests {
         .expect("input shape")
     }
 
+    /// The same values read as the input batch (`[B, features]`).
+    fn batch_major_view<'a>(g: &MaxPoolGeometry, data: &'a [f32], b: usize) -> ArrayView4<'a, f32> {
+        let (h, w) = (g.in_height, g.in_width);
+        ArrayView4::from_shape((g.channels, h, w, b).strides((h * w, w, 1, g.channels * h * w)), data)
+            .expect("input shape")
+    }
+
     #[test]
-    fn each_output_is_its_windows_maximum() {
+    fn each_output_is_its_windows_maximum_in_either_input_layout() {
         let b = 3;
-        for g in [geometry(2, 2), geometry(3, 1), geometry(2, 3)] {
+        let geometries = [geometry(2, 2), geometry(3, 1), geometry(2, 3)];
+        let layouts: [for<'a> fn(&MaxPoolGeometry, &'a [f32], usize) -> ArrayView4<'a, f32>; 2] =
+            [view, batch_major_view];
+        for (g, layout) in geometries.into_iter().flat_map(|g| layouts.map(|layout| (g, layout))) {
             g.validate().expect("valid geometry");
             let data = input(&g, b);
-            let pixels = view(&g, &data, b);
+            let pixels = layout(&g, &data, b);
             let (mut output, mut argmax) = (vec![0.0; g.out_len() * b], vec![0; g.out_len() * b]);
             forward(&g, pixels, &mut output, &mut argmax);
             for ((c, oy, ox), (row, at)) in g.out_positions().zip(output.chunks_exact(b).zip(argmax.chunks_exact(b))) {

@@ -22,7 +22,7 @@ use multiversion::multiversion;
 use ndarray::{ArrayView4, ArrayViewMut4, Axis, s};
 
 use crate::conv::Conv2dGeometry;
-use crate::matmul::{Matrix, matmul};
+use crate::matmul::{Matrix, matmul, matmul_transposed};
 use crate::model::row_sums;
 
 /// Side of the transform tile.
@@ -353,7 +353,7 @@ pub(crate) fn forward(
     for xi in 0..POSITIONS {
         let u = Matrix::new(&u[xi * k_out * c_in..], k_out, c_in);
         let v = Matrix::new(&v[xi * c_in * plan.width..], c_in, plan.width);
-        matmul(u, v, &mut m[xi * k_out * plan.width..][..k_out * plan.width]);
+        matmul_transposed(v.t(), u.t(), &mut m[xi * k_out * plan.width..][..k_out * plan.width]);
     }
     // output block = Aᵀ M A: rows straight from M's planes, then columns
     // straight into the output (the part of the block inside it).
