@@ -157,31 +157,21 @@ mod tests {
         (0..n).map(|i| ((i * 37) % n) as f32 - (n / 2) as f32).collect()
     }
 
-    fn view<'a>(g: &MaxPoolGeometry, data: &'a [f32], b: usize) -> ArrayView4<'a, f32> {
-        ArrayView4::from_shape(
-            (g.channels, g.in_height, g.in_width, b).strides((g.in_height * g.in_width * b, g.in_width * b, b, 1)),
-            data,
-        )
-        .expect("input shape")
-    }
-
-    /// The same values read as the input batch (`[B, features]`).
-    fn batch_major_view<'a>(g: &MaxPoolGeometry, data: &'a [f32], b: usize) -> ArrayView4<'a, f32> {
-        let (h, w) = (g.in_height, g.in_width);
-        ArrayView4::from_shape((g.channels, h, w, b).strides((h * w, w, 1, g.channels * h * w)), data)
-            .expect("input shape")
+    /// `data` as `[c, y, x, s]`, `[features, B]` or (`batch_major`) the input batch's `[B, features]`.
+    fn view<'a>(g: &MaxPoolGeometry, data: &'a [f32], b: usize, batch_major: bool) -> ArrayView4<'a, f32> {
+        let (c, h, w) = (g.channels, g.in_height, g.in_width);
+        let strides = if batch_major { (h * w, w, 1, c * h * w) } else { (h * w * b, w * b, b, 1) };
+        ArrayView4::from_shape((c, h, w, b).strides(strides), data).expect("input shape")
     }
 
     #[test]
     fn each_output_is_its_windows_maximum_in_either_input_layout() {
         let b = 3;
         let geometries = [geometry(2, 2), geometry(3, 1), geometry(2, 3)];
-        let layouts: [for<'a> fn(&MaxPoolGeometry, &'a [f32], usize) -> ArrayView4<'a, f32>; 2] =
-            [view, batch_major_view];
-        for (g, layout) in geometries.into_iter().flat_map(|g| layouts.map(|layout| (g, layout))) {
+        for (g, batch_major) in geometries.into_iter().flat_map(|g| [(g, false), (g, true)]) {
             g.validate().expect("valid geometry");
             let data = input(&g, b);
-            let pixels = layout(&g, &data, b);
+            let pixels = view(&g, &data, b, batch_major);
             let (mut output, mut argmax) = (vec![0.0; g.out_len() * b], vec![0; g.out_len() * b]);
             forward(&g, pixels, &mut output, &mut argmax);
             for ((c, oy, ox), (row, at)) in g.out_positions().zip(output.chunks_exact(b).zip(argmax.chunks_exact(b))) {
@@ -204,12 +194,12 @@ mod tests {
         for g in [geometry(2, 2), geometry(3, 1)] {
             let data = input(&g, b);
             let (mut output, mut argmax) = (vec![0.0; g.out_len() * b], vec![0; g.out_len() * b]);
-            forward(&g, view(&g, &data, b), &mut output, &mut argmax);
+            forward(&g, view(&g, &data, b, false), &mut output, &mut argmax);
             let upstream: Vec<f32> = (0..output.len()).map(|i| (i % 7) as f32 - 3.0).collect();
             let mut grad = Array4::from_elem((g.channels, g.in_height, g.in_width, b), f32::NAN);
             backward(&g, &upstream, &argmax, grad.view_mut());
             let forward_side: f32 = upstream.iter().zip(&output).map(|(d, y)| d * y).sum();
-            let backward_side: f32 = grad.iter().zip(view(&g, &data, b).iter()).map(|(d, x)| d * x).sum();
+            let backward_side: f32 = grad.iter().zip(view(&g, &data, b, false).iter()).map(|(d, x)| d * x).sum();
             assert_eq!(forward_side, backward_side, "{g:?}");
             let reached = grad.iter().filter(|&&d| d != 0.0).count();
             assert!(reached > 0 && reached <= g.out_len() * b, "{reached} inputs got a gradient");
@@ -221,7 +211,7 @@ mod tests {
         let g = MaxPoolGeometry { channels: 1, in_height: 2, in_width: 2, kernel: 2, stride: 2 };
         for (data, want, at) in [([1.0, 3.0, 3.0, 2.0], 3.0, 1), ([1.0, f32::NAN, 5.0, 2.0], f32::NAN, 1)] {
             let (mut output, mut argmax) = ([0.0], [9]);
-            forward(&g, view(&g, &data, 1), &mut output, &mut argmax);
+            forward(&g, view(&g, &data, 1, false), &mut output, &mut argmax);
             assert!(output[0] == want || (want.is_nan() && output[0].is_nan()), "{data:?} → {}", output[0]);
             assert_eq!(argmax[0], at, "{data:?}");
         }
