@@ -107,7 +107,7 @@ pub fn forward(geometry: &MaxPoolGeometry, input: ArrayView4<'_, f32>, output: &
 
 /// Where `at` wins, `best` becomes `values` and `best_at` `at`: written as
 /// selects, so that the samples are compared a register at a time.
-#[multiversion(targets("x86_64+avx2"))]
+#[multiversion(targets("x86_64+avx512f", "x86_64+avx2"))]
 fn keep_larger(best: &mut [f32], best_at: &mut [u32], values: &[f32], at: u32) {
     for ((best, best_at), &v) in best.iter_mut().zip(best_at.iter_mut()).zip(values) {
         let wins = v > *best || v.is_nan();
@@ -129,15 +129,24 @@ pub fn backward(
     let len = geometry.out_len() * b;
     input_grad.fill(0.0);
     let rows = output_grad[..len].chunks_exact(b).zip(argmax[..len].chunks_exact(b));
-    // Each output's gradient and its maximum's input position `[c, y, x, s]`.
-    let targets = geometry.out_positions().zip(rows).flat_map(|((c, _, _), (grads, at))| {
-        grads.iter().zip(at).enumerate().map(move |(s, (&grad, &at))| {
-            ((c, at as usize / geometry.in_width, at as usize % geometry.in_width, s), grad)
-        })
-    });
+    let channel_len = geometry.in_height * geometry.in_width;
     match input_grad.as_slice_mut() {
-        Some(all) => targets.for_each(|((c, y, x, s), grad)| all[geometry.offset(c, y, x, b) + s] += grad),
-        None => targets.for_each(|(at, grad)| input_grad[at] += grad),
+        // `argmax` is the position in the channel, so the maximum of
+        // `[c, _, _, s]` is `[c · channel_len + argmax, s]` of the buffer.
+        Some(all) => {
+            for ((c, _, _), (grads, at)) in geometry.out_positions().zip(rows) {
+                for (s, (&grad, &at)) in grads.iter().zip(at).enumerate() {
+                    all[(c * channel_len + at as usize) * b + s] += grad;
+                }
+            }
+        }
+        None => {
+            for ((c, _, _), (grads, at)) in geometry.out_positions().zip(rows) {
+                for (s, (&grad, &at)) in grads.iter().zip(at).enumerate() {
+                    input_grad[[c, at as usize / geometry.in_width, at as usize % geometry.in_width, s]] += grad;
+                }
+            }
+        }
     }
 }
 
@@ -203,6 +212,10 @@ mod tests {
             assert_eq!(forward_side, backward_side, "{g:?}");
             let reached = grad.iter().filter(|&&d| d != 0.0).count();
             assert!(reached > 0 && reached <= g.out_len() * b, "{reached} inputs got a gradient");
+            // The same into a gradient laid out as the input batch (`[B, features]`).
+            let mut batch_major = Array4::from_elem((b, g.channels, g.in_height, g.in_width), f32::NAN);
+            backward(&g, &upstream, &argmax, batch_major.view_mut().permuted_axes([1, 2, 3, 0]));
+            assert_eq!(batch_major.permuted_axes([1, 2, 3, 0]), grad, "{g:?}");
         }
     }
 
