@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use lazyavg_common::conv::{self, Conv2dGeometry};
+use lazyavg_common::conv::{self, Algorithm, Conv2dGeometry};
 use lazyavg_common::matmul::{Matrix, matmul, matmul_transposed};
 use lazyavg_common::pool::{self, MaxPoolGeometry};
 use ndarray::{ArrayView4, ArrayViewMut4};
@@ -32,7 +32,7 @@ fn seconds(mut work: impl FnMut()) -> f64 {
     times[REPETITIONS / 2]
 }
 
-fn layers() -> [(&'static str, Conv2dGeometry); 4] {
+fn layers() -> [(&'static str, Conv2dGeometry); 5] {
     let conv = |in_channels, side, out_channels, padding| Conv2dGeometry {
         in_channels,
         in_height: side,
@@ -46,38 +46,49 @@ fn layers() -> [(&'static str, Conv2dGeometry); 4] {
         ("LeNet-5 conv 1", conv(1, 28, 6, 2)),
         ("LeNet-5 conv 2", conv(6, 14, 16, 0)),
         ("CNN conv 1", conv(1, 28, 32, 2)),
+        ("colour conv (3×32×32 to 16)", conv(3, 32, 16, 2)),
         ("CNN conv 2", conv(32, 14, 64, 2)),
     ]
 }
 
 fn main() {
-    println!("| layer (batch {BATCH}) | im2col ms | forward ms | GFLOP/s | backward ms | GFLOP/s |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| layer (batch {BATCH}) | algorithm | im2col ms | forward ms | GFLOP/s | backward ms | GFLOP/s |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     let mut orientations = Vec::new();
     for (name, g) in layers() {
         let (c, h, w) = (g.in_channels, g.in_height, g.in_width);
         let input: Vec<f32> = (0..c * h * w * BATCH).map(|i| (i % 13) as f32 * 0.1).collect();
         let weight: Vec<f32> = (0..g.weight_len()).map(|i| (i % 7) as f32 * 0.01).collect();
-        let mut columns = vec![0.0; g.columns_len(BATCH)];
         let mut output = vec![0.0; g.out_channels * g.out_pixels() * BATCH];
         let (mut weight_grad, mut bias_grad, mut input_grad) =
             (vec![0.0; g.weight_len()], vec![0.0; g.out_channels], vec![0.0; input.len()]);
         let view = || ArrayView4::from_shape((c, h, w, BATCH), &input[..]).expect("input shape");
-        let im2col = seconds(|| conv::im2col(&g, view(), &mut columns));
-        let forward = seconds(|| conv::forward(&g, &weight, view(), &mut columns, &mut output));
-        let backward = seconds(|| {
-            let below = ArrayViewMut4::from_shape((c, h, w, BATCH), &mut input_grad[..]).expect("input shape");
-            conv::backward(&g, &weight, (&mut columns, &output), (&mut weight_grad, &mut bias_grad), Some(below));
-        });
+        // GFLOP/s count im2col's multiply-adds for both algorithms.
         let flop = 2.0 * (g.weight_len() * g.out_pixels() * BATCH) as f64;
-        println!(
-            "| {name} | {:.2} | {:.2} | {:.1} | {:.2} | {:.1} |",
-            im2col * 1e3,
-            forward * 1e3,
-            flop / forward / 1e9,
-            backward * 1e3,
-            2.0 * flop / backward / 1e9
-        );
+        for algorithm in [Algorithm::Im2col, Algorithm::Winograd].into_iter().filter(|a| g.supports(*a)) {
+            let mut workspace = vec![0.0; g.workspace_len_for(algorithm, BATCH)];
+            let im2col = match algorithm {
+                Algorithm::Im2col => format!("{:.2}", seconds(|| conv::im2col(&g, view(), &mut workspace)) * 1e3),
+                Algorithm::Winograd => String::new(),
+            };
+            let forward = seconds(|| conv::forward_with(algorithm, &g, &weight, view(), &mut workspace, &mut output));
+            let backward = seconds(|| {
+                conv::forward_with(algorithm, &g, &weight, view(), &mut workspace, &mut output);
+                let below = ArrayViewMut4::from_shape((c, h, w, BATCH), &mut input_grad[..]).expect("input shape");
+                let grads = (&mut weight_grad[..], &mut bias_grad[..]);
+                conv::backward_with(algorithm, &g, &weight, (&mut workspace, &output), grads, Some(below));
+            }) - forward;
+            let chosen = if g.algorithm() == algorithm { " (chosen)" } else { "" };
+            println!(
+                "| {name} | {algorithm:?}{chosen} | {im2col} | {:.2} | {:.1} | {:.2} | {:.1} |",
+                forward * 1e3,
+                flop / forward / 1e9,
+                backward * 1e3,
+                2.0 * flop / backward / 1e9
+            );
+        }
+        let mut columns = vec![0.0; g.columns_len(BATCH)];
+        conv::im2col(&g, view(), &mut columns);
         let (patch, width) = (g.patch(), g.out_pixels() * BATCH);
         let cols = Matrix::new(&columns, patch, width);
         let w = Matrix::new(&weight, g.out_channels, patch);
@@ -95,7 +106,7 @@ fn main() {
         let below = ArrayViewMut4::from_shape((32, 28, 28, BATCH), &mut input_grad[..]).expect("input shape");
         pool::backward(&g, &output, &argmax, below);
     });
-    println!("| CNN maxpool 1 (32×28×28) | | {:.2} | | {:.2} | |", forward * 1e3, backward * 1e3);
+    println!("| CNN maxpool 1 (32×28×28) | | | {:.2} | | {:.2} | |", forward * 1e3, backward * 1e3);
 
     println!("\n| forward product (batch {BATCH}) | W · columns | (columnsᵀ · Wᵀ)ᵀ |");
     println!("|---|---:|---:|");

@@ -20,6 +20,16 @@ use crate::matmul::{Matrix, matmul, matmul_transposed};
 use crate::model::row_sums;
 use crate::winograd;
 
+/// How a convolution's arithmetic is arranged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Columns of input patches and one matrix product ([`im2col`]).
+    Im2col,
+    /// Winograd's minimal filtering: transformed tiles and 64 smaller
+    /// products, about a fifth of the multiplications (stride 1, kernels 3–7).
+    Winograd,
+}
+
 /// The shapes of one convolution: `in_channels × in_height × in_width`
 /// images to `out_channels × out_height() × out_width()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,10 +104,38 @@ impl Conv2dGeometry {
         self.patch() * self.out_pixels() * b
     }
 
-    /// Floats of the workspace [`forward`] and [`backward`] need for a batch
-    /// of `b`: im2col's columns, or Winograd's transformed tiles.
+    /// The faster algorithm for this geometry: Winograd where it applies and
+    /// the layer has 4 input channels or more, so that its 64 products have
+    /// something to sum over. Measured (docs/performance.md): 3–6× slower
+    /// than im2col with 1 channel, 1.3–1.5× faster with LeNet-5's 6, 2.3×
+    /// with the FedAvg CNN's 32; grey and colour images (1 or 3 channels)
+    /// stay with im2col.
+    pub fn algorithm(&self) -> Algorithm {
+        const WINOGRAD_MIN_IN_CHANNELS: usize = 4;
+        if winograd::supports(self) && self.in_channels >= WINOGRAD_MIN_IN_CHANNELS {
+            Algorithm::Winograd
+        } else {
+            Algorithm::Im2col
+        }
+    }
+
+    /// Whether `algorithm` can compute this geometry (im2col always can).
+    pub fn supports(&self, algorithm: Algorithm) -> bool {
+        algorithm == Algorithm::Im2col || winograd::supports(self)
+    }
+
+    /// Floats of the workspace [`forward`] and [`backward`] need for a batch of `b`.
     pub fn workspace_len(&self, b: usize) -> usize {
-        if winograd::suits(self) { winograd::workspace_len(self, b) } else { self.columns_len(b) }
+        self.workspace_len_for(self.algorithm(), b)
+    }
+
+    /// Floats of the workspace of `algorithm`: im2col's columns, or
+    /// Winograd's transformed tiles.
+    pub fn workspace_len_for(&self, algorithm: Algorithm, b: usize) -> usize {
+        match algorithm {
+            Algorithm::Im2col => self.columns_len(b),
+            Algorithm::Winograd => winograd::workspace_len(self, b),
+        }
     }
 
     /// The outputs `o` (along one axis of `out_len`) whose input
@@ -188,9 +226,8 @@ fn rows_of(values: &mut [f32], b: usize) -> ArrayViewMut2<'_, f32> {
 }
 
 /// The convolution of a batch without its bias, `[(out_channels, out_y,
-/// out_x), B]`: `output = W · columns`, or by Winograd's transforms where
-/// they are faster ([`winograd::suits`]). Leaves in `workspace` (of
-/// [`Conv2dGeometry::workspace_len`]) what [`backward`] needs.
+/// out_x), B]`, by the geometry's [`Conv2dGeometry::algorithm`]. Leaves in
+/// `workspace` (of [`Conv2dGeometry::workspace_len`]) what [`backward`] needs.
 pub fn forward(
     geometry: &Conv2dGeometry,
     weight: &[f32],
@@ -198,7 +235,20 @@ pub fn forward(
     workspace: &mut [f32],
     output: &mut [f32],
 ) {
-    if winograd::suits(geometry) {
+    forward_with(geometry.algorithm(), geometry, weight, input, workspace, output);
+}
+
+/// [`forward`] by the given algorithm, which the geometry must support
+/// ([`Conv2dGeometry::supports`]), with its workspace.
+pub fn forward_with(
+    algorithm: Algorithm,
+    geometry: &Conv2dGeometry,
+    weight: &[f32],
+    input: ArrayView4<'_, f32>,
+    workspace: &mut [f32],
+    output: &mut [f32],
+) {
+    if algorithm == Algorithm::Winograd {
         return winograd::forward(geometry, weight, input, workspace, output);
     }
     let columns = workspace;
@@ -221,10 +271,22 @@ pub fn backward(
     geometry: &Conv2dGeometry,
     weight: &[f32],
     (workspace, output_grad): (&mut [f32], &[f32]),
+    grads: (&mut [f32], &mut [f32]),
+    input_grad: Option<ArrayViewMut4<'_, f32>>,
+) {
+    backward_with(geometry.algorithm(), geometry, weight, (workspace, output_grad), grads, input_grad);
+}
+
+/// [`backward`] after a [`forward_with`] the same algorithm.
+pub fn backward_with(
+    algorithm: Algorithm,
+    geometry: &Conv2dGeometry,
+    weight: &[f32],
+    (workspace, output_grad): (&mut [f32], &[f32]),
     (weight_grad, bias_grad): (&mut [f32], &mut [f32]),
     input_grad: Option<ArrayViewMut4<'_, f32>>,
 ) {
-    if winograd::suits(geometry) {
+    if algorithm == Algorithm::Winograd {
         return winograd::backward(geometry, workspace, output_grad, (weight_grad, bias_grad), input_grad);
     }
     let columns = workspace;
@@ -253,7 +315,7 @@ mod tests {
 
     /// Stride 1 and 2, padding, non-square inputs, and (the last) kernel
     /// columns that read only padding.
-    /// The last two run as Winograd: output blocks that overhang the image
+    /// The last two choose Winograd: output blocks that overhang the image
     /// (kernel 3, blocks of 6) and a 5×5 kernel with padding (blocks of 4).
     fn geometries() -> [Conv2dGeometry; 6] {
         [
@@ -264,6 +326,13 @@ mod tests {
             g(16, 7, 9, 2, 3, 1, 0),
             g(16, 5, 6, 3, 5, 1, 2),
         ]
+    }
+
+    /// Each geometry with each algorithm that supports it.
+    fn each_algorithm() -> impl Iterator<Item = (Conv2dGeometry, Algorithm)> {
+        geometries().into_iter().flat_map(|g| {
+            [Algorithm::Im2col, Algorithm::Winograd].into_iter().filter(move |a| g.supports(*a)).map(move |a| (g, a))
+        })
     }
 
     /// A geometry from its sizes in field order.
@@ -281,13 +350,13 @@ mod tests {
 
     /// [`forward`], then each output channel's bias (which the network adds in its ReLU's pass).
     fn forward_with_bias(
-        g: &Conv2dGeometry,
+        (g, algorithm): (&Conv2dGeometry, Algorithm),
         (weight, bias): (&[f32], &[f32]),
         input: ArrayView4<'_, f32>,
         columns: &mut [f32],
         output: &mut [f32],
     ) {
-        forward(g, weight, input, columns, output);
+        forward_with(algorithm, g, weight, input, columns, output);
         let width = output.len() / g.out_channels;
         for (row, &bias) in output.chunks_exact_mut(width).zip(bias) {
             row.iter_mut().for_each(|v| *v += bias);
@@ -340,19 +409,20 @@ mod tests {
     fn forward_matches_the_direct_convolution_in_either_input_layout() {
         let mut rng = StreamRng::seed_from_u64(7);
         let b = 3;
-        for g in geometries() {
+        for (g, algorithm) in each_algorithm() {
             g.validate().expect("valid geometry");
             let (weight, bias) = (random(&mut rng, g.weight_len()), random(&mut rng, g.out_channels));
             let data = random(&mut rng, g.in_channels * g.in_height * g.in_width * b);
             for batch_major in [true, false] {
                 let input = input_view(&g, &data, b, batch_major);
-                let mut columns = vec![f32::NAN; g.workspace_len(b)];
+                let mut columns = vec![f32::NAN; g.workspace_len_for(algorithm, b)];
                 let mut output = vec![f32::NAN; g.out_channels * g.out_pixels() * b];
-                forward_with_bias(&g, (&weight, &bias), input, &mut columns, &mut output);
+                forward_with_bias((&g, algorithm), (&weight, &bias), input, &mut columns, &mut output);
                 for (got, want) in output.iter().zip(reference(&g, &weight, &bias, input)) {
                     // Winograd rounds differently, within 1e-4 of the output's scale.
-                    let tolerance = if winograd::suits(&g) { 1e-4 } else { 1e-5 };
-                    assert!((f64::from(*got) - want).abs() < tolerance * (1.0 + want.abs()), "{g:?}: {got} vs {want}");
+                    let tolerance = if algorithm == Algorithm::Winograd { 1e-4 } else { 1e-5 };
+                    let error = (f64::from(*got) - want).abs();
+                    assert!(error < tolerance * (1.0 + want.abs()), "{g:?} {algorithm:?}: {got} vs {want}");
                 }
             }
         }
@@ -365,18 +435,19 @@ mod tests {
     fn gradients_match_central_differences_of_the_reference() {
         let mut rng = StreamRng::seed_from_u64(9);
         let b = 2;
-        for g in geometries() {
+        for (g, algorithm) in each_algorithm() {
             let (weight, bias) = (random(&mut rng, g.weight_len()), random(&mut rng, g.out_channels));
             let data = random(&mut rng, g.in_channels * g.in_height * g.in_width * b);
             let out_len = g.out_channels * g.out_pixels() * b;
             let upstream = random(&mut rng, out_len);
-            let mut columns = vec![0.0; g.workspace_len(b)];
+            let mut columns = vec![0.0; g.workspace_len_for(algorithm, b)];
             let mut output = vec![0.0; out_len];
-            forward_with_bias(&g, (&weight, &bias), input_view(&g, &data, b, false), &mut columns, &mut output);
+            let input = input_view(&g, &data, b, false);
+            forward_with_bias((&g, algorithm), (&weight, &bias), input, &mut columns, &mut output);
             let (mut weight_grad, mut bias_grad) = (vec![f32::NAN; g.weight_len()], vec![f32::NAN; g.out_channels]);
             let mut input_grad = Array4::from_elem((g.in_channels, g.in_height, g.in_width, b), f32::NAN);
             let grads = (&mut weight_grad[..], &mut bias_grad[..]);
-            backward(&g, &weight, (&mut columns, &upstream), grads, Some(input_grad.view_mut()));
+            backward_with(algorithm, &g, &weight, (&mut columns, &upstream), grads, Some(input_grad.view_mut()));
 
             let loss = |weight: &[f32], bias: &[f32], data: &[f32]| -> f64 {
                 let out = reference(&g, weight, bias, input_view(&g, data, b, false));
@@ -389,7 +460,7 @@ mod tests {
                 ("input", &input_grad, central_differences(&data, |d| loss(&weight, &bias, d))),
             ] {
                 for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
-                    assert!((f64::from(*a) - n).abs() < 1e-4, "{g:?} {what}[{i}]: {a} vs {n}");
+                    assert!((f64::from(*a) - n).abs() < 1e-4, "{g:?} {algorithm:?} {what}[{i}]: {a} vs {n}");
                 }
             }
         }

@@ -32,12 +32,10 @@ const POSITIONS: usize = ALPHA * ALPHA;
 /// The finite interpolation points; the last is ∞.
 const POINTS: [f64; ALPHA - 1] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
 
-/// Whether a convolution of this geometry runs as Winograd: stride 1,
-/// kernels 3 to 7 (outputs blocks of 6 down to 2), and enough input channels
-/// for the 64 products to beat im2col's one (measured in docs/performance.md).
-pub(crate) fn suits(geometry: &Conv2dGeometry) -> bool {
-    const MIN_IN_CHANNELS: usize = 16;
-    geometry.stride == 1 && (3..=7).contains(&geometry.kernel) && geometry.in_channels >= MIN_IN_CHANNELS
+/// Whether Winograd can compute a convolution of this geometry: stride 1
+/// and kernels 3 to 7 (output blocks of 6 down to 2).
+pub(crate) fn supports(geometry: &Conv2dGeometry) -> bool {
+    geometry.stride == 1 && (3..=7).contains(&geometry.kernel)
 }
 
 /// A small row-major matrix of at most 8 × 8.
