@@ -1,11 +1,13 @@
 //! Measures the convolution and pooling kernels on one thread at batch 64,
-//! at the layer shapes of LeNet-5 and the FedAvg CNN; prints Markdown tables
-//! (docs/performance.md).
+//! at the layer shapes of LeNet-5 and the FedAvg CNN (and a colour layer);
+//! prints Markdown tables (docs/performance.md).
 //!
 //! `cargo run --release -p lazyavg-common --example conv`
 //!
-//! The second table compares the two orientations of a convolution's
-//! forward product, `W · columns` and `(columnsᵀ · Wᵀ)ᵀ`.
+//! The first table times each layer by every algorithm that supports it
+//! (im2col, Winograd), marking the one `Conv2dGeometry::algorithm` chooses;
+//! the second compares the two orientations of im2col's forward product,
+//! `W · columns` and `(columnsᵀ · Wᵀ)ᵀ`.
 
 use std::hint::black_box;
 use std::time::Instant;
