@@ -107,7 +107,7 @@ impl Conv2dGeometry {
     /// The faster algorithm for this geometry: Winograd where it applies and
     /// the layer has 4 input channels or more, so that its 64 products have
     /// something to sum over. Measured (docs/performance.md): 3–6× slower
-    /// than im2col with 1 channel, 1.3–1.5× faster with LeNet-5's 6, 2.3×
+    /// than im2col with 1 channel, 1.4–1.7× faster with LeNet-5's 6, 2.3×
     /// with the FedAvg CNN's 32; grey and colour images (1 or 3 channels)
     /// stay with im2col.
     pub fn algorithm(&self) -> Algorithm {
@@ -248,10 +248,20 @@ pub fn forward_with(
     workspace: &mut [f32],
     output: &mut [f32],
 ) {
-    if algorithm == Algorithm::Winograd {
-        return winograd::forward(geometry, weight, input, workspace, output);
+    match algorithm {
+        Algorithm::Im2col => im2col_forward(geometry, weight, input, workspace, output),
+        Algorithm::Winograd => winograd::forward(geometry, weight, input, workspace, output),
     }
-    let columns = workspace;
+}
+
+/// `output = W · columns`, leaving the batch's columns in `columns`.
+fn im2col_forward(
+    geometry: &Conv2dGeometry,
+    weight: &[f32],
+    input: ArrayView4<'_, f32>,
+    columns: &mut [f32],
+    output: &mut [f32],
+) {
     let b = input.len_of(Axis(3));
     let width = geometry.out_pixels() * b;
     im2col(geometry, input, columns);
@@ -283,13 +293,24 @@ pub fn backward_with(
     geometry: &Conv2dGeometry,
     weight: &[f32],
     (workspace, output_grad): (&mut [f32], &[f32]),
+    grads: (&mut [f32], &mut [f32]),
+    input_grad: Option<ArrayViewMut4<'_, f32>>,
+) {
+    match algorithm {
+        Algorithm::Im2col => im2col_backward(geometry, weight, (workspace, output_grad), grads, input_grad),
+        Algorithm::Winograd => winograd::backward(geometry, workspace, output_grad, grads, input_grad),
+    }
+}
+
+/// The gradients from the columns [`im2col_forward`] left, which become
+/// their own gradient on the way.
+fn im2col_backward(
+    geometry: &Conv2dGeometry,
+    weight: &[f32],
+    (columns, output_grad): (&mut [f32], &[f32]),
     (weight_grad, bias_grad): (&mut [f32], &mut [f32]),
     input_grad: Option<ArrayViewMut4<'_, f32>>,
 ) {
-    if algorithm == Algorithm::Winograd {
-        return winograd::backward(geometry, workspace, output_grad, (weight_grad, bias_grad), input_grad);
-    }
-    let columns = workspace;
     let b = output_grad.len() / (geometry.out_channels * geometry.out_pixels());
     let width = geometry.out_pixels() * b;
     let columns = &mut columns[..geometry.columns_len(b)];
@@ -313,7 +334,7 @@ mod tests {
     use super::*;
     use crate::rng::StreamRng;
 
-    /// Stride 1 and 2, padding, non-square inputs, and (the last) kernel
+    /// Stride 1 and 2, padding, non-square inputs, and (the fourth) kernel
     /// columns that read only padding.
     /// The last two choose Winograd: output blocks that overhang the image
     /// (kernel 3, blocks of 6) and a 5×5 kernel with padding (blocks of 4).
