@@ -26,7 +26,7 @@ pub enum Algorithm {
     /// Columns of input patches and one matrix product ([`im2col`]).
     Im2col,
     /// Winograd's minimal filtering: transformed tiles and 64 smaller
-    /// products, about a fifth of the multiplications (stride 1, kernels 3–7).
+    /// products, about a fifth of the multiplications (stride 1, kernels 3–6).
     Winograd,
 }
 
@@ -107,9 +107,10 @@ impl Conv2dGeometry {
     /// The faster algorithm for this geometry: Winograd where it applies and
     /// the layer has 4 input channels or more, so that its 64 products have
     /// something to sum over. Measured (docs/performance.md): 3–6× slower
-    /// than im2col with 1 channel, 1.4–1.7× faster with LeNet-5's 6, 2.3×
-    /// with the FedAvg CNN's 32; grey and colour images (1 or 3 channels)
-    /// stay with im2col.
+    /// than im2col with 1 channel, 1.4–1.5× faster with LeNet-5's 6, 2.3×
+    /// with the FedAvg CNN's 32. A first layer of grey or colour images (1
+    /// or 3 channels) stays with im2col: it reads the input batch, whose
+    /// samples are not adjacent, so the transforms would gather each value.
     pub fn algorithm(&self) -> Algorithm {
         const WINOGRAD_MIN_IN_CHANNELS: usize = 4;
         if winograd::supports(self) && self.in_channels >= WINOGRAD_MIN_IN_CHANNELS {
@@ -238,8 +239,8 @@ pub fn forward(
     forward_with(geometry.algorithm(), geometry, weight, input, workspace, output);
 }
 
-/// [`forward`] by the given algorithm, which the geometry must support
-/// ([`Conv2dGeometry::supports`]), with its workspace.
+/// [`forward`] by the given algorithm, with its workspace. Panics unless
+/// the geometry supports it ([`Conv2dGeometry::supports`]).
 pub fn forward_with(
     algorithm: Algorithm,
     geometry: &Conv2dGeometry,
@@ -248,6 +249,7 @@ pub fn forward_with(
     workspace: &mut [f32],
     output: &mut [f32],
 ) {
+    assert!(geometry.supports(algorithm), "{algorithm:?} cannot compute {geometry:?}");
     match algorithm {
         Algorithm::Im2col => im2col_forward(geometry, weight, input, workspace, output),
         Algorithm::Winograd => winograd::forward(geometry, weight, input, workspace, output),
@@ -296,6 +298,7 @@ pub fn backward_with(
     grads: (&mut [f32], &mut [f32]),
     input_grad: Option<ArrayViewMut4<'_, f32>>,
 ) {
+    assert!(geometry.supports(algorithm), "{algorithm:?} cannot compute {geometry:?}");
     match algorithm {
         Algorithm::Im2col => im2col_backward(geometry, weight, (workspace, output_grad), grads, input_grad),
         Algorithm::Winograd => winograd::backward(geometry, workspace, output_grad, grads, input_grad),
@@ -429,8 +432,8 @@ mod tests {
     #[test]
     fn forward_matches_the_direct_convolution_in_either_input_layout() {
         let mut rng = StreamRng::seed_from_u64(7);
-        let b = 3;
-        for (g, algorithm) in each_algorithm() {
+        // 17 samples: a whole register of Winograd's 16 and one more.
+        for ((g, algorithm), b) in each_algorithm().flat_map(|ga| [(ga, 3), (ga, 17)]) {
             g.validate().expect("valid geometry");
             let (weight, bias) = (random(&mut rng, g.weight_len()), random(&mut rng, g.out_channels));
             let data = random(&mut rng, g.in_channels * g.in_height * g.in_width * b);
@@ -482,6 +485,35 @@ mod tests {
             ] {
                 for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
                     assert!((f64::from(*a) - n).abs() < 1e-4, "{g:?} {algorithm:?} {what}[{i}]: {a} vs {n}");
+                }
+            }
+        }
+    }
+
+    /// Past one register of samples (17: 16 and one more), Winograd's
+    /// gradients are im2col's, which the test above checks exactly.
+    #[test]
+    fn winograd_gradients_are_im2cols_past_one_register_of_samples() {
+        let mut rng = StreamRng::seed_from_u64(11);
+        let b = 17;
+        for g in geometries().into_iter().filter(|g| g.supports(Algorithm::Winograd)) {
+            let weight = random(&mut rng, g.weight_len());
+            let data = random(&mut rng, g.in_channels * g.in_height * g.in_width * b);
+            let upstream = random(&mut rng, g.out_channels * g.out_pixels() * b);
+            let [by_im2col, by_winograd] = [Algorithm::Im2col, Algorithm::Winograd].map(|algorithm| {
+                let mut workspace = vec![0.0; g.workspace_len_for(algorithm, b)];
+                let mut output = vec![0.0; upstream.len()];
+                forward_with(algorithm, &g, &weight, input_view(&g, &data, b, false), &mut workspace, &mut output);
+                let (mut weight_grad, mut bias_grad) = (vec![0.0; g.weight_len()], vec![0.0; g.out_channels]);
+                let mut input_grad = Array4::zeros((g.in_channels, g.in_height, g.in_width, b));
+                let grads = (&mut weight_grad[..], &mut bias_grad[..]);
+                backward_with(algorithm, &g, &weight, (&mut workspace, &upstream), grads, Some(input_grad.view_mut()));
+                [weight_grad, bias_grad, input_grad.iter().copied().collect()]
+            });
+            for (what, (im2col, winograd)) in ["weight", "bias", "input"].iter().zip(by_im2col.iter().zip(&by_winograd))
+            {
+                for (i, (a, w)) in im2col.iter().zip(winograd).enumerate() {
+                    assert!((a - w).abs() < 1e-4 * (1.0 + a.abs()), "{g:?} {what}[{i}]: im2col {a}, Winograd {w}");
                 }
             }
         }

@@ -220,13 +220,18 @@ mod tests {
     }
 
     #[test]
-    fn ties_go_to_the_first_and_nan_wins() {
+    fn ties_go_to_the_first_and_nan_wins_in_either_input_layout() {
         let g = MaxPoolGeometry { channels: 1, in_height: 2, in_width: 2, kernel: 2, stride: 2 };
-        for (data, want, at) in [([1.0, 3.0, 3.0, 2.0], 3.0, 1), ([1.0, f32::NAN, 5.0, 2.0], f32::NAN, 1)] {
-            let (mut output, mut argmax) = ([0.0], [9]);
-            forward(&g, view(&g, &data, 1, false), &mut output, &mut argmax);
-            assert!(output[0] == want || (want.is_nan() && output[0].is_nan()), "{data:?} → {}", output[0]);
-            assert_eq!(argmax[0], at, "{data:?}");
+        for (values, want, at) in [([1.0, 3.0, 3.0, 2.0], 3.0, 1), ([1.0, f32::NAN, 5.0, 2.0], f32::NAN, 1)] {
+            // Two samples of the same image, in each layout.
+            for (batch_major, data) in [(false, values.map(|v| [v, v]).concat()), (true, [values, values].concat())] {
+                let (mut output, mut argmax) = ([0.0; 2], [9; 2]);
+                forward(&g, view(&g, &data, 2, batch_major), &mut output, &mut argmax);
+                for (got, got_at) in output.iter().zip(argmax) {
+                    assert!(*got == want || (want.is_nan() && got.is_nan()), "{values:?} → {got}");
+                    assert_eq!(got_at, at, "{values:?}, batch-major {batch_major}");
+                }
+            }
         }
     }
 

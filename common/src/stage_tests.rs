@@ -38,13 +38,14 @@ fn cnn_gradients_match_central_differences() {
     // Stride 2 and padding; a pooling window that leaves the third row of its
     // 3×2 input out; ReLUs after a convolution and after a pooling; Winograd
     // convolutions (16 input channels) after another layer and on the input
-    // batch itself, without ReLUs (with hundreds of units, one of them would
-    // likely cross its kink within the difference step).
+    // batch itself, without ReLUs or pooling (with hundreds of units, one
+    // would likely cross its kink, or a window change its maximum, within
+    // the difference step).
     for (input, layers) in [
         (input, "conv 3 3x3 stride 2 pad 1, relu, maxpool 2, flatten, dense 4, relu, dense 3"),
         (input, "conv 2 2x2, maxpool 2 stride 1, relu, conv 3 2x2 pad 1, relu, flatten, dense 3"),
         (input, "conv 16 3x3 pad 1, conv 2 5x5 pad 2, flatten, dense 3"),
-        (deep, "conv 2 3x3 pad 1, maxpool 2, flatten, dense 3"),
+        (deep, "conv 2 3x3 pad 1, flatten, dense 3"),
     ] {
         let net = network(input, layers, 3);
         let mut rng = StreamRng::seed_from_u64(3);
@@ -59,7 +60,7 @@ fn cnn_gradients_match_central_differences() {
         let mut ws = Workspace::new(&net, b);
         ws.load_batch(&data, &(0..b as u32).collect::<Vec<_>>());
         let (_, grads) = loss_and_grad(&net, &params, &mut ws, b);
-        let h = 1e-3;
+        let h = 1e-2;
         for i in 0..params.len() {
             let v = params[i];
             params[i] = v + h;

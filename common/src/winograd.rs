@@ -33,10 +33,12 @@ const POSITIONS: usize = ALPHA * ALPHA;
 /// The finite interpolation points; the last is ∞.
 const POINTS: [f64; ALPHA - 1] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
 
-/// Whether Winograd can compute a convolution of this geometry: stride 1
-/// and kernels 3 to 7 (output blocks of 6 down to 2).
+/// Whether Winograd computes a convolution of this geometry: stride 1 and
+/// kernels 3 to 6 (output blocks of 6 down to 3). A 7×7 kernel would leave
+/// blocks of 2, a third of im2col's multiplications for 16 times the data,
+/// and ran slower than im2col (docs/performance.md).
 pub(crate) fn supports(geometry: &Conv2dGeometry) -> bool {
-    geometry.stride == 1 && (3..=7).contains(&geometry.kernel)
+    geometry.stride == 1 && (3..=6).contains(&geometry.kernel)
 }
 
 /// A small row-major matrix of at most 8 × 8.
@@ -197,7 +199,9 @@ impl Run {
 /// `dst[j] = Σ_{t < inputs} L[j][t] · src[t]` for `j < rows`, over B-vectors
 /// laid out as `from` in `src` and `to` in `dst`: one side of a tile's
 /// transform. Works `LANES` samples at a time, holding the inputs in
-/// registers; zero coefficients are skipped (the sums keep a fixed order).
+/// registers; zero coefficients are skipped (the sums keep a fixed order;
+/// an infinite input times a zero coefficient therefore adds nothing, where
+/// im2col's product would give NaN).
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2"))]
 fn transform(
     l: &Small,
@@ -466,11 +470,11 @@ fn add_into(grad: &mut ArrayViewMut4<'_, f32>, (c, y, x): (usize, usize, usize),
 mod tests {
     use super::*;
 
-    /// The 1-D identity behind every transform: for any kernel size 3–7,
+    /// The 1-D identity behind every transform: for any kernel size 3–6,
     /// `Aᵀ [(G g) ⊙ (Bᵀ d)]` is the correlation `y_i = Σ_k g_k d_{i+k}`.
     #[test]
     fn the_transforms_compute_a_correlation() {
-        for r in 3..=7 {
+        for r in 3..=6 {
             let tr = Transforms::new(r);
             let d: Vec<f64> = (0..ALPHA).map(|i| (i as f64 * 0.37).sin()).collect();
             let g: Vec<f64> = (0..r).map(|k| (k as f64 * 1.3).cos()).collect();
