@@ -315,18 +315,47 @@ pub(crate) fn forward(
     workspace: &mut [f32],
     output: &mut [f32],
 ) {
-    let b = input.len_of(Axis(3));
-    let plan = Plan::new(geometry, b);
-    let tr = plan.transforms;
-    let (c_in, k_out, r) = (geometry.in_channels, geometry.out_channels, geometry.kernel);
+    let plan = Plan::new(geometry, input.len_of(Axis(3)));
     let Parts { v, m, u, du, tiles: [tile, tmp] } = parts(geometry, &plan, workspace);
-    // U[ξ][k][c] = (G g Gᵀ)[ξ]: every kernel at once, as a tile of
-    // `[r, r, out · in]` (laid out in `du` and `m`, free until later).
-    let kernels = k_out * c_in;
-    transpose(weight, &mut du[..r * r * kernels], kernels, r * r);
-    sandwich(&tr.g, du, u, m, kernels);
-    // V[ξ][c][tile] = (Bᵀ d B)[ξ]: rows first (from the input where the
-    // tile's row lies inside it), then columns straight into V's planes.
+    // `du` and `m` are free until later: the kernels' transform passes through them.
+    transform_kernels(geometry, &plan, weight, u, (du, m));
+    transform_inputs(geometry, &plan, &input, v, (tile, tmp));
+    let (c_in, k_out) = (geometry.in_channels, geometry.out_channels);
+    // M[ξ] = U[ξ] · V[ξ], as (V[ξ]ᵀ · U[ξ]ᵀ)ᵀ: the kernel's left operand is
+    // then contiguous down its columns (docs/performance.md).
+    for xi in 0..POSITIONS {
+        let u = Matrix::new(&u[xi * k_out * c_in..], k_out, c_in);
+        let v = Matrix::new(&v[xi * c_in * plan.width..], c_in, plan.width);
+        matmul_transposed(v.t(), u.t(), &mut m[xi * k_out * plan.width..][..k_out * plan.width]);
+    }
+    transform_outputs(geometry, &plan, m, output, tmp);
+}
+
+/// `U[ξ][k][c] = (G g Gᵀ)[ξ]`: every kernel at once, as one tile whose
+/// values are vectors of `out · in` kernels (transposed into `scratch.0`).
+fn transform_kernels(
+    geometry: &Conv2dGeometry,
+    plan: &Plan,
+    weight: &[f32],
+    u: &mut [f32],
+    scratch: (&mut [f32], &mut [f32]),
+) {
+    let (r, kernels) = (geometry.kernel, kernels(geometry));
+    let (transposed, tmp) = scratch;
+    transpose(weight, &mut transposed[..r * r * kernels], kernels, r * r);
+    sandwich(&plan.transforms.g, transposed, u, tmp, kernels);
+}
+
+/// `V[ξ][c][tile] = (Bᵀ d B)[ξ]`: each tile's rows first (straight from the
+/// input where the row lies inside it), then its columns straight into V's planes.
+fn transform_inputs(
+    geometry: &Conv2dGeometry,
+    plan: &Plan,
+    input: &ArrayView4<'_, f32>,
+    v: &mut [f32],
+    (row, tmp): (&mut [f32], &mut [f32]),
+) {
+    let (tr, b, c_in) = (&plan.transforms, plan.b, geometry.in_channels);
     let padding = geometry.padding as isize;
     let plane = c_in * plan.width;
     for c in 0..c_in {
@@ -334,13 +363,13 @@ pub(crate) fn forward(
             let origin = ((ty * tr.m) as isize - padding, (tx * tr.m) as isize - padding);
             for t1 in 0..ALPHA {
                 let rows = (&mut *tmp, Run::new(t1 * ALPHA * b, b));
-                match input_row(&input, c, (origin.0 + t1 as isize, origin.1)) {
+                match input_row(input, c, (origin.0 + t1 as isize, origin.1)) {
                     Some(Row::Inside(all, start)) => {
                         transform(&tr.bt, (all, Run::new(start, b)), ALPHA, rows, ALPHA, b)
                     }
                     Some(Row::Edge) => {
-                        gather_row(&input, c, (origin.0 + t1 as isize, origin.1), tile);
-                        transform(&tr.bt, (tile, Run::new(0, b)), ALPHA, rows, ALPHA, b);
+                        gather_row(input, c, (origin.0 + t1 as isize, origin.1), row);
+                        transform(&tr.bt, (row, Run::new(0, b)), ALPHA, rows, ALPHA, b);
                     }
                     None => tmp[t1 * ALPHA * b..][..ALPHA * b].fill(0.0),
                 }
@@ -351,14 +380,12 @@ pub(crate) fn forward(
             }
         }
     }
-    // M[ξ] = U[ξ] · V[ξ]
-    for xi in 0..POSITIONS {
-        let u = Matrix::new(&u[xi * k_out * c_in..], k_out, c_in);
-        let v = Matrix::new(&v[xi * c_in * plan.width..], c_in, plan.width);
-        matmul_transposed(v.t(), u.t(), &mut m[xi * k_out * plan.width..][..k_out * plan.width]);
-    }
-    // output block = Aᵀ M A: rows straight from M's planes, then columns
-    // straight into the output (the part of the block inside it).
+}
+
+/// Each output block `= Aᵀ M A`: rows straight from M's planes, then columns
+/// straight into the output (the part of the block inside it).
+fn transform_outputs(geometry: &Conv2dGeometry, plan: &Plan, m: &[f32], output: &mut [f32], tmp: &mut [f32]) {
+    let (tr, b, k_out) = (&plan.transforms, plan.b, geometry.out_channels);
     let (oh, ow) = (geometry.out_height(), geometry.out_width());
     let plane = k_out * plan.width;
     for k in 0..k_out {
@@ -386,15 +413,41 @@ pub(crate) fn backward(
     (weight_grad, bias_grad): (&mut [f32], &mut [f32]),
     input_grad: Option<ArrayViewMut4<'_, f32>>,
 ) {
-    let (c_in, k_out, r) = (geometry.in_channels, geometry.out_channels, geometry.kernel);
-    let (oh, ow) = (geometry.out_height(), geometry.out_width());
-    let b = output_grad.len() / (k_out * oh * ow);
-    let plan = Plan::new(geometry, b);
-    let tr = plan.transforms;
-    let Parts { v, m: dm, u, du, tiles: [out, tmp] } = parts(geometry, &plan, workspace);
+    let (c_in, k_out) = (geometry.in_channels, geometry.out_channels);
+    let plan = Plan::new(geometry, output_grad.len() / (k_out * geometry.out_pixels()));
+    let Parts { v, m: dm, u, du, tiles: [tile, tmp] } = parts(geometry, &plan, workspace);
     row_sums(output_grad, bias_grad);
-    // dM[ξ] = (A dY Aᵀ)[ξ], the adjoint of the output transform: the block's
-    // part inside the output, rows then columns into dM's planes.
+    output_transform_adjoint(geometry, &plan, output_grad, dm, tmp);
+    // dU[ξ] = dM[ξ] · V[ξ]ᵀ; then V[ξ] becomes dV[ξ] = U[ξ]ᵀ · dM[ξ]
+    for xi in 0..POSITIONS {
+        let dm = Matrix::new(&dm[xi * k_out * plan.width..], k_out, plan.width);
+        let v = &mut v[xi * c_in * plan.width..][..c_in * plan.width];
+        matmul(dm, Matrix::new(v, c_in, plan.width).t(), &mut du[xi * k_out * c_in..][..k_out * c_in]);
+        if input_grad.is_some() {
+            matmul(Matrix::new(&u[xi * k_out * c_in..], k_out, c_in).t(), dm, v);
+        }
+    }
+    // dg = Gᵀ dU G for every kernel at once (through `dm`, free now)
+    let (r, kernels) = (geometry.kernel, kernels(geometry));
+    let (transposed, tmp_kernels) = dm.split_at_mut(r * r * kernels);
+    sandwich(&plan.transforms.gt, du, transposed, tmp_kernels, kernels);
+    transpose(transposed, &mut weight_grad[..kernels * r * r], r * r, kernels);
+    if let Some(input_grad) = input_grad {
+        input_transform_adjoint(geometry, &plan, v, input_grad, (tile, tmp));
+    }
+}
+
+/// `dM[ξ] = (A dY Aᵀ)[ξ]`, the adjoint of [`transform_outputs`]: each
+/// block's part inside the output, rows then columns into dM's planes.
+fn output_transform_adjoint(
+    geometry: &Conv2dGeometry,
+    plan: &Plan,
+    output_grad: &[f32],
+    dm: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let (tr, b, k_out) = (&plan.transforms, plan.b, geometry.out_channels);
+    let (oh, ow) = (geometry.out_height(), geometry.out_width());
     let plane = k_out * plan.width;
     for k in 0..k_out {
         for (ty, tx, column) in plan.tiles() {
@@ -410,24 +463,18 @@ pub(crate) fn backward(
             }
         }
     }
-    // dU[ξ] = dM[ξ] · V[ξ]ᵀ; then V[ξ] becomes dV[ξ] = U[ξ]ᵀ · dM[ξ]
-    let wants_input = input_grad.is_some();
-    for xi in 0..POSITIONS {
-        let dm = Matrix::new(&dm[xi * k_out * plan.width..], k_out, plan.width);
-        let v = &mut v[xi * c_in * plan.width..][..c_in * plan.width];
-        matmul(dm, Matrix::new(v, c_in, plan.width).t(), &mut du[xi * k_out * c_in..][..k_out * c_in]);
-        if wants_input {
-            matmul(Matrix::new(&u[xi * k_out * c_in..], k_out, c_in).t(), dm, v);
-        }
-    }
-    // dg = Gᵀ dU G, the adjoint of the kernel transform, for every kernel
-    // at once (in `dm`, free now)
-    let kernels = k_out * c_in;
-    let (transposed, tmp_kernels) = dm.split_at_mut(r * r * kernels);
-    sandwich(&tr.gt, du, transposed, tmp_kernels, kernels);
-    transpose(transposed, &mut weight_grad[..kernels * r * r], r * r, kernels);
-    // dX += B dV Bᵀ per tile, the adjoint of the input transform
-    let Some(mut input_grad) = input_grad else { return };
+}
+
+/// The input's gradient, `B dV Bᵀ` per tile added where the tile lies
+/// inside the image: the adjoint of [`transform_inputs`].
+fn input_transform_adjoint(
+    geometry: &Conv2dGeometry,
+    plan: &Plan,
+    dv: &[f32],
+    mut input_grad: ArrayViewMut4<'_, f32>,
+    (out, tmp): (&mut [f32], &mut [f32]),
+) {
+    let (tr, b, c_in) = (&plan.transforms, plan.b, geometry.in_channels);
     input_grad.fill(0.0);
     let (h, w) = (geometry.in_height as isize, geometry.in_width as isize);
     let padding = geometry.padding as isize;
@@ -436,7 +483,7 @@ pub(crate) fn backward(
         for (ty, tx, column) in plan.tiles() {
             for j1 in 0..ALPHA {
                 let from = Run::new(j1 * ALPHA * plane + c * plan.width + column, plane);
-                transform(&tr.b, (v, from), ALPHA, (&mut *tmp, Run::new(j1 * ALPHA * b, b)), ALPHA, b);
+                transform(&tr.b, (dv, from), ALPHA, (&mut *tmp, Run::new(j1 * ALPHA * b, b)), ALPHA, b);
             }
             for t2 in 0..ALPHA {
                 let to = Run::new(t2 * b, ALPHA * b);
