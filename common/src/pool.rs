@@ -95,7 +95,7 @@ pub fn forward(geometry: &MaxPoolGeometry, input: ArrayView4<'_, f32>, output: &
                     for ((best, best_at), &v) in
                         best.iter_mut().zip(best_at.iter_mut()).zip(input.slice(ndarray::s![c, y, x, ..]))
                     {
-                        if v > *best || v.is_nan() {
+                        if wins(v, *best) {
                             (*best, *best_at) = (v, at);
                         }
                     }
@@ -105,12 +105,19 @@ pub fn forward(geometry: &MaxPoolGeometry, input: ArrayView4<'_, f32>, output: &
     }
 }
 
+/// Whether `v` replaces the window's `best` so far: a larger value (so the
+/// first of equal maxima stays) or a NaN.
+#[inline(always)]
+fn wins(v: f32, best: f32) -> bool {
+    v > best || v.is_nan()
+}
+
 /// Where `at` wins, `best` becomes `values` and `best_at` `at`: written as
 /// selects, so that the samples are compared a register at a time.
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2"))]
 fn keep_larger(best: &mut [f32], best_at: &mut [u32], values: &[f32], at: u32) {
     for ((best, best_at), &v) in best.iter_mut().zip(best_at.iter_mut()).zip(values) {
-        let wins = v > *best || v.is_nan();
+        let wins = wins(v, *best);
         *best = if wins { v } else { *best };
         *best_at = if wins { at } else { *best_at };
     }
