@@ -116,7 +116,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("saving the merged model to {}", args.out.display()))?;
     info!(path = %args.out.display(), "merged model saved");
 
-    let mut ws = Workspace::new(&mlp, 1000);
+    let mut ws = Workspace::for_inference(&mlp, 1000);
     let test = &split.test;
     let mut rows: Vec<(String, Evaluation)> =
         inputs.iter().map(|input| (file_name(input.name), mlp.evaluate(input.params, test, &mut ws))).collect();

@@ -149,3 +149,23 @@ fn he_init_has_the_right_scale() {
     assert!((var - 2.0 / 784.0).abs() / (2.0 / 784.0) < 0.02, "variance {var}");
     assert!(params[mlp.layout().layers[0].bias.clone()].iter().all(|&b| b == 0.0));
 }
+
+#[test]
+fn an_inference_workspace_evaluates_the_same_without_room_for_gradients() {
+    let mlp = ModelSpec::from_widths(&[3, 5, 4]).unwrap().build().unwrap();
+    let mut rng = StreamRng::seed_from_u64(9);
+    let params = mlp.init(9);
+    let data = tiny_batch(&mut rng, 11, 3);
+    let mut inference = Workspace::for_inference(&mlp, 4);
+    assert_eq!(
+        mlp.evaluate(&params, &data, &mut inference),
+        mlp.evaluate(&params, &data, &mut Workspace::new(&mlp, 4))
+    );
+    assert!(inference.deltas.iter().all(Vec::is_empty));
+    let b = inference.load_batch(&data, &[0, 1]);
+    let mut grads = vec![0.0; mlp.len()];
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        mlp.loss_and_grad(&params, &mut grads, &mut inference, b);
+    }));
+    assert!(refused.is_err(), "a backward pass needs Workspace::new");
+}

@@ -14,7 +14,7 @@ use lazyavg_proto::chunks::{Chunk, VALUES_PER_CHUNK};
 use tokio::sync::watch;
 
 /// How far past the slowest worker a worker's weights are let through:
-/// 4 wire chunks: 4 MiB of f32 per worker, 8 MiB of running sum.
+/// 4 wire chunks: 2 MiB of f32 per worker, 4 MiB of running sum.
 pub const AHEAD: usize = 4 * VALUES_PER_CHUNK;
 
 /// The open round, and the positions every worker still in it has sent.

@@ -155,8 +155,8 @@ struct Wiring {
     addr: SocketAddr,
 }
 
-/// How many events of the service (most of them weight chunks, up to 1 MiB
-/// each) may wait for the driver. Each holds its session's receive buffer,
+/// How many events of the service (most of them weight chunks, up to 512
+/// KiB each) may wait for the driver. Each holds its session's receive buffer,
 /// so this bounds what the coordinator holds beyond its own buffers: at
 /// 1024 it held most of a round's contributions of a 20M-parameter model
 /// from 8 workers (docs/performance.md, "Where a round's time and memory

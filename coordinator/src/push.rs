@@ -4,14 +4,15 @@
 //! Each session's HTTP/2 stream copies every message it sends into an
 //! encoding buffer of its own (tonic's), and keeps that buffer, and a
 //! message its reader has no window for, as long as the stream lasts. With
-//! the wire's 1 MiB chunks that is a whole default model per session: a
+//! the wire's 512 KiB chunks that is most of a default model per session: a
 //! session that attached and then never read held a second copy of the
 //! model, next to the one its queue shares with every other session. Cut
 //! into 64 KiB slices of the same shared buffer, what such a stream holds
-//! of its own is a few slices. A worker that has answered gets the 1 MiB
-//! chunks: a round's average in one message instead of 13 (`bench/rounds.sh`,
-//! a default 2-worker round: 2.0 ms with them, 3.0 to 3.7 ms in slices, on
-//! a shared 2-core machine under load, so only roughly).
+//! of its own is a few slices. A worker that has answered gets the wire's
+//! chunks: a round's average in 2 messages instead of 13 (`bench/rounds.sh`,
+//! a default 2-worker round with protocol 5's 1 MiB chunks: 2.0 ms with
+//! them, 3.0 to 3.7 ms in slices, on a shared 2-core machine under load, so
+//! only roughly).
 
 use lazyavg_proto::chunks::Chunk;
 
@@ -50,7 +51,7 @@ mod tests {
 
     #[test]
     fn the_slices_put_back_together_are_the_parameters() {
-        // Past one wire chunk (1 MiB), with a ragged last slice.
+        // Past one wire chunk (512 KiB), with a ragged last slice.
         let params: Vec<f32> = (0..300_001).map(|i| i as f32 * 0.5 - 7.0).collect();
         let chunks: Vec<Chunk> = weight_chunks(2, 5, &params).collect();
         let sliced = small(&chunks);

@@ -110,7 +110,7 @@ pub fn encode_values(values: &[f32]) -> bytes::Bytes {
 
 /// A chunk's f32 values read in place from its little-endian bytes, so that
 /// a receiver checks, measures and sums them without decoding a copy first
-/// (each pass over a 1 MiB chunk is memory traffic; docs/performance.md).
+/// (each pass over a chunk is memory traffic; docs/performance.md).
 /// A ragged tail is not part of it (lengths are checked by [`ChunkCursor`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Values<'a> {

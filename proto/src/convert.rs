@@ -277,7 +277,8 @@ mod tests {
 
     #[test]
     fn large_shards_are_split_into_small_messages() {
-        let indices: Vec<u32> = (0..600_000).collect();
+        // Two full messages and part of a third.
+        let indices: Vec<u32> = (0..(2 * MAX_CHUNK_BYTES / 4 + 76_000) as u32).collect();
         let msgs = shard_messages(3, &indices, false);
         assert_eq!(msgs.len(), 3);
         assert!(msgs.iter().all(|m| m.indices.len() <= MAX_CHUNK_BYTES && m.epoch == 3));

@@ -7,7 +7,7 @@
 //! - [`auth`]: the shared-secret token, checked on every call.
 //! - [`tls`]: certificate files for TLS and mutual TLS.
 //! - [`convert`]: run configuration, shard indices and unit reorderings to and from protobuf.
-//! - [`chunks`]: parameter buffers cut into ≤ 1 MiB chunks and put back together.
+//! - [`chunks`]: parameter buffers cut into ≤ 512 KiB chunks and put back together.
 //! - [`message`]: a session's pulls and reports in domain terms.
 //! - [`transport`]: HTTP/2 window, frame and keepalive settings of both ends.
 //! - [`scrape`]: the `/metrics` HTTP endpoint both processes serve.
@@ -39,10 +39,17 @@ pub const MAX_WORKER_NAME_BYTES: usize = 256;
 ///    weights; no more `Realign`), and the dataset blob may hold rank-4
 ///    images (magic 2052, several channels), which a version-4 worker would
 ///    refuse mid-download.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: messages carry at most 512 KiB of payload ([`MAX_CHUNK_BYTES`]; 1 MiB
+///    before, which this side would refuse).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The most payload bytes one message carries (weights, dataset, indices).
-pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Each session's receive buffers grow to about twice a message, so this
+/// sets what a coordinator holds per worker: 512 KiB instead of 1 MiB took
+/// 17 MiB off its peak with 8 workers of a 20M-parameter model, the default
+/// model's rounds (two messages) as fast within the noise
+/// (docs/performance.md, "Sixth cut").
+pub const MAX_CHUNK_BYTES: usize = 512 << 10;
 
 /// Malformed protocol content. Mapped once to a gRPC status by [`From`].
 #[derive(Debug, thiserror::Error, PartialEq)]

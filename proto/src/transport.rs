@@ -20,9 +20,14 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STREAM_WINDOW: u32 = 2 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 
-/// Largest HTTP/2 frame accepted: a weights chunk travels in a few frames
-/// instead of 64 frames of h2's 16 KiB default.
-pub const MAX_FRAME: u32 = (1 << 24) - 1;
+/// Largest HTTP/2 frame accepted: a weights chunk travels in three frames
+/// instead of 33 of h2's 16 KiB default. Not larger: each connection reads
+/// whole frames into buffers of its own, which a stream the coordinator
+/// paces keeps until it takes the chunk. With 8 workers of a 20M-parameter
+/// model, 16 MiB frames cost the coordinator 35 MiB more at its peak, and a
+/// frame per message (576 KiB) 17 MiB more; the default model's rounds as
+/// fast within the noise (docs/performance.md, "Sixth cut").
+pub const MAX_FRAME: u32 = 256 << 10;
 
 /// Largest gRPC message either end sends or accepts: a full weights chunk
 /// plus room for its other fields.

@@ -67,7 +67,7 @@ pub struct ActivationAlignment<'a> {
 impl Align for ActivationAlignment<'_> {
     fn align(&self, reference: &[f32], other: &[f32]) -> Result<Permutation> {
         self.mlp.check_dense_only("activation matching")?;
-        let mut ws = Workspace::new(&self.mlp, 256);
+        let mut ws = Workspace::for_inference(&self.mlp, 256);
         let spec = self.mlp.permutation_spec();
         let acts_ref = self.mlp.hidden_activations(reference, self.data, &self.indices, &mut ws);
         let acts_other = self.mlp.hidden_activations(other, self.data, &self.indices, &mut ws);

@@ -43,7 +43,7 @@ pub fn repair(
             indices.len()
         )));
     }
-    let mut ws = Workspace::new(net, BATCH);
+    let mut ws = Workspace::for_inference(net, BATCH);
     let mut stats = |params: &[f32]| net.preactivation_stats(params, data, indices, &mut ws);
     let total: f64 = weights.iter().sum();
     let inputs: Vec<Vec<UnitStats>> = aligned.iter().map(|params| stats(params)).collect();

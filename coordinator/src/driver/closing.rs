@@ -84,6 +84,6 @@ pub(super) async fn close_done(closing: &mut Option<ClosingEpoch>) -> Result<Eva
 
 /// Test loss and accuracy of `params`.
 pub(super) fn evaluate(mlp: &Network, test: &Dataset, params: &[f32]) -> Evaluation {
-    let mut workspace = Workspace::new(mlp, EVAL_BATCH);
+    let mut workspace = Workspace::for_inference(mlp, EVAL_BATCH);
     mlp.evaluate(params, test, &mut workspace)
 }

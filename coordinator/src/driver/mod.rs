@@ -257,6 +257,7 @@ impl Driver {
         }
         if self.config.bench_rounds > 0 {
             self.bench_rounds(self.config.bench_rounds).await?;
+            self.release_round_buffers();
             let last = self.evaluate().await;
             return Ok(RunSummary { epochs: 0, last, params: Arc::clone(&self.params), untold: Vec::new() });
         }
@@ -268,11 +269,19 @@ impl Driver {
                 return Err(err);
             }
         }
+        self.release_round_buffers();
         let last = match self.finish_closing().await? {
             Some(last) => last,
             None => self.evaluate().await,
         };
         Ok(RunSummary { epochs: self.config.epochs as u64, last, params: Arc::clone(&self.params), untold: Vec::new() })
+    }
+
+    /// After the last round: the rule's buffers (the average, a model's
+    /// size) go before the last evaluation allocates its own, which would
+    /// otherwise make the end of a run its peak.
+    fn release_round_buffers(&mut self) {
+        self.combiner = None;
     }
 
     /// The next event from the service, taking in an epoch's close that
