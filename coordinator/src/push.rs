@@ -20,6 +20,9 @@ use lazyavg_proto::chunks::Chunk;
 /// yet. A multiple of 4 (whole f32 values).
 pub const SMALL_MESSAGE_BYTES: usize = 64 << 10;
 
+// [`messages`] counts whole slices of whole chunks.
+const _: () = assert!(lazyavg_proto::MAX_CHUNK_BYTES.is_multiple_of(SMALL_MESSAGE_BYTES));
+
 /// `chunks` (weights as the wire cuts them) in messages of at most
 /// [`SMALL_MESSAGE_BYTES`], slices of the same buffers.
 pub fn small(chunks: &[Chunk]) -> Vec<Chunk> {

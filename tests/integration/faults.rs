@@ -177,7 +177,7 @@ fn a_stopped_worker_is_left_behind_and_rejoins() {
     assert_eq!(samples_of(&epochs[2], &name), N_TRAIN / 2, "it trains its whole shard in epoch 3: {}", epochs[2]);
 }
 
-/// A model past the gate (`gate::AHEAD`, 1,048,576 values): a worker that
+/// A model past the gate (`gate::AHEAD`, 524,288 values): a worker that
 /// never sends keeps the other waiting at the gate, so neither completes,
 /// and the round deadline drops the one holding it back (a deadline nobody
 /// had met by used to mean "all slow, wait on").
@@ -185,7 +185,7 @@ fn a_stopped_worker_is_left_behind_and_rejoins() {
 fn a_silent_worker_that_holds_the_others_at_the_gate_is_dropped_at_the_deadline() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
-    // 1,113,010 parameters in 5 chunks: the fifth waits for the slowest worker.
+    // 1,113,010 parameters in 9 chunks: the fifth and later wait for the slowest worker.
     let args = ["--workers", "2", "--hidden", "1400", "--bench-rounds", "2", "--round-timeout", "1s"];
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
     let mut worker = start_worker("worker", &coordinator.addr, &tmp.path().join("cache"), "info");
@@ -758,7 +758,7 @@ async fn misbehave(addr: &str, real_worker: u32) -> ClientLog {
     let mut client = connect(addr).await;
 
     // Refusals before any session.
-    // A worker of the release before (protocol 4: the coordinator aligned contributions) is told why.
+    // A worker of the release before (protocol 5: messages of up to 1 MiB) is told why.
     let old = lazyavg_proto::PROTOCOL_VERSION - 1;
     let err = join(&mut client, old, "test-client").await.expect_err("the previous protocol was accepted");
     let speaks = format!("worker speaks protocol version {old}, this coordinator speaks {}", old + 1);
@@ -786,7 +786,7 @@ async fn misbehave(addr: &str, real_worker: u32) -> ClientLog {
 
     // A later round, with the real worker held stopped so that the round stays
     // open: the contribution, the same again, chunks for a stale and a future
-    // round, and a message twice the coordinator's limit, which ends the
+    // round, and a message past the coordinator's limit, which ends the
     // session. The worker thus leaves with a complete contribution in the open
     // round, whose images are handed to the real worker: the round must be
     // redone without it.
@@ -847,9 +847,13 @@ fn bad_worker_messages_are_refused_and_training_goes_on() {
     let _heavy = heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
+    // A model that fits one message (50,890 parameters): the test client
+    // sends its weights as one chunk.
     let args = [
         "--workers",
         "2",
+        "--hidden",
+        "64",
         "--epochs",
         "2",
         "--round-timeout",

@@ -49,6 +49,9 @@ impl Driver {
         let total_rounds = self.n_train.div_ceil(samples_per_round * self.workers.len()) as u64;
         self.observers.notify(&RunEvent::EpochStarted { epoch, rounds: total_rounds });
         let tally = self.train_rounds(epoch, first_round).await?;
+        if epoch == self.config.epochs as u64 {
+            self.release_round_buffers();
+        }
         let record = self.epoch_record(&tally, started.elapsed().as_secs_f64());
         self.close_epoch(record, training_started).await
     }

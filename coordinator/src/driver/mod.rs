@@ -269,7 +269,6 @@ impl Driver {
                 return Err(err);
             }
         }
-        self.release_round_buffers();
         let last = match self.finish_closing().await? {
             Some(last) => last,
             None => self.evaluate().await,
@@ -278,8 +277,9 @@ impl Driver {
     }
 
     /// After the last round: the rule's buffers (the average, a model's
-    /// size) go before the last evaluation allocates its own, which would
-    /// otherwise make the end of a run its peak.
+    /// size) go before the last epoch's close or the benchmark's evaluation
+    /// allocates its own, which would otherwise make the end of a run its
+    /// peak.
     fn release_round_buffers(&mut self) {
         self.combiner = None;
     }
