@@ -175,10 +175,13 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             return Err(lazyavg_proto::ending::run_completed());
         }
         if request.protocol_version != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
+            let status = Status::failed_precondition(format!(
                 "worker speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}: run the same lazyavg release on both",
                 request.protocol_version
-            )));
+            ));
+            // The operator reading the coordinator's log sees why a worker never joins.
+            self.shared.refusals().refused("Join", &status, Instant::now());
+            return Err(status);
         }
         let worker_id =
             self.shared.registry().join(name, Instant::now()).map_err(|e| self.shared.refuse("Join", &e))?;

@@ -911,7 +911,14 @@ fn bad_worker_messages_are_refused_and_training_goes_on() {
     says("duplicate", "already sent");
     says("stale", "stale");
     says("future", "has not started");
-    // The coordinator names each refusal in its log.
+    // The coordinator names each refusal in its log, the Join of another protocol version too.
+    let joins = logged(coordinator_log, "refused a client");
+    assert!(
+        joins
+            .iter()
+            .any(|l| l["call"] == "Join" && l["error"].as_str().is_some_and(|e| e.contains("protocol version"))),
+        "{joins:?}"
+    );
     let refused = about_worker(coordinator_log, "refused a worker message", log.id);
     let logged_codes: Vec<&str> = refused.iter().filter_map(|l| l["code"].as_str()).collect();
     assert_eq!(logged_codes.first(), Some(&"InvalidArgument"), "{refused:?}");
