@@ -86,16 +86,31 @@ impl OuterOptimizer {
     /// scratch for the next round; the other rules leave `average` as it is.
     pub fn step(&mut self, params: &mut Vec<f32>, average: &mut Vec<f32>) {
         debug_assert_eq!(params.len(), average.len(), "the weights and their average");
-        let OuterSettings { rule, lr, momentum: mu } = self.settings;
-        if rule == OuterRule::Avg {
+        if self.settings.rule == OuterRule::Avg {
             std::mem::swap(params, average);
+        } else {
+            self.fold(params, 0, average);
+        }
+    }
+
+    /// Moves positions `at..at + average.len()` of `params` (the whole
+    /// model) given their average, in place: bit for bit what [`step`](Self::step) makes of
+    /// them, so a round can step its positions as each one's average is
+    /// known, piece by piece in any order, without a buffer for the whole
+    /// average (each position once per round).
+    pub fn fold(&mut self, params: &mut [f32], at: usize, average: &[f32]) {
+        let OuterSettings { rule, lr, momentum: mu } = self.settings;
+        let positions = at..at + average.len();
+        if rule == OuterRule::Avg {
+            params[positions].copy_from_slice(average);
             return;
         }
         if self.velocity.len() != params.len() {
             self.velocity = vec![0.0; params.len()];
         }
+        let (params, velocity) = (&mut params[positions.clone()], &mut self.velocity[positions]);
         let nesterov = rule == OuterRule::Nesterov;
-        for ((w, &avg), v) in params.iter_mut().zip(average.iter()).zip(self.velocity.iter_mut()) {
+        for ((w, &avg), v) in params.iter_mut().zip(average).zip(velocity) {
             let delta = *w - avg;
             *v = mu * *v + delta;
             *w -= lr * if nesterov { delta + mu * *v } else { *v };
@@ -131,6 +146,26 @@ mod tests {
         assert!((w[0] - 0.25).abs() < 1e-7, "{w:?}");
         outer.step(&mut w, &mut vec![0.25]); // Δ = 0, v = 0.5, w = 0.25 − 0.5·0.25 = 0.125
         assert!((w[0] - 0.125).abs() < 1e-7, "{w:?}");
+    }
+
+    #[test]
+    fn folding_piece_by_piece_is_stepping_bit_for_bit() {
+        let start: Vec<f32> = (0..10).map(|i| (i as f32 * 0.7).sin()).collect();
+        for rule in [OuterRule::Avg, OuterRule::Sgd, OuterRule::Nesterov] {
+            let settings = OuterSettings::new(rule, 0.7, 0.9).unwrap();
+            let (mut stepped, mut folded) = (OuterOptimizer::new(settings), OuterOptimizer::new(settings));
+            let (mut w, mut f) = (start.clone(), start.clone());
+            for round in 0..3 {
+                let average: Vec<f32> = start.iter().map(|x| x * 0.5 + round as f32 * 0.1).collect();
+                stepped.step(&mut w, &mut average.clone());
+                // Out of order, in uneven pieces.
+                for range in [6..10, 0..1, 1..6] {
+                    folded.fold(&mut f, range.start, &average[range]);
+                }
+                assert_eq!(w, f, "{rule:?} round {round}");
+                assert_eq!(stepped.velocity(), folded.velocity(), "{rule:?} round {round}");
+            }
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod error;
 pub mod gate;
 pub mod init;
 pub mod metrics;
+pub mod model_state;
 pub mod observe;
 mod phases;
 pub mod progress;

@@ -6,7 +6,11 @@
 //! ONE running f64 sum, O(model) memory whatever the number of workers, and
 //! only over the positions some but not all workers have sent: the round
 //! tells the aggregator how far every worker still in it has come, and the
-//! mean writes those positions into the average at once. Each
+//! model ([`ModelState`]) is stepped at those positions at once, in place:
+//! the round needs no buffer for its average. A worker that leaves once
+//! positions were stepped with it (its part cannot be taken out of a sum)
+//! then counts for the positions it sent; before that, it spoils the round,
+//! which is redone from the untouched model. Each
 //! worker's weight is the number of samples the coordinator's own shard table
 //! says it trained this round, never what the worker claims.
 //! Under `--align` the workers match their own contributions to the round's
@@ -14,7 +18,6 @@
 //! round only counts, from their reports, whose units moved.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use lazyavg_proto::ProtoError;
 use lazyavg_proto::chunks::{Chunk, ChunkCursor, Values};
@@ -23,6 +26,7 @@ use lazyavg_proto::message::Report;
 pub use crate::aggregate::Aggregate;
 use crate::aggregate::Aggregator;
 use crate::gate::{AHEAD, Frontier};
+use crate::model_state::ModelState;
 use crate::screen::{self, UpdateNorm};
 
 pub type WorkerId = u64;
@@ -97,13 +101,14 @@ pub struct RoundSummary {
     pub dropped: Vec<WorkerId>,
 }
 
-/// The rule a round combines by and the buffer it writes the result into,
-/// handed from each round to the next with their memory.
+/// The rule a round combines by and, for a rule that does not settle, the
+/// buffer it writes the result into, handed from each round to the next
+/// with their memory.
 #[derive(Debug)]
 pub struct Combiner {
     pub aggregator: Box<dyn Aggregator>,
-    /// The last finished round's result (written as the round goes, where
-    /// the rule can).
+    /// The last finished round's result before the outer step (scratch
+    /// after it); empty for a rule that settles.
     pub average: Vec<f32>,
 }
 
@@ -119,11 +124,15 @@ pub struct Round {
     epoch: u64,
     round: u64,
     parts: BTreeMap<WorkerId, Part>,
-    /// The weights every participant started the round from: the origin of
-    /// the updates robust rules compare. Shared with the driver, which does
-    /// not change them while the round is open: no model-sized copy per round.
-    start: Arc<Vec<f32>>,
+    /// The model's length.
+    len: usize,
     combiner: Combiner,
+    /// Positions below this are stepped: the model there is this round's result.
+    settled: usize,
+    /// Workers that left with part of their weights summed after positions
+    /// were stepped: how far each had sent, and its samples. They count for
+    /// those positions.
+    departed: Vec<(usize, u64)>,
     tainted: bool,
     /// Workers excluded for sending a non-finite value.
     non_finite: Vec<WorkerId>,
@@ -138,17 +147,22 @@ impl Round {
     /// one a finished round gave back is reused with its buffers: at 20M
     /// parameters a fresh one each round cost a tenth of the coordinator's
     /// CPU in page faults; docs/performance.md), for workers that all started
-    /// from `start` (the weights last broadcast).
+    /// from `start` (the weights last broadcast). The round is then given
+    /// the model at every call that may step it, `start` until it does.
     pub fn with(
         epoch: u64,
         round: u64,
         participants: &[(WorkerId, u64)],
-        start: Arc<Vec<f32>>,
+        start: &[f32],
         mut combiner: Combiner,
     ) -> Self {
         let len = start.len();
-        combiner.aggregator.reset(&start);
-        combiner.average.resize(len, 0.0);
+        combiner.aggregator.reset(start);
+        if combiner.aggregator.settles() {
+            combiner.average = Vec::new();
+        } else {
+            combiner.average.resize(len, 0.0);
+        }
         let parts = participants
             .iter()
             .map(|&(id, weight)| {
@@ -170,8 +184,10 @@ impl Round {
             epoch,
             round,
             parts,
-            start,
+            len,
             combiner,
+            settled: 0,
+            departed: Vec::new(),
             tainted: false,
             non_finite: Vec::new(),
             outlier_factor: screen::DEFAULT_OUTLIER_FACTOR,
@@ -223,7 +239,7 @@ impl Round {
     /// How far every worker still in the round has sent (all of it when
     /// none is left), for the sessions' gates ([`crate::gate`]).
     pub fn frontier(&self) -> Frontier {
-        let upto = self.in_round().map(|p| p.cursor.received()).min().unwrap_or(self.start.len());
+        let upto = self.in_round().map(|p| p.cursor.received()).min().unwrap_or(self.len);
         Frontier { epoch: self.epoch, round: self.round, upto }
     }
 
@@ -289,10 +305,11 @@ impl Round {
         Ok(())
     }
 
-    /// Adds one chunk of a worker's weights into the running sum. A chunk with
-    /// a non-finite value excludes the worker from the round (and taints the
-    /// round if some of its chunks were already summed).
-    pub fn accept(&mut self, worker: WorkerId, chunk: &Chunk) -> Result<(), RoundError> {
+    /// Adds one chunk of a worker's weights into the running sum, stepping
+    /// `model` (the round's start where it has not stepped it) at the
+    /// positions that settles. A chunk with a non-finite value excludes the
+    /// worker from the round.
+    pub fn accept(&mut self, worker: WorkerId, chunk: &Chunk, model: &mut ModelState) -> Result<(), RoundError> {
         self.check_round(chunk.epoch, chunk.round)?;
         let part = Self::part(&mut self.parts, worker)?;
         if part.state == State::Complete {
@@ -305,58 +322,86 @@ impl Round {
         // when they all are, so only then are they searched. (A start that
         // overflowed makes every distance infinite, not the values bad.)
         // Under --align the worker matched its weights to this same start.
-        let squared = screen::squared_distance(values, &self.start[range.clone()]);
+        let start = &model.params[range.clone()];
+        let squared = screen::squared_distance(values, start);
         if let Some(bad) = (!squared.is_finite()).then(|| values.first_non_finite()).flatten() {
             let previous = part.state;
             part.state = State::Excluded;
             self.non_finite.push(worker);
-            self.forget(worker, previous);
+            self.forget(worker, previous, range.start);
+            self.settle(model);
             return Err(RoundError::NonFinite { worker, index: range.start + bad });
         }
         part.update_sq += squared;
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
         let samples = part.weight;
-        self.combiner.aggregator.add(worker, samples, range.clone(), values, &self.start[range], squared);
-        self.settle();
+        self.combiner.aggregator.add(worker, samples, range, values, start, squared);
+        self.settle(model);
         Ok(())
     }
 
-    /// Tells the aggregator how far every worker still in the round has
-    /// sent (its weights come in order), and their samples: positions no
-    /// later contribution can change. A worker that leaves after all spoils
-    /// the round (its part cannot be taken out of the sum), so what the
-    /// aggregator finished early stands exactly when the round does (a
-    /// spoiled round is settled on all the same, so that the aggregator's
-    /// memory stays bounded; its average is discarded).
-    fn settle(&mut self) {
-        // With nobody left the samples are 0, and nothing is settled.
+    /// Steps `model` at the positions every worker that counts for them has
+    /// sent (its weights come in order): those still in the round, and
+    /// those that left after positions were stepped with them, as far as
+    /// they had sent. A spoiled round is settled all the same, so that the
+    /// aggregator's memory stays bounded, but steps nothing.
+    fn settle(&mut self, model: &mut ModelState) {
         let upto = self.frontier().upto;
-        let samples = self.in_round().map(|p| p.weight).sum();
-        self.combiner.aggregator.settle(upto, samples, &mut self.combiner.average);
+        let in_round = self.in_round().map(|p| p.weight).sum();
+        self.settle_to(upto, in_round, model);
     }
 
-    /// Drops what a worker contributed, its state having been `previous`.
-    /// An aggregator that cannot give back a partly added contribution (a
-    /// running sum) is spoiled by it.
-    fn forget(&mut self, worker: WorkerId, previous: State) {
-        let added = matches!(previous, State::Complete | State::Receiving);
-        if !self.combiner.aggregator.forget(worker) {
-            self.tainted |= added;
+    /// Settles positions up to `upto`, where the workers still counted in
+    /// the round trained `in_round` samples, in stretches that the same
+    /// departed workers count for.
+    fn settle_to(&mut self, upto: usize, in_round: u64, model: &mut ModelState) {
+        if !self.combiner.aggregator.settles() {
+            return;
+        }
+        while self.settled < upto {
+            let at = self.settled;
+            let counted = || self.departed.iter().filter(|&&(sent, _)| sent > at);
+            let next = counted().map(|&(sent, _)| sent).min().unwrap_or(upto).min(upto);
+            let samples = in_round + counted().map(|&(_, samples)| samples).sum::<u64>();
+            let aggregator = &mut self.combiner.aggregator;
+            if self.tainted {
+                aggregator.settle(next, samples, &mut |_, _| {});
+            } else {
+                aggregator.settle(next, samples, &mut |at, combined| model.fold(at, combined));
+            }
+            self.settled = next;
         }
     }
 
-    /// Drops a worker that left or timed out. Its weights are discarded, even
-    /// complete ones (the driver hands all its untrained images to the others,
-    /// so they must not be in this round too); if some were already summed,
-    /// the round is tainted and must be redone.
-    pub fn exclude(&mut self, worker: WorkerId) {
+    /// Drops what a worker contributed, its state having been `previous`
+    /// and its weights summed up to position `sent`. An aggregator that
+    /// cannot give back a partly added contribution (a running sum) keeps
+    /// it for those positions once the round has stepped some (they
+    /// cannot be stepped back), and is spoiled by it before.
+    fn forget(&mut self, worker: WorkerId, previous: State, sent: usize) {
+        let added = matches!(previous, State::Complete | State::Receiving) && sent > 0;
+        if !added || self.combiner.aggregator.forget(worker) {
+            return;
+        }
+        match self.parts.get(&worker) {
+            Some(part) if self.settled > 0 && !self.tainted => self.departed.push((sent, part.weight)),
+            _ => self.tainted = true,
+        }
+    }
+
+    /// Drops a worker that left or timed out. Its weights are discarded
+    /// where they can be, even complete ones (the driver hands all its
+    /// untrained images to the others, so they must not be in this round
+    /// too); if some were already summed, see [`forget`](Self::forget).
+    pub fn exclude(&mut self, worker: WorkerId, model: &mut ModelState) {
         let Some(part) = self.parts.get_mut(&worker) else { return };
         let previous = part.state;
         if previous != State::Excluded {
             part.state = State::Excluded;
-            self.forget(worker, previous);
+            let sent = part.cursor.received();
+            self.forget(worker, previous, sent);
             // The others' positions may now be all there is.
-            self.settle();
+            self.settle(model);
         }
     }
 
@@ -371,17 +416,22 @@ impl Round {
         self.parts.values().all(|p| matches!(p.state, State::Complete | State::Excluded))
     }
 
-    /// Combines the contributions into the combiner's `average` and returns
-    /// the summary and the combiner, for reuse. Call when
+    /// Combines the contributions and steps `model` to the round's result,
+    /// returning the summary and the combiner, for reuse. Call when
     /// [`is_complete`](Self::is_complete) (or at the round's deadline, after
-    /// excluding the missing workers); only complete contributions count.
-    pub fn finish(mut self) -> (Result<RoundSummary, RoundError>, Combiner) {
-        // A worker caught mid-transfer has part of its weights in the
-        // aggregator: one that cannot forget them (a sum) is spoiled.
-        let partial: Vec<WorkerId> =
-            self.parts.iter().filter(|(_, p)| p.state == State::Receiving).map(|(&id, _)| id).collect();
-        for id in partial {
-            self.forget(id, State::Receiving);
+    /// excluding the missing workers); only complete contributions count as
+    /// contributors. A failed round leaves `model` as it was, but for the
+    /// positions it had stepped: see [`forget`](Self::forget).
+    pub fn finish(mut self, model: &mut ModelState) -> (Result<RoundSummary, RoundError>, Combiner) {
+        // A worker caught mid-transfer has part of its weights in the aggregator.
+        let partial: Vec<(WorkerId, usize)> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.state == State::Receiving)
+            .map(|(&id, p)| (id, p.cursor.received()))
+            .collect();
+        for (id, sent) in partial {
+            self.forget(id, State::Receiving, sent);
         }
         let norms: Vec<(WorkerId, f64)> = self
             .parts
@@ -396,18 +446,18 @@ impl Round {
                 if let Some(part) = self.parts.get_mut(&outlier.worker) {
                     part.state = State::Excluded;
                 }
-                self.forget(outlier.worker, State::Complete);
+                self.forget(outlier.worker, State::Complete, self.len);
                 dropped.push(outlier.worker);
             }
         }
-        let Round { epoch, round, parts, start, mut combiner, tainted, non_finite, .. } = self;
         let done: Vec<(WorkerId, u64)> =
-            parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
+            self.parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
+        let (epoch, round) = (self.epoch, self.round);
         // With no usable weights, a redo cannot help whatever else happened.
-        let failure = if done.is_empty() && !non_finite.is_empty() {
+        let failure = if done.is_empty() && !self.non_finite.is_empty() {
             Some(RoundError::Diverged { epoch, round })
-        } else if tainted {
+        } else if self.tainted {
             Some(RoundError::Tainted { epoch, round })
         } else if done.is_empty() || samples == 0 {
             Some(RoundError::Empty { epoch, round })
@@ -415,9 +465,15 @@ impl Round {
             None
         };
         if failure.is_none() {
-            combiner.aggregator.finish(&start, &done, &mut combiner.average);
+            if self.combiner.aggregator.settles() {
+                self.settle_to(self.len, samples, model);
+            } else {
+                let combiner = &mut self.combiner;
+                combiner.aggregator.finish(&model.params, &done, &mut combiner.average);
+                model.step(&mut combiner.average);
+            }
         }
-        drop(start);
+        let Round { parts, combiner, .. } = self;
         if let Some(err) = failure {
             return (Err(err), combiner);
         }
@@ -439,10 +495,28 @@ impl Round {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use lazyavg_common::outer::{OuterOptimizer, OuterRule, OuterSettings};
     use lazyavg_proto::chunks::{VALUES_PER_CHUNK, weight_chunks};
 
-    impl Round {
+    /// A round with the model it steps, by plain averaging: the model after
+    /// the round is its average.
+    struct Open {
+        round: Round,
+        model: ModelState,
+    }
+
+    impl std::ops::Deref for Open {
+        type Target = Round;
+
+        fn deref(&self) -> &Round {
+            &self.round
+        }
+    }
+
+    impl Open {
         /// A mean round over `participants` (worker, samples trained since
         /// the last sync) for a model of `len` parameters started from zeros.
         fn new(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize) -> Self {
@@ -452,22 +526,40 @@ mod tests {
         /// A round combining contributions by `rule`, for a model of `len`
         /// parameters started from zeros.
         fn aggregating(epoch: u64, round: u64, participants: &[(WorkerId, u64)], len: usize, rule: Aggregate) -> Self {
-            Self::with(epoch, round, participants, Arc::new(vec![0.0; len]), rule.aggregator(false).into())
+            Self::with(epoch, round, participants, &vec![0.0; len], rule.aggregator(false).into())
+        }
+
+        fn with(epoch: u64, round: u64, participants: &[(WorkerId, u64)], start: &[f32], combiner: Combiner) -> Self {
+            let averaging = OuterSettings::new(OuterRule::Avg, 1.0, 0.0).expect("valid settings");
+            let model = ModelState::new(start.to_vec(), OuterOptimizer::new(averaging));
+            Open { round: Round::with(epoch, round, participants, start, combiner), model }
+        }
+
+        fn dropping_outliers(self) -> Self {
+            Open { round: self.round.dropping_outliers(), ..self }
+        }
+
+        fn accept(&mut self, worker: WorkerId, chunk: &Chunk) -> Result<(), RoundError> {
+            self.round.accept(worker, chunk, &mut self.model)
+        }
+
+        fn exclude(&mut self, worker: WorkerId) {
+            self.round.exclude(worker, &mut self.model)
         }
     }
 
-    /// Finishes `round`, copying its average into `out` (the driver takes
-    /// the combiner's buffer instead).
-    fn finish_into(round: Round, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Combiner) {
-        let (result, combiner) = round.finish();
+    /// Finishes `open`, copying the model it made into `out`.
+    fn finish_into(open: Open, out: &mut [f32]) -> (Result<RoundSummary, RoundError>, Combiner) {
+        let Open { round, mut model } = open;
+        let (result, combiner) = round.finish(&mut model);
         if result.is_ok() {
-            out.copy_from_slice(&combiner.average);
+            out.copy_from_slice(&model.params);
         }
         (result, combiner)
     }
 
-    fn send(round: &mut Round, worker: WorkerId, params: &[f32]) -> Result<(), RoundError> {
-        for chunk in weight_chunks(round.epoch, round.round, params) {
+    fn send(round: &mut Open, worker: WorkerId, params: &[f32]) -> Result<(), RoundError> {
+        for chunk in weight_chunks(round.epoch(), round.round(), params) {
             round.accept(worker, &chunk)?;
         }
         Ok(())
@@ -475,7 +567,7 @@ mod tests {
 
     #[test]
     fn average_is_weighted_by_coordinator_counts() {
-        let mut round = Round::new(1, 0, &[(1, 30), (2, 10)], 3);
+        let mut round = Open::new(1, 0, &[(1, 30), (2, 10)], 3);
         send(&mut round, 1, &[1.0, 2.0, -4.0]).unwrap();
         assert!(!round.is_complete());
         assert!(round.has_sent(1) && !round.has_sent(2) && !round.has_sent(3));
@@ -493,7 +585,7 @@ mod tests {
         let a: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.11).cos()).collect();
         let run = |first: (WorkerId, &[f32]), second: (WorkerId, &[f32])| {
-            let mut round = Round::new(1, 0, &[(1, 7), (2, 9)], 1000);
+            let mut round = Open::new(1, 0, &[(1, 7), (2, 9)], 1000);
             send(&mut round, first.0, first.1).unwrap();
             send(&mut round, second.0, second.1).unwrap();
             let mut out = vec![0.0; 1000];
@@ -505,7 +597,7 @@ mod tests {
 
     #[test]
     fn stale_future_duplicate_and_strangers_are_refused() {
-        let mut round = Round::new(2, 5, &[(1, 1)], 2);
+        let mut round = Open::new(2, 5, &[(1, 1)], 2);
         let chunk = |epoch, r| weight_chunks(epoch, r, &[1.0, 1.0]).next().unwrap();
         assert!(matches!(round.accept(1, &chunk(2, 4)), Err(RoundError::Stale { .. })));
         assert!(matches!(round.accept(1, &chunk(1, 9)), Err(RoundError::Stale { .. })));
@@ -520,14 +612,14 @@ mod tests {
 
     #[test]
     fn wrong_length_is_refused() {
-        let mut round = Round::new(1, 0, &[(1, 1)], 3);
+        let mut round = Open::new(1, 0, &[(1, 1)], 3);
         let err = send(&mut round, 1, &[1.0, 2.0]).unwrap_err();
         assert!(err.to_string().contains("declares 2 values but the model has 3"), "{err}");
     }
 
     #[test]
     fn non_finite_worker_is_excluded_and_the_rest_averaged() {
-        let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], 2);
+        let mut round = Open::new(1, 0, &[(1, 1), (2, 1)], 2);
         assert_eq!(send(&mut round, 1, &[1.0, f32::NAN]), Err(RoundError::NonFinite { worker: 1, index: 1 }));
         send(&mut round, 2, &[3.0, 4.0]).unwrap();
         assert!(round.is_complete());
@@ -538,12 +630,12 @@ mod tests {
 
     #[test]
     fn a_round_with_only_non_finite_weights_has_diverged() {
-        let mut round = Round::new(1, 4, &[(1, 1), (2, 1)], 2);
+        let mut round = Open::new(1, 4, &[(1, 1), (2, 1)], 2);
         assert!(send(&mut round, 1, &[f32::INFINITY, 0.0]).is_err());
         assert!(send(&mut round, 2, &[0.0, f32::NAN]).is_err());
         assert!(round.is_complete());
         assert_eq!(finish_into(round, &mut [0.0; 2]).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 4 });
-        let mut silent = Round::new(1, 5, &[(1, 1)], 2);
+        let mut silent = Open::new(1, 5, &[(1, 1)], 2);
         silent.exclude(1);
         assert_eq!(finish_into(silent, &mut [0.0; 2]).0.unwrap_err(), RoundError::Empty { epoch: 1, round: 5 });
     }
@@ -551,7 +643,7 @@ mod tests {
     #[test]
     fn a_half_summed_contribution_taints_the_round() {
         let len = VALUES_PER_CHUNK + 1;
-        let mut round = Round::new(1, 0, &[(1, 1), (2, 1)], len);
+        let mut round = Open::new(1, 0, &[(1, 1), (2, 1)], len);
         let mut bad = vec![0.5f32; len];
         bad[len - 1] = f32::INFINITY;
         assert!(send(&mut round, 1, &bad).is_err());
@@ -561,7 +653,7 @@ mod tests {
         assert!(matches!(finish_into(round, &mut out).0, Err(RoundError::Tainted { .. })));
 
         // When no worker is left with usable weights, a redo cannot help.
-        let mut round = Round::new(1, 1, &[(1, 1)], len);
+        let mut round = Open::new(1, 1, &[(1, 1)], len);
         assert!(send(&mut round, 1, &bad).is_err());
         assert_eq!(finish_into(round, &mut out).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 1 });
     }
@@ -572,7 +664,7 @@ mod tests {
         let hostile = [1e30f32, 1e30];
         for rule in [Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip] {
             let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
-            let mut round = Round::aggregating(1, 0, &ids, 2, rule);
+            let mut round = Open::aggregating(1, 0, &ids, 2, rule);
             for (id, w) in (1..=4).zip(honest.iter()) {
                 send(&mut round, id, w).unwrap();
             }
@@ -582,7 +674,7 @@ mod tests {
             // Each coordinate stays within what the honest workers sent.
             assert!((0.8..=1.2).contains(&out[0]) && (-2.2..=-1.8).contains(&out[1]), "{rule:?}: {out:?}");
         }
-        let mut mean = Round::aggregating(1, 0, &[(1, 1), (2, 1)], 1, Aggregate::Mean);
+        let mut mean = Open::aggregating(1, 0, &[(1, 1), (2, 1)], 1, Aggregate::Mean);
         send(&mut mean, 1, &[1.0]).unwrap();
         send(&mut mean, 2, &[1e30]).unwrap();
         let mut out = [0.0];
@@ -597,7 +689,7 @@ mod tests {
         let ids: Vec<(WorkerId, u64)> = (1..=5).map(|id| (id, 10)).collect();
         let rules = [Aggregate::Mean, Aggregate::Median, Aggregate::TrimmedMean, Aggregate::CenteredClip];
         for (rule, drop) in rules.map(|r| (r, true)).into_iter().chain([(Aggregate::Mean, false)]) {
-            let mut round = Round::with(1, 0, &ids, Arc::new(start.to_vec()), rule.aggregator(drop).into());
+            let mut round = Open::with(1, 0, &ids, &start, rule.aggregator(drop).into());
             if drop {
                 round = round.dropping_outliers();
             }
@@ -621,8 +713,8 @@ mod tests {
 
     #[test]
     fn finite_values_are_taken_even_from_a_start_that_overflowed() {
-        let start = Arc::new(vec![f32::INFINITY, 1.0]);
-        let mut round = Round::with(1, 0, &[(1, 1), (2, 1)], start, Aggregate::Mean.aggregator(false).into());
+        let start = [f32::INFINITY, 1.0];
+        let mut round = Open::with(1, 0, &[(1, 1), (2, 1)], &start, Aggregate::Mean.aggregator(false).into());
         send(&mut round, 1, &[1.0, 2.0]).unwrap();
         assert_eq!(send(&mut round, 2, &[3.0, f32::NAN]), Err(RoundError::NonFinite { worker: 2, index: 1 }));
         let mut out = [0.0; 2];
@@ -631,18 +723,73 @@ mod tests {
     }
 
     #[test]
-    fn a_round_shares_its_start_and_lets_go_of_it_when_it_finishes() {
-        let mut start = Arc::new(vec![0.5f32; 1000]);
-        let first = Round::with(1, 1, &[(1, 1)], Arc::clone(&start), Aggregate::Mean.aggregator(false).into());
-        assert_eq!(Arc::strong_count(&start), 2, "the round holds no copy of its own");
-        // Even a round that failed (nobody sent anything) gives its aggregator back.
-        let (result, aggregator) = finish_into(first, &mut [0.0; 1000]);
-        assert!(result.is_err());
-        assert!(Arc::get_mut(&mut start).is_some(), "the weights can be stepped in place");
-        let mut second = Round::with(1, 2, &[(1, 1)], start, aggregator);
-        send(&mut second, 1, &[2.0; 1000]).unwrap();
-        let mut out = [0.0; 1000];
-        assert!(finish_into(second, &mut out).0.is_ok() && out == [2.0; 1000]);
+    fn a_mean_round_steps_the_model_in_place_with_no_buffer_for_its_average() {
+        let len = 2 * VALUES_PER_CHUNK + 5;
+        let mut round = Open::new(1, 1, &[(1, 1), (2, 3)], len);
+        let before = Arc::as_ptr(&round.model.params);
+        assert!(round.combiner.average.is_empty(), "no model-sized buffer");
+        let (ones, fives): (Vec<Chunk>, Vec<Chunk>) =
+            (weight_chunks(1, 1, &vec![1.0; len]).collect(), weight_chunks(1, 1, &vec![5.0; len]).collect());
+        round.accept(1, &ones[0]).unwrap();
+        assert_eq!(round.model.params[0], 0.0, "not settled before every worker sent it");
+        round.accept(2, &fives[0]).unwrap();
+        assert_eq!(round.model.params[..VALUES_PER_CHUNK], vec![4.0; VALUES_PER_CHUNK], "stepped at once");
+        assert_eq!(round.model.params[VALUES_PER_CHUNK], 0.0);
+        // A push still holding the weights keeps what it holds.
+        let pushed = Arc::clone(&round.model.params);
+        for (one, five) in ones[1..].iter().zip(&fives[1..]) {
+            round.accept(1, one).unwrap();
+            round.accept(2, five).unwrap();
+        }
+        assert!(pushed[VALUES_PER_CHUNK..].iter().all(|&w| w == 0.0), "copied on write");
+        drop(pushed);
+        let (ptr, mut out) = (Arc::as_ptr(&round.model.params), vec![0.0; len]);
+        let (result, combiner) = finish_into(round, &mut out);
+        assert!(result.is_ok() && out.iter().all(|&w| w == 4.0));
+        assert!(combiner.average.is_empty());
+        assert_ne!(before, ptr, "the copy made for the push is the model now");
+    }
+
+    #[test]
+    fn a_worker_that_leaves_after_positions_were_stepped_counts_for_what_it_sent() {
+        let len = 3 * VALUES_PER_CHUNK;
+        let mut round = Open::new(1, 0, &[(1, 1), (2, 1), (3, 2)], len);
+        let chunks = |v: f32| weight_chunks(1, 0, &vec![v; len]).collect::<Vec<Chunk>>();
+        let (one, two, three) = (chunks(1.0), chunks(2.0), chunks(4.0));
+        for (worker, chunks) in [(1, &one), (2, &two), (3, &three)] {
+            round.accept(worker, &chunks[0]).unwrap();
+        }
+        // Worker 1 sends its second chunk and leaves; 2 and 3 go on.
+        round.accept(1, &one[1]).unwrap();
+        round.exclude(1);
+        send_rest(&mut round, 2, &two[1..]);
+        send_rest(&mut round, 3, &three[1..]);
+        let mut out = vec![0.0; len];
+        let summary = finish_into(round, &mut out).0.expect("not redone: positions were stepped with worker 1");
+        assert_eq!(summary.contributors, [(2, 1), (3, 2)]);
+        let (with, without) = ((1.0 + 2.0 + 8.0) / 4.0, (2.0 + 8.0) / 3.0);
+        let stretch = |chunk: usize| &out[chunk * VALUES_PER_CHUNK..(chunk + 1) * VALUES_PER_CHUNK];
+        assert!(stretch(0).iter().chain(stretch(1)).all(|&w| w == with), "{} {}", stretch(0)[0], stretch(1)[0]);
+        assert!(stretch(2).iter().all(|&w| w == without as f32), "{}", stretch(2)[0]);
+    }
+
+    #[test]
+    fn a_spoiled_round_leaves_the_model_as_it_was() {
+        let len = 2 * VALUES_PER_CHUNK;
+        let mut round = Open::new(1, 0, &[(1, 1), (2, 1)], len);
+        let first = weight_chunks(1, 0, &vec![9.0; len]).next().unwrap();
+        round.accept(1, &first).unwrap();
+        round.exclude(1);
+        send(&mut round, 2, &vec![1.0; len]).unwrap();
+        let Open { round, mut model } = round;
+        assert!(matches!(round.finish(&mut model).0, Err(RoundError::Tainted { .. })));
+        assert!(model.params.iter().all(|&w| w == 0.0), "settled all the same, but nothing stepped");
+    }
+
+    fn send_rest(round: &mut Open, worker: WorkerId, chunks: &[Chunk]) {
+        for chunk in chunks {
+            round.accept(worker, chunk).unwrap();
+        }
     }
 
     #[test]
@@ -653,7 +800,7 @@ mod tests {
         let mut aggregator: Combiner = Aggregate::NormClip.aggregator(false).into();
         let mut out = [0.0; 2];
         for round in 0..2 {
-            let mut open = Round::with(1, round, &ids, Arc::new(start.to_vec()), aggregator);
+            let mut open = Open::with(1, round, &ids, &start, aggregator);
             for (id, w) in (1..=4).zip(honest.iter()) {
                 send(&mut open, id, w).unwrap();
             }
@@ -678,7 +825,7 @@ mod tests {
     #[test]
     fn a_robust_round_forgets_a_worker_that_left_mid_transfer() {
         let len = VALUES_PER_CHUNK + 1;
-        let mut round = Round::aggregating(1, 0, &[(1, 1), (2, 1), (3, 1)], len, Aggregate::Median);
+        let mut round = Open::aggregating(1, 0, &[(1, 1), (2, 1), (3, 1)], len, Aggregate::Median);
         let first = weight_chunks(1, 0, &vec![9.0; len]).next().unwrap();
         round.accept(1, &first).unwrap();
         round.exclude(1);
@@ -691,14 +838,14 @@ mod tests {
 
     #[test]
     fn a_complete_contribution_of_a_worker_that_left_is_discarded() {
-        let mut mean = Round::new(1, 0, &[(1, 1), (2, 1)], 1);
+        let mut mean = Open::new(1, 0, &[(1, 1), (2, 1)], 1);
         send(&mut mean, 1, &[2.0]).unwrap();
         mean.exclude(1);
         assert!(!mean.has_sent(1), "an excluded worker's weights do not count");
         send(&mut mean, 2, &[4.0]).unwrap();
         let mut out = [0.0];
         assert!(matches!(finish_into(mean, &mut out).0, Err(RoundError::Tainted { .. })));
-        let mut median = Round::aggregating(1, 0, &[(1, 1), (2, 1)], 1, Aggregate::Median);
+        let mut median = Open::aggregating(1, 0, &[(1, 1), (2, 1)], 1, Aggregate::Median);
         send(&mut median, 1, &[2.0]).unwrap();
         median.exclude(1);
         send(&mut median, 2, &[4.0]).unwrap();
@@ -709,9 +856,9 @@ mod tests {
     #[test]
     fn the_frontier_is_the_slowest_worker_still_in_the_round_and_names_who_holds_the_others() {
         let len = AHEAD + 3 * VALUES_PER_CHUNK;
-        let mut round = Round::new(1, 2, &[(1, 1), (2, 1), (3, 1)], len);
+        let mut round = Open::new(1, 2, &[(1, 1), (2, 1), (3, 1)], len);
         let chunks: Vec<Chunk> = weight_chunks(1, 2, &vec![1.0; len]).collect();
-        let upto = |round: &Round| round.frontier().upto;
+        let upto = |round: &Open| round.frontier().upto;
         assert_eq!(round.frontier(), Frontier { epoch: 1, round: 2, upto: 0 });
         // 1 sends as far as the gate lets it, 2 one chunk, 3 nothing.
         for chunk in &chunks[..AHEAD / VALUES_PER_CHUNK] {
@@ -736,14 +883,14 @@ mod tests {
         finish_into(round, &mut out).0.unwrap();
         assert!(out.iter().all(|&v| v == 1.0));
         // With nobody left, everything is let through.
-        let mut empty = Round::new(1, 3, &[(1, 1)], 5);
+        let mut empty = Open::new(1, 3, &[(1, 1)], 5);
         empty.exclude(1);
         assert_eq!(upto(&empty), 5);
     }
 
     #[test]
     fn excluded_workers_do_not_block_completion() {
-        let mut round = Round::new(1, 0, &[(1, 2), (2, 2)], 1);
+        let mut round = Open::new(1, 0, &[(1, 2), (2, 2)], 1);
         send(&mut round, 1, &[2.0]).unwrap();
         assert_eq!(round.missing(), vec![2]);
         round.exclude(2);

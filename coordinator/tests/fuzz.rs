@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use lazyavg_common::model_file;
+use lazyavg_common::outer::{OuterOptimizer, OuterRule, OuterSettings};
 use lazyavg_common::spec::ModelSpec;
 use lazyavg_coordinator::checkpoint::{self, Checkpoint};
+use lazyavg_coordinator::model_state::ModelState;
 use lazyavg_coordinator::round::{Aggregate, Round, RoundError, WorkerId};
 use lazyavg_proto::MAX_CHUNK_BYTES;
 use lazyavg_proto::chunks::{Chunk, VALUES_PER_CHUNK, weight_chunks};
@@ -185,6 +186,13 @@ proptest! {
 
 // ---- averaging rounds ---------------------------------------------------------
 
+/// A model of `len` zeros that rounds step by plain averaging: after a
+/// round, it is the round's average.
+fn averaging(len: usize) -> ModelState {
+    let settings = OuterSettings::new(OuterRule::Avg, 1.0, 0.0).expect("valid settings");
+    ModelState::new(vec![0.0; len], OuterOptimizer::new(settings))
+}
+
 /// Finite values in [-100, 100] derived from `seed` (fast for large buffers).
 fn params(len: usize, seed: u64) -> Vec<f32> {
     let mut x = seed | 1;
@@ -258,7 +266,8 @@ proptest! {
         rule in prop_oneof![Just(Aggregate::Mean), Just(Aggregate::Median), Just(Aggregate::TrimmedMean), Just(Aggregate::CenteredClip), Just(Aggregate::NormClip)],
     ) {
         let participants: Vec<(WorkerId, u64)> = (1..=3).zip(weights).collect();
-        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), rule.aggregator(false).into());
+        let mut model = averaging(len);
+        let mut round = Round::with(EPOCH, ROUND, &participants, &model.params, rule.aggregator(false).into());
         // Worker 2's real weights hold a non-finite value when `nan_at` is set.
         let real: Vec<Vec<Chunk>> = (1..=3u64)
             .map(|w| {
@@ -272,11 +281,11 @@ proptest! {
         for op in &ops {
             match op {
                 Op::Chunk(w, c) => {
-                    let _ = round.accept(*w, c);
+                    let _ = round.accept(*w, c, &mut model);
                 }
                 Op::Real(w, of, i) => {
                     let chunks = &real[*of as usize - 1];
-                    let _ = round.accept(*w, &chunks[i.index(chunks.len())]);
+                    let _ = round.accept(*w, &chunks[i.index(chunks.len())], &mut model);
                 }
                 Op::Report(w, epoch, r, loss_sum, train_seconds) => {
                     let report = Report {
@@ -288,7 +297,7 @@ proptest! {
                     };
                     let _ = round.report(*w, &report);
                 }
-                Op::Exclude(w) => round.exclude(*w),
+                Op::Exclude(w) => round.exclude(*w, &mut model),
             }
             let missing = round.missing();
             prop_assert!(missing.iter().all(|w| (1..=3).contains(w)));
@@ -296,11 +305,11 @@ proptest! {
         }
         // As the driver does at the deadline: the workers still missing are dropped.
         for w in round.missing() {
-            round.exclude(w);
+            round.exclude(w, &mut model);
         }
         prop_assert!(round.is_complete());
-        let (result, combiner) = round.finish();
-        let out = combiner.average;
+        let result = round.finish(&mut model).0;
+        let out = &model.params;
         if let Ok(summary) = result {
             prop_assert!(summary.samples > 0);
             prop_assert!(summary.contributors.iter().all(|(w, _)| (1..=3).contains(w)));
@@ -332,7 +341,8 @@ proptest! {
             .zip(&vectors)
             .map(|(&(id, _), v)| (id, weight_chunks(EPOCH, ROUND, v).collect()))
             .collect();
-        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), rule.aggregator(false).into());
+        let mut model = averaging(len);
+        let mut round = Round::with(EPOCH, ROUND, &participants, &model.params, rule.aggregator(false).into());
         // Each worker's chunks in order; the workers interleaved at random.
         let mut step = 0;
         loop {
@@ -344,13 +354,13 @@ proptest! {
             step += 1;
             let chunk = queues[q].1.pop_front().unwrap();
             prop_assert!(!round.is_complete());
-            round.accept(queues[q].0, &chunk).unwrap();
+            round.accept(queues[q].0, &chunk, &mut model).unwrap();
             // The same chunk again is never summed twice.
-            prop_assert!(round.accept(queues[q].0, &chunk).is_err());
+            prop_assert!(round.accept(queues[q].0, &chunk, &mut model).is_err());
         }
         prop_assert!(round.is_complete());
-        let (summary, combiner) = round.finish();
-        let (summary, out) = (summary.unwrap(), combiner.average);
+        let summary = round.finish(&mut model).0.unwrap();
+        let out = &model.params;
         let samples: u64 = participants.iter().map(|p| p.1).sum();
         prop_assert_eq!(summary.samples, samples);
         prop_assert_eq!(&summary.contributors, &participants);
@@ -378,26 +388,27 @@ proptest! {
         let mut poisoned = params(len, 2);
         let at = at.index(len);
         poisoned[at] = bad;
-        let mut round = Round::with(EPOCH, ROUND, &participants, Arc::new(vec![0.0; len]), Aggregate::Mean.aggregator(false).into());
+        let mut model = averaging(len);
+        let mut round = Round::with(EPOCH, ROUND, &participants, &model.params, Aggregate::Mean.aggregator(false).into());
         let mut refused = None;
         for chunk in weight_chunks(EPOCH, ROUND, &poisoned) {
-            if let Err(e) = round.accept(2, &chunk) {
+            if let Err(e) = round.accept(2, &chunk, &mut model) {
                 refused = Some(e);
                 break;
             }
         }
         prop_assert_eq!(refused, Some(RoundError::NonFinite { worker: 2, index: at }));
         for chunk in weight_chunks(EPOCH, ROUND, &good) {
-            round.accept(1, &chunk).unwrap();
+            round.accept(1, &chunk, &mut model).unwrap();
         }
         prop_assert!(round.is_complete());
-        let (result, combiner) = round.finish();
-        let out = combiner.average;
+        let result = round.finish(&mut model).0;
+        let out = &model.params;
         match result {
             Ok(summary) => {
                 prop_assert!(at < VALUES_PER_CHUNK, "only a first-chunk failure leaves the round clean");
                 prop_assert_eq!(summary.contributors, vec![(1, 3)]);
-                prop_assert_eq!(out, good);
+                prop_assert_eq!(out.as_slice(), good.as_slice());
             }
             Err(e) => {
                 prop_assert!(at >= VALUES_PER_CHUNK, "{}", e);

@@ -276,18 +276,30 @@ fn a_killed_and_restarted_worker_rejoins_with_the_current_weights() {
     assert!(logged(&again, "downloading the training set").is_empty(), "{}", again.dump());
     let id = joined_id(&again);
     assert_ne!(id, victim_id, "a fresh id");
-    // The weights it first applied are those of the last round averaged
-    // before the coordinator took it in.
+    // The weights it first applied are the current ones when the coordinator
+    // took it in: those of the last round averaged before, or, if a round
+    // was open (it steps the weights in place), that round's.
     let lines = coordinator.proc.json_lines();
     let joined = lines
         .iter()
         .position(|l| l["message"] == "worker joined" && l["worker"] == id)
         .unwrap_or_else(|| panic!("worker {id} never joined\n{}", coordinator.proc.dump()));
-    let last_round = lines[..joined]
+    let is = |l: &Value, what: &str| l["message"] == what;
+    let round_open = lines[..joined]
         .iter()
         .rev()
-        .find(|l| l["message"] == "round averaged")
-        .unwrap_or_else(|| panic!("no round averaged before it joined\n{}", coordinator.proc.dump()));
+        .find(|l| {
+            is(l, "round started")
+                || is(l, "round averaged")
+                || is(l, "round abandoned; redoing it with the workers left")
+        })
+        .is_some_and(|l| is(l, "round started"));
+    let last_round = if round_open {
+        lines[joined..].iter().find(|l| is(l, "round averaged"))
+    } else {
+        lines[..joined].iter().rev().find(|l| is(l, "round averaged"))
+    }
+    .unwrap_or_else(|| panic!("no round averaged for it (round open: {round_open})\n{}", coordinator.proc.dump()));
     assert_eq!(
         (&applied["epoch"], &applied["round"]),
         (&last_round["epoch"], &last_round["round"]),

@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use lazyavg_proto::chunks::{VALUES_PER_CHUNK, Values};
 
-use super::{Aggregator, UpdateRule};
+use super::{Aggregator, Settled, UpdateRule};
 use crate::gate::AHEAD;
 use crate::round::WorkerId;
 
@@ -44,6 +44,8 @@ pub struct WeightedMean {
     spare: Vec<Box<[f64]>>,
     /// The most blocks the window held this round.
     peak: usize,
+    /// One block of means on their way out.
+    means: Vec<f32>,
 }
 
 impl WeightedMean {
@@ -65,18 +67,24 @@ impl WeightedMean {
         &mut self.window[at]
     }
 
-    /// Writes the mean of positions `self.settled..upto` into `out`, over
-    /// `samples` in all, and lets go of the blocks wholly below `upto`.
-    fn write_out(&mut self, upto: usize, samples: u64, out: &mut [f32]) {
+    /// Hands the mean of positions `self.settled..upto`, over `samples` in
+    /// all, to `out` a block at a time (none when `samples` is 0: nobody
+    /// sent them), and lets go of the blocks wholly below `upto`.
+    fn write_out(&mut self, upto: usize, samples: u64, out: &mut Settled<'_>) {
         let scale = 1.0 / samples as f64;
         while self.settled < upto {
             let (index, from) = (self.settled / BLOCK, self.settled % BLOCK);
             let to = (upto - index * BLOCK).min(BLOCK);
-            let positions = self.settled..index * BLOCK + to;
-            self.settled = positions.end;
-            for (o, &s) in out[positions].iter_mut().zip(&self.block(index)[from..to]) {
-                *o = (s * scale) as f32;
+            let first = self.settled;
+            self.settled = index * BLOCK + to;
+            if samples == 0 {
+                continue;
             }
+            let mut means = std::mem::take(&mut self.means);
+            means.clear();
+            means.extend(self.block(index)[from..to].iter().map(|&s| (s * scale) as f32));
+            out(first, &means);
+            self.means = means;
         }
         while self.first + BLOCK <= self.settled {
             let Some(block) = self.window.pop_front() else { break };
@@ -117,8 +125,12 @@ impl Aggregator for WeightedMean {
         }
     }
 
-    fn settle(&mut self, upto: usize, samples: u64, out: &mut [f32]) {
-        if samples > 0 && upto > self.settled {
+    fn settles(&self) -> bool {
+        true
+    }
+
+    fn settle(&mut self, upto: usize, samples: u64, out: &mut Settled<'_>) {
+        if upto > self.settled {
             self.write_out(upto, samples, out);
         }
     }
@@ -132,7 +144,7 @@ impl Aggregator for WeightedMean {
     /// it has always been. The positions not settled yet are written now.
     fn finish(&mut self, start: &[f32], contributors: &[(WorkerId, u64)], out: &mut [f32]) {
         let samples: u64 = contributors.iter().map(|&(_, s)| s).sum();
-        self.write_out(start.len(), samples, out);
+        self.write_out(start.len(), samples, &mut |at, means| out[at..at + means.len()].copy_from_slice(means));
     }
 }
 
@@ -203,7 +215,7 @@ mod tests {
                 streamed.add(1, 3, range(ca), Values::new(&ca.data), &start, 0.0);
                 assert!(streamed.window.len() <= 1, "only what worker 2 has not sent: {}", streamed.window.len());
                 streamed.add(2, 1, range(cb), Values::new(&cb.data), &start, 0.0);
-                streamed.settle(range(cb).end, 4, &mut out);
+                streamed.settle(range(cb).end, 4, &mut |at, means| out[at..at + means.len()].copy_from_slice(means));
             }
             // The last, ragged block stays until the next reset; no round
             // needs more than two.

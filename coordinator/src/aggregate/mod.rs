@@ -27,6 +27,10 @@ use lazyavg_proto::chunks::Values;
 
 use crate::round::WorkerId;
 
+/// Where a rule that settles hands finished positions: the first position
+/// and the combined values from there.
+pub type Settled<'a> = dyn FnMut(usize, &[f32]) + 'a;
+
 /// One rule for combining the workers' weights into a round's result.
 pub trait Aggregator: fmt::Debug + Send {
     /// Starts a new round from `start` (the weights last broadcast, which
@@ -48,22 +52,33 @@ pub trait Aggregator: fmt::Debug + Send {
         squared: f64,
     );
 
-    /// Positions `0..upto` have come from every worker still in the round,
-    /// which trained `samples` in all. A rule that cannot [`forget`]
-    /// (a running sum) may finish those positions into `out` now and let go
-    /// of what it kept for them: the round is spoiled anyway if one of those
-    /// workers leaves after all. `upto` only grows within a round.
+    /// Whether the rule finishes positions as they settle ([`settle`]), so
+    /// that a round can step the model there at once and needs no buffer for
+    /// its whole result; such a rule is never [`finish`]ed by a round.
     ///
-    /// [`forget`]: Aggregator::forget
-    fn settle(&mut self, _upto: usize, _samples: u64, _out: &mut [f32]) {}
+    /// [`settle`]: Aggregator::settle
+    /// [`finish`]: Aggregator::finish
+    fn settles(&self) -> bool {
+        false
+    }
+
+    /// Positions up to `upto` have come from every worker that counts for
+    /// them, which trained `samples` in all: a rule that [`settles`] hands
+    /// their combination to `out` (first position, values) and lets go of
+    /// what it kept for them. `upto` only grows within a round; positions
+    /// between two calls share one sample total.
+    ///
+    /// [`settles`]: Aggregator::settles
+    fn settle(&mut self, _upto: usize, _samples: u64, _out: &mut Settled<'_>) {}
 
     /// Drops everything `worker` added. Returns false when that cannot be
-    /// undone (a running sum): the round is then spoiled if anything was added.
+    /// undone (a running sum): then the round either keeps the worker for
+    /// the positions it sent (once some have settled) or is spoiled.
     fn forget(&mut self, worker: WorkerId) -> bool;
 
     /// Writes the combination of the complete contributions of `contributors`
-    /// (worker, samples) into `out`; called once, with at least one
-    /// contributor and a positive sample total. `start` is what every
+    /// (worker, samples) into `out` (the positions not settled yet); called
+    /// once, with at least one contributor and a positive sample total. `start` is what every
     /// contributor started the round from (the weights last broadcast), the
     /// origin of the updates that robust rules compare.
     fn finish(&mut self, start: &[f32], contributors: &[(WorkerId, u64)], out: &mut [f32]);

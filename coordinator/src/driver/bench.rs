@@ -25,11 +25,11 @@ impl Driver {
         }
         seconds.sort_by(f64::total_cmp);
         let median = seconds[seconds.len() / 2];
-        let bytes_per_round = (self.params.len() * 4 * 2 * plan.len()) as f64;
+        let bytes_per_round = (self.model.params.len() * 4 * 2 * plan.len()) as f64;
         info!(
             rounds,
             workers = plan.len(),
-            parameters = self.params.len(),
+            parameters = self.model.params.len(),
             median_ms = median * 1e3,
             mean_ms = seconds.iter().sum::<f64>() / seconds.len() as f64 * 1e3,
             p90_ms = seconds[seconds.len() * 9 / 10] * 1e3,

@@ -15,11 +15,12 @@ use crate::round::WorkerId;
 
 impl Driver {
     /// Sends the current parameters to every live worker that has answered
-    /// a pull; the others get them with their next pull.
+    /// a pull or joined during the round; the others get them with their
+    /// next pull.
     pub(super) fn push_average(&mut self) {
         let mut ids = Vec::with_capacity(self.workers.len());
         for (&id, worker) in &mut self.workers {
-            if worker.answered {
+            if worker.answered || std::mem::take(&mut worker.joined_mid_round) {
                 ids.push(id);
             } else {
                 worker.behind = true;
@@ -45,7 +46,7 @@ impl Driver {
     /// The current parameters as the wire carries them, made once per version.
     fn current_chunks(&mut self) -> &Vec<Chunk> {
         let (epoch, round) = self.version;
-        let params = &self.params;
+        let params = &self.model.params;
         self.params_chunks
             .get_or_insert_with(|| encoded_chunks(epoch, round, shared_values(Arc::clone(params))).collect())
     }

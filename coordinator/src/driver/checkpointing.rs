@@ -28,7 +28,7 @@ impl Driver {
     /// `remaining` images still to train.
     pub(super) fn snapshot(&self, epoch: u64, remaining: Vec<u32>) -> Checkpoint {
         let round = if remaining.is_empty() || self.version.0 != epoch { 0 } else { self.version.1 };
-        let (params, outer_velocity) = (self.params.to_vec(), self.outer.velocity().to_vec());
+        let (params, outer_velocity) = (self.model.params.to_vec(), self.model.outer.velocity().to_vec());
         Checkpoint { epoch, remaining, round, params, outer_velocity }
     }
 }

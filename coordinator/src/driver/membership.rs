@@ -48,8 +48,16 @@ impl Driver {
                 let workers = self.workers.len() + 1;
                 self.observers.notify(&RunEvent::WorkerJoined { id, name: &name, address: &address, workers });
                 let first = self.workers.is_empty();
-                self.workers
-                    .insert(id, Worker { name, joined_as, mailbox, _leash: leash, answered: false, behind: false });
+                let worker = Worker {
+                    name,
+                    joined_as,
+                    mailbox,
+                    _leash: leash,
+                    answered: false,
+                    behind: false,
+                    joined_mid_round: false,
+                };
+                self.workers.insert(id, worker);
                 if self.config.init == Init::Independent && self.version == (0, 0) && !first {
                     info!(worker = id, "worker starts from weights of its own (--init independent)");
                     let start = independent_start(&self.mlp, self.config.train.seed, id);
@@ -58,6 +66,8 @@ impl Driver {
                     if self.config.align != AlignMethod::None {
                         self.send_reference(id);
                     }
+                } else if round.is_some() {
+                    self.workers.entry(id).and_modify(|w| w.joined_mid_round = true);
                 } else {
                     self.send_params(&[id]);
                 }
@@ -77,7 +87,7 @@ impl Driver {
                     workers: self.workers.len(),
                 });
                 if let Some(round) = round {
-                    round.exclude(id);
+                    round.exclude(id, &mut self.model);
                 }
                 self.hand_over(id, &worker.name);
             }
@@ -107,7 +117,7 @@ impl Driver {
         let result = match &message {
             FromWorker::Report(report) => round.report(id, report),
             FromWorker::Weights(chunk) => {
-                let accepted = round.accept(id, chunk);
+                let accepted = round.accept(id, chunk, &mut self.model);
                 if accepted.is_ok() {
                     self.observers.notify(&RunEvent::WeightsReceived { worker: id, chunk });
                 }
@@ -118,7 +128,7 @@ impl Driver {
         let rejection = Rejection::from(&err);
         if let RoundError::Chunk(_) = err {
             // A malformed message ends the session: the worker is broken or hostile.
-            round.exclude(id);
+            round.exclude(id, &mut self.model);
             self.send(id, Cmd::EndSession(rejection.clone()));
         }
         self.reject(id, rejection);
@@ -148,7 +158,7 @@ impl Driver {
         let (epoch, round) = (open.epoch(), open.round());
         let timeout_s = (limit == Limit::RoundTimeout).then_some(self.config.round_timeout.as_secs_f64());
         for id in stragglers {
-            open.exclude(id);
+            open.exclude(id, &mut self.model);
             let Some((name, answered)) = self.workers.get(&id).map(|w| (w.name.clone(), w.answered)) else {
                 continue;
             };

@@ -42,6 +42,7 @@ use crate::ending::Departed;
 use crate::epoch::EpochState;
 use crate::error::{Error, Result};
 use crate::gate;
+use crate::model_state::ModelState;
 use crate::observe::{Observers, RunEvent};
 use crate::round::{Combiner, WorkerId};
 use crate::screen::OutlierRecord;
@@ -74,6 +75,10 @@ struct Worker {
     answered: bool,
     /// An average went out that it was not sent.
     behind: bool,
+    /// It joined while a round was open, which steps the weights in place:
+    /// it is sent them when that round ends (or with its next pull, if the
+    /// round is abandoned).
+    joined_mid_round: bool,
 }
 
 /// How a run ended.
@@ -95,13 +100,15 @@ pub struct Driver {
     mlp: Network,
     test: Arc<Dataset>,
     n_train: usize,
-    /// The current weights, shared with the open round (its start) and
-    /// [`Driver::evaluate`] instead of copied: changed only between rounds,
-    /// in place once those have let go (else copied on write).
-    params: Arc<Vec<f32>>,
-    /// The `--aggregate` rule and the buffer a round writes its average
-    /// into (which the outer step may swap with `params`: its contents
-    /// between rounds mean nothing), kept from round to round for their memory.
+    /// The current weights and outer velocity: the open round steps them in
+    /// place as their positions settle. The weights are shared with
+    /// [`Driver::evaluate`] and the pushes instead of copied (copied on
+    /// write when a round steps them while one still holds them).
+    model: ModelState,
+    /// The `--aggregate` rule and, for a rule that does not settle, the
+    /// buffer a round writes its average into (which the outer step may
+    /// swap with the weights: its contents between rounds mean nothing),
+    /// kept from round to round for their memory.
     combiner: Option<Combiner>,
     /// Which workers' updates were far from the others', for warnings and
     /// for naming the likely cause of a divergence.
@@ -109,7 +116,6 @@ pub struct Driver {
     /// `params` as weight chunks, made once per version: views of `params`
     /// itself, shared by every worker sent them, however many attach or lag.
     params_chunks: Option<Vec<Chunk>>,
-    outer: OuterOptimizer,
     /// Epoch and round the current parameters come from (0, 0 before the first round).
     version: (u64, u64),
     /// The epoch to start from (after `--resume`, the checkpoint's).
@@ -170,8 +176,7 @@ impl Driver {
             n_train,
             combiner: None,
             outliers: OutlierRecord::default(),
-            outer,
-            params: Arc::new(start.params),
+            model: ModelState::new(start.params, outer),
             params_chunks: None,
             version,
             first_epoch,
@@ -259,7 +264,7 @@ impl Driver {
             self.bench_rounds(self.config.bench_rounds).await?;
             self.release_round_buffers();
             let last = self.evaluate().await;
-            return Ok(RunSummary { epochs: 0, last, params: Arc::clone(&self.params), untold: Vec::new() });
+            return Ok(RunSummary { epochs: 0, last, params: Arc::clone(&self.model.params), untold: Vec::new() });
         }
         for epoch in self.first_epoch..=self.config.epochs as u64 {
             if let Err(err) = self.run_epoch(epoch).await {
@@ -273,7 +278,12 @@ impl Driver {
             Some(last) => last,
             None => self.evaluate().await,
         };
-        Ok(RunSummary { epochs: self.config.epochs as u64, last, params: Arc::clone(&self.params), untold: Vec::new() })
+        Ok(RunSummary {
+            epochs: self.config.epochs as u64,
+            last,
+            params: Arc::clone(&self.model.params),
+            untold: Vec::new(),
+        })
     }
 
     /// After the last round: the rule's buffers (the average, a model's
@@ -307,7 +317,7 @@ impl Driver {
 
     /// Test loss and accuracy of the current average, off the async runtime.
     async fn evaluate(&self) -> Evaluation {
-        let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), Arc::clone(&self.params));
+        let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), Arc::clone(&self.model.params));
         tokio::task::spawn_blocking(move || closing::evaluate(&mlp, &test, &params))
             .await
             .expect("evaluation does not panic")

@@ -3,7 +3,6 @@
 //! them, push the average and record it. (`--overlap`'s pulls ahead are in
 //! `overlap`, the outlier screen in `screening`, the pushes in `broadcast`.)
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use lazyavg_common::matching::AlignMethod;
@@ -11,8 +10,8 @@ use lazyavg_proto::message::FromWorker;
 use tokio::time::Instant as Clock;
 use tracing::{debug, warn};
 
-use super::Driver;
 use super::deadline::RoundDeadline;
+use super::{Driver, Worker};
 use crate::epoch::Planned;
 use crate::error::Result;
 use crate::gate;
@@ -44,11 +43,6 @@ impl Driver {
         gate::publish(&self.frontier, None);
         let Some(summary) = self.combine(open)? else { return Ok(None) };
         self.screened(&summary);
-        // The last version's chunks share the parameters' memory: let go of
-        // them first, so the step changes the parameters in place.
-        self.params_chunks = None;
-        let average = &mut self.combiner.as_mut().expect("a finished round gives its combiner back").average;
-        self.outer.step(Arc::make_mut(&mut self.params), average);
         self.drop_lost_ahead(plan, &summary);
         for &(id, _) in &summary.contributors {
             let Some(p) = plan.iter().find(|p| p.worker == id) else { continue };
@@ -63,21 +57,29 @@ impl Driver {
     }
 
     /// Opens the round and sends its pulls: workers sent no averages (they
-    /// have never answered) first get the current weights, one copy for all.
+    /// have never answered, or joined during a round that was abandoned)
+    /// first get the current weights, one copy for all.
     fn open_round(&mut self, epoch: u64, round: u64, plan: &[Planned], weights: &[(WorkerId, u64)]) -> Round {
         let drop_outliers = self.config.drop_outliers;
         let combiner = self.combiner.take().unwrap_or_else(|| self.config.aggregate.aggregator(drop_outliers).into());
-        let mut open = Round::with(epoch, round, weights, Arc::clone(&self.params), combiner)
-            .outliers_at(self.config.outlier_factor);
+        let mut open =
+            Round::with(epoch, round, weights, &self.model.params, combiner).outliers_at(self.config.outlier_factor);
         if drop_outliers {
             open = open.dropping_outliers();
         }
         let behind: Vec<WorkerId> = plan
             .iter()
-            .filter(|p| self.workers.get_mut(&p.worker).is_some_and(|w| std::mem::take(&mut w.behind)))
+            .filter(|p| {
+                let owed = |w: &mut Worker| std::mem::take(&mut w.behind) | std::mem::take(&mut w.joined_mid_round);
+                self.workers.get_mut(&p.worker).is_some_and(owed)
+            })
             .map(|p| p.worker)
             .collect();
         self.send_params(&behind);
+        // The last version's chunks share the weights' memory: let go of
+        // them, so that the round steps the weights in place (chunks still
+        // queued for a worker are sent before its weights can come back).
+        self.params_chunks = None;
         gate::publish(&self.frontier, Some(open.frontier()));
         let pulls = self.epoch.pulls(round, plan);
         self.dispatch(pulls);
@@ -157,7 +159,7 @@ impl Driver {
     fn combine(&mut self, open: Round) -> Result<Option<RoundSummary>> {
         let (epoch, round) = (open.epoch(), open.round());
         let non_finite = open.non_finite().to_vec();
-        let (result, combiner) = open.finish();
+        let (result, combiner) = open.finish(&mut self.model);
         self.combiner = Some(combiner);
         match result {
             Ok(summary) => Ok(Some(summary)),
@@ -201,7 +203,7 @@ impl Driver {
 
     /// Tells the outputs of a finished round; one that fails stops the run.
     pub(super) fn after_round(&mut self, summary: &RoundSummary, seconds: f64) -> Result<()> {
-        self.observers.emit(&RunEvent::RoundCompleted(&RoundDone::new(summary, seconds, &self.params)))
+        self.observers.emit(&RunEvent::RoundCompleted(&RoundDone::new(summary, seconds, &self.model.params)))
     }
 
     /// `--align`: what the workers said of matching their contributions.

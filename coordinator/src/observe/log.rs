@@ -42,6 +42,9 @@ impl Observer for Log {
                     );
                 }
             }
+            RunEvent::RoundStarted { epoch, round, workers } => {
+                debug!(epoch, round, workers = workers.len(), "round started");
+            }
             RunEvent::RoundAbandoned { epoch, round, error } => {
                 warn!(epoch, round, error = %error_chain(error), "round abandoned; redoing it with the workers left");
             }
@@ -66,7 +69,6 @@ impl Observer for Log {
             RunEvent::CheckpointFailed { error } => warn!(error = %error_chain(error), "cannot write checkpoint"),
             RunEvent::EpochStarted { .. }
             | RunEvent::ShardsDealt { .. }
-            | RunEvent::RoundStarted { .. }
             | RunEvent::WeightsReceived { .. }
             | RunEvent::WeightsSent { .. }
             | RunEvent::RunEnded { .. } => {}
