@@ -256,8 +256,8 @@ impl Round {
 
     /// The workers that keep others waiting at the gate: those at the
     /// frontier. When the frontier is 0 they are silent and leaving them out
-    /// spoils nothing; past 0 they have sent part of their weights, and
-    /// leaving them out spoils the round (it is redone without them). Empty
+    /// spoils nothing; past 0 they have sent part of their weights, which a
+    /// running sum keeps for the positions they sent (see `forget`). Empty
     /// when no worker is held: then whoever is missing is merely slow.
     pub fn holding_back(&self) -> Vec<WorkerId> {
         let upto = self.frontier().upto;

@@ -5,10 +5,11 @@
 //!
 //! The sum covers only the positions some but not all workers have sent:
 //! once every worker still in the round has sent a position, the round
-//! settles it and its mean goes straight into the average. Workers send in
-//! order, so that is a window between the slowest and the fastest, in
-//! blocks of one wire chunk, kept for reuse. At 20M parameters a sum of the
-//! whole model was 160 MB, twice the model, on top of the average.
+//! settles it and hands its mean on, to step the model there at once (no
+//! buffer holds the whole average). Workers send in order, so that is a
+//! window between the slowest and the fastest, in blocks of one wire chunk,
+//! kept for reuse. At 20M parameters a sum of the whole model was 160 MB,
+//! twice the model, on top of the average.
 
 use std::collections::VecDeque;
 use std::ops::Range;

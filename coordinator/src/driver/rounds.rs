@@ -153,9 +153,10 @@ impl Driver {
         }
     }
 
-    /// Combines the round's contributions into the combiner's average. `None`: the round
-    /// is abandoned (to be redone), and workers whose weights were not finite
-    /// train no more of the epoch; an error if no usable weights came.
+    /// Combines the round's contributions and steps the model to its result.
+    /// `None`: the round is abandoned (to be redone), and workers whose
+    /// weights were not finite train no more of the epoch; an error if no
+    /// usable weights came.
     fn combine(&mut self, open: Round) -> Result<Option<RoundSummary>> {
         let (epoch, round) = (open.epoch(), open.round());
         let non_finite = open.non_finite().to_vec();
