@@ -127,8 +127,11 @@ pub struct Round {
     /// The model's length.
     len: usize,
     combiner: Combiner,
-    /// Positions below this are stepped: the model there is this round's result.
+    /// Positions below this are settled: where anyone counted for them,
+    /// the model there is this round's result.
     settled: usize,
+    /// Whether any position was stepped.
+    stepped: bool,
     /// Workers that left with part of their weights summed after positions
     /// were stepped: how far each had sent, and its samples. They count for
     /// those positions.
@@ -187,6 +190,7 @@ impl Round {
             len,
             combiner,
             settled: 0,
+            stepped: false,
             departed: Vec::new(),
             tainted: false,
             non_finite: Vec::new(),
@@ -368,6 +372,7 @@ impl Round {
                 aggregator.settle(next, samples, &mut |_, _| {});
             } else {
                 aggregator.settle(next, samples, &mut |at, combined| model.fold(at, combined));
+                self.stepped |= samples > 0;
             }
             self.settled = next;
         }
@@ -384,15 +389,17 @@ impl Round {
             return;
         }
         match self.parts.get(&worker) {
-            Some(part) if self.settled > 0 && !self.tainted => self.departed.push((sent, part.weight)),
+            Some(part) if self.stepped => self.departed.push((sent, part.weight)),
             _ => self.tainted = true,
         }
     }
 
     /// Drops a worker that left or timed out. Its weights are discarded
     /// where they can be, even complete ones (the driver hands all its
-    /// untrained images to the others, so they must not be in this round
-    /// too); if some were already summed, see [`forget`](Self::forget).
+    /// untrained images to the others, so they should not be in this round
+    /// too); a running sum keeps them where the round has stepped the model
+    /// with them or will, and its images are then trained twice: see
+    /// [`forget`](Self::forget).
     pub fn exclude(&mut self, worker: WorkerId, model: &mut ModelState) {
         let Some(part) = self.parts.get_mut(&worker) else { return };
         let previous = part.state;
@@ -409,6 +416,13 @@ impl Round {
     /// the same weights again if the round were redone.
     pub fn non_finite(&self) -> &[WorkerId] {
         &self.non_finite
+    }
+
+    /// Whether the round has stepped the model somewhere: then it can no
+    /// longer be given up, and [`finish`](Self::finish) completes it with
+    /// whoever counts, even nobody whole.
+    pub fn stepped(&self) -> bool {
+        self.stepped
     }
 
     /// True when every participant still in the round has sent everything.
@@ -459,7 +473,7 @@ impl Round {
             Some(RoundError::Diverged { epoch, round })
         } else if self.tainted {
             Some(RoundError::Tainted { epoch, round })
-        } else if done.is_empty() || samples == 0 {
+        } else if (done.is_empty() || samples == 0) && !self.stepped() {
             Some(RoundError::Empty { epoch, round })
         } else {
             None
@@ -482,7 +496,8 @@ impl Round {
             round,
             samples,
             loss_sum: done.iter().map(|(id, _)| parts[id].loss_sum).sum(),
-            mean_train_seconds: done.iter().map(|(id, _)| parts[id].train_seconds).sum::<f64>() / done.len() as f64,
+            mean_train_seconds: done.iter().map(|(id, _)| parts[id].train_seconds).sum::<f64>()
+                / done.len().max(1) as f64,
             realigned: done.iter().filter(|(id, _)| parts[id].realigned).count(),
             align_seconds: done.iter().map(|(id, _)| parts[id].align_seconds).sum(),
             contributors: done,
@@ -771,6 +786,29 @@ mod tests {
         let stretch = |chunk: usize| &out[chunk * VALUES_PER_CHUNK..(chunk + 1) * VALUES_PER_CHUNK];
         assert!(stretch(0).iter().chain(stretch(1)).all(|&w| w == with), "{} {}", stretch(0)[0], stretch(1)[0]);
         assert!(stretch(2).iter().all(|&w| w == without as f32), "{}", stretch(2)[0]);
+    }
+
+    #[test]
+    fn a_round_that_stepped_the_model_is_not_given_up_when_everyone_leaves() {
+        let len = 3 * VALUES_PER_CHUNK;
+        let mut round = Open::new(1, 0, &[(1, 1), (2, 3)], len);
+        let (ones, fives): (Vec<Chunk>, Vec<Chunk>) =
+            (weight_chunks(1, 0, &vec![1.0; len]).collect(), weight_chunks(1, 0, &vec![5.0; len]).collect());
+        round.accept(1, &ones[0]).unwrap();
+        assert!(!round.stepped());
+        round.accept(2, &fives[0]).unwrap();
+        round.accept(2, &fives[1]).unwrap();
+        assert!(round.stepped());
+        round.exclude(1);
+        round.exclude(2);
+        let mut out = vec![0.0; len];
+        let summary = finish_into(round, &mut out).0.expect("completed with whoever counts");
+        assert!(summary.contributors.is_empty() && summary.samples == 0);
+        assert_eq!(summary.mean_train_seconds, 0.0);
+        let stretch = |chunk: usize| &out[chunk * VALUES_PER_CHUNK..(chunk + 1) * VALUES_PER_CHUNK];
+        assert!(stretch(0).iter().all(|&w| w == 4.0), "both: {}", stretch(0)[0]);
+        assert!(stretch(1).iter().all(|&w| w == 5.0), "worker 2 alone: {}", stretch(1)[0]);
+        assert!(stretch(2).iter().all(|&w| w == 0.0), "nobody sent it: the start");
     }
 
     #[test]

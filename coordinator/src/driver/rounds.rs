@@ -39,8 +39,23 @@ impl Driver {
         let head_start = self.pipeline.since.take();
         let ahead = self.config.overlap && !std::mem::take(&mut self.pipeline.suspended);
         let mut open = self.open_round(epoch, round, plan, weights);
-        self.collect(&mut open, plan, ahead, head_start).await?;
+        let collected = self.collect(&mut open, plan, ahead, head_start).await;
         gate::publish(&self.frontier, None);
+        if let Err(err) = collected {
+            // A round that has stepped the model cannot be given up: it
+            // ends with what it has, so that the run stops (and checkpoints)
+            // at a round's result, not between two.
+            if open.stepped() {
+                self.conclude(open, plan, started)?;
+            }
+            return Err(err);
+        }
+        self.conclude(open, plan, started)
+    }
+
+    /// Combines the collected round, records it and pushes its average.
+    fn conclude(&mut self, open: Round, plan: &[Planned], started: Instant) -> Result<Option<RoundSummary>> {
+        let (epoch, round) = (open.epoch(), open.round());
         let Some(summary) = self.combine(open)? else { return Ok(None) };
         self.screened(&summary);
         self.drop_lost_ahead(plan, &summary);
