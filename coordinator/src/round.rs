@@ -434,8 +434,8 @@ impl Round {
     /// returning the summary and the combiner, for reuse. Call when
     /// [`is_complete`](Self::is_complete) (or at the round's deadline, after
     /// excluding the missing workers); only complete contributions count as
-    /// contributors. A failed round leaves `model` as it was, but for the
-    /// positions it had stepped: see [`forget`](Self::forget).
+    /// contributors. A failed round leaves `model` as it was; one that
+    /// [`stepped`](Self::stepped) it fails only when training diverged.
     pub fn finish(mut self, model: &mut ModelState) -> (Result<RoundSummary, RoundError>, Combiner) {
         // A worker caught mid-transfer has part of its weights in the aggregator.
         let partial: Vec<(WorkerId, usize)> = self
