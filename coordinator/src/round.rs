@@ -434,8 +434,8 @@ impl Round {
     /// returning the summary and the combiner, for reuse. Call when
     /// [`is_complete`](Self::is_complete) (or at the round's deadline, after
     /// excluding the missing workers); only complete contributions count as
-    /// contributors. A failed round leaves `model` as it was; one that
-    /// [`stepped`](Self::stepped) it fails only when training diverged.
+    /// contributors. A failed round leaves `model` as it was: one that
+    /// [`stepped`](Self::stepped) it never fails.
     pub fn finish(mut self, model: &mut ModelState) -> (Result<RoundSummary, RoundError>, Combiner) {
         // A worker caught mid-transfer has part of its weights in the aggregator.
         let partial: Vec<(WorkerId, usize)> = self
@@ -468,12 +468,15 @@ impl Round {
             self.parts.iter().filter(|(_, p)| p.state == State::Complete).map(|(&id, p)| (id, p.weight)).collect();
         let samples: u64 = done.iter().map(|&(_, s)| s).sum();
         let (epoch, round) = (self.epoch, self.round);
-        // With no usable weights, a redo cannot help whatever else happened.
-        let failure = if done.is_empty() && !self.non_finite.is_empty() {
+        // A round that stepped the model cannot be given up; else, with no
+        // usable weights, a redo cannot help whatever else happened.
+        let failure = if self.stepped {
+            None
+        } else if done.is_empty() && !self.non_finite.is_empty() {
             Some(RoundError::Diverged { epoch, round })
         } else if self.tainted {
             Some(RoundError::Tainted { epoch, round })
-        } else if (done.is_empty() || samples == 0) && !self.stepped() {
+        } else if done.is_empty() || samples == 0 {
             Some(RoundError::Empty { epoch, round })
         } else {
             None
@@ -669,8 +672,19 @@ mod tests {
 
         // When no worker is left with usable weights, a redo cannot help.
         let mut round = Open::new(1, 1, &[(1, 1)], len);
-        assert!(send(&mut round, 1, &bad).is_err());
+        let mut worse = bad.clone();
+        worse[0] = f32::NAN;
+        assert!(send(&mut round, 1, &worse).is_err());
         assert_eq!(finish_into(round, &mut out).0.unwrap_err(), RoundError::Diverged { epoch: 1, round: 1 });
+
+        // A lone worker whose first chunk was finite stepped the model
+        // there: the round completes with it, for what it sent.
+        let mut round = Open::new(1, 2, &[(1, 1)], len);
+        assert!(send(&mut round, 1, &bad).is_err());
+        assert!(round.stepped());
+        let summary = finish_into(round, &mut out).0.expect("a stepped round completes");
+        assert!(summary.contributors.is_empty());
+        assert!(out[..VALUES_PER_CHUNK].iter().all(|&w| w == 0.5) && out[len - 1] == 0.0);
     }
 
     #[test]
@@ -797,8 +811,8 @@ mod tests {
         round.accept(1, &ones[0]).unwrap();
         assert!(!round.stepped());
         round.accept(2, &fives[0]).unwrap();
-        round.accept(2, &fives[1]).unwrap();
         assert!(round.stepped());
+        round.accept(2, &fives[1]).unwrap();
         round.exclude(1);
         round.exclude(2);
         let mut out = vec![0.0; len];

@@ -311,11 +311,17 @@ proptest! {
         let stepped = round.stepped();
         let result = round.finish(&mut model).0;
         let out = &model.params;
-        if let Ok(summary) = result {
-            // Only a round that stepped the model completes with nobody whole.
-            prop_assert!(summary.samples > 0 || stepped);
-            prop_assert!(summary.contributors.iter().all(|(w, _)| (1..=3).contains(w)));
-            prop_assert!(out.iter().all(|v| v.is_finite()), "a finished round's average is finite");
+        match result {
+            Ok(summary) => {
+                // Only a round that stepped the model completes with nobody whole.
+                prop_assert!(summary.samples > 0 || stepped);
+                prop_assert!(summary.contributors.iter().all(|(w, _)| (1..=3).contains(w)));
+                prop_assert!(out.iter().all(|v| v.is_finite()), "a finished round's average is finite");
+            }
+            Err(e) => {
+                prop_assert!(!stepped, "a round that stepped the model failed: {}", e);
+                prop_assert!(out.iter().all(|&v| v == 0.0), "a failed round changed the model: {}", e);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use lazyavg_common::matching::AlignMethod;
+use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::message::FromWorker;
 use tokio::time::Instant as Clock;
 use tracing::{debug, warn};
@@ -44,17 +45,27 @@ impl Driver {
         if let Err(err) = collected {
             // A round that has stepped the model cannot be given up: it
             // ends with what it has, so that the run stops (and checkpoints)
-            // at a round's result, not between two.
-            if open.stepped() {
-                self.conclude(open, plan, started)?;
+            // at a round's result, not between two; nothing is pushed to
+            // workers about to be stopped, and the stop's cause stays.
+            if open.stepped()
+                && let Err(also) = self.conclude(open, plan, started, false)
+            {
+                warn!(error = %error_chain(&also), "could not record the round the run stopped in");
             }
             return Err(err);
         }
-        self.conclude(open, plan, started)
+        self.conclude(open, plan, started, true)
     }
 
-    /// Combines the collected round, records it and pushes its average.
-    fn conclude(&mut self, open: Round, plan: &[Planned], started: Instant) -> Result<Option<RoundSummary>> {
+    /// Combines the collected round and records it; with `push`, sends its
+    /// average to the workers.
+    fn conclude(
+        &mut self,
+        open: Round,
+        plan: &[Planned],
+        started: Instant,
+        push: bool,
+    ) -> Result<Option<RoundSummary>> {
         let (epoch, round) = (open.epoch(), open.round());
         let Some(summary) = self.combine(open)? else { return Ok(None) };
         self.screened(&summary);
@@ -66,7 +77,9 @@ impl Driver {
         }
         self.version = (epoch, round);
         self.log_alignment(&summary);
-        self.push_average();
+        if push {
+            self.push_average();
+        }
         self.after_round(&summary, started.elapsed().as_secs_f64())?;
         Ok(Some(summary))
     }
