@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lazyavg_proto::chunks::weight_chunks;
 use lazyavg_proto::pb;
 use lazyavg_proto::pb::coordinator_client::CoordinatorClient;
 use lazyavg_proto::pb::coordinator_message::Kind as Order;
@@ -738,6 +739,63 @@ impl TestSession {
         self.send(self.contribution(pull.epoch, pull.round)).await;
         self.next_rejected().await
     }
+}
+
+/// Joins as `name` and answers the first pull with its first `chunks`
+/// chunks (all with `None`) of the weights it was sent, moved a little;
+/// the session stays open while the returned values live.
+async fn answer_first_pull(addr: &str, name: &str, chunks: Option<usize>) -> (Client, TestSession) {
+    let mut client = connect(addr).await;
+    let id = join(&mut client, lazyavg_proto::PROTOCOL_VERSION, name).await.expect("Join");
+    let mut session = TestSession::open(&mut client, attach(id)).await.expect("Session");
+    let pull = session.next_pull().await;
+    session.report(&pull).await;
+    let weights: Vec<f32> =
+        session.weights.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) + 0.25).collect();
+    for chunk in weight_chunks(pull.epoch, pull.round, &weights).take(chunks.unwrap_or(usize::MAX)) {
+        session.send(Reply::Weights(chunk.into())).await;
+    }
+    (client, session)
+}
+
+/// A coordinator stopped mid-round after the round stepped the model (both
+/// workers had sent the first chunk) completes the round with what it has,
+/// one worker's whole contribution and the other's first chunk, and its
+/// checkpoint is that round's result, not weights between two rounds.
+#[test]
+fn a_coordinator_stopped_mid_round_checkpoints_the_round_completed_with_what_it_has() {
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // 478,410 parameters: four chunks.
+    let args = ["--workers", "2", "--epochs", "1", "--hidden", "400,400"];
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, DEBUG_LOG);
+    let addr = coordinator.addr.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let sessions = runtime.block_on(async {
+        tokio::join!(answer_first_pull(&addr, "whole", None), answer_first_pull(&addr, "half", Some(1)))
+    });
+    wait_until("the coordinator to take one whole contribution and the other's first chunk", EVENT_TIMEOUT, || {
+        let output = lazyavg().args(["status", "--coordinator", &format!("http://{addr}")]).output().ok()?;
+        let screen = String::from_utf8(output.stdout).ok()?;
+        let line = |name: &str| screen.lines().find(|l| l.split_whitespace().next() == Some(name)).map(str::to_owned);
+        // The whole one has a round trip; the other is still answering.
+        let whole_in = line("whole")?.ends_with(" ms");
+        let half_answering = line("half")?.split_whitespace().nth(2) == Some("answering");
+        (whole_in && half_answering).then_some(())
+    });
+    coordinator.proc.signal("TERM");
+    assert_eq!(coordinator.proc.wait(EVENT_TIMEOUT), 143, "{}", coordinator.proc.dump());
+    drop((sessions, runtime));
+
+    let log = &coordinator.proc;
+    let averaged = logged(log, "round averaged");
+    assert_eq!(averaged.len(), 1, "{}", log.dump());
+    let round = &averaged[0];
+    let key = (u64_field(round, "epoch"), u64_field(round, "round"), u64_field(round, "contributors"));
+    assert_eq!(key, (1, 1, 1), "{round}");
+    let written = logged(log, "checkpoint written");
+    assert_eq!(written.len(), 1, "{}", log.dump());
+    assert_eq!(written[0]["digest"], round["digest"], "the checkpoint is not the round's result\n{}", log.dump());
 }
 
 /// What the test client saw, for the assertions outside the runtime.
