@@ -91,9 +91,11 @@ pub fn run(args: &HostileArgs) -> Result<()> {
         let (outbox, replies) = mpsc::channel(64);
         let send = |kind| {
             let outbox = outbox.clone();
-            async move { outbox.send(pb::WorkerMessage { kind: Some(kind) }).await.context("the session closed") }
+            async move {
+                outbox.send(pb::WorkerMessage { kind: Some(kind), lane_taken: 0 }).await.context("the session closed")
+            }
         };
-        send(Reply::Attach(pb::Attach { worker_id: id })).await?;
+        send(Reply::Attach(pb::Attach { worker_id: id, shared_memory: false })).await?;
         let mut inbound = client.session(ReceiverStream::new(replies)).await.context("Session")?.into_inner();
         info!(worker = id, name = args.name, attack = ?args.attack, factor, "joined the run");
         let mut noise = rng::stream(args.seed, Purpose::HostileNoise);

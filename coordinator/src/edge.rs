@@ -47,7 +47,7 @@ impl Mailbox {
 
 /// A command as the messages that carry it.
 fn encode(cmd: Cmd) -> Vec<Result<pb::CoordinatorMessage, Status>> {
-    let message = |kind| Ok(pb::CoordinatorMessage { kind: Some(kind) });
+    let message = |kind| Ok(pb::CoordinatorMessage { kind: Some(kind), lane_taken: 0 });
     match cmd {
         Cmd::Shard { epoch, images, extend } => {
             shard_messages(epoch, &images, extend).into_iter().map(|m| message(Kind::Shard(m))).collect()

@@ -209,6 +209,7 @@ fn share(
         gate,
         outbox_capacity: outbox_capacity(prepared.mlp.len()),
         attach_timeout: config.limits.attach_timeout,
+        shared_memory: config.shared_memory,
         status: board.view(),
         refusals: Mutex::default(),
         end: Default::default(),

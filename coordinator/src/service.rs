@@ -8,7 +8,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use lazyavg_proto::lane::{LANE_DIR, LaneError, LaneFile, Link, Outbound, Side};
 use lazyavg_proto::message::FromWorker;
+use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, pb};
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +62,8 @@ pub struct Shared {
     pub outbox_capacity: usize,
     /// How long a new session may take to send its Attach.
     pub attach_timeout: Duration,
+    /// Whether a worker that asks gets a shared-memory lane (see [`lazyavg_proto::lane`]).
+    pub shared_memory: bool,
     /// What the Status call answers.
     pub status: StatusView,
     /// Refusals of Joins, sessions and downloads, logged in summary.
@@ -245,7 +249,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(pb::RunStatus::from(&self.shared.status.snapshot())))
     }
 
-    type SessionStream = Commands;
+    type SessionStream = Outbound<Commands>;
 
     async fn session(
         &self,
@@ -269,6 +273,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let name = self.shared.registry().attach(id, Instant::now()).map_err(|e| self.shared.refuse("Attach", &e))?;
         let mut unattach = Unattach { shared: &self.shared, id: Some(id) };
         let (outbox, queue) = mpsc::channel(self.shared.outbox_capacity);
+        let link = Arc::new(self.offer_lane(id, attach.shared_memory, &outbox));
         let (leash, dropped) = oneshot::channel();
         let (mailbox, leash) = (Mailbox::new(outbox), Leash { _held_by_the_driver: leash });
         let attached = Event::Attached { id, name, address, mailbox, leash };
@@ -278,9 +283,39 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         unattach.id = None;
         let commands = Commands { queue: Arc::new(Mutex::new(queue)), _slot: Arc::new(slot) };
         let gate = self.shared.gate.clone();
-        let session = Session { inbound, id, shared: Arc::clone(&self.shared), dropped, gate };
-        tokio::spawn(session.forward_replies(Arc::clone(&commands.queue), Arc::clone(&commands._slot)));
-        Ok(Response::new(commands))
+        let queue = Arc::clone(&commands.queue);
+        let session = Session { inbound, id, shared: Arc::clone(&self.shared), dropped, gate, link: Arc::clone(&link) };
+        tokio::spawn(session.forward_replies(queue, Arc::clone(&commands._slot)));
+        Ok(Response::new(Outbound::new(commands, link)))
+    }
+}
+
+impl CoordinatorService {
+    /// A shared-memory lane for worker `id`'s session if it asked for one
+    /// (and `--no-shared-memory` is not set), offered as the session's
+    /// first message. Without one its weights go over gRPC.
+    fn offer_lane(
+        &self,
+        id: WorkerId,
+        asked: bool,
+        outbox: &mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    ) -> Link {
+        if !(asked && self.shared.shared_memory) {
+            return Link::new(Side::Coordinator);
+        }
+        let stem = format!("{}-{id}", std::process::id());
+        let (lane, offer) = match LaneFile::create(std::path::Path::new(LANE_DIR), &stem) {
+            Ok(made) => made,
+            Err(err) => {
+                debug!(worker = id, error = %err, "no shared-memory lane; weights go over gRPC");
+                return Link::new(Side::Coordinator);
+            }
+        };
+        // The queue is new and empty: the offer goes first.
+        match outbox.try_send(Ok(pb::CoordinatorMessage { kind: Some(Command::LaneOffer(offer)), lane_taken: 0 })) {
+            Ok(()) => Link::offered(lane),
+            Err(_) => Link::new(Side::Coordinator),
+        }
     }
 }
 
@@ -292,6 +327,8 @@ struct Session {
     /// Resolves when the driver drops the worker (its [`Leash`]).
     dropped: oneshot::Receiver<()>,
     gate: Gate,
+    /// The session's shared-memory lane, if it has one.
+    link: Arc<Link>,
 }
 
 impl Session {
@@ -304,22 +341,27 @@ impl Session {
         let reason = loop {
             let message = tokio::select! {
                 message = self.inbound.message() => message,
-                _ = &mut self.dropped => break dropped(&queue),
+                _ = &mut self.dropped => break dropped(&queue, &self.link),
             };
             match message {
-                Ok(Some(pb::WorkerMessage { kind: Some(reply) })) => {
+                Ok(Some(pb::WorkerMessage { kind: Some(reply), lane_taken })) => {
+                    let reply = match self.link.freed(lane_taken).and_then(|()| self.through_lane(reply)) {
+                        Ok(Some(reply)) => reply,
+                        Ok(None) => continue,
+                        Err(err) => break err.to_string(),
+                    };
                     let Some(message) = FromWorker::from_pb(reply) else { break "sent a second Attach".to_owned() };
                     if let FromWorker::Weights(chunk) = &message {
                         tokio::select! {
                             () = self.gate.admit(chunk) => {}
-                            _ = &mut self.dropped => break dropped(&queue),
+                            _ = &mut self.dropped => break dropped(&queue, &self.link),
                         }
                     }
                     if shared.events.send(Event::Message { id, message }).await.is_err() {
                         return;
                     }
                 }
-                Ok(Some(pb::WorkerMessage { kind: None })) => break "sent an empty message".to_owned(),
+                Ok(Some(pb::WorkerMessage { kind: None, .. })) => break "sent an empty message".to_owned(),
                 Ok(None) => break "closed its session".to_owned(),
                 Err(status) => break format!("session failed: {}", status.message()),
             }
@@ -327,12 +369,34 @@ impl Session {
         shared.registry().detach(id);
         let _ = shared.events.send(Event::Detached { id, reason }).await;
     }
+
+    /// Handles the lane's own messages (`None` then) and takes a chunk sent
+    /// through the lane out of its slot.
+    fn through_lane(&self, reply: Reply) -> Result<Option<Reply>, LaneError> {
+        match reply {
+            Reply::LaneAnswer(answer) => {
+                self.link.answered(&answer)?;
+                match answer.accepted {
+                    true => debug!(worker = self.id, "weights go through a shared-memory lane"),
+                    false => debug!(worker = self.id, reason = answer.reason, "lane declined; weights go over gRPC"),
+                }
+                Ok(None)
+            }
+            Reply::LaneFree(free) => self.link.freed(free.taken).map(|()| None),
+            Reply::Weights(mut chunk) => {
+                self.link.take(&mut chunk)?;
+                Ok(Some(Reply::Weights(chunk)))
+            }
+            other => Ok(Some(other)),
+        }
+    }
 }
 
 /// Empties the queue of a session the driver dropped and says why it ends:
-/// nothing more will be sent, and what is queued would wait for a reader
-/// that may never come.
-fn dropped(queue: &Mutex<Queue>) -> String {
+/// nothing more will be sent, and what is queued (or waits for a lane
+/// slot) would wait for a reader that may never come.
+fn dropped(queue: &Mutex<Queue>, link: &Link) -> String {
+    link.close();
     let mut queue = lock(queue);
     queue.close();
     while queue.try_recv().is_ok() {}

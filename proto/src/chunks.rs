@@ -35,7 +35,14 @@ impl From<pb::WeightsChunk> for Chunk {
 
 impl From<Chunk> for pb::WeightsChunk {
     fn from(c: Chunk) -> Self {
-        pb::WeightsChunk { epoch: c.epoch, round: c.round, offset: c.offset, total: c.total, data: c.data }
+        pb::WeightsChunk {
+            epoch: c.epoch,
+            round: c.round,
+            offset: c.offset,
+            total: c.total,
+            data: c.data,
+            lane_bytes: 0,
+        }
     }
 }
 

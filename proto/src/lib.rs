@@ -9,6 +9,7 @@
 //! - [`convert`]: run configuration, shard indices and unit reorderings to and from protobuf.
 //! - [`chunks`]: parameter buffers cut into ≤ 512 KiB chunks and put back together.
 //! - [`message`]: a session's pulls and reports in domain terms.
+//! - [`lane`]: shared-memory lanes for the weights of workers on the coordinator's machine.
 //! - [`transport`]: HTTP/2 window, frame and keepalive settings of both ends.
 //! - [`scrape`]: the `/metrics` HTTP endpoint both processes serve.
 //! - [`ending`]: Join refused because the run has completed.
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod chunks;
 pub mod convert;
 pub mod ending;
+pub mod lane;
 pub mod message;
 pub mod scrape;
 pub mod tls;
@@ -41,7 +43,9 @@ pub const MAX_WORKER_NAME_BYTES: usize = 256;
 ///    refuse mid-download.
 /// 6: messages carry at most 512 KiB of payload ([`MAX_CHUNK_BYTES`]; 1 MiB
 ///    before, which this side would refuse).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: weights may travel through a shared-memory lane (`LaneOffer`), which
+///    a version-6 worker would read as empty chunks.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The most payload bytes one message carries (weights, dataset, indices).
 /// Each session's receive buffers grow to about twice a message, so this

@@ -67,12 +67,15 @@ pub enum FromWorker {
 
 impl FromWorker {
     /// The domain form of a session message; `None` for an `Attach`, which
-    /// only opens a session.
+    /// only opens a session, and the lane's messages, which the session
+    /// handles itself ([`crate::lane`]).
     pub fn from_pb(kind: pb::worker_message::Kind) -> Option<Self> {
         match kind {
             pb::worker_message::Kind::Report(report) => Some(FromWorker::Report(Report::from(&report))),
             pb::worker_message::Kind::Weights(chunk) => Some(FromWorker::Weights(chunk.into())),
-            pb::worker_message::Kind::Attach(_) => None,
+            pb::worker_message::Kind::Attach(_)
+            | pb::worker_message::Kind::LaneAnswer(_)
+            | pb::worker_message::Kind::LaneFree(_) => None,
         }
     }
 }

@@ -104,7 +104,7 @@ async fn open_session(
 ) -> (Result<tonic::Streaming<pb::CoordinatorMessage>, Status>, mpsc::Sender<pb::WorkerMessage>) {
     let (outbox, replies) = mpsc::channel(1);
     if let Some(kind) = first {
-        outbox.send(pb::WorkerMessage { kind: Some(kind) }).await.expect("the request stream is open");
+        outbox.send(pb::WorkerMessage { kind: Some(kind), lane_taken: 0 }).await.expect("the request stream is open");
     }
     let answer = client.session(ReceiverStream::new(replies)).await.map(tonic::Response::into_inner);
     (answer, outbox)
@@ -186,7 +186,9 @@ async fn flood(addr: &str) -> Flood {
     }
     let idle_sessions = tally(sessions.join_all().await);
     // The sessions' deadline has passed, and so has the Joins'.
-    let (late, _outbox) = open_session(&mut clients[0], Some(Reply::Attach(pb::Attach { worker_id: accepted }))).await;
+    let (late, _outbox) =
+        open_session(&mut clients[0], Some(Reply::Attach(pb::Attach { worker_id: accepted, shared_memory: false })))
+            .await;
     Flood {
         long_names,
         long_name_message,
@@ -290,7 +292,7 @@ async fn stalled_sessions(addr: &str, release: tokio::sync::oneshot::Receiver<()
                 continue;
             }
         };
-        match open_session(&mut client, Some(Reply::Attach(pb::Attach { worker_id: id }))).await {
+        match open_session(&mut client, Some(Reply::Attach(pb::Attach { worker_id: id, shared_memory: false }))).await {
             (Ok(unread), outbox) => {
                 attached.push(id);
                 held.push((unread, outbox, client));

@@ -701,3 +701,34 @@ fn a_refused_local_run_starts_no_workers() {
         assert!(logged(&proc, "started local worker").is_empty(), "{}", proc.dump());
     }
 }
+
+/// Workers on the coordinator's machine take their weights through
+/// shared-memory lanes: every round's average is the one the same seeded run
+/// makes over gRPC alone (`--no-shared-memory`), and no lane file is left.
+#[test]
+fn weights_through_shared_memory_lanes_are_the_bits_sent_over_grpc() {
+    let _heavy = heavy();
+    let run = |extra: &[&str]| {
+        let args = [&["--epochs", "1", "--hidden", "32", "--seed", "5", "--sync-every", "8"][..], extra].concat();
+        run_cluster(2, &args, DEBUG_LOG)
+    };
+    let (lanes, grpc) = (run(&[]), run(&["--no-shared-memory"]));
+    let laned = |proc: &Proc| logged(proc, "weights go through a shared-memory lane").len();
+    assert_eq!(laned(&lanes.coordinator.proc), 2, "{}", lanes.coordinator.proc.dump());
+    for worker in &lanes.workers {
+        assert_eq!(laned(worker), 1, "{}", worker.dump());
+    }
+    assert_eq!(laned(&grpc.coordinator.proc), 0, "--no-shared-memory offers no lane");
+    let digests = |run: &Run| {
+        logged(&run.coordinator.proc, "round averaged").iter().map(|l| l["digest"].clone()).collect::<Vec<_>>()
+    };
+    assert!(digests(&lanes).len() > 100, "{} rounds", digests(&lanes).len());
+    assert_eq!(digests(&lanes), digests(&grpc), "some round's average differs");
+    let prefix = format!("lazyavg-lane-{}-", lanes.coordinator.proc.pid());
+    let left: Vec<_> = fs::read_dir("/dev/shm")
+        .expect("/dev/shm")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "lane files left behind: {left:?}");
+}

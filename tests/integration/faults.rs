@@ -638,11 +638,11 @@ pub async fn join(client: &mut Client, protocol_version: u32, name: &str) -> Res
 }
 
 fn message(kind: Reply) -> pb::WorkerMessage {
-    pb::WorkerMessage { kind: Some(kind) }
+    pb::WorkerMessage { kind: Some(kind), lane_taken: 0 }
 }
 
 fn attach(worker_id: u64) -> Reply {
-    Reply::Attach(pb::Attach { worker_id })
+    Reply::Attach(pb::Attach { worker_id, shared_memory: false })
 }
 
 /// One session as a test worker: it trains nothing and answers as told.
@@ -722,7 +722,7 @@ impl TestSession {
 
     /// One chunk holding `data` as the whole buffer of `total` values.
     fn chunk(&self, epoch: u64, round: u64, total: u64, data: Vec<u8>) -> Reply {
-        Reply::Weights(pb::WeightsChunk { epoch, round, offset: 0, total, data: data.into() })
+        Reply::Weights(pb::WeightsChunk { epoch, round, offset: 0, total, data: data.into(), lane_bytes: 0 })
     }
 
     /// The weights it holds, sent back unchanged as its contribution.

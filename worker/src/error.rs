@@ -31,6 +31,8 @@ pub enum Error {
     Lost { call: &'static str, status: Status },
     #[error(transparent)]
     Protocol(#[from] lazyavg_proto::ProtoError),
+    #[error(transparent)]
+    Lane(#[from] lazyavg_proto::lane::LaneError),
     #[error("dataset download: {0}")]
     Dataset(String),
     #[error("dataset cache {path}")]

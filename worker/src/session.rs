@@ -19,12 +19,13 @@ use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::params::digest;
 use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, encoded_chunks};
+use lazyavg_proto::lane::{Link, Outbound, Side};
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{ProtoError, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::Client;
@@ -56,23 +57,25 @@ pub async fn run(
     metrics: &WorkerMetrics,
     attached: impl FnOnce(),
 ) -> Result<Ending> {
-    let (outbox, replies) = mpsc::channel(64);
-    send(&outbox, Reply::Attach(pb::Attach { worker_id: id })).await?;
-    let mut inbound =
-        client.session(ReceiverStream::new(replies)).await.map_err(Error::refused("Session"))?.into_inner();
+    let (outbox, replies) = mpsc::unbounded_channel();
+    send(&outbox, Reply::Attach(pb::Attach { worker_id: id, shared_memory: true }))?;
+    let link = Arc::new(Link::new(Side::Worker));
+    let outgoing = Outbound::new(UnboundedReceiverStream::new(replies), Arc::clone(&link));
+    let mut inbound = client.session(outgoing).await.map_err(Error::refused("Session"))?.into_inner();
     attached();
     let metrics = (metrics.clone(), spec.train.batch_size);
-    let mut session = Session::new(Replica::new(spec, data)?, outbox, slowdown, metrics);
+    let mut session = Session::new(Replica::new(spec, data)?, outbox, link, slowdown, metrics);
     loop {
         tokio::select! {
             // A job's chained pulls come before the job's end, in order.
             biased;
-            Some(chained) = session.chained.recv() => session.send_chained(chained).await?,
+            Some(chained) = session.chained.recv() => session.send_chained(chained)?,
             (replica, report) = job_done(&mut session.job), if session.job.is_some() => {
                 session.trained(replica, report).await?;
             }
             message = inbound.message() => {
                 let Some(message) = message.map_err(Error::refused("Session"))? else { break };
+                session.link.freed(message.lane_taken)?;
                 let Some(kind) = message.kind else { continue };
                 if let Some(ending) = session.command(kind).await? {
                     return Ok(ending);
@@ -129,9 +132,16 @@ struct Incoming {
     staged: Option<Vec<f32>>,
 }
 
+/// The session's outgoing messages. Unbounded: weights queue as slices of
+/// one snapshot (no copies), and the session must never wait on its queue,
+/// or it could not read the lane credits that drain it.
+type Outbox = mpsc::UnboundedSender<pb::WorkerMessage>;
+
 #[derive(Debug)]
 struct Session {
-    outbox: mpsc::Sender<pb::WorkerMessage>,
+    outbox: Outbox,
+    /// The session's shared-memory lane, if the coordinator offered one this worker could open.
+    link: Arc<Link>,
     slowdown: f64,
     /// Parameters in the model.
     len: usize,
@@ -164,15 +174,11 @@ struct Session {
 }
 
 impl Session {
-    fn new(
-        replica: Replica,
-        outbox: mpsc::Sender<pb::WorkerMessage>,
-        slowdown: f64,
-        metrics: (WorkerMetrics, usize),
-    ) -> Self {
+    fn new(replica: Replica, outbox: Outbox, link: Arc<Link>, slowdown: f64, metrics: (WorkerMetrics, usize)) -> Self {
         let (chained_tx, chained) = mpsc::unbounded_channel();
         Session {
             outbox,
+            link,
             slowdown,
             len: replica.len(),
             slot: replica.slot(),
@@ -207,11 +213,26 @@ impl Session {
         match kind {
             Command::Shard(shard) if self.busy() => self.deferred.push_back(Deferred::Shard(shard)),
             Command::Shard(shard) => self.replica().assign(&shard)?,
-            Command::Pull(pull) if self.lift_wait(&pull) => self.flush().await?,
+            Command::Pull(pull) if self.lift_wait(&pull) => self.flush()?,
             Command::Pull(pull) if self.busy() => self.queue(pull),
             Command::Pull(pull) => self.start(pull),
-            Command::Reference(chunk) => self.reference(chunk.into())?,
-            Command::Average(chunk) => self.average(chunk.into()).await?,
+            Command::Reference(mut chunk) => {
+                self.link.take(&mut chunk)?;
+                self.reference(chunk.into())?
+            }
+            Command::Average(mut chunk) => {
+                self.link.take(&mut chunk)?;
+                self.average(chunk.into())?
+            }
+            Command::LaneOffer(offer) => {
+                let answer = self.link.accept(&offer);
+                match answer.accepted {
+                    true => debug!(path = offer.path, "weights go through a shared-memory lane"),
+                    false => debug!(reason = answer.reason, "shared-memory lane declined; weights go over gRPC"),
+                }
+                send(&self.outbox, Reply::LaneAnswer(answer))?;
+            }
+            Command::LaneFree(free) => self.link.freed(free.taken)?,
             Command::Rejected(rejected) => {
                 warn!(code = rejected.code, error = rejected.message, "the coordinator refused a message")
             }
@@ -305,15 +326,15 @@ impl Session {
             tokio::time::sleep(Duration::from_secs_f64(report.train_seconds * (self.slowdown - 1.0))).await;
         }
         self.trained = Some(Trained { pull, report });
-        self.flush().await
+        self.flush()
     }
 
     /// The job went on from a pull: send that pull's weights.
-    async fn send_chained(&mut self, Chained { trained, weights }: Chained) -> Result<()> {
+    fn send_chained(&mut self, Chained { trained, weights }: Chained) -> Result<()> {
         self.account(&trained.report);
         self.pulls_chained += 1;
         self.sent = Some((trained.pull.epoch, trained.pull.round));
-        self.send_weights(trained, weights).await
+        self.send_weights(trained, weights)
     }
 
     /// Adds a trained pull to the session's training time and span.
@@ -343,7 +364,7 @@ impl Session {
     /// a trained pull waits for an average, or nothing is left. Weights to
     /// send are snapshotted first and sent last, once the next pull (if one
     /// is here) trains: encoding and queueing them is not time lost to it.
-    async fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self) -> Result<()> {
         let mut outgoing = None;
         while self.job.is_none() {
             if let Some(trained) = &self.trained {
@@ -369,17 +390,17 @@ impl Session {
             }
         }
         match outgoing {
-            Some((trained, weights)) => self.send_weights(trained, weights).await,
+            Some((trained, weights)) => self.send_weights(trained, weights),
             None => Ok(()),
         }
     }
 
     /// Sends the report and the weights of a trained pull.
-    async fn send_weights(&self, trained: Trained, weights: Bytes) -> Result<()> {
+    fn send_weights(&self, trained: Trained, weights: Bytes) -> Result<()> {
         let Trained { pull, report } = trained;
-        send(&self.outbox, Reply::Report(report)).await?;
+        send(&self.outbox, Reply::Report(report))?;
         for chunk in encoded_chunks(pull.epoch, pull.round, weights) {
-            send(&self.outbox, Reply::Weights(chunk.into())).await?;
+            send(&self.outbox, Reply::Weights(chunk.into()))?;
         }
         Ok(())
     }
@@ -387,7 +408,7 @@ impl Session {
     /// Takes one chunk of an average. It goes straight into the model when
     /// it may (a correction with no pull training, or a replacement with
     /// nothing waiting to be sent), else into a staging buffer first.
-    async fn average(&mut self, chunk: Chunk) -> Result<()> {
+    fn average(&mut self, chunk: Chunk) -> Result<()> {
         let mut incoming = match self.incoming.take() {
             Some(incoming) if chunk.offset > 0 => incoming,
             _ => {
@@ -451,7 +472,7 @@ impl Session {
             }
         }
         // A trained pull may have been waiting for this average.
-        self.flush().await
+        self.flush()
     }
 
     /// `--align` with `--init independent`: one chunk of the coordinator's
@@ -529,6 +550,6 @@ fn log_correction(pull: &pb::PullWeights, applied: Applied) {
     }
 }
 
-async fn send(outbox: &mpsc::Sender<pb::WorkerMessage>, kind: Reply) -> Result<()> {
-    outbox.send(pb::WorkerMessage { kind: Some(kind) }).await.map_err(|_| Error::SessionEnded)
+fn send(outbox: &Outbox, kind: Reply) -> Result<()> {
+    outbox.send(pb::WorkerMessage { kind: Some(kind), lane_taken: 0 }).map_err(|_| Error::SessionEnded)
 }

@@ -73,6 +73,9 @@ pub struct CoordinatorConfig {
     /// `--max-sessions`, `--attach-timeout`).
     pub limits: Limits,
     pub bind: SocketAddr,
+    /// Workers on this machine get a shared-memory lane for their weights
+    /// (off with `--no-shared-memory`).
+    pub shared_memory: bool,
     /// `--metrics-bind`: where `/metrics` is served, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
     /// How long the metrics are served after the run ends.
@@ -136,6 +139,7 @@ impl CoordinatorConfig {
             train: TrainSettings::from_config(&self.train, &self.model),
             lr_scaling: Some(self.lr_scaling),
             bind: Some(self.bind),
+            no_shared_memory: !self.shared_memory,
             metrics_bind: self.metrics_bind,
             metrics_linger: Some(self.metrics_linger),
             end_grace: Some(self.end_grace),

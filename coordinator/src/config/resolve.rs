@@ -68,6 +68,7 @@ impl Settings {
             init: self.init.unwrap_or_default(),
             min_workers,
             bind,
+            shared_memory: !self.no_shared_memory,
             metrics_bind: self.metrics_bind,
             token_file: self.token_file.clone(),
             tls_cert: self.tls_cert.clone(),

@@ -118,6 +118,11 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddr>,
 
+    /// Send weights to and from workers on this machine over gRPC too, instead of through a shared-memory lane in /dev/shm each (4 MiB, 0600); workers elsewhere always use gRPC [default: lanes on].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_shared_memory: bool,
+
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no token: keep it on loopback or a monitoring network) [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_bind: Option<SocketAddr>,

@@ -1,0 +1,567 @@
+//! Shared-memory lanes: weights between a coordinator and a worker on the
+//! same machine without TCP's and HTTP/2's copies.
+//!
+//! Over gRPC a chunk of weights is copied into the sender's encode buffer,
+//! into the kernel's socket buffers, out of them into the receiver's decode
+//! buffer, and framed, windowed and acknowledged on the way: on loopback
+//! that was most of a round (docs/performance.md, "Where the targets
+//! stand"). Through a lane the sender writes the chunk into a slot of a
+//! shared file (one copy) and sends a small message saying so; the
+//! receiver reads it out (one copy) and frees the slot. gRPC stays the
+//! control plane: the messages, their order and every check on them are
+//! the same, only where a chunk's bytes travel changes.
+//!
+//! The coordinator makes the file ([`LaneFile::create`]) and offers it; a
+//! worker that can open it and finds the offer's nonce in it is on the same
+//! machine and accepts ([`Link::accept`]). Each side reads and writes with
+//! `pread`/`pwrite` (no mapping): neither can fault on the other's
+//! mistakes, and a side's memory holds only the chunks it is working on.
+//! A lane is small whatever the model (slots of one wire chunk each), and a
+//! side writes a slot only when the other has said it took what was there
+//! ([`pb::LaneFree`]): the lane is a bounded ring in each direction, with
+//! gRPC carrying its credits.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
+
+use crate::{MAX_CHUNK_BYTES, pb};
+
+/// Where lanes are made and looked for: the machine's shared-memory file
+/// system (memory, not disk). A worker in another container or on another
+/// machine sees another one, without the file, and declines.
+pub const LANE_DIR: &str = "/dev/shm";
+
+/// Bytes per slot: one wire chunk.
+pub const SLOT_BYTES: usize = MAX_CHUNK_BYTES;
+
+/// Slots in each direction: a default model (800 KB, two chunks) goes
+/// without waiting for a credit, whose news rides on the next message, a
+/// bigger one in a pipeline of eight chunks (4 MiB a direction, 8 MiB a
+/// lane).
+pub const SLOTS: u32 = 8;
+
+/// The header's first bytes, then the nonce (which the offer names), then
+/// the proof (which only the file holds); slots start after the header.
+const MAGIC: &[u8; 16] = b"lazyavg-lane-v1\0";
+const NONCE_BYTES: usize = 16;
+const PROOF_BYTES: usize = 16;
+const HEADER_BYTES: u64 = 4096;
+
+/// The most slots or bytes per slot a worker accepts in an offer.
+const MAX_OFFERED_SLOTS: u32 = 64;
+
+/// A lane failed or a peer broke its rules.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    #[error("cannot {action} shared-memory lane {path}: {source}")]
+    Io { action: &'static str, path: String, source: io::Error },
+    #[error("shared-memory lane: {0}")]
+    Protocol(String),
+}
+
+/// Who is at this end of a lane: the coordinator writes the down slots and
+/// reads the up slots, a worker the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Coordinator,
+    Worker,
+}
+
+/// One direction's slots in a lane file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Worker to coordinator.
+    Up,
+    /// Coordinator to worker.
+    Down,
+}
+
+impl Side {
+    fn sends(self) -> Direction {
+        match self {
+            Side::Coordinator => Direction::Down,
+            Side::Worker => Direction::Up,
+        }
+    }
+
+    fn receives(self) -> Direction {
+        match self {
+            Side::Coordinator => Direction::Up,
+            Side::Worker => Direction::Down,
+        }
+    }
+}
+
+/// The shared file of one lane.
+#[derive(Debug)]
+pub struct LaneFile {
+    file: File,
+    path: PathBuf,
+    slot_bytes: usize,
+    up_slots: u32,
+    down_slots: u32,
+    /// Whether this end made the file and still has to remove its name.
+    owned: AtomicBool,
+    /// What the worker read from the file (the coordinator's end: what it wrote).
+    proof: [u8; PROOF_BYTES],
+}
+
+impl LaneFile {
+    /// Makes a lane file named after `stem` in `dir`, readable and writable
+    /// by this user only, and the offer that describes it. Its slots take
+    /// memory only once written.
+    pub fn create(dir: &Path, stem: &str) -> Result<(LaneFile, pb::LaneOffer), LaneError> {
+        let (mut nonce, mut proof) = ([0u8; NONCE_BYTES], [0u8; PROOF_BYTES]);
+        let drawn = getrandom::fill(&mut nonce).and_then(|()| getrandom::fill(&mut proof)).map_err(io::Error::other);
+        let hex: String = nonce[..4].iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.join(format!("lazyavg-lane-{stem}-{hex}"));
+        let shown = path.display().to_string();
+        let io = |action| {
+            let path = shown.clone();
+            move |source| LaneError::Io { action, path, source }
+        };
+        drawn.map_err(io("draw a nonce for"))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).map_err(io("create"))?;
+        let lane = LaneFile {
+            file,
+            path,
+            slot_bytes: SLOT_BYTES,
+            up_slots: SLOTS,
+            down_slots: SLOTS,
+            owned: AtomicBool::new(true),
+            proof,
+        };
+        // From here on, dropping `lane` removes the file again.
+        lane.file.set_len(lane.len()).map_err(io("size"))?;
+        let header = [&MAGIC[..], &nonce, &proof].concat();
+        lane.file.write_all_at(&header, 0).map_err(io("write the header of"))?;
+        let offer = pb::LaneOffer {
+            path: lane.path.display().to_string(),
+            nonce: Bytes::copy_from_slice(&nonce),
+            slot_bytes: lane.slot_bytes as u32,
+            up_slots: lane.up_slots,
+            down_slots: lane.down_slots,
+        };
+        Ok((lane, offer))
+    }
+
+    /// Opens an offered lane, if it is in [`LANE_DIR`] on this machine and
+    /// is the file the coordinator made (the nonce in its header).
+    pub fn open(offer: &pb::LaneOffer) -> Result<LaneFile, String> {
+        let path = PathBuf::from(&offer.path);
+        let in_lane_dir = path.parent() == Some(Path::new(LANE_DIR))
+            && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("lazyavg-lane-"));
+        if !in_lane_dir {
+            return Err(format!("{} is not a lane file in {LANE_DIR}", offer.path));
+        }
+        let slots_ok = |n: u32| (1..=MAX_OFFERED_SLOTS).contains(&n);
+        let slot_bytes = offer.slot_bytes as usize;
+        if !(slots_ok(offer.up_slots) && slots_ok(offer.down_slots) && (4..=MAX_CHUNK_BYTES).contains(&slot_bytes)) {
+            return Err(format!(
+                "{} up and {} down slots of {slot_bytes} bytes: at most {MAX_OFFERED_SLOTS} slots of at most {MAX_CHUNK_BYTES} bytes",
+                offer.up_slots, offer.down_slots
+            ));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", offer.path))?;
+        let lane = LaneFile {
+            file,
+            path,
+            slot_bytes,
+            up_slots: offer.up_slots,
+            down_slots: offer.down_slots,
+            owned: AtomicBool::new(false),
+            proof: [0; PROOF_BYTES],
+        };
+        let mut header = [0u8; MAGIC.len() + NONCE_BYTES + PROOF_BYTES];
+        let found = lane.file.metadata().map(|m| m.len()).ok() == Some(lane.len())
+            && lane.file.read_exact_at(&mut header, 0).is_ok()
+            && header[..MAGIC.len()] == MAGIC[..]
+            && header[MAGIC.len()..MAGIC.len() + NONCE_BYTES] == offer.nonce[..];
+        if !found {
+            return Err(format!("{} is not the lane the coordinator made (another machine's?)", offer.path));
+        }
+        let mut lane = lane;
+        lane.proof.copy_from_slice(&header[MAGIC.len() + NONCE_BYTES..]);
+        Ok(lane)
+    }
+
+    /// Removes the file's name (those who have it open keep it); a no-op
+    /// on the end that did not make it, or the second time.
+    pub fn unlink(&self) {
+        if self.owned.swap(false, Ordering::AcqRel) {
+            // Gone already is as good; nothing else can be done about it here.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn len(&self) -> u64 {
+        HEADER_BYTES + (self.up_slots + self.down_slots) as u64 * self.slot_bytes as u64
+    }
+
+    fn slots(&self, direction: Direction) -> u32 {
+        match direction {
+            Direction::Up => self.up_slots,
+            Direction::Down => self.down_slots,
+        }
+    }
+
+    /// Where the `index`-th chunk in `direction` goes (slots are reused in turn).
+    fn offset(&self, direction: Direction, index: u64) -> u64 {
+        let first = match direction {
+            Direction::Up => 0,
+            Direction::Down => self.up_slots as u64,
+        };
+        HEADER_BYTES + (first + index % self.slots(direction) as u64) * self.slot_bytes as u64
+    }
+
+    fn write(&self, direction: Direction, index: u64, data: &[u8]) -> Result<(), LaneError> {
+        self.file.write_all_at(data, self.offset(direction, index)).map_err(|source| LaneError::Io {
+            action: "write to",
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The `index`-th chunk in `direction`, `len` bytes, read into memory
+    /// that is not zeroed first (a third of a read's cost, measured).
+    fn read(&self, direction: Direction, index: u64, len: usize) -> Result<Bytes, LaneError> {
+        let offset = self.offset(direction, index);
+        let mut data = Vec::with_capacity(len);
+        while data.len() < len {
+            let at = offset + data.len() as u64;
+            let read = rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut data), at)
+                .map_err(io::Error::from)
+                .and_then(|n| if n == 0 { Err(io::ErrorKind::UnexpectedEof.into()) } else { Ok(n) });
+            read.map_err(|source| LaneError::Io {
+                action: "read from",
+                path: self.path.display().to_string(),
+                source,
+            })?;
+        }
+        data.truncate(len);
+        Ok(data.into())
+    }
+}
+
+impl Drop for LaneFile {
+    fn drop(&mut self) {
+        self.unlink();
+    }
+}
+
+/// One end of a session's lane, shared by the task that reads the
+/// session's messages ([`Link::take`], [`Link::freed`]) and the stream that
+/// sends them ([`Outbound`]). Without a lane, or until it opens, chunks go
+/// inline.
+#[derive(Debug)]
+pub struct Link {
+    side: Side,
+    lane: OnceLock<LaneFile>,
+    /// Whether both ends have the lane (the worker accepted it).
+    established: AtomicBool,
+    /// Whether this end sends its chunks through it (until a write fails).
+    sending: AtomicBool,
+    /// This end's chunks written into slots so far.
+    written: AtomicU64,
+    /// How many of them the other end has taken (its last [`pb::LaneFree`]).
+    freed: AtomicU64,
+    /// The other end's chunks this end has read out of their slots.
+    taken: AtomicU64,
+    /// Set when the session is dropped: the sending stream ends at once,
+    /// even with a chunk waiting for a slot that will never free.
+    closed: AtomicBool,
+    /// The sending stream, woken when a slot frees or a credit is owed.
+    sender: AtomicWaker,
+}
+
+impl Link {
+    /// An end with no lane: everything goes inline.
+    pub fn new(side: Side) -> Self {
+        Link {
+            side,
+            lane: OnceLock::new(),
+            established: AtomicBool::new(false),
+            sending: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            freed: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            sender: AtomicWaker::new(),
+        }
+    }
+
+    /// The coordinator's end of a lane it made and offered; it opens when
+    /// the worker accepts ([`Link::answered`]).
+    pub fn offered(lane: LaneFile) -> Self {
+        let link = Link::new(Side::Coordinator);
+        let _ = link.lane.set(lane);
+        link
+    }
+
+    /// A worker's answer to an offer: the lane opened (it sends its chunks
+    /// through it from its answer on), or why not.
+    pub fn accept(&self, offer: &pb::LaneOffer) -> pb::LaneAnswer {
+        if self.lane.get().is_some() {
+            let reason = "this session has a lane already".to_owned();
+            return pb::LaneAnswer { accepted: false, reason, proof: Bytes::new() };
+        }
+        match LaneFile::open(offer) {
+            Ok(lane) => {
+                let proof = Bytes::copy_from_slice(&lane.proof);
+                let _ = self.lane.set(lane);
+                self.establish();
+                pb::LaneAnswer { accepted: true, reason: String::new(), proof }
+            }
+            Err(reason) => pb::LaneAnswer { accepted: false, reason, proof: Bytes::new() },
+        }
+    }
+
+    /// The coordinator's end: the worker answered its offer. The file's
+    /// name goes either way (both ends hold it open if accepted). An
+    /// acceptance must carry the proof only the file holds: a client that
+    /// cannot read it (on another machine, or another user) gets no lane,
+    /// so it cannot make the coordinator fill one.
+    pub fn answered(&self, answer: &pb::LaneAnswer) -> Result<(), LaneError> {
+        let Some(lane) = self.lane.get() else {
+            return Err(LaneError::Protocol("answer to an offer never made".to_owned()));
+        };
+        lane.unlink();
+        if !answer.accepted {
+            return Ok(());
+        }
+        if answer.proof[..] != lane.proof[..] {
+            return Err(LaneError::Protocol("accepted a lane without the proof its file holds".to_owned()));
+        }
+        self.establish();
+        Ok(())
+    }
+
+    fn establish(&self) {
+        self.established.store(true, Ordering::Release);
+        self.sending.store(true, Ordering::Release);
+    }
+
+    /// Ends the sending stream ([`Outbound`]) now: whatever it still has
+    /// goes nowhere.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.sender.wake();
+    }
+
+    /// Whether both ends have a lane.
+    pub fn is_established(&self) -> bool {
+        self.established.load(Ordering::Acquire)
+    }
+
+    /// The other end took `taken` of this end's lane chunks: their slots
+    /// are free. 0 (a message that says nothing of the lane) is no news.
+    pub fn freed(&self, taken: u64) -> Result<(), LaneError> {
+        if taken == 0 {
+            return Ok(());
+        }
+        let written = self.written.load(Ordering::Acquire);
+        if taken > written {
+            return Err(LaneError::Protocol(format!("{taken} chunks freed, {written} sent")));
+        }
+        self.freed.fetch_max(taken, Ordering::AcqRel);
+        self.sender.wake();
+        Ok(())
+    }
+
+    /// A chunk as it came: one sent through the lane gets its bytes out of
+    /// their slot, which the sending stream then announces free.
+    pub fn take(&self, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
+        if chunk.lane_bytes == 0 {
+            return Ok(());
+        }
+        let len = chunk.lane_bytes as usize;
+        let lane = match self.lane.get() {
+            Some(lane) if self.is_established() => lane,
+            _ => return Err(LaneError::Protocol("a chunk in a lane this session has not opened".to_owned())),
+        };
+        if !chunk.data.is_empty() || len > lane.slot_bytes {
+            return Err(LaneError::Protocol(format!(
+                "a lane chunk of {len} bytes (slots hold {}) with {} inline bytes besides",
+                lane.slot_bytes,
+                chunk.data.len()
+            )));
+        }
+        let index = self.taken.load(Ordering::Acquire);
+        chunk.data = lane.read(self.side.receives(), index, len)?;
+        self.taken.store(index + 1, Ordering::Release);
+        self.sender.wake();
+        Ok(())
+    }
+
+    /// How many of the other end's chunks this end takes before it tells
+    /// so in a message of its own: half the other end's slots, so that it
+    /// never runs out while the news waits for a message to ride on.
+    fn credit_batch(&self) -> u64 {
+        self.lane.get().map_or(1, |lane| (lane.slots(self.side.receives()) as u64 / 2).max(1))
+    }
+
+    /// Moves `chunk`'s bytes into the next slot if a lane is open and the
+    /// slot is free; [`Sent::Wait`] if it is not free yet.
+    fn send(&self, chunk: &mut pb::WeightsChunk) -> Sent {
+        let lane = match self.lane.get() {
+            Some(lane) if self.sending.load(Ordering::Acquire) && !chunk.data.is_empty() => lane,
+            _ => return Sent::Inline,
+        };
+        let direction = self.side.sends();
+        let written = self.written.load(Ordering::Acquire);
+        if written - self.freed.load(Ordering::Acquire) >= lane.slots(direction) as u64 {
+            return Sent::Wait;
+        }
+        match lane.write(direction, written, &chunk.data) {
+            Ok(()) => {
+                chunk.lane_bytes = chunk.data.len() as u32;
+                chunk.data = Bytes::new();
+                self.written.store(written + 1, Ordering::Release);
+                Sent::Lane
+            }
+            Err(err) => {
+                // The other end takes chunks inline at any time: this session
+                // goes on without the lane.
+                tracing::warn!(error = %err, "sending weights inline from now on");
+                self.sending.store(false, Ordering::Release);
+                Sent::Inline
+            }
+        }
+    }
+}
+
+enum Sent {
+    Inline,
+    Lane,
+    Wait,
+}
+
+/// A session message that may carry a chunk of weights, as the sending
+/// stream sees it.
+pub trait Carrier: Sized {
+    /// The chunk this message carries, if any.
+    fn weights(&mut self) -> Option<&mut pb::WeightsChunk>;
+    /// Where the message says how many of the other end's lane chunks
+    /// this end has taken, if it can.
+    fn lane_taken(&mut self) -> Option<&mut u64>;
+    /// The message that frees the other end's slots.
+    fn lane_free(taken: u64) -> Self;
+}
+
+impl Carrier for pb::WorkerMessage {
+    fn weights(&mut self) -> Option<&mut pb::WeightsChunk> {
+        match &mut self.kind {
+            Some(pb::worker_message::Kind::Weights(chunk)) => Some(chunk),
+            _ => None,
+        }
+    }
+
+    fn lane_taken(&mut self) -> Option<&mut u64> {
+        Some(&mut self.lane_taken)
+    }
+
+    fn lane_free(taken: u64) -> Self {
+        pb::WorkerMessage { kind: Some(pb::worker_message::Kind::LaneFree(pb::LaneFree { taken })), lane_taken: 0 }
+    }
+}
+
+impl Carrier for Result<pb::CoordinatorMessage, tonic::Status> {
+    fn weights(&mut self) -> Option<&mut pb::WeightsChunk> {
+        use pb::coordinator_message::Kind;
+        match self {
+            Ok(pb::CoordinatorMessage { kind: Some(Kind::Average(chunk) | Kind::Reference(chunk)), .. }) => Some(chunk),
+            _ => None,
+        }
+    }
+
+    fn lane_taken(&mut self) -> Option<&mut u64> {
+        self.as_mut().ok().map(|message| &mut message.lane_taken)
+    }
+
+    fn lane_free(taken: u64) -> Self {
+        let free = pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken });
+        Ok(pb::CoordinatorMessage { kind: Some(free), lane_taken: 0 })
+    }
+}
+
+/// A session's outgoing messages with its lane in between: each chunk of
+/// weights goes into the next slot (waiting for one to free), and the slots
+/// this end has read are announced free on the next message that goes, or
+/// ahead of anything else once half the other end's are, so that the other
+/// end never waits on this one's queue.
+pub struct Outbound<S: Stream> {
+    messages: S,
+    link: Arc<Link>,
+    /// A chunk waiting for a free slot.
+    held: Option<S::Item>,
+    /// The count of the other end's chunks last announced taken.
+    announced: u64,
+}
+
+impl<S: Stream> Outbound<S> {
+    pub fn new(messages: S, link: Arc<Link>) -> Self {
+        Outbound { messages, link, held: None, announced: 0 }
+    }
+}
+
+impl<S> Stream for Outbound<S>
+where
+    S: Stream + Unpin,
+    S::Item: Carrier + Unpin,
+{
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // Registered before the counters are read: a change after the read wakes this poll.
+        this.link.sender.register(cx.waker());
+        if this.link.closed.load(Ordering::Acquire) {
+            this.held = None;
+            return Poll::Ready(None);
+        }
+        let taken = this.link.taken.load(Ordering::Acquire);
+        if taken - this.announced >= this.link.credit_batch() {
+            this.announced = taken;
+            return Poll::Ready(Some(S::Item::lane_free(taken)));
+        }
+        let mut message = match this.held.take() {
+            Some(message) => message,
+            None => match this.messages.poll_next_unpin(cx) {
+                Poll::Ready(Some(message)) => message,
+                other => return other,
+            },
+        };
+        let sent = message.weights().map_or(Sent::Inline, |chunk| this.link.send(chunk));
+        match sent {
+            Sent::Inline | Sent::Lane => {
+                if let Some(news) = message.lane_taken().filter(|_| taken > this.announced) {
+                    *news = taken;
+                    this.announced = taken;
+                }
+                Poll::Ready(Some(message))
+            }
+            Sent::Wait => {
+                this.held = Some(message);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

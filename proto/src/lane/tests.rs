@@ -1,0 +1,115 @@
+use futures::FutureExt;
+
+use super::*;
+
+fn chunk(offset: u64, fill: u8, len: usize) -> pb::WorkerMessage {
+    let data = Bytes::from(vec![fill; len]);
+    let chunk = pb::WeightsChunk { epoch: 1, round: 2, offset, total: 1 << 20, data, lane_bytes: 0 };
+    pb::WorkerMessage { kind: Some(pb::worker_message::Kind::Weights(chunk)), lane_taken: 0 }
+}
+
+/// A coordinator's and a worker's end of one lane, the worker's accepted.
+fn pair() -> (Arc<Link>, Arc<Link>) {
+    let (file, offer) = LaneFile::create(Path::new(LANE_DIR), "test").expect("a lane in /dev/shm");
+    let coordinator = Arc::new(Link::offered(file));
+    let worker = Arc::new(Link::new(Side::Worker));
+    let answer = worker.accept(&offer);
+    assert!(answer.accepted, "{}", answer.reason);
+    coordinator.answered(&answer).unwrap();
+    assert!(!Path::new(&offer.path).exists(), "the name goes once the worker answered");
+    (coordinator, worker)
+}
+
+fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item>
+where
+    S::Item: Carrier + Unpin,
+{
+    stream.next().now_or_never().flatten()
+}
+
+#[test]
+fn chunks_cross_the_lane_intact_and_wait_for_free_slots() {
+    let (coordinator, worker) = pair();
+    let messages: Vec<_> = (0..SLOTS as u8 + 2).map(|i| chunk(i as u64, i + 1, 1000 + i as usize)).collect();
+    let mut outbound = Outbound::new(futures::stream::iter(messages), Arc::clone(&worker));
+    let mut sent = Vec::new();
+    while let Some(message) = next(&mut outbound) {
+        sent.push(message);
+    }
+    assert_eq!(sent.len(), SLOTS as usize, "the ring holds {SLOTS} chunks until the coordinator takes some");
+    for message in &mut sent {
+        let mut message = message.clone();
+        let chunk = message.weights().unwrap();
+        assert!(chunk.data.is_empty() && chunk.lane_bytes > 0);
+        coordinator.take(chunk).unwrap();
+        assert_eq!(chunk.data.len(), 1000 + chunk.offset as usize);
+        assert!(chunk.data.iter().all(|&b| b == chunk.offset as u8 + 1));
+    }
+    worker.freed(SLOTS as u64).unwrap();
+    let rest: Vec<_> = std::iter::from_fn(|| next(&mut outbound)).collect();
+    assert_eq!(rest.len(), 2);
+    // The coordinator's credits go out ahead of its own chunks.
+    let mut replies =
+        Outbound::new(futures::stream::pending::<Result<pb::CoordinatorMessage, tonic::Status>>(), coordinator);
+    let free = next(&mut replies).unwrap().unwrap();
+    assert_eq!(free.kind, Some(pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken: SLOTS as u64 })));
+}
+
+#[test]
+fn without_an_open_lane_chunks_go_inline() {
+    let link = Arc::new(Link::new(Side::Worker));
+    let mut outbound = Outbound::new(futures::stream::iter([chunk(0, 7, 64)]), link);
+    let mut message = next(&mut outbound).unwrap();
+    assert_eq!(message.weights().unwrap().data.len(), 64);
+}
+
+#[test]
+fn a_worker_declines_what_is_not_the_coordinators_lane() {
+    let (file, offer) = LaneFile::create(Path::new(LANE_DIR), "decline").unwrap();
+    let worker = Link::new(Side::Worker);
+    let wrong_nonce = pb::LaneOffer { nonce: Bytes::from_static(&[0; NONCE_BYTES]), ..offer.clone() };
+    assert!(worker.accept(&wrong_nonce).reason.contains("is not the lane the coordinator made"));
+    let elsewhere = pb::LaneOffer { path: "/etc/passwd".to_owned(), ..offer.clone() };
+    assert!(worker.accept(&elsewhere).reason.contains("is not a lane file in /dev/shm"));
+    let huge = pb::LaneOffer { up_slots: 1000, ..offer.clone() };
+    assert!(!worker.accept(&huge).accepted);
+    drop(file);
+    assert!(!Path::new(&offer.path).exists(), "a lane's maker removes it when it goes");
+    assert!(worker.accept(&offer).reason.contains("cannot open"));
+}
+
+#[test]
+fn a_peer_that_breaks_the_lanes_rules_is_refused() {
+    let (coordinator, worker) = pair();
+    let mut message = chunk(0, 1, 8);
+    let chunk = message.weights().unwrap();
+    chunk.lane_bytes = (SLOT_BYTES + 4) as u32;
+    assert!(coordinator.take(chunk).is_err(), "more bytes than a slot holds");
+    assert!(worker.freed(1).is_err(), "a credit for a chunk never sent");
+    let unoffered = Link::new(Side::Coordinator);
+    let mut lane_chunk = pb::WeightsChunk { lane_bytes: 4, ..Default::default() };
+    assert!(unoffered.take(&mut lane_chunk).is_err());
+}
+
+#[test]
+fn a_closed_link_ends_the_stream_even_with_a_chunk_waiting_for_a_slot() {
+    let (_coordinator, worker) = pair();
+    let messages: Vec<_> = (0..=SLOTS as u64).map(|i| chunk(i, 1, 16)).collect();
+    let mut outbound =
+        Outbound::new(futures::stream::iter(messages).chain(futures::stream::pending()), Arc::clone(&worker));
+    for _ in 0..SLOTS {
+        assert!(next(&mut outbound).is_some());
+    }
+    assert!(outbound.next().now_or_never().is_none(), "the last chunk waits for a slot");
+    worker.close();
+    assert_eq!(outbound.next().now_or_never(), Some(None), "closed: the stream ends");
+}
+
+#[test]
+fn an_acceptance_without_the_files_proof_opens_no_lane() {
+    let (file, _offer) = LaneFile::create(Path::new(LANE_DIR), "proof").unwrap();
+    let coordinator = Link::offered(file);
+    let bluff = pb::LaneAnswer { accepted: true, reason: String::new(), proof: Bytes::from_static(&[0; PROOF_BYTES]) };
+    assert!(coordinator.answered(&bluff).unwrap_err().to_string().contains("without the proof"));
+    assert!(!coordinator.is_established());
+}
