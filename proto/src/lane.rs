@@ -46,9 +46,9 @@ pub const SLOT_BYTES: usize = MAX_CHUNK_BYTES;
 
 /// Slots in each direction: a default model (800 KB, two chunks) goes
 /// without waiting for a credit, whose news rides on the next message, a
-/// bigger one in a pipeline of eight chunks (4 MiB a direction, 8 MiB a
-/// lane).
-pub const SLOTS: u32 = 8;
+/// bigger one in a pipeline of four chunks (2 MiB a direction, 4 MiB a
+/// lane: 32 MiB of shared memory for 8 local workers).
+pub const SLOTS: u32 = 4;
 
 /// The header's first bytes, then the nonce (which the offer names), then
 /// the proof (which only the file holds); slots start after the header.
