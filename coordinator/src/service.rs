@@ -341,7 +341,7 @@ impl Session {
         let reason = loop {
             let message = tokio::select! {
                 message = self.inbound.message() => message,
-                _ = &mut self.dropped => break dropped(&queue, &self.link),
+                _ = &mut self.dropped => break dropped(&queue),
             };
             match message {
                 Ok(Some(pb::WorkerMessage { kind: Some(reply), lane_taken })) => {
@@ -354,7 +354,7 @@ impl Session {
                     if let FromWorker::Weights(chunk) = &message {
                         tokio::select! {
                             () = self.gate.admit(chunk) => {}
-                            _ = &mut self.dropped => break dropped(&queue, &self.link),
+                            _ = &mut self.dropped => break dropped(&queue),
                         }
                     }
                     if shared.events.send(Event::Message { id, message }).await.is_err() {
@@ -366,6 +366,9 @@ impl Session {
                 Err(status) => break format!("session failed: {}", status.message()),
             }
         };
+        // Nobody reads the worker's lane credits any more: a chunk waiting
+        // for a slot would wait for ever, and hold the session open.
+        self.link.close();
         shared.registry().detach(id);
         let _ = shared.events.send(Event::Detached { id, reason }).await;
     }
@@ -393,10 +396,9 @@ impl Session {
 }
 
 /// Empties the queue of a session the driver dropped and says why it ends:
-/// nothing more will be sent, and what is queued (or waits for a lane
-/// slot) would wait for a reader that may never come.
-fn dropped(queue: &Mutex<Queue>, link: &Link) -> String {
-    link.close();
+/// nothing more will be sent, and what is queued would wait for a reader
+/// that may never come.
+fn dropped(queue: &Mutex<Queue>) -> String {
     let mut queue = lock(queue);
     queue.close();
     while queue.try_recv().is_ok() {}

@@ -282,8 +282,8 @@ pub struct Link {
     freed: AtomicU64,
     /// The other end's chunks this end has read out of their slots.
     taken: AtomicU64,
-    /// Set when the session is dropped: the sending stream ends at once,
-    /// even with a chunk waiting for a slot that will never free.
+    /// Set when the session stops reading the other end: no slot will free
+    /// any more, so the sending stream ends where it would wait for one.
     closed: AtomicBool,
     /// The sending stream, woken when a slot frees or a credit is owed.
     sender: AtomicWaker,
@@ -356,8 +356,9 @@ impl Link {
         self.sending.store(true, Ordering::Release);
     }
 
-    /// Ends the sending stream ([`Outbound`]) now: whatever it still has
-    /// goes nowhere.
+    /// The session reads nothing more from the other end, so no credit
+    /// will come: the sending stream ([`Outbound`]) ends at the first chunk
+    /// that would wait for a slot (what needs none still goes).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.sender.wake();
@@ -437,7 +438,7 @@ impl Link {
             Err(err) => {
                 // The other end takes chunks inline at any time: this session
                 // goes on without the lane.
-                tracing::warn!(error = %err, "sending weights inline from now on");
+                tracing::warn!(side = ?self.side, error = %err, "sending weights inline from now on");
                 self.sending.store(false, Ordering::Release);
                 Sent::Inline
             }
@@ -530,10 +531,6 @@ where
         let this = self.get_mut();
         // Registered before the counters are read: a change after the read wakes this poll.
         this.link.sender.register(cx.waker());
-        if this.link.closed.load(Ordering::Acquire) {
-            this.held = None;
-            return Poll::Ready(None);
-        }
         let taken = this.link.taken.load(Ordering::Acquire);
         if taken - this.announced >= this.link.credit_batch() {
             this.announced = taken;
@@ -555,6 +552,7 @@ where
                 }
                 Poll::Ready(Some(message))
             }
+            Sent::Wait if this.link.closed.load(Ordering::Acquire) => Poll::Ready(None),
             Sent::Wait => {
                 this.held = Some(message);
                 Poll::Pending

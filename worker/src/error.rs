@@ -77,12 +77,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Whether connecting again (with backoff) may succeed: the network or the
     /// coordinator went away, or it lost track of us (e.g. it restarted).
+    /// A shared-memory lane that failed heals with the next session's.
     /// A protocol-version mismatch, a wrong token, a broken cache disk, a
     /// deliberate stop, a completed run or a server that is not a
     /// coordinator will not heal by retrying.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::Lost { .. } | Error::SessionEnded | Error::Dataset(_) => true,
+            // A new session gets a new lane, or none.
+            Error::Lane(_) => true,
             Error::Refused { call, status } => {
                 !(status.code() == Code::Unauthenticated
                     || *call == "Join" && matches!(status.code(), Code::FailedPrecondition | Code::InvalidArgument))
