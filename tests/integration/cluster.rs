@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -731,4 +732,48 @@ fn weights_through_shared_memory_lanes_are_the_bits_sent_over_grpc() {
         .filter(|name| name.starts_with(&prefix))
         .collect();
     assert!(left.is_empty(), "lane files left behind: {left:?}");
+}
+
+/// A worker that cannot open its lane (here: a `/dev/shm` of its own, in a
+/// mount namespace, as in a container or on another machine) declines it
+/// and sends its weights over gRPC, beside one that takes its lane: the
+/// same averages as a run without lanes. Needs root for the namespace;
+/// skips where the kernel refuses.
+#[test]
+fn a_worker_that_cannot_open_its_lane_sends_its_weights_over_grpc() {
+    let probe = Command::new("unshare").args(["--mount", "--propagation", "private", "true"]).status();
+    if !probe.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: cannot make a mount namespace here (unshare --mount: {probe:?}; needs root)");
+        return;
+    }
+    let _heavy = heavy();
+    let args = ["--workers", "2", "--epochs", "1", "--hidden", "32", "--seed", "5", "--sync-every", "8"];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, DEBUG_LOG);
+    let url = format!("http://{}", coordinator.addr);
+    let mut beside = start_worker("worker-1", &coordinator.addr, &tmp.path().join("cache-1"), DEBUG_LOG);
+    let plain = worker_command(&url, &tmp.path().join("cache-2"), DEBUG_LOG);
+    let mut elsewhere = Command::new("unshare");
+    elsewhere
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /dev/shm && exec \"$0\" \"$@\"",
+        ])
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .envs(plain.get_envs().filter_map(|(key, value)| Some((key, value?))));
+    let mut elsewhere = Proc::spawn("worker-2", elsewhere);
+    expect_success(&mut [&mut coordinator.proc, &mut beside, &mut elsewhere]);
+    let declined = logged(&coordinator.proc, "lane declined; weights go over gRPC");
+    assert_eq!(declined.len(), 1, "{}", coordinator.proc.dump());
+    assert!(declined[0]["reason"].as_str().is_some_and(|r| r.contains("cannot open")), "{}", declined[0]);
+    assert_eq!(logged(&coordinator.proc, "weights go through a shared-memory lane").len(), 1);
+    let grpc = run_cluster(2, &[&args[2..], &["--no-shared-memory"]].concat(), DEBUG_LOG);
+    let digests = |proc: &Proc| logged(proc, "round averaged").iter().map(|l| l["digest"].clone()).collect::<Vec<_>>();
+    assert!(digests(&coordinator.proc).len() > 100, "{}", coordinator.proc.dump());
+    assert_eq!(digests(&coordinator.proc), digests(&grpc.coordinator.proc), "some round's average differs");
 }
