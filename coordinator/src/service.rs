@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use lazyavg_proto::lane::{LANE_DIR, LaneError, LaneFile, Link, Outbound, Side};
+use lazyavg_proto::lane::{LaneError, LaneFile, Link, Outbound, Side};
 use lazyavg_proto::message::FromWorker;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
@@ -303,8 +303,7 @@ impl CoordinatorService {
         if !(asked && self.shared.shared_memory) {
             return Link::new(Side::Coordinator);
         }
-        let stem = format!("{}-{id}", std::process::id());
-        let (lane, offer) = match LaneFile::create(std::path::Path::new(LANE_DIR), &stem) {
+        let (lane, offer) = match LaneFile::create(&format!("worker-{id}")) {
             Ok(made) => made,
             Err(err) => {
                 debug!(worker = id, error = %err, "no shared-memory lane; weights go over gRPC");

@@ -5,26 +5,35 @@
 //! into the kernel's socket buffers, out of them into the receiver's decode
 //! buffer, and framed, windowed and acknowledged on the way: on loopback
 //! that was most of a round (docs/performance.md, "Where the targets
-//! stand"). Through a lane the sender writes the chunk into a slot of a
-//! shared file (one copy) and sends a small message saying so; the
-//! receiver reads it out (one copy) and frees the slot. gRPC stays the
-//! control plane: the messages, their order and every check on them are
-//! the same, only where a chunk's bytes travel changes.
+//! stand"). Through a lane the sender copies the chunk into a slot of
+//! memory both processes map and sends a small message saying so; the
+//! receiver copies it out and frees the slot. gRPC stays the control plane:
+//! the messages, their order and every check on them are the same, only
+//! where a chunk's bytes travel changes.
 //!
-//! The coordinator makes the file ([`LaneFile::create`]) and offers it; a
-//! worker that can open it and finds the offer's nonce in it is on the same
-//! machine and accepts ([`Link::accept`]). Each side reads and writes with
-//! `pread`/`pwrite` (no mapping): neither can fault on the other's
-//! mistakes, and a side's memory holds only the chunks it is working on.
-//! A lane is small whatever the model (slots of one wire chunk each), and a
-//! side writes a slot only when the other has said it took what was there
-//! ([`pb::LaneFree`]): the lane is a bounded ring in each direction, with
-//! gRPC carrying its credits.
+//! The coordinator makes the memory ([`LaneFile::create`]): an anonymous
+//! memory file (`memfd`) sealed against shrinking and growing, so that no
+//! process can truncate it under the other's mapping (a read past a
+//! file's end is a crash, `SIGBUS`). It offers the file by its
+//! `/proc/<pid>/fd/<fd>` path; a worker that can open that path (same
+//! machine, same process namespace, allowed to look into the
+//! coordinator's descriptors: the same user), finds the seals and the
+//! offer's nonce in it, accepts ([`Link::accept`]) with a proof only the
+//! file holds. The file has no name: it goes with the last process that
+//! holds it, whatever ends them.
+//!
+//! Bytes are only ever copied in and out of the mapping, never borrowed in
+//! place: a peer that broke the rules and wrote a slot the other end was
+//! reading would garble that chunk (which the checks on every chunk then
+//! judge), not this process's memory. A lane is small whatever the model
+//! (slots of one wire chunk each), and a side writes a slot only when the
+//! other has said it took what was there ([`pb::LaneFree`]): the lane is a
+//! bounded ring in each direction, with gRPC carrying its credits.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -33,13 +42,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
+use memmap2::MmapRaw;
+use rustix::fs::{MemfdFlags, OFlags, SealFlags};
 
 use crate::{MAX_CHUNK_BYTES, pb};
-
-/// Where lanes are made and looked for: the machine's shared-memory file
-/// system (memory, not disk). A worker in another container or on another
-/// machine sees another one, without the file, and declines.
-pub const LANE_DIR: &str = "/dev/shm";
 
 /// Bytes per slot: one wire chunk.
 pub const SLOT_BYTES: usize = MAX_CHUNK_BYTES;
@@ -52,10 +58,13 @@ pub const SLOTS: u32 = 4;
 
 /// The header's first bytes, then the nonce (which the offer names), then
 /// the proof (which only the file holds); slots start after the header.
-const MAGIC: &[u8; 16] = b"lazyavg-lane-v1\0";
+const MAGIC: &[u8; 16] = b"lazyavg-lane-v2\0";
 const NONCE_BYTES: usize = 16;
 const PROOF_BYTES: usize = 16;
-const HEADER_BYTES: u64 = 4096;
+const HEADER_BYTES: usize = 4096;
+
+/// The seals that make a mapping of the file safe: its size is fixed.
+const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 /// The most slots or bytes per slot a worker accepts in an offer.
 const MAX_OFFERED_SLOTS: u32 = 64;
@@ -102,68 +111,64 @@ impl Side {
     }
 }
 
-/// The shared file of one lane.
+/// The shared memory of one lane, mapped into this process.
 #[derive(Debug)]
 pub struct LaneFile {
-    file: File,
-    path: PathBuf,
     slot_bytes: usize,
     up_slots: u32,
     down_slots: u32,
-    /// Whether this end made the file and still has to remove its name.
-    owned: AtomicBool,
     /// What the worker read from the file (the coordinator's end: what it wrote).
     proof: [u8; PROOF_BYTES],
+    map: MmapRaw,
+    /// Held open for the offer's path (the mapping alone keeps the memory).
+    _file: File,
 }
 
 impl LaneFile {
-    /// Makes a lane file named after `stem` in `dir`, readable and writable
-    /// by this user only, and the offer that describes it. Its slots take
-    /// memory only once written.
-    pub fn create(dir: &Path, stem: &str) -> Result<(LaneFile, pb::LaneOffer), LaneError> {
+    /// Makes a lane's memory, sealed at its size, and the offer that
+    /// describes it; `name` shows in the coordinator's `/proc/<pid>/fd`.
+    /// Its slots take memory only once written.
+    pub fn create(name: &str) -> Result<(LaneFile, pb::LaneOffer), LaneError> {
         let (mut nonce, mut proof) = ([0u8; NONCE_BYTES], [0u8; PROOF_BYTES]);
-        let drawn = getrandom::fill(&mut nonce).and_then(|()| getrandom::fill(&mut proof)).map_err(io::Error::other);
-        let hex: String = nonce[..4].iter().map(|b| format!("{b:02x}")).collect();
-        let path = dir.join(format!("lazyavg-lane-{stem}-{hex}"));
-        let shown = path.display().to_string();
+        let name = format!("lazyavg-lane-{name}");
         let io = |action| {
-            let path = shown.clone();
+            let path = name.clone();
             move |source| LaneError::Io { action, path, source }
         };
-        drawn.map_err(io("draw a nonce for"))?;
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).map_err(io("create"))?;
-        let lane = LaneFile {
-            file,
+        getrandom::fill(&mut nonce)
+            .and_then(|()| getrandom::fill(&mut proof))
+            .map_err(io::Error::other)
+            .map_err(io("draw a nonce for"))?;
+        let fd = rustix::fs::memfd_create(&name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(io::Error::from)
+            .map_err(io("create"))?;
+        let file = File::from(fd);
+        let len = lane_len(SLOT_BYTES, SLOTS, SLOTS);
+        file.set_len(len as u64).map_err(io("size"))?;
+        let header = [&MAGIC[..], &nonce, &proof].concat();
+        file.write_all_at(&header, 0).map_err(io("write the header of"))?;
+        rustix::fs::fcntl_add_seals(&file, SIZE_SEALS | SealFlags::SEAL)
+            .map_err(io::Error::from)
+            .map_err(io("seal"))?;
+        let map = MmapRaw::map_raw(&file).map_err(io("map"))?;
+        let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        let offer = pb::LaneOffer {
             path,
-            slot_bytes: SLOT_BYTES,
+            nonce: Bytes::copy_from_slice(&nonce),
+            slot_bytes: SLOT_BYTES as u32,
             up_slots: SLOTS,
             down_slots: SLOTS,
-            owned: AtomicBool::new(true),
-            proof,
         };
-        // From here on, dropping `lane` removes the file again.
-        lane.file.set_len(lane.len()).map_err(io("size"))?;
-        let header = [&MAGIC[..], &nonce, &proof].concat();
-        lane.file.write_all_at(&header, 0).map_err(io("write the header of"))?;
-        let offer = pb::LaneOffer {
-            path: lane.path.display().to_string(),
-            nonce: Bytes::copy_from_slice(&nonce),
-            slot_bytes: lane.slot_bytes as u32,
-            up_slots: lane.up_slots,
-            down_slots: lane.down_slots,
-        };
+        let lane = LaneFile { slot_bytes: SLOT_BYTES, up_slots: SLOTS, down_slots: SLOTS, proof, map, _file: file };
         Ok((lane, offer))
     }
 
-    /// Opens an offered lane, if it is in [`LANE_DIR`] on this machine and
-    /// is the file the coordinator made (the nonce in its header).
+    /// Opens an offered lane, if it is a coordinator's descriptor this
+    /// process may open, sealed at the size the offer implies, and the file
+    /// the coordinator made (the nonce in its header).
     pub fn open(offer: &pb::LaneOffer) -> Result<LaneFile, String> {
-        let path = PathBuf::from(&offer.path);
-        let in_lane_dir = path.parent() == Some(Path::new(LANE_DIR))
-            && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("lazyavg-lane-"));
-        if !in_lane_dir {
-            return Err(format!("{} is not a lane file in {LANE_DIR}", offer.path));
+        if !is_descriptor_path(&offer.path) {
+            return Err(format!("{} is not a /proc/<pid>/fd/<fd> path", offer.path));
         }
         let slots_ok = |n: u32| (1..=MAX_OFFERED_SLOTS).contains(&n);
         let slot_bytes = offer.slot_bytes as usize;
@@ -173,44 +178,29 @@ impl LaneFile {
                 offer.up_slots, offer.down_slots
             ));
         }
+        // Non-blocking: a descriptor that is a pipe must not hang the open.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&path)
+            .custom_flags(OFlags::NONBLOCK.bits() as i32)
+            .open(&offer.path)
             .map_err(|e| format!("cannot open {}: {e}", offer.path))?;
-        let lane = LaneFile {
-            file,
-            path,
-            slot_bytes,
-            up_slots: offer.up_slots,
-            down_slots: offer.down_slots,
-            owned: AtomicBool::new(false),
-            proof: [0; PROOF_BYTES],
-        };
+        let len = lane_len(slot_bytes, offer.up_slots, offer.down_slots);
+        let sealed = rustix::fs::fcntl_get_seals(&file).is_ok_and(|seals| seals.contains(SIZE_SEALS));
+        let sized = file.metadata().is_ok_and(|m| m.is_file() && m.len() == len as u64);
         let mut header = [0u8; MAGIC.len() + NONCE_BYTES + PROOF_BYTES];
-        let found = lane.file.metadata().map(|m| m.len()).ok() == Some(lane.len())
-            && lane.file.read_exact_at(&mut header, 0).is_ok()
+        let found = sealed
+            && sized
+            && file.read_exact_at(&mut header, 0).is_ok()
             && header[..MAGIC.len()] == MAGIC[..]
             && header[MAGIC.len()..MAGIC.len() + NONCE_BYTES] == offer.nonce[..];
         if !found {
             return Err(format!("{} is not the lane the coordinator made (another machine's?)", offer.path));
         }
-        let mut lane = lane;
-        lane.proof.copy_from_slice(&header[MAGIC.len() + NONCE_BYTES..]);
-        Ok(lane)
-    }
-
-    /// Removes the file's name (those who have it open keep it); a no-op
-    /// on the end that did not make it, or the second time.
-    pub fn unlink(&self) {
-        if self.owned.swap(false, Ordering::AcqRel) {
-            // Gone already is as good; nothing else can be done about it here.
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-
-    fn len(&self) -> u64 {
-        HEADER_BYTES + (self.up_slots + self.down_slots) as u64 * self.slot_bytes as u64
+        let map = MmapRaw::map_raw(&file).map_err(|e| format!("cannot map {}: {e}", offer.path))?;
+        let mut proof = [0; PROOF_BYTES];
+        proof.copy_from_slice(&header[MAGIC.len() + NONCE_BYTES..]);
+        Ok(LaneFile { slot_bytes, up_slots: offer.up_slots, down_slots: offer.down_slots, proof, map, _file: file })
     }
 
     fn slots(&self, direction: Direction) -> u32 {
@@ -221,47 +211,50 @@ impl LaneFile {
     }
 
     /// Where the `index`-th chunk in `direction` goes (slots are reused in turn).
-    fn offset(&self, direction: Direction, index: u64) -> u64 {
+    fn offset(&self, direction: Direction, index: u64) -> usize {
         let first = match direction {
             Direction::Up => 0,
-            Direction::Down => self.up_slots as u64,
+            Direction::Down => self.up_slots as usize,
         };
-        HEADER_BYTES + (first + index % self.slots(direction) as u64) * self.slot_bytes as u64
+        HEADER_BYTES + (first + (index % self.slots(direction) as u64) as usize) * self.slot_bytes
     }
 
-    fn write(&self, direction: Direction, index: u64, data: &[u8]) -> Result<(), LaneError> {
-        self.file.write_all_at(data, self.offset(direction, index)).map_err(|source| LaneError::Io {
-            action: "write to",
-            path: self.path.display().to_string(),
-            source,
-        })
-    }
-
-    /// The `index`-th chunk in `direction`, `len` bytes, read into memory
-    /// that is not zeroed first (a third of a read's cost, measured).
-    fn read(&self, direction: Direction, index: u64, len: usize) -> Result<Bytes, LaneError> {
+    /// Copies `data` (at most a slot) into the `index`-th slot in `direction`.
+    fn write(&self, direction: Direction, index: u64, data: &[u8]) {
+        debug_assert!(data.len() <= self.slot_bytes, "a chunk larger than a slot");
         let offset = self.offset(direction, index);
-        let mut data = Vec::with_capacity(len);
-        while data.len() < len {
-            let at = offset + data.len() as u64;
-            let read = rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut data), at)
-                .map_err(io::Error::from)
-                .and_then(|n| if n == 0 { Err(io::ErrorKind::UnexpectedEof.into()) } else { Ok(n) });
-            read.map_err(|source| LaneError::Io {
-                action: "read from",
-                path: self.path.display().to_string(),
-                source,
-            })?;
+        // SAFETY: the slot lies inside the mapping (`offset` + a slot ≤ the
+        // length checked when mapped), whose size the seals fix; no reference
+        // into the mapping exists, only copies in and out.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
+    }
+
+    /// A copy of the `index`-th chunk in `direction`, `len` bytes (at most
+    /// a slot; the caller checked).
+    fn read(&self, direction: Direction, index: u64, len: usize) -> Bytes {
+        debug_assert!(len <= self.slot_bytes, "a chunk larger than a slot");
+        let offset = self.offset(direction, index);
+        let mut data = Vec::<u8>::with_capacity(len);
+        // SAFETY: as in `write`; `data` has room for `len` bytes, all of
+        // which the copy initialises before the length is set.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), data.as_mut_ptr(), len);
+            data.set_len(len);
         }
-        data.truncate(len);
-        Ok(data.into())
+        data.into()
     }
 }
 
-impl Drop for LaneFile {
-    fn drop(&mut self) {
-        self.unlink();
-    }
+/// A lane's length in bytes: the header and the slots both ways.
+fn lane_len(slot_bytes: usize, up_slots: u32, down_slots: u32) -> usize {
+    HEADER_BYTES + (up_slots + down_slots) as usize * slot_bytes
+}
+
+/// Whether `path` is `/proc/<pid>/fd/<fd>` and nothing else.
+fn is_descriptor_path(path: &str) -> bool {
+    let number = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = path.split('/').collect();
+    matches!(parts[..], ["", "proc", pid, "fd", fd] if number(pid) && number(fd))
 }
 
 /// One end of a session's lane, shared by the task that reads the
@@ -274,8 +267,6 @@ pub struct Link {
     lane: OnceLock<LaneFile>,
     /// Whether both ends have the lane (the worker accepted it).
     established: AtomicBool,
-    /// Whether this end sends its chunks through it (until a write fails).
-    sending: AtomicBool,
     /// This end's chunks written into slots so far.
     written: AtomicU64,
     /// How many of them the other end has taken (its last [`pb::LaneFree`]).
@@ -296,7 +287,6 @@ impl Link {
             side,
             lane: OnceLock::new(),
             established: AtomicBool::new(false),
-            sending: AtomicBool::new(false),
             written: AtomicU64::new(0),
             freed: AtomicU64::new(0),
             taken: AtomicU64::new(0),
@@ -331,8 +321,7 @@ impl Link {
         }
     }
 
-    /// The coordinator's end: the worker answered its offer. The file's
-    /// name goes either way (both ends hold it open if accepted). An
+    /// The coordinator's end: the worker answered its offer. An
     /// acceptance must carry the proof only the file holds: a client that
     /// cannot read it (on another machine, or another user) gets no lane,
     /// so it cannot make the coordinator fill one.
@@ -340,7 +329,6 @@ impl Link {
         let Some(lane) = self.lane.get() else {
             return Err(LaneError::Protocol("answer to an offer never made".to_owned()));
         };
-        lane.unlink();
         if !answer.accepted {
             return Ok(());
         }
@@ -353,7 +341,6 @@ impl Link {
 
     fn establish(&self) {
         self.established.store(true, Ordering::Release);
-        self.sending.store(true, Ordering::Release);
     }
 
     /// The session reads nothing more from the other end, so no credit
@@ -403,7 +390,7 @@ impl Link {
             )));
         }
         let index = self.taken.load(Ordering::Acquire);
-        chunk.data = lane.read(self.side.receives(), index, len)?;
+        chunk.data = lane.read(self.side.receives(), index, len);
         self.taken.store(index + 1, Ordering::Release);
         self.sender.wake();
         Ok(())
@@ -420,7 +407,7 @@ impl Link {
     /// slot is free; [`Sent::Wait`] if it is not free yet.
     fn send(&self, chunk: &mut pb::WeightsChunk) -> Sent {
         let lane = match self.lane.get() {
-            Some(lane) if self.sending.load(Ordering::Acquire) && !chunk.data.is_empty() => lane,
+            Some(lane) if self.is_established() && (1..=lane.slot_bytes).contains(&chunk.data.len()) => lane,
             _ => return Sent::Inline,
         };
         let direction = self.side.sends();
@@ -428,21 +415,11 @@ impl Link {
         if written - self.freed.load(Ordering::Acquire) >= lane.slots(direction) as u64 {
             return Sent::Wait;
         }
-        match lane.write(direction, written, &chunk.data) {
-            Ok(()) => {
-                chunk.lane_bytes = chunk.data.len() as u32;
-                chunk.data = Bytes::new();
-                self.written.store(written + 1, Ordering::Release);
-                Sent::Lane
-            }
-            Err(err) => {
-                // The other end takes chunks inline at any time: this session
-                // goes on without the lane.
-                tracing::warn!(side = ?self.side, error = %err, "sending weights inline from now on");
-                self.sending.store(false, Ordering::Release);
-                Sent::Inline
-            }
-        }
+        lane.write(direction, written, &chunk.data);
+        chunk.lane_bytes = chunk.data.len() as u32;
+        chunk.data = Bytes::new();
+        self.written.store(written + 1, Ordering::Release);
+        Sent::Lane
     }
 }
 

@@ -705,7 +705,7 @@ fn a_refused_local_run_starts_no_workers() {
 
 /// Workers on the coordinator's machine take their weights through
 /// shared-memory lanes: every round's average is the one the same seeded run
-/// makes over gRPC alone (`--no-shared-memory`), and no lane file is left.
+/// makes over gRPC alone (`--no-shared-memory`).
 #[test]
 fn weights_through_shared_memory_lanes_are_the_bits_sent_over_grpc() {
     let _heavy = heavy();
@@ -725,25 +725,19 @@ fn weights_through_shared_memory_lanes_are_the_bits_sent_over_grpc() {
     };
     assert!(digests(&lanes).len() > 100, "{} rounds", digests(&lanes).len());
     assert_eq!(digests(&lanes), digests(&grpc), "some round's average differs");
-    let prefix = format!("lazyavg-lane-{}-", lanes.coordinator.proc.pid());
-    let left: Vec<_> = fs::read_dir("/dev/shm")
-        .expect("/dev/shm")
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with(&prefix))
-        .collect();
-    assert!(left.is_empty(), "lane files left behind: {left:?}");
 }
 
-/// A worker that cannot open its lane (here: a `/dev/shm` of its own, in a
-/// mount namespace, as in a container or on another machine) declines it
-/// and sends its weights over gRPC, beside one that takes its lane: the
-/// same averages as a run without lanes. Needs root for the namespace;
-/// skips where the kernel refuses.
+/// A worker that cannot open its lane (here: in a process namespace of its
+/// own, as in a container, where the coordinator's `/proc/<pid>` is not
+/// there) declines it and sends its weights over gRPC, beside one that
+/// takes its lane: the same averages as a run without lanes. Needs root
+/// for the namespace; skips where the kernel refuses.
 #[test]
 fn a_worker_that_cannot_open_its_lane_sends_its_weights_over_grpc() {
-    let probe = Command::new("unshare").args(["--mount", "--propagation", "private", "true"]).status();
+    const OWN_PROCESSES: [&str; 4] = ["--pid", "--fork", "--kill-child", "--mount-proc"];
+    let probe = Command::new("unshare").args(OWN_PROCESSES).arg("true").status();
     if !probe.as_ref().is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: cannot make a mount namespace here (unshare --mount: {probe:?}; needs root)");
+        eprintln!("SKIPPED: cannot make a process namespace here (unshare {OWN_PROCESSES:?}: {probe:?}; needs root)");
         return;
     }
     let _heavy = heavy();
@@ -755,14 +749,7 @@ fn a_worker_that_cannot_open_its_lane_sends_its_weights_over_grpc() {
     let plain = worker_command(&url, &tmp.path().join("cache-2"), DEBUG_LOG);
     let mut elsewhere = Command::new("unshare");
     elsewhere
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "mount -t tmpfs tmpfs /dev/shm && exec \"$0\" \"$@\"",
-        ])
+        .args(OWN_PROCESSES)
         .arg(plain.get_program())
         .args(plain.get_args())
         .envs(plain.get_envs().filter_map(|(key, value)| Some((key, value?))));

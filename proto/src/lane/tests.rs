@@ -10,13 +10,12 @@ fn chunk(offset: u64, fill: u8, len: usize) -> pb::WorkerMessage {
 
 /// A coordinator's and a worker's end of one lane, the worker's accepted.
 fn pair() -> (Arc<Link>, Arc<Link>) {
-    let (file, offer) = LaneFile::create(Path::new(LANE_DIR), "test").expect("a lane in /dev/shm");
+    let (file, offer) = LaneFile::create("test").expect("a lane's memory");
     let coordinator = Arc::new(Link::offered(file));
     let worker = Arc::new(Link::new(Side::Worker));
     let answer = worker.accept(&offer);
     assert!(answer.accepted, "{}", answer.reason);
     coordinator.answered(&answer).unwrap();
-    assert!(!Path::new(&offer.path).exists(), "the name goes once the worker answered");
     (coordinator, worker)
 }
 
@@ -65,17 +64,40 @@ fn without_an_open_lane_chunks_go_inline() {
 
 #[test]
 fn a_worker_declines_what_is_not_the_coordinators_lane() {
-    let (file, offer) = LaneFile::create(Path::new(LANE_DIR), "decline").unwrap();
+    let (file, offer) = LaneFile::create("decline").unwrap();
     let worker = Link::new(Side::Worker);
     let wrong_nonce = pb::LaneOffer { nonce: Bytes::from_static(&[0; NONCE_BYTES]), ..offer.clone() };
     assert!(worker.accept(&wrong_nonce).reason.contains("is not the lane the coordinator made"));
     let elsewhere = pb::LaneOffer { path: "/etc/passwd".to_owned(), ..offer.clone() };
-    assert!(worker.accept(&elsewhere).reason.contains("is not a lane file in /dev/shm"));
+    assert!(worker.accept(&elsewhere).reason.contains("is not a /proc/<pid>/fd/<fd> path"));
+    let sneaky = pb::LaneOffer { path: "/proc/1/fd/../../self/mem".to_owned(), ..offer.clone() };
+    assert!(!worker.accept(&sneaky).accepted);
+    // A plain file of the right size with the right header, but unsealed:
+    // the other end could truncate it under a mapping.
+    let plain = tempfile::tempfile().unwrap();
+    plain.set_len(lane_len(SLOT_BYTES, SLOTS, SLOTS) as u64).unwrap();
+    let mut header = vec![0u8; MAGIC.len() + NONCE_BYTES + PROOF_BYTES];
+    header[..MAGIC.len()].copy_from_slice(MAGIC);
+    header[MAGIC.len()..MAGIC.len() + NONCE_BYTES].copy_from_slice(&offer.nonce);
+    plain.write_all_at(&header, 0).unwrap();
+    let unsealed =
+        pb::LaneOffer { path: format!("/proc/{}/fd/{}", std::process::id(), plain.as_raw_fd()), ..offer.clone() };
+    assert!(worker.accept(&unsealed).reason.contains("is not the lane the coordinator made"));
     let huge = pb::LaneOffer { up_slots: 1000, ..offer.clone() };
     assert!(!worker.accept(&huge).accepted);
     drop(file);
-    assert!(!Path::new(&offer.path).exists(), "a lane's maker removes it when it goes");
-    assert!(worker.accept(&offer).reason.contains("cannot open"));
+    // Gone with its maker (the descriptor's number may be another file's by now).
+    assert!(!worker.accept(&offer).accepted);
+}
+
+#[test]
+fn nobody_can_resize_a_lane_under_the_other_ends_mapping() {
+    let (file, offer) = LaneFile::create("sealed").unwrap();
+    let opened = OpenOptions::new().read(true).write(true).open(&offer.path).unwrap();
+    for len in [0, 4096, 64 << 20] {
+        assert!(opened.set_len(len).is_err(), "resized to {len} bytes");
+        assert!(file._file.set_len(len).is_err(), "its maker resized it to {len} bytes");
+    }
 }
 
 #[test]
@@ -107,7 +129,7 @@ fn a_closed_link_ends_the_stream_even_with_a_chunk_waiting_for_a_slot() {
 
 #[test]
 fn an_acceptance_without_the_files_proof_opens_no_lane() {
-    let (file, _offer) = LaneFile::create(Path::new(LANE_DIR), "proof").unwrap();
+    let (file, _offer) = LaneFile::create("proof").unwrap();
     let coordinator = Link::offered(file);
     let bluff = pb::LaneAnswer { accepted: true, reason: String::new(), proof: Bytes::from_static(&[0; PROOF_BYTES]) };
     assert!(coordinator.answered(&bluff).unwrap_err().to_string().contains("without the proof"));
