@@ -5,6 +5,7 @@
 //! Averaging N workers' updates moves the model about as far as one of them;
 //! an outer learning rate and momentum can move it further.
 
+use multiversion::multiversion;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -109,12 +110,19 @@ impl OuterOptimizer {
             self.velocity = vec![0.0; params.len()];
         }
         let (params, velocity) = (&mut params[positions.clone()], &mut self.velocity[positions]);
-        let nesterov = rule == OuterRule::Nesterov;
-        for ((w, &avg), v) in params.iter_mut().zip(average).zip(velocity) {
-            let delta = *w - avg;
-            *v = mu * *v + delta;
-            *w -= lr * if nesterov { delta + mu * *v } else { *v };
-        }
+        step_with_momentum(lr, mu, rule == OuterRule::Nesterov, params, average, velocity);
+    }
+}
+
+/// The momentum step towards `average`, compiled again for AVX2 and chosen
+/// at run time like the inner optimiser's (the same arithmetic in every
+/// version, so the same weights on every CPU).
+#[multiversion(targets("x86_64+avx2"))]
+fn step_with_momentum(lr: f32, mu: f32, nesterov: bool, params: &mut [f32], average: &[f32], velocity: &mut [f32]) {
+    for ((w, &avg), v) in params.iter_mut().zip(average).zip(velocity) {
+        let delta = *w - avg;
+        *v = mu * *v + delta;
+        *w -= lr * if nesterov { delta + mu * *v } else { *v };
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lazyavg_proto::chunks::Values;
+use multiversion::multiversion;
 
 use crate::round::WorkerId;
 
@@ -54,6 +55,9 @@ pub fn relative(norms: &[(WorkerId, f64)], factor: f64) -> Vec<UpdateNorm> {
 /// the compiler keeps in vector registers: one running sum is a chain of
 /// dependent additions that cannot be vectorised, and cost more than the
 /// average itself (docs/performance.md, "Where a round's time and memory go").
+/// Compiled again for AVX2, chosen at run time, with the same arithmetic in
+/// every version (docs/performance.md, "Ninth cut").
+#[multiversion(targets("x86_64+avx2"))]
 pub fn squared_distance(values: Values<'_>, start: &[f32]) -> f64 {
     debug_assert_eq!(values.len(), start.len(), "a chunk's values and their start");
     let (blocks, tail) = values.blocks::<LANES>();
