@@ -37,31 +37,66 @@ const SPARE_BLOCKS: usize = AHEAD / BLOCK + 2;
 pub struct WeightedMean {
     /// The running sums of positions `first..` block by block, as far as
     /// any worker has sent.
-    window: VecDeque<Box<[f64]>>,
+    window: VecDeque<Block>,
     /// The first position of `window[0]`, a multiple of [`BLOCK`].
     first: usize,
     /// Positions below this are in the average.
     settled: usize,
-    /// Blocks let go by settling, zeroed again when taken.
-    spare: Vec<Box<[f64]>>,
+    /// Blocks let go by settling, emptied again when taken.
+    spare: Vec<Block>,
     /// The most blocks the window held this round.
     peak: usize,
     /// One block of means on their way out.
     means: Vec<f32>,
 }
 
+/// The running sums of one block of positions. Only its first `filled`
+/// hold sums: the first worker to reach a position writes its term there
+/// instead of adding it to a zero written first (which cost a pass over
+/// every block, every round).
+#[derive(Debug)]
+struct Block {
+    sums: Box<[f64]>,
+    filled: usize,
+}
+
+impl Block {
+    /// Adds `weight · values` at `from..from + values.len()`.
+    fn add(&mut self, from: usize, weight: f64, values: Values<'_>) {
+        let to = from + values.len();
+        self.fill_to(from);
+        let summed = to.min(self.filled);
+        accumulate(&mut self.sums[from..summed], weight, values.get(0..summed - from));
+        start_sums(&mut self.sums[summed..to], weight, values.get(summed - from..to - from));
+        self.filled = self.filled.max(to);
+    }
+
+    /// The sums at `range`.
+    fn sums(&mut self, range: Range<usize>) -> &[f64] {
+        self.fill_to(range.end);
+        &self.sums[range]
+    }
+
+    /// Sums of nothing up to `upto`, where no worker has sent (workers
+    /// send in order and a round settles only what all have, so this is
+    /// no work but for a peer that broke the order).
+    fn fill_to(&mut self, upto: usize) {
+        if upto > self.filled {
+            self.sums[self.filled..upto].fill(0.0);
+            self.filled = upto;
+        }
+    }
+}
+
 impl WeightedMean {
     /// The running sums of block `index` (counted from position 0), opened
-    /// with zeros if no worker had reached it.
-    fn block(&mut self, index: usize) -> &mut [f64] {
+    /// empty if no worker had reached it.
+    fn block(&mut self, index: usize) -> &mut Block {
         let at = index - self.first / BLOCK;
         while self.window.len() <= at {
             let block = match self.spare.pop() {
-                Some(mut block) => {
-                    block.fill(0.0);
-                    block
-                }
-                None => vec![0.0; BLOCK].into_boxed_slice(),
+                Some(block) => Block { filled: 0, ..block },
+                None => Block { sums: vec![0.0; BLOCK].into_boxed_slice(), filled: 0 },
             };
             self.window.push_back(block);
         }
@@ -84,7 +119,7 @@ impl WeightedMean {
             }
             let mut means = std::mem::take(&mut self.means);
             means.resize(to - from, 0.0);
-            scale_into(&mut means, &self.block(index)[from..to], scale);
+            scale_into(&mut means, self.block(index).sums(from..to), scale);
             out(first, &means);
             self.means = means;
         }
@@ -104,6 +139,16 @@ impl WeightedMean {
 fn accumulate(sums: &mut [f64], weight: f64, values: Values<'_>) {
     for (acc, v) in sums.iter_mut().zip(values.iter()) {
         *acc += weight * f64::from(v);
+    }
+}
+
+/// `sums[i] = 0 + weight · values[i]`: a position's first term. Adding it
+/// to zero keeps the sums bit for bit what they were when every block was
+/// zeroed first (a −0.0 term makes +0.0).
+#[multiversion(targets("x86_64+avx2"))]
+fn start_sums(sums: &mut [f64], weight: f64, values: Values<'_>) {
+    for (sum, v) in sums.iter_mut().zip(values.iter()) {
+        *sum = 0.0 + weight * f64::from(v);
     }
 }
 
@@ -139,7 +184,7 @@ impl Aggregator for WeightedMean {
             let (index, from) = (at / BLOCK, at % BLOCK);
             let to = (range.end - index * BLOCK).min(BLOCK);
             let part = values.get(at - range.start..index * BLOCK + to - range.start);
-            accumulate(&mut self.block(index)[from..to], weight, part);
+            self.block(index).add(from, weight, part);
             at = index * BLOCK + to;
         }
     }
@@ -214,6 +259,13 @@ mod tests {
         let mut out = [0.0; 2];
         mean.finish(&[0.0; 2], &[(1, 2)], &mut out);
         assert_eq!(out, [1.0, -1.0]);
+        // A position's first term is added to zero, as when every block was
+        // zeroed first: −0.0 from everyone averages to +0.0, bit for bit.
+        mean.reset(&[0.0]);
+        mean.add(1, 1, 0..1, Values::new(&le(&[-0.0])), &[0.0], 0.0);
+        let mut out = [f32::NAN];
+        mean.finish(&[0.0], &[(1, 1)], &mut out);
+        assert_eq!(out[0].to_bits(), 0.0f32.to_bits());
     }
 
     #[test]
