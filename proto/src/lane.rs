@@ -36,7 +36,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -271,8 +271,14 @@ pub struct Link {
     written: AtomicU64,
     /// How many of them the other end has taken (its last [`pb::LaneFree`]).
     freed: AtomicU64,
-    /// The other end's chunks this end has read out of their slots.
+    /// The other end's chunks this end has taken from the lane so far.
+    received: AtomicU64,
+    /// How many of them, counted in order, this end is done with: their
+    /// slots are free, which the sending stream announces.
     taken: AtomicU64,
+    /// The chunks after `taken` this end is done with already, one bit
+    /// each from `taken` on (a chunk kept in place may go after the next).
+    done_ahead: Mutex<u64>,
     /// Set when the session stops reading the other end: no slot will free
     /// any more, so the sending stream ends where it would wait for one.
     closed: AtomicBool,
@@ -289,7 +295,9 @@ impl Link {
             established: AtomicBool::new(false),
             written: AtomicU64::new(0),
             freed: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             taken: AtomicU64::new(0),
+            done_ahead: Mutex::new(0),
             closed: AtomicBool::new(false),
             sender: AtomicWaker::new(),
         }
@@ -371,11 +379,34 @@ impl Link {
         Ok(())
     }
 
-    /// A chunk as it came: one sent through the lane gets its bytes out of
-    /// their slot, which the sending stream then announces free.
+    /// A chunk as it came: one sent through the lane gets a copy of its
+    /// bytes, and its slot frees at once. For a receiver that checks the
+    /// bytes and then uses them: the sender cannot change a copy between.
     pub fn take(&self, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
+        if let Some((lane, index, len)) = self.next_slot(chunk)? {
+            chunk.data = lane.read(self.side.receives(), index, len);
+            self.done(index);
+        }
+        Ok(())
+    }
+
+    /// A chunk as it came: one sent through the lane gets its bytes where
+    /// they are, in their slot, which frees when the last handle on them
+    /// drops. For a receiver that trusts what the sender wrote and lets go
+    /// of the chunk promptly (a chunk held on to holds up the sender).
+    pub fn take_in_place(self: &Arc<Self>, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
+        if let Some((lane, index, len)) = self.next_slot(chunk)? {
+            let offset = lane.offset(self.side.receives(), index);
+            chunk.data = Bytes::from_owner(InSlot { link: Arc::clone(self), index, offset, len });
+        }
+        Ok(())
+    }
+
+    /// The lane, index and length of `chunk` if it came through the lane,
+    /// counted as received; an error if the sender broke the lane's rules.
+    fn next_slot(&self, chunk: &pb::WeightsChunk) -> Result<Option<(&LaneFile, u64, usize)>, LaneError> {
         if chunk.lane_bytes == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let len = chunk.lane_bytes as usize;
         let lane = match self.lane.get() {
@@ -389,11 +420,27 @@ impl Link {
                 chunk.data.len()
             )));
         }
-        let index = self.taken.load(Ordering::Acquire);
-        chunk.data = lane.read(self.side.receives(), index, len);
-        self.taken.store(index + 1, Ordering::Release);
-        self.sender.wake();
-        Ok(())
+        let index = self.received.load(Ordering::Acquire);
+        let slots = lane.slots(self.side.receives()) as u64;
+        if index - self.taken.load(Ordering::Acquire) >= slots {
+            return Err(LaneError::Protocol(format!("a lane chunk with all {slots} slots still in use")));
+        }
+        self.received.store(index + 1, Ordering::Release);
+        Ok(Some((lane, index, len)))
+    }
+
+    /// This end is done with the `index`-th chunk it received: its slot,
+    /// and those of the chunks before it, are free once all before it are.
+    fn done(&self, index: u64) {
+        let mut ahead = self.done_ahead.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken = self.taken.load(Ordering::Acquire);
+        *ahead |= 1 << (index - taken);
+        let freed = ahead.trailing_ones();
+        *ahead = ahead.checked_shr(freed).unwrap_or(0);
+        if freed > 0 {
+            self.taken.store(taken + u64::from(freed), Ordering::Release);
+            self.sender.wake();
+        }
     }
 
     /// How many of the other end's chunks this end takes before it tells
@@ -420,6 +467,32 @@ impl Link {
         chunk.data = Bytes::new();
         self.written.store(written + 1, Ordering::Release);
         Sent::Lane
+    }
+}
+
+/// A chunk's bytes in their slot, which frees when this drops.
+struct InSlot {
+    link: Arc<Link>,
+    index: u64,
+    offset: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for InSlot {
+    fn as_ref(&self) -> &[u8] {
+        let lane = self.link.lane.get().expect("a chunk in a slot has its lane");
+        // SAFETY: the slot lies inside the mapping (checked as in
+        // `LaneFile::read`), which this handle keeps alive; the sender
+        // writes it again only after `done` frees it, when this has dropped
+        // (a sender that broke that rule changes weights this end takes
+        // from it anyway).
+        unsafe { std::slice::from_raw_parts(lane.map.as_ptr().add(self.offset), self.len) }
+    }
+}
+
+impl Drop for InSlot {
+    fn drop(&mut self) {
+        self.link.done(self.index);
     }
 }
 

@@ -135,3 +135,30 @@ fn an_acceptance_without_the_files_proof_opens_no_lane() {
     assert!(coordinator.answered(&bluff).unwrap_err().to_string().contains("without the proof"));
     assert!(!coordinator.is_established());
 }
+
+#[test]
+fn a_chunk_taken_in_place_holds_its_slot_until_it_drops_and_slots_free_in_order() {
+    let (coordinator, worker) = pair();
+    let messages: Vec<_> = (0..SLOTS as u8).map(|i| chunk(i as u64, i + 1, 100)).collect();
+    let mut outbound = Outbound::new(futures::stream::iter(messages), Arc::clone(&worker));
+    let mut held = Vec::new();
+    while let Some(mut message) = next(&mut outbound) {
+        let chunk = message.weights().unwrap();
+        coordinator.take_in_place(chunk).unwrap();
+        held.push(chunk.data.clone());
+    }
+    assert_eq!(held.len(), SLOTS as usize);
+    for (i, data) in held.iter().enumerate() {
+        assert!(data.len() == 100 && data.iter().all(|&b| b == i as u8 + 1), "chunk {i}");
+    }
+    let taken = || coordinator.taken.load(Ordering::Acquire);
+    let mut beyond = pb::WeightsChunk { lane_bytes: 8, ..Default::default() };
+    let refused = coordinator.take_in_place(&mut beyond).unwrap_err().to_string();
+    assert!(refused.contains("all 4 slots still in use"), "{refused}");
+    drop(held.remove(1));
+    assert_eq!(taken(), 0, "the first chunk still holds its slot");
+    drop(held.remove(0));
+    assert_eq!(taken(), 2);
+    held.clear();
+    assert_eq!(taken(), SLOTS as u64);
+}
