@@ -7,7 +7,7 @@
 //! that was most of a round (docs/performance.md, "Where the targets
 //! stand"). Through a lane the sender copies the chunk into a slot of
 //! memory both processes map and sends a small message saying so; the
-//! receiver copies it out and frees the slot. gRPC stays the control plane:
+//! receiver takes it from there and frees the slot. gRPC stays the control plane:
 //! the messages, their order and every check on them are the same, only
 //! where a chunk's bytes travel changes.
 //!
@@ -15,17 +15,19 @@
 //! memory file (`memfd`) sealed against shrinking and growing, so that no
 //! process can truncate it under the other's mapping (a read past a
 //! file's end is a crash, `SIGBUS`). It offers the file by its
-//! `/proc/<pid>/fd/<fd>` path; a worker that can open that path (same
-//! machine, same process namespace, allowed to look into the
-//! coordinator's descriptors: the same user), finds the seals and the
-//! offer's nonce in it, accepts ([`Link::accept`]) with a proof only the
-//! file holds. The file has no name: it goes with the last process that
-//! holds it, whatever ends them.
+//! `/proc/<pid>/fd/<fd>` path; a worker that can open that path (on the
+//! same machine, seeing the coordinator's `/proc`, allowed to look into
+//! its descriptors: the same user or root), finds a lane's memfd there,
+//! sealed, of the offered size, with the offer's nonce in it, accepts
+//! ([`Link::accept`]) with a proof only the file holds. The file has no
+//! name in any file system: it goes with the last process that holds it,
+//! whatever ends them.
 //!
-//! Bytes are only ever copied in and out of the mapping, never borrowed in
-//! place: a peer that broke the rules and wrote a slot the other end was
-//! reading would garble that chunk (which the checks on every chunk then
-//! judge), not this process's memory. A lane is small whatever the model
+//! The coordinator copies a chunk out of its slot ([`Link::take`]) before
+//! it checks and sums it, so that a worker cannot change the values in
+//! between. A worker takes the coordinator's chunks where they are
+//! ([`Link::take_in_place`]): it trusts the coordinator's weights anyway,
+//! and reads each byte once. A lane is small whatever the model
 //! (slots of one wire chunk each), and a side writes a slot only when the
 //! other has said it took what was there ([`pb::LaneFree`]): the lane is a
 //! bounded ring in each direction, with gRPC carrying its credits.
@@ -62,6 +64,13 @@ const MAGIC: &[u8; 16] = b"lazyavg-lane-v2\0";
 const NONCE_BYTES: usize = 16;
 const PROOF_BYTES: usize = 16;
 const HEADER_BYTES: usize = 4096;
+
+/// How a lane's memfd shows in `/proc/<pid>/fd` ([`LaneFile::create`] names it).
+const MEMFD_PREFIX: &str = "/memfd:lazyavg-lane-";
+
+/// `statfs`'s type of shared memory (`TMPFS_MAGIC`), where memfds live
+/// unless made of huge pages.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 /// The seals that make a mapping of the file safe: its size is fixed.
 const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
@@ -178,18 +187,29 @@ impl LaneFile {
                 offer.up_slots, offer.down_slots
             ));
         }
-        // Non-blocking: a descriptor that is a pipe must not hang the open.
+        // What the path names, before anything opens it: a worker that
+        // does not see the coordinator's `/proc` (another machine or
+        // process namespace) finds another process's descriptor there, or
+        // none, and must not open a terminal or a device by mistake.
+        let target = std::fs::read_link(&offer.path).map_err(|e| format!("cannot open {}: {e}", offer.path))?;
+        if !target.to_string_lossy().starts_with(MEMFD_PREFIX) {
+            return Err(format!("{} is not a lane but {}", offer.path, target.display()));
+        }
+        // Non-blocking and never a controlling terminal, whatever it turns out to be.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(OFlags::NONBLOCK.bits() as i32)
+            .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
             .open(&offer.path)
             .map_err(|e| format!("cannot open {}: {e}", offer.path))?;
+        // Ordinary shared memory: huge pages could be taken away under the mapping.
+        let on_tmpfs = rustix::fs::fstatfs(&file).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC);
         let len = lane_len(slot_bytes, offer.up_slots, offer.down_slots);
         let sealed = rustix::fs::fcntl_get_seals(&file).is_ok_and(|seals| seals.contains(SIZE_SEALS));
         let sized = file.metadata().is_ok_and(|m| m.is_file() && m.len() == len as u64);
         let mut header = [0u8; MAGIC.len() + NONCE_BYTES + PROOF_BYTES];
-        let found = sealed
+        let found = on_tmpfs
+            && sealed
             && sized
             && file.read_exact_at(&mut header, 0).is_ok()
             && header[..MAGIC.len()] == MAGIC[..]
@@ -485,7 +505,8 @@ impl AsRef<[u8]> for InSlot {
         // `LaneFile::read`), which this handle keeps alive; the sender
         // writes it again only after `done` frees it, when this has dropped
         // (a sender that broke that rule changes weights this end takes
-        // from it anyway).
+        // from it anyway). Only the worker takes chunks in place, and it
+        // decodes each byte once.
         unsafe { std::slice::from_raw_parts(lane.map.as_ptr().add(self.offset), self.len) }
     }
 }

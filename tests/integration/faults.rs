@@ -260,11 +260,14 @@ fn a_killed_and_restarted_worker_rejoins_with_the_current_weights() {
         .map(|(i, cache)| start_worker(&format!("worker-{}", i + 1), &coordinator.addr, cache, "info"))
         .collect();
     wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
+    let lanes = lanes_of(coordinator.proc.pid());
+    assert_eq!(lanes(), 3, "one shared-memory lane per local worker");
     let mut victim = workers.pop().expect("three workers");
     let victim_id = joined_id(&victim);
     victim.signal("KILL");
     victim.wait(Duration::from_secs(10));
     wait_for_match(&mut coordinator.proc, "worker left", EVENT_TIMEOUT, |l| l["worker"] == victim_id);
+    wait_until("the killed worker's lane to close", EVENT_TIMEOUT, || (lanes() == 2).then_some(()));
 
     let mut again = start_worker("worker-3-again", &coordinator.addr, &caches[2], DEBUG_LOG);
     wait_for_line(&mut again, "joined the run", START_TIMEOUT);
@@ -1372,4 +1375,16 @@ fn token_and_tls_refuse_strangers() {
     // The stranger was still outside, retrying, when the run ended.
     assert!(foreign.try_exit_code().is_none(), "{}", foreign.dump());
     assert!(logged(&foreign, "joined the run").is_empty(), "{}", foreign.dump());
+}
+
+/// Counts the shared-memory lanes process `pid` holds open (its memfds named for lanes).
+fn lanes_of(pid: u32) -> impl Fn() -> usize {
+    let fds = PathBuf::from(format!("/proc/{pid}/fd"));
+    move || {
+        let Ok(entries) = fs::read_dir(&fds) else { return 0 };
+        entries
+            .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("/memfd:lazyavg-lane-"))
+            .count()
+    }
 }

@@ -72,16 +72,20 @@ fn a_worker_declines_what_is_not_the_coordinators_lane() {
     assert!(worker.accept(&elsewhere).reason.contains("is not a /proc/<pid>/fd/<fd> path"));
     let sneaky = pb::LaneOffer { path: "/proc/1/fd/../../self/mem".to_owned(), ..offer.clone() };
     assert!(!worker.accept(&sneaky).accepted);
-    // A plain file of the right size with the right header, but unsealed:
-    // the other end could truncate it under a mapping.
+    // Another kind of file there: not opened at all.
     let plain = tempfile::tempfile().unwrap();
-    plain.set_len(lane_len(SLOT_BYTES, SLOTS, SLOTS) as u64).unwrap();
+    let at = |file: &File| format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+    let not_a_lane = pb::LaneOffer { path: at(&plain), ..offer.clone() };
+    assert!(worker.accept(&not_a_lane).reason.contains("is not a lane but"));
+    // A lane's memfd of the right size with the right header, but unsealed:
+    // the other end could truncate it under a mapping.
+    let unsealed = File::from(rustix::fs::memfd_create("lazyavg-lane-unsealed", MemfdFlags::CLOEXEC).unwrap());
+    unsealed.set_len(lane_len(SLOT_BYTES, SLOTS, SLOTS) as u64).unwrap();
     let mut header = vec![0u8; MAGIC.len() + NONCE_BYTES + PROOF_BYTES];
     header[..MAGIC.len()].copy_from_slice(MAGIC);
     header[MAGIC.len()..MAGIC.len() + NONCE_BYTES].copy_from_slice(&offer.nonce);
-    plain.write_all_at(&header, 0).unwrap();
-    let unsealed =
-        pb::LaneOffer { path: format!("/proc/{}/fd/{}", std::process::id(), plain.as_raw_fd()), ..offer.clone() };
+    unsealed.write_all_at(&header, 0).unwrap();
+    let unsealed = pb::LaneOffer { path: at(&unsealed), ..offer.clone() };
     assert!(worker.accept(&unsealed).reason.contains("is not the lane the coordinator made"));
     let huge = pb::LaneOffer { up_slots: 1000, ..offer.clone() };
     assert!(!worker.accept(&huge).accepted);
