@@ -302,6 +302,9 @@ pub struct Link {
     /// Set when the session stops reading the other end: no slot will free
     /// any more, so the sending stream ends where it would wait for one.
     closed: AtomicBool,
+    /// Whether the other end's last chunk left more of its weights to
+    /// come: it is sending, and its slots should free as it goes.
+    other_sending: AtomicBool,
     /// The sending stream, woken when a slot frees or a credit is owed.
     sender: AtomicWaker,
 }
@@ -319,6 +322,7 @@ impl Link {
             taken: AtomicU64::new(0),
             done_ahead: Mutex::new(0),
             closed: AtomicBool::new(false),
+            other_sending: AtomicBool::new(false),
             sender: AtomicWaker::new(),
         }
     }
@@ -446,6 +450,8 @@ impl Link {
             return Err(LaneError::Protocol(format!("a lane chunk with all {slots} slots still in use")));
         }
         self.received.store(index + 1, Ordering::Release);
+        let more = chunk.offset.saturating_add((len / 4) as u64) < chunk.total;
+        self.other_sending.store(more, Ordering::Release);
         Ok(Some((lane, index, len)))
     }
 
@@ -463,11 +469,18 @@ impl Link {
         }
     }
 
-    /// How many of the other end's chunks this end takes before it tells
-    /// so in a message of its own: half the other end's slots, so that it
-    /// never runs out while the news waits for a message to ride on.
-    fn credit_batch(&self) -> u64 {
-        self.lane.get().map_or(1, |lane| (lane.slots(self.side.receives()) as u64 / 2).max(1))
+    /// Whether this end, having taken `owed` of the other end's chunks
+    /// since it last said so, says so in a message of its own now rather
+    /// than on the next message it sends anyway: once it owes half the
+    /// other end's slots while that end is still sending its weights (so
+    /// that it never runs out of slots mid-stream), or all of them (so
+    /// that it never waits for ever). The last chunks of a round's weights
+    /// are announced with the next message: one message less a round each
+    /// way.
+    fn owes_credit(&self, owed: u64) -> bool {
+        let slots = self.lane.get().map_or(1, |lane| lane.slots(self.side.receives()) as u64);
+        let batch = (slots / 2).max(1);
+        owed >= slots || (owed >= batch && self.other_sending.load(Ordering::Acquire))
     }
 
     /// Moves `chunk`'s bytes into the next slot if a lane is open and the
@@ -603,7 +616,7 @@ where
         // Registered before the counters are read: a change after the read wakes this poll.
         this.link.sender.register(cx.waker());
         let taken = this.link.taken.load(Ordering::Acquire);
-        if taken - this.announced >= this.link.credit_batch() {
+        if taken > this.announced && this.link.owes_credit(taken - this.announced) {
             this.announced = taken;
             return Poll::Ready(Some(S::Item::lane_free(taken)));
         }

@@ -166,3 +166,40 @@ fn a_chunk_taken_in_place_holds_its_slot_until_it_drops_and_slots_free_in_order(
     held.clear();
     assert_eq!(taken(), SLOTS as u64);
 }
+
+#[test]
+fn the_credit_for_the_end_of_a_transfer_rides_on_the_next_message_unless_all_slots_are_owed() {
+    let (coordinator, worker) = pair();
+    // A transfer of two chunks of 64 values, then one-chunk transfers.
+    let part = |offset: u64, total: u64| {
+        let mut message = chunk(offset, 1, 256);
+        message.weights().unwrap().total = total;
+        message
+    };
+    let messages = [part(0, 128), part(64, 128), part(0, 64), part(0, 64)];
+    let mut outbound = Outbound::new(futures::stream::iter(messages), Arc::clone(&worker));
+    let (replies_tx, replies_rx) = futures::channel::mpsc::unbounded();
+    let mut replies = Outbound::new(replies_rx, Arc::clone(&coordinator));
+    let mut take_next = || {
+        let mut message = next(&mut outbound).expect("a slot is free");
+        coordinator.take(message.weights().unwrap()).unwrap();
+    };
+    take_next();
+    take_next();
+    assert!(next(&mut replies).is_none(), "the transfer ended: no message of its own");
+    let pull =
+        pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Pull(Default::default())), lane_taken: 0 };
+    replies_tx.unbounded_send(Ok(pull)).unwrap();
+    assert_eq!(next(&mut replies).unwrap().unwrap().lane_taken, 2, "the credit rides on the next message");
+    worker.freed(2).unwrap();
+    take_next();
+    take_next();
+    assert!(next(&mut replies).is_none(), "two of four slots owed after transfers that ended");
+    let mut outbound = Outbound::new(futures::stream::iter([part(0, 64), part(0, 64)]), Arc::clone(&worker));
+    for _ in 0..2 {
+        let mut message = next(&mut outbound).expect("a slot is free");
+        coordinator.take(message.weights().unwrap()).unwrap();
+    }
+    let free = next(&mut replies).unwrap().unwrap();
+    assert_eq!(free.kind, Some(pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken: 6 })), "all four owed");
+}
