@@ -187,29 +187,31 @@ impl LaneFile {
                 offer.up_slots, offer.down_slots
             ));
         }
-        // What the path names, before anything opens it: a worker that
-        // does not see the coordinator's `/proc` (another machine or
-        // process namespace) finds another process's descriptor there, or
-        // none, and must not open a terminal or a device by mistake.
-        let target = std::fs::read_link(&offer.path).map_err(|e| format!("cannot open {}: {e}", offer.path))?;
-        if !target.to_string_lossy().starts_with(MEMFD_PREFIX) {
+        // A worker that does not see the coordinator's `/proc` (another
+        // machine or process namespace) finds another process's descriptor
+        // there, or none: it must not open a terminal or a device by
+        // mistake. So it first takes hold of what the path names without
+        // opening it (`O_PATH`), checks that it is a lane's memfd on
+        // ordinary shared memory (huge pages could be taken away under the
+        // mapping), and only then opens that same file.
+        let cannot_open = |e: io::Error| format!("cannot open {}: {e}", offer.path);
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlags::PATH.bits() as i32)
+            .open(&offer.path)
+            .map_err(cannot_open)?;
+        let held = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        let target = std::fs::read_link(&held).map_err(cannot_open)?;
+        let on_tmpfs = rustix::fs::fstatfs(&handle).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC);
+        if !(target.to_string_lossy().starts_with(MEMFD_PREFIX) && on_tmpfs) {
             return Err(format!("{} is not a lane but {}", offer.path, target.display()));
         }
-        // Non-blocking and never a controlling terminal, whatever it turns out to be.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
-            .open(&offer.path)
-            .map_err(|e| format!("cannot open {}: {e}", offer.path))?;
-        // Ordinary shared memory: huge pages could be taken away under the mapping.
-        let on_tmpfs = rustix::fs::fstatfs(&file).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC);
+        let file = OpenOptions::new().read(true).write(true).open(&held).map_err(cannot_open)?;
         let len = lane_len(slot_bytes, offer.up_slots, offer.down_slots);
         let sealed = rustix::fs::fcntl_get_seals(&file).is_ok_and(|seals| seals.contains(SIZE_SEALS));
         let sized = file.metadata().is_ok_and(|m| m.is_file() && m.len() == len as u64);
         let mut header = [0u8; MAGIC.len() + NONCE_BYTES + PROOF_BYTES];
-        let found = on_tmpfs
-            && sealed
+        let found = sealed
             && sized
             && file.read_exact_at(&mut header, 0).is_ok()
             && header[..MAGIC.len()] == MAGIC[..]
@@ -587,8 +589,8 @@ impl Carrier for Result<pb::CoordinatorMessage, tonic::Status> {
 /// A session's outgoing messages with its lane in between: each chunk of
 /// weights goes into the next slot (waiting for one to free), and the slots
 /// this end has read are announced free on the next message that goes, or
-/// ahead of anything else once half the other end's are, so that the other
-/// end never waits on this one's queue.
+/// ahead of anything else when [`Link::owes_credit`] says so, so that the
+/// other end never waits on this one's queue for ever.
 pub struct Outbound<S: Stream> {
     messages: S,
     link: Arc<Link>,
