@@ -17,21 +17,48 @@ use tokio::net::TcpListener;
 use crate::cli::CoordinatorArgs;
 use lazyavg_worker::WorkerArgs;
 
-/// Runs `future` on a multi-threaded runtime (training itself runs on the
-/// blocking pool, so a small runtime is enough).
-pub fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
+/// Runs the coordinator's `future` as a task of a two-thread runtime, not
+/// on the calling thread: the driver then shares the runtime's threads
+/// with the sessions whose events it takes, and a session that wakes it
+/// hands over on its own thread instead of waking a parked main thread.
+/// With the workers' runtime below, a default 2-worker round went from 0.83
+/// to 0.64 ms (docs/performance.md, "Tenth cut"). Two threads, not one: a long step
+/// of the driver (a robust rule's round of a big model) leaves the other
+/// to the sessions, health checks and metrics.
+pub fn run_coordinator<F>(future: F) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(future);
-    // Without waiting for the blocking pool: a worker's watch on standard
-    // input (`--exit-with-stdin`) is a blocking read that cannot be
-    // cancelled, and waiting for it kept a failed local worker alive, and
-    // its coordinator waiting for it, until the coordinator itself exited.
-    runtime.shutdown_background();
+    let task = runtime.spawn(future);
+    let result = runtime.block_on(task).unwrap_or_else(|joined| std::panic::resume_unwind(joined.into_panic()));
+    shut_down(runtime);
     result
+}
+
+/// Runs `future` (a worker, or `lazyavg status`) on the calling thread
+/// alone: a worker's async side is one connection to the coordinator
+/// (training runs on the blocking pool), and with every task on one thread
+/// a message between the connection's task and the session's is a hand-over,
+/// not a futex wake-up of another thread on a busy core.
+pub fn run_single_threaded<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let result = runtime.block_on(future);
+    shut_down(runtime);
+    result
+}
+
+/// Drops `runtime` without waiting for the blocking pool: a worker's watch
+/// on standard input (`--exit-with-stdin`) is a blocking read that cannot
+/// be cancelled, and waiting for it kept a failed local worker alive, and
+/// its coordinator waiting for it, until the coordinator itself exited.
+fn shut_down(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_background();
 }
 
 /// Gives the coordinator's process one malloc arena (glibc). Its memory is

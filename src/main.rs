@@ -34,10 +34,10 @@ fn run(command: Command, log_format: telemetry::LogFormat) -> anyhow::Result<()>
     match command {
         Command::Coordinator(args) => {
             cluster::one_malloc_arena();
-            cluster::block_on(cluster::coordinator(*args, log_format))
+            cluster::run_coordinator(cluster::coordinator(*args, log_format))
         }
-        Command::Worker(args) => cluster::block_on(cluster::worker(args)),
-        Command::Status(args) => cluster::block_on(status::run(args)),
+        Command::Worker(args) => cluster::run_single_threaded(cluster::worker(args)),
+        Command::Status(args) => cluster::run_single_threaded(status::run(args)),
         Command::FetchData(args) => {
             let mut options = fetch::FetchOptions::defaults(args.data.data_dir);
             if !args.mirrors.is_empty() {

@@ -316,11 +316,15 @@ impl Driver {
     }
 
     /// Test loss and accuracy of the current average, off the async runtime.
-    async fn evaluate(&self) -> Evaluation {
+    /// The future borrows nothing of the driver across its wait, so that
+    /// the driver's own future can run as a task of the runtime (`Send`).
+    fn evaluate(&self) -> impl Future<Output = Evaluation> + Send + 'static {
         let (mlp, test, params) = (self.mlp.clone(), Arc::clone(&self.test), Arc::clone(&self.model.params));
-        tokio::task::spawn_blocking(move || closing::evaluate(&mlp, &test, &params))
-            .await
-            .expect("evaluation does not panic")
+        async move {
+            tokio::task::spawn_blocking(move || closing::evaluate(&mlp, &test, &params))
+                .await
+                .expect("evaluation does not panic")
+        }
     }
 }
 
