@@ -38,10 +38,13 @@ pub async fn load_or_fetch(
         return Ok(data);
     }
     let blob = download(client, worker_id, info).await?;
-    let dir = path.parent().expect("cache path has a parent");
-    std::fs::create_dir_all(dir).map_err(|source| Error::Cache { path: dir.to_owned(), source })?;
-    let name = path.display().to_string();
+    let (name, expected) = (path.display().to_string(), info.sha256.clone());
+    // Hashing up to MAX_DATASET_BYTES takes seconds: not on the worker's
+    // one async thread, which answers the connection's keepalive.
     tokio::task::spawn_blocking(move || {
+        check_sha256(&blob, &expected)?;
+        let dir = path.parent().expect("cache path has a parent");
+        std::fs::create_dir_all(dir).map_err(|source| Error::Cache { path: dir.to_owned(), source })?;
         write_bytes_atomic(&path, &blob)?;
         Ok(Dataset::from_blob(&name, blob)?)
     })
@@ -68,7 +71,8 @@ async fn read_cached(path: &Path, sha256: &str) -> Result<Option<Dataset>> {
     .expect("reading the cache does not panic")
 }
 
-/// Streams the dataset from the coordinator and checks its length and hash.
+/// Streams the dataset from the coordinator and checks its length (its
+/// hash is [`check_sha256`]'s, off the async thread).
 async fn download(client: &mut Client, worker_id: u64, info: &pb::DatasetInfo) -> Result<Vec<u8>> {
     if info.bytes > MAX_DATASET_BYTES {
         return Err(Error::Dataset(format!(
@@ -95,16 +99,30 @@ async fn download(client: &mut Client, worker_id: u64, info: &pb::DatasetInfo) -
     if blob.len() as u64 != info.bytes {
         return Err(Error::Dataset(format!("stream ended after {} of {} bytes", blob.len(), info.bytes)));
     }
-    let actual = sha256_hex(&blob);
-    if actual != info.sha256 {
-        return Err(Error::Dataset(format!("SHA-256 of the download is {actual}, expected {}", info.sha256)));
-    }
     Ok(blob)
+}
+
+/// Whether the downloaded `blob` is the dataset the coordinator announced.
+fn check_sha256(blob: &[u8], expected: &str) -> Result<()> {
+    let actual = sha256_hex(blob);
+    if actual != expected {
+        return Err(Error::Dataset(format!("SHA-256 of the download is {actual}, expected {expected}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_download_whose_hash_differs_is_refused_naming_both() {
+        let blob = b"not the training set";
+        assert!(check_sha256(blob, &sha256_hex(blob)).is_ok());
+        let expected = "0".repeat(64);
+        let message = check_sha256(blob, &expected).unwrap_err().to_string();
+        assert!(message.contains(&sha256_hex(blob)) && message.contains(&expected), "{message}");
+    }
 
     #[test]
     fn hashes_that_are_not_hex_cannot_escape_the_cache() {
