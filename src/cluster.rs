@@ -21,10 +21,10 @@ use lazyavg_worker::WorkerArgs;
 /// on the calling thread: the driver then shares the runtime's threads
 /// with the sessions whose events it takes, and a session that wakes it
 /// hands over on its own thread instead of waking a parked main thread.
-/// With the workers' runtime below, a default 2-worker round went from 0.83
-/// to 0.64 ms (docs/performance.md, "Tenth cut"). Two threads, not one: a long step
-/// of the driver (a robust rule's round of a big model) leaves the other
-/// to the sessions, health checks and metrics.
+/// With the workers' runtime below, a default 2-worker round went from
+/// 0.83 to 0.64 ms (docs/performance.md, "Tenth cut"). Two threads, not
+/// one: a long step of the driver (a robust rule's round of a big model)
+/// leaves the other to the sessions, health checks and metrics.
 pub fn run_coordinator<F>(future: F) -> anyhow::Result<()>
 where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
