@@ -110,11 +110,15 @@ pub struct Combiner {
     /// The last finished round's result before the outer step (scratch
     /// after it); empty for a rule that settles.
     pub average: Vec<f32>,
+    /// The chunk being taken, copied from wherever it came as it is
+    /// measured ([`screen::copy_measuring`]): as long as the longest chunk
+    /// so far, reused chunk after chunk.
+    copy: Vec<u8>,
 }
 
 impl From<Box<dyn Aggregator>> for Combiner {
     fn from(aggregator: Box<dyn Aggregator>) -> Self {
-        Combiner { aggregator, average: Vec::new() }
+        Combiner { aggregator, average: Vec::new(), copy: Vec::new() }
     }
 }
 
@@ -320,14 +324,21 @@ impl Round {
             return Err(RoundError::Duplicate(worker));
         }
         let range = part.cursor.advance(chunk)?;
-        let values = Values::new(&chunk.data);
-        // One pass over the chunk's bytes measures the update and checks
-        // every value: from a finite start the distance is finite exactly
-        // when they all are, so only then are they searched. (A start that
-        // overflowed makes every distance infinite, not the values bad.)
-        // Under --align the worker matched its weights to this same start.
+        // One pass over the chunk's bytes copies them out of reach of the
+        // sender (a shared-memory lane's slot), measures the update and
+        // checks every value: from a finite start the distance is finite
+        // exactly when they all are, so only then are they searched. (A
+        // start that overflowed makes every distance infinite, not the
+        // values bad.) Under --align the worker matched its weights to this
+        // same start.
         let start = &model.params[range.clone()];
-        let squared = screen::squared_distance(values, start);
+        let copy = &mut self.combiner.copy;
+        if copy.len() < chunk.data.len() {
+            copy.resize(chunk.data.len(), 0);
+        }
+        let copy = &mut copy[..4 * range.len()];
+        let squared = screen::copy_measuring(Values::new(&chunk.data), start, copy);
+        let values = Values::new(copy);
         if let Some(bad) = (!squared.is_finite()).then(|| values.first_non_finite()).flatten() {
             let previous = part.state;
             part.state = State::Excluded;

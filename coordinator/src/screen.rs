@@ -49,31 +49,61 @@ pub fn relative(norms: &[(WorkerId, f64)], factor: f64) -> Vec<UpdateNorm> {
 
 /// Sum of squared differences of `values` from `start`, in f64: one chunk's
 /// share of a squared update norm, read straight from the chunk's bytes
-/// (as many as `start` holds). From a finite start it is finite exactly
-/// when every value is (no square of a difference of two finite f32
-/// overflows f64), which makes it the round's finiteness check too. Summed in [`LANES`] partial sums, which
-/// the compiler keeps in vector registers: one running sum is a chain of
-/// dependent additions that cannot be vectorised, and cost more than the
-/// average itself (docs/performance.md, "Where a round's time and memory go").
-/// Compiled again for AVX2, chosen at run time, with the same arithmetic in
-/// every version (docs/performance.md, "Ninth cut").
+/// (as many as `start` holds), which are copied into `copy` in the same
+/// pass. From a finite start it is finite exactly when every value is (no
+/// square of a difference of two finite f32 overflows f64), which makes it
+/// the round's finiteness check too.
+///
+/// The copy is what the round checks and sums: a chunk in a shared-memory
+/// lane's slot can change under its reader (`lazyavg_proto::lane`), its
+/// copy cannot, and each value is read from the slot once, into the
+/// register that both measures and copies it. Taken in the same pass, the
+/// copy costs little more than the measure alone (its destination is
+/// reused chunk after chunk and stays in cache), where a separate copy out
+/// of the slot cost a pass over the chunk of its own.
+///
+/// Summed in [`LANES`] partial sums, which the compiler keeps in vector
+/// registers: one running sum is a chain of dependent additions that
+/// cannot be vectorised, and cost more than the average itself
+/// (docs/performance.md, "Where a round's time and memory go"). Compiled
+/// again for AVX2, chosen at run time, with the same arithmetic in every
+/// version (docs/performance.md, "Ninth cut").
 #[multiversion(targets("x86_64+avx2"))]
-pub fn squared_distance(values: Values<'_>, start: &[f32]) -> f64 {
+pub fn copy_measuring(values: Values<'_>, start: &[f32], copy: &mut [u8]) -> f64 {
     debug_assert_eq!(values.len(), start.len(), "a chunk's values and their start");
-    let (blocks, tail) = values.blocks::<LANES>();
+    debug_assert_eq!(copy.len(), 4 * start.len(), "a chunk's copy and its start");
+    let bytes = values.as_bytes();
     let (s_lanes, s_tail) = start.as_chunks::<LANES>();
+    let whole = s_lanes.len() * BLOCK_BYTES;
+    let (from, from_tail) = bytes.split_at(whole);
+    let (to, to_tail) = copy.split_at_mut(whole);
     let mut sums = [0.0f64; LANES];
-    for (v, s) in blocks.zip(s_lanes) {
-        for lane in 0..LANES {
-            let d = f64::from(v[lane]) - f64::from(s[lane]);
+    // A block at a time: its bytes copied whole (vector loads and stores),
+    // then measured from the copy while it is in registers or L1.
+    for ((from, to), s) in
+        from.as_chunks::<BLOCK_BYTES>().0.iter().zip(to.as_chunks_mut::<BLOCK_BYTES>().0).zip(s_lanes)
+    {
+        *to = *from;
+        for (lane, v) in to.as_chunks::<4>().0.iter().enumerate() {
+            let d = f64::from(f32::from_le_bytes(*v)) - f64::from(s[lane]);
             sums[lane] += d * d;
         }
     }
-    let tail: f64 = tail.iter().zip(s_tail).map(|(v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
+    to_tail.copy_from_slice(from_tail);
+    let tail: f64 = Values::new(to_tail).iter().zip(s_tail).map(|(v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
     sums.iter().sum::<f64>() + tail
 }
 
-/// Partial sums of [`squared_distance`]: two AVX-512 registers of f64.
+/// The bytes of one block of [`LANES`] values.
+const BLOCK_BYTES: usize = 4 * LANES;
+
+/// [`copy_measuring`] without the copy, for tests.
+#[cfg(test)]
+pub fn squared_distance(values: Values<'_>, start: &[f32]) -> f64 {
+    copy_measuring(values, start, &mut vec![0; 4 * start.len()])
+}
+
+/// Partial sums of [`copy_measuring`]: two AVX-512 registers of f64.
 const LANES: usize = 16;
 
 /// How often a worker that stays an outlier is warned about again, in rounds.
@@ -193,6 +223,23 @@ mod tests {
             let plain: f64 = values.iter().zip(&start).map(|(&v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
             let lanes = distance(&values, &start);
             assert!((lanes - plain).abs() <= 1e-12 * plain.max(1.0), "{len}: {lanes} vs {plain}");
+        }
+    }
+
+    #[test]
+    fn the_copy_is_the_chunk_bit_for_bit_whatever_its_length_and_values() {
+        for len in [0usize, 1, 15, 16, 17, 1000, 4099] {
+            let mut values: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            for (at, odd) in [(0, f32::from_bits(0x7fc0_1234)), (len / 2, -0.0), (len.saturating_sub(1), f32::INFINITY)]
+            {
+                if let Some(v) = values.get_mut(at) {
+                    *v = odd;
+                }
+            }
+            let bytes = encode_values(&values);
+            let mut copy = vec![0xa5; bytes.len()];
+            copy_measuring(Values::new(&bytes), &vec![0.0; len], &mut copy);
+            assert_eq!(copy, bytes, "{len} values");
         }
     }
 

@@ -133,6 +133,11 @@ impl<'a> Values<'a> {
         self.bytes.len() / 4
     }
 
+    /// The values' little-endian bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

@@ -23,11 +23,11 @@
 //! name in any file system: it goes with the last process that holds it,
 //! whatever ends them.
 //!
-//! The coordinator copies a chunk out of its slot ([`Link::take`]) before
-//! it checks and sums it, so that a worker cannot change the values in
-//! between. A worker takes the coordinator's chunks where they are
-//! ([`Link::take_in_place`]): it trusts the coordinator's weights anyway,
-//! and reads each byte once. A lane is small whatever the model
+//! Both ends take the other's chunks where they are, in their slots
+//! ([`Link::take`]), and read each byte once. A worker trusts the
+//! coordinator's weights anyway; the coordinator copies a chunk as it
+//! measures it, before it checks and sums it, so that a worker cannot
+//! change the values in between. A lane is small whatever the model
 //! (slots of one wire chunk each), and a side writes a slot only when the
 //! other has said it took what was there ([`pb::LaneFree`]): the lane is a
 //! bounded ring in each direction, with gRPC carrying its credits.
@@ -250,21 +250,6 @@ impl LaneFile {
         // into the mapping exists, only copies in and out.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
     }
-
-    /// A copy of the `index`-th chunk in `direction`, `len` bytes (at most
-    /// a slot; the caller checked).
-    fn read(&self, direction: Direction, index: u64, len: usize) -> Bytes {
-        debug_assert!(len <= self.slot_bytes, "a chunk larger than a slot");
-        let offset = self.offset(direction, index);
-        let mut data = Vec::<u8>::with_capacity(len);
-        // SAFETY: as in `write`; `data` has room for `len` bytes, all of
-        // which the copy initialises before the length is set.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), data.as_mut_ptr(), len);
-            data.set_len(len);
-        }
-        data.into()
-    }
 }
 
 /// A lane's length in bytes: the header and the slots both ways.
@@ -405,22 +390,12 @@ impl Link {
         Ok(())
     }
 
-    /// A chunk as it came: one sent through the lane gets a copy of its
-    /// bytes, and its slot frees at once. For a receiver that checks the
-    /// bytes and then uses them: the sender cannot change a copy between.
-    pub fn take(&self, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
-        if let Some((lane, index, len)) = self.next_slot(chunk)? {
-            chunk.data = lane.read(self.side.receives(), index, len);
-            self.done(index);
-        }
-        Ok(())
-    }
-
     /// A chunk as it came: one sent through the lane gets its bytes where
     /// they are, in their slot, which frees when the last handle on them
-    /// drops. For a receiver that trusts what the sender wrote and lets go
-    /// of the chunk promptly (a chunk held on to holds up the sender).
-    pub fn take_in_place(self: &Arc<Self>, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
+    /// drops (a chunk held on to holds up the sender). A sender that breaks
+    /// the lane's rules can change them under the receiver: one that checks
+    /// them copies them as it reads them, and uses the copy.
+    pub fn take(self: &Arc<Self>, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
         if let Some((lane, index, len)) = self.next_slot(chunk)? {
             let offset = lane.offset(self.side.receives(), index);
             chunk.data = Bytes::from_owner(InSlot { link: Arc::clone(self), index, offset, len });
@@ -517,11 +492,11 @@ impl AsRef<[u8]> for InSlot {
     fn as_ref(&self) -> &[u8] {
         let lane = self.link.lane.get().expect("a chunk in a slot has its lane");
         // SAFETY: the slot lies inside the mapping (checked as in
-        // `LaneFile::read`), which this handle keeps alive; the sender
-        // writes it again only after `done` frees it, when this has dropped
-        // (a sender that broke that rule changes weights this end takes
-        // from it anyway). Only the worker takes chunks in place, and it
-        // decodes each byte once.
+        // `LaneFile::write`), which this handle keeps alive; the sender
+        // writes it again only after `done` frees it, when this has dropped.
+        // A sender that broke that rule changes bytes this end reads once:
+        // the worker decodes each byte once, and the coordinator copies
+        // each as it measures it (it takes weights from a worker anyway).
         unsafe { std::slice::from_raw_parts(lane.map.as_ptr().add(self.offset), self.len) }
     }
 }

@@ -217,11 +217,11 @@ impl Session {
             Command::Pull(pull) if self.busy() => self.queue(pull),
             Command::Pull(pull) => self.start(pull),
             Command::Reference(mut chunk) => {
-                self.link.take_in_place(&mut chunk)?;
+                self.link.take(&mut chunk)?;
                 self.reference(chunk.into())?
             }
             Command::Average(mut chunk) => {
-                self.link.take_in_place(&mut chunk)?;
+                self.link.take(&mut chunk)?;
                 self.average(chunk.into())?
             }
             Command::LaneOffer(offer) => {

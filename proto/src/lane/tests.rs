@@ -112,7 +112,7 @@ fn a_peer_that_breaks_the_lanes_rules_is_refused() {
     chunk.lane_bytes = (SLOT_BYTES + 4) as u32;
     assert!(coordinator.take(chunk).is_err(), "more bytes than a slot holds");
     assert!(worker.freed(1).is_err(), "a credit for a chunk never sent");
-    let unoffered = Link::new(Side::Coordinator);
+    let unoffered = Arc::new(Link::new(Side::Coordinator));
     let mut lane_chunk = pb::WeightsChunk { lane_bytes: 4, ..Default::default() };
     assert!(unoffered.take(&mut lane_chunk).is_err());
 }
@@ -148,7 +148,7 @@ fn a_chunk_taken_in_place_holds_its_slot_until_it_drops_and_slots_free_in_order(
     let mut held = Vec::new();
     while let Some(mut message) = next(&mut outbound) {
         let chunk = message.weights().unwrap();
-        coordinator.take_in_place(chunk).unwrap();
+        coordinator.take(chunk).unwrap();
         held.push(chunk.data.clone());
     }
     assert_eq!(held.len(), SLOTS as usize);
@@ -157,7 +157,7 @@ fn a_chunk_taken_in_place_holds_its_slot_until_it_drops_and_slots_free_in_order(
     }
     let taken = || coordinator.taken.load(Ordering::Acquire);
     let mut beyond = pb::WeightsChunk { lane_bytes: 8, ..Default::default() };
-    let refused = coordinator.take_in_place(&mut beyond).unwrap_err().to_string();
+    let refused = coordinator.take(&mut beyond).unwrap_err().to_string();
     assert!(refused.contains("all 4 slots still in use"), "{refused}");
     drop(held.remove(1));
     assert_eq!(taken(), 0, "the first chunk still holds its slot");
