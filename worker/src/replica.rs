@@ -20,7 +20,7 @@ use lazyavg_common::dataset::Dataset;
 use lazyavg_common::matching::ContributionAligner;
 use lazyavg_common::params::first_non_finite;
 use lazyavg_common::train::{Progress, Trainer};
-use lazyavg_proto::chunks::{Values, decode_into, decode_values, encode_into};
+use lazyavg_proto::chunks::{decode_into, decode_values, shared_values};
 use lazyavg_proto::convert::decode_indices;
 use lazyavg_proto::{ProtoError, pb};
 use tracing::debug;
@@ -34,11 +34,10 @@ pub struct Replica {
     epochs: usize,
     epoch: u64,
     shard: Vec<u32>,
-    /// The weights as last sent, encoded once as the little-endian bytes
-    /// that go on the wire (valid while `awaiting` is set). The session
-    /// sends slices of them while this replica already trains on; their
-    /// allocation is reused once the session has let go of them.
-    sent: Bytes,
+    /// The weights as last sent (valid while `awaiting` is set): the
+    /// trainer's own, shared, not copied, until one of them changes
+    /// ([`Trainer::shared_params`]). The session sends them as they are.
+    sent: Option<Arc<Vec<f32>>>,
     /// Minibatches trained since sending `sent`, while its average is awaited.
     awaiting: Option<usize>,
     slot: Arc<AverageSlot>,
@@ -105,16 +104,21 @@ impl AverageSlot {
 
 /// `w ← avg + (w − sent)`: the average, plus what this replica trained since
 /// it sent `sent`.
-pub fn correct(w: &mut [f32], average: impl IntoIterator<Item = f32>, sent: Values<'_>) {
+pub fn correct(w: &mut [f32], average: impl IntoIterator<Item = f32>, sent: &[f32]) {
     debug_assert_eq!(w.len(), sent.len(), "a correction needs the weights sent at every position");
-    for ((w, avg), sent) in w.iter_mut().zip(average).zip(sent.iter()) {
+    for ((w, avg), sent) in w.iter_mut().zip(average).zip(sent) {
         *w = avg + (*w - sent);
     }
 }
 
+/// The weights last sent, if any (none: nothing to correct by).
+fn sent_values(sent: &Option<Arc<Vec<f32>>>) -> &[f32] {
+    sent.as_deref().map_or(&[], Vec::as_slice)
+}
+
 /// Applies a whole average to `params`: a correction when one is awaited
 /// (`awaiting`, taken) and a step was trained since sending, else a copy.
-fn apply(params: &mut [f32], average: &[f32], sent: Values<'_>, awaiting: &mut Option<usize>) -> Applied {
+fn apply(params: &mut [f32], average: &[f32], sent: &[f32], awaiting: &mut Option<usize>) -> Applied {
     match awaiting.take() {
         Some(steps) if steps > 0 => {
             correct(params, average.iter().copied(), sent);
@@ -146,7 +150,7 @@ impl Replica {
             epochs: spec.epochs,
             epoch: 0,
             shard: Vec::new(),
-            sent: Bytes::new(),
+            sent: None,
             awaiting: None,
             slot: Arc::default(),
             aligner,
@@ -191,16 +195,32 @@ impl Replica {
         Arc::clone(&self.slot)
     }
 
-    /// Takes a snapshot of the weights to send, encoded for the wire: their
+    /// The weights to send, as the wire's bytes, and kept as sent: their
     /// average will be applied as a correction of whatever is trained until
-    /// it comes. The buffer is reused once the previous snapshot has been
-    /// sent (else a new one is allocated).
+    /// it comes. They are the trainer's own weights, not a copy: training
+    /// on copies them first (into the buffer of the weights sent before,
+    /// once the session has let go of those).
     pub fn snapshot_to_send(&mut self) -> Bytes {
-        let mut buffer = std::mem::take(&mut self.sent).try_into_mut().unwrap_or_default();
-        encode_into(self.trainer.params(), &mut buffer);
-        self.sent = buffer.freeze();
+        let weights = self.trainer.shared_params();
+        self.release_sent();
+        self.sent = Some(Arc::clone(&weights));
         self.awaiting = Some(0);
-        self.sent.clone()
+        shared_values(weights)
+    }
+
+    /// Lets go of the weights last sent, handing their buffer back to the
+    /// trainer: no average will correct by them (none is awaited any more).
+    fn release_sent(&mut self) {
+        self.awaiting = None;
+        if let Some(sent) = self.sent.take() {
+            self.trainer.recycle(sent);
+        }
+    }
+
+    /// Whether an average now is a correction: it is the average of the
+    /// weights last sent (`correction`) and a step was trained since.
+    fn corrects(&self, correction: bool) -> bool {
+        matches!(self.awaiting, Some(steps) if correction && steps > 0)
     }
 
     /// Whether the average of the weights last sent is still to be applied.
@@ -213,12 +233,15 @@ impl Replica {
     /// average of the weights last sent) and a step was trained since, else
     /// as a copy. Call [`Replica::received`] after the last chunk.
     pub fn receive(&mut self, range: Range<usize>, data: &[u8], correction: bool) {
+        let corrects = self.corrects(correction);
+        if !corrects {
+            // Before writing: while held, the weights sent share the model's buffer.
+            self.release_sent();
+        }
         let params = &mut self.trainer.params_mut()[range.clone()];
-        match self.awaiting {
-            Some(steps) if correction && steps > 0 => {
-                correct(params, decode_values(data), Values::new(&self.sent).get(range))
-            }
-            _ => decode_into(params, data),
+        match corrects {
+            true => correct(params, decode_values(data), &sent_values(&self.sent)[range]),
+            false => decode_into(params, data),
         }
     }
 
@@ -228,16 +251,18 @@ impl Replica {
             Some(steps) if correction && steps > 0 => Applied::Corrected { steps },
             _ => Applied::Replaced,
         };
+        self.release_sent();
         self.replaced_by(applied);
         applied
     }
 
     /// Applies a whole average: a correction if `correction`, else a replacement.
     pub fn apply(&mut self, average: &[f32], correction: bool) -> Applied {
-        if !correction {
-            self.awaiting = None;
+        if !self.corrects(correction) {
+            self.release_sent();
         }
-        let applied = apply(self.trainer.params_mut(), average, Values::new(&self.sent), &mut self.awaiting);
+        let applied = apply(self.trainer.params_mut(), average, sent_values(&self.sent), &mut self.awaiting);
+        self.release_sent();
         self.replaced_by(applied);
         applied
     }
@@ -301,7 +326,7 @@ impl Replica {
         let stats = trainer.train_with(data, &shard[from..until], progress, |params| {
             if let Some(average) = slot.take() {
                 let started = Instant::now();
-                apply(params, &average, Values::new(sent), awaiting);
+                apply(params, &average, sent_values(sent), awaiting);
                 slot.recycle(average);
                 applying += started.elapsed().as_secs_f64();
             }
@@ -309,6 +334,10 @@ impl Replica {
                 *steps += 1;
             }
         });
+        if self.awaiting.is_none() {
+            // An average came while training: the weights sent are done with.
+            self.release_sent();
+        }
         // Time in SGD steps, not in applying an average.
         let train_seconds = (started.elapsed().as_secs_f64() - applying).max(0.0);
         let (realigned, align_seconds) = self.align_to_start()?;
@@ -360,7 +389,7 @@ mod tests {
     use lazyavg_common::matching::{self, AlignMethod, Permutation};
     use lazyavg_common::rng::StreamRng;
     use lazyavg_common::spec::InputShape;
-    use lazyavg_proto::chunks::encode_values;
+    use lazyavg_proto::chunks::Values;
     use lazyavg_proto::convert::encode_indices;
     use rand::{RngExt, SeedableRng};
 
@@ -386,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_reuses_its_buffer_once_the_session_lets_go_of_the_last_one() {
+    fn weights_are_sent_without_a_copy_and_an_average_while_they_are_held_leaves_them_be() {
         let grey = InputShape { channels: 1, height: 2, width: 2 };
         let model = lazyavg_common::spec::ModelSpec::mlp(grey, &[3], 5);
         let spec =
@@ -396,16 +425,22 @@ mod tests {
         let weights: Vec<f32> = (0..replica.params().len()).map(|i| i as f32 * 0.5).collect();
         replica.apply(&weights, false);
         let decoded = |bytes: &Bytes| Values::new(bytes).iter().collect::<Vec<_>>();
-        let first = replica.snapshot_to_send();
-        assert_eq!(decoded(&first), weights);
-        let second = replica.snapshot_to_send();
-        assert_ne!(second.as_ptr(), first.as_ptr(), "the session still holds the first: a new buffer");
-        drop(first);
-        let buffer = second.as_ptr();
-        drop(second);
-        let third = replica.snapshot_to_send();
-        assert_eq!(third.as_ptr(), buffer, "let go of: the same buffer again");
-        assert_eq!(decoded(&third), weights);
+        let model_bytes = |replica: &Replica| replica.params().as_ptr().cast::<u8>();
+        let sent = replica.snapshot_to_send();
+        assert_eq!((decoded(&sent), sent.as_ptr()), (weights.clone(), model_bytes(&replica)), "the model's own bytes");
+        // An average while the session still holds them: the model is copied
+        // first, what goes out stays as it was.
+        let average: Vec<f32> = weights.iter().map(|w| w + 1.0).collect();
+        replica.apply(&average, true);
+        assert_eq!((replica.params(), decoded(&sent)), (&average[..], weights.clone()));
+        assert_ne!(sent.as_ptr(), model_bytes(&replica));
+        // Sent and let go of before the average comes: written in place.
+        drop(sent);
+        let sent = replica.snapshot_to_send();
+        let model = model_bytes(&replica);
+        drop(sent);
+        replica.apply(&weights, true);
+        assert_eq!((replica.params(), model_bytes(&replica)), (&weights[..], model));
     }
 
     /// `--align weights` on a replica trained from a reordering of the
@@ -483,7 +518,7 @@ mod tests {
         let sent = [1.0f32, 2.0, -3.0, 0.5];
         let mut w = [1.5f32, 2.0, -2.0, 0.25];
         let average = [0.0f32, 1.0, -1.0, 1.0];
-        correct(&mut w, average, Values::new(&encode_values(&sent)));
+        correct(&mut w, average, &sent);
         assert_eq!(w, [0.5, 1.0, 0.0, 0.75]);
     }
 
@@ -493,15 +528,13 @@ mod tests {
         let average = [-0.0f32, 1.0e-30, f32::MAX, 3.0];
         let sent = [5.0f32, -1.0, 2.0, 7.0];
         let mut w = sent;
-        let encoded = encode_values(&sent);
-        let sent = Values::new(&encoded);
         let mut awaiting = Some(0);
-        assert_eq!(apply(&mut w, &average, sent, &mut awaiting), Applied::Replaced);
+        assert_eq!(apply(&mut w, &average, &sent, &mut awaiting), Applied::Replaced);
         assert!(w.iter().zip(&average).all(|(a, b)| a.to_bits() == b.to_bits()), "{w:?}");
         assert_eq!(awaiting, None, "the awaited average was applied");
         // Not awaited (another round's average): a copy even after steps.
         let mut w = [9.0f32; 4];
-        assert_eq!(apply(&mut w, &average, sent, &mut None), Applied::Replaced);
+        assert_eq!(apply(&mut w, &average, &sent, &mut None), Applied::Replaced);
         assert_eq!(w.map(f32::to_bits), average.map(f32::to_bits));
     }
 
@@ -512,16 +545,14 @@ mod tests {
         let average: Vec<f32> = (0..10).map(|i| 1.0 - i as f32 * 0.5).collect();
         let expected: Vec<f32> = average.iter().map(|a| a + 0.125).collect();
 
-        let encoded = encode_values(&sent);
-        let sent = Values::new(&encoded);
         let mut whole = trained.clone();
-        let applied = apply(&mut whole, &average, sent, &mut Some(3));
+        let applied = apply(&mut whole, &average, &sent, &mut Some(3));
         assert_eq!((applied, &whole), (Applied::Corrected { steps: 3 }, &expected));
 
         let bytes: Vec<u8> = average.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut chunked = trained.clone();
         for (range, data) in [(0..4, &bytes[..16]), (4..10, &bytes[16..])] {
-            correct(&mut chunked[range.clone()], decode_values(data), sent.get(range));
+            correct(&mut chunked[range.clone()], decode_values(data), &sent[range]);
         }
         assert_eq!(chunked, expected);
     }
