@@ -46,13 +46,13 @@ impl RoundDump {
         fs::write(&path, serde_json::Value::Object(map).to_string()).map_err(|e| Error::io(&path, e))
     }
 
-    /// Appends a chunk a worker sent.
-    fn chunk(&self, worker: WorkerId, chunk: &Chunk) -> Result<()> {
+    /// Appends the `values` of a chunk a worker sent.
+    fn chunk(&self, worker: WorkerId, chunk: &Chunk, values: &[u8]) -> Result<()> {
         if !self.active() {
             return Ok(());
         }
         let path = self.file(chunk.epoch, chunk.round, &format!("w{worker}.f32"));
-        let append = || OpenOptions::new().create(true).append(true).open(&path)?.write_all(&chunk.data);
+        let append = || OpenOptions::new().create(true).append(true).open(&path)?.write_all(values);
         append().map_err(|e| Error::io(&path, e))
     }
 
@@ -83,7 +83,9 @@ impl Observer for RoundDump {
     fn observe(&mut self, event: &RunEvent<'_>) -> Result<()> {
         let (partial, failure) = match *event {
             RunEvent::ShardsDealt { epoch, shards } => (self.shards(epoch, shards), "cannot dump shards"),
-            RunEvent::WeightsReceived { worker, chunk } => (self.chunk(worker, chunk), "cannot dump round"),
+            RunEvent::WeightsReceived { worker, chunk, values } => {
+                (self.chunk(worker, chunk, values), "cannot dump round")
+            }
             RunEvent::RoundCompleted(done) => return self.finish(done.summary, done.params),
             _ => return Ok(()),
         };

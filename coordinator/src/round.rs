@@ -114,11 +114,13 @@ pub struct Combiner {
     /// measured ([`screen::copy_measuring`]): as long as the longest chunk
     /// so far, reused chunk after chunk.
     copy: Vec<u8>,
+    /// How many bytes of `copy` the chunk last taken filled.
+    taken: usize,
 }
 
 impl From<Box<dyn Aggregator>> for Combiner {
     fn from(aggregator: Box<dyn Aggregator>) -> Self {
-        Combiner { aggregator, average: Vec::new(), copy: Vec::new() }
+        Combiner { aggregator, average: Vec::new(), copy: Vec::new(), taken: 0 }
     }
 }
 
@@ -336,6 +338,7 @@ impl Round {
         if copy.len() < chunk.data.len() {
             copy.resize(chunk.data.len(), 0);
         }
+        self.combiner.taken = 4 * range.len();
         let copy = &mut copy[..4 * range.len()];
         let squared = screen::copy_measuring(Values::new(&chunk.data), start, copy);
         let values = Values::new(copy);
@@ -353,6 +356,11 @@ impl Round {
         self.combiner.aggregator.add(worker, samples, range, values, start, squared);
         self.settle(model);
         Ok(())
+    }
+
+    /// The bytes of the chunk last accepted, as checked and summed.
+    pub fn taken(&self) -> &[u8] {
+        &self.combiner.copy[..self.combiner.taken]
     }
 
     /// Steps `model` at the positions every worker that counts for them has

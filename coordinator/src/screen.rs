@@ -56,8 +56,8 @@ pub fn relative(norms: &[(WorkerId, f64)], factor: f64) -> Vec<UpdateNorm> {
 ///
 /// The copy is what the round checks and sums: a chunk in a shared-memory
 /// lane's slot can change under its reader (`lazyavg_proto::lane`), its
-/// copy cannot, and each value is read from the slot once, into the
-/// register that both measures and copies it. Taken in the same pass, the
+/// copy cannot, and each byte is read from the slot once, into the copy,
+/// and measured there. Taken in the same pass, the
 /// copy costs little more than the measure alone (its destination is
 /// reused chunk after chunk and stays in cache), where a separate copy out
 /// of the slot cost a pass over the chunk of its own.
@@ -79,17 +79,22 @@ pub fn copy_measuring(values: Values<'_>, start: &[f32], copy: &mut [u8]) -> f64
     let (to, to_tail) = copy.split_at_mut(whole);
     let mut sums = [0.0f64; LANES];
     // A block at a time: its bytes copied whole (vector loads and stores),
-    // then measured from the copy while it is in registers or L1.
+    // then measured from the copy while it is in L1. The copy goes through
+    // `black_box`, so that the compiler cannot measure values it reads
+    // from the slot again in place of the copy's: what is measured is
+    // what is summed.
     for ((from, to), s) in
         from.as_chunks::<BLOCK_BYTES>().0.iter().zip(to.as_chunks_mut::<BLOCK_BYTES>().0).zip(s_lanes)
     {
         *to = *from;
+        let to = std::hint::black_box(to);
         for (lane, v) in to.as_chunks::<4>().0.iter().enumerate() {
             let d = f64::from(f32::from_le_bytes(*v)) - f64::from(s[lane]);
             sums[lane] += d * d;
         }
     }
     to_tail.copy_from_slice(from_tail);
+    let to_tail = std::hint::black_box(to_tail);
     let tail: f64 = Values::new(to_tail).iter().zip(s_tail).map(|(v, &s)| (f64::from(v) - f64::from(s)).powi(2)).sum();
     sums.iter().sum::<f64>() + tail
 }

@@ -119,7 +119,8 @@ impl Driver {
             FromWorker::Weights(chunk) => {
                 let accepted = round.accept(id, chunk, &mut self.model);
                 if accepted.is_ok() {
-                    self.observers.notify(&RunEvent::WeightsReceived { worker: id, chunk });
+                    let values = round.taken();
+                    self.observers.notify(&RunEvent::WeightsReceived { worker: id, chunk, values });
                 }
                 accepted
             }

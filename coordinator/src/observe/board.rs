@@ -151,7 +151,7 @@ impl Observer for StatusBoard {
                     }
                 }
             }
-            RunEvent::WeightsReceived { worker, chunk } => {
+            RunEvent::WeightsReceived { worker, chunk, .. } => {
                 if let Some(entry) = board.entry(worker) {
                     entry.answering = true;
                     if chunk.is_last() {

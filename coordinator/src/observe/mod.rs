@@ -63,10 +63,13 @@ pub enum RunEvent<'a> {
         round: u64,
         workers: &'a [WorkerId],
     },
-    /// A chunk of a worker's weights was taken into the open round.
+    /// A chunk of a worker's weights was taken into the open round;
+    /// `values` are its bytes as the round checked and summed them (the
+    /// chunk's own may still be in a shared-memory slot the worker writes).
     WeightsReceived {
         worker: WorkerId,
         chunk: &'a Chunk,
+        values: &'a [u8],
     },
     /// Parameters went out to workers (averages, or the model to a newcomer).
     WeightsSent {
