@@ -81,9 +81,10 @@ def bucket(fr):
             (r"encode_values", "encode: f32 -> little-endian bytes (encode_values)"),
             (r"Round::accept", "decode: decode_into copy into scratch"),
             (r"Round::with", "Round::with: copy of the start weights (start.to_vec)"),
-            (r"exchange|OuterOptimizer", "average: outer step (params <- average copy)"),
+            (r"exchange|OuterOptimizer|WeightedMean::write_out", "average: outer step (params <- average copy)"),
+            (r"Link::send", "lane: a chunk copied into its slot (Link::send)"),
             (r"snapshot_to_send", "worker: snapshot_to_send (copy of the weights to send)"),
-            (r"session::run", "worker: applying the received average (copy)"),
+            (r"session::run|Session::average", "worker: applying the received average (copy)"),
         ]:
             if m(pat, c): return "copy: " + name
         return "copy: other memmove"
@@ -91,7 +92,7 @@ def bucket(fr):
         return "transport: socket read (kernel copy, TCP)"
     if anyf(r"write_vectored|tcp_sendmsg|ksys_write|do_writev|__x64_sys_writev|__x64_sys_write|__x64_sys_sendmsg"):
         return "transport: socket write (kernel copy, TCP, loopback delivery)"
-    if m(r"Round::accept|squared_distance", leaf): return "update norm: screen::squared_distance (in Round::accept)"
+    if m(r"Round::accept|copy_measuring", leaf): return "update norm: the chunk copied and measured (screen::copy_measuring)"
     if m(r"first_non_finite|ChunkCursor|decode_into|decode_values", leaf): return "decode: first_non_finite check"
     if m(r"WeightedMean|aggregate", leaf): return "average: WeightedMean add/finish"
     if m(r"OuterOptimizer", leaf): return "average: outer step"
