@@ -334,12 +334,12 @@ impl Round {
         // values bad.) Under --align the worker matched its weights to this
         // same start.
         let start = &model.params[range.clone()];
-        let copy = &mut self.combiner.copy;
-        if copy.len() < chunk.data.len() {
-            copy.resize(chunk.data.len(), 0);
+        let taken = 4 * range.len();
+        if self.combiner.copy.len() < taken {
+            self.combiner.copy.resize(taken, 0);
         }
-        self.combiner.taken = 4 * range.len();
-        let copy = &mut copy[..4 * range.len()];
+        self.combiner.taken = taken;
+        let copy = &mut self.combiner.copy[..taken];
         let squared = screen::copy_measuring(Values::new(&chunk.data), start, copy);
         let values = Values::new(copy);
         if let Some(bad) = (!squared.is_finite()).then(|| values.first_non_finite()).flatten() {

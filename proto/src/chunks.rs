@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
 
@@ -97,15 +97,6 @@ impl AsRef<[u8]> for LittleEndianF32 {
     }
 }
 
-/// Encodes `values` as little-endian f32 bytes into `buffer`, reusing its
-/// allocation (only bytes it never held are zeroed first).
-pub fn encode_into(values: &[f32], buffer: &mut BytesMut) {
-    buffer.resize(values.len() * 4, 0);
-    for (bytes, v) in buffer.as_chunks_mut::<4>().0.iter_mut().zip(values) {
-        *bytes = v.to_le_bytes();
-    }
-}
-
 /// Little-endian f32 bytes, collected straight into one buffer (no zeroing
 /// first). Fixed-size byte arrays (not 4-byte slices) let the compiler make
 /// this a plain copy on little-endian machines, and the decoders below
@@ -144,21 +135,6 @@ impl<'a> Values<'a> {
 
     pub fn iter(&self) -> impl Iterator<Item = f32> + 'a {
         decode_values(self.bytes)
-    }
-
-    /// The values in blocks of `N` (which a loop over can keep in `N`
-    /// vector lanes), and the fewer than `N` left over.
-    pub fn blocks<const N: usize>(&self) -> (impl Iterator<Item = [f32; N]> + 'a, Values<'a>) {
-        let whole = self.len() / N * N * 4;
-        let (blocks, rest) = self.bytes.split_at(whole);
-        let blocks = blocks.chunks_exact(N * 4).map(|block| {
-            let mut values = [0.0f32; N];
-            for (v, b) in values.iter_mut().zip(block.as_chunks::<4>().0) {
-                *v = f32::from_le_bytes(*b);
-            }
-            values
-        });
-        (blocks, Values { bytes: rest })
     }
 
     /// The values at positions `range`.
@@ -291,27 +267,10 @@ mod tests {
     }
 
     #[test]
-    fn values_read_in_place_come_in_blocks_then_a_tail_and_ignore_a_ragged_end() {
-        for len in [0, 3, 16, 17, 35] {
-            let original: Vec<f32> = (0..len).map(|i| i as f32 - 7.5).collect();
-            let mut bytes = encode_values(&original).to_vec();
-            bytes.extend_from_slice(&[0xff, 0xff]);
-            let values = Values::new(&bytes);
-            assert_eq!(values.len(), len);
-            let (blocks, tail) = values.blocks::<16>();
-            let read: Vec<f32> = blocks.flatten().chain(tail.iter()).collect();
-            assert_eq!(read, original, "{len} values");
-            assert_eq!(tail.len(), len % 16);
-        }
-    }
-
-    #[test]
-    fn values_encoded_into_a_reused_buffer_read_back_and_slice_into_chunks() {
-        let mut buffer = BytesMut::new();
+    fn values_encoded_read_back_and_slice_into_chunks() {
         for len in [VALUES_PER_CHUNK + 5, 3] {
             let original: Vec<f32> = (0..len).map(|i| i as f32 * -0.5).collect();
-            encode_into(&original, &mut buffer);
-            let encoded = std::mem::take(&mut buffer).freeze();
+            let encoded = encode_values(&original);
             let values = Values::new(&encoded);
             assert_eq!(values.get(1..3).iter().collect::<Vec<_>>(), original[1..3]);
             let chunks: Vec<Chunk> = encoded_chunks(4, 2, encoded.clone()).collect();
@@ -319,8 +278,6 @@ mod tests {
             assert!(chunks.last().is_some_and(Chunk::is_last));
             let read: Vec<f32> = chunks.iter().flat_map(|c| Values::new(&c.data).iter().collect::<Vec<_>>()).collect();
             assert_eq!(read, original);
-            drop(chunks);
-            buffer = encoded.try_into_mut().expect("the chunks were the only other owners");
         }
     }
 
