@@ -83,6 +83,7 @@ def bucket(fr):
             (r"Round::with", "Round::with: copy of the start weights (start.to_vec)"),
             (r"exchange|OuterOptimizer|WeightedMean::write_out", "average: outer step (params <- average copy)"),
             (r"Link::send", "lane: a chunk copied into its slot (Link::send)"),
+            (r"Board::post", "board: the average copied onto the board once (Board::post)"),
             (r"snapshot_to_send", "worker: snapshot_to_send (copy of the weights to send)"),
             (r"session::run|Session::average", "worker: applying the received average (copy)"),
         ]:

@@ -92,7 +92,10 @@ pub fn run(args: &HostileArgs) -> Result<()> {
         let send = |kind| {
             let outbox = outbox.clone();
             async move {
-                outbox.send(pb::WorkerMessage { kind: Some(kind), lane_taken: 0 }).await.context("the session closed")
+                outbox
+                    .send(pb::WorkerMessage { kind: Some(kind), ..Default::default() })
+                    .await
+                    .context("the session closed")
             }
         };
         send(Reply::Attach(pb::Attach { worker_id: id, shared_memory: false })).await?;

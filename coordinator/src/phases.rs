@@ -14,10 +14,11 @@ use lazyavg_common::config::{ModelSettings, RunSpec};
 use lazyavg_common::matching::AlignMethod;
 use lazyavg_common::model::Network;
 use lazyavg_common::model_file;
+use lazyavg_proto::lane::Board;
 use lazyavg_proto::pb;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{CoordinatorConfig, Secrets, Settings};
@@ -149,6 +150,7 @@ fn resume_from(out_dir: &Path, mlp: &Network, n_train: usize, epochs: usize) -> 
 /// the port the OS chose).
 struct Wiring {
     events: mpsc::Receiver<Event>,
+    lane_board: Option<Arc<Board>>,
     frontier: gate::Publisher,
     health: Health,
     board: StatusBoard,
@@ -176,7 +178,8 @@ async fn serve(
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
     let (frontier, gate) = gate::channel();
     let board = StatusBoard::default();
-    let shared = share(config, prepared, events_tx.clone(), gate, &board);
+    let lane_board = if config.shared_memory { make_lane_board() } else { None };
+    let shared = share(config, prepared, events_tx.clone(), gate, &board, lane_board.clone());
     warn_of_risks(config, secrets);
     // config.toml keeps the port as given, so a run repeated from it (or a
     // --spawn-workers run resumed) takes a free port again.
@@ -188,7 +191,13 @@ async fn serve(
     run_dir::write_address(out_dir, addr, secrets.tls.is_some())?;
     let mlp = &prepared.mlp;
     info!(%addr, architecture = %mlp.spec(), parameters = mlp.len(), out = %out_dir.display(), "listening");
-    Ok((server, Wiring { events, frontier, health, board, addr }))
+    Ok((server, Wiring { events, lane_board, frontier, health, board, addr }))
+}
+
+/// The board the weights for workers with a lane go on; without it they go
+/// into each lane.
+fn make_lane_board() -> Option<Arc<Board>> {
+    Board::create().inspect_err(|err| debug!(error = %err, "no board; weights go into each lane")).ok()
 }
 
 /// The state the service's handlers share, the driver's event channel among it.
@@ -198,6 +207,7 @@ fn share(
     events: mpsc::Sender<Event>,
     gate: Gate,
     board: &StatusBoard,
+    lane_board: Option<Arc<Board>>,
 ) -> Arc<Shared> {
     let dataset = prepared.data.offer.clone();
     let registry = registry::Registry::new(config.limits, dataset.len);
@@ -210,6 +220,7 @@ fn share(
         outbox_capacity: outbox_capacity(prepared.mlp.len()),
         attach_timeout: config.limits.attach_timeout,
         shared_memory: config.shared_memory,
+        lane_board,
         status: board.view(),
         refusals: Mutex::default(),
         end: Default::default(),
@@ -249,6 +260,7 @@ async fn drive(
         Arc::clone(&prepared.data.test),
         prepared.data.n_train,
         wiring.events,
+        wiring.lane_board,
         wiring.frontier,
         shutdown,
         observers,

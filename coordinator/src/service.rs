@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use lazyavg_proto::lane::{LaneError, LaneFile, Link, Outbound, Side};
+use lazyavg_proto::lane::{Board, LaneError, LaneFile, Link, Outbound, Side};
 use lazyavg_proto::message::FromWorker;
 use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
@@ -64,6 +64,9 @@ pub struct Shared {
     pub attach_timeout: Duration,
     /// Whether a worker that asks gets a shared-memory lane (see [`lazyavg_proto::lane`]).
     pub shared_memory: bool,
+    /// The weights the driver sends, for the workers with a lane to read
+    /// in place (see [`lazyavg_proto::lane::Board`]).
+    pub lane_board: Option<Arc<Board>>,
     /// What the Status call answers.
     pub status: StatusView,
     /// Refusals of Joins, sessions and downloads, logged in summary.
@@ -303,16 +306,19 @@ impl CoordinatorService {
         if !(asked && self.shared.shared_memory) {
             return Link::new(Side::Coordinator);
         }
-        let (lane, offer) = match LaneFile::create(&format!("worker-{id}")) {
+        let (lane, mut offer) = match LaneFile::create(&format!("worker-{id}")) {
             Ok(made) => made,
             Err(err) => {
                 debug!(worker = id, error = %err, "no shared-memory lane; weights go over gRPC");
                 return Link::new(Side::Coordinator);
             }
         };
+        let board = self.shared.lane_board.clone();
+        offer.board = board.as_ref().map(|board| board.offer());
         // The queue is new and empty: the offer goes first.
-        match outbox.try_send(Ok(pb::CoordinatorMessage { kind: Some(Command::LaneOffer(offer)), lane_taken: 0 })) {
-            Ok(()) => Link::offered(lane),
+        let message = pb::CoordinatorMessage { kind: Some(Command::LaneOffer(offer)), lane_taken: 0 };
+        match outbox.try_send(Ok(message)) {
+            Ok(()) => Link::offered(lane, board),
             Err(_) => Link::new(Side::Coordinator),
         }
     }
@@ -343,8 +349,9 @@ impl Session {
                 _ = &mut self.dropped => break dropped(&queue),
             };
             match message {
-                Ok(Some(pb::WorkerMessage { kind: Some(reply), lane_taken })) => {
-                    let reply = match self.link.freed(lane_taken).and_then(|()| self.through_lane(reply)) {
+                Ok(Some(pb::WorkerMessage { kind: Some(reply), lane_taken, board_taken })) => {
+                    let freed = self.link.freed(lane_taken).and_then(|()| self.link.board_freed(board_taken));
+                    let reply = match freed.and_then(|()| self.through_lane(reply)) {
                         Ok(Some(reply)) => reply,
                         Ok(None) => continue,
                         Err(err) => break err.to_string(),
@@ -379,12 +386,20 @@ impl Session {
             Reply::LaneAnswer(answer) => {
                 self.link.answered(&answer)?;
                 match answer.accepted {
-                    true => debug!(worker = self.id, "weights go through a shared-memory lane"),
+                    true => debug!(
+                        worker = self.id,
+                        board = answer.board_accepted,
+                        reason = answer.reason,
+                        "weights go through a shared-memory lane"
+                    ),
                     false => debug!(worker = self.id, reason = answer.reason, "lane declined; weights go over gRPC"),
                 }
                 Ok(None)
             }
-            Reply::LaneFree(free) => self.link.freed(free.taken).map(|()| None),
+            Reply::LaneFree(free) => {
+                self.link.freed(free.taken)?;
+                self.link.board_freed(free.board_taken).map(|()| None)
+            }
             Reply::Weights(mut chunk) => {
                 self.link.take(&mut chunk)?;
                 Ok(Some(Reply::Weights(chunk)))

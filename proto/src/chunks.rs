@@ -42,6 +42,7 @@ impl From<Chunk> for pb::WeightsChunk {
             total: c.total,
             data: c.data,
             lane_bytes: 0,
+            board_offset: None,
         }
     }
 }

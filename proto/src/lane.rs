@@ -32,10 +32,9 @@
 //! other has said it took what was there ([`pb::LaneFree`]): the lane is a
 //! bounded ring in each direction, with gRPC carrying its credits.
 
-use std::fs::{File, OpenOptions};
+use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -45,9 +44,17 @@ use bytes::Bytes;
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
 use memmap2::MmapRaw;
-use rustix::fs::{MemfdFlags, OFlags, SealFlags};
 
 use crate::{MAX_CHUNK_BYTES, pb};
+
+mod board;
+mod memfd;
+mod receipts;
+
+pub use board::{BOARD_SLOTS, Board};
+use board::{BoardView, MAX_HELD};
+use memfd::{HEADER_BYTES, PROOF_BYTES};
+use receipts::Receipts;
 
 /// Bytes per slot: one wire chunk.
 pub const SLOT_BYTES: usize = MAX_CHUNK_BYTES;
@@ -57,23 +64,6 @@ pub const SLOT_BYTES: usize = MAX_CHUNK_BYTES;
 /// bigger one in a pipeline of four chunks (2 MiB a direction, 4 MiB a
 /// lane: 32 MiB of shared memory for 8 local workers).
 pub const SLOTS: u32 = 4;
-
-/// The header's first bytes, then the nonce (which the offer names), then
-/// the proof (which only the file holds); slots start after the header.
-const MAGIC: &[u8; 16] = b"lazyavg-lane-v2\0";
-const NONCE_BYTES: usize = 16;
-const PROOF_BYTES: usize = 16;
-const HEADER_BYTES: usize = 4096;
-
-/// How a lane's memfd shows in `/proc/<pid>/fd` ([`LaneFile::create`] names it).
-const MEMFD_PREFIX: &str = "/memfd:lazyavg-lane-";
-
-/// `statfs`'s type of shared memory (`TMPFS_MAGIC`), where memfds live
-/// unless made of huge pages.
-const TMPFS_MAGIC: u64 = 0x0102_1994;
-
-/// The seals that make a mapping of the file safe: its size is fixed.
-const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 /// The most slots or bytes per slot a worker accepts in an offer.
 const MAX_OFFERED_SLOTS: u32 = 64;
@@ -138,37 +128,17 @@ impl LaneFile {
     /// describes it; `name` shows in the coordinator's `/proc/<pid>/fd`.
     /// Its slots take memory only once written.
     pub fn create(name: &str) -> Result<(LaneFile, pb::LaneOffer), LaneError> {
-        let (mut nonce, mut proof) = ([0u8; NONCE_BYTES], [0u8; PROOF_BYTES]);
-        let name = format!("lazyavg-lane-{name}");
-        let io = |action| {
-            let path = name.clone();
-            move |source| LaneError::Io { action, path, source }
-        };
-        getrandom::fill(&mut nonce)
-            .and_then(|()| getrandom::fill(&mut proof))
-            .map_err(io::Error::other)
-            .map_err(io("draw a nonce for"))?;
-        let fd = rustix::fs::memfd_create(&name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .map_err(io::Error::from)
-            .map_err(io("create"))?;
-        let file = File::from(fd);
-        let len = lane_len(SLOT_BYTES, SLOTS, SLOTS);
-        file.set_len(len as u64).map_err(io("size"))?;
-        let header = [&MAGIC[..], &nonce, &proof].concat();
-        file.write_all_at(&header, 0).map_err(io("write the header of"))?;
-        rustix::fs::fcntl_add_seals(&file, SIZE_SEALS | SealFlags::SEAL)
-            .map_err(io::Error::from)
-            .map_err(io("seal"))?;
-        let map = MmapRaw::map_raw(&file).map_err(io("map"))?;
-        let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        let made = memfd::create(name, lane_len(SLOT_BYTES, SLOTS, SLOTS))?;
         let offer = pb::LaneOffer {
-            path,
-            nonce: Bytes::copy_from_slice(&nonce),
+            path: made.path,
+            nonce: Bytes::copy_from_slice(&made.nonce),
             slot_bytes: SLOT_BYTES as u32,
             up_slots: SLOTS,
             down_slots: SLOTS,
+            board: None,
         };
-        let lane = LaneFile { slot_bytes: SLOT_BYTES, up_slots: SLOTS, down_slots: SLOTS, proof, map, _file: file };
+        let (proof, map, _file) = (made.proof, made.map, made.file);
+        let lane = LaneFile { slot_bytes: SLOT_BYTES, up_slots: SLOTS, down_slots: SLOTS, proof, map, _file };
         Ok((lane, offer))
     }
 
@@ -176,9 +146,6 @@ impl LaneFile {
     /// process may open, sealed at the size the offer implies, and the file
     /// the coordinator made (the nonce in its header).
     pub fn open(offer: &pb::LaneOffer) -> Result<LaneFile, String> {
-        if !is_descriptor_path(&offer.path) {
-            return Err(format!("{} is not a /proc/<pid>/fd/<fd> path", offer.path));
-        }
         let slots_ok = |n: u32| (1..=MAX_OFFERED_SLOTS).contains(&n);
         let slot_bytes = offer.slot_bytes as usize;
         if !(slots_ok(offer.up_slots) && slots_ok(offer.down_slots) && (4..=MAX_CHUNK_BYTES).contains(&slot_bytes)) {
@@ -187,42 +154,10 @@ impl LaneFile {
                 offer.up_slots, offer.down_slots
             ));
         }
-        // A worker that does not see the coordinator's `/proc` (another
-        // machine or process namespace) finds another process's descriptor
-        // there, or none: it must not open a terminal or a device by
-        // mistake. So it first takes hold of what the path names without
-        // opening it (`O_PATH`), checks that it is a lane's memfd on
-        // ordinary shared memory (huge pages could be taken away under the
-        // mapping), and only then opens that same file.
-        let cannot_open = |e: io::Error| format!("cannot open {}: {e}", offer.path);
-        let handle = OpenOptions::new()
-            .read(true)
-            .custom_flags(OFlags::PATH.bits() as i32)
-            .open(&offer.path)
-            .map_err(cannot_open)?;
-        let held = format!("/proc/self/fd/{}", handle.as_raw_fd());
-        let target = std::fs::read_link(&held).map_err(cannot_open)?;
-        let on_tmpfs = rustix::fs::fstatfs(&handle).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC);
-        if !(target.to_string_lossy().starts_with(MEMFD_PREFIX) && on_tmpfs) {
-            return Err(format!("{} is not a lane but {}", offer.path, target.display()));
-        }
-        let file = OpenOptions::new().read(true).write(true).open(&held).map_err(cannot_open)?;
         let len = lane_len(slot_bytes, offer.up_slots, offer.down_slots);
-        let sealed = rustix::fs::fcntl_get_seals(&file).is_ok_and(|seals| seals.contains(SIZE_SEALS));
-        let sized = file.metadata().is_ok_and(|m| m.is_file() && m.len() == len as u64);
-        let mut header = [0u8; MAGIC.len() + NONCE_BYTES + PROOF_BYTES];
-        let found = sealed
-            && sized
-            && file.read_exact_at(&mut header, 0).is_ok()
-            && header[..MAGIC.len()] == MAGIC[..]
-            && header[MAGIC.len()..MAGIC.len() + NONCE_BYTES] == offer.nonce[..];
-        if !found {
-            return Err(format!("{} is not the lane the coordinator made (another machine's?)", offer.path));
-        }
-        let map = MmapRaw::map_raw(&file).map_err(|e| format!("cannot map {}: {e}", offer.path))?;
-        let mut proof = [0; PROOF_BYTES];
-        proof.copy_from_slice(&header[MAGIC.len() + NONCE_BYTES..]);
-        Ok(LaneFile { slot_bytes, up_slots: offer.up_slots, down_slots: offer.down_slots, proof, map, _file: file })
+        let opened = memfd::open(&offer.path, &offer.nonce, len, true, "lane")?;
+        let (proof, map, _file) = (opened.proof, opened.map, opened.file);
+        Ok(LaneFile { slot_bytes, up_slots: offer.up_slots, down_slots: offer.down_slots, proof, map, _file })
     }
 
     fn slots(&self, direction: Direction) -> u32 {
@@ -257,13 +192,6 @@ fn lane_len(slot_bytes: usize, up_slots: u32, down_slots: u32) -> usize {
     HEADER_BYTES + (up_slots + down_slots) as usize * slot_bytes
 }
 
-/// Whether `path` is `/proc/<pid>/fd/<fd>` and nothing else.
-fn is_descriptor_path(path: &str) -> bool {
-    let number = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    let parts: Vec<&str> = path.split('/').collect();
-    matches!(parts[..], ["", "proc", pid, "fd", fd] if number(pid) && number(fd))
-}
-
 /// One end of a session's lane, shared by the task that reads the
 /// session's messages ([`Link::take`], [`Link::freed`]) and the stream that
 /// sends them ([`Outbound`]). Without a lane, or until it opens, chunks go
@@ -278,14 +206,18 @@ pub struct Link {
     written: AtomicU64,
     /// How many of them the other end has taken (its last [`pb::LaneFree`]).
     freed: AtomicU64,
-    /// The other end's chunks this end has taken from the lane so far.
-    received: AtomicU64,
-    /// How many of them, counted in order, this end is done with: their
-    /// slots are free, which the sending stream announces.
-    taken: AtomicU64,
-    /// The chunks after `taken` this end is done with already, one bit
-    /// each from `taken` on (a chunk kept in place may go after the next).
-    done_ahead: Mutex<u64>,
+    /// The other end's lane chunks this end has taken.
+    lane_receipts: Receipts,
+    /// The coordinator's end: its board, offered with the lane.
+    board: Option<Arc<Board>>,
+    /// The coordinator's end: whether the worker mapped the board.
+    board_open: AtomicBool,
+    /// The coordinator's end: its board chunks sent and not yet taken.
+    board_held: Mutex<BoardHeld>,
+    /// A worker's end: the coordinator's board, if it mapped it.
+    board_view: OnceLock<BoardView>,
+    /// A worker's end: the board chunks it has taken.
+    board_receipts: Receipts,
     /// Set when the session stops reading the other end: no slot will free
     /// any more, so the sending stream ends where it would wait for one.
     closed: AtomicBool,
@@ -299,25 +231,33 @@ pub struct Link {
 impl Link {
     /// An end with no lane: everything goes inline.
     pub fn new(side: Side) -> Self {
+        Link::with_board(side, None)
+    }
+
+    fn with_board(side: Side, board: Option<Arc<Board>>) -> Self {
         Link {
             side,
             lane: OnceLock::new(),
             established: AtomicBool::new(false),
             written: AtomicU64::new(0),
             freed: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            taken: AtomicU64::new(0),
-            done_ahead: Mutex::new(0),
+            lane_receipts: Receipts::default(),
+            board,
+            board_open: AtomicBool::new(false),
+            board_held: Mutex::default(),
+            board_view: OnceLock::new(),
+            board_receipts: Receipts::default(),
             closed: AtomicBool::new(false),
             other_sending: AtomicBool::new(false),
             sender: AtomicWaker::new(),
         }
     }
 
-    /// The coordinator's end of a lane it made and offered; it opens when
-    /// the worker accepts ([`Link::answered`]).
-    pub fn offered(lane: LaneFile) -> Self {
-        let link = Link::new(Side::Coordinator);
+    /// The coordinator's end of a lane it made and offered, with `board`
+    /// if the offer named it; it opens when the worker accepts
+    /// ([`Link::answered`]).
+    pub fn offered(lane: LaneFile, board: Option<Arc<Board>>) -> Self {
+        let link = Link::with_board(Side::Coordinator, board);
         let _ = link.lane.set(lane);
         link
     }
@@ -327,17 +267,22 @@ impl Link {
     pub fn accept(&self, offer: &pb::LaneOffer) -> pb::LaneAnswer {
         if self.lane.get().is_some() {
             let reason = "this session has a lane already".to_owned();
-            return pb::LaneAnswer { accepted: false, reason, proof: Bytes::new() };
+            return pb::LaneAnswer { accepted: false, reason, ..Default::default() };
         }
-        match LaneFile::open(offer) {
-            Ok(lane) => {
-                let proof = Bytes::copy_from_slice(&lane.proof);
-                let _ = self.lane.set(lane);
-                self.establish();
-                pb::LaneAnswer { accepted: true, reason: String::new(), proof }
-            }
-            Err(reason) => pb::LaneAnswer { accepted: false, reason, proof: Bytes::new() },
-        }
+        let lane = match LaneFile::open(offer) {
+            Ok(lane) => lane,
+            Err(reason) => return pb::LaneAnswer { accepted: false, reason, ..Default::default() },
+        };
+        let proof = Bytes::copy_from_slice(&lane.proof);
+        let _ = self.lane.set(lane);
+        self.establish();
+        // A board that does not open leaves the lane as it is.
+        let (board_accepted, reason) = match offer.board.as_ref().map(BoardView::open) {
+            Some(Ok(view)) => (self.board_view.set(view).is_ok(), String::new()),
+            Some(Err(reason)) => (false, format!("no board: {reason}")),
+            None => (false, String::new()),
+        };
+        pb::LaneAnswer { accepted: true, reason, proof, board_accepted }
     }
 
     /// The coordinator's end: the worker answered its offer. An
@@ -355,6 +300,10 @@ impl Link {
             return Err(LaneError::Protocol("accepted a lane without the proof its file holds".to_owned()));
         }
         self.establish();
+        if let Some(board) = self.board.as_ref().filter(|_| answer.board_accepted) {
+            self.board_open.store(true, Ordering::Release);
+            board.reader_joined();
+        }
         Ok(())
     }
 
@@ -390,58 +339,89 @@ impl Link {
         Ok(())
     }
 
-    /// A chunk as it came: one sent through the lane gets its bytes where
-    /// they are, in their slot, which frees when the last handle on them
-    /// drops (a chunk held on to holds up the sender). A sender that breaks
-    /// the lane's rules can change them under the receiver: one that checks
-    /// them copies them as it reads them, and uses the copy.
-    pub fn take(self: &Arc<Self>, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
-        if let Some((lane, index, len)) = self.next_slot(chunk)? {
-            let offset = lane.offset(self.side.receives(), index);
-            chunk.data = Bytes::from_owner(InSlot { link: Arc::clone(self), index, offset, len });
+    /// The coordinator's end: the worker took `taken` of its board chunks,
+    /// which it holds no more. 0 is no news.
+    pub fn board_freed(&self, taken: u64) -> Result<(), LaneError> {
+        let mut held = self.board_held.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = held.freed + held.chunks.len() as u64;
+        if taken > sent {
+            return Err(LaneError::Protocol(format!("{taken} board chunks freed, {sent} sent")));
+        }
+        while held.freed < taken {
+            held.chunks.pop_front();
+            held.freed += 1;
         }
         Ok(())
     }
 
-    /// The lane, index and length of `chunk` if it came through the lane,
-    /// counted as received; an error if the sender broke the lane's rules.
-    fn next_slot(&self, chunk: &pb::WeightsChunk) -> Result<Option<(&LaneFile, u64, usize)>, LaneError> {
-        if chunk.lane_bytes == 0 {
-            return Ok(None);
-        }
+    /// A chunk as it came: one sent through the lane (or the board) gets
+    /// its bytes where they are, in their slot, which frees when the last
+    /// handle on them drops (a chunk held on to holds up the sender). A
+    /// sender that breaks the lane's rules can change them under the
+    /// receiver: one that checks them copies them as it reads them, and
+    /// uses the copy.
+    pub fn take(self: &Arc<Self>, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
         let len = chunk.lane_bytes as usize;
+        if len == 0 && chunk.board_offset.is_none() {
+            return Ok(());
+        }
+        if len == 0 || !chunk.data.is_empty() {
+            return Err(LaneError::Protocol(format!(
+                "a lane chunk of {len} bytes with {} inline bytes besides",
+                chunk.data.len()
+            )));
+        }
+        let (place, index, offset) = match chunk.board_offset {
+            Some(at) => self.on_board(at, len)?,
+            None => self.in_lane(chunk, len)?,
+        };
+        chunk.data = Bytes::from_owner(InSlot { link: Arc::clone(self), place, index, offset, len });
+        Ok(())
+    }
+
+    /// Where the next lane chunk, `len` bytes of `chunk`, lies: counted as
+    /// received, unless the sender broke the lane's rules.
+    fn in_lane(&self, chunk: &pb::WeightsChunk, len: usize) -> Result<(Place, u64, usize), LaneError> {
         let lane = match self.lane.get() {
             Some(lane) if self.is_established() => lane,
             _ => return Err(LaneError::Protocol("a chunk in a lane this session has not opened".to_owned())),
         };
-        if !chunk.data.is_empty() || len > lane.slot_bytes {
-            return Err(LaneError::Protocol(format!(
-                "a lane chunk of {len} bytes (slots hold {}) with {} inline bytes besides",
-                lane.slot_bytes,
-                chunk.data.len()
-            )));
+        if len > lane.slot_bytes {
+            return Err(LaneError::Protocol(format!("a lane chunk of {len} bytes (slots hold {})", lane.slot_bytes)));
         }
-        let index = self.received.load(Ordering::Acquire);
-        let slots = lane.slots(self.side.receives()) as u64;
-        if index - self.taken.load(Ordering::Acquire) >= slots {
-            return Err(LaneError::Protocol(format!("a lane chunk with all {slots} slots still in use")));
-        }
-        self.received.store(index + 1, Ordering::Release);
+        let slots = lane.slots(self.side.receives());
+        let index = self
+            .lane_receipts
+            .receive(u64::from(slots))
+            .ok_or_else(|| LaneError::Protocol(format!("a lane chunk with all {slots} slots still in use")))?;
         let more = chunk.offset.saturating_add((len / 4) as u64) < chunk.total;
         self.other_sending.store(more, Ordering::Release);
-        Ok(Some((lane, index, len)))
+        Ok((Place::Lane, index, lane.offset(self.side.receives(), index)))
     }
 
-    /// This end is done with the `index`-th chunk it received: its slot,
-    /// and those of the chunks before it, are free once all before it are.
-    fn done(&self, index: u64) {
-        let mut ahead = self.done_ahead.lock().unwrap_or_else(PoisonError::into_inner);
-        let taken = self.taken.load(Ordering::Acquire);
-        *ahead |= 1 << (index - taken);
-        let freed = ahead.trailing_ones();
-        *ahead = ahead.checked_shr(freed).unwrap_or(0);
-        if freed > 0 {
-            self.taken.store(taken + u64::from(freed), Ordering::Release);
+    /// Where a board chunk of `len` bytes at byte `at` of the board lies:
+    /// counted as received, unless it is not on the board.
+    fn on_board(&self, at: u64, len: usize) -> Result<(Place, u64, usize), LaneError> {
+        let Some(view) = self.board_view.get() else {
+            return Err(LaneError::Protocol("a board chunk, and no board mapped".to_owned()));
+        };
+        let offset = view.check(at, len)?;
+        let index = self
+            .board_receipts
+            .receive(MAX_HELD)
+            .ok_or_else(|| LaneError::Protocol(format!("a board chunk with {MAX_HELD} board chunks held already")))?;
+        Ok((Place::Board, index, offset))
+    }
+
+    /// This end is done with the `index`-th chunk it took from `place`: its
+    /// slot, and those of the chunks before it, are free once all before
+    /// it are.
+    fn done(&self, place: Place, index: u64) {
+        let receipts = match place {
+            Place::Lane => &self.lane_receipts,
+            Place::Board => &self.board_receipts,
+        };
+        if receipts.done(index) {
             self.sender.wake();
         }
     }
@@ -460,9 +440,38 @@ impl Link {
         owed >= slots || (owed >= batch && self.other_sending.load(Ordering::Acquire))
     }
 
+    /// Whether a worker that has taken `owed` board chunks since it last
+    /// said so says so now: once it holds back half the board. The
+    /// coordinator never waits for a board slot (it sends through the lane
+    /// instead), so the news can ride on the next message until then.
+    fn owes_board_credit(&self, owed: u64) -> bool {
+        self.board_view.get().is_some_and(|view| owed >= (view.slots() as u64 / 2).max(1))
+    }
+
+    /// The coordinator's end: sends `chunk` as where its bytes are on the
+    /// board, if they are there and the worker reads the board; the bytes
+    /// are held (their slot stays written) until the worker has taken them.
+    fn refer_to_board(&self, chunk: &mut pb::WeightsChunk) -> bool {
+        let Some(board) = self.board.as_ref().filter(|_| self.board_open.load(Ordering::Acquire)) else {
+            return false;
+        };
+        let Some(offset) = board.offset_of(&chunk.data).filter(|_| !chunk.data.is_empty()) else { return false };
+        let mut held = self.board_held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.chunks.len() as u64 >= MAX_HELD {
+            return false;
+        }
+        chunk.lane_bytes = chunk.data.len() as u32;
+        chunk.board_offset = Some(offset);
+        held.chunks.push_back(std::mem::take(&mut chunk.data));
+        true
+    }
+
     /// Moves `chunk`'s bytes into the next slot if a lane is open and the
     /// slot is free; [`Sent::Wait`] if it is not free yet.
     fn send(&self, chunk: &mut pb::WeightsChunk) -> Sent {
+        if self.refer_to_board(chunk) {
+            return Sent::Lane;
+        }
         let lane = match self.lane.get() {
             Some(lane) if self.is_established() && (1..=lane.slot_bytes).contains(&chunk.data.len()) => lane,
             _ => return Sent::Inline,
@@ -480,9 +489,34 @@ impl Link {
     }
 }
 
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(board) = self.board.as_ref().filter(|_| self.board_open.load(Ordering::Acquire)) {
+            board.reader_left();
+        }
+    }
+}
+
+/// The coordinator's board chunks a worker was sent and has not taken.
+#[derive(Debug, Default)]
+struct BoardHeld {
+    /// How many it has taken.
+    freed: u64,
+    /// The rest, in the order sent: their slots stay written while held.
+    chunks: VecDeque<Bytes>,
+}
+
+/// Where a chunk taken in place lies.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Lane,
+    Board,
+}
+
 /// A chunk's bytes in their slot, which frees when this drops.
 struct InSlot {
     link: Arc<Link>,
+    place: Place,
     index: u64,
     offset: usize,
     len: usize,
@@ -490,20 +524,24 @@ struct InSlot {
 
 impl AsRef<[u8]> for InSlot {
     fn as_ref(&self) -> &[u8] {
-        let lane = self.link.lane.get().expect("a chunk in a slot has its lane");
+        let base = match self.place {
+            Place::Lane => self.link.lane.get().expect("a chunk in a slot has its lane").map.as_ptr(),
+            Place::Board => self.link.board_view.get().expect("a chunk on the board has its board").ptr(),
+        };
         // SAFETY: the slot lies inside the mapping (checked as in
-        // `LaneFile::write`), which this handle keeps alive; the sender
-        // writes it again only after `done` frees it, when this has dropped.
-        // A sender that broke that rule changes bytes this end reads once:
-        // the worker decodes each byte once, and the coordinator copies
-        // each as it measures it (it takes weights from a worker anyway).
-        unsafe { std::slice::from_raw_parts(lane.map.as_ptr().add(self.offset), self.len) }
+        // `LaneFile::write`, or by `BoardView::check`), which this handle
+        // keeps alive; the sender writes it again only after `done` frees
+        // it, when this has dropped. A sender that broke that rule changes
+        // bytes this end reads once: the worker decodes each byte once, and
+        // the coordinator copies each as it measures it (it takes weights
+        // from a worker anyway).
+        unsafe { std::slice::from_raw_parts(base.add(self.offset), self.len) }
     }
 }
 
 impl Drop for InSlot {
     fn drop(&mut self) {
-        self.link.done(self.index);
+        self.link.done(self.place, self.index);
     }
 }
 
@@ -521,8 +559,11 @@ pub trait Carrier: Sized {
     /// Where the message says how many of the other end's lane chunks
     /// this end has taken, if it can.
     fn lane_taken(&mut self) -> Option<&mut u64>;
-    /// The message that frees the other end's slots.
-    fn lane_free(taken: u64) -> Self;
+    /// Where the message says how many of the coordinator's board chunks
+    /// this end has taken, if it can (a worker's messages).
+    fn board_taken(&mut self) -> Option<&mut u64>;
+    /// The message that frees the other end's slots (and the board's).
+    fn lane_free(taken: u64, board_taken: u64) -> Self;
 }
 
 impl Carrier for pb::WorkerMessage {
@@ -537,8 +578,13 @@ impl Carrier for pb::WorkerMessage {
         Some(&mut self.lane_taken)
     }
 
-    fn lane_free(taken: u64) -> Self {
-        pb::WorkerMessage { kind: Some(pb::worker_message::Kind::LaneFree(pb::LaneFree { taken })), lane_taken: 0 }
+    fn board_taken(&mut self) -> Option<&mut u64> {
+        Some(&mut self.board_taken)
+    }
+
+    fn lane_free(taken: u64, board_taken: u64) -> Self {
+        let free = pb::worker_message::Kind::LaneFree(pb::LaneFree { taken, board_taken });
+        pb::WorkerMessage { kind: Some(free), ..Default::default() }
     }
 }
 
@@ -555,8 +601,12 @@ impl Carrier for Result<pb::CoordinatorMessage, tonic::Status> {
         self.as_mut().ok().map(|message| &mut message.lane_taken)
     }
 
-    fn lane_free(taken: u64) -> Self {
-        let free = pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken });
+    fn board_taken(&mut self) -> Option<&mut u64> {
+        None
+    }
+
+    fn lane_free(taken: u64, _board_taken: u64) -> Self {
+        let free = pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken, board_taken: 0 });
         Ok(pb::CoordinatorMessage { kind: Some(free), lane_taken: 0 })
     }
 }
@@ -571,13 +621,15 @@ pub struct Outbound<S: Stream> {
     link: Arc<Link>,
     /// A chunk waiting for a free slot.
     held: Option<S::Item>,
-    /// The count of the other end's chunks last announced taken.
+    /// The count of the other end's lane chunks last announced taken.
     announced: u64,
+    /// The count of the board's chunks last announced taken.
+    board_announced: u64,
 }
 
 impl<S: Stream> Outbound<S> {
     pub fn new(messages: S, link: Arc<Link>) -> Self {
-        Outbound { messages, link, held: None, announced: 0 }
+        Outbound { messages, link, held: None, announced: 0, board_announced: 0 }
     }
 }
 
@@ -592,10 +644,13 @@ where
         let this = self.get_mut();
         // Registered before the counters are read: a change after the read wakes this poll.
         this.link.sender.register(cx.waker());
-        let taken = this.link.taken.load(Ordering::Acquire);
-        if taken > this.announced && this.link.owes_credit(taken - this.announced) {
-            this.announced = taken;
-            return Poll::Ready(Some(S::Item::lane_free(taken)));
+        let (taken, board_taken) = (this.link.lane_receipts.taken(), this.link.board_receipts.taken());
+        let (lane_news, board_news) = (taken > this.announced, board_taken > this.board_announced);
+        if (lane_news && this.link.owes_credit(taken - this.announced))
+            || (board_news && this.link.owes_board_credit(board_taken - this.board_announced))
+        {
+            (this.announced, this.board_announced) = (taken, board_taken);
+            return Poll::Ready(Some(S::Item::lane_free(taken, board_taken)));
         }
         let mut message = match this.held.take() {
             Some(message) => message,
@@ -607,9 +662,13 @@ where
         let sent = message.weights().map_or(Sent::Inline, |chunk| this.link.send(chunk));
         match sent {
             Sent::Inline | Sent::Lane => {
-                if let Some(news) = message.lane_taken().filter(|_| taken > this.announced) {
+                if let Some(news) = message.lane_taken().filter(|_| lane_news) {
                     *news = taken;
                     this.announced = taken;
+                }
+                if let Some(news) = message.board_taken().filter(|_| board_news) {
+                    *news = board_taken;
+                    this.board_announced = board_taken;
                 }
                 Poll::Ready(Some(message))
             }

@@ -104,7 +104,10 @@ async fn open_session(
 ) -> (Result<tonic::Streaming<pb::CoordinatorMessage>, Status>, mpsc::Sender<pb::WorkerMessage>) {
     let (outbox, replies) = mpsc::channel(1);
     if let Some(kind) = first {
-        outbox.send(pb::WorkerMessage { kind: Some(kind), lane_taken: 0 }).await.expect("the request stream is open");
+        outbox
+            .send(pb::WorkerMessage { kind: Some(kind), ..Default::default() })
+            .await
+            .expect("the request stream is open");
     }
     let answer = client.session(ReceiverStream::new(replies)).await.map(tonic::Response::into_inner);
     (answer, outbox)

@@ -641,7 +641,7 @@ pub async fn join(client: &mut Client, protocol_version: u32, name: &str) -> Res
 }
 
 fn message(kind: Reply) -> pb::WorkerMessage {
-    pb::WorkerMessage { kind: Some(kind), lane_taken: 0 }
+    pb::WorkerMessage { kind: Some(kind), ..Default::default() }
 }
 
 fn attach(worker_id: u64) -> Reply {
@@ -725,7 +725,7 @@ impl TestSession {
 
     /// One chunk holding `data` as the whole buffer of `total` values.
     fn chunk(&self, epoch: u64, round: u64, total: u64, data: Vec<u8>) -> Reply {
-        Reply::Weights(pb::WeightsChunk { epoch, round, offset: 0, total, data: data.into(), lane_bytes: 0 })
+        Reply::Weights(pb::WeightsChunk { epoch, round, offset: 0, total, data: data.into(), ..Default::default() })
     }
 
     /// The weights it holds, sent back unchanged as its contribution.
@@ -1384,7 +1384,7 @@ fn lanes_of(pid: u32) -> impl Fn() -> usize {
         let Ok(entries) = fs::read_dir(&fds) else { return 0 };
         entries
             .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
-            .filter(|target| target.to_string_lossy().starts_with("/memfd:lazyavg-lane-"))
+            .filter(|target| target.to_string_lossy().starts_with("/memfd:lazyavg-lane-worker-"))
             .count()
     }
 }

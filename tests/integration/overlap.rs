@@ -100,7 +100,7 @@ async fn contribute_once_and_leave(addr: &str) -> (u64, [pb::PullWeights; 2]) {
     let join = pb::JoinRequest { protocol_version: lazyavg_proto::PROTOCOL_VERSION, name: "test-client".into() };
     let id = client.join(join).await.expect("Join").into_inner().worker_id;
     let (outbox, replies) = mpsc::channel(16);
-    let send = |kind: Reply| outbox.send(pb::WorkerMessage { kind: Some(kind), lane_taken: 0 });
+    let send = |kind: Reply| outbox.send(pb::WorkerMessage { kind: Some(kind), ..Default::default() });
     send(Reply::Attach(pb::Attach { worker_id: id, shared_memory: false })).await.expect("the request stream is open");
     let mut inbound = client.session(ReceiverStream::new(replies)).await.expect("Session").into_inner();
     let mut weights: Vec<f32> = Vec::new();

@@ -227,7 +227,12 @@ impl Session {
             Command::LaneOffer(offer) => {
                 let answer = self.link.accept(&offer);
                 match answer.accepted {
-                    true => debug!(path = offer.path, "weights go through a shared-memory lane"),
+                    true => debug!(
+                        path = offer.path,
+                        board = answer.board_accepted,
+                        reason = answer.reason,
+                        "weights go through a shared-memory lane"
+                    ),
                     false => debug!(reason = answer.reason, "shared-memory lane declined; weights go over gRPC"),
                 }
                 send(&self.outbox, Reply::LaneAnswer(answer))?;
@@ -551,5 +556,5 @@ fn log_correction(pull: &pb::PullWeights, applied: Applied) {
 }
 
 fn send(outbox: &Outbox, kind: Reply) -> Result<()> {
-    outbox.send(pb::WorkerMessage { kind: Some(kind), lane_taken: 0 }).map_err(|_| Error::SessionEnded)
+    outbox.send(pb::WorkerMessage { kind: Some(kind), ..Default::default() }).map_err(|_| Error::SessionEnded)
 }

@@ -1,7 +1,9 @@
 //! Weights going out: each round's average to the workers that answer,
 //! the current model to newcomers and to workers behind, and the
 //! `--align` reference. One encoding per version, shared by every send: the
-//! parameters' own memory (`shared_values`), not a copy.
+//! parameters' own memory (`shared_values`), not a copy, or, while workers
+//! with a lane read it, one copy on the lanes' board, which they take in
+//! place instead of a copy into each lane.
 
 use std::sync::Arc;
 
@@ -43,12 +45,18 @@ impl Driver {
         }
     }
 
-    /// The current parameters as the wire carries them, made once per version.
+    /// The current parameters as the wire carries them, made once per
+    /// version: on the board the chunks that find a slot there.
     fn current_chunks(&mut self) -> &Vec<Chunk> {
         let (epoch, round) = self.version;
-        let params = &self.model.params;
-        self.params_chunks
-            .get_or_insert_with(|| encoded_chunks(epoch, round, shared_values(Arc::clone(params))).collect())
+        let (params, board) = (&self.model.params, &self.lane_board);
+        self.params_chunks.get_or_insert_with(|| {
+            let posted = |chunk: Chunk| match board.as_ref().and_then(|board| board.post(&chunk.data)) {
+                Some(data) => Chunk { data, ..chunk },
+                None => chunk,
+            };
+            encoded_chunks(epoch, round, shared_values(Arc::clone(params))).map(posted).collect()
+        })
     }
 
     /// Sends `chunks` (weights tagged with the current version) to `to`: to

@@ -30,6 +30,7 @@ use lazyavg_common::model::{Evaluation, Network};
 use lazyavg_common::outer::OuterOptimizer;
 use lazyavg_common::telemetry::error_chain;
 use lazyavg_proto::chunks::Chunk;
+use lazyavg_proto::lane::Board;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -116,6 +117,9 @@ pub struct Driver {
     /// `params` as weight chunks, made once per version: views of `params`
     /// itself, shared by every worker sent them, however many attach or lag.
     params_chunks: Option<Vec<Chunk>>,
+    /// Where those chunks go, copied once, for the workers with a lane to
+    /// read in place (see [`Board`]).
+    lane_board: Option<Arc<Board>>,
     /// Epoch and round the current parameters come from (0, 0 before the first round).
     version: (u64, u64),
     /// The epoch to start from (after `--resume`, the checkpoint's).
@@ -155,6 +159,7 @@ impl Driver {
         test: Arc<Dataset>,
         n_train: usize,
         events: mpsc::Receiver<Event>,
+        lane_board: Option<Arc<Board>>,
         frontier: gate::Publisher,
         shutdown: Shutdown,
         observers: Observers,
@@ -178,6 +183,7 @@ impl Driver {
             outliers: OutlierRecord::default(),
             model: ModelState::new(start.params, outer),
             params_chunks: None,
+            lane_board,
             version,
             first_epoch,
             epoch,

@@ -1,17 +1,23 @@
-use futures::FutureExt;
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 
+use futures::FutureExt;
+use rustix::fs::MemfdFlags;
+
+use super::memfd::{MAGIC, NONCE_BYTES};
 use super::*;
 
 fn chunk(offset: u64, fill: u8, len: usize) -> pb::WorkerMessage {
     let data = Bytes::from(vec![fill; len]);
-    let chunk = pb::WeightsChunk { epoch: 1, round: 2, offset, total: 1 << 20, data, lane_bytes: 0 };
-    pb::WorkerMessage { kind: Some(pb::worker_message::Kind::Weights(chunk)), lane_taken: 0 }
+    let chunk = pb::WeightsChunk { epoch: 1, round: 2, offset, total: 1 << 20, data, ..Default::default() };
+    pb::WorkerMessage { kind: Some(pb::worker_message::Kind::Weights(chunk)), ..Default::default() }
 }
 
 /// A coordinator's and a worker's end of one lane, the worker's accepted.
 fn pair() -> (Arc<Link>, Arc<Link>) {
     let (file, offer) = LaneFile::create("test").expect("a lane's memory");
-    let coordinator = Arc::new(Link::offered(file));
+    let coordinator = Arc::new(Link::offered(file, None));
     let worker = Arc::new(Link::new(Side::Worker));
     let answer = worker.accept(&offer);
     assert!(answer.accepted, "{}", answer.reason);
@@ -51,7 +57,10 @@ fn chunks_cross_the_lane_intact_and_wait_for_free_slots() {
     let mut replies =
         Outbound::new(futures::stream::pending::<Result<pb::CoordinatorMessage, tonic::Status>>(), coordinator);
     let free = next(&mut replies).unwrap().unwrap();
-    assert_eq!(free.kind, Some(pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken: SLOTS as u64 })));
+    assert_eq!(
+        free.kind,
+        Some(pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken: SLOTS as u64, board_taken: 0 }))
+    );
 }
 
 #[test]
@@ -134,8 +143,8 @@ fn a_closed_link_ends_the_stream_even_with_a_chunk_waiting_for_a_slot() {
 #[test]
 fn an_acceptance_without_the_files_proof_opens_no_lane() {
     let (file, _offer) = LaneFile::create("proof").unwrap();
-    let coordinator = Link::offered(file);
-    let bluff = pb::LaneAnswer { accepted: true, reason: String::new(), proof: Bytes::from_static(&[0; PROOF_BYTES]) };
+    let coordinator = Link::offered(file, None);
+    let bluff = pb::LaneAnswer { accepted: true, proof: Bytes::from_static(&[0; PROOF_BYTES]), ..Default::default() };
     assert!(coordinator.answered(&bluff).unwrap_err().to_string().contains("without the proof"));
     assert!(!coordinator.is_established());
 }
@@ -155,7 +164,7 @@ fn a_chunk_taken_in_place_holds_its_slot_until_it_drops_and_slots_free_in_order(
     for (i, data) in held.iter().enumerate() {
         assert!(data.len() == 100 && data.iter().all(|&b| b == i as u8 + 1), "chunk {i}");
     }
-    let taken = || coordinator.taken.load(Ordering::Acquire);
+    let taken = || coordinator.lane_receipts.taken();
     let mut beyond = pb::WeightsChunk { lane_bytes: 8, ..Default::default() };
     let refused = coordinator.take(&mut beyond).unwrap_err().to_string();
     assert!(refused.contains("all 4 slots still in use"), "{refused}");
@@ -201,5 +210,130 @@ fn the_credit_for_the_end_of_a_transfer_rides_on_the_next_message_unless_all_slo
         coordinator.take(message.weights().unwrap()).unwrap();
     }
     let free = next(&mut replies).unwrap().unwrap();
-    assert_eq!(free.kind, Some(pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken: 6 })), "all four owed");
+    assert_eq!(
+        free.kind,
+        Some(pb::coordinator_message::Kind::LaneFree(pb::LaneFree { taken: 6, board_taken: 0 })),
+        "all four owed"
+    );
+}
+
+/// A coordinator's and a worker's end of one lane offered with `board`, and
+/// whether the worker took the board.
+fn pair_on(board: &Arc<Board>) -> (Arc<Link>, Arc<Link>, bool) {
+    let (file, mut offer) = LaneFile::create("board-test").expect("a lane's memory");
+    offer.board = Some(board.offer());
+    let coordinator = Arc::new(Link::offered(file, Some(Arc::clone(board))));
+    let worker = Arc::new(Link::new(Side::Worker));
+    let answer = worker.accept(&offer);
+    assert!(answer.accepted, "{}", answer.reason);
+    coordinator.answered(&answer).unwrap();
+    (coordinator, worker, answer.board_accepted)
+}
+
+fn average(data: Bytes) -> Result<pb::CoordinatorMessage, tonic::Status> {
+    let chunk = pb::WeightsChunk { epoch: 1, round: 2, total: 1 << 20, data, ..Default::default() };
+    Ok(pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Average(chunk)), lane_taken: 0 })
+}
+
+/// What `link`'s sending stream makes of `message`.
+fn sent_through(link: &Arc<Link>, message: Result<pb::CoordinatorMessage, tonic::Status>) -> pb::WeightsChunk {
+    let mut outbound = Outbound::new(futures::stream::iter([message]), Arc::clone(link));
+    let mut sent = next(&mut outbound).expect("sent at once");
+    sent.weights().expect("a chunk").clone()
+}
+
+#[test]
+fn a_chunk_on_the_board_reaches_every_worker_without_a_copy_and_its_slot_frees_once_all_are_done() {
+    let board = Board::create().expect("a board");
+    assert!(board.post(&[1; 64]).is_none(), "nobody reads the board yet: no copy");
+    let ends: Vec<_> = (0..2).map(|_| pair_on(&board)).collect();
+    assert!(ends.iter().all(|(_, _, took)| *took));
+    let posted = board.post(&[7; 1000]).expect("a free slot");
+    let mut taken = Vec::new();
+    for (coordinator, worker, _) in &ends {
+        let mut chunk = sent_through(coordinator, average(posted.clone()));
+        assert_eq!((chunk.data.len(), chunk.lane_bytes), (0, 1000));
+        assert_eq!(chunk.board_offset, board.offset_of(&posted));
+        worker.take(&mut chunk).unwrap();
+        assert_eq!(chunk.data, posted, "the worker reads the posted bytes");
+        assert_eq!(
+            chunk.data.as_ptr(),
+            worker.board_view.get().unwrap().ptr().wrapping_add(chunk.board_offset.unwrap() as usize)
+        );
+        taken.push(chunk.data);
+    }
+    let slot = posted.as_ptr();
+    drop(posted);
+    drop(taken);
+    // The first worker says it is done; the second has not yet.
+    ends[0].0.board_freed(ends[0].1.board_receipts.taken()).unwrap();
+    let other = board.post(&[8; 10]).expect("another slot");
+    assert_ne!(other.as_ptr(), slot, "a slot a worker holds is not written");
+    drop(other);
+    ends[1].0.board_freed(1).unwrap();
+    assert_eq!(board.post(&[9; 10]).expect("a free slot").as_ptr(), slot, "freed, and used first again");
+    // A worker whose session ends reads the board no more.
+    drop(ends);
+    assert!(board.post(&[1; 64]).is_none());
+}
+
+#[test]
+fn with_every_board_slot_held_the_weights_go_into_the_lane() {
+    let board = Board::create().unwrap();
+    let (coordinator, worker, _) = pair_on(&board);
+    let held: Vec<Bytes> = (0..BOARD_SLOTS).map(|i| board.post(&[i as u8; 64]).expect("a free slot")).collect();
+    assert!(board.post(&[0; 64]).is_none(), "all {BOARD_SLOTS} slots held");
+    let mut chunk = sent_through(&coordinator, average(Bytes::from(vec![3u8; 64])));
+    assert_eq!((chunk.board_offset, chunk.lane_bytes), (None, 64), "into the lane instead");
+    worker.take(&mut chunk).unwrap();
+    assert_eq!(chunk.data, vec![3u8; 64]);
+    drop(held);
+}
+
+#[test]
+fn a_worker_says_it_is_done_with_board_chunks_on_its_next_message_or_once_it_holds_back_half_the_board() {
+    let board = Board::create().unwrap();
+    let (coordinator, worker, _) = pair_on(&board);
+    let posted: Vec<Bytes> = (0..BOARD_SLOTS / 2).map(|i| board.post(&[i as u8; 8]).unwrap()).collect();
+    let (replies_tx, replies_rx) = futures::channel::mpsc::unbounded();
+    let mut replies = Outbound::new(replies_rx, Arc::clone(&worker));
+    let take = |data: &Bytes| {
+        let mut chunk = sent_through(&coordinator, average(data.clone()));
+        worker.take(&mut chunk).unwrap();
+    };
+    take(&posted[0]);
+    assert!(next(&mut replies).is_none(), "one of eight owed: no message of its own");
+    replies_tx.unbounded_send(chunk(0, 1, 8)).unwrap();
+    let report = next(&mut replies).unwrap();
+    assert_eq!((report.board_taken, report.lane_taken), (1, 0), "the news rides on the next message");
+    coordinator.board_freed(report.board_taken).unwrap();
+    for data in &posted {
+        take(data);
+    }
+    let free = next(&mut replies).expect("half the board owed");
+    assert_eq!(free.kind, Some(pb::worker_message::Kind::LaneFree(pb::LaneFree { taken: 0, board_taken: 5 })));
+}
+
+#[test]
+fn a_peer_that_breaks_the_boards_rules_is_refused_and_a_board_that_will_not_open_leaves_the_lane() {
+    let board = Board::create().unwrap();
+    let (coordinator, worker, _) = pair_on(&board);
+    assert!(coordinator.board_freed(1).unwrap_err().to_string().contains("1 board chunks freed, 0 sent"));
+    let outside = |board_offset: u64, lane_bytes: u32| pb::WeightsChunk {
+        board_offset: Some(board_offset),
+        lane_bytes,
+        ..Default::default()
+    };
+    for (at, len) in [(0, 16), (4096 + SLOT_BYTES as u64 - 8, 16), (u64::MAX - 4, 16), (4096, 0)] {
+        assert!(worker.take(&mut outside(at, len)).is_err(), "{len} bytes at {at}");
+    }
+    let (plain_coordinator, plain_worker) = pair();
+    assert!(plain_worker.take(&mut outside(4096, 16)).unwrap_err().to_string().contains("no board mapped"));
+    assert!(plain_coordinator.take(&mut outside(4096, 16)).is_err(), "the coordinator reads no board");
+    let (file, mut offer) = LaneFile::create("bad-board").unwrap();
+    offer.board = Some(pb::SharedAverage { nonce: Bytes::from_static(&[0; NONCE_BYTES]), ..board.offer() });
+    let answer = Link::new(Side::Worker).accept(&offer);
+    assert!(answer.accepted && !answer.board_accepted, "the lane without the board");
+    assert!(answer.reason.contains("no board: ") && answer.reason.contains("is not the board"), "{}", answer.reason);
+    drop(file);
 }
