@@ -46,16 +46,20 @@ impl Driver {
     }
 
     /// The current parameters as the wire carries them, made once per
-    /// version: on the board the chunks that find a slot there.
+    /// version: on the board if they fit there.
     fn current_chunks(&mut self) -> &Vec<Chunk> {
         let (epoch, round) = self.version;
         let (params, board) = (&self.model.params, &self.lane_board);
         self.params_chunks.get_or_insert_with(|| {
-            let posted = |chunk: Chunk| match board.as_ref().and_then(|board| board.post(&chunk.data)) {
-                Some(data) => Chunk { data, ..chunk },
-                None => chunk,
-            };
-            encoded_chunks(epoch, round, shared_values(Arc::clone(params))).map(posted).collect()
+            let chunks: Vec<Chunk> = encoded_chunks(epoch, round, shared_values(Arc::clone(params))).collect();
+            let posted = board.as_ref().and_then(|board| {
+                let data: Vec<&[u8]> = chunks.iter().map(|chunk| &chunk.data[..]).collect();
+                board.post(&data)
+            });
+            match posted {
+                Some(posted) => chunks.into_iter().zip(posted).map(|(chunk, data)| Chunk { data, ..chunk }).collect(),
+                None => chunks,
+            }
         })
     }
 

@@ -24,11 +24,11 @@ use super::memfd::{self, HEADER_BYTES};
 use super::{LaneError, SLOT_BYTES};
 use crate::pb;
 
-/// Slots on the board: four versions of a default model (two chunks), or
-/// the first 4 MiB of a bigger one (the rest goes through the lanes). Its
-/// pages take memory only once written, and the slot freed last is used
-/// first, so a small model keeps only the slots it needs in use.
-pub const BOARD_SLOTS: u32 = 8;
+/// Slots on the board: two versions in flight of a model up to 4 MiB (a
+/// default model, two chunks, keeps four slots in use), one of a model up
+/// to 8 MiB; a bigger model goes through the lanes. Its pages take memory
+/// only once written, and the slots freed last are used first.
+pub const BOARD_SLOTS: u32 = 16;
 
 /// The most of its board chunks the coordinator leaves a worker holding,
 /// and a worker accepts: one bit each in [`super::Receipts`].
@@ -71,20 +71,31 @@ impl Board {
         self.offer.clone()
     }
 
-    /// `data` (at most a slot) copied into a free slot, as bytes that free
-    /// it when their last handle drops; `None` (and no copy) when no worker
-    /// reads the board or every slot is held.
-    pub fn post(self: &Arc<Self>, data: &[u8]) -> Option<Bytes> {
-        if self.readers.load(Ordering::Acquire) == 0 || data.len() > self.slot_bytes {
+    /// A version's `chunks` (each at most a slot) copied into free slots,
+    /// all of them or none, as bytes that free their slot when their last
+    /// handle drops; `None` (and no copy) when no worker reads the board or
+    /// fewer slots are free. A version only partly on the board would keep
+    /// slots written for a few chunks of a model the lanes carry anyway: a
+    /// model bigger than the board goes through the lanes whole, and takes
+    /// none of the board's memory.
+    pub fn post(self: &Arc<Self>, chunks: &[&[u8]]) -> Option<Vec<Bytes>> {
+        if self.readers.load(Ordering::Acquire) == 0 || chunks.iter().any(|data| data.len() > self.slot_bytes) {
             return None;
         }
-        let slot = self.free.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
-        let offset = slot_offset(self.slot_bytes, slot);
-        // SAFETY: the slot lies inside the mapping (`board_len`), whose size
-        // the seals fix; it was free: no bytes of it are held here, and every
-        // worker sent it before has said it is done with it.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
-        Some(Bytes::from_owner(Posted { board: Arc::clone(self), slot, len: data.len() }))
+        let slots = {
+            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+            let rest = free.len().checked_sub(chunks.len())?;
+            free.split_off(rest)
+        };
+        let posted = chunks.iter().zip(slots).map(|(data, slot)| {
+            let offset = slot_offset(self.slot_bytes, slot);
+            // SAFETY: the slot lies inside the mapping (`board_len`), whose
+            // size the seals fix; it was free: no bytes of it are held here,
+            // and every worker sent it before has said it is done with it.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
+            Bytes::from_owner(Posted { board: Arc::clone(self), slot, len: data.len() })
+        });
+        Some(posted.collect())
     }
 
     /// Where `data` starts in the board's file, if it lies in one of its slots.

@@ -245,10 +245,11 @@ fn sent_through(link: &Arc<Link>, message: Result<pb::CoordinatorMessage, tonic:
 #[test]
 fn a_chunk_on_the_board_reaches_every_worker_without_a_copy_and_its_slot_frees_once_all_are_done() {
     let board = Board::create().expect("a board");
-    assert!(board.post(&[1; 64]).is_none(), "nobody reads the board yet: no copy");
+    let one = |data: &[u8]| board.post(&[data]).map(|mut posted| posted.remove(0));
+    assert!(one(&[1; 64]).is_none(), "nobody reads the board yet: no copy");
     let ends: Vec<_> = (0..2).map(|_| pair_on(&board)).collect();
     assert!(ends.iter().all(|(_, _, took)| *took));
-    let posted = board.post(&[7; 1000]).expect("a free slot");
+    let posted = one(&[7; 1000]).expect("a free slot");
     let mut taken = Vec::new();
     for (coordinator, worker, _) in &ends {
         let mut chunk = sent_through(coordinator, average(posted.clone()));
@@ -267,22 +268,25 @@ fn a_chunk_on_the_board_reaches_every_worker_without_a_copy_and_its_slot_frees_o
     drop(taken);
     // The first worker says it is done; the second has not yet.
     ends[0].0.board_freed(ends[0].1.board_receipts.taken()).unwrap();
-    let other = board.post(&[8; 10]).expect("another slot");
+    let other = one(&[8; 10]).expect("another slot");
     assert_ne!(other.as_ptr(), slot, "a slot a worker holds is not written");
     drop(other);
     ends[1].0.board_freed(1).unwrap();
-    assert_eq!(board.post(&[9; 10]).expect("a free slot").as_ptr(), slot, "freed, and used first again");
+    assert_eq!(one(&[9; 10]).expect("a free slot").as_ptr(), slot, "freed, and used first again");
     // A worker whose session ends reads the board no more.
     drop(ends);
-    assert!(board.post(&[1; 64]).is_none());
+    assert!(one(&[1; 64]).is_none());
 }
 
 #[test]
-fn with_every_board_slot_held_the_weights_go_into_the_lane() {
+fn a_version_that_does_not_fit_on_the_board_goes_into_the_lanes() {
     let board = Board::create().unwrap();
     let (coordinator, worker, _) = pair_on(&board);
-    let held: Vec<Bytes> = (0..BOARD_SLOTS).map(|i| board.post(&[i as u8; 64]).expect("a free slot")).collect();
-    assert!(board.post(&[0; 64]).is_none(), "all {BOARD_SLOTS} slots held");
+    let chunks: Vec<Vec<u8>> = (0..BOARD_SLOTS - 1).map(|i| vec![i as u8; 64]).collect();
+    let data: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+    let held = board.post(&data).expect("free slots");
+    assert!(board.post(&[&[0; 64], &[0; 64]]).is_none(), "two chunks, one slot free: neither goes on the board");
+    assert!(board.post(&[&[0; 64]]).is_some(), "one chunk does");
     let mut chunk = sent_through(&coordinator, average(Bytes::from(vec![3u8; 64])));
     assert_eq!((chunk.board_offset, chunk.lane_bytes), (None, 64), "into the lane instead");
     worker.take(&mut chunk).unwrap();
@@ -294,7 +298,7 @@ fn with_every_board_slot_held_the_weights_go_into_the_lane() {
 fn a_worker_says_it_is_done_with_board_chunks_on_its_next_message_or_once_it_holds_back_half_the_board() {
     let board = Board::create().unwrap();
     let (coordinator, worker, _) = pair_on(&board);
-    let posted: Vec<Bytes> = (0..BOARD_SLOTS / 2).map(|i| board.post(&[i as u8; 8]).unwrap()).collect();
+    let posted = board.post(&[&[1u8; 8][..]; BOARD_SLOTS as usize / 2]).expect("free slots");
     let (replies_tx, replies_rx) = futures::channel::mpsc::unbounded();
     let mut replies = Outbound::new(replies_rx, Arc::clone(&worker));
     let take = |data: &Bytes| {
@@ -302,7 +306,7 @@ fn a_worker_says_it_is_done_with_board_chunks_on_its_next_message_or_once_it_hol
         worker.take(&mut chunk).unwrap();
     };
     take(&posted[0]);
-    assert!(next(&mut replies).is_none(), "one of eight owed: no message of its own");
+    assert!(next(&mut replies).is_none(), "one of {BOARD_SLOTS} owed: no message of its own");
     replies_tx.unbounded_send(chunk(0, 1, 8)).unwrap();
     let report = next(&mut replies).unwrap();
     assert_eq!((report.board_taken, report.lane_taken), (1, 0), "the news rides on the next message");
@@ -311,7 +315,8 @@ fn a_worker_says_it_is_done_with_board_chunks_on_its_next_message_or_once_it_hol
         take(data);
     }
     let free = next(&mut replies).expect("half the board owed");
-    assert_eq!(free.kind, Some(pb::worker_message::Kind::LaneFree(pb::LaneFree { taken: 0, board_taken: 5 })));
+    let board_taken = u64::from(BOARD_SLOTS / 2 + 1);
+    assert_eq!(free.kind, Some(pb::worker_message::Kind::LaneFree(pb::LaneFree { taken: 0, board_taken })));
 }
 
 #[test]
