@@ -300,9 +300,11 @@ impl Link {
             return Err(LaneError::Protocol("accepted a lane without the proof its file holds".to_owned()));
         }
         self.establish();
+        // Counted once, however often a worker answers.
         if let Some(board) = self.board.as_ref().filter(|_| answer.board_accepted) {
-            self.board_open.store(true, Ordering::Release);
-            board.reader_joined();
+            if !self.board_open.swap(true, Ordering::AcqRel) {
+                board.reader_joined();
+            }
         }
         Ok(())
     }

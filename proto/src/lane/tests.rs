@@ -342,3 +342,18 @@ fn a_peer_that_breaks_the_boards_rules_is_refused_and_a_board_that_will_not_open
     assert!(answer.reason.contains("no board: ") && answer.reason.contains("is not the board"), "{}", answer.reason);
     drop(file);
 }
+
+#[test]
+fn a_worker_that_answers_twice_reads_the_board_once() {
+    let board = Board::create().unwrap();
+    let (file, mut offer) = LaneFile::create("twice").unwrap();
+    offer.board = Some(board.offer());
+    let coordinator = Link::offered(file, Some(Arc::clone(&board)));
+    let answer = Link::new(Side::Worker).accept(&offer);
+    assert!(answer.board_accepted, "{}", answer.reason);
+    coordinator.answered(&answer).unwrap();
+    coordinator.answered(&answer).unwrap();
+    assert!(board.post(&[&[1; 8]]).is_some());
+    drop(coordinator);
+    assert!(board.post(&[&[1; 8]]).is_none(), "its session ended: nobody reads the board");
+}
