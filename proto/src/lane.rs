@@ -31,6 +31,10 @@
 //! (slots of one wire chunk each), and a side writes a slot only when the
 //! other has said it took what was there ([`pb::LaneFree`]): the lane is a
 //! bounded ring in each direction, with gRPC carrying its credits.
+//!
+//! The coordinator's own weights, the same for every worker, go on its
+//! [`Board`] instead where they fit: written once for all local workers,
+//! which take them in place and give them back with credits of their own.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -51,9 +55,9 @@ mod board;
 mod memfd;
 mod receipts;
 
-pub use board::{BOARD_SLOTS, Board};
+pub use board::Board;
 use board::{BoardView, MAX_HELD};
-use memfd::{HEADER_BYTES, PROOF_BYTES};
+use memfd::{HEADER_BYTES, PROOF_BYTES, Writers};
 use receipts::Receipts;
 
 /// Bytes per slot: one wire chunk.
@@ -62,7 +66,7 @@ pub const SLOT_BYTES: usize = MAX_CHUNK_BYTES;
 /// Slots in each direction: a default model (800 KB, two chunks) goes
 /// without waiting for a credit, whose news rides on the next message, a
 /// bigger one in a pipeline of four chunks (2 MiB a direction, 4 MiB a
-/// lane: 32 MiB of shared memory for 8 local workers).
+/// lane: 32 MiB of shared memory for 8 local workers, and the board's 8).
 pub const SLOTS: u32 = 4;
 
 /// The most slots or bytes per slot a worker accepts in an offer.
@@ -128,7 +132,7 @@ impl LaneFile {
     /// describes it; `name` shows in the coordinator's `/proc/<pid>/fd`.
     /// Its slots take memory only once written.
     pub fn create(name: &str) -> Result<(LaneFile, pb::LaneOffer), LaneError> {
-        let made = memfd::create(name, lane_len(SLOT_BYTES, SLOTS, SLOTS))?;
+        let made = memfd::create(name, lane_len(SLOT_BYTES, SLOTS, SLOTS), Writers::All)?;
         let offer = pb::LaneOffer {
             path: made.path,
             nonce: Bytes::copy_from_slice(&made.nonce),
@@ -301,10 +305,10 @@ impl Link {
         }
         self.establish();
         // Counted once, however often a worker answers.
-        if let Some(board) = self.board.as_ref().filter(|_| answer.board_accepted) {
-            if !self.board_open.swap(true, Ordering::AcqRel) {
-                board.reader_joined();
-            }
+        if let Some(board) = self.board.as_ref().filter(|_| answer.board_accepted)
+            && !self.board_open.swap(true, Ordering::AcqRel)
+        {
+            board.reader_joined();
         }
         Ok(())
     }
@@ -443,9 +447,11 @@ impl Link {
     }
 
     /// Whether a worker that has taken `owed` board chunks since it last
-    /// said so says so now: once it holds back half the board. The
-    /// coordinator never waits for a board slot (it sends through the lane
-    /// instead), so the news can ride on the next message until then.
+    /// said so says so now: once they are half as many as the board has
+    /// slots (chunks, which may be slices of a slot: a newcomer's weights
+    /// come in 64 KiB slices). The coordinator never waits for a board slot
+    /// (it sends through the lane instead), so the news can ride on the
+    /// next message until then.
     fn owes_board_credit(&self, owed: u64) -> bool {
         self.board_view.get().is_some_and(|view| owed >= (view.slots() as u64 / 2).max(1))
     }
@@ -468,8 +474,10 @@ impl Link {
         true
     }
 
-    /// Moves `chunk`'s bytes into the next slot if a lane is open and the
-    /// slot is free; [`Sent::Wait`] if it is not free yet.
+    /// Sends `chunk` by where its bytes are on the board if they are there
+    /// (see [`Link::refer_to_board`]), else moves them into the next slot
+    /// if a lane is open and the slot is free; [`Sent::Wait`] if it is not
+    /// free yet.
     fn send(&self, chunk: &mut pb::WeightsChunk) -> Sent {
         if self.refer_to_board(chunk) {
             return Sent::Lane;
@@ -547,9 +555,13 @@ impl Drop for InSlot {
     }
 }
 
+/// How a chunk went.
 enum Sent {
+    /// In its message.
     Inline,
+    /// By reference: into a lane slot, or where it is on the board.
     Lane,
+    /// Not yet: no lane slot is free.
     Wait,
 }
 
@@ -614,10 +626,11 @@ impl Carrier for Result<pb::CoordinatorMessage, tonic::Status> {
 }
 
 /// A session's outgoing messages with its lane in between: each chunk of
-/// weights goes into the next slot (waiting for one to free), and the slots
-/// this end has read are announced free on the next message that goes, or
-/// ahead of anything else when [`Link::owes_credit`] says so, so that the
-/// other end never waits on this one's queue for ever.
+/// weights goes by where it is on the board, or into the next slot
+/// (waiting for one to free), and the slots this end has read are announced
+/// free on the next message that goes, or ahead of anything else when
+/// [`Link::owes_credit`] (or [`Link::owes_board_credit`]) says so, so that
+/// the other end never waits on this one's queue for ever.
 pub struct Outbound<S: Stream> {
     messages: S,
     link: Arc<Link>,

@@ -10,8 +10,12 @@
 //! (`board_taken`). A slot is written again only once nothing holds it: no
 //! message still queued for a session, and no worker that was sent it and
 //! has not said it is done (see [`super::Link`], which holds a posted
-//! chunk's bytes until then). When every slot is held, or no worker reads
-//! the board, the weights go as before.
+//! chunk's bytes until then), but for one whose session ended: it may still
+//! read a message sent before, from a slot written again since, and drops
+//! whatever it read with the session (a worker starts each session afresh,
+//! from the weights that session sends). When a version does not fit, or
+//! no worker reads the board, the weights go as before. The file is sealed
+//! against writes by any process but the coordinator.
 
 use std::fs::File;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,15 +24,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use memmap2::MmapRaw;
 
-use super::memfd::{self, HEADER_BYTES};
-use super::{LaneError, SLOT_BYTES};
+use super::memfd::{self, HEADER_BYTES, Writers};
+use super::{LaneError, MAX_OFFERED_SLOTS, SLOT_BYTES};
 use crate::pb;
 
 /// Slots on the board: two versions in flight of a model up to 4 MiB (a
 /// default model, two chunks, keeps four slots in use), one of a model up
 /// to 8 MiB; a bigger model goes through the lanes. Its pages take memory
 /// only once written, and the slots freed last are used first.
-pub const BOARD_SLOTS: u32 = 16;
+pub(super) const BOARD_SLOTS: u32 = 16;
 
 /// The most of its board chunks the coordinator leaves a worker holding,
 /// and a worker accepts: one bit each in [`super::Receipts`].
@@ -41,7 +45,7 @@ pub struct Board {
     slots: u32,
     slot_bytes: usize,
     map: MmapRaw,
-    offer: pb::SharedAverage,
+    offer: pb::LaneBoard,
     /// Free slots, the one freed last on top.
     free: Mutex<Vec<u32>>,
     /// Sessions whose worker mapped the board: with none, nothing is posted.
@@ -54,8 +58,8 @@ impl Board {
     /// Makes the board's memory, sealed at its size.
     pub fn create() -> Result<Arc<Board>, LaneError> {
         let (slots, slot_bytes) = (BOARD_SLOTS, SLOT_BYTES);
-        let made = memfd::create("board", board_len(slot_bytes, slots))?;
-        let offer = pb::SharedAverage {
+        let made = memfd::create("board", board_len(slot_bytes, slots), Writers::Maker)?;
+        let offer = pb::LaneBoard {
             path: made.path,
             nonce: Bytes::copy_from_slice(&made.nonce),
             slot_bytes: slot_bytes as u32,
@@ -67,7 +71,7 @@ impl Board {
     }
 
     /// What a lane offer says of the board.
-    pub fn offer(&self) -> pb::SharedAverage {
+    pub fn offer(&self) -> pb::LaneBoard {
         self.offer.clone()
     }
 
@@ -90,8 +94,9 @@ impl Board {
         let posted = chunks.iter().zip(slots).map(|(data, slot)| {
             let offset = slot_offset(self.slot_bytes, slot);
             // SAFETY: the slot lies inside the mapping (`board_len`), whose
-            // size the seals fix; it was free: no bytes of it are held here,
-            // and every worker sent it before has said it is done with it.
+            // size the seals fix; it was free: no bytes of it are held in
+            // this process, and every worker sent it before has said it is
+            // done with it or lost its session (see the module's doc).
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
             Bytes::from_owner(Posted { board: Arc::clone(self), slot, len: data.len() })
         });
@@ -101,10 +106,7 @@ impl Board {
     /// Where `data` starts in the board's file, if it lies in one of its slots.
     pub(super) fn offset_of(&self, data: &[u8]) -> Option<u64> {
         let start = (data.as_ptr() as usize).checked_sub(self.map.as_ptr() as usize)?;
-        let slot = start.checked_sub(HEADER_BYTES)? / self.slot_bytes;
-        let in_one_slot =
-            slot < self.slots as usize && start + data.len() <= slot_offset(self.slot_bytes, slot as u32 + 1);
-        in_one_slot.then_some(start as u64)
+        in_one_slot(self.slot_bytes, self.slots, start, data.len()).then_some(start as u64)
     }
 
     /// A session's worker mapped the board.
@@ -151,11 +153,11 @@ pub(super) struct BoardView {
 
 impl BoardView {
     /// Opens the offered board, with the same checks as a lane.
-    pub(super) fn open(offer: &pb::SharedAverage) -> Result<BoardView, String> {
+    pub(super) fn open(offer: &pb::LaneBoard) -> Result<BoardView, String> {
         let slot_bytes = offer.slot_bytes as usize;
-        if !((1..=MAX_HELD as u32).contains(&offer.slots) && (4..=SLOT_BYTES).contains(&slot_bytes)) {
+        if !((1..=MAX_OFFERED_SLOTS).contains(&offer.slots) && (4..=SLOT_BYTES).contains(&slot_bytes)) {
             return Err(format!(
-                "a board of {} slots of {slot_bytes} bytes: at most {MAX_HELD} slots of at most {SLOT_BYTES} bytes",
+                "a board of {} slots of {slot_bytes} bytes: at most {MAX_OFFERED_SLOTS} slots of at most {SLOT_BYTES} bytes",
                 offer.slots
             ));
         }
@@ -166,16 +168,8 @@ impl BoardView {
 
     /// `len` bytes at `offset` of the board, if they lie in one of its slots.
     pub(super) fn check(&self, offset: u64, len: usize) -> Result<usize, LaneError> {
-        let slot = (offset as usize).checked_sub(HEADER_BYTES).map(|past| past / self.slot_bytes);
-        match slot {
-            Some(slot)
-                if slot < self.slots as usize
-                    && (offset as usize)
-                        .checked_add(len)
-                        .is_some_and(|end| end <= slot_offset(self.slot_bytes, slot as u32 + 1)) =>
-            {
-                Ok(offset as usize)
-            }
+        match usize::try_from(offset) {
+            Ok(start) if in_one_slot(self.slot_bytes, self.slots, start, len) => Ok(start),
             _ => Err(LaneError::Protocol(format!(
                 "a board chunk of {len} bytes at byte {offset}, outside the board's {} slots of {} bytes",
                 self.slots, self.slot_bytes
@@ -190,6 +184,13 @@ impl BoardView {
     pub(super) fn slots(&self) -> u32 {
         self.slots
     }
+}
+
+/// Whether `len` bytes at byte `start` of a board's file lie in one of its
+/// `slots` slots of `slot_bytes`.
+fn in_one_slot(slot_bytes: usize, slots: u32, start: usize, len: usize) -> bool {
+    let Some(slot) = start.checked_sub(HEADER_BYTES).map(|past| past / slot_bytes) else { return false };
+    slot < slots as usize && start.checked_add(len).is_some_and(|end| end <= slot_offset(slot_bytes, slot as u32 + 1))
 }
 
 /// Where slot `slot` begins in a board's file.

@@ -40,10 +40,21 @@ pub(super) struct Made {
     pub proof: [u8; PROOF_BYTES],
 }
 
+/// Who may write a file [`create`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Writers {
+    /// Its maker and whoever opens it (a lane: each side writes its slots).
+    All,
+    /// Its maker alone, through the mapping [`create`] returns; the file is
+    /// sealed against any other (`F_SEAL_FUTURE_WRITE`), so that no other
+    /// process can change what it holds (the board: the coordinator's weights).
+    Maker,
+}
+
 /// Makes a memory file of `len` bytes (the header's included), sealed at
 /// that size, with a fresh nonce and proof in its header; `name` shows in
 /// this process's `/proc/<pid>/fd`. Its pages take memory only once written.
-pub(super) fn create(name: &str, len: usize) -> Result<Made, LaneError> {
+pub(super) fn create(name: &str, len: usize, writers: Writers) -> Result<Made, LaneError> {
     let (mut nonce, mut proof) = ([0u8; NONCE_BYTES], [0u8; PROOF_BYTES]);
     let name = format!("lazyavg-lane-{name}");
     let io = |action| {
@@ -61,8 +72,14 @@ pub(super) fn create(name: &str, len: usize) -> Result<Made, LaneError> {
     file.set_len(len as u64).map_err(io("size"))?;
     let header = [&MAGIC[..], &nonce, &proof].concat();
     file.write_all_at(&header, 0).map_err(io("write the header of"))?;
-    rustix::fs::fcntl_add_seals(&file, SIZE_SEALS | SealFlags::SEAL).map_err(io::Error::from).map_err(io("seal"))?;
+    let seal = |seals| rustix::fs::fcntl_add_seals(&file, seals).map_err(io::Error::from).map_err(io("seal"));
+    seal(SIZE_SEALS)?;
     let map = MmapRaw::map_raw(&file).map_err(io("map"))?;
+    if writers == Writers::Maker {
+        // After the mapping: the seal keeps the writable mappings made before it.
+        seal(SealFlags::FUTURE_WRITE)?;
+    }
+    seal(SealFlags::SEAL)?;
     let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
     Ok(Made { file, map, path, nonce, proof })
 }

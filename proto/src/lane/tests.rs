@@ -3,8 +3,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use futures::FutureExt;
+use memmap2::MmapOptions;
 use rustix::fs::MemfdFlags;
 
+use super::board::BOARD_SLOTS;
 use super::memfd::{MAGIC, NONCE_BYTES};
 use super::*;
 
@@ -336,7 +338,7 @@ fn a_peer_that_breaks_the_boards_rules_is_refused_and_a_board_that_will_not_open
     assert!(plain_worker.take(&mut outside(4096, 16)).unwrap_err().to_string().contains("no board mapped"));
     assert!(plain_coordinator.take(&mut outside(4096, 16)).is_err(), "the coordinator reads no board");
     let (file, mut offer) = LaneFile::create("bad-board").unwrap();
-    offer.board = Some(pb::SharedAverage { nonce: Bytes::from_static(&[0; NONCE_BYTES]), ..board.offer() });
+    offer.board = Some(pb::LaneBoard { nonce: Bytes::from_static(&[0; NONCE_BYTES]), ..board.offer() });
     let answer = Link::new(Side::Worker).accept(&offer);
     assert!(answer.accepted && !answer.board_accepted, "the lane without the board");
     assert!(answer.reason.contains("no board: ") && answer.reason.contains("is not the board"), "{}", answer.reason);
@@ -356,4 +358,17 @@ fn a_worker_that_answers_twice_reads_the_board_once() {
     assert!(board.post(&[&[1; 8]]).is_some());
     drop(coordinator);
     assert!(board.post(&[&[1; 8]]).is_none(), "its session ended: nobody reads the board");
+}
+
+#[test]
+fn nobody_but_the_coordinator_can_write_the_board() {
+    let board = Board::create().unwrap();
+    let path = board.offer().path;
+    let opened = OpenOptions::new().read(true).write(true).open(&path).expect("opened for writing");
+    assert!(opened.write_at(&[1; 8], 4096).is_err(), "a write through the file");
+    assert!(unsafe { MmapOptions::new().map_mut(&opened) }.is_err(), "a writable mapping");
+    assert!(MmapOptions::new().map_raw_read_only(&opened).is_ok(), "read-only, as a worker maps it");
+    let (_coordinator, _worker, took) = pair_on(&board);
+    assert!(took);
+    assert!(board.post(&[&[7; 8]]).is_some(), "the coordinator writes through its own mapping");
 }
