@@ -350,8 +350,8 @@ impl Session {
             };
             match message {
                 Ok(Some(pb::WorkerMessage { kind: Some(reply), lane_taken, board_taken })) => {
-                    let freed = self.link.freed(lane_taken).and_then(|()| self.link.board_freed(board_taken));
-                    let reply = match freed.and_then(|()| self.through_lane(reply)) {
+                    let credited = self.link.credited(lane_taken, board_taken);
+                    let reply = match credited.and_then(|()| self.through_lane(reply)) {
                         Ok(Some(reply)) => reply,
                         Ok(None) => continue,
                         Err(err) => break err.to_string(),
@@ -396,10 +396,7 @@ impl Session {
                 }
                 Ok(None)
             }
-            Reply::LaneFree(free) => {
-                self.link.freed(free.taken)?;
-                self.link.board_freed(free.board_taken).map(|()| None)
-            }
+            Reply::LaneFree(free) => self.link.credited(free.taken, free.board_taken).map(|()| None),
             Reply::Weights(mut chunk) => {
                 self.link.take(&mut chunk)?;
                 Ok(Some(Reply::Weights(chunk)))

@@ -345,9 +345,16 @@ impl Link {
         Ok(())
     }
 
+    /// The coordinator's end: a worker's message said it has taken `lane`
+    /// of the lane's chunks and `board` of the board's (0: no news of it).
+    pub fn credited(&self, lane: u64, board: u64) -> Result<(), LaneError> {
+        self.freed(lane)?;
+        self.board_freed(board)
+    }
+
     /// The coordinator's end: the worker took `taken` of its board chunks,
     /// which it holds no more. 0 is no news.
-    pub fn board_freed(&self, taken: u64) -> Result<(), LaneError> {
+    fn board_freed(&self, taken: u64) -> Result<(), LaneError> {
         let mut held = self.board_held.lock().unwrap_or_else(PoisonError::into_inner);
         let sent = held.freed + held.chunks.len() as u64;
         if taken > sent {
