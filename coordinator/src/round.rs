@@ -18,13 +18,14 @@
 //! round only counts, from their reports, whose units moved.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use lazyavg_proto::ProtoError;
 use lazyavg_proto::chunks::{Chunk, ChunkCursor, Values};
 use lazyavg_proto::message::Report;
 
 pub use crate::aggregate::Aggregate;
-use crate::aggregate::Aggregator;
+use crate::aggregate::{Aggregator, Settling};
 use crate::gate::{AHEAD, Frontier};
 use crate::model_state::ModelState;
 use crate::screen::{self, UpdateNorm};
@@ -353,9 +354,34 @@ impl Round {
         part.update_sq += squared;
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
         let samples = part.weight;
-        self.combiner.aggregator.add(worker, samples, range, values, start, squared);
-        self.settle(model);
+        if !self.add_settling(samples, range.clone(), model) {
+            let values = Values::new(&self.combiner.copy[..taken]);
+            self.combiner.aggregator.add(worker, samples, range.clone(), values, &model.params[range], squared);
+            self.settle(model);
+        }
         Ok(())
+    }
+
+    /// The chunk just taken, at `range`, added and the positions it
+    /// finishes settled in one call, where the rule can and every position
+    /// settles with one sample total (no worker left partway). False,
+    /// having done nothing, otherwise.
+    fn add_settling(&mut self, samples: u64, range: Range<usize>, model: &mut ModelState) -> bool {
+        if self.tainted || !self.departed.is_empty() || !self.combiner.aggregator.settles() {
+            return false;
+        }
+        let (upto, settled) = (self.frontier().upto, self.settled);
+        let in_round = self.in_round().map(|p| p.weight).sum();
+        let combiner = &mut self.combiner;
+        let values = Values::new(&combiner.copy[..combiner.taken]);
+        let out = &mut |at, combined: &[f32]| model.fold(at, combined);
+        let settling = Settling { upto, samples: in_round, out };
+        if !combiner.aggregator.add_settling(samples, range, values, settling) {
+            return false;
+        }
+        self.settled = upto.max(settled);
+        self.stepped |= in_round > 0 && upto > settled;
+        true
     }
 
     /// The bytes of the chunk last accepted, as checked and summed.

@@ -17,7 +17,7 @@ use std::ops::Range;
 use lazyavg_proto::chunks::{VALUES_PER_CHUNK, Values};
 use multiversion::multiversion;
 
-use super::{Aggregator, Settled, UpdateRule};
+use super::{Aggregator, Settled, Settling, UpdateRule};
 use crate::gate::AHEAD;
 use crate::round::WorkerId;
 
@@ -50,42 +50,129 @@ pub struct WeightedMean {
     means: Vec<f32>,
 }
 
-/// The running sums of one block of positions. Only its first `filled`
-/// hold sums: the first worker to reach a position writes its term there
-/// instead of adding it to a zero written first (which cost a pass over
-/// every block, every round).
+/// The running sums of one block of positions. Positions below `summed`
+/// hold f64 sums of two terms or more. Positions `summed..filled` have
+/// one term, the furthest worker's, kept as its f32 values (`lone`) and
+/// weight: half the bytes of a sum, and only a copy to keep, where the
+/// sums of a round's first worker were a pass of their own that wrote
+/// twice its bytes, read back by the next. (Workers send in order, so the
+/// positions with one term are one stretch, one worker's.) The rest have
+/// no term yet. Both buffers are made when first needed: a round of two
+/// workers never sums.
 #[derive(Debug)]
 struct Block {
-    sums: Box<[f64]>,
+    sums: Vec<f64>,
+    lone: Vec<f32>,
+    lone_weight: f64,
+    summed: usize,
     filled: usize,
 }
 
 impl Block {
+    fn empty() -> Self {
+        Block { sums: Vec::new(), lone: Vec::new(), lone_weight: 0.0, summed: 0, filled: 0 }
+    }
+
     /// Adds `weight · values` at `from..from + values.len()`.
     fn add(&mut self, from: usize, weight: f64, values: Values<'_>) {
         let to = from + values.len();
-        self.fill_to(from);
-        let summed = to.min(self.filled);
-        accumulate(&mut self.sums[from..summed], weight, values.get(0..summed - from));
-        start_sums(&mut self.sums[summed..to], weight, values.get(summed - from..to - from));
-        self.filled = self.filled.max(to);
+        self.sum_to(from);
+        let summed = to.min(self.summed).max(from);
+        if summed > from {
+            accumulate(&mut self.sums[from..summed], weight, values.get(0..summed - from));
+        }
+        let paired = to.min(self.filled).max(summed);
+        if paired > summed {
+            let (sums, lone) = (sums_of(&mut self.sums), &self.lone[summed..paired]);
+            pair_sums(
+                &mut sums[summed..paired],
+                lone,
+                self.lone_weight,
+                weight,
+                values.get(summed - from..paired - from),
+            );
+            self.summed = paired;
+        }
+        if to > paired {
+            // Past every other worker: the stretch of one term is empty
+            // (the positions before were paired), and becomes this one's.
+            if self.lone.is_empty() {
+                self.lone = vec![0.0; BLOCK];
+            }
+            values.get(paired - from..to - from).decode_into(&mut self.lone[paired..to]);
+            self.lone_weight = weight;
+            self.filled = to;
+        }
     }
 
     /// The sums at `range`.
     fn sums(&mut self, range: Range<usize>) -> &[f64] {
-        self.fill_to(range.end);
+        self.sum_to(range.end);
         &self.sums[range]
     }
 
-    /// Sums of nothing up to `upto`, where no worker has sent (workers
-    /// send in order and a round settles only what all have, so this is
-    /// no work but for a peer that broke the order).
-    fn fill_to(&mut self, upto: usize) {
-        if upto > self.filled {
-            self.sums[self.filled..upto].fill(0.0);
-            self.filled = upto;
+    /// Makes positions below `upto` sums: a lone term becomes its sum, and
+    /// where no worker has sent, a sum of nothing (workers send in order
+    /// and a round settles only what all have, so that is no work but for
+    /// a peer that broke the order).
+    fn sum_to(&mut self, upto: usize) {
+        if upto <= self.summed {
+            return;
         }
+        let sums = sums_of(&mut self.sums);
+        let lone_end = upto.min(self.filled);
+        if lone_end > self.summed {
+            lone_sums(&mut sums[self.summed..lone_end], &self.lone[self.summed..lone_end], self.lone_weight);
+        }
+        if upto > self.filled {
+            sums[self.filled..upto].fill(0.0);
+        }
+        self.summed = upto;
+        self.filled = self.filled.max(upto);
     }
+
+    /// The means at positions `from..` of this block, where positions
+    /// `piece` (offsets from `from`) get their last term, `weight ·
+    /// values` (as long as `piece`), over `scale`'s samples.
+    fn last_terms_into(
+        &self,
+        means: &mut [f32],
+        from: usize,
+        piece: Range<usize>,
+        weight: f64,
+        values: Values<'_>,
+        scale: f64,
+    ) {
+        let at = |offset: usize| from + offset;
+        let summed = (self.summed.clamp(at(piece.start), at(piece.end)) - from).max(piece.start);
+        let filled = (self.filled.clamp(at(piece.start), at(piece.end)) - from).max(summed);
+        let (with_sums, rest) = means.split_at_mut(summed - piece.start);
+        let (with_lone, alone) = rest.split_at_mut(filled - summed);
+        let values_at = |offsets: Range<usize>| values.get(offsets.start - piece.start..offsets.end - piece.start);
+        if !with_sums.is_empty() {
+            add_scaled_into(
+                with_sums,
+                &self.sums[at(piece.start)..at(summed)],
+                weight,
+                values_at(piece.start..summed),
+                scale,
+            );
+        }
+        if !with_lone.is_empty() {
+            let lone = &self.lone[at(summed)..at(filled)];
+            pair_scaled_into(with_lone, lone, self.lone_weight, weight, values_at(summed..filled), scale);
+        }
+        first_scaled_into(alone, weight, values_at(filled..piece.end), scale);
+    }
+}
+
+/// A block's sums, made the first time a position has two terms (zeroed
+/// pages, which the system maps as they are written).
+fn sums_of(sums: &mut Vec<f64>) -> &mut [f64] {
+    if sums.is_empty() {
+        *sums = vec![0.0; BLOCK];
+    }
+    sums
 }
 
 impl WeightedMean {
@@ -95,8 +182,8 @@ impl WeightedMean {
         let at = index - self.first / BLOCK;
         while self.window.len() <= at {
             let block = match self.spare.pop() {
-                Some(block) => Block { filled: 0, ..block },
-                None => Block { sums: vec![0.0; BLOCK].into_boxed_slice(), filled: 0 },
+                Some(block) => Block { summed: 0, filled: 0, ..block },
+                None => Block::empty(),
             };
             self.window.push_back(block);
         }
@@ -104,8 +191,22 @@ impl WeightedMean {
         &mut self.window[at]
     }
 
+    /// Adds `samples` times `values` at positions `range` into the sums.
+    fn add_values(&mut self, samples: u64, range: Range<usize>, values: Values<'_>) {
+        debug_assert!(range.start >= self.settled, "a settled position came again");
+        let weight = samples as f64;
+        let mut at = range.start;
+        while at < range.end {
+            let (index, from) = (at / BLOCK, at % BLOCK);
+            let to = (range.end - index * BLOCK).min(BLOCK);
+            let part = values.get(at - range.start..index * BLOCK + to - range.start);
+            self.block(index).add(from, weight, part);
+            at = index * BLOCK + to;
+        }
+    }
+
     /// Hands the mean of positions `self.settled..upto`, over `samples` in
-    /// all, to `out` a block at a time (none when `samples` is 0: nobody
+    /// all, to `out` a piece at a time (none when `samples` is 0: nobody
     /// sent them), and lets go of the blocks wholly below `upto`.
     fn write_out(&mut self, upto: usize, samples: u64, out: &mut Settled<'_>) {
         let scale = 1.0 / samples as f64;
@@ -118,16 +219,50 @@ impl WeightedMean {
                 continue;
             }
             let mut means = std::mem::take(&mut self.means);
-            means.resize(to - from, 0.0);
-            scale_into(&mut means, self.block(index).sums(from..to), scale);
-            out(first, &means);
+            let sums = self.block(index).sums(from..to);
+            in_pieces(&mut means, first, sums.len(), out, |means, piece| scale_into(means, &sums[piece], scale));
             self.means = means;
         }
+        self.let_go_below_settled();
+    }
+
+    /// Moves the blocks wholly below the settled positions to the spares.
+    fn let_go_below_settled(&mut self) {
         while self.first + BLOCK <= self.settled {
             let Some(block) = self.window.pop_front() else { break };
             self.spare.push(block);
             self.first += BLOCK;
         }
+    }
+
+    /// The running sums of block `index` where some worker has sent
+    /// positions of it, without opening it.
+    fn existing(&self, index: usize) -> Option<&Block> {
+        self.window.get(index.checked_sub(self.first / BLOCK)?)
+    }
+}
+
+/// Positions handed out per call of a [`Settled`]: means of this many fit in
+/// L1 beside what they are made from, written and read back there, where a
+/// block's (half a megabyte) went out to L2 and back.
+const PIECE: usize = 2048;
+
+/// Hands `len` means from position `first` to `out` a [`PIECE`] at a time,
+/// each piece made into `means` by `make` (given the piece's offsets from
+/// `first`).
+fn in_pieces(
+    means: &mut Vec<f32>,
+    first: usize,
+    len: usize,
+    out: &mut Settled<'_>,
+    mut make: impl FnMut(&mut [f32], Range<usize>),
+) {
+    means.resize(PIECE.min(len), 0.0);
+    for start in (0..len).step_by(PIECE) {
+        let piece = start..(start + PIECE).min(len);
+        let means = &mut means[..piece.len()];
+        make(means, piece.clone());
+        out(first + piece.start, means);
     }
 }
 
@@ -142,13 +277,22 @@ fn accumulate(sums: &mut [f64], weight: f64, values: Values<'_>) {
     }
 }
 
-/// `sums[i] = 0 + weight · values[i]`: a position's first term. Adding it
-/// to zero keeps the sums bit for bit what they were when every block was
-/// zeroed first (a −0.0 term makes +0.0).
+/// `sums[i] = (0 + lone_weight · lone[i]) + weight · values[i]`: a
+/// position's second term added to its first.
 #[multiversion(targets("x86_64+avx2"))]
-fn start_sums(sums: &mut [f64], weight: f64, values: Values<'_>) {
-    for (sum, v) in sums.iter_mut().zip(values.iter()) {
-        *sum = 0.0 + weight * f64::from(v);
+fn pair_sums(sums: &mut [f64], lone: &[f32], lone_weight: f64, weight: f64, values: Values<'_>) {
+    for ((sum, &first), v) in sums.iter_mut().zip(lone).zip(values.iter()) {
+        *sum = (0.0 + lone_weight * f64::from(first)) + weight * f64::from(v);
+    }
+}
+
+/// `sums[i] = 0 + lone_weight · lone[i]`: a lone term as its sum. A first
+/// term is always added to zero, which keeps the sums bit for bit what
+/// they were when every block was zeroed first (a −0.0 term makes +0.0).
+#[multiversion(targets("x86_64+avx2"))]
+fn lone_sums(sums: &mut [f64], lone: &[f32], lone_weight: f64) {
+    for (sum, &first) in sums.iter_mut().zip(lone) {
+        *sum = 0.0 + lone_weight * f64::from(first);
     }
 }
 
@@ -157,6 +301,35 @@ fn start_sums(sums: &mut [f64], weight: f64, values: Values<'_>) {
 fn scale_into(means: &mut [f32], sums: &[f64], scale: f64) {
     for (mean, &sum) in means.iter_mut().zip(sums) {
         *mean = (sum * scale) as f32;
+    }
+}
+
+/// `means[i] = (sums[i] + weight · values[i]) · scale`, rounded to f32: a
+/// position's last term added and its mean taken in one, the same
+/// arithmetic as [`accumulate`] then [`scale_into`].
+#[multiversion(targets("x86_64+avx2"))]
+fn add_scaled_into(means: &mut [f32], sums: &[f64], weight: f64, values: Values<'_>, scale: f64) {
+    for ((mean, &sum), v) in means.iter_mut().zip(sums).zip(values.iter()) {
+        *mean = ((sum + weight * f64::from(v)) * scale) as f32;
+    }
+}
+
+/// `means[i] = ((0 + lone_weight · lone[i]) + weight · values[i]) · scale`,
+/// rounded to f32: a position's second and last term, as [`pair_sums`]
+/// then [`scale_into`].
+#[multiversion(targets("x86_64+avx2"))]
+fn pair_scaled_into(means: &mut [f32], lone: &[f32], lone_weight: f64, weight: f64, values: Values<'_>, scale: f64) {
+    for ((mean, &first), v) in means.iter_mut().zip(lone).zip(values.iter()) {
+        *mean = (((0.0 + lone_weight * f64::from(first)) + weight * f64::from(v)) * scale) as f32;
+    }
+}
+
+/// `means[i] = (0 + weight · values[i]) · scale`, rounded to f32: a
+/// position's only term, as [`lone_sums`] then [`scale_into`].
+#[multiversion(targets("x86_64+avx2"))]
+fn first_scaled_into(means: &mut [f32], weight: f64, values: Values<'_>, scale: f64) {
+    for (mean, v) in means.iter_mut().zip(values.iter()) {
+        *mean = ((0.0 + weight * f64::from(v)) * scale) as f32;
     }
 }
 
@@ -177,16 +350,7 @@ impl Aggregator for WeightedMean {
         _start: &[f32],
         _squared: f64,
     ) {
-        debug_assert!(range.start >= self.settled, "a settled position came again");
-        let weight = samples as f64;
-        let mut at = range.start;
-        while at < range.end {
-            let (index, from) = (at / BLOCK, at % BLOCK);
-            let to = (range.end - index * BLOCK).min(BLOCK);
-            let part = values.get(at - range.start..index * BLOCK + to - range.start);
-            self.block(index).add(from, weight, part);
-            at = index * BLOCK + to;
-        }
+        self.add_values(samples, range, values);
     }
 
     fn settles(&self) -> bool {
@@ -197,6 +361,49 @@ impl Aggregator for WeightedMean {
         if upto > self.settled {
             self.write_out(upto, samples, out);
         }
+    }
+
+    /// The chunk of the worker the round waited for at the positions it
+    /// finishes: their means are made as its values are added, a piece at
+    /// a time, and their sums never written back (a round's sums are
+    /// larger than L2: written, then read back to settle, they were a
+    /// quarter of the coordinator's share of a round). Only from the first
+    /// position not settled, which the positions before it were; the rest
+    /// of the chunk is added as [`add`] would.
+    ///
+    /// [`add`]: Aggregator::add
+    fn add_settling(
+        &mut self,
+        samples: u64,
+        range: Range<usize>,
+        values: Values<'_>,
+        settling: Settling<'_, '_>,
+    ) -> bool {
+        let Settling { upto, samples: total, out } = settling;
+        let settles = upto.min(range.end);
+        if range.start != self.settled || settles <= range.start || total == 0 {
+            return false;
+        }
+        let (weight, scale) = (samples as f64, 1.0 / total as f64);
+        let mut means = std::mem::take(&mut self.means);
+        while self.settled < settles {
+            let (index, from) = (self.settled / BLOCK, self.settled % BLOCK);
+            let to = (settles - index * BLOCK).min(BLOCK);
+            let first = self.settled;
+            let values = values.get(first - range.start..index * BLOCK + to - range.start);
+            let empty = Block::empty();
+            let block = self.existing(index).unwrap_or(&empty);
+            in_pieces(&mut means, first, to - from, out, |means, piece| {
+                block.last_terms_into(means, from, piece.clone(), weight, values.get(piece), scale);
+            });
+            self.settled = index * BLOCK + to;
+        }
+        self.means = means;
+        self.let_go_below_settled();
+        if settles < range.end {
+            self.add_values(samples, settles..range.end, values.get(settles - range.start..range.len()));
+        }
+        true
     }
 
     /// A sum cannot give back a contribution.
@@ -308,6 +515,75 @@ mod tests {
         let exact: Vec<f32> =
             a.iter().zip(&b).map(|(&x, &y)| ((3.0 * f64::from(x) + f64::from(y)) * 0.25) as f32).collect();
         assert_eq!(out, exact);
+    }
+
+    #[test]
+    fn adding_and_settling_in_one_pass_is_adding_then_settling_bit_for_bit() {
+        let len = 3 * BLOCK + 5;
+        let contributions: Vec<(WorkerId, u64, Vec<f32>)> = (1..=3u64)
+            .map(|id| {
+                let values = (0..len).map(|i| ((i as u64 * (7 + id)) % 101) as f32 * 0.37 - 3.1 * id as f32).collect();
+                (id, 2 * id - 1, values)
+            })
+            .collect();
+        let total: u64 = contributions.iter().map(|(_, samples, _)| samples).sum();
+        // Pieces that cross blocks, of a different size for each worker,
+        // sent in turns: each worker's piece finishes some positions, all,
+        // or none.
+        let piece = |id: WorkerId| BLOCK / 3 + 7 * id as usize;
+        // The reference: every position's terms added to a zero in the
+        // order they came, then scaled.
+        let mut sums = vec![0.0f64; len];
+        let mut fused = WeightedMean::default();
+        fused.reset(&[]);
+        let mut sent = vec![0; contributions.len()];
+        let (mut out, mut fused_calls) = (vec![f32::NAN; len], 0);
+        while sent.iter().any(|&s| s < len) {
+            for (k, (id, samples, values)) in contributions.iter().enumerate() {
+                let range = sent[k]..(sent[k] + piece(*id)).min(len);
+                let bytes = le(&values[range.clone()]);
+                sent[k] = range.end;
+                for (sum, &v) in sums[range.clone()].iter_mut().zip(&values[range.clone()]) {
+                    *sum += *samples as f64 * f64::from(v);
+                }
+                let upto = *sent.iter().min().expect("workers");
+                let out = &mut |at: usize, means: &[f32]| out[at..at + means.len()].copy_from_slice(means);
+                let settling = Settling { upto, samples: total, out: &mut *out };
+                if fused.add_settling(*samples, range.clone(), Values::new(&bytes), settling) {
+                    fused_calls += 1;
+                } else {
+                    fused.add_values(*samples, range, Values::new(&bytes));
+                    fused.settle(upto, total, out);
+                }
+            }
+        }
+        let expected: Vec<f32> = sums.iter().map(|&sum| (sum * (1.0 / total as f64)) as f32).collect();
+        assert!(fused_calls > 3, "the pass that adds and settles was taken ({fused_calls} times)");
+        let differ = out.iter().zip(&expected).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "means that differ from adding then settling, of {len}");
+        assert!(fused.window.len() <= 2, "settled blocks let go: {}", fused.window.len());
+
+        // One worker alone: every position is its only term.
+        let (mut alone, values) = (WeightedMean::default(), le(&[-0.0, 2.5, 1.0]));
+        alone.reset(&[]);
+        let mut out = [f32::NAN; 3];
+        let settling =
+            Settling { upto: 3, samples: 4, out: &mut |at, means| out[at..at + means.len()].copy_from_slice(means) };
+        assert!(alone.add_settling(4, 0..3, Values::new(&values), settling));
+        assert_eq!(out.map(f32::to_bits), [0.0f32, 2.5, 1.0].map(f32::to_bits));
+        assert!(alone.window.is_empty(), "no sums were opened");
+
+        // Two workers: the first's terms are kept as they came, never summed.
+        let mut pair = WeightedMean::default();
+        pair.reset(&[]);
+        pair.add_values(3, 0..3, Values::new(&values));
+        assert!(pair.window[0].sums.is_empty() && pair.window[0].filled == 3);
+        let mut out = [f32::NAN; 3];
+        let settling =
+            Settling { upto: 3, samples: 4, out: &mut |at, means| out[at..at + means.len()].copy_from_slice(means) };
+        assert!(pair.add_settling(1, 0..3, Values::new(&le(&[4.0, -2.5, 1.0])), settling));
+        assert_eq!(out, [1.0, 1.25, 1.0]);
+        assert!(pair.window[0].sums.is_empty(), "settled without a sum");
     }
 
     #[test]

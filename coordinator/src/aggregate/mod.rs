@@ -31,6 +31,16 @@ use crate::round::WorkerId;
 /// and the combined values from there.
 pub type Settled<'a> = dyn FnMut(usize, &[f32]) + 'a;
 
+/// The positions a contribution's chunk finishes: those below `upto` have
+/// then come from every worker that counts for them, which trained
+/// `samples` in all, and their combination goes to `out` (as in
+/// [`Aggregator::settle`]).
+pub struct Settling<'a, 'b> {
+    pub upto: usize,
+    pub samples: u64,
+    pub out: &'a mut Settled<'b>,
+}
+
 /// One rule for combining the workers' weights into a round's result.
 pub trait Aggregator: fmt::Debug + Send {
     /// Starts a new round from `start` (the weights last broadcast, which
@@ -70,6 +80,18 @@ pub trait Aggregator: fmt::Debug + Send {
     ///
     /// [`settles`]: Aggregator::settles
     fn settle(&mut self, _upto: usize, _samples: u64, _out: &mut Settled<'_>) {}
+
+    /// [`add`] and then [`settle`] in one, for a chunk that finishes
+    /// positions: a rule that can combines those positions as it takes
+    /// them, in one pass, instead of adding them to a sum that the settle
+    /// reads back. Returns false, having done nothing, where the rule does
+    /// not (the round then adds and settles).
+    ///
+    /// [`add`]: Aggregator::add
+    /// [`settle`]: Aggregator::settle
+    fn add_settling(&mut self, _samples: u64, _range: Range<usize>, _values: Values<'_>, _: Settling<'_, '_>) -> bool {
+        false
+    }
 
     /// Drops everything `worker` added. Returns false when that cannot be
     /// undone (a running sum): then the round either keeps the worker for
