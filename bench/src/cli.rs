@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use lazyavg_coordinator::aggregate::Aggregate;
 use lazyavg_worker::ConnectArgs;
 
 use crate::hostile::Attack;
@@ -37,6 +38,44 @@ pub enum Command {
     ///
     /// Example: lazyavg-bench hostile --coordinator http://127.0.0.1:7070 --attack scale
     Hostile(HostileArgs),
+    /// The coordinator's own work in a round: contributions combined in this process, no messages.
+    ///
+    /// N workers' weights of a model with P parameters go chunk by chunk into a round of the
+    /// coordinator's, each worker's in turn, and the round combines them and steps the model, R
+    /// times; prints the median, 10th and 90th percentile of a round's time. Between rounds it
+    /// writes 2 MiB elsewhere, so that a round finds its buffers out of the core's L2 as between
+    /// real rounds.
+    ///
+    /// Example: lazyavg-bench combine --workers 8
+    Combine(CombineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CombineArgs {
+    /// Workers contributing to each round.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub workers: u64,
+
+    /// Parameters of the model (default: the default MLP's).
+    #[arg(long, default_value_t = 199_210, value_parser = parse_positive)]
+    pub parameters: usize,
+
+    /// Rounds to time.
+    #[arg(long, default_value_t = 3000, value_parser = parse_positive)]
+    pub rounds: usize,
+
+    /// How the round combines the contributions, as the coordinator's --aggregate.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub aggregate: Aggregate,
+}
+
+/// A count of at least 1.
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -7,9 +7,11 @@
 //! - `scaling`: the scaling sweep: runs, table, JSON report.
 //! - `chart`: the sweep's SVG chart (plotters).
 //! - `hostile`: a client that joins a run and attacks every round.
+//! - `combine`: the coordinator's own work in a round, in process.
 
 mod chart;
 mod cli;
+mod combine;
 mod hostile;
 mod scaling;
 
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scaling(args) => scaling::run(&args),
         Command::Hostile(args) => hostile::run(&args),
+        Command::Combine(args) => combine::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
