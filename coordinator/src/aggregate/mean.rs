@@ -46,6 +46,13 @@ pub struct WeightedMean {
     spare: Vec<Block>,
     /// The most blocks the window held this round.
     peak: usize,
+    /// Buffers of lone terms given back by blocks whose positions all have
+    /// two terms or more, for the next block that needs one; at most
+    /// [`SPARE_BLOCKS`], the rest freed. Only the blocks between the two
+    /// furthest workers have lone terms, so a window that spans the whole
+    /// model (`--overlap`) holds its sums and a few of these, not both for
+    /// every block.
+    spare_lone: Vec<Vec<f32>>,
     /// One block of means on their way out.
     means: Vec<f32>,
 }
@@ -57,8 +64,9 @@ pub struct WeightedMean {
 /// sums of a round's first worker were a pass of their own that wrote
 /// twice its bytes, read back by the next. (Workers send in order, so the
 /// positions with one term are one stretch, one worker's.) The rest have
-/// no term yet. Both buffers are made when first needed: a round of two
-/// workers never sums.
+/// no term yet. Both buffers are made when first needed (a round of two
+/// workers never sums), and the lone terms' is given back once every
+/// position has two terms (see `WeightedMean::spare_lone`).
 #[derive(Debug)]
 struct Block {
     sums: Vec<f64>,
@@ -200,7 +208,19 @@ impl WeightedMean {
             let (index, from) = (at / BLOCK, at % BLOCK);
             let to = (range.end - index * BLOCK).min(BLOCK);
             let part = values.get(at - range.start..index * BLOCK + to - range.start);
-            self.block(index).add(from, weight, part);
+            self.block(index);
+            let block = &mut self.window[index - self.first / BLOCK];
+            // Lone terms come past every other worker (see `Block::add`).
+            if block.lone.is_empty() && to > block.filled.max(from) {
+                block.lone = self.spare_lone.pop().unwrap_or_default();
+            }
+            block.add(from, weight, part);
+            if block.summed == BLOCK && !block.lone.is_empty() {
+                let lone = std::mem::take(&mut block.lone);
+                if self.spare_lone.len() < SPARE_BLOCKS {
+                    self.spare_lone.push(lone);
+                }
+            }
             at = index * BLOCK + to;
         }
     }
@@ -606,6 +626,32 @@ mod tests {
         assert!(pair.add_settling(1, 0..3, Values::new(&le(&[4.0, -2.5, 1.0])), settling));
         assert_eq!(out, [1.0, 1.25, 1.0]);
         assert!(pair.window[0].sums.is_empty(), "settled without a sum");
+    }
+
+    #[test]
+    fn a_window_over_the_whole_model_keeps_lone_terms_only_where_one_worker_has_sent() {
+        let len = (SPARE_BLOCKS + 4) * BLOCK;
+        let values = |k: usize| -> Vec<f32> { (0..len).map(|i| ((i * (k + 3)) % 61) as f32 * 0.25 - 7.0).collect() };
+        let (a, b, c) = (values(1), values(2), values(3));
+        let mut mean = WeightedMean::default();
+        mean.reset(&[]);
+        // Worker 1 sends the whole model before anyone else (as under
+        // --overlap): every block holds its lone terms and no sums.
+        mean.add_values(1, 0..len, Values::new(&le(&a)));
+        assert!(mean.window.iter().all(|block| block.lone.len() == BLOCK && block.sums.is_empty()));
+        // Worker 2 follows: each block it passes gets sums and gives its
+        // lone terms back, at most SPARE_BLOCKS of them kept.
+        mean.add_values(2, 0..len, Values::new(&le(&b)));
+        assert!(mean.window.iter().all(|block| block.lone.is_empty() && block.sums.len() == BLOCK));
+        assert_eq!(mean.spare_lone.len(), SPARE_BLOCKS);
+        let mut out = vec![f32::NAN; len];
+        let settling =
+            Settling { upto: len, samples: 6, out: &mut |at, means| out[at..at + means.len()].copy_from_slice(means) };
+        assert!(mean.add_settling(3, 0..len, Values::new(&le(&c)), settling));
+        let expected: Vec<f32> = (0..len)
+            .map(|i| ((((0.0 + f64::from(a[i])) + 2.0 * f64::from(b[i])) + 3.0 * f64::from(c[i])) * (1.0 / 6.0)) as f32)
+            .collect();
+        assert!(out.iter().zip(&expected).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 
     #[test]
