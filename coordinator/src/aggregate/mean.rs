@@ -91,7 +91,7 @@ impl Block {
         }
         let paired = to.min(self.filled).max(summed);
         if paired > summed {
-            let (sums, lone) = (sums_of(&mut self.sums), &self.lone[summed..paired]);
+            let (sums, lone) = (made(&mut self.sums), &self.lone[summed..paired]);
             pair_sums(
                 &mut sums[summed..paired],
                 lone,
@@ -104,10 +104,7 @@ impl Block {
         if to > paired {
             // Past every other worker: the stretch of one term is empty
             // (the positions before were paired), and becomes this one's.
-            if self.lone.is_empty() {
-                self.lone = vec![0.0; BLOCK];
-            }
-            keep_lone(&mut self.lone[paired..to], values.get(paired - from..to - from));
+            keep_lone(&mut made(&mut self.lone)[paired..to], values.get(paired - from..to - from));
             self.lone_weight = weight;
             self.filled = to;
         }
@@ -127,7 +124,7 @@ impl Block {
         if upto <= self.summed {
             return;
         }
-        let sums = sums_of(&mut self.sums);
+        let sums = made(&mut self.sums);
         let lone_end = upto.min(self.filled);
         if lone_end > self.summed {
             lone_sums(&mut sums[self.summed..lone_end], &self.lone[self.summed..lone_end], self.lone_weight);
@@ -174,13 +171,24 @@ impl Block {
     }
 }
 
-/// A block's sums, made the first time a position has two terms (zeroed
-/// pages, which the system maps as they are written).
-fn sums_of(sums: &mut Vec<f64>) -> &mut [f64] {
-    if sums.is_empty() {
-        *sums = vec![0.0; BLOCK];
+/// A block's buffer of sums or of lone terms, made the first time it is
+/// needed (zeroed pages, which the system maps as they are written).
+fn made<T: Clone + Default>(buffer: &mut Vec<T>) -> &mut [T] {
+    if buffer.is_empty() {
+        *buffer = vec![T::default(); BLOCK];
     }
-    sums
+    buffer
+}
+
+/// The blocks that positions `range` fall in: each block's index and the
+/// positions in it (counted from the block's first), in order.
+fn spans(range: Range<usize>) -> impl Iterator<Item = (usize, Range<usize>)> {
+    let first = range.start / BLOCK;
+    let last = if range.is_empty() { first } else { range.end.div_ceil(BLOCK) };
+    (first..last).map(move |index| {
+        let start = index * BLOCK;
+        (index, range.start.max(start) - start..range.end.min(start + BLOCK) - start)
+    })
 }
 
 impl WeightedMean {
@@ -203,11 +211,9 @@ impl WeightedMean {
     fn add_values(&mut self, samples: u64, range: Range<usize>, values: Values<'_>) {
         debug_assert!(range.start >= self.settled, "a settled position came again");
         let weight = samples as f64;
-        let mut at = range.start;
-        while at < range.end {
-            let (index, from) = (at / BLOCK, at % BLOCK);
-            let to = (range.end - index * BLOCK).min(BLOCK);
-            let part = values.get(at - range.start..index * BLOCK + to - range.start);
+        for (index, Range { start: from, end: to }) in spans(range.clone()) {
+            let at = index * BLOCK;
+            let part = values.get(at + from - range.start..at + to - range.start);
             self.block(index);
             let block = &mut self.window[index - self.first / BLOCK];
             // Lone terms come past every other worker (see `Block::add`).
@@ -221,7 +227,6 @@ impl WeightedMean {
                     self.spare_lone.push(lone);
                 }
             }
-            at = index * BLOCK + to;
         }
     }
 
@@ -230,10 +235,8 @@ impl WeightedMean {
     /// sent them), and lets go of the blocks wholly below `upto`.
     fn write_out(&mut self, upto: usize, samples: u64, out: &mut Settled<'_>) {
         let scale = 1.0 / samples as f64;
-        while self.settled < upto {
-            let (index, from) = (self.settled / BLOCK, self.settled % BLOCK);
-            let to = (upto - index * BLOCK).min(BLOCK);
-            let first = self.settled;
+        for (index, Range { start: from, end: to }) in spans(self.settled..upto) {
+            let first = index * BLOCK + from;
             self.settled = index * BLOCK + to;
             if samples == 0 {
                 continue;
@@ -428,10 +431,8 @@ impl Aggregator for WeightedMean {
         }
         let (weight, scale) = (samples as f64, 1.0 / total as f64);
         let mut means = std::mem::take(&mut self.means);
-        while self.settled < settles {
-            let (index, from) = (self.settled / BLOCK, self.settled % BLOCK);
-            let to = (settles - index * BLOCK).min(BLOCK);
-            let first = self.settled;
+        for (index, Range { start: from, end: to }) in spans(self.settled..settles) {
+            let first = index * BLOCK + from;
             let values = values.get(first - range.start..index * BLOCK + to - range.start);
             let empty = Block::empty();
             let block = self.existing(index).unwrap_or(&empty);
