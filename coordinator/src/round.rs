@@ -112,16 +112,15 @@ pub struct Combiner {
     /// after it); empty for a rule that settles.
     pub average: Vec<f32>,
     /// The chunk being taken, copied from wherever it came as it is
-    /// measured ([`screen::copy_measuring`]): as long as the longest chunk
-    /// so far, reused chunk after chunk.
+    /// measured ([`screen::copy_measuring`]): reused chunk after chunk, or
+    /// kept by the rule, which leaves one of its own in its place
+    /// ([`Aggregator::add_buffer`]).
     copy: Vec<u8>,
-    /// How many bytes of `copy` the chunk last taken filled.
-    taken: usize,
 }
 
 impl From<Box<dyn Aggregator>> for Combiner {
     fn from(aggregator: Box<dyn Aggregator>) -> Self {
-        Combiner { aggregator, average: Vec::new(), copy: Vec::new(), taken: 0 }
+        Combiner { aggregator, average: Vec::new(), copy: Vec::new() }
     }
 }
 
@@ -321,6 +320,19 @@ impl Round {
     /// positions that settles. A chunk with a non-finite value excludes the
     /// worker from the round.
     pub fn accept(&mut self, worker: WorkerId, chunk: &Chunk, model: &mut ModelState) -> Result<(), RoundError> {
+        self.accept_seen(worker, chunk, model, |_| {})
+    }
+
+    /// [`accept`](Self::accept), showing `seen` the chunk's values as they
+    /// were checked and will be combined (the chunk's own bytes may be in a
+    /// shared-memory slot the worker writes), only if they are taken.
+    pub fn accept_seen(
+        &mut self,
+        worker: WorkerId,
+        chunk: &Chunk,
+        model: &mut ModelState,
+        seen: impl FnOnce(&[u8]),
+    ) -> Result<(), RoundError> {
         self.check_round(chunk.epoch, chunk.round)?;
         let part = Self::part(&mut self.parts, worker)?;
         if part.state == State::Complete {
@@ -339,7 +351,6 @@ impl Round {
         if self.combiner.copy.len() < taken {
             self.combiner.copy.resize(taken, 0);
         }
-        self.combiner.taken = taken;
         let copy = &mut self.combiner.copy[..taken];
         let squared = screen::copy_measuring(Values::new(&chunk.data), start, copy);
         let values = Values::new(copy);
@@ -354,9 +365,10 @@ impl Round {
         part.update_sq += squared;
         part.state = if part.cursor.is_complete() { State::Complete } else { State::Receiving };
         let samples = part.weight;
+        seen(&self.combiner.copy[..taken]);
         if !self.add_settling(samples, range.clone(), model) {
-            let values = Values::new(&self.combiner.copy[..taken]);
-            self.combiner.aggregator.add(worker, samples, range.clone(), values, &model.params[range], squared);
+            let (aggregator, copy) = (&mut self.combiner.aggregator, &mut self.combiner.copy);
+            aggregator.add_buffer(worker, samples, range.clone(), copy, &model.params[range], squared);
             self.settle(model);
         }
         Ok(())
@@ -373,7 +385,7 @@ impl Round {
         let (upto, settled) = (self.frontier().upto, self.settled);
         let in_round = self.in_round().map(|p| p.weight).sum();
         let combiner = &mut self.combiner;
-        let values = Values::new(&combiner.copy[..combiner.taken]);
+        let values = Values::new(&combiner.copy[..4 * range.len()]);
         let out = &mut |at, combined: &[f32]| model.fold(at, combined);
         let settling = Settling { upto, samples: in_round, out };
         if !combiner.aggregator.add_settling(samples, range, values, settling) {
@@ -382,11 +394,6 @@ impl Round {
         self.settled = upto.max(settled);
         self.stepped |= in_round > 0 && upto > settled;
         true
-    }
-
-    /// The bytes of the chunk last accepted, as checked and summed.
-    pub fn taken(&self) -> &[u8] {
-        &self.combiner.copy[..self.combiner.taken]
     }
 
     /// Steps `model` at the positions every worker that counts for them has

@@ -52,25 +52,27 @@ pub struct WeightedMean {
     /// furthest workers have lone terms, so a window that spans the whole
     /// model (`--overlap`) holds its sums and a few of these, not both for
     /// every block.
-    spare_lone: Vec<Vec<f32>>,
+    spare_lone: Vec<Vec<u8>>,
     /// One block of means on their way out.
     means: Vec<f32>,
 }
 
 /// The running sums of one block of positions. Positions below `summed`
 /// hold f64 sums of two terms or more. Positions `summed..filled` have
-/// one term, the furthest worker's, kept as its f32 values (`lone`) and
-/// weight: half the bytes of a sum, and only a copy to keep, where the
-/// sums of a round's first worker were a pass of their own that wrote
-/// twice its bytes, read back by the next. (Workers send in order, so the
-/// positions with one term are one stretch, one worker's.) The rest have
-/// no term yet. Both buffers are made when first needed (a round of two
-/// workers never sums), and the lone terms' is given back once every
-/// position has two terms (see `WeightedMean::spare_lone`).
+/// one term, the furthest worker's, kept as its f32 values' bytes as they
+/// came (`lone`) and its weight: half the bytes of a sum, where the sums
+/// of a round's first worker were a pass of their own that wrote twice
+/// its bytes, read back by the next; and no pass at all where its chunk
+/// filled the block from its start (the round's copy of it is kept:
+/// [`Aggregator::add_buffer`]). (Workers send in order, so the positions
+/// with one term are one stretch, one worker's.) The rest have no term
+/// yet. Both buffers are made when first needed (a round of two workers
+/// never sums), and the lone terms' is given back once every position has
+/// two terms (see `WeightedMean::spare_lone`).
 #[derive(Debug)]
 struct Block {
     sums: Vec<f64>,
-    lone: Vec<f32>,
+    lone: Vec<u8>,
     lone_weight: f64,
     summed: usize,
     filled: usize,
@@ -91,7 +93,7 @@ impl Block {
         }
         let paired = to.min(self.filled).max(summed);
         if paired > summed {
-            let (sums, lone) = (made(&mut self.sums), &self.lone[summed..paired]);
+            let (sums, lone) = (made(&mut self.sums, BLOCK), terms(&self.lone, summed..paired));
             pair_sums(
                 &mut sums[summed..paired],
                 lone,
@@ -104,7 +106,7 @@ impl Block {
         if to > paired {
             // Past every other worker: the stretch of one term is empty
             // (the positions before were paired), and becomes this one's.
-            keep_lone(&mut made(&mut self.lone)[paired..to], values.get(paired - from..to - from));
+            keep_lone(&mut made(&mut self.lone, 4 * BLOCK)[4 * paired..4 * to], values.get(paired - from..to - from));
             self.lone_weight = weight;
             self.filled = to;
         }
@@ -124,13 +126,14 @@ impl Block {
         if upto <= self.summed {
             return;
         }
-        let sums = made(&mut self.sums);
+        made(&mut self.sums, BLOCK);
         let lone_end = upto.min(self.filled);
         if lone_end > self.summed {
-            lone_sums(&mut sums[self.summed..lone_end], &self.lone[self.summed..lone_end], self.lone_weight);
+            let lone = terms(&self.lone, self.summed..lone_end);
+            lone_sums(&mut self.sums[self.summed..lone_end], lone, self.lone_weight);
         }
         if upto > self.filled {
-            sums[self.filled..upto].fill(0.0);
+            self.sums[self.filled..upto].fill(0.0);
         }
         self.summed = upto;
         self.filled = self.filled.max(upto);
@@ -164,20 +167,28 @@ impl Block {
             );
         }
         if !with_lone.is_empty() {
-            let lone = &self.lone[at(summed)..at(filled)];
+            let lone = terms(&self.lone, at(summed)..at(filled));
             pair_scaled_into(with_lone, lone, self.lone_weight, weight, values_at(summed..filled), scale);
         }
         first_scaled_into(alone, weight, values_at(filled..piece.end), scale);
     }
 }
 
-/// A block's buffer of sums or of lone terms, made the first time it is
-/// needed (zeroed pages, which the system maps as they are written).
-fn made<T: Clone + Default>(buffer: &mut Vec<T>) -> &mut [T] {
+/// A block's buffer of sums or of lone terms, made `len` long the first
+/// time it is needed (zeroed pages, which the system maps as they are
+/// written), or lengthened where it was a chunk's copy kept.
+fn made<T: Clone + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
     if buffer.is_empty() {
-        *buffer = vec![T::default(); BLOCK];
+        *buffer = vec![T::default(); len];
+    } else if buffer.len() < len {
+        buffer.resize(len, T::default());
     }
     buffer
+}
+
+/// The lone terms kept in `lone` at positions `range` of their block.
+fn terms(lone: &[u8], range: Range<usize>) -> Values<'_> {
+    Values::new(&lone[4 * range.start..4 * range.end])
 }
 
 /// The blocks that positions `range` fall in: each block's index and the
@@ -228,6 +239,27 @@ impl WeightedMean {
                 }
             }
         }
+    }
+
+    /// Keeps `copy`, the round's copy of a chunk at `range`, as the lone
+    /// terms of the block it fills from the block's start, where no worker
+    /// had sent any of it, and leaves the block's old buffer (or a spare)
+    /// in its place: the first worker's chunks are then kept without a
+    /// pass over them. False, having done nothing, for any other chunk.
+    fn keep_copy(&mut self, samples: u64, range: Range<usize>, copy: &mut Vec<u8>) -> bool {
+        let index = range.start / BLOCK;
+        if range.is_empty() || range.start % BLOCK != 0 || range.end > (index + 1) * BLOCK {
+            return false;
+        }
+        debug_assert!(range.start >= self.settled, "a settled position came again");
+        let block = self.block(index);
+        if block.filled > 0 {
+            return false;
+        }
+        let old = std::mem::replace(&mut block.lone, std::mem::take(copy));
+        (block.lone_weight, block.filled) = (samples as f64, range.len());
+        *copy = if old.is_empty() { self.spare_lone.pop().unwrap_or_default() } else { old };
+        true
     }
 
     /// Hands the mean of positions `self.settled..upto`, over `samples` in
@@ -303,8 +335,8 @@ fn accumulate(sums: &mut [f64], weight: f64, values: Values<'_>) {
 /// `sums[i] = (0 + lone_weight · lone[i]) + weight · values[i]`: a
 /// position's second term added to its first.
 #[multiversion(targets("x86_64+avx2"))]
-fn pair_sums(sums: &mut [f64], lone: &[f32], lone_weight: f64, weight: f64, values: Values<'_>) {
-    for ((sum, &first), v) in sums.iter_mut().zip(lone).zip(values.iter()) {
+fn pair_sums(sums: &mut [f64], lone: Values<'_>, lone_weight: f64, weight: f64, values: Values<'_>) {
+    for ((sum, first), v) in sums.iter_mut().zip(lone.iter()).zip(values.iter()) {
         *sum = (0.0 + lone_weight * f64::from(first)) + weight * f64::from(v);
     }
 }
@@ -313,32 +345,27 @@ fn pair_sums(sums: &mut [f64], lone: &[f32], lone_weight: f64, weight: f64, valu
 /// term is always added to zero, which keeps the sums bit for bit what
 /// they were when every block was zeroed first (a −0.0 term makes +0.0).
 #[multiversion(targets("x86_64+avx2"))]
-fn lone_sums(sums: &mut [f64], lone: &[f32], lone_weight: f64) {
-    for (sum, &first) in sums.iter_mut().zip(lone) {
+fn lone_sums(sums: &mut [f64], lone: Values<'_>, lone_weight: f64) {
+    for (sum, first) in sums.iter_mut().zip(lone.iter()) {
         *sum = 0.0 + lone_weight * f64::from(first);
     }
 }
 
-/// `lone[i] = values[i]`: terms kept as they came. A loop over 64-byte
+/// `lone = values`' bytes: terms kept as they came. A loop over 64-byte
 /// blocks, not `copy_from_slice`: the `memcpy` that becomes (`rep movsb`
 /// into a buffer out of cache, on the 2-core AMD EPYC) made the coordinator's
 /// share of a default 2-worker round 175 µs against 160 with this loop
 /// (`lazyavg-bench combine`, three runs each); `black_box` keeps the
 /// compiler from making the loop a `memcpy` again.
 #[multiversion(targets("x86_64+avx2"))]
-fn keep_lone(lone: &mut [f32], values: Values<'_>) {
-    let bytes = values.as_bytes();
-    let (blocks, tail) = lone.as_chunks_mut::<16>();
-    let (from, from_tail) = bytes.as_chunks::<64>();
+fn keep_lone(lone: &mut [u8], values: Values<'_>) {
+    let (blocks, tail) = lone.as_chunks_mut::<64>();
+    let (from, from_tail) = values.as_bytes().as_chunks::<64>();
     for (d, s) in blocks.iter_mut().zip(from) {
-        for (x, b) in d.iter_mut().zip(s.as_chunks::<4>().0) {
-            *x = f32::from_le_bytes(*b);
-        }
+        *d = *s;
         std::hint::black_box(&mut *d);
     }
-    for (x, b) in tail.iter_mut().zip(from_tail.as_chunks::<4>().0) {
-        *x = f32::from_le_bytes(*b);
-    }
+    tail.copy_from_slice(from_tail);
 }
 
 /// `means[i] = sums[i] · scale`, rounded to f32.
@@ -363,8 +390,15 @@ fn add_scaled_into(means: &mut [f32], sums: &[f64], weight: f64, values: Values<
 /// rounded to f32: a position's second and last term, as [`pair_sums`]
 /// then [`scale_into`].
 #[multiversion(targets("x86_64+avx2"))]
-fn pair_scaled_into(means: &mut [f32], lone: &[f32], lone_weight: f64, weight: f64, values: Values<'_>, scale: f64) {
-    for ((mean, &first), v) in means.iter_mut().zip(lone).zip(values.iter()) {
+fn pair_scaled_into(
+    means: &mut [f32],
+    lone: Values<'_>,
+    lone_weight: f64,
+    weight: f64,
+    values: Values<'_>,
+    scale: f64,
+) {
+    for ((mean, first), v) in means.iter_mut().zip(lone.iter()).zip(values.iter()) {
         *mean = (((0.0 + lone_weight * f64::from(first)) + weight * f64::from(v)) * scale) as f32;
     }
 }
@@ -396,6 +430,20 @@ impl Aggregator for WeightedMean {
         _squared: f64,
     ) {
         self.add_values(samples, range, values);
+    }
+
+    fn add_buffer(
+        &mut self,
+        _worker: WorkerId,
+        samples: u64,
+        range: Range<usize>,
+        copy: &mut Vec<u8>,
+        _start: &[f32],
+        _squared: f64,
+    ) {
+        if !self.keep_copy(samples, range.clone(), copy) {
+            self.add_values(samples, range.clone(), Values::new(&copy[..4 * range.len()]));
+        }
     }
 
     fn settles(&self) -> bool {
@@ -639,7 +687,7 @@ mod tests {
         // Worker 1 sends the whole model before anyone else (as under
         // --overlap): every block holds its lone terms and no sums.
         mean.add_values(1, 0..len, Values::new(&le(&a)));
-        assert!(mean.window.iter().all(|block| block.lone.len() == BLOCK && block.sums.is_empty()));
+        assert!(mean.window.iter().all(|block| block.lone.len() == 4 * BLOCK && block.sums.is_empty()));
         // Worker 2 follows: each block it passes gets sums and gives its
         // lone terms back, at most SPARE_BLOCKS of them kept.
         mean.add_values(2, 0..len, Values::new(&le(&b)));
@@ -653,6 +701,50 @@ mod tests {
             .map(|i| ((((0.0 + f64::from(a[i])) + 2.0 * f64::from(b[i])) + 3.0 * f64::from(c[i])) * (1.0 / 6.0)) as f32)
             .collect();
         assert!(out.iter().zip(&expected).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
+    fn a_first_term_that_fills_a_block_keeps_the_round_s_copy_and_buffers_go_round() {
+        let len = 2 * BLOCK + 9;
+        let workers: Vec<(WorkerId, u64, Vec<f32>)> = (1..=3u64)
+            .map(|id| (id, id + 1, (0..len).map(|i| ((i as u64 * (3 + id)) % 89) as f32 * 0.41 - id as f32).collect()))
+            .collect();
+        let total: u64 = workers.iter().map(|(_, samples, _)| samples).sum();
+        let expected: Vec<f32> = (0..len)
+            .map(|i| {
+                let sum =
+                    workers.iter().fold(0.0, |sum, (_, samples, values)| sum + *samples as f64 * f64::from(values[i]));
+                (sum * (1.0 / total as f64)) as f32
+            })
+            .collect();
+        let mut mean = WeightedMean::default();
+        // The round's copy, as `Round::accept` hands it on chunk after chunk
+        // (lengthened, which may allocate, only where it is too short).
+        let mut copy = Vec::new();
+        for round in 0..4 {
+            mean.reset(&[]);
+            let (mut kept, mut lengthened) = (0, 0);
+            for (id, samples, values) in &workers {
+                for chunk in weight_chunks(0, 0, values) {
+                    let range = chunk.offset as usize..chunk.offset as usize + chunk.data.len() / 4;
+                    if copy.len() < chunk.data.len() {
+                        copy.resize(chunk.data.len(), 0);
+                        lengthened += 1;
+                    }
+                    copy[..chunk.data.len()].copy_from_slice(&chunk.data);
+                    let before = copy.as_ptr();
+                    mean.add_buffer(*id, *samples, range, &mut copy, &[], 0.0);
+                    kept += usize::from(copy.as_ptr() != before);
+                }
+            }
+            assert_eq!(kept, 3, "round {round}: the first worker's three chunks kept, nobody else's");
+            if round >= 2 {
+                assert_eq!(lengthened, 0, "round {round}: the buffers handed back go round");
+            }
+            let mut out = vec![f32::NAN; len];
+            mean.finish(&vec![0.0; len], &[(1, 2), (2, 3), (3, 4)], &mut out);
+            assert!(out.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "round {round}");
+        }
     }
 
     #[test]

@@ -62,6 +62,25 @@ pub trait Aggregator: fmt::Debug + Send {
         squared: f64,
     );
 
+    /// [`add`], the values being the first `4 · range.len()` bytes of
+    /// `copy`, the round's own copy of the chunk: a rule that would copy
+    /// them may keep the buffer instead, leaving one of its own (of any
+    /// length) in its place.
+    ///
+    /// [`add`]: Aggregator::add
+    fn add_buffer(
+        &mut self,
+        worker: WorkerId,
+        samples: u64,
+        range: Range<usize>,
+        copy: &mut Vec<u8>,
+        start: &[f32],
+        squared: f64,
+    ) {
+        let values = Values::new(&copy[..4 * range.len()]);
+        self.add(worker, samples, range, values, start, squared);
+    }
+
     /// Whether the rule finishes positions as they settle ([`settle`]), so
     /// that a round can step the model there at once and needs no buffer for
     /// its whole result; such a rule is never [`finish`]ed by a round.

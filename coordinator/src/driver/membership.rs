@@ -116,14 +116,9 @@ impl Driver {
         };
         let result = match &message {
             FromWorker::Report(report) => round.report(id, report),
-            FromWorker::Weights(chunk) => {
-                let accepted = round.accept(id, chunk, &mut self.model);
-                if accepted.is_ok() {
-                    let values = round.taken();
-                    self.observers.notify(&RunEvent::WeightsReceived { worker: id, chunk, values });
-                }
-                accepted
-            }
+            FromWorker::Weights(chunk) => round.accept_seen(id, chunk, &mut self.model, |values| {
+                self.observers.notify(&RunEvent::WeightsReceived { worker: id, chunk, values })
+            }),
         };
         let Err(err) = result else { return };
         let rejection = Rejection::from(&err);
