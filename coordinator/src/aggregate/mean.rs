@@ -248,7 +248,7 @@ impl WeightedMean {
     /// pass over them. False, having done nothing, for any other chunk.
     fn keep_copy(&mut self, samples: u64, range: Range<usize>, copy: &mut Vec<u8>) -> bool {
         let index = range.start / BLOCK;
-        if range.is_empty() || range.start % BLOCK != 0 || range.end > (index + 1) * BLOCK {
+        if range.is_empty() || !range.start.is_multiple_of(BLOCK) || range.end > (index + 1) * BLOCK {
             return false;
         }
         debug_assert!(range.start >= self.settled, "a settled position came again");
