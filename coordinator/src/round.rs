@@ -804,6 +804,39 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_is_shown_as_checked_only_when_it_is_taken_whoever_keeps_its_copy() {
+        let len = VALUES_PER_CHUNK + 3;
+        let mut round = Open::new(1, 0, &[(1, 1), (2, 1)], len);
+        let ones: Vec<f32> = (0..len).map(|i| 1.0 + i as f32).collect();
+        let mut bad = vec![2.0; len];
+        bad[7] = f32::NAN;
+        let (mut shown_chunks, mut refused) = (0, 0);
+        for (worker, params) in [(1, &ones), (2, &bad)] {
+            for chunk in weight_chunks(1, 0, params) {
+                let mut shown = None;
+                let taken = round.round.accept_seen(worker, &chunk, &mut round.model, |v| shown = Some(v.to_vec()));
+                // The mean keeps worker 1's first chunk (a whole block) as
+                // the round copied it: what was shown is what was sent.
+                match taken {
+                    Ok(()) => {
+                        assert!(shown.as_deref() == Some(&chunk.data[..]), "worker {worker}: shown as sent");
+                        shown_chunks += 1;
+                    }
+                    Err(_) => {
+                        assert!(shown.is_none(), "worker {worker}: a refused chunk is not shown");
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!((shown_chunks, refused), (2, 2), "worker 1's chunks taken, worker 2's refused");
+        let mut out = vec![0.0; len];
+        let summary = finish_into(round, &mut out).0.expect("worker 1 counts");
+        assert_eq!(summary.contributors, vec![(1, 1)]);
+        assert!(out == ones, "worker 1's weights alone");
+    }
+
+    #[test]
     fn a_mean_round_steps_the_model_in_place_with_no_buffer_for_its_average() {
         let len = 2 * VALUES_PER_CHUNK + 5;
         let mut round = Open::new(1, 1, &[(1, 1), (2, 3)], len);
