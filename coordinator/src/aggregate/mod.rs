@@ -62,10 +62,10 @@ pub trait Aggregator: fmt::Debug + Send {
         squared: f64,
     );
 
-    /// [`add`], the values being the first `4 · range.len()` bytes of
+    /// As [`add`], with the values in the first `4 · range.len()` bytes of
     /// `copy`, the round's own copy of the chunk: a rule that would copy
     /// them may keep the buffer instead, leaving one of its own (of any
-    /// length) in its place.
+    /// length) in its place for the round's next chunk.
     ///
     /// [`add`]: Aggregator::add
     fn add_buffer(
