@@ -49,6 +49,27 @@ impl Progress {
     }
 }
 
+/// A stretch of training taken a step at a time ([`Trainer::step`]), so
+/// that the caller can do other work between two steps: where it is in the
+/// learning-rate schedule, and what it has trained so far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stretch {
+    progress: Progress,
+    stats: TrainStats,
+}
+
+impl Stretch {
+    /// A stretch starting at `progress`, nothing trained yet.
+    pub fn new(progress: Progress) -> Self {
+        Stretch { progress, stats: TrainStats::default() }
+    }
+
+    /// What its steps have trained so far.
+    pub fn stats(&self) -> TrainStats {
+        self.stats
+    }
+}
+
 /// Everything needed to take SGD steps on one model replica. Allocates once,
 /// in [`Trainer::new`]; stepping never touches the heap.
 #[derive(Debug, Clone)]
@@ -138,37 +159,33 @@ impl Trainer {
     /// One SGD step per `batch_size` indices of `samples` (the last batch may
     /// be smaller), each at the scheduled learning rate for its place in the run.
     pub fn train(&mut self, data: &Dataset, samples: &[u32], progress: Progress) -> TrainStats {
-        self.train_with(data, samples, progress, |_| {})
+        let mut stretch = Stretch::new(progress);
+        while self.step(data, samples, &mut stretch) {}
+        stretch.stats
     }
 
-    /// [`train`](Self::train), calling `between(params)` before each minibatch:
-    /// the caller's one chance to change the weights between two steps (a
-    /// worker applies an average that arrived while it trained). The optimiser
-    /// state is not offered: momentum stays the replica's own.
-    pub fn train_with(
-        &mut self,
-        data: &Dataset,
-        samples: &[u32],
-        progress: Progress,
-        mut between: impl FnMut(&mut [f32]),
-    ) -> TrainStats {
-        let mut stats = TrainStats::default();
-        if samples.is_empty() {
-            // Nothing to train: the weights stay as they are, shared if they are.
-            return stats;
-        }
+    /// Takes the next SGD step of `stretch`, on the next `batch_size`
+    /// indices of `samples` (the same slice at every step); false, having
+    /// done nothing, once all are trained. Between two steps the caller may
+    /// change the weights ([`Trainer::params_mut`]): a worker applies an
+    /// average that arrived while it trained. The optimiser state is not
+    /// offered: momentum stays the replica's own.
+    pub fn step(&mut self, data: &Dataset, samples: &[u32], stretch: &mut Stretch) -> bool {
+        let done = stretch.stats.samples;
+        let Some(rest) = samples.get(done..).filter(|rest| !rest.is_empty()) else {
+            // Nothing (more) to train: the weights stay as they are, shared if they are.
+            return false;
+        };
+        let batch = &rest[..rest.len().min(self.batch_size)];
         let params = own(&mut self.params, &mut self.spare);
-        for batch in samples.chunks(self.batch_size) {
-            between(params);
-            let lr = progress.lr(&self.config, stats.samples);
-            let b = self.workspace.load_batch(data, batch);
-            let loss = self.mlp.loss_and_grad(params, &mut self.grads, &mut self.workspace, b);
-            self.sgd.step(lr, params, &self.grads, &mut self.state);
-            stats.loss_sum += f64::from(loss) * b as f64;
-            stats.samples += b;
-            stats.batches += 1;
-        }
-        stats
+        let lr = stretch.progress.lr(&self.config, done);
+        let b = self.workspace.load_batch(data, batch);
+        let loss = self.mlp.loss_and_grad(params, &mut self.grads, &mut self.workspace, b);
+        self.sgd.step(lr, params, &self.grads, &mut self.state);
+        stretch.stats.loss_sum += f64::from(loss) * b as f64;
+        stretch.stats.samples += b;
+        stretch.stats.batches += 1;
+        true
     }
 
     /// Epoch `epoch` (0-based) of `epochs` over all of `data`, in an order drawn from `rng`.
@@ -275,31 +292,31 @@ mod tests {
     }
 
     #[test]
-    fn the_hook_runs_before_every_minibatch_and_its_changes_are_trained_from() {
+    fn steps_train_what_train_does_and_step_from_weights_changed_between_them() {
         let config = TrainConfig { batch_size: 4, ..TrainConfig::default() };
         let data = toy_data(4, 40);
         let order: Vec<u32> = (0..10).collect();
         let progress = Progress::in_epoch(0, 1, 0, 40);
-        let mut plain = Trainer::new(&config, &toy_model()).unwrap();
-        let mut hooked = plain.clone();
-        // A no-op hook changes nothing, bit for bit.
-        let mut calls = 0;
-        let stats = hooked.train_with(&data, &order, progress, |_| calls += 1);
-        assert_eq!(stats, plain.train(&data, &order, progress));
-        assert_eq!((calls, stats.batches), (3, 3));
-        assert_eq!(crate::params::digest(hooked.params()), crate::params::digest(plain.params()));
-        // Weights changed before the second batch are what it steps from.
-        let mut calls = 0;
-        let mut snapshot = Vec::new();
-        hooked.train_with(&data, &order[..8], progress, |p| {
-            calls += 1;
-            if calls == 2 {
-                p.fill(0.0);
-                snapshot = p.to_vec();
-            }
-        });
-        assert!(snapshot.iter().all(|&v| v == 0.0));
-        assert_ne!(hooked.params(), snapshot.as_slice(), "the second step moved on from the zeroed weights");
+        let mut whole = Trainer::new(&config, &toy_model()).unwrap();
+        let mut stepped = whole.clone();
+        // A step at a time changes nothing, bit for bit: 4 + 4 + 2 samples.
+        let mut stretch = Stretch::new(progress);
+        let mut steps = 0;
+        while stepped.step(&data, &order, &mut stretch) {
+            steps += 1;
+        }
+        assert_eq!((steps, stretch.stats()), (3, whole.train(&data, &order, progress)));
+        assert!(!stepped.step(&data, &order, &mut stretch), "nothing is left");
+        assert_eq!(crate::params::digest(stepped.params()), crate::params::digest(whole.params()));
+        // Weights changed between the first and the second step are what the
+        // second steps from.
+        let mut stretch = Stretch::new(progress);
+        assert!(stepped.step(&data, &order[..8], &mut stretch));
+        stepped.params_mut().fill(0.0);
+        assert!(stepped.step(&data, &order[..8], &mut stretch));
+        assert!(stepped.params().iter().any(|&v| v != 0.0), "the second step moved on from the zeroed weights");
+        assert!(!stepped.step(&data, &order[..8], &mut stretch));
+        assert_eq!(stretch.stats().samples, 8);
     }
 
     /// Known answer: the default 784-200-200-10 model after 40 seeded steps

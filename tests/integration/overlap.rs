@@ -27,8 +27,7 @@ const SAMPLES_PER_ROUND: u64 = 16 * 32;
 /// How many averages `worker` applied on top of training it did after
 /// sending its weights (logged at debug level).
 fn corrections(worker: &Proc) -> usize {
-    logged(worker, "average handed to the training thread").len()
-        + logged(worker, "average applied as a correction").len()
+    logged(worker, "average applied as a correction").len()
 }
 
 #[test]
@@ -55,9 +54,6 @@ fn two_workers_with_overlap_train_two_epochs_to_97_percent() {
         let stopped = logged(worker, "stopped by the coordinator");
         let stopped = stopped.first().expect("stopped by the coordinator");
         assert!((0.0..1.0).contains(&f64_field(stopped, "idle_share")), "{}", worker.dump());
-        // Pulls trained back to back without returning to the async runtime.
-        let chained = u64_field(stopped, "pulls_chained");
-        assert!((1..rounds as u64).contains(&chained), "{chained} of {rounds} pulls chained\n{}", worker.dump());
     }
 }
 

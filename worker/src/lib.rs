@@ -18,7 +18,6 @@
 
 pub mod backoff;
 pub mod cache;
-pub mod chain;
 pub mod config;
 pub mod error;
 pub mod give_up;

@@ -1,17 +1,18 @@
 //! The worker's model replica: its trainer, the training set, this epoch's
 //! shard, and the weights it last sent. Synchronous and CPU-bound; the
-//! session runs it off the async runtime.
+//! session trains it a minibatch at a time ([`Replica::step`]) between the
+//! coordinator's messages.
 //!
 //! An average tagged with the round the replica last sent weights for is
 //! applied as a correction, `w ← avg + (w − w_sent)`: under `--overlap` the
 //! replica trained on after sending, and keeps that progress on top of the
 //! average. With no step since sending it is a plain copy of the average, so
 //! without `--overlap` every worker holds exactly the average, bit for bit.
-//! An average that arrives while a pull trains is handed over in an
-//! [`AverageSlot`] and applied between two minibatches.
+//! An average that arrives while a pull trains is applied between two of
+//! its minibatches.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::matching::ContributionAligner;
 use lazyavg_common::params::first_non_finite;
-use lazyavg_common::train::{Progress, Trainer};
+use lazyavg_common::train::{Progress, Stretch, Trainer};
 use lazyavg_proto::chunks::{decode_into, decode_values, shared_values};
 use lazyavg_proto::convert::decode_indices;
 use lazyavg_proto::{ProtoError, pb};
@@ -40,7 +41,6 @@ pub struct Replica {
     sent: Option<Arc<Vec<f32>>>,
     /// Minibatches trained since sending `sent`, while its average is awaited.
     awaiting: Option<usize>,
-    slot: Arc<AverageSlot>,
     /// `--align`: matches the weights trained for a round to its start.
     aligner: Option<ContributionAligner>,
     /// `--align`: the round's start, which the trained weights are matched
@@ -61,44 +61,30 @@ pub enum Applied {
     Corrected { steps: usize },
 }
 
-/// An average handed from the session to the thread that is training, which
-/// applies it as a correction before its next minibatch. A std mutex: held
-/// for a pointer swap, once per minibatch, never across an await.
-#[derive(Debug, Default)]
-pub struct AverageSlot(Mutex<SlotState>);
-
-#[derive(Debug, Default)]
-struct SlotState {
-    pending: Option<Vec<f32>>,
-    /// A buffer to assemble the next average in, so rounds do not reallocate.
-    spare: Option<Vec<f32>>,
+/// A pull being trained, a minibatch at a time: [`Replica::begin`] starts
+/// it, [`Replica::step`] trains each minibatch, [`Replica::finish`] reports.
+#[derive(Debug)]
+pub struct PullTraining {
+    pull: pb::PullWeights,
+    stretch: Stretch,
+    /// Seconds spent in its SGD steps (not between them).
+    seconds: f64,
 }
 
-impl AverageSlot {
-    fn lock(&self) -> MutexGuard<'_, SlotState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+impl PullTraining {
+    pub fn pull(&self) -> &pb::PullWeights {
+        &self.pull
     }
 
-    /// A buffer of `len` values to assemble an average in.
-    pub fn buffer(&self, len: usize) -> Vec<f32> {
-        match self.lock().spare.take() {
-            Some(buffer) if buffer.len() == len => buffer,
-            _ => vec![0.0; len],
-        }
+    /// The pull, for a command that changes it while it trains (the
+    /// coordinator lifting a wait).
+    pub fn pull_mut(&mut self) -> &mut pb::PullWeights {
+        &mut self.pull
     }
 
-    /// Hands an average to the training thread.
-    pub fn put(&self, average: Vec<f32>) {
-        self.lock().pending = Some(average);
-    }
-
-    /// Gives a buffer back for the next average.
-    pub fn recycle(&self, buffer: Vec<f32>) {
-        self.lock().spare = Some(buffer);
-    }
-
-    fn take(&self) -> Option<Vec<f32>> {
-        self.lock().pending.take()
+    /// Whether every minibatch of the pull is trained.
+    pub fn is_trained(&self) -> bool {
+        self.stretch.stats().samples as u64 >= self.pull.train_until - self.pull.train_from
     }
 }
 
@@ -152,7 +138,6 @@ impl Replica {
             shard: Vec::new(),
             sent: None,
             awaiting: None,
-            slot: Arc::default(),
             aligner,
             start,
             start_given: false,
@@ -190,11 +175,6 @@ impl Replica {
         self.start_given = true;
     }
 
-    /// Where the session leaves an average for this replica while it trains.
-    pub fn slot(&self) -> Arc<AverageSlot> {
-        Arc::clone(&self.slot)
-    }
-
     /// The weights to send, as the wire's bytes, and kept as sent: their
     /// average will be applied as a correction of whatever is trained until
     /// it comes. They are the trainer's own weights, not a copy: training
@@ -221,11 +201,6 @@ impl Replica {
     /// weights last sent (`correction`) and a step was trained since.
     fn corrects(&self, correction: bool) -> bool {
         matches!(self.awaiting, Some(steps) if correction && steps > 0)
-    }
-
-    /// Whether the average of the weights last sent is still to be applied.
-    pub fn awaits_average(&self) -> bool {
-        self.awaiting.is_some()
     }
 
     /// Writes one chunk of an average for `range` of the parameter buffer
@@ -277,14 +252,6 @@ impl Replica {
         }
     }
 
-    /// Applies an average left in the slot that training finished too soon to take.
-    pub fn apply_pending(&mut self) -> Option<Applied> {
-        let average = self.slot.take()?;
-        let applied = self.apply(&average, true);
-        self.slot.recycle(average);
-        Some(applied)
-    }
-
     /// Replaces or extends the shard.
     pub fn assign(&mut self, msg: &pb::AssignShard) -> Result<()> {
         let indices = decode_indices(&msg.indices)?;
@@ -303,9 +270,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Trains the pulled range of the shard and reports on it. An average put
-    /// in the slot meanwhile is applied before the next minibatch.
-    pub fn train(&mut self, pull: &pb::PullWeights) -> Result<pb::RoundReport> {
+    /// Starts training the pulled range of the shard, once it is checked to fit.
+    pub fn begin(&mut self, pull: pb::PullWeights) -> Result<PullTraining> {
         let (from, until) = (pull.train_from as usize, pull.train_until as usize);
         if pull.epoch != self.epoch || from > until || until > self.shard.len() {
             return Err(Error::Protocol(ProtoError::Config(format!(
@@ -315,45 +281,53 @@ impl Replica {
                 self.epoch
             ))));
         }
-        let started = Instant::now();
         if self.aligner.is_some() && !self.start_given {
             self.start.copy_from_slice(self.trainer.params());
         }
         let epoch_index = (pull.epoch as usize).saturating_sub(1);
         let progress = Progress::in_epoch(epoch_index, self.epochs, from, self.shard.len());
-        let Replica { trainer, data, shard, sent, awaiting, slot, .. } = &mut *self;
-        let mut applying = 0.0;
-        let stats = trainer.train_with(data, &shard[from..until], progress, |params| {
-            if let Some(average) = slot.take() {
-                let started = Instant::now();
-                apply(params, &average, sent_values(sent), awaiting);
-                slot.recycle(average);
-                applying += started.elapsed().as_secs_f64();
-            }
-            if let Some(steps) = awaiting.as_mut() {
-                *steps += 1;
-            }
-        });
-        if self.awaiting.is_none() {
-            // An average came while training: the weights sent are done with.
-            self.release_sent();
+        Ok(PullTraining { pull, stretch: Stretch::new(progress), seconds: 0.0 })
+    }
+
+    /// Trains the next minibatch of `training`, if one is left; returns
+    /// whether it did. Between two steps an average may be applied: the
+    /// next step trains on from it.
+    pub fn step(&mut self, training: &mut PullTraining) -> bool {
+        let started = Instant::now();
+        let pull = &training.pull;
+        // `begin` checked that the range fits the shard, and the shard does
+        // not change while a pull trains.
+        let samples = &self.shard[pull.train_from as usize..pull.train_until as usize];
+        if !self.trainer.step(&self.data, samples, &mut training.stretch) {
+            return false;
         }
-        // Time in SGD steps, not in applying an average.
-        let train_seconds = (started.elapsed().as_secs_f64() - applying).max(0.0);
+        if let Some(steps) = self.awaiting.as_mut() {
+            *steps += 1;
+        }
+        training.seconds += started.elapsed().as_secs_f64();
+        true
+    }
+
+    /// Ends a pull whose minibatches are all trained: aligns the weights
+    /// (`--align`) and reports on it.
+    pub fn finish(&mut self, training: PullTraining) -> Result<(pb::PullWeights, pb::RoundReport)> {
+        let PullTraining { pull, stretch, seconds } = training;
+        let stats = stretch.stats();
         let (realigned, align_seconds) = self.align_to_start()?;
         if self.aligner.is_some() {
             let (epoch, round, align_ms) = (pull.epoch, pull.round, align_seconds * 1e3);
             debug!(epoch, round, realigned, align_ms, "contribution aligned to the round's start (--align)");
         }
-        Ok(pb::RoundReport {
+        let report = pb::RoundReport {
             epoch: pull.epoch,
             round: pull.round,
             loss_sum: stats.loss_sum,
             samples: stats.samples as u64,
-            train_seconds,
+            train_seconds: seconds,
             realigned,
             align_seconds,
-        })
+        };
+        Ok((pull, report))
     }
 
     /// `--align`: reorders the trained weights' hidden units to match the
@@ -394,6 +368,13 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::*;
+
+    /// Trains a whole pull, a minibatch at a time, and reports on it.
+    fn train_pull(replica: &mut Replica, pull: pb::PullWeights) -> Result<pb::RoundReport> {
+        let mut training = replica.begin(pull)?;
+        while replica.step(&mut training) {}
+        Ok(replica.finish(training)?.1)
+    }
 
     #[test]
     fn a_replica_refuses_a_dataset_its_model_cannot_take() {
@@ -501,16 +482,54 @@ mod tests {
         late.receive_reference(0..moved.len(), &moved_bytes).unwrap();
         late.reference_received();
         late.apply(&start, false);
-        assert!(!late.train(&pull(1, 0, 32)).unwrap().realigned, "matched to a stale reference");
-        let (first, second) = (plain.train(&pull(1, 0, 32)).unwrap(), permuted.train(&pull(1, 0, 32)).unwrap());
+        assert!(!train_pull(&mut late, pull(1, 0, 32)).unwrap().realigned, "matched to a stale reference");
+        let (first, second) =
+            (train_pull(&mut plain, pull(1, 0, 32)).unwrap(), train_pull(&mut permuted, pull(1, 0, 32)).unwrap());
         assert_eq!((first.realigned, second.realigned), (false, true));
         assert_eq!(late.params(), plain.params(), "trained from the same weights in the same order");
         assert!(gap(&plain, &permuted) < 1e-5, "aligned to the reference: {}", gap(&plain, &permuted));
         // The next round starts from these weights: nothing moves, and the
         // momentum, reordered with them, pushes the same units.
-        let (first, second) = (plain.train(&pull(2, 32, 64)).unwrap(), permuted.train(&pull(2, 32, 64)).unwrap());
+        let (first, second) =
+            (train_pull(&mut plain, pull(2, 32, 64)).unwrap(), train_pull(&mut permuted, pull(2, 32, 64)).unwrap());
         assert_eq!((first.realigned, second.realigned), (false, false));
         assert!(gap(&plain, &permuted) < 1e-5, "momentum followed: {}", gap(&plain, &permuted));
+    }
+
+    /// An average of the weights sent, applied between two minibatches of
+    /// the next pull, keeps what those minibatches trained on top of it, and
+    /// the pull trains on from there.
+    #[test]
+    fn an_average_between_two_steps_is_a_correction_by_the_steps_since_sending() {
+        let shape = InputShape { channels: 1, height: 2, width: 2 };
+        let mut rng = StreamRng::seed_from_u64(8);
+        let pixels: Vec<u8> = (0..24 * 4).map(|_| rng.random_range(0..256) as u8).collect();
+        let labels: Vec<u8> = (0..24).map(|_| rng.random_range(0..3) as u8).collect();
+        let data = Arc::new(Dataset::new(Images { count: 24, shape, pixels }, labels, "toy").unwrap());
+        let train = TrainConfig { batch_size: 8, ..TrainConfig::default() };
+        let model = lazyavg_common::spec::ModelSpec::mlp(shape, &[5], 3);
+        let spec = RunSpec { model, train, epochs: 1, align: AlignMethod::None, align_images: 0 };
+        let mut replica = Replica::new(&spec, data).unwrap();
+        let shard = encode_indices(&(0..24).collect::<Vec<_>>()).into();
+        replica.assign(&pb::AssignShard { epoch: 1, indices: shard, extend: false }).unwrap();
+        let start: Vec<f32> = (0..replica.len()).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        replica.apply(&start, false);
+        let sent = Values::new(&replica.snapshot_to_send()).iter().collect::<Vec<_>>();
+        let pull = pb::PullWeights { epoch: 1, round: 2, train_from: 0, train_until: 24, after_round: 1 };
+        let mut training = replica.begin(pull).unwrap();
+        assert!(replica.step(&mut training) && replica.step(&mut training));
+        assert!(!training.is_trained(), "one minibatch of three is left");
+        let trained = replica.params().to_vec();
+        let average: Vec<f32> = sent.iter().map(|w| w * 0.5).collect();
+        assert_eq!(replica.apply(&average, true), Applied::Corrected { steps: 2 });
+        let expected: Vec<f32> = average.iter().zip(&trained).zip(&sent).map(|((a, w), s)| a + (w - s)).collect();
+        assert_eq!(replica.params(), expected);
+        assert!(replica.step(&mut training) && training.is_trained());
+        assert!(!replica.step(&mut training), "nothing is left to train");
+        assert_ne!(replica.params(), expected, "the last minibatch trained on from the corrected weights");
+        let (pull, report) = replica.finish(training).unwrap();
+        assert_eq!((pull.round, report.round, report.samples), (2, 2, 24));
+        assert!(report.train_seconds > 0.0 && report.loss_sum > 0.0, "{report:?}");
     }
 
     #[test]
@@ -555,21 +574,5 @@ mod tests {
             correct(&mut chunked[range.clone()], decode_values(data), &sent[range]);
         }
         assert_eq!(chunked, expected);
-    }
-
-    #[test]
-    fn the_slot_hands_over_one_average_and_recycles_buffers() {
-        let slot = AverageSlot::default();
-        assert!(slot.take().is_none());
-        let buffer = slot.buffer(3);
-        assert_eq!(buffer, [0.0; 3]);
-        slot.put(vec![1.0, 2.0, 3.0]);
-        let taken = slot.take().expect("pending");
-        assert!(slot.take().is_none(), "taken once");
-        slot.recycle(taken);
-        assert_eq!(slot.buffer(3), [1.0, 2.0, 3.0], "the spare comes back");
-        assert_eq!(slot.buffer(3), [0.0; 3], "and only once");
-        slot.recycle(vec![1.0; 2]);
-        assert_eq!(slot.buffer(3).len(), 3, "a spare of another length is not used");
     }
 }

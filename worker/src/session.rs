@@ -1,14 +1,16 @@
 //! One session with the coordinator: attach, then obey its commands until it
 //! says stop or the stream breaks.
 //!
-//! A pull trains on the blocking pool while the session goes on reading
-//! commands. An average that arrives meanwhile is assembled in a buffer and
-//! handed to the training thread, which applies it between two minibatches;
-//! every other command waits, in order, until the pull is answered. A pull
-//! sent ahead (`after_round`, the coordinator's `--overlap`) is answered only
-//! once the average of that round is applied, so a worker is never more than
-//! one round ahead of the average. A pull queued behind the one training is
-//! trained by the same job when it may be (see [`crate::chain`]).
+//! A pull trains a minibatch at a time on the session's own thread, which
+//! reads the coordinator's messages between two minibatches: no hand-over to
+//! another thread and back, whose two wake-ups were a large part of a
+//! round's cost (docs/performance.md, "Where a round's wall time goes"). An
+//! average that arrives meanwhile is assembled in a buffer and applied
+//! between two minibatches; every other command waits, in order, until the
+//! pull is answered. A pull sent ahead (`after_round`, the coordinator's
+//! `--overlap`) is answered only once the average of that round is applied,
+//! so a worker is never more than one round ahead of the average; the pull
+//! queued behind it starts training as soon as its weights are sent.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,15 +26,13 @@ use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{ProtoError, pb};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::Client;
-use crate::chain::PullChain;
 use crate::error::{Error, Result};
 use crate::metrics::WorkerMetrics;
-use crate::replica::{Applied, AverageSlot, Replica};
+use crate::replica::{Applied, PullTraining, Replica};
 
 /// How a session ended without an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,12 +67,8 @@ pub async fn run(
     let mut session = Session::new(Replica::new(spec, data)?, outbox, link, slowdown, metrics);
     loop {
         tokio::select! {
-            // A job's chained pulls come before the job's end, in order.
+            // Whatever the connection has brought comes before the next minibatch.
             biased;
-            Some(chained) = session.chained.recv() => session.send_chained(chained)?,
-            (replica, report) = job_done(&mut session.job), if session.job.is_some() => {
-                session.trained(replica, report).await?;
-            }
             message = inbound.message() => {
                 let Some(message) = message.map_err(Error::refused("Session"))? else { break };
                 session.link.freed(message.lane_taken)?;
@@ -81,17 +77,13 @@ pub async fn run(
                     return Ok(ending);
                 }
             }
+            // One minibatch per turn: yielding first lets the runtime's other
+            // tasks (the connection, sending the weights just queued) run and
+            // the next message in.
+            () = tokio::task::yield_now(), if session.training.is_some() => session.step().await?,
         }
     }
     Err(Error::SessionEnded)
-}
-
-/// Pulls being trained on the blocking pool, which has the replica meanwhile.
-#[derive(Debug)]
-struct Job {
-    chain: Arc<PullChain>,
-    /// Gives the replica back, with the report of the last pull trained.
-    handle: JoinHandle<(Replica, Result<pb::RoundReport>)>,
 }
 
 /// A trained pull whose weights are not sent yet.
@@ -99,13 +91,6 @@ struct Job {
 struct Trained {
     pull: pb::PullWeights,
     report: pb::RoundReport,
-}
-
-/// A pull a job trained before going on to the next, and its weights.
-#[derive(Debug)]
-struct Chained {
-    trained: Trained,
-    weights: Bytes,
 }
 
 /// A command that waits until the pull in progress is answered.
@@ -145,15 +130,11 @@ struct Session {
     slowdown: f64,
     /// Parameters in the model.
     len: usize,
-    /// `None` while a job has it.
-    replica: Option<Replica>,
-    slot: Arc<AverageSlot>,
-    job: Option<Job>,
-    /// Whether a job may go on to a queued pull (not when a slowdown must
-    /// be served after each one).
-    chaining: bool,
-    chained_tx: mpsc::UnboundedSender<Chained>,
-    chained: mpsc::UnboundedReceiver<Chained>,
+    replica: Replica,
+    /// The pull being trained, a minibatch per turn of the session's loop.
+    training: Option<PullTraining>,
+    /// A buffer to assemble the next staged average in, so rounds do not reallocate.
+    spare_average: Option<Vec<f32>>,
     trained: Option<Trained>,
     deferred: VecDeque<Deferred>,
     /// Epoch and round of the weights last sent, until their average comes.
@@ -165,8 +146,6 @@ struct Session {
     train_seconds: f64,
     /// `--metrics-bind`'s handles, and the minibatch size to count steps by.
     metrics: (WorkerMetrics, usize),
-    /// Pulls a job went on from to a queued one, in this session.
-    pulls_chained: u64,
     /// When the first pull started training and the last one finished: the
     /// span whose time not spent training was lost to synchronisation
     /// (waiting for the run to start or for the final evaluation is not).
@@ -175,18 +154,14 @@ struct Session {
 
 impl Session {
     fn new(replica: Replica, outbox: Outbox, link: Arc<Link>, slowdown: f64, metrics: (WorkerMetrics, usize)) -> Self {
-        let (chained_tx, chained) = mpsc::unbounded_channel();
         Session {
             outbox,
             link,
             slowdown,
             len: replica.len(),
-            slot: replica.slot(),
-            replica: Some(replica),
-            job: None,
-            chaining: slowdown <= 1.0,
-            chained_tx,
-            chained,
+            replica,
+            training: None,
+            spare_average: None,
             trained: None,
             deferred: VecDeque::new(),
             sent: None,
@@ -194,28 +169,38 @@ impl Session {
             incoming_reference: None,
             train_seconds: 0.0,
             metrics,
-            pulls_chained: 0,
             training_span: None,
         }
     }
 
     /// Whether a command that needs the replica must wait its turn.
     fn busy(&self) -> bool {
-        self.job.is_some() || self.trained.is_some() || !self.deferred.is_empty()
+        self.training.is_some() || self.trained.is_some() || !self.deferred.is_empty()
     }
 
-    fn replica(&mut self) -> &mut Replica {
-        self.replica.as_mut().expect("the replica is here while no pull trains")
+    /// A buffer of the model's length to assemble an average in.
+    fn average_buffer(&mut self) -> Vec<f32> {
+        match self.spare_average.take() {
+            Some(buffer) if buffer.len() == self.len => buffer,
+            _ => vec![0.0; self.len],
+        }
+    }
+
+    /// Applies an assembled average and keeps its buffer for the next one.
+    fn apply_staged(&mut self, average: Vec<f32>, correction: bool) -> Applied {
+        let applied = self.replica.apply(&average, correction);
+        self.spare_average = Some(average);
+        applied
     }
 
     /// Obeys one command; `Some` when the coordinator said stop.
     async fn command(&mut self, kind: Command) -> Result<Option<Ending>> {
         match kind {
             Command::Shard(shard) if self.busy() => self.deferred.push_back(Deferred::Shard(shard)),
-            Command::Shard(shard) => self.replica().assign(&shard)?,
+            Command::Shard(shard) => self.replica.assign(&shard)?,
             Command::Pull(pull) if self.lift_wait(&pull) => self.flush()?,
-            Command::Pull(pull) if self.busy() => self.queue(pull),
-            Command::Pull(pull) => self.start(pull),
+            Command::Pull(pull) if self.busy() => self.deferred.push_back(Deferred::Pull(pull)),
+            Command::Pull(pull) => self.start(pull)?,
             Command::Reference(mut chunk) => {
                 self.link.take(&mut chunk)?;
                 self.reference(chunk.into())?
@@ -246,7 +231,6 @@ impl Session {
                     reason = stop.reason,
                     train_seconds = self.train_seconds,
                     span_seconds = self.span_seconds(),
-                    pulls_chained = self.pulls_chained,
                     idle_share = self.idle_share(),
                     "stopped by the coordinator"
                 );
@@ -263,83 +247,55 @@ impl Session {
     /// A pull for the epoch and round of one already here is the coordinator
     /// lifting its wait (the round it waited for was abandoned).
     fn lift_wait(&mut self, pull: &pb::PullWeights) -> bool {
-        let in_job = self.job.as_ref().is_some_and(|job| job.chain.lift(pull.epoch, pull.round, pull.after_round));
-        let lifted = in_job
-            || self
-                .trained
-                .as_mut()
-                .map(|t| &mut t.pull)
-                .into_iter()
-                .chain(self.deferred.iter_mut().filter_map(|d| match d {
-                    Deferred::Pull(p) => Some(p),
-                    _ => None,
-                }))
-                .find(|held| (held.epoch, held.round) == (pull.epoch, pull.round))
-                .map(|held| held.after_round = pull.after_round)
-                .is_some();
+        let lifted = self
+            .training
+            .as_mut()
+            .map(PullTraining::pull_mut)
+            .into_iter()
+            .chain(self.trained.as_mut().map(|t| &mut t.pull))
+            .chain(self.deferred.iter_mut().filter_map(|d| match d {
+                Deferred::Pull(p) => Some(p),
+                _ => None,
+            }))
+            .find(|held| (held.epoch, held.round) == (pull.epoch, pull.round))
+            .map(|held| held.after_round = pull.after_round)
+            .is_some();
         if lifted {
             debug!(epoch = pull.epoch, round = pull.round, after_round = pull.after_round, "wait lifted");
         }
         lifted
     }
 
-    /// A pull that came while busy: queued for the job to go on to when it
-    /// may (it comes right after the job's, and nothing else waits), else
-    /// deferred.
-    fn queue(&mut self, pull: pb::PullWeights) {
-        let pull = match &self.job {
-            Some(job) if self.chaining && self.trained.is_none() && self.deferred.is_empty() => {
-                match job.chain.offer(pull) {
-                    Ok(()) => return,
-                    Err(pull) => pull,
-                }
-            }
-            _ => pull,
-        };
-        self.deferred.push_back(Deferred::Pull(pull));
-    }
-
-    /// Starts training a pull on the blocking pool.
-    fn start(&mut self, pull: pb::PullWeights) {
+    /// Starts training a pull: its minibatches are trained on the loop's
+    /// next turns.
+    fn start(&mut self, pull: pb::PullWeights) -> Result<()> {
         let now = Instant::now();
         self.training_span.get_or_insert((now, now));
-        let mut replica = self.replica.take().expect("one pull trains at a time");
-        let chain = Arc::new(PullChain::new(pull));
-        let (job_chain, chained) = (Arc::clone(&chain), self.chained_tx.clone());
-        let handle = tokio::task::spawn_blocking(move || {
-            let report = train_chain(&mut replica, pull, &job_chain, &chained);
-            (replica, report)
-        });
-        self.job = Some(Job { chain, handle });
+        self.training = Some(self.replica.begin(pull)?);
+        Ok(())
     }
 
-    /// The job is done: take the replica back and answer the pull if it may be.
-    async fn trained(&mut self, mut replica: Replica, report: Result<pb::RoundReport>) -> Result<()> {
-        let job = self.job.take().expect("a job was training");
-        let (pull, queued) = job.chain.finish();
-        if let Some(queued) = queued {
-            // It came before anything deferred since.
-            self.deferred.push_front(Deferred::Pull(queued));
+    /// Trains the next minibatch of the pull in progress; answers the pull
+    /// once all are trained.
+    async fn step(&mut self) -> Result<()> {
+        let training = self.training.as_mut().expect("stepped only while a pull trains");
+        self.replica.step(training);
+        match training.is_trained() {
+            true => self.trained().await,
+            false => Ok(()),
         }
-        if let Some(applied) = replica.apply_pending() {
-            log_correction(&pull, applied);
-        }
-        self.replica = Some(replica);
-        let report = report?;
+    }
+
+    /// The pull in progress is trained: answer it if it may be.
+    async fn trained(&mut self) -> Result<()> {
+        let training = self.training.take().expect("a pull was training");
+        let (pull, report) = self.replica.finish(training)?;
         self.account(&report);
         if self.slowdown > 1.0 {
             tokio::time::sleep(Duration::from_secs_f64(report.train_seconds * (self.slowdown - 1.0))).await;
         }
         self.trained = Some(Trained { pull, report });
         self.flush()
-    }
-
-    /// The job went on from a pull: send that pull's weights.
-    fn send_chained(&mut self, Chained { trained, weights }: Chained) -> Result<()> {
-        self.account(&trained.report);
-        self.pulls_chained += 1;
-        self.sent = Some((trained.pull.epoch, trained.pull.round));
-        self.send_weights(trained, weights)
     }
 
     /// Adds a trained pull to the session's training time and span.
@@ -367,28 +323,27 @@ impl Session {
 
     /// Sends what may be sent and runs deferred commands, until a pull trains,
     /// a trained pull waits for an average, or nothing is left. Weights to
-    /// send are snapshotted first and sent last, once the next pull (if one
-    /// is here) trains: encoding and queueing them is not time lost to it.
+    /// send are snapshotted first and queued last, once the next pull (if one
+    /// is here) has started: the connection sends them while it trains.
     fn flush(&mut self) -> Result<()> {
         let mut outgoing = None;
-        while self.job.is_none() {
+        while self.training.is_none() {
             if let Some(trained) = &self.trained {
                 let pull = &trained.pull;
                 if pull.after_round != 0 && self.sent == Some((pull.epoch, pull.after_round)) {
                     break;
                 }
                 let trained = self.trained.take().expect("checked");
-                let weights = self.replica().snapshot_to_send();
+                let weights = self.replica.snapshot_to_send();
                 self.sent = Some((trained.pull.epoch, trained.pull.round));
                 outgoing = Some((trained, weights));
             }
             match self.deferred.pop_front() {
                 None => break,
-                Some(Deferred::Shard(shard)) => self.replica().assign(&shard)?,
-                Some(Deferred::Pull(pull)) => self.start(pull),
+                Some(Deferred::Shard(shard)) => self.replica.assign(&shard)?,
+                Some(Deferred::Pull(pull)) => self.start(pull)?,
                 Some(Deferred::Replace { epoch, round, average }) => {
-                    self.replica().apply(&average, false);
-                    self.slot.recycle(average);
+                    self.apply_staged(average, false);
                     self.sent = None;
                     self.log_applied(epoch, round, Applied::Replaced);
                 }
@@ -418,27 +373,25 @@ impl Session {
             Some(incoming) if chunk.offset > 0 => incoming,
             _ => {
                 let correction = self.sent == Some((chunk.epoch, chunk.round));
-                let direct = if correction { self.job.is_none() } else { !self.busy() };
+                let direct = if correction { self.training.is_none() } else { !self.busy() };
                 Incoming {
                     cursor: ChunkCursor::new(chunk.epoch, chunk.round, self.len),
                     correction,
-                    staged: (!direct).then(|| self.slot.buffer(self.len)),
+                    staged: (!direct).then(|| self.average_buffer()),
                 }
             }
         };
         let range = incoming.cursor.advance(&chunk)?;
         match incoming.staged.as_mut() {
             Some(buffer) => decode_into(&mut buffer[range], &chunk.data),
-            None => match self.replica.as_mut() {
-                Some(replica) => replica.receive(range, &chunk.data, incoming.correction),
-                // Only a coordinator that broke the protocol starts a pull
-                // between the chunks of an average meant for the model itself.
-                None => {
-                    let problem = "a pull started training in the middle of this average".to_owned();
-                    let (epoch, round, offset) = (chunk.epoch, chunk.round, chunk.offset);
-                    return Err(ProtoError::Chunk { epoch, round, offset, problem }.into());
-                }
-            },
+            // Only a coordinator that broke the protocol starts a pull
+            // between the chunks of an average meant for the model itself.
+            None if self.training.is_some() => {
+                let problem = "a pull started training in the middle of this average".to_owned();
+                let (epoch, round, offset) = (chunk.epoch, chunk.round, chunk.offset);
+                return Err(ProtoError::Chunk { epoch, round, offset, problem }.into());
+            }
+            None => self.replica.receive(range, &chunk.data, incoming.correction),
         }
         if !incoming.cursor.is_complete() {
             self.incoming = Some(incoming);
@@ -453,26 +406,19 @@ impl Session {
         }
         match (incoming.staged, incoming.correction) {
             (None, correction) => {
-                let applied = self.replica().received(correction);
+                let applied = self.replica.received(correction);
                 self.log_applied(epoch, round, applied);
             }
-            (Some(average), true) => match self.replica.as_mut() {
-                Some(replica) => {
-                    let applied = replica.apply(&average, true);
-                    self.slot.recycle(average);
-                    self.log_applied(epoch, round, applied);
-                }
-                None => {
-                    debug!(epoch, round, "average handed to the training thread");
-                    self.slot.put(average);
-                }
-            },
+            // Between two minibatches, if a pull trains: the next trains on from it.
+            (Some(average), true) => {
+                let applied = self.apply_staged(average, true);
+                self.log_applied(epoch, round, applied);
+            }
             (Some(average), false) if self.busy() => {
                 self.deferred.push_back(Deferred::Replace { epoch, round, average })
             }
             (Some(average), false) => {
-                self.replica().apply(&average, false);
-                self.slot.recycle(average);
+                self.apply_staged(average, false);
                 self.log_applied(epoch, round, Applied::Replaced);
             }
         }
@@ -489,15 +435,15 @@ impl Session {
             _ => ChunkCursor::new(chunk.epoch, chunk.round, self.len),
         };
         let range = cursor.advance(&chunk)?;
-        let Some(replica) = self.replica.as_mut() else {
+        if self.training.is_some() {
             let problem = "reference weights came while a pull trains".to_owned();
             return Err(
                 ProtoError::Chunk { epoch: chunk.epoch, round: chunk.round, offset: chunk.offset, problem }.into()
             );
-        };
-        replica.receive_reference(range, &chunk.data)?;
+        }
+        self.replica.receive_reference(range, &chunk.data)?;
         if cursor.is_complete() {
-            replica.reference_received();
+            self.replica.reference_received();
             debug!("the coordinator's weights received as the first round's reference (--align)");
         } else {
             self.incoming_reference = Some(cursor);
@@ -511,47 +457,10 @@ impl Session {
         }
         match applied {
             Applied::Replaced => {
-                let params = self.replica.as_ref().expect("applied here").params();
-                debug!(epoch, round, digest = digest(params), "weights applied");
+                debug!(epoch, round, digest = digest(self.replica.params()), "weights applied");
             }
             Applied::Corrected { steps } => debug!(epoch, round, steps, "average applied as a correction"),
         }
-    }
-}
-
-/// Resolves when the job in progress has trained (poll only while there is one).
-async fn job_done(job: &mut Option<Job>) -> (Replica, Result<pb::RoundReport>) {
-    let job = job.as_mut().expect("polled only while a pull trains");
-    (&mut job.handle).await.expect("training does not panic")
-}
-
-/// A job on the blocking pool: trains `first`, then each pull queued in
-/// `chain` as long as the weights of the one before may be sent (its
-/// average, if one is awaited, applied), handing those to the session over
-/// `chained`. Returns the report of the last pull trained.
-fn train_chain(
-    replica: &mut Replica,
-    first: pb::PullWeights,
-    chain: &PullChain,
-    chained: &mpsc::UnboundedSender<Chained>,
-) -> Result<pb::RoundReport> {
-    let mut pull = first;
-    loop {
-        let report = replica.train(&pull)?;
-        if let Some(applied) = replica.apply_pending() {
-            log_correction(&pull, applied);
-        }
-        let Some((trained, next)) = chain.advance(!replica.awaits_average()) else { return Ok(report) };
-        let weights = replica.snapshot_to_send();
-        // Only fails once the session is gone, which ends this job anyway.
-        let _ = chained.send(Chained { trained: Trained { pull: trained, report }, weights });
-        pull = next;
-    }
-}
-
-fn log_correction(pull: &pb::PullWeights, applied: Applied) {
-    if let Applied::Corrected { steps } = applied {
-        debug!(epoch = pull.epoch, round = pull.after_round, steps, "average applied as a correction");
     }
 }
 
