@@ -220,10 +220,17 @@ fn a_stopped_worker_that_holds_the_other_at_the_gate_is_left_behind_at_the_strag
     let args =
         ["--workers", "2", "--epochs", "3", "--hidden", "1400", "--straggler-factor", "2", "--round-timeout", "60s"];
     let mut coordinator = start_coordinator(&tmp.path().join("out"), "127.0.0.1:0", &args, "info");
-    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), "info");
+    let mut workers = start_workers("worker", 2, &coordinator.addr, tmp.path(), DEBUG_LOG);
     wait_for_match(&mut coordinator.proc, "epoch done", EVENT_TIMEOUT, |l| l["epoch"] == 1);
     let id = joined_id(&workers[1]);
     let before = coordinator.proc.json_lines().len();
+    // Stopped as a round starts for it (the average just applied, its pull
+    // training): stopped after sending, it would be ahead of the other,
+    // which the straggler rule would then rightly leave behind.
+    let applied = logged(&workers[1], "weights applied").len();
+    wait_until("a round to start for the worker", EVENT_TIMEOUT, || {
+        (logged(&workers[1], "weights applied").len() > applied).then_some(())
+    });
     workers[1].signal("STOP");
     let stopped = Instant::now();
     let missed = wait_until("the stopped worker left behind", EVENT_TIMEOUT, || {

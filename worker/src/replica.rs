@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lazyavg_common::config::RunSpec;
@@ -61,30 +61,21 @@ pub enum Applied {
     Corrected { steps: usize },
 }
 
-/// A pull being trained, a minibatch at a time: [`Replica::begin`] starts
+/// Where a pull stands, a minibatch at a time: [`Replica::begin`] starts
 /// it, [`Replica::step`] trains each minibatch, [`Replica::finish`] reports.
 #[derive(Debug)]
 pub struct PullTraining {
-    pull: pb::PullWeights,
+    /// The pulled positions in the shard.
+    positions: Range<usize>,
     stretch: Stretch,
     /// Seconds spent in its SGD steps (not between them).
     seconds: f64,
 }
 
 impl PullTraining {
-    pub fn pull(&self) -> &pb::PullWeights {
-        &self.pull
-    }
-
-    /// The pull, for a command that changes it while it trains (the
-    /// coordinator lifting a wait).
-    pub fn pull_mut(&mut self) -> &mut pb::PullWeights {
-        &mut self.pull
-    }
-
     /// Whether every minibatch of the pull is trained.
     pub fn is_trained(&self) -> bool {
-        self.stretch.stats().samples as u64 >= self.pull.train_until - self.pull.train_from
+        self.stretch.stats().samples >= self.positions.len()
     }
 }
 
@@ -271,7 +262,7 @@ impl Replica {
     }
 
     /// Starts training the pulled range of the shard, once it is checked to fit.
-    pub fn begin(&mut self, pull: pb::PullWeights) -> Result<PullTraining> {
+    pub fn begin(&mut self, pull: &pb::PullWeights) -> Result<PullTraining> {
         let (from, until) = (pull.train_from as usize, pull.train_until as usize);
         if pull.epoch != self.epoch || from > until || until > self.shard.len() {
             return Err(Error::Protocol(ProtoError::Config(format!(
@@ -286,48 +277,46 @@ impl Replica {
         }
         let epoch_index = (pull.epoch as usize).saturating_sub(1);
         let progress = Progress::in_epoch(epoch_index, self.epochs, from, self.shard.len());
-        Ok(PullTraining { pull, stretch: Stretch::new(progress), seconds: 0.0 })
+        Ok(PullTraining { positions: from..until, stretch: Stretch::new(progress), seconds: 0.0 })
     }
 
-    /// Trains the next minibatch of `training`, if one is left; returns
-    /// whether it did. Between two steps an average may be applied: the
-    /// next step trains on from it.
-    pub fn step(&mut self, training: &mut PullTraining) -> bool {
+    /// Trains the next minibatch of `training`; returns how long it took,
+    /// or `None` if none was left. Between two steps an average may be
+    /// applied: the next step trains on from it.
+    pub fn step(&mut self, training: &mut PullTraining) -> Option<Duration> {
         let started = Instant::now();
-        let pull = &training.pull;
-        // `begin` checked that the range fits the shard, and the shard does
-        // not change while a pull trains.
-        let samples = &self.shard[pull.train_from as usize..pull.train_until as usize];
+        // `begin` checked that the positions fit the shard, which does not
+        // change while a pull trains.
+        let samples = &self.shard[training.positions.clone()];
         if !self.trainer.step(&self.data, samples, &mut training.stretch) {
-            return false;
+            return None;
         }
         if let Some(steps) = self.awaiting.as_mut() {
             *steps += 1;
         }
-        training.seconds += started.elapsed().as_secs_f64();
-        true
+        let took = started.elapsed();
+        training.seconds += took.as_secs_f64();
+        Some(took)
     }
 
-    /// Ends a pull whose minibatches are all trained: aligns the weights
+    /// Ends `pull`, whose minibatches are all trained: aligns the weights
     /// (`--align`) and reports on it.
-    pub fn finish(&mut self, training: PullTraining) -> Result<(pb::PullWeights, pb::RoundReport)> {
-        let PullTraining { pull, stretch, seconds } = training;
-        let stats = stretch.stats();
+    pub fn finish(&mut self, pull: &pb::PullWeights, training: PullTraining) -> Result<pb::RoundReport> {
+        let stats = training.stretch.stats();
         let (realigned, align_seconds) = self.align_to_start()?;
         if self.aligner.is_some() {
             let (epoch, round, align_ms) = (pull.epoch, pull.round, align_seconds * 1e3);
             debug!(epoch, round, realigned, align_ms, "contribution aligned to the round's start (--align)");
         }
-        let report = pb::RoundReport {
+        Ok(pb::RoundReport {
             epoch: pull.epoch,
             round: pull.round,
             loss_sum: stats.loss_sum,
             samples: stats.samples as u64,
-            train_seconds: seconds,
+            train_seconds: training.seconds,
             realigned,
             align_seconds,
-        };
-        Ok((pull, report))
+        })
     }
 
     /// `--align`: reorders the trained weights' hidden units to match the
@@ -371,9 +360,9 @@ mod tests {
 
     /// Trains a whole pull, a minibatch at a time, and reports on it.
     fn train_pull(replica: &mut Replica, pull: pb::PullWeights) -> Result<pb::RoundReport> {
-        let mut training = replica.begin(pull)?;
-        while replica.step(&mut training) {}
-        Ok(replica.finish(training)?.1)
+        let mut training = replica.begin(&pull)?;
+        while replica.step(&mut training).is_some() {}
+        replica.finish(&pull, training)
     }
 
     #[test]
@@ -516,19 +505,19 @@ mod tests {
         replica.apply(&start, false);
         let sent = Values::new(&replica.snapshot_to_send()).iter().collect::<Vec<_>>();
         let pull = pb::PullWeights { epoch: 1, round: 2, train_from: 0, train_until: 24, after_round: 1 };
-        let mut training = replica.begin(pull).unwrap();
-        assert!(replica.step(&mut training) && replica.step(&mut training));
+        let mut training = replica.begin(&pull).unwrap();
+        assert!(replica.step(&mut training).is_some() && replica.step(&mut training).is_some());
         assert!(!training.is_trained(), "one minibatch of three is left");
         let trained = replica.params().to_vec();
         let average: Vec<f32> = sent.iter().map(|w| w * 0.5).collect();
         assert_eq!(replica.apply(&average, true), Applied::Corrected { steps: 2 });
         let expected: Vec<f32> = average.iter().zip(&trained).zip(&sent).map(|((a, w), s)| a + (w - s)).collect();
         assert_eq!(replica.params(), expected);
-        assert!(replica.step(&mut training) && training.is_trained());
-        assert!(!replica.step(&mut training), "nothing is left to train");
+        assert!(replica.step(&mut training).is_some() && training.is_trained());
+        assert!(replica.step(&mut training).is_none(), "nothing is left to train");
         assert_ne!(replica.params(), expected, "the last minibatch trained on from the corrected weights");
-        let (pull, report) = replica.finish(training).unwrap();
-        assert_eq!((pull.round, report.round, report.samples), (2, 2, 24));
+        let report = replica.finish(&pull, training).unwrap();
+        assert_eq!((report.epoch, report.round, report.samples), (1, 2, 24));
         assert!(report.train_seconds > 0.0 && report.loss_sum > 0.0, "{report:?}");
     }
 

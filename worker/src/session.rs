@@ -4,7 +4,10 @@
 //! A pull trains a minibatch at a time on the session's own thread, which
 //! reads the coordinator's messages between two minibatches: no hand-over to
 //! another thread and back, whose two wake-ups were a large part of a
-//! round's cost (docs/performance.md, "Where a round's wall time goes"). An
+//! round's cost (docs/performance.md, "Where a round's wall time goes").
+//! Only a minibatch that may be slow (the session's first, or one after a
+//! minibatch that took [`SLOW_STEP`] or more) trains on the blocking pool,
+//! so that the connection answers the coordinator's pings meanwhile. An
 //! average that arrives meanwhile is assembled in a buffer and applied
 //! between two minibatches; every other command waits, in order, until the
 //! pull is answered. A pull sent ahead (`after_round`, the coordinator's
@@ -26,6 +29,7 @@ use lazyavg_proto::pb::coordinator_message::Kind as Command;
 use lazyavg_proto::pb::worker_message::Kind as Reply;
 use lazyavg_proto::{ProtoError, pb};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
@@ -33,6 +37,13 @@ use crate::Client;
 use crate::error::{Error, Result};
 use crate::metrics::WorkerMetrics;
 use crate::replica::{Applied, PullTraining, Replica};
+
+/// A minibatch that took this long or longer is followed by one on the
+/// blocking pool: trained on the session's thread it would hold up the
+/// session's messages and the connection's pings (the coordinator drops a
+/// connection that leaves a ping unanswered for 10 s), and the two thread
+/// switches of the hand-over cost next to nothing beside it.
+pub const SLOW_STEP: Duration = Duration::from_millis(20);
 
 /// How a session ended without an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,11 +91,26 @@ pub async fn run(
             // One minibatch per turn: yielding first lets the runtime's other
             // tasks (the connection, sending the weights just queued) run and
             // the next message in.
-            () = tokio::task::yield_now(), if session.training.is_some() => session.step().await?,
+            () = tokio::task::yield_now(), if session.may_step() => session.step().await?,
+            (replica, progress, took) = minibatch_away(&mut session.away), if session.away.is_some() => {
+                session.stepped(replica, progress, took).await?;
+            }
         }
     }
     Err(Error::SessionEnded)
 }
+
+/// The pull in progress.
+#[derive(Debug)]
+struct Training {
+    pull: pb::PullWeights,
+    /// Where its minibatches stand; `None` while one trains on the blocking pool.
+    progress: Option<PullTraining>,
+}
+
+/// A minibatch on the blocking pool, which has the replica meanwhile; gives
+/// them back with the time it took (`None`: none was left).
+type Away = JoinHandle<(Replica, PullTraining, Option<Duration>)>;
 
 /// A trained pull whose weights are not sent yet.
 #[derive(Debug)]
@@ -130,9 +156,17 @@ struct Session {
     slowdown: f64,
     /// Parameters in the model.
     len: usize,
-    replica: Replica,
+    /// `None` while a minibatch trains on the blocking pool.
+    replica: Option<Replica>,
     /// The pull being trained, a minibatch per turn of the session's loop.
-    training: Option<PullTraining>,
+    training: Option<Training>,
+    away: Option<Away>,
+    /// Whether the next minibatch trains on the session's thread: the last
+    /// one took less than [`SLOW_STEP`].
+    steps_here: bool,
+    /// An average of the weights sent, assembled while a minibatch was
+    /// away: applied when it comes back.
+    correction_waiting: Option<(u64, u64, Vec<f32>)>,
     /// A buffer to assemble the next staged average in, so rounds do not reallocate.
     spare_average: Option<Vec<f32>>,
     trained: Option<Trained>,
@@ -159,8 +193,11 @@ impl Session {
             link,
             slowdown,
             len: replica.len(),
-            replica,
+            replica: Some(replica),
             training: None,
+            away: None,
+            steps_here: false,
+            correction_waiting: None,
             spare_average: None,
             trained: None,
             deferred: VecDeque::new(),
@@ -178,6 +215,15 @@ impl Session {
         self.training.is_some() || self.trained.is_some() || !self.deferred.is_empty()
     }
 
+    fn replica(&mut self) -> &mut Replica {
+        self.replica.as_mut().expect("the replica is here while no minibatch is away")
+    }
+
+    /// Whether the pull in progress has a minibatch to train here and now.
+    fn may_step(&self) -> bool {
+        self.training.as_ref().is_some_and(|training| training.progress.is_some())
+    }
+
     /// A buffer of the model's length to assemble an average in.
     fn average_buffer(&mut self) -> Vec<f32> {
         match self.spare_average.take() {
@@ -188,7 +234,7 @@ impl Session {
 
     /// Applies an assembled average and keeps its buffer for the next one.
     fn apply_staged(&mut self, average: Vec<f32>, correction: bool) -> Applied {
-        let applied = self.replica.apply(&average, correction);
+        let applied = self.replica().apply(&average, correction);
         self.spare_average = Some(average);
         applied
     }
@@ -197,7 +243,7 @@ impl Session {
     async fn command(&mut self, kind: Command) -> Result<Option<Ending>> {
         match kind {
             Command::Shard(shard) if self.busy() => self.deferred.push_back(Deferred::Shard(shard)),
-            Command::Shard(shard) => self.replica.assign(&shard)?,
+            Command::Shard(shard) => self.replica().assign(&shard)?,
             Command::Pull(pull) if self.lift_wait(&pull) => self.flush()?,
             Command::Pull(pull) if self.busy() => self.deferred.push_back(Deferred::Pull(pull)),
             Command::Pull(pull) => self.start(pull)?,
@@ -250,7 +296,7 @@ impl Session {
         let lifted = self
             .training
             .as_mut()
-            .map(PullTraining::pull_mut)
+            .map(|t| &mut t.pull)
             .into_iter()
             .chain(self.trained.as_mut().map(|t| &mut t.pull))
             .chain(self.deferred.iter_mut().filter_map(|d| match d {
@@ -271,25 +317,53 @@ impl Session {
     fn start(&mut self, pull: pb::PullWeights) -> Result<()> {
         let now = Instant::now();
         self.training_span.get_or_insert((now, now));
-        self.training = Some(self.replica.begin(pull)?);
+        let progress = self.replica().begin(&pull)?;
+        self.training = Some(Training { pull, progress: Some(progress) });
         Ok(())
     }
 
-    /// Trains the next minibatch of the pull in progress; answers the pull
-    /// once all are trained.
+    /// Trains the next minibatch of the pull in progress, here or, if it
+    /// may be slow, on the blocking pool.
     async fn step(&mut self) -> Result<()> {
         let training = self.training.as_mut().expect("stepped only while a pull trains");
-        self.replica.step(training);
-        match training.is_trained() {
-            true => self.trained().await,
-            false => Ok(()),
+        let mut progress = training.progress.take().expect("stepped only between two minibatches");
+        let mut replica = self.replica.take().expect("the replica is here between two minibatches");
+        // A pull with nothing (more) to train is answered here.
+        if self.steps_here || progress.is_trained() {
+            let took = replica.step(&mut progress);
+            return self.stepped(replica, progress, took).await;
         }
+        self.away = Some(tokio::task::spawn_blocking(move || {
+            let took = replica.step(&mut progress);
+            (replica, progress, took)
+        }));
+        Ok(())
     }
 
-    /// The pull in progress is trained: answer it if it may be.
-    async fn trained(&mut self) -> Result<()> {
-        let training = self.training.take().expect("a pull was training");
-        let (pull, report) = self.replica.finish(training)?;
+    /// A minibatch is trained (`took` it, `None`: none was left): apply an
+    /// average that came meanwhile, and answer the pull once all are trained.
+    async fn stepped(&mut self, replica: Replica, progress: PullTraining, took: Option<Duration>) -> Result<()> {
+        self.replica = Some(replica);
+        if let Some(took) = took {
+            let here = took < SLOW_STEP;
+            if here != self.steps_here {
+                let took_ms = took.as_secs_f64() * 1e3;
+                let on = if here { "the session's thread" } else { "the blocking pool (they are slow)" };
+                debug!(took_ms, "minibatches train on {on}");
+            }
+            self.steps_here = here;
+        }
+        if let Some((epoch, round, average)) = self.correction_waiting.take() {
+            let applied = self.apply_staged(average, true);
+            self.log_applied(epoch, round, applied);
+        }
+        let training = self.training.as_mut().expect("a pull was training");
+        if !progress.is_trained() {
+            training.progress = Some(progress);
+            return Ok(());
+        }
+        let pull = self.training.take().expect("a pull was training").pull;
+        let report = self.replica().finish(&pull, progress)?;
         self.account(&report);
         if self.slowdown > 1.0 {
             tokio::time::sleep(Duration::from_secs_f64(report.train_seconds * (self.slowdown - 1.0))).await;
@@ -334,13 +408,13 @@ impl Session {
                     break;
                 }
                 let trained = self.trained.take().expect("checked");
-                let weights = self.replica.snapshot_to_send();
+                let weights = self.replica().snapshot_to_send();
                 self.sent = Some((trained.pull.epoch, trained.pull.round));
                 outgoing = Some((trained, weights));
             }
             match self.deferred.pop_front() {
                 None => break,
-                Some(Deferred::Shard(shard)) => self.replica.assign(&shard)?,
+                Some(Deferred::Shard(shard)) => self.replica().assign(&shard)?,
                 Some(Deferred::Pull(pull)) => self.start(pull)?,
                 Some(Deferred::Replace { epoch, round, average }) => {
                     self.apply_staged(average, false);
@@ -391,7 +465,7 @@ impl Session {
                 let (epoch, round, offset) = (chunk.epoch, chunk.round, chunk.offset);
                 return Err(ProtoError::Chunk { epoch, round, offset, problem }.into());
             }
-            None => self.replica.receive(range, &chunk.data, incoming.correction),
+            None => self.replica().receive(range, &chunk.data, incoming.correction),
         }
         if !incoming.cursor.is_complete() {
             self.incoming = Some(incoming);
@@ -406,9 +480,10 @@ impl Session {
         }
         match (incoming.staged, incoming.correction) {
             (None, correction) => {
-                let applied = self.replica.received(correction);
+                let applied = self.replica().received(correction);
                 self.log_applied(epoch, round, applied);
             }
+            (Some(average), true) if self.away.is_some() => self.correction_waiting = Some((epoch, round, average)),
             // Between two minibatches, if a pull trains: the next trains on from it.
             (Some(average), true) => {
                 let applied = self.apply_staged(average, true);
@@ -441,9 +516,9 @@ impl Session {
                 ProtoError::Chunk { epoch: chunk.epoch, round: chunk.round, offset: chunk.offset, problem }.into()
             );
         }
-        self.replica.receive_reference(range, &chunk.data)?;
+        self.replica().receive_reference(range, &chunk.data)?;
         if cursor.is_complete() {
-            self.replica.reference_received();
+            self.replica().reference_received();
             debug!("the coordinator's weights received as the first round's reference (--align)");
         } else {
             self.incoming_reference = Some(cursor);
@@ -457,11 +532,20 @@ impl Session {
         }
         match applied {
             Applied::Replaced => {
-                debug!(epoch, round, digest = digest(self.replica.params()), "weights applied");
+                let params = self.replica.as_ref().expect("applied here").params();
+                debug!(epoch, round, digest = digest(params), "weights applied");
             }
             Applied::Corrected { steps } => debug!(epoch, round, steps, "average applied as a correction"),
         }
     }
+}
+
+/// Resolves when the minibatch on the blocking pool is trained (poll only while there is one).
+async fn minibatch_away(away: &mut Option<Away>) -> (Replica, PullTraining, Option<Duration>) {
+    let handle = away.as_mut().expect("polled only while a minibatch is away");
+    let stepped = handle.await.expect("training does not panic");
+    *away = None;
+    stepped
 }
 
 fn send(outbox: &Outbox, kind: Reply) -> Result<()> {
