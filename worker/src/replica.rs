@@ -70,6 +70,9 @@ pub struct PullTraining {
     stretch: Stretch,
     /// Seconds spent in its SGD steps (not between them).
     seconds: f64,
+    /// Once every minibatch is trained: whether `--align` moved any unit,
+    /// and the seconds that took.
+    aligned: Option<Result<(bool, f64)>>,
 }
 
 impl PullTraining {
@@ -277,10 +280,17 @@ impl Replica {
         }
         let epoch_index = (pull.epoch as usize).saturating_sub(1);
         let progress = Progress::in_epoch(epoch_index, self.epochs, from, self.shard.len());
-        Ok(PullTraining { positions: from..until, stretch: Stretch::new(progress), seconds: 0.0 })
+        Ok(PullTraining { positions: from..until, stretch: Stretch::new(progress), seconds: 0.0, aligned: None })
     }
 
-    /// Trains the next minibatch of `training`; returns how long it took,
+    /// Whether the weights are aligned to the round's start once a pull is
+    /// trained (`--align`), which takes as long as several minibatches.
+    pub fn aligns(&self) -> bool {
+        self.aligner.is_some()
+    }
+
+    /// Trains the next minibatch of `training`, and once none is left
+    /// aligns the weights (`--align`); returns how long the minibatch took,
     /// or `None` if none was left. Between two steps an average may be
     /// applied: the next step trains on from it.
     pub fn step(&mut self, training: &mut PullTraining) -> Option<Duration> {
@@ -288,22 +298,24 @@ impl Replica {
         // `begin` checked that the positions fit the shard, which does not
         // change while a pull trains.
         let samples = &self.shard[training.positions.clone()];
-        if !self.trainer.step(&self.data, samples, &mut training.stretch) {
-            return None;
+        let took = self.trainer.step(&self.data, samples, &mut training.stretch).then(|| started.elapsed());
+        if let Some(took) = took {
+            if let Some(steps) = self.awaiting.as_mut() {
+                *steps += 1;
+            }
+            training.seconds += took.as_secs_f64();
         }
-        if let Some(steps) = self.awaiting.as_mut() {
-            *steps += 1;
+        if training.is_trained() && training.aligned.is_none() {
+            training.aligned = Some(self.align_to_start());
         }
-        let took = started.elapsed();
-        training.seconds += took.as_secs_f64();
-        Some(took)
+        took
     }
 
-    /// Ends `pull`, whose minibatches are all trained: aligns the weights
-    /// (`--align`) and reports on it.
+    /// Ends `pull`, whose minibatches are all trained ([`Replica::step`]
+    /// said so): reports on it.
     pub fn finish(&mut self, pull: &pb::PullWeights, training: PullTraining) -> Result<pb::RoundReport> {
         let stats = training.stretch.stats();
-        let (realigned, align_seconds) = self.align_to_start()?;
+        let (realigned, align_seconds) = training.aligned.unwrap_or(Ok((false, 0.0)))?;
         if self.aligner.is_some() {
             let (epoch, round, align_ms) = (pull.epoch, pull.round, align_seconds * 1e3);
             debug!(epoch, round, realigned, align_ms, "contribution aligned to the round's start (--align)");

@@ -5,9 +5,10 @@
 //! reads the coordinator's messages between two minibatches: no hand-over to
 //! another thread and back, whose two wake-ups were a large part of a
 //! round's cost (docs/performance.md, "Where a round's wall time goes").
-//! Only a minibatch that may be slow (the session's first, or one after a
-//! minibatch that took [`SLOW_STEP`] or more) trains on the blocking pool,
-//! so that the connection answers the coordinator's pings meanwhile. An
+//! Only a minibatch that may be slow (the session's first, one after a
+//! minibatch that took [`SLOW_STEP`] or more, and with `--align` every one,
+//! since the last is followed by the alignment) trains on the blocking
+//! pool, so that the connection answers the coordinator's pings meanwhile. An
 //! average that arrives meanwhile is assembled in a buffer and applied
 //! between two minibatches; every other command waits, in order, until the
 //! pull is answered. A pull sent ahead (`after_round`, the coordinator's
@@ -328,8 +329,10 @@ impl Session {
         let training = self.training.as_mut().expect("stepped only while a pull trains");
         let mut progress = training.progress.take().expect("stepped only between two minibatches");
         let mut replica = self.replica.take().expect("the replica is here between two minibatches");
-        // A pull with nothing (more) to train is answered here.
-        if self.steps_here || progress.is_trained() {
+        // A pull with nothing (more) to train is answered here, unless its
+        // weights are still to be aligned (`--align`, slow as several
+        // minibatches: always on the blocking pool).
+        if !replica.aligns() && (self.steps_here || progress.is_trained()) {
             let took = replica.step(&mut progress);
             return self.stepped(replica, progress, took).await;
         }
