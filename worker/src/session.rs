@@ -46,6 +46,10 @@ use crate::replica::{Applied, PullTraining, Replica};
 /// switches of the hand-over cost next to nothing beside it.
 pub const SLOW_STEP: Duration = Duration::from_millis(20);
 
+/// How long quick minibatches train in one turn of the session's loop
+/// before it looks at the connection again.
+const TURN: Duration = Duration::from_millis(1);
+
 /// How a session ended without an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
@@ -333,7 +337,13 @@ impl Session {
         // weights are still to be aligned (`--align`, slow as several
         // minibatches: always on the blocking pool).
         if !replica.aligns() && (self.steps_here || progress.is_trained()) {
-            let took = replica.step(&mut progress);
+            let turn = Instant::now();
+            let mut took = replica.step(&mut progress);
+            // Quick minibatches share a turn: each turn costs a yield and a
+            // look at the connection.
+            while took.is_some_and(|took| took < SLOW_STEP) && !progress.is_trained() && turn.elapsed() < TURN {
+                took = replica.step(&mut progress);
+            }
             return self.stepped(replica, progress, took).await;
         }
         self.away = Some(tokio::task::spawn_blocking(move || {
