@@ -42,8 +42,8 @@ where
 
 /// Runs `future` (a worker, or `lazyavg status`) on the calling thread
 /// alone: a worker's async side is one connection to the coordinator, its
-/// session trains between the connection's messages (only slow minibatches
-/// go to the blocking pool), and with every task on one thread
+/// session trains between the connection's messages (slow minibatches, and
+/// with `--align` all, go to the blocking pool), and with every task on one thread
 /// a message between the connection's task and the session's is a hand-over,
 /// not a futex wake-up of another thread on a busy core.
 pub fn run_single_threaded<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {

@@ -315,6 +315,7 @@ impl Replica {
     /// said so): reports on it.
     pub fn finish(&mut self, pull: &pb::PullWeights, training: PullTraining) -> Result<pb::RoundReport> {
         let stats = training.stretch.stats();
+        debug_assert!(training.aligned.is_some(), "finished before its last step");
         let (realigned, align_seconds) = training.aligned.unwrap_or(Ok((false, 0.0)))?;
         if self.aligner.is_some() {
             let (epoch, round, align_ms) = (pull.epoch, pull.round, align_seconds * 1e3);

@@ -1,16 +1,17 @@
 //! One session with the coordinator: attach, then obey its commands until it
 //! says stop or the stream breaks.
 //!
-//! A pull trains a minibatch at a time on the session's own thread, which
-//! reads the coordinator's messages between two minibatches: no hand-over to
-//! another thread and back, whose two wake-ups were a large part of a
-//! round's cost (docs/performance.md, "Where a round's wall time goes").
-//! Only a minibatch that may be slow (the session's first, one after a
-//! minibatch that took [`SLOW_STEP`] or more, and with `--align` every one,
-//! since the last is followed by the alignment) trains on the blocking
-//! pool, so that the connection answers the coordinator's pings meanwhile. An
-//! average that arrives meanwhile is assembled in a buffer and applied
-//! between two minibatches; every other command waits, in order, until the
+//! A pull trains on the session's own thread, a turn of quick minibatches
+//! (up to 1 ms) at a time, and the session reads the coordinator's messages
+//! between two turns: no hand-over to another thread and back, whose two
+//! wake-ups were a large part of a round's cost (docs/performance.md,
+//! "Where a round's wall time goes"). Only a minibatch that may be slow
+//! (the session's first, one after a minibatch that took [`SLOW_STEP`] or
+//! more, and with `--align` every one, since the last is followed by the
+//! alignment) trains on the blocking pool, so that the connection answers
+//! the coordinator's pings meanwhile. An average that arrives meanwhile is
+//! assembled in a buffer and applied between two minibatches; every other
+//! command waits, in order, until the
 //! pull is answered. A pull sent ahead (`after_round`, the coordinator's
 //! `--overlap`) is answered only once the average of that round is applied,
 //! so a worker is never more than one round ahead of the average; the pull
@@ -93,9 +94,10 @@ pub async fn run(
                     return Ok(ending);
                 }
             }
-            // One minibatch per turn: yielding first lets the runtime's other
-            // tasks (the connection, sending the weights just queued) run and
-            // the next message in.
+            // A turn of training (quick minibatches for up to `TURN`, or one
+            // sent to the blocking pool): yielding first lets the runtime's
+            // other tasks (the connection, sending the weights just queued)
+            // run and the next message in.
             () = tokio::task::yield_now(), if session.may_step() => session.step().await?,
             (replica, progress, took) = minibatch_away(&mut session.away), if session.away.is_some() => {
                 session.stepped(replica, progress, took).await?;
@@ -113,8 +115,9 @@ struct Training {
     progress: Option<PullTraining>,
 }
 
-/// A minibatch on the blocking pool, which has the replica meanwhile; gives
-/// them back with the time it took (`None`: none was left).
+/// A minibatch on the blocking pool (with `--align`, the last one's
+/// alignment too), which has the replica meanwhile; gives them back with
+/// the time the minibatch took (`None`: none was left).
 type Away = JoinHandle<(Replica, PullTraining, Option<Duration>)>;
 
 /// A trained pull whose weights are not sent yet.
@@ -163,11 +166,11 @@ struct Session {
     len: usize,
     /// `None` while a minibatch trains on the blocking pool.
     replica: Option<Replica>,
-    /// The pull being trained, a minibatch per turn of the session's loop.
+    /// The pull being trained, a turn of the session's loop at a time.
     training: Option<Training>,
     away: Option<Away>,
     /// Whether the next minibatch trains on the session's thread: the last
-    /// one took less than [`SLOW_STEP`].
+    /// one took less than [`SLOW_STEP`] (and the run does not `--align`).
     steps_here: bool,
     /// An average of the weights sent, assembled while a minibatch was
     /// away: applied when it comes back.
@@ -327,8 +330,8 @@ impl Session {
         Ok(())
     }
 
-    /// Trains the next minibatch of the pull in progress, here or, if it
-    /// may be slow, on the blocking pool.
+    /// Trains the pull in progress on: quick minibatches here for up to
+    /// [`TURN`], or the next one on the blocking pool if it may be slow.
     async fn step(&mut self) -> Result<()> {
         let training = self.training.as_mut().expect("stepped only while a pull trains");
         let mut progress = training.progress.take().expect("stepped only between two minibatches");
@@ -353,13 +356,15 @@ impl Session {
         Ok(())
     }
 
-    /// A minibatch is trained (`took` it, `None`: none was left): apply an
-    /// average that came meanwhile, and answer the pull once all are trained.
+    /// A turn of training is done (its last minibatch `took` that long,
+    /// `None`: none was left): apply an average that came meanwhile, and
+    /// answer the pull once all its minibatches are trained.
     async fn stepped(&mut self, replica: Replica, progress: PullTraining, took: Option<Duration>) -> Result<()> {
         self.replica = Some(replica);
         if let Some(took) = took {
             let here = took < SLOW_STEP;
-            if here != self.steps_here {
+            // With `--align` every minibatch goes to the pool whatever it took.
+            if here != self.steps_here && !self.replica().aligns() {
                 let took_ms = took.as_secs_f64() * 1e3;
                 let on = if here { "the session's thread" } else { "the blocking pool (they are slow)" };
                 debug!(took_ms, "minibatches train on {on}");
