@@ -22,6 +22,7 @@
 //! - [`part`]: `--part K/N`, disjoint seeded parts of a training set.
 //! - [`train`]: a replica's training loop over sample indices.
 //! - [`matching`]: matching hidden units of separately trained models, and merging them.
+//! - [`memory`]: where a model's weights live (a trainer's own vector, or lent memory).
 //! - [`model_file`]: safetensors files that PyTorch loads directly.
 //! - [`config`]: validated training hyperparameters.
 //! - [`rng`]: the seeded generator behind every random choice.
@@ -39,6 +40,7 @@ pub mod idx;
 pub mod layer_spec;
 pub mod matching;
 pub mod matmul;
+pub mod memory;
 pub mod model;
 pub mod model_file;
 pub mod model_settings;

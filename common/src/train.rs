@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::TrainConfig;
 use crate::dataset::Dataset;
 use crate::error::Result;
+use crate::memory::{SharedWeights, WeightsMemory};
 use crate::model::{Evaluation, Network, Workspace};
 use crate::optim::{Sgd, SgdState};
 use crate::rng;
@@ -81,9 +82,10 @@ pub struct Trainer {
     /// Shared, not copied, with whoever takes them to send
     /// ([`Trainer::shared_params`]); copied on the next change while they
     /// are held.
-    params: Arc<Vec<f32>>,
-    /// A buffer for that copy, handed back by [`Trainer::recycle`].
-    spare: Vec<f32>,
+    params: SharedWeights,
+    /// A buffer for that copy, handed back by [`Trainer::recycle`] or lent
+    /// ([`Trainer::keep_weights_in`]).
+    spare: Option<SharedWeights>,
     grads: Vec<f32>,
     state: SgdState,
     workspace: Workspace,
@@ -113,7 +115,7 @@ impl Trainer {
             config: config.clone(),
             batch_size: config.batch_size,
             params: Arc::new(params),
-            spare: Vec::new(),
+            spare: None,
         })
     }
 
@@ -129,7 +131,22 @@ impl Trainer {
     }
 
     pub fn params(&self) -> &[f32] {
-        &self.params
+        self.params.values()
+    }
+
+    /// Moves the weights into `memory`, and keeps `spare` for the copy a
+    /// change makes while they are held ([`Trainer::shared_params`]): both
+    /// lent, each exactly as long as the model (else nothing changes and
+    /// false).
+    pub fn keep_weights_in(&mut self, mut memory: Box<dyn WeightsMemory>, spare: Box<dyn WeightsMemory>) -> bool {
+        let len = self.params().len();
+        if memory.values().len() != len || spare.values().len() != len {
+            return false;
+        }
+        memory.values_mut().copy_from_slice(self.params());
+        self.params = Arc::from(memory);
+        self.spare = Some(Arc::from(spare));
+        true
     }
 
     /// Mutable access for receiving weights in place (same length
@@ -143,16 +160,16 @@ impl Trainer {
     /// comes before the send is done) copies them first. Without
     /// `--overlap` nothing changes them before their average comes, when
     /// the sends are long done: sending costs no copy of the model.
-    pub fn shared_params(&self) -> Arc<Vec<f32>> {
+    pub fn shared_params(&self) -> SharedWeights {
         Arc::clone(&self.params)
     }
 
     /// Takes back weights [`Trainer::shared_params`] handed out, whose
     /// buffer the next copy of the weights reuses if nothing else holds it
     /// (at 20M parameters a fresh 80 MB buffer a round is 20,000 page faults).
-    pub fn recycle(&mut self, shared: Arc<Vec<f32>>) {
-        if let Ok(buffer) = Arc::try_unwrap(shared) {
-            self.spare = buffer;
+    pub fn recycle(&mut self, mut shared: SharedWeights) {
+        if Arc::get_mut(&mut shared).is_some() {
+            self.spare = Some(shared);
         }
     }
 
@@ -201,20 +218,26 @@ impl Trainer {
     }
 
     pub fn evaluate(&mut self, data: &Dataset) -> Evaluation {
-        self.mlp.evaluate(&self.params, data, &mut self.workspace)
+        self.mlp.evaluate(self.params.values(), data, &mut self.workspace)
     }
 }
 
 /// `params`, made this trainer's own: copied (into `spare`, if it is
-/// there) when someone else holds them.
-fn own<'a>(params: &'a mut Arc<Vec<f32>>, spare: &mut Vec<f32>) -> &'a mut [f32] {
+/// there and nothing else holds it, else into a new vector) when someone
+/// else holds them.
+fn own<'a>(params: &'a mut SharedWeights, spare: &mut Option<SharedWeights>) -> &'a mut [f32] {
     if Arc::get_mut(params).is_none() {
-        let mut copy = std::mem::take(spare);
-        copy.clear();
-        copy.extend_from_slice(params);
-        *params = Arc::new(copy);
+        let values = params.values();
+        let copy = spare.take().and_then(|spare| copied_into(spare, values));
+        *params = copy.unwrap_or_else(|| Arc::new(values.to_vec()));
     }
-    Arc::get_mut(params).expect("made unique above").as_mut_slice()
+    Arc::get_mut(params).expect("made unique above").values_mut()
+}
+
+/// `buffer` holding `values`, unless something else still holds it.
+fn copied_into(mut buffer: SharedWeights, values: &[f32]) -> Option<SharedWeights> {
+    Arc::get_mut(&mut buffer)?.values_mut().copy_from_slice(values);
+    Some(buffer)
 }
 
 #[cfg(test)]
@@ -249,15 +272,42 @@ mod tests {
     fn weights_handed_out_are_copied_on_change_into_a_buffer_handed_back() {
         let mut trainer = Trainer::new(&TrainConfig::default(), &toy_model()).unwrap();
         let shared = trainer.shared_params();
-        assert_eq!(shared.as_ptr(), trainer.params().as_ptr(), "no copy to hand out");
+        assert_eq!(shared.values().as_ptr(), trainer.params().as_ptr(), "no copy to hand out");
         trainer.params_mut()[0] += 1.0;
-        assert_eq!(shared[0] + 1.0, trainer.params()[0], "the copy changed, not what was handed out");
-        let buffer = shared.as_ptr();
+        assert_eq!(shared.values()[0] + 1.0, trainer.params()[0], "the copy changed, not what was handed out");
+        let buffer = shared.values().as_ptr();
         trainer.recycle(shared);
         let again = trainer.shared_params();
         trainer.params_mut()[1] += 1.0;
         assert_eq!(trainer.params().as_ptr(), buffer, "copied into the buffer handed back");
-        assert_eq!(again[1] + 1.0, trainer.params()[1]);
+        assert_eq!(again.values()[1] + 1.0, trainer.params()[1]);
+    }
+
+    #[test]
+    fn weights_kept_in_lent_memory_train_there_and_are_copied_into_the_lent_spare() {
+        let config = TrainConfig { batch_size: 4, ..TrainConfig::default() };
+        let data = toy_data(1, 32);
+        let mut own = Trainer::new(&config, &toy_model()).unwrap();
+        let mut lent = own.clone();
+        let len = own.params().len();
+        assert!(!lent.keep_weights_in(Box::new(vec![0.0; len + 1]), Box::new(vec![0.0; len])), "a wrong length");
+        let (memory, spare) = (vec![0.0f32; len], vec![0.0f32; len]);
+        let (memory_at, spare_at) = (memory.as_ptr(), spare.as_ptr());
+        assert!(lent.keep_weights_in(Box::new(memory), Box::new(spare)));
+        assert_eq!((lent.params().as_ptr(), lent.params()), (memory_at, own.params()));
+        let samples: Vec<u32> = (0..32).collect();
+        for trainer in [&mut own, &mut lent] {
+            trainer.train(&data, &samples, Progress::in_epoch(0, 1, 0, 32));
+        }
+        assert_eq!((lent.params().as_ptr(), lent.params()), (memory_at, own.params()), "trained in place");
+        let sent = lent.shared_params();
+        lent.params_mut()[0] += 1.0;
+        assert_eq!(lent.params().as_ptr(), spare_at, "a change while sent goes into the lent spare");
+        assert_eq!(sent.values()[0] + 1.0, lent.params()[0]);
+        lent.recycle(sent);
+        let _sent = lent.shared_params();
+        lent.params_mut()[0] = own.params()[0];
+        assert_eq!((lent.params().as_ptr(), lent.params()), (memory_at, own.params()), "and back");
     }
 
     #[test]

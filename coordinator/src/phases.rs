@@ -220,6 +220,7 @@ fn share(
         outbox_capacity: outbox_capacity(prepared.mlp.len()),
         attach_timeout: config.limits.attach_timeout,
         shared_memory: config.shared_memory,
+        model_bytes: 4 * prepared.mlp.len(),
         lane_board,
         status: board.view(),
         refusals: Mutex::default(),

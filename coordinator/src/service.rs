@@ -64,6 +64,8 @@ pub struct Shared {
     pub attach_timeout: Duration,
     /// Whether a worker that asks gets a shared-memory lane (see [`lazyavg_proto::lane`]).
     pub shared_memory: bool,
+    /// The model's weights in bytes, which a lane's weights area must hold.
+    pub model_bytes: usize,
     /// The weights the driver sends, for the workers with a lane to read
     /// in place (see [`lazyavg_proto::lane::Board`]).
     pub lane_board: Option<Arc<Board>>,
@@ -306,7 +308,7 @@ impl CoordinatorService {
         if !(asked && self.shared.shared_memory) {
             return Link::new(Side::Coordinator);
         }
-        let (lane, mut offer) = match LaneFile::create(&format!("worker-{id}")) {
+        let (lane, mut offer) = match LaneFile::create(&format!("worker-{id}"), self.shared.model_bytes) {
             Ok(made) => made,
             Err(err) => {
                 debug!(worker = id, error = %err, "no shared-memory lane; weights go over gRPC");

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use lazyavg_common::memory::WeightsMemory;
 
 use crate::{MAX_CHUNK_BYTES, ProtoError, pb};
 
@@ -43,6 +44,7 @@ impl From<Chunk> for pb::WeightsChunk {
             data: c.data,
             lane_bytes: 0,
             board_offset: None,
+            area_offset: None,
         }
     }
 }
@@ -75,26 +77,26 @@ pub fn encoded_chunks(epoch: u64, round: u64, encoded: Bytes) -> impl Iterator<I
 /// as long as any send holds it. The bytes keep `params` alive, so whoever
 /// changes them in place (`Arc::make_mut`) while a send still holds them
 /// gets a copy instead. A big-endian machine encodes a copy.
-pub fn shared_values(params: Arc<Vec<f32>>) -> Bytes {
+pub fn shared_values<W: WeightsMemory + ?Sized + 'static>(params: Arc<W>) -> Bytes {
     #[cfg(target_endian = "little")]
     {
         Bytes::from_owner(LittleEndianF32(params))
     }
     #[cfg(not(target_endian = "little"))]
     {
-        encode_values(&params)
+        encode_values(params.values())
     }
 }
 
 /// f32 values viewed as their bytes, which on a little-endian machine are
 /// their wire encoding.
 #[cfg(target_endian = "little")]
-struct LittleEndianF32(Arc<Vec<f32>>);
+struct LittleEndianF32<W: ?Sized>(Arc<W>);
 
 #[cfg(target_endian = "little")]
-impl AsRef<[u8]> for LittleEndianF32 {
+impl<W: WeightsMemory + ?Sized> AsRef<[u8]> for LittleEndianF32<W> {
     fn as_ref(&self) -> &[u8] {
-        bytemuck::cast_slice(self.0.as_slice())
+        bytemuck::cast_slice(self.0.values())
     }
 }
 

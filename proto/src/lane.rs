@@ -49,6 +49,8 @@ use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
 use memmap2::MmapRaw;
 
+use lazyavg_common::memory::WeightsMemory;
+
 use crate::{MAX_CHUNK_BYTES, pb};
 
 mod board;
@@ -71,6 +73,16 @@ pub const SLOTS: u32 = 4;
 
 /// The most slots or bytes per slot a worker accepts in an offer.
 const MAX_OFFERED_SLOTS: u32 = 64;
+
+/// The largest half of a weights area: a model up to 8 MiB (the board's
+/// largest) is kept in its worker's lane; a bigger one's weights are copied
+/// into slots as they go. An area takes memory only once written, and in
+/// the coordinator only the half being read (at 8 workers of an 8 MiB
+/// model, 64 MiB more resident).
+const MAX_AREA_HALF_BYTES: usize = 8 << 20;
+
+/// Memory pages, to which an area's halves are aligned.
+const PAGE_BYTES: usize = 4096;
 
 /// A lane failed or a peer broke its rules.
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +132,12 @@ pub struct LaneFile {
     slot_bytes: usize,
     up_slots: u32,
     down_slots: u32,
+    /// Each half of the worker's weights area (0: none).
+    area_half_bytes: usize,
     /// What the worker read from the file (the coordinator's end: what it wrote).
     proof: [u8; PROOF_BYTES],
-    map: MmapRaw,
+    /// Shared with the halves of the weights area a worker's trainer keeps.
+    map: Arc<MmapRaw>,
     /// Held open for the offer's path (the mapping alone keeps the memory).
     _file: File,
 }
@@ -130,9 +145,13 @@ pub struct LaneFile {
 impl LaneFile {
     /// Makes a lane's memory, sealed at its size, and the offer that
     /// describes it; `name` shows in the coordinator's `/proc/<pid>/fd`.
-    /// Its slots take memory only once written.
-    pub fn create(name: &str) -> Result<(LaneFile, pb::LaneOffer), LaneError> {
-        let made = memfd::create(name, lane_len(SLOT_BYTES, SLOTS, SLOTS), Writers::All)?;
+    /// A model of `model_bytes` up to [`MAX_AREA_HALF_BYTES`] gets a
+    /// weights area, where the worker trains and the coordinator reads its
+    /// weights in place. Slots and area take memory only once written.
+    pub fn create(name: &str, model_bytes: usize) -> Result<(LaneFile, pb::LaneOffer), LaneError> {
+        let area_half_bytes =
+            if model_bytes <= MAX_AREA_HALF_BYTES { model_bytes.next_multiple_of(PAGE_BYTES) } else { 0 };
+        let made = memfd::create(name, lane_len(SLOT_BYTES, SLOTS, SLOTS, area_half_bytes), Writers::All)?;
         let offer = pb::LaneOffer {
             path: made.path,
             nonce: Bytes::copy_from_slice(&made.nonce),
@@ -140,9 +159,11 @@ impl LaneFile {
             up_slots: SLOTS,
             down_slots: SLOTS,
             board: None,
+            area_half_bytes: area_half_bytes as u64,
         };
-        let (proof, map, _file) = (made.proof, made.map, made.file);
-        let lane = LaneFile { slot_bytes: SLOT_BYTES, up_slots: SLOTS, down_slots: SLOTS, proof, map, _file };
+        let (proof, map, _file) = (made.proof, Arc::new(made.map), made.file);
+        let (slot_bytes, up_slots, down_slots) = (SLOT_BYTES, SLOTS, SLOTS);
+        let lane = LaneFile { slot_bytes, up_slots, down_slots, area_half_bytes, proof, map, _file };
         Ok((lane, offer))
     }
 
@@ -158,10 +179,17 @@ impl LaneFile {
                 offer.up_slots, offer.down_slots
             ));
         }
-        let len = lane_len(slot_bytes, offer.up_slots, offer.down_slots);
+        let area_half_bytes = usize::try_from(offer.area_half_bytes).unwrap_or(usize::MAX);
+        if area_half_bytes > MAX_AREA_HALF_BYTES || area_half_bytes % PAGE_BYTES != 0 {
+            return Err(format!(
+                "a weights area of two halves of {area_half_bytes} bytes: at most {MAX_AREA_HALF_BYTES}, whole pages"
+            ));
+        }
+        let len = lane_len(slot_bytes, offer.up_slots, offer.down_slots, area_half_bytes);
         let opened = memfd::open(&offer.path, &offer.nonce, len, true, "lane")?;
-        let (proof, map, _file) = (opened.proof, opened.map, opened.file);
-        Ok(LaneFile { slot_bytes, up_slots: offer.up_slots, down_slots: offer.down_slots, proof, map, _file })
+        let (proof, map, _file) = (opened.proof, Arc::new(opened.map), opened.file);
+        let (up_slots, down_slots) = (offer.up_slots, offer.down_slots);
+        Ok(LaneFile { slot_bytes, up_slots, down_slots, area_half_bytes, proof, map, _file })
     }
 
     fn slots(&self, direction: Direction) -> u32 {
@@ -180,6 +208,26 @@ impl LaneFile {
         HEADER_BYTES + (first + (index % self.slots(direction) as u64) as usize) * self.slot_bytes
     }
 
+    /// Where the weights area starts in the file (after the slots).
+    fn area_start(&self) -> usize {
+        HEADER_BYTES + (self.up_slots + self.down_slots) as usize * self.slot_bytes
+    }
+
+    /// Where in the file `len` bytes at byte `at` of the weights area lie,
+    /// if they are inside it.
+    fn in_area(&self, at: u64, len: usize) -> Option<usize> {
+        let at = usize::try_from(at).ok()?;
+        (at.checked_add(len)? <= 2 * self.area_half_bytes).then(|| self.area_start() + at)
+    }
+
+    /// The byte of the weights area where `bytes` start, if they lie
+    /// inside it (this process's mapping of it).
+    fn area_offset_of(&self, bytes: &[u8]) -> Option<u64> {
+        let start = self.map.as_ptr() as usize + self.area_start();
+        let at = (bytes.as_ptr() as usize).checked_sub(start)?;
+        (at + bytes.len() <= 2 * self.area_half_bytes).then_some(at as u64)
+    }
+
     /// Copies `data` (at most a slot) into the `index`-th slot in `direction`.
     fn write(&self, direction: Direction, index: u64, data: &[u8]) {
         debug_assert!(data.len() <= self.slot_bytes, "a chunk larger than a slot");
@@ -191,9 +239,10 @@ impl LaneFile {
     }
 }
 
-/// A lane's length in bytes: the header and the slots both ways.
-fn lane_len(slot_bytes: usize, up_slots: u32, down_slots: u32) -> usize {
-    HEADER_BYTES + (up_slots + down_slots) as usize * slot_bytes
+/// A lane's length in bytes: the header, the slots both ways and the two
+/// halves of the weights area.
+fn lane_len(slot_bytes: usize, up_slots: u32, down_slots: u32, area_half_bytes: usize) -> usize {
+    HEADER_BYTES + (up_slots + down_slots) as usize * slot_bytes + 2 * area_half_bytes
 }
 
 /// One end of a session's lane, shared by the task that reads the
@@ -212,6 +261,10 @@ pub struct Link {
     freed: AtomicU64,
     /// The other end's lane chunks this end has taken.
     lane_receipts: Receipts,
+    /// A worker's end: its chunks sent as where they are in its weights
+    /// area, with their index among its lane chunks, held (their bytes left
+    /// as they are) until the coordinator has taken them.
+    area_held: Mutex<VecDeque<(u64, Bytes)>>,
     /// The coordinator's end: its board, offered with the lane.
     board: Option<Arc<Board>>,
     /// The coordinator's end: whether the worker mapped the board.
@@ -246,6 +299,7 @@ impl Link {
             written: AtomicU64::new(0),
             freed: AtomicU64::new(0),
             lane_receipts: Receipts::default(),
+            area_held: Mutex::default(),
             board,
             board_open: AtomicBool::new(false),
             board_held: Mutex::default(),
@@ -341,8 +395,26 @@ impl Link {
             return Err(LaneError::Protocol(format!("{taken} chunks freed, {written} sent")));
         }
         self.freed.fetch_max(taken, Ordering::AcqRel);
+        let mut held = self.area_held.lock().unwrap_or_else(PoisonError::into_inner);
+        while held.front().is_some_and(|&(index, _)| index < taken) {
+            held.pop_front();
+        }
+        drop(held);
         self.sender.wake();
         Ok(())
+    }
+
+    /// A worker's end: two halves of its lane's weights area as memory for
+    /// a model of `len` parameters (the weights, and the copy a change
+    /// makes while they are held), if the lane has an area that large.
+    pub fn weights_area(&self, len: usize) -> Option<[AreaHalf; 2]> {
+        let lane = self.lane.get().filter(|_| self.side == Side::Worker && self.is_established())?;
+        if 4 * len > lane.area_half_bytes {
+            return None;
+        }
+        let half =
+            |i: usize| AreaHalf { map: Arc::clone(&lane.map), at: lane.area_start() + i * lane.area_half_bytes, len };
+        Some([half(0), half(1)])
     }
 
     /// The coordinator's end: a worker's message said it has taken `lane`
@@ -375,7 +447,7 @@ impl Link {
     /// uses the copy.
     pub fn take(self: &Arc<Self>, chunk: &mut pb::WeightsChunk) -> Result<(), LaneError> {
         let len = chunk.lane_bytes as usize;
-        if len == 0 && chunk.board_offset.is_none() {
+        if len == 0 && chunk.board_offset.is_none() && chunk.area_offset.is_none() {
             return Ok(());
         }
         if len == 0 || !chunk.data.is_empty() {
@@ -384,17 +456,26 @@ impl Link {
                 chunk.data.len()
             )));
         }
-        let (place, index, offset) = match chunk.board_offset {
-            Some(at) => self.on_board(at, len)?,
-            None => self.in_lane(chunk, len)?,
+        let (place, index, offset) = match (chunk.board_offset, chunk.area_offset) {
+            (Some(_), Some(_)) => {
+                return Err(LaneError::Protocol("a chunk both on the board and in an area".to_owned()));
+            }
+            (Some(at), None) => self.on_board(at, len)?,
+            (None, area) => self.in_lane(chunk, len, area)?,
         };
         chunk.data = Bytes::from_owner(InSlot { link: Arc::clone(self), place, index, offset, len });
         Ok(())
     }
 
-    /// Where the next lane chunk, `len` bytes of `chunk`, lies: counted as
-    /// received, unless the sender broke the lane's rules.
-    fn in_lane(&self, chunk: &pb::WeightsChunk, len: usize) -> Result<(Place, u64, usize), LaneError> {
+    /// Where the next lane chunk, `len` bytes of `chunk`, lies (in its slot,
+    /// or at byte `area` of a worker's weights area): counted as received,
+    /// unless the sender broke the lane's rules.
+    fn in_lane(
+        &self,
+        chunk: &pb::WeightsChunk,
+        len: usize,
+        area: Option<u64>,
+    ) -> Result<(Place, u64, usize), LaneError> {
         let lane = match self.lane.get() {
             Some(lane) if self.is_established() => lane,
             _ => return Err(LaneError::Protocol("a chunk in a lane this session has not opened".to_owned())),
@@ -402,14 +483,25 @@ impl Link {
         if len > lane.slot_bytes {
             return Err(LaneError::Protocol(format!("a lane chunk of {len} bytes (slots hold {})", lane.slot_bytes)));
         }
+        let area_at = area
+            .map(|at| {
+                lane.in_area(at, len).filter(|_| self.side == Side::Coordinator).ok_or_else(|| {
+                    LaneError::Protocol(format!(
+                        "a chunk of {len} bytes at byte {at} of a weights area of {} bytes",
+                        2 * lane.area_half_bytes
+                    ))
+                })
+            })
+            .transpose()?;
         let slots = lane.slots(self.side.receives());
         let index = self
             .lane_receipts
             .receive(u64::from(slots))
             .ok_or_else(|| LaneError::Protocol(format!("a lane chunk with all {slots} slots still in use")))?;
+        let offset = area_at.unwrap_or_else(|| lane.offset(self.side.receives(), index));
         let more = chunk.offset.saturating_add((len / 4) as u64) < chunk.total;
         self.other_sending.store(more, Ordering::Release);
-        Ok((Place::Lane, index, lane.offset(self.side.receives(), index)))
+        Ok((Place::Lane, index, offset))
     }
 
     /// Where a board chunk of `len` bytes at byte `at` of the board lies:
@@ -482,9 +574,11 @@ impl Link {
     }
 
     /// Sends `chunk` by where its bytes are on the board if they are there
-    /// (see [`Link::refer_to_board`]), else moves them into the next slot
-    /// if a lane is open and the slot is free; [`Sent::Wait`] if it is not
-    /// free yet.
+    /// (see [`Link::refer_to_board`]), else, if a lane is open and its next
+    /// slot is free, by where they are in the worker's weights area if they
+    /// are there (held, as that slot would be, until the other end has
+    /// taken them), else by moving them into that slot; [`Sent::Wait`] if
+    /// it is not free yet.
     fn send(&self, chunk: &mut pb::WeightsChunk) -> Sent {
         if self.refer_to_board(chunk) {
             return Sent::Lane;
@@ -498,9 +592,18 @@ impl Link {
         if written - self.freed.load(Ordering::Acquire) >= lane.slots(direction) as u64 {
             return Sent::Wait;
         }
-        lane.write(direction, written, &chunk.data);
         chunk.lane_bytes = chunk.data.len() as u32;
-        chunk.data = Bytes::new();
+        match lane.area_offset_of(&chunk.data).filter(|_| self.side == Side::Worker) {
+            Some(at) => {
+                chunk.area_offset = Some(at);
+                let mut held = self.area_held.lock().unwrap_or_else(PoisonError::into_inner);
+                held.push_back((written, std::mem::take(&mut chunk.data)));
+            }
+            None => {
+                lane.write(direction, written, &chunk.data);
+                chunk.data = Bytes::new();
+            }
+        }
         self.written.store(written + 1, Ordering::Release);
         Sent::Lane
     }
@@ -546,7 +649,8 @@ impl AsRef<[u8]> for InSlot {
             Place::Board => self.link.board_view.get().expect("a chunk on the board has its board").ptr(),
         };
         // SAFETY: the slot lies inside the mapping (checked as in
-        // `LaneFile::write`, or by `BoardView::check`), which this handle
+        // `LaneFile::write`, by `LaneFile::in_area` for a worker's weights
+        // area, or by `BoardView::check`), which this handle
         // keeps alive; the sender writes it again only after `done` frees
         // it, when this has dropped. A sender that broke that rule changes
         // bytes this end reads once: the worker decodes each byte once, and
@@ -559,6 +663,36 @@ impl AsRef<[u8]> for InSlot {
 impl Drop for InSlot {
     fn drop(&mut self) {
         self.link.done(self.place, self.index);
+    }
+}
+
+/// Half of a worker's weights area: memory a trainer keeps its weights in
+/// ([`lazyavg_common::train::Trainer::keep_weights_in`]), which its
+/// coordinator reads in place when they are sent.
+#[derive(Debug)]
+pub struct AreaHalf {
+    /// The lane's mapping, kept for as long as the trainer keeps this.
+    map: Arc<MmapRaw>,
+    /// Where it starts in the lane file.
+    at: usize,
+    /// Its length in f32 values (the model's).
+    len: usize,
+}
+
+impl WeightsMemory for AreaHalf {
+    fn values(&self) -> &[f32] {
+        // SAFETY: the half lies inside the mapping (`Link::weights_area`
+        // checked its length against the offer's, which the file's size,
+        // sealed, includes), which this keeps mapped; it is
+        // page-aligned, so aligned for f32, and every bit pattern is an
+        // f32. The two halves do not overlap, and the coordinator only
+        // reads them: `&mut self` is the one way to change these bytes.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.at).cast::<f32>(), self.len) }
+    }
+
+    fn values_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `values`; `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(self.at).cast::<f32>(), self.len) }
     }
 }
 

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
 use lazyavg_common::matching::ContributionAligner;
+use lazyavg_common::memory::{SharedWeights, WeightsMemory};
 use lazyavg_common::params::first_non_finite;
 use lazyavg_common::train::{Progress, Stretch, Trainer};
 use lazyavg_proto::chunks::{decode_into, decode_values, shared_values};
@@ -38,7 +39,7 @@ pub struct Replica {
     /// The weights as last sent (valid while `awaiting` is set): the
     /// trainer's own, shared, not copied, until one of them changes
     /// ([`Trainer::shared_params`]). The session sends them as they are.
-    sent: Option<Arc<Vec<f32>>>,
+    sent: Option<SharedWeights>,
     /// Minibatches trained since sending `sent`, while its average is awaited.
     awaiting: Option<usize>,
     /// `--align`: matches the weights trained for a round to its start.
@@ -92,8 +93,8 @@ pub fn correct(w: &mut [f32], average: impl IntoIterator<Item = f32>, sent: &[f3
 }
 
 /// The weights last sent, if any (none: nothing to correct by).
-fn sent_values(sent: &Option<Arc<Vec<f32>>>) -> &[f32] {
-    sent.as_deref().map_or(&[], Vec::as_slice)
+fn sent_values(sent: &Option<SharedWeights>) -> &[f32] {
+    sent.as_deref().map_or(&[], WeightsMemory::values)
 }
 
 /// Applies a whole average to `params`: a correction when one is awaited
@@ -167,6 +168,13 @@ impl Replica {
     /// The last chunk of the reference went in through [`Replica::receive_reference`].
     pub fn reference_received(&mut self) {
         self.start_given = true;
+    }
+
+    /// Keeps the weights in `memory` from now on, with `spare` for the copy
+    /// a change makes while they are held (see [`Trainer::keep_weights_in`]):
+    /// a worker's lane, where the coordinator reads them in place.
+    pub fn keep_weights_in(&mut self, [memory, spare]: [Box<dyn WeightsMemory>; 2]) -> bool {
+        self.trainer.keep_weights_in(memory, spare)
     }
 
     /// The weights to send, as the wire's bytes, and kept as sent: their

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lazyavg_common::config::RunSpec;
 use lazyavg_common::dataset::Dataset;
+use lazyavg_common::memory::WeightsMemory;
 use lazyavg_common::params::digest;
 use lazyavg_proto::chunks::{Chunk, ChunkCursor, decode_into, encoded_chunks};
 use lazyavg_proto::lane::{Link, Outbound, Side};
@@ -227,6 +228,16 @@ impl Session {
         self.replica.as_mut().expect("the replica is here while no minibatch is away")
     }
 
+    /// Moves the replica's weights into the lane's weights area, if it has
+    /// one (a model up to 8 MiB) and the replica is here (a lane is offered
+    /// before anything trains): the coordinator then reads them where they
+    /// are trained, and sending them copies nothing.
+    fn keep_weights_in_lane(&mut self) -> bool {
+        let Some(halves) = self.link.weights_area(self.len) else { return false };
+        let halves = halves.map(|half| Box::new(half) as Box<dyn WeightsMemory>);
+        self.replica.as_mut().is_some_and(|replica| replica.keep_weights_in(halves))
+    }
+
     /// Whether the pull in progress has a minibatch to train here and now.
     fn may_step(&self) -> bool {
         self.training.as_ref().is_some_and(|training| training.progress.is_some())
@@ -265,10 +276,12 @@ impl Session {
             }
             Command::LaneOffer(offer) => {
                 let answer = self.link.accept(&offer);
+                let kept_in_lane = answer.accepted && self.keep_weights_in_lane();
                 match answer.accepted {
                     true => debug!(
                         path = offer.path,
                         board = answer.board_accepted,
+                        weights_in_lane = kept_in_lane,
                         reason = answer.reason,
                         "weights go through a shared-memory lane"
                     ),

@@ -18,7 +18,7 @@ fn chunk(offset: u64, fill: u8, len: usize) -> pb::WorkerMessage {
 
 /// A coordinator's and a worker's end of one lane, the worker's accepted.
 fn pair() -> (Arc<Link>, Arc<Link>) {
-    let (file, offer) = LaneFile::create("test").expect("a lane's memory");
+    let (file, offer) = LaneFile::create("test", 0).expect("a lane's memory");
     let coordinator = Arc::new(Link::offered(file, None));
     let worker = Arc::new(Link::new(Side::Worker));
     let answer = worker.accept(&offer);
@@ -75,7 +75,7 @@ fn without_an_open_lane_chunks_go_inline() {
 
 #[test]
 fn a_worker_declines_what_is_not_the_coordinators_lane() {
-    let (file, offer) = LaneFile::create("decline").unwrap();
+    let (file, offer) = LaneFile::create("decline", 0).unwrap();
     let worker = Link::new(Side::Worker);
     let wrong_nonce = pb::LaneOffer { nonce: Bytes::from_static(&[0; NONCE_BYTES]), ..offer.clone() };
     assert!(worker.accept(&wrong_nonce).reason.contains("is not the lane the coordinator made"));
@@ -91,7 +91,7 @@ fn a_worker_declines_what_is_not_the_coordinators_lane() {
     // A lane's memfd of the right size with the right header, but unsealed:
     // the other end could truncate it under a mapping.
     let unsealed = File::from(rustix::fs::memfd_create("lazyavg-lane-unsealed", MemfdFlags::CLOEXEC).unwrap());
-    unsealed.set_len(lane_len(SLOT_BYTES, SLOTS, SLOTS) as u64).unwrap();
+    unsealed.set_len(lane_len(SLOT_BYTES, SLOTS, SLOTS, 0) as u64).unwrap();
     let mut header = vec![0u8; MAGIC.len() + NONCE_BYTES + PROOF_BYTES];
     header[..MAGIC.len()].copy_from_slice(MAGIC);
     header[MAGIC.len()..MAGIC.len() + NONCE_BYTES].copy_from_slice(&offer.nonce);
@@ -107,7 +107,7 @@ fn a_worker_declines_what_is_not_the_coordinators_lane() {
 
 #[test]
 fn nobody_can_resize_a_lane_under_the_other_ends_mapping() {
-    let (file, offer) = LaneFile::create("sealed").unwrap();
+    let (file, offer) = LaneFile::create("sealed", 0).unwrap();
     let opened = OpenOptions::new().read(true).write(true).open(&offer.path).unwrap();
     for len in [0, 4096, 64 << 20] {
         assert!(opened.set_len(len).is_err(), "resized to {len} bytes");
@@ -144,7 +144,7 @@ fn a_closed_link_ends_the_stream_even_with_a_chunk_waiting_for_a_slot() {
 
 #[test]
 fn an_acceptance_without_the_files_proof_opens_no_lane() {
-    let (file, _offer) = LaneFile::create("proof").unwrap();
+    let (file, _offer) = LaneFile::create("proof", 0).unwrap();
     let coordinator = Link::offered(file, None);
     let bluff = pb::LaneAnswer { accepted: true, proof: Bytes::from_static(&[0; PROOF_BYTES]), ..Default::default() };
     assert!(coordinator.answered(&bluff).unwrap_err().to_string().contains("without the proof"));
@@ -222,7 +222,7 @@ fn the_credit_for_the_end_of_a_transfer_rides_on_the_next_message_unless_all_slo
 /// A coordinator's and a worker's end of one lane offered with `board`, and
 /// whether the worker took the board.
 fn pair_on(board: &Arc<Board>) -> (Arc<Link>, Arc<Link>, bool) {
-    let (file, mut offer) = LaneFile::create("board-test").expect("a lane's memory");
+    let (file, mut offer) = LaneFile::create("board-test", 0).expect("a lane's memory");
     offer.board = Some(board.offer());
     let coordinator = Arc::new(Link::offered(file, Some(Arc::clone(board))));
     let worker = Arc::new(Link::new(Side::Worker));
@@ -337,7 +337,7 @@ fn a_peer_that_breaks_the_boards_rules_is_refused_and_a_board_that_will_not_open
     let (plain_coordinator, plain_worker) = pair();
     assert!(plain_worker.take(&mut outside(4096, 16)).unwrap_err().to_string().contains("no board mapped"));
     assert!(plain_coordinator.take(&mut outside(4096, 16)).is_err(), "the coordinator reads no board");
-    let (file, mut offer) = LaneFile::create("bad-board").unwrap();
+    let (file, mut offer) = LaneFile::create("bad-board", 0).unwrap();
     offer.board = Some(pb::LaneBoard { nonce: Bytes::from_static(&[0; NONCE_BYTES]), ..board.offer() });
     let answer = Link::new(Side::Worker).accept(&offer);
     assert!(answer.accepted && !answer.board_accepted, "the lane without the board");
@@ -348,7 +348,7 @@ fn a_peer_that_breaks_the_boards_rules_is_refused_and_a_board_that_will_not_open
 #[test]
 fn a_worker_that_answers_twice_reads_the_board_once() {
     let board = Board::create().unwrap();
-    let (file, mut offer) = LaneFile::create("twice").unwrap();
+    let (file, mut offer) = LaneFile::create("twice", 0).unwrap();
     offer.board = Some(board.offer());
     let coordinator = Link::offered(file, Some(Arc::clone(&board)));
     let answer = Link::new(Side::Worker).accept(&offer);
@@ -371,4 +371,51 @@ fn nobody_but_the_coordinator_can_write_the_board() {
     let (_coordinator, _worker, took) = pair_on(&board);
     assert!(took);
     assert!(board.post(&[&[7; 8]]).is_some(), "the coordinator writes through its own mapping");
+}
+
+#[test]
+fn weights_kept_in_the_area_go_as_where_they_are_and_stay_held_until_taken() {
+    let (file, offer) = LaneFile::create("area", 4000).expect("a lane's memory");
+    assert_eq!(offer.area_half_bytes, 4096, "whole pages");
+    let coordinator = Arc::new(Link::offered(file, None));
+    let worker = Arc::new(Link::new(Side::Worker));
+    let answer = worker.accept(&offer);
+    coordinator.answered(&answer).unwrap();
+    assert!(worker.weights_area(1025).is_none(), "a model larger than a half");
+    assert!(coordinator.weights_area(1000).is_none(), "the coordinator keeps no weights there");
+    let [mut half, _spare] = worker.weights_area(1000).expect("an area");
+    let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5).collect();
+    half.values_mut().copy_from_slice(&values);
+    let mut kept: Arc<dyn WeightsMemory> = Arc::new(half);
+    let bytes = crate::chunks::shared_values(Arc::clone(&kept));
+    let messages = [0, 600].map(|at| {
+        let data = bytes.slice(at..(at + 600).min(4000));
+        let chunk =
+            pb::WeightsChunk { epoch: 1, round: 2, offset: at as u64 / 4, total: 1000, data, ..Default::default() };
+        pb::WorkerMessage { kind: Some(pb::worker_message::Kind::Weights(chunk)), ..Default::default() }
+    });
+    drop(bytes);
+    let mut outbound = Outbound::new(futures::stream::iter(messages), Arc::clone(&worker));
+    let mut sent: Vec<_> = std::iter::from_fn(|| next(&mut outbound)).collect();
+    assert_eq!(sent.len(), 2);
+    assert!(Arc::get_mut(&mut kept).is_none(), "held while the coordinator has not taken them");
+    let mut taken = Vec::new();
+    for message in &mut sent {
+        let chunk = message.weights().unwrap();
+        assert_eq!((chunk.data.len(), chunk.area_offset), (0, Some(4 * chunk.offset)), "no copy, where they are");
+        coordinator.take(chunk).unwrap();
+        taken.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(taken, bytemuck::cast_slice::<f32, u8>(&values[..300]));
+    drop(sent);
+    worker.freed(2).unwrap();
+    assert!(Arc::get_mut(&mut kept).is_some(), "let go of once taken");
+
+    // Bytes outside the area, or a coordinator's chunk that claims to be in one.
+    let outside = pb::WeightsChunk { lane_bytes: 8, area_offset: Some(8190), ..Default::default() };
+    assert!(matches!(coordinator.take(&mut outside.clone()), Err(LaneError::Protocol(_))));
+    let in_area = pb::WeightsChunk { lane_bytes: 8, area_offset: Some(0), ..Default::default() };
+    assert!(matches!(worker.take(&mut in_area.clone()), Err(LaneError::Protocol(_))));
+    let both = pb::WeightsChunk { board_offset: Some(0), ..in_area };
+    assert!(matches!(coordinator.take(&mut both.clone()), Err(LaneError::Protocol(_))));
 }
