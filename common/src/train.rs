@@ -166,9 +166,10 @@ impl Trainer {
 
     /// Takes back weights [`Trainer::shared_params`] handed out, whose
     /// buffer the next copy of the weights reuses if nothing else holds it
-    /// (at 20M parameters a fresh 80 MB buffer a round is 20,000 page faults).
-    pub fn recycle(&mut self, mut shared: SharedWeights) {
-        if Arc::get_mut(&mut shared).is_some() {
+    /// by then (at 20M parameters a fresh 80 MB buffer a round is 20,000
+    /// page faults; a worker's lane has only two halves to keep them in).
+    pub fn recycle(&mut self, shared: SharedWeights) {
+        if !Arc::ptr_eq(&shared, &self.params) {
             self.spare = Some(shared);
         }
     }
@@ -223,21 +224,22 @@ impl Trainer {
 }
 
 /// `params`, made this trainer's own: copied (into `spare`, if it is
-/// there and nothing else holds it, else into a new vector) when someone
-/// else holds them.
+/// there and nothing else holds it, else into a new vector, the spare kept
+/// for next time) when someone else holds them.
 fn own<'a>(params: &'a mut SharedWeights, spare: &mut Option<SharedWeights>) -> &'a mut [f32] {
     if Arc::get_mut(params).is_none() {
         let values = params.values();
-        let copy = spare.take().and_then(|spare| copied_into(spare, values));
-        *params = copy.unwrap_or_else(|| Arc::new(values.to_vec()));
+        let copy = copied_into(spare, values).unwrap_or_else(|| Arc::new(values.to_vec()));
+        *params = copy;
     }
     Arc::get_mut(params).expect("made unique above").values_mut()
 }
 
-/// `buffer` holding `values`, unless something else still holds it.
-fn copied_into(mut buffer: SharedWeights, values: &[f32]) -> Option<SharedWeights> {
-    Arc::get_mut(&mut buffer)?.values_mut().copy_from_slice(values);
-    Some(buffer)
+/// The buffer in `spare`, taken, holding `values`; none while something
+/// else still holds it.
+fn copied_into(spare: &mut Option<SharedWeights>, values: &[f32]) -> Option<SharedWeights> {
+    Arc::get_mut(spare.as_mut()?)?.values_mut().copy_from_slice(values);
+    spare.take()
 }
 
 #[cfg(test)]
@@ -304,10 +306,15 @@ mod tests {
         lent.params_mut()[0] += 1.0;
         assert_eq!(lent.params().as_ptr(), spare_at, "a change while sent goes into the lent spare");
         assert_eq!(sent.values()[0] + 1.0, lent.params()[0]);
+        let still_held = Arc::clone(&sent);
         lent.recycle(sent);
         let _sent = lent.shared_params();
         lent.params_mut()[0] = own.params()[0];
-        assert_eq!((lent.params().as_ptr(), lent.params()), (memory_at, own.params()), "and back");
+        assert_ne!(lent.params().as_ptr(), memory_at, "the spare is still held: a new buffer");
+        drop(still_held);
+        let _sent = lent.shared_params();
+        lent.params_mut()[1] = own.params()[1];
+        assert_eq!((lent.params().as_ptr(), lent.params()), (memory_at, own.params()), "back once let go of");
     }
 
     #[test]

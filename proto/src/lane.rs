@@ -35,6 +35,15 @@
 //! The coordinator's own weights, the same for every worker, go on its
 //! [`Board`] instead where they fit: written once for all local workers,
 //! which take them in place and give them back with credits of their own.
+//!
+//! A worker's weights, for a model up to 8 MiB, live in its lane: after
+//! the slots lies a weights area of two model-sized halves
+//! ([`Link::weights_area`]), where the worker's trainer keeps and trains
+//! them. A chunk of them goes as where it is in the area, and the worker
+//! leaves those bytes as they are until the coordinator has taken them
+//! (the chunk counts as a lane chunk, freed by the same credits; a change
+//! meanwhile copies the weights into the other half first), so sending
+//! its weights costs a worker no copy at all.
 
 use std::collections::VecDeque;
 use std::fs::File;

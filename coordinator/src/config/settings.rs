@@ -118,7 +118,7 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddr>,
 
-    /// Send weights to and from workers on this machine over gRPC too, instead of through a shared-memory lane each (4 MiB; only the same user's processes can open it); workers elsewhere always use gRPC [default: lanes on].
+    /// Send weights to and from workers on this machine over gRPC too, instead of through a shared-memory lane each (4 MiB, and twice a model of up to 8 MiB; only the same user's processes can open it); workers elsewhere always use gRPC [default: lanes on].
     #[arg(long)]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_shared_memory: bool,
