@@ -1,12 +1,10 @@
 //! One process's training loop: parameters, gradients, optimiser state and
 //! workspace, stepped over a list of sample indices.
 
-use std::sync::Arc;
-
 use crate::config::TrainConfig;
 use crate::dataset::Dataset;
 use crate::error::Result;
-use crate::memory::{SharedWeights, WeightsMemory};
+use crate::memory::{SharedWeights, Weights, WeightsMemory};
 use crate::model::{Evaluation, Network, Workspace};
 use crate::optim::{Sgd, SgdState};
 use crate::rng;
@@ -72,20 +70,15 @@ impl Stretch {
 }
 
 /// Everything needed to take SGD steps on one model replica. Allocates once,
-/// in [`Trainer::new`]; stepping never touches the heap.
+/// in [`Trainer::new`]; stepping touches the heap only to copy weights that
+/// are held while every buffer it has is (see [`Weights`]).
 #[derive(Debug, Clone)]
 pub struct Trainer {
     mlp: Network,
     sgd: Sgd,
     config: TrainConfig,
     batch_size: usize,
-    /// Shared, not copied, with whoever takes them to send
-    /// ([`Trainer::shared_params`]); copied on the next change while they
-    /// are held.
-    params: SharedWeights,
-    /// A buffer for that copy, handed back by [`Trainer::recycle`] or lent
-    /// ([`Trainer::keep_weights_in`]).
-    spare: Option<SharedWeights>,
+    params: Weights,
     grads: Vec<f32>,
     state: SgdState,
     workspace: Workspace,
@@ -114,8 +107,7 @@ impl Trainer {
             sgd,
             config: config.clone(),
             batch_size: config.batch_size,
-            params: Arc::new(params),
-            spare: None,
+            params: Weights::new(params),
         })
     }
 
@@ -138,21 +130,14 @@ impl Trainer {
     /// change makes while they are held ([`Trainer::shared_params`]): both
     /// lent, each exactly as long as the model (else nothing changes and
     /// false).
-    pub fn keep_weights_in(&mut self, mut memory: Box<dyn WeightsMemory>, spare: Box<dyn WeightsMemory>) -> bool {
-        let len = self.params().len();
-        if memory.values().len() != len || spare.values().len() != len {
-            return false;
-        }
-        memory.values_mut().copy_from_slice(self.params());
-        self.params = Arc::from(memory);
-        self.spare = Some(Arc::from(spare));
-        true
+    pub fn keep_weights_in(&mut self, memory: Box<dyn WeightsMemory>, spare: Box<dyn WeightsMemory>) -> bool {
+        self.params.keep_in(memory, spare)
     }
 
     /// Mutable access for receiving weights in place (same length
     /// guaranteed): a copy first if [`Trainer::shared_params`] are still held.
     pub fn params_mut(&mut self) -> &mut [f32] {
-        own(&mut self.params, &mut self.spare)
+        self.params.values_mut()
     }
 
     /// The weights as they are, without a copy: a worker sends them while
@@ -161,17 +146,7 @@ impl Trainer {
     /// `--overlap` nothing changes them before their average comes, when
     /// the sends are long done: sending costs no copy of the model.
     pub fn shared_params(&self) -> SharedWeights {
-        Arc::clone(&self.params)
-    }
-
-    /// Takes back weights [`Trainer::shared_params`] handed out, whose
-    /// buffer the next copy of the weights reuses if nothing else holds it
-    /// by then (at 20M parameters a fresh 80 MB buffer a round is 20,000
-    /// page faults; a worker's lane has only two halves to keep them in).
-    pub fn recycle(&mut self, shared: SharedWeights) {
-        if !Arc::ptr_eq(&shared, &self.params) {
-            self.spare = Some(shared);
-        }
+        self.params.shared()
     }
 
     /// One SGD step per `batch_size` indices of `samples` (the last batch may
@@ -195,7 +170,7 @@ impl Trainer {
             return false;
         };
         let batch = &rest[..rest.len().min(self.batch_size)];
-        let params = own(&mut self.params, &mut self.spare);
+        let params = self.params.values_mut();
         let lr = stretch.progress.lr(&self.config, done);
         let b = self.workspace.load_batch(data, batch);
         let loss = self.mlp.loss_and_grad(params, &mut self.grads, &mut self.workspace, b);
@@ -221,25 +196,6 @@ impl Trainer {
     pub fn evaluate(&mut self, data: &Dataset) -> Evaluation {
         self.mlp.evaluate(self.params.values(), data, &mut self.workspace)
     }
-}
-
-/// `params`, made this trainer's own: copied (into `spare`, if it is
-/// there and nothing else holds it, else into a new vector, the spare kept
-/// for next time) when someone else holds them.
-fn own<'a>(params: &'a mut SharedWeights, spare: &mut Option<SharedWeights>) -> &'a mut [f32] {
-    if Arc::get_mut(params).is_none() {
-        let values = params.values();
-        let copy = copied_into(spare, values).unwrap_or_else(|| Arc::new(values.to_vec()));
-        *params = copy;
-    }
-    Arc::get_mut(params).expect("made unique above").values_mut()
-}
-
-/// The buffer in `spare`, taken, holding `values`; none while something
-/// else still holds it.
-fn copied_into(spare: &mut Option<SharedWeights>, values: &[f32]) -> Option<SharedWeights> {
-    Arc::get_mut(spare.as_mut()?)?.values_mut().copy_from_slice(values);
-    spare.take()
 }
 
 #[cfg(test)]
@@ -271,21 +227,6 @@ mod tests {
     }
 
     #[test]
-    fn weights_handed_out_are_copied_on_change_into_a_buffer_handed_back() {
-        let mut trainer = Trainer::new(&TrainConfig::default(), &toy_model()).unwrap();
-        let shared = trainer.shared_params();
-        assert_eq!(shared.values().as_ptr(), trainer.params().as_ptr(), "no copy to hand out");
-        trainer.params_mut()[0] += 1.0;
-        assert_eq!(shared.values()[0] + 1.0, trainer.params()[0], "the copy changed, not what was handed out");
-        let buffer = shared.values().as_ptr();
-        trainer.recycle(shared);
-        let again = trainer.shared_params();
-        trainer.params_mut()[1] += 1.0;
-        assert_eq!(trainer.params().as_ptr(), buffer, "copied into the buffer handed back");
-        assert_eq!(again.values()[1] + 1.0, trainer.params()[1]);
-    }
-
-    #[test]
     fn weights_kept_in_lent_memory_train_there_and_are_copied_into_the_lent_spare() {
         let config = TrainConfig { batch_size: 4, ..TrainConfig::default() };
         let data = toy_data(1, 32);
@@ -305,15 +246,10 @@ mod tests {
         let sent = lent.shared_params();
         lent.params_mut()[0] += 1.0;
         assert_eq!(lent.params().as_ptr(), spare_at, "a change while sent goes into the lent spare");
-        assert_eq!(sent.values()[0] + 1.0, lent.params()[0]);
-        let still_held = Arc::clone(&sent);
-        lent.recycle(sent);
+        assert_eq!(sent.values()[0] + 1.0, lent.params()[0], "what was sent stays as it was");
+        drop(sent);
         let _sent = lent.shared_params();
         lent.params_mut()[0] = own.params()[0];
-        assert_ne!(lent.params().as_ptr(), memory_at, "the spare is still held: a new buffer");
-        drop(still_held);
-        let _sent = lent.shared_params();
-        lent.params_mut()[1] = own.params()[1];
         assert_eq!((lent.params().as_ptr(), lent.params()), (memory_at, own.params()), "back once let go of");
     }
 

@@ -75,8 +75,8 @@ pub fn encoded_chunks(epoch: u64, round: u64, encoded: Bytes) -> impl Iterator<I
 /// machine is little-endian (its f32 values are those bytes): a model's
 /// encoding costs no copy, and at 20M parameters no second 80 MB buffer for
 /// as long as any send holds it. The bytes keep `params` alive, so whoever
-/// changes them in place (`Arc::make_mut`) while a send still holds them
-/// gets a copy instead. A big-endian machine encodes a copy.
+/// changes them in place (`Arc::get_mut`) while a send still holds them
+/// makes a copy instead. A big-endian machine encodes a copy.
 pub fn shared_values<W: WeightsMemory + ?Sized + 'static>(params: Arc<W>) -> Bytes {
     #[cfg(target_endian = "little")]
     {

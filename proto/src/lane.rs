@@ -27,8 +27,8 @@
 //! ([`Link::take`]), and read each byte once. A worker trusts the
 //! coordinator's weights anyway; the coordinator copies a chunk as it
 //! measures it, before it checks and sums it, so that a worker cannot
-//! change the values in between. A lane is small whatever the model
-//! (slots of one wire chunk each), and a side writes a slot only when the
+//! change the values in between. A lane's slots are few whatever the
+//! model (of one wire chunk each), and a side writes a slot only when the
 //! other has said it took what was there ([`pb::LaneFree`]): the lane is a
 //! bounded ring in each direction, with gRPC carrying its credits.
 //!
@@ -77,7 +77,8 @@ pub const SLOT_BYTES: usize = MAX_CHUNK_BYTES;
 /// Slots in each direction: a default model (800 KB, two chunks) goes
 /// without waiting for a credit, whose news rides on the next message, a
 /// bigger one in a pipeline of four chunks (2 MiB a direction, 4 MiB a
-/// lane: 32 MiB of shared memory for 8 local workers, and the board's 8).
+/// lane: 32 MiB of shared memory for 8 local workers, and the board's 8,
+/// besides the workers' weights areas).
 pub const SLOTS: u32 = 4;
 
 /// The most slots or bytes per slot a worker accepts in an offer.
@@ -85,9 +86,10 @@ const MAX_OFFERED_SLOTS: u32 = 64;
 
 /// The largest half of a weights area: a model up to 8 MiB (the board's
 /// largest) is kept in its worker's lane; a bigger one's weights are copied
-/// into slots as they go. An area takes memory only once written, and in
-/// the coordinator only the half being read (at 8 workers of an 8 MiB
-/// model, 64 MiB more resident).
+/// into slots as they go. An area takes memory only once written: one half
+/// without `--overlap`, both with it, in the worker and, as it reads them,
+/// the coordinator (at 8 workers of an 8 MiB model, 64 or 128 MiB more
+/// resident there).
 const MAX_AREA_HALF_BYTES: usize = 8 << 20;
 
 /// Memory pages, to which an area's halves are aligned.
@@ -194,6 +196,10 @@ impl LaneFile {
                 "a weights area of two halves of {area_half_bytes} bytes: at most {MAX_AREA_HALF_BYTES}, whole pages"
             ));
         }
+        let area_start = HEADER_BYTES + (offer.up_slots + offer.down_slots) as usize * slot_bytes;
+        if area_half_bytes > 0 && area_start % PAGE_BYTES != 0 {
+            return Err(format!("a weights area at byte {area_start}, not at the start of a page"));
+        }
         let len = lane_len(slot_bytes, offer.up_slots, offer.down_slots, area_half_bytes);
         let opened = memfd::open(&offer.path, &offer.nonce, len, true, "lane")?;
         let (proof, map, _file) = (opened.proof, Arc::new(opened.map), opened.file);
@@ -243,7 +249,8 @@ impl LaneFile {
         let offset = self.offset(direction, index);
         // SAFETY: the slot lies inside the mapping (`offset` + a slot ≤ the
         // length checked when mapped), whose size the seals fix; no reference
-        // into the mapping exists, only copies in and out.
+        // into the slots exists, only copies in and out, and views of chunks
+        // taken, which the other end does not write until they are freed.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
     }
 }
@@ -270,6 +277,9 @@ pub struct Link {
     freed: AtomicU64,
     /// The other end's lane chunks this end has taken.
     lane_receipts: Receipts,
+    /// A worker's end: whether its weights area was handed out (once: a
+    /// half is its holder's to change).
+    area_lent: AtomicBool,
     /// A worker's end: its chunks sent as where they are in its weights
     /// area, with their index among its lane chunks, held (their bytes left
     /// as they are) until the coordinator has taken them.
@@ -308,6 +318,7 @@ impl Link {
             written: AtomicU64::new(0),
             freed: AtomicU64::new(0),
             lane_receipts: Receipts::default(),
+            area_lent: AtomicBool::new(false),
             area_held: Mutex::default(),
             board,
             board_open: AtomicBool::new(false),
@@ -415,10 +426,11 @@ impl Link {
 
     /// A worker's end: two halves of its lane's weights area as memory for
     /// a model of `len` parameters (the weights, and the copy a change
-    /// makes while they are held), if the lane has an area that large.
+    /// makes while they are held), if the lane has an area that large, the
+    /// first time only.
     pub fn weights_area(&self, len: usize) -> Option<[AreaHalf; 2]> {
         let lane = self.lane.get().filter(|_| self.side == Side::Worker && self.is_established())?;
-        if 4 * len > lane.area_half_bytes {
+        if 4 * len > lane.area_half_bytes || self.area_lent.swap(true, Ordering::AcqRel) {
             return None;
         }
         let half =
@@ -642,7 +654,8 @@ enum Place {
     Board,
 }
 
-/// A chunk's bytes in their slot, which frees when this drops.
+/// A chunk's bytes where they lie (a lane slot, a worker's weights area, or
+/// the board), which frees their place when this drops.
 struct InSlot {
     link: Arc<Link>,
     place: Place,
@@ -692,10 +705,13 @@ impl WeightsMemory for AreaHalf {
     fn values(&self) -> &[f32] {
         // SAFETY: the half lies inside the mapping (`Link::weights_area`
         // checked its length against the offer's, which the file's size,
-        // sealed, includes), which this keeps mapped; it is
-        // page-aligned, so aligned for f32, and every bit pattern is an
-        // f32. The two halves do not overlap, and the coordinator only
-        // reads them: `&mut self` is the one way to change these bytes.
+        // sealed, includes), which this keeps mapped; it starts a page
+        // (`LaneFile::open` checked), so is aligned for f32, and every bit
+        // pattern is an f32. The two halves do not overlap and are handed
+        // out once, so `&mut self` is this process's one way to change
+        // these bytes. The coordinator maps them writable too and only
+        // reads them: a worker trusts its coordinator, as with the weights
+        // it sends.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.at).cast::<f32>(), self.len) }
     }
 

@@ -190,13 +190,12 @@ impl Replica {
         shared_values(weights)
     }
 
-    /// Lets go of the weights last sent, handing their buffer back to the
-    /// trainer: no average will correct by them (none is awaited any more).
+    /// Lets go of the weights last sent, so that the trainer may write
+    /// their buffer again: no average will correct by them (none is
+    /// awaited any more).
     fn release_sent(&mut self) {
         self.awaiting = None;
-        if let Some(sent) = self.sent.take() {
-            self.trainer.recycle(sent);
-        }
+        self.sent = None;
     }
 
     /// Whether an average now is a correction: it is the average of the

@@ -377,6 +377,9 @@ fn nobody_but_the_coordinator_can_write_the_board() {
 fn weights_kept_in_the_area_go_as_where_they_are_and_stay_held_until_taken() {
     let (file, offer) = LaneFile::create("area", 4000).expect("a lane's memory");
     assert_eq!(offer.area_half_bytes, 4096, "whole pages");
+    let misaligned = pb::LaneOffer { slot_bytes: 4097, ..offer.clone() };
+    let declined = Link::new(Side::Worker).accept(&misaligned);
+    assert!(!declined.accepted && declined.reason.contains("not at the start of a page"), "{}", declined.reason);
     let coordinator = Arc::new(Link::offered(file, None));
     let worker = Arc::new(Link::new(Side::Worker));
     let answer = worker.accept(&offer);
@@ -384,6 +387,7 @@ fn weights_kept_in_the_area_go_as_where_they_are_and_stay_held_until_taken() {
     assert!(worker.weights_area(1025).is_none(), "a model larger than a half");
     assert!(coordinator.weights_area(1000).is_none(), "the coordinator keeps no weights there");
     let [mut half, _spare] = worker.weights_area(1000).expect("an area");
+    assert!(worker.weights_area(1000).is_none(), "handed out once");
     let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5).collect();
     half.values_mut().copy_from_slice(&values);
     let mut kept: Arc<dyn WeightsMemory> = Arc::new(half);
