@@ -191,13 +191,13 @@ impl LaneFile {
             ));
         }
         let area_half_bytes = usize::try_from(offer.area_half_bytes).unwrap_or(usize::MAX);
-        if area_half_bytes > MAX_AREA_HALF_BYTES || area_half_bytes % PAGE_BYTES != 0 {
+        if area_half_bytes > MAX_AREA_HALF_BYTES || !area_half_bytes.is_multiple_of(PAGE_BYTES) {
             return Err(format!(
                 "a weights area of two halves of {area_half_bytes} bytes: at most {MAX_AREA_HALF_BYTES}, whole pages"
             ));
         }
         let area_start = HEADER_BYTES + (offer.up_slots + offer.down_slots) as usize * slot_bytes;
-        if area_half_bytes > 0 && area_start % PAGE_BYTES != 0 {
+        if area_half_bytes > 0 && !area_start.is_multiple_of(PAGE_BYTES) {
             return Err(format!("a weights area at byte {area_start}, not at the start of a page"));
         }
         let len = lane_len(slot_bytes, offer.up_slots, offer.down_slots, area_half_bytes);
