@@ -196,7 +196,7 @@ impl LaneFile {
                 "a weights area of two halves of {area_half_bytes} bytes: at most {MAX_AREA_HALF_BYTES}, whole pages"
             ));
         }
-        let area_start = HEADER_BYTES + (offer.up_slots + offer.down_slots) as usize * slot_bytes;
+        let area_start = area_start(slot_bytes, offer.up_slots, offer.down_slots);
         if area_half_bytes > 0 && !area_start.is_multiple_of(PAGE_BYTES) {
             return Err(format!("a weights area at byte {area_start}, not at the start of a page"));
         }
@@ -223,9 +223,8 @@ impl LaneFile {
         HEADER_BYTES + (first + (index % self.slots(direction) as u64) as usize) * self.slot_bytes
     }
 
-    /// Where the weights area starts in the file (after the slots).
     fn area_start(&self) -> usize {
-        HEADER_BYTES + (self.up_slots + self.down_slots) as usize * self.slot_bytes
+        area_start(self.slot_bytes, self.up_slots, self.down_slots)
     }
 
     /// Where in the file `len` bytes at byte `at` of the weights area lie,
@@ -258,7 +257,12 @@ impl LaneFile {
 /// A lane's length in bytes: the header, the slots both ways and the two
 /// halves of the weights area.
 fn lane_len(slot_bytes: usize, up_slots: u32, down_slots: u32, area_half_bytes: usize) -> usize {
-    HEADER_BYTES + (up_slots + down_slots) as usize * slot_bytes + 2 * area_half_bytes
+    area_start(slot_bytes, up_slots, down_slots) + 2 * area_half_bytes
+}
+
+/// Where a lane's weights area starts: after the header and the slots.
+fn area_start(slot_bytes: usize, up_slots: u32, down_slots: u32) -> usize {
+    HEADER_BYTES + (up_slots + down_slots) as usize * slot_bytes
 }
 
 /// One end of a session's lane, shared by the task that reads the
